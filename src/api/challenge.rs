@@ -1,0 +1,106 @@
+//! `StepUpChallenge`: a user's request for a grant, carrying the one-time code.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, Duration, GrantScope, Method};
+
+/// A StepUpChallenge asks the stepup controller for a grant. The user creates it (usually with
+/// `kubectl stepup request`) with a one-time code; the controller verifies the code, issues a
+/// StepUpGrant, scrubs the code and reports the outcome in `status`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "stepup.dev",
+    version = "v1alpha1",
+    kind = "StepUpChallenge",
+    plural = "stepupchallenges",
+    shortname = "suc",
+    category = "stepup",
+    status = "StepUpChallengeStatus",
+    derive = "PartialEq",
+    doc = "StepUpChallenge asks the stepup controller to verify a second factor and issue a StepUpGrant.",
+    validation = Rule::new("self.spec.user == oldSelf.spec.user").message("spec.user is immutable"),
+    printcolumn(name = "User", type_ = "string", json_path = ".spec.user"),
+    printcolumn(name = "Method", type_ = "string", json_path = ".spec.method"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Grant", type_ = "string", json_path = ".status.grantRef.name"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StepUpChallengeSpec {
+    /// The requesting username. Must be the user creating the challenge.
+    #[schemars(length(min = 1, max = 1024))]
+    pub user: String,
+
+    /// The requesting user's UID, when the authenticator supplies one. Must match it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub uid: Option<String>,
+
+    /// The verification method the response is for. Defaults to `TOTP`.
+    #[serde(default = "default_method")]
+    pub method: Method,
+
+    /// The one-time code. Removed by the controller once it has been checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{6}$"))]
+    pub response: Option<String>,
+
+    /// Why the user steps up (incident or ticket). Some policies require one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub reason: Option<String>,
+
+    /// Requested lifetime of the grant (e.g. `30m`); capped by the controller's maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 32))]
+    pub duration: Option<Duration>,
+
+    /// Limits the requested grant to some policies and/or namespaces.
+    #[serde(default, skip_serializing_if = "GrantScope::is_unrestricted")]
+    pub scope: GrantScope,
+}
+
+fn default_method() -> Method {
+    Method::Totp
+}
+
+/// Lifecycle of a challenge.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ChallengePhase {
+    /// Waiting for the controller.
+    #[default]
+    Pending,
+    /// The code was right; `grantRef` names the grant.
+    Verified,
+    /// The code was wrong, reused, rate-limited or the user is locked; `message` says which.
+    Denied,
+    /// Not verified in time.
+    Expired,
+}
+
+/// Reference to the grant a challenge produced.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct GrantRef {
+    pub name: String,
+}
+
+/// Observed state of a StepUpChallenge.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepUpChallengeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ChallengePhase>,
+    /// The grant issued for this challenge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_ref: Option<GrantRef>,
+    /// A sentence for the user: why the challenge was denied, or when the grant expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

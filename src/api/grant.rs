@@ -1,0 +1,99 @@
+//! `StepUpGrant`: evidence that a user verified a second factor, and the permission it carries.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, GrantScope, Method};
+
+/// A StepUpGrant records that a user proved a second factor at `issuedAt`. While it is fresh
+/// enough for a policy (see the policy's `maxAge`) and not expired, it lets that user perform
+/// the policy's operations. Grants are written only by the stepup controller; a user may delete
+/// their own grants to revoke them. Expired grants are kept for a while as audit evidence.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "stepup.dev",
+    version = "v1alpha1",
+    kind = "StepUpGrant",
+    plural = "stepupgrants",
+    shortname = "sug",
+    category = "stepup",
+    status = "StepUpGrantStatus",
+    derive = "PartialEq",
+    doc = "StepUpGrant records a verified second factor and lets its user pass step-up policies until it expires.",
+    validation = Rule::new("self.spec == oldSelf.spec").message("a grant's spec is immutable"),
+    printcolumn(name = "User", type_ = "string", json_path = ".spec.user"),
+    printcolumn(name = "Method", type_ = "string", json_path = ".spec.method"),
+    printcolumn(name = "Expires", type_ = "string", format = "date-time", json_path = ".spec.expiresAt"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".spec.reason"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.expiresAt > self.issuedAt",
+    "message": "expiresAt must be later than issuedAt",
+    "fieldPath": ".expiresAt"
+}]))]
+pub struct StepUpGrantSpec {
+    /// The username the grant belongs to, exactly as the API server authenticates it.
+    #[schemars(length(min = 1, max = 1024))]
+    pub user: String,
+
+    /// The user's UID from the authenticator, when it supplies one. Only requests carrying the
+    /// same UID may use the grant, so a deleted and re-created account does not inherit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub uid: Option<String>,
+
+    /// How the second factor was verified.
+    pub method: Method,
+
+    /// Why the user stepped up (an incident or ticket), as given in the challenge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub reason: Option<String>,
+
+    /// When the second factor was verified.
+    pub issued_at: Time,
+
+    /// When the grant stops being usable, whatever the policy's maxAge.
+    pub expires_at: Time,
+
+    /// What the grant is limited to. Empty means every policy and namespace.
+    #[serde(default, skip_serializing_if = "GrantScope::is_unrestricted")]
+    pub scope: GrantScope,
+
+    /// The StepUpChallenge that produced this grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge_ref: Option<ChallengeRef>,
+}
+
+/// Reference to the challenge a grant was issued for.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ChallengeRef {
+    pub name: String,
+    pub uid: String,
+}
+
+/// Lifecycle of a grant.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum GrantPhase {
+    /// Usable until `expiresAt`.
+    #[default]
+    Active,
+    /// Past `expiresAt`; kept as evidence until the retention period ends.
+    Expired,
+}
+
+/// Observed state of a StepUpGrant.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepUpGrantStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<GrantPhase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}

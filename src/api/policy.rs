@@ -1,0 +1,255 @@
+//! `StepUpPolicy`: which operations need a fresh second factor, and how fresh.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{Condition, Duration, Method};
+
+/// A StepUpPolicy names sensitive operations (for example deleting Secrets in production
+/// namespaces, or exec into production pods) that a person may only perform while holding a
+/// recent StepUpGrant, obtained with `kubectl stepup request`.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "stepup.dev",
+    version = "v1alpha1",
+    kind = "StepUpPolicy",
+    plural = "stepuppolicies",
+    shortname = "sup",
+    category = "stepup",
+    status = "StepUpPolicyStatus",
+    derive = "PartialEq",
+    doc = "StepUpPolicy says which operations require a recent second factor (a StepUpGrant).",
+    printcolumn(name = "Enforcement", type_ = "string", json_path = ".spec.enforcement"),
+    printcolumn(name = "Max-Age", type_ = "string", json_path = ".spec.maxAge"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StepUpPolicySpec {
+    /// Which requests the policy applies to. A request matches when one of the rules matches
+    /// and every other constraint (namespaces, namespaceSelector, resourceNames, subjects) holds,
+    /// and no exclusion applies.
+    #[serde(rename = "match")]
+    pub match_: PolicyMatch,
+
+    /// What happens when a matching request comes without a satisfying grant: `Deny` refuses
+    /// it, `Warn` lets it through with a warning shown by kubectl, `Audit` lets it through and
+    /// only records it. Defaults to `Deny`.
+    #[serde(default)]
+    pub enforcement: Enforcement,
+
+    /// How recently the grant must have been issued, as a duration such as `15m` or `1h`
+    /// (at least 1s, at most 24h). Defaults to `15m`.
+    #[serde(default = "default_max_age")]
+    #[schemars(extend("maxLength" = 32, "x-kubernetes-validations" = [{
+        "rule": "duration(self) >= duration('1s') && duration(self) <= duration('24h')",
+        "message": "maxAge must be between 1s and 24h"
+    }]))]
+    pub max_age: Duration,
+
+    /// Verification methods whose grants satisfy this policy. Defaults to `[TOTP]`.
+    #[serde(default = "default_methods")]
+    #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "set"))]
+    pub methods: Vec<Method>,
+
+    /// Text added to the denial message, for example a link to the runbook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub message: Option<String>,
+
+    /// When true, a grant only satisfies this policy if it was requested with a reason
+    /// (e.g. an incident or ticket number); the reason travels into the grant and the audit trail.
+    #[serde(default)]
+    pub require_reason: bool,
+}
+
+fn default_max_age() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+
+fn default_methods() -> Vec<Method> {
+    vec![Method::Totp]
+}
+
+/// Which requests a policy applies to, in the vocabulary of admission webhook rules.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyMatch {
+    /// Operations on resources, as in a ValidatingWebhookConfiguration. At least one.
+    #[schemars(length(min = 1, max = 64))]
+    pub rules: Vec<ResourceRule>,
+
+    /// Namespace name globs (`*` and `?` wildcards, e.g. `prod-*`). When set, only namespaced
+    /// requests in a matching namespace (or the Namespace object itself) match; cluster-scoped
+    /// objects never do. Empty means any namespace and cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(regex(pattern = r"^[a-z0-9*?]([-a-z0-9*?]{0,62})$")))]
+    pub namespaces: Vec<String>,
+
+    /// Label selector on the request's namespace (e.g. `env: prod`). Like `namespaces`, when
+    /// set it never matches cluster-scoped objects other than the Namespace object itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+
+    /// Names of the objects the policy applies to. Empty means any name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub resource_names: Vec<String>,
+
+    /// Who the policy applies to. When omitted, it applies to people: every user except
+    /// `system:` identities (nodes, controllers) and service accounts, which are only subject
+    /// to a policy that names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subjects: Option<Subjects>,
+
+    /// Requests that never match, even when everything above does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<Exclusions>,
+}
+
+/// One admission-style rule: operations on resources in API groups and versions.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceRule {
+    /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT` (exec, attach, port-forward, proxy) or `*`.
+    #[schemars(length(min = 1, max = 5))]
+    pub operations: Vec<Operation>,
+
+    /// API groups; `""` is the core group, `*` any group.
+    #[schemars(length(min = 1, max = 64), inner(regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$")))]
+    pub api_groups: Vec<String>,
+
+    /// API versions; `*` any version. Defaults to `["*"]`.
+    #[serde(default = "any")]
+    #[schemars(length(min = 1, max = 64), inner(regex(pattern = r"^(\*|[a-z0-9]{1,63})$")))]
+    pub api_versions: Vec<String>,
+
+    /// Resources, with subresources after a slash: `secrets`, `pods/exec`, `pods/*` (pods and
+    /// all their subresources), `*` (all resources, not subresources), `*/*` (everything).
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(regex(
+            pattern = r"^(\*|[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)(/(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?))?$"
+        ))
+    )]
+    pub resources: Vec<String>,
+}
+
+fn any() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+/// An admission operation.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Operation {
+    #[serde(rename = "CREATE")]
+    Create,
+    #[serde(rename = "UPDATE")]
+    Update,
+    #[serde(rename = "DELETE")]
+    Delete,
+    #[serde(rename = "CONNECT")]
+    Connect,
+    #[serde(rename = "*")]
+    All,
+}
+
+impl Operation {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+            Operation::Connect => "CONNECT",
+            Operation::All => "*",
+        }
+    }
+}
+
+/// People, groups and service accounts a policy names.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Subjects {
+    /// Usernames (globs with `*` allowed, e.g. `*@contractor.example.com`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub users: Vec<String>,
+    /// Group names, exact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub groups: Vec<String>,
+    /// Service accounts; `name: "*"` means every service account of the namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub service_accounts: Vec<ServiceAccountRef>,
+}
+
+/// A service account, by namespace and name.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct ServiceAccountRef {
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+    /// The service account's name, or `*` for all of the namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// Requests a policy never applies to.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Exclusions {
+    /// Usernames (globs allowed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub users: Vec<String>,
+    /// Group names, exact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub groups: Vec<String>,
+    /// Service accounts; `name: "*"` means every service account of the namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub service_accounts: Vec<ServiceAccountRef>,
+    /// Namespace name globs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(regex(pattern = r"^[a-z0-9*?]([-a-z0-9*?]{0,62})$")))]
+    pub namespaces: Vec<String>,
+}
+
+/// What a policy does with a matching request that has no satisfying grant.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+pub enum Enforcement {
+    /// Refuse the request.
+    #[default]
+    Deny,
+    /// Allow it, with a warning to the client.
+    Warn,
+    /// Allow it, and only record it.
+    Audit,
+}
+
+impl Enforcement {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Enforcement::Deny => "Deny",
+            Enforcement::Warn => "Warn",
+            Enforcement::Audit => "Audit",
+        }
+    }
+}
+
+/// Observed state of a StepUpPolicy.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepUpPolicyStatus {
+    /// `Ready` is `True` once the webhook enforces the policy; `False` with a reason when the
+    /// policy cannot be compiled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// The generation the conditions describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

@@ -1,0 +1,153 @@
+//! The decision: given a request, the policies, the grants and the time, allow or deny, and
+//! say why in a form the API server, the user, the plugin and the auditor can each read.
+//! Pure: no I/O, no clock; the admission server is a shell around [`decide`].
+
+mod builtin;
+mod outcome;
+
+use jiff::{SignedDuration, Timestamp};
+use smallvec::SmallVec;
+
+pub use builtin::StepUpObjects;
+pub use outcome::{Decision, Outcome, Requirement, describe};
+
+use crate::{
+    api::{Enforcement, GROUP},
+    grant::{self, GrantIndex, GrantRecord},
+    policy::{CompiledPolicy, PolicyIndex, Request},
+};
+
+/// Who is who, from the webhook's configuration.
+#[derive(Clone, Debug, Default)]
+pub struct DecisionConfig {
+    /// Usernames of the stepup controller: the only writers of grants.
+    pub controller_users: Vec<String>,
+    /// Groups whose members may approve enrollments, reset lockouts and revoke any grant.
+    pub admin_groups: Vec<String>,
+    /// Groups that bypass policies, loudly (warning, Event, metric, audit line).
+    pub break_glass_groups: Vec<String>,
+    /// Users and groups no policy applies to, quietly (e.g. a GitOps controller).
+    pub exempt_users: Vec<String>,
+    pub exempt_groups: Vec<String>,
+    /// Namespaces whose objects no policy applies to (kube-system and stepup's own), so that
+    /// a broken webhook cannot lock the cluster or itself out.
+    pub exempt_namespaces: Vec<String>,
+}
+
+/// What the decision knows about grants.
+#[derive(Clone, Copy, Debug)]
+pub enum Grants<'a> {
+    /// The watch-fed cache.
+    Cached(&'a GrantIndex),
+    /// The user's grants, fetched from the API server just now.
+    Fetched(&'a [GrantRecord]),
+    /// The cache has been out of touch with the API server for longer than allowed: grant
+    /// decisions fail closed.
+    Unavailable { stale_for: SignedDuration },
+}
+
+impl<'a> Grants<'a> {
+    /// The user's grants, gathered once per decision (rarely more than a handful).
+    fn of_user(self, user: &str) -> SmallVec<[&'a GrantRecord; 8]> {
+        match self {
+            Grants::Cached(index) => index.for_user(user).collect(),
+            Grants::Fetched(records) => records.iter().filter(|g| g.user == user).collect(),
+            Grants::Unavailable { .. } => SmallVec::new(),
+        }
+    }
+}
+
+/// Everything a decision reads besides the request.
+#[derive(Clone, Copy, Debug)]
+pub struct Inputs<'a> {
+    pub policies: &'a PolicyIndex,
+    pub grants: Grants<'a>,
+    pub config: &'a DecisionConfig,
+    pub now: Timestamp,
+}
+
+/// Decides one admission request. `objects` carries the parsed objects for `stepup.dev` kinds.
+pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -> Decision {
+    if req.group == GROUP
+        && let Some(decision) = builtin::decide(req, objects, inputs.config)
+    {
+        return decision;
+    }
+    if is_exempt(req, inputs.config) {
+        return Decision::exempt();
+    }
+    let matched = inputs.policies.matching(req);
+    if matched.is_empty() {
+        return Decision::not_matched();
+    }
+    if req.user.in_any_group(&inputs.config.break_glass_groups) {
+        return Decision::break_glass(req, &matched);
+    }
+    evaluate(req, &matched, inputs)
+}
+
+/// Requests no policy may touch: control-plane plumbing, stepup's own namespace and kinds,
+/// configured exemptions.
+fn is_exempt(req: &Request<'_>, config: &DecisionConfig) -> bool {
+    let user = &req.user;
+    let plumbing = matches!(
+        (req.group, req.resource),
+        ("coordination.k8s.io", "leases") | ("", "events") | ("events.k8s.io", "events")
+    ) || matches!(req.group, "authentication.k8s.io" | "authorization.k8s.io");
+    // Policies never apply to challenges, enrollments or grants: stepping up must always be
+    // possible, and so must revoking.
+    let stepup_kind = req.group == GROUP && req.resource != "stepuppolicies";
+    let exempt_namespace = !req.is_namespace_object() && config.exempt_namespaces.iter().any(|n| n == req.namespace);
+    plumbing
+        || stepup_kind
+        || exempt_namespace
+        || config.controller_users.iter().any(|u| u == user.username)
+        || config.exempt_users.iter().any(|u| u == user.username)
+        || user.in_any_group(&config.exempt_groups)
+}
+
+fn evaluate(req: &Request<'_>, matched: &[&CompiledPolicy], inputs: &Inputs<'_>) -> Decision {
+    let now = inputs.now;
+    let mine = inputs.grants.of_user(req.user.username);
+    let enforcing: Vec<&CompiledPolicy> =
+        matched.iter().copied().filter(|p| p.enforcement == Enforcement::Deny).collect();
+
+    if let Grants::Unavailable { stale_for } = inputs.grants
+        && !enforcing.is_empty()
+    {
+        return Decision::grants_unavailable(req, matched, stale_for);
+    }
+
+    if let Some(g) = grant::satisfying(mine.iter().copied(), matched, req, now) {
+        return Decision::granted(matched, g);
+    }
+    if !enforcing.is_empty() {
+        match grant::satisfying(mine.iter().copied(), &enforcing, req, now) {
+            None => {
+                let why = grant::explain(mine.iter().copied(), &enforcing, req, now);
+                let lookup_may_help = matches!(inputs.grants, Grants::Cached(_));
+                return Decision::denied(req, matched, &enforcing, why, lookup_may_help);
+            }
+            Some(g) => {
+                let unsatisfied = unsatisfied_by(matched, g, req, now);
+                return Decision::allowed_with_advisories(req, matched, &unsatisfied, Some(g));
+            }
+        }
+    }
+    // Only Warn and Audit policies: allowed; each one some grant satisfies stays quiet.
+    let unsatisfied: Vec<&CompiledPolicy> =
+        matched.iter().copied().filter(|p| grant::satisfying(mine.iter().copied(), &[p], req, now).is_none()).collect();
+    Decision::allowed_with_advisories(req, matched, &unsatisfied, None)
+}
+
+fn unsatisfied_by<'p>(
+    policies: &[&'p CompiledPolicy],
+    g: &GrantRecord,
+    req: &Request<'_>,
+    now: Timestamp,
+) -> Vec<&'p CompiledPolicy> {
+    policies.iter().copied().filter(|p| grant::check(g, p, req, now).is_err()).collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,382 @@
+//! The decision value and the words it carries to users and auditors.
+
+use std::fmt::{self, Write};
+
+use jiff::SignedDuration;
+
+use crate::{
+    api::{Duration, Enforcement, Method, Operation},
+    grant::{self, GrantRecord, Unsatisfied},
+    policy::{CompiledPolicy, Request},
+};
+
+/// What happened, as one stable word: the `decision` metric label and audit annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// No policy matches: the common case.
+    NotMatched,
+    /// Exempt subject, namespace or resource.
+    Exempt,
+    /// Policies matched and a grant satisfies them.
+    Granted,
+    /// A `Deny` policy matched and no grant satisfies it.
+    Denied,
+    /// Allowed, with a warning from a `Warn` policy.
+    Warned,
+    /// Allowed; an `Audit` policy recorded it.
+    Audited,
+    /// Allowed because the requester is in a break-glass group.
+    BreakGlass,
+    /// Denied because the grant cache is out of touch with the API server.
+    Unavailable,
+    /// A change to a stepup kind that the built-in rules allow.
+    BuiltinAllowed,
+    /// A change to a stepup kind that the built-in rules refuse (spoofing, forging).
+    BuiltinDenied,
+    /// The object could not be read (e.g. an invalid StepUpPolicy).
+    Invalid,
+}
+
+impl Outcome {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Outcome::NotMatched => "no-policy",
+            Outcome::Exempt => "exempt",
+            Outcome::Granted => "granted",
+            Outcome::Denied => "denied",
+            Outcome::Warned => "warned",
+            Outcome::Audited => "audited",
+            Outcome::BreakGlass => "break-glass",
+            Outcome::Unavailable => "unavailable",
+            Outcome::BuiltinAllowed => "builtin-allowed",
+            Outcome::BuiltinDenied => "builtin-denied",
+            Outcome::Invalid => "invalid",
+        }
+    }
+
+    pub const ALL: [Outcome; 11] = [
+        Outcome::NotMatched,
+        Outcome::Exempt,
+        Outcome::Granted,
+        Outcome::Denied,
+        Outcome::Warned,
+        Outcome::Audited,
+        Outcome::BreakGlass,
+        Outcome::Unavailable,
+        Outcome::BuiltinAllowed,
+        Outcome::BuiltinDenied,
+        Outcome::Invalid,
+    ];
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What would satisfy a denied request, in the spirit of RFC 9470: stable and machine-readable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requirement {
+    pub policies: Vec<String>,
+    /// Methods every one of the policies accepts.
+    pub methods: Vec<Method>,
+    /// The smallest maxAge among the policies.
+    pub max_age: Duration,
+    pub reason_required: bool,
+}
+
+impl Requirement {
+    fn of(policies: &[&CompiledPolicy]) -> Self {
+        let mut methods: Vec<Method> = policies.first().map(|p| p.methods.clone()).unwrap_or_default();
+        methods.retain(|m| policies.iter().all(|p| p.accepts_method(*m)));
+        Self {
+            policies: policies.iter().map(|p| p.name.clone()).collect(),
+            methods,
+            max_age: policies.iter().map(|p| p.max_age_text).min().unwrap_or_default(),
+            reason_required: policies.iter().any(|p| p.require_reason),
+        }
+    }
+
+    /// The exact command that obtains a satisfying grant.
+    pub fn command(&self) -> String {
+        if self.reason_required {
+            "kubectl stepup request --reason \"<ticket or incident>\"".to_owned()
+        } else {
+            "kubectl stepup request".to_owned()
+        }
+    }
+}
+
+impl fmt::Display for Requirement {
+    /// `policies=a,b methods=TOTP max-age=15m reason-required=false`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let methods: Vec<&str> = self.methods.iter().map(|m| m.as_str()).collect();
+        write!(
+            f,
+            "policies={} methods={} max-age={} reason-required={}",
+            self.policies.join(","),
+            methods.join(","),
+            self.max_age,
+            self.reason_required
+        )
+    }
+}
+
+/// The answer for the API server and everything the shell needs to record it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Outcome,
+    pub allowed: bool,
+    /// HTTP status code for a refusal (403, 400, 503); 200 when allowed.
+    pub code: u16,
+    /// Kubernetes `StatusReason` for a refusal: `Forbidden`, `Invalid`, `ServiceUnavailable`.
+    pub reason: &'static str,
+    pub message: String,
+    pub warnings: Vec<String>,
+    /// Names of the policies the request matched.
+    pub policies: Vec<String>,
+    /// The grant that let the request through.
+    pub grant: Option<String>,
+    /// The reason recorded in that grant.
+    pub grant_reason: Option<String>,
+    /// For a denial: what would satisfy it.
+    pub requirement: Option<Requirement>,
+    /// Denied from the cache alone: a direct lookup of the user's grants may still find a
+    /// grant issued a moment ago, so the shell asks the API server and decides again.
+    pub lookup_may_help: bool,
+}
+
+impl Decision {
+    fn allow(outcome: Outcome) -> Self {
+        Self {
+            outcome,
+            allowed: true,
+            code: 200,
+            reason: "",
+            message: String::new(),
+            warnings: Vec::new(),
+            policies: Vec::new(),
+            grant: None,
+            grant_reason: None,
+            requirement: None,
+            lookup_may_help: false,
+        }
+    }
+
+    pub(crate) fn refuse(outcome: Outcome, code: u16, reason: &'static str, message: String) -> Self {
+        Self { allowed: false, code, reason, message, ..Self::allow(outcome) }
+    }
+
+    pub fn not_matched() -> Self {
+        Self::allow(Outcome::NotMatched)
+    }
+
+    pub fn exempt() -> Self {
+        Self::allow(Outcome::Exempt)
+    }
+
+    pub(crate) fn builtin_allowed() -> Self {
+        Self::allow(Outcome::BuiltinAllowed)
+    }
+
+    pub(crate) fn builtin_denied(message: String) -> Self {
+        Self::refuse(Outcome::BuiltinDenied, 403, "Forbidden", format!("kube-stepup: {message}"))
+    }
+
+    /// The object in the request cannot be read; names the problem.
+    pub fn invalid(message: impl fmt::Display) -> Self {
+        Self::refuse(Outcome::Invalid, 400, "BadRequest", format!("kube-stepup: {message}"))
+    }
+
+    pub(crate) fn invalid_object(message: impl fmt::Display) -> Self {
+        Self::refuse(Outcome::Invalid, 422, "Invalid", format!("kube-stepup: {message}"))
+    }
+
+    pub(crate) fn break_glass(req: &Request<'_>, matched: &[&CompiledPolicy]) -> Self {
+        let names = names(matched);
+        Self {
+            warnings: vec![format!(
+                "stepup: break-glass access bypassed {} for {}; this is recorded and reported",
+                quoted_list("policy", "policies", &names),
+                describe(req)
+            )],
+            policies: names,
+            ..Self::allow(Outcome::BreakGlass)
+        }
+    }
+
+    pub(crate) fn granted(matched: &[&CompiledPolicy], grant: &GrantRecord) -> Self {
+        Self {
+            policies: names(matched),
+            grant: Some(grant.name.clone()),
+            grant_reason: grant.reason.clone(),
+            ..Self::allow(Outcome::Granted)
+        }
+    }
+
+    pub(crate) fn grants_unavailable(
+        req: &Request<'_>,
+        matched: &[&CompiledPolicy],
+        stale_for: SignedDuration,
+    ) -> Self {
+        let names = names(matched);
+        let message = format!(
+            "kube-stepup: cannot verify step-up grants for {} ({} required): the webhook has been out of touch with the API server for {}, so it fails closed. Retry in a moment; if this persists, ask an operator to check the stepup webhook.",
+            describe(req),
+            quoted_list("policy", "policies", &names),
+            grant::human(stale_for)
+        );
+        Self { policies: names, ..Self::refuse(Outcome::Unavailable, 503, "ServiceUnavailable", message) }
+    }
+
+    pub(crate) fn denied(
+        req: &Request<'_>,
+        matched: &[&CompiledPolicy],
+        enforcing: &[&CompiledPolicy],
+        why: Option<(&GrantRecord, Unsatisfied)>,
+        lookup_may_help: bool,
+    ) -> Self {
+        let requirement = Requirement::of(enforcing);
+        let mut message = format!(
+            "kube-stepup: {} requires step-up ({}): ",
+            describe(req),
+            quoted_list("policy", "policies", &requirement.policies)
+        );
+        if requirement.methods.is_empty() {
+            message.push_str("the matching policies accept no common verification method, so no single grant can satisfy them; ask an operator to review them.");
+        } else {
+            let methods: Vec<&str> = requirement.methods.iter().map(|m| m.as_str()).collect();
+            let _ = write!(message, "a {} grant issued within the last {}", methods.join(" or "), requirement.max_age);
+            if requirement.reason_required {
+                message.push_str(", requested with a reason");
+            }
+            message.push('.');
+        }
+        match why {
+            Some((g, why)) => {
+                let _ = write!(message, " Your latest grant {} does not count: {why}.", g.name);
+            }
+            None => message.push_str(" You hold no grant."),
+        }
+        for p in enforcing {
+            if let Some(extra) = &p.message {
+                let _ = write!(message, " {extra}");
+            }
+        }
+        let _ = write!(
+            message,
+            " Run `{}` and retry, or prefix your command with `kubectl stepup --`. [stepup-required: {requirement}]",
+            requirement.command()
+        );
+        Self {
+            policies: names(matched),
+            requirement: Some(requirement),
+            lookup_may_help,
+            ..Self::refuse(Outcome::Denied, 403, "Forbidden", message)
+        }
+    }
+
+    /// Allowed, with warnings for unsatisfied `Warn` policies and a record for `Audit` ones.
+    pub(crate) fn allowed_with_advisories(
+        req: &Request<'_>,
+        matched: &[&CompiledPolicy],
+        unsatisfied: &[&CompiledPolicy],
+        grant: Option<&GrantRecord>,
+    ) -> Self {
+        let warnings: Vec<String> = unsatisfied
+            .iter()
+            .filter(|p| p.enforcement == Enforcement::Warn)
+            .map(|p| {
+                format!(
+                    "stepup: policy \"{}\" asks for a second factor within {} for {}; run `kubectl stepup request`{}",
+                    p.name,
+                    p.max_age_text,
+                    describe(req),
+                    p.message.as_deref().map(|m| format!(". {m}")).unwrap_or_default()
+                )
+            })
+            .collect();
+        let outcome = if !warnings.is_empty() {
+            Outcome::Warned
+        } else if unsatisfied.iter().any(|p| p.enforcement == Enforcement::Audit) {
+            Outcome::Audited
+        } else {
+            Outcome::Granted
+        };
+        Self {
+            warnings,
+            policies: names(matched),
+            grant: grant.map(|g| g.name.clone()),
+            grant_reason: grant.and_then(|g| g.reason.clone()),
+            ..Self::allow(outcome)
+        }
+    }
+
+    /// Whether this decision goes into the audit trail: every decision that involved a policy
+    /// or a built-in rule.
+    pub fn is_audited(&self) -> bool {
+        !matches!(self.outcome, Outcome::NotMatched | Outcome::Exempt)
+    }
+
+    /// Whether an Event is worth recording (before dry-run and rate limiting are considered).
+    pub fn is_eventful(&self) -> bool {
+        matches!(
+            self.outcome,
+            Outcome::Denied
+                | Outcome::Warned
+                | Outcome::Audited
+                | Outcome::BreakGlass
+                | Outcome::Unavailable
+                | Outcome::BuiltinDenied
+        )
+    }
+
+    /// `auditAnnotations` for the API server's audit log. The API server prefixes each key
+    /// with the webhook's name (e.g. `validate.stepup.dev/decision`).
+    pub fn audit_annotations(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("decision", self.outcome.as_str().to_owned())];
+        if !self.policies.is_empty() {
+            out.push(("policy", self.policies.join(",")));
+        }
+        if let Some(g) = &self.grant {
+            out.push(("grant", g.clone()));
+        }
+        if let Some(r) = &self.grant_reason {
+            out.push(("reason", r.clone()));
+        }
+        out
+    }
+}
+
+fn names(policies: &[&CompiledPolicy]) -> Vec<String> {
+    policies.iter().map(|p| p.name.clone()).collect()
+}
+
+fn quoted_list(singular: &str, plural: &str, names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    let noun = if names.len() == 1 { singular } else { plural };
+    format!("{noun} {}", quoted.join(", "))
+}
+
+/// `delete secrets "db" in namespace "prod"`, `connect to pods/exec "web" in namespace "prod"`.
+pub fn describe(req: &Request<'_>) -> String {
+    let verb = match req.operation {
+        Operation::Create => "create",
+        Operation::Update => "update",
+        Operation::Delete => "delete",
+        Operation::Connect => "connect to",
+        Operation::All => "access",
+    };
+    let mut out = format!("{verb} {}", req.resource);
+    if !req.subresource.is_empty() {
+        let _ = write!(out, "/{}", req.subresource);
+    }
+    if !req.name.is_empty() {
+        let _ = write!(out, " \"{}\"", req.name);
+    }
+    if req.has_namespace() && !req.is_namespace_object() {
+        let _ = write!(out, " in namespace \"{}\"", req.namespace);
+    }
+    out
+}

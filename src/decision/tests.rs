@@ -1,0 +1,548 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::{
+    api::{
+        self, Enforcement, Operation::*, StepUpChallenge, StepUpChallengeSpec, StepUpEnrollment, StepUpEnrollmentSpec,
+    },
+    grant::GrantIndex,
+    policy::PolicyIndex,
+    testing::{RequestBuilder, grant, minutes, policy, request, t0},
+};
+
+const CONTROLLER: &str = "system:serviceaccount:stepup-system:stepup-controller";
+
+fn config() -> DecisionConfig {
+    DecisionConfig {
+        controller_users: vec![CONTROLLER.into()],
+        admin_groups: vec!["stepup:admins".into()],
+        break_glass_groups: vec!["stepup:break-glass".into()],
+        exempt_users: vec!["flux".into()],
+        exempt_groups: vec!["gitops".into()],
+        exempt_namespaces: vec!["kube-system".into(), "stepup-system".into()],
+    }
+}
+
+fn policies() -> PolicyIndex {
+    PolicyIndex::new(
+        [
+            policy("prod-secrets")
+                .rule(&[Delete, Update], "", &["secrets"])
+                .namespaces(&["prod"])
+                .message("See https://runbooks.example.com/secrets.")
+                .compiled(),
+            policy("prod-exec")
+                .rule(&[Connect], "", &["pods/exec", "pods/attach"])
+                .namespaces(&["prod"])
+                .max_age("5m")
+                .compiled(),
+            policy("dev-secrets-warn")
+                .rule(&[Delete], "", &["secrets"])
+                .namespaces(&["dev"])
+                .enforcement(Enforcement::Warn)
+                .compiled(),
+            policy("staging-audit")
+                .rule(&[Delete], "", &["secrets"])
+                .namespaces(&["staging"])
+                .enforcement(Enforcement::Audit)
+                .compiled(),
+            policy("incident-only")
+                .rule(&[Delete], "apps", &["deployments"])
+                .namespaces(&["prod"])
+                .require_reason()
+                .compiled(),
+            policy("policy-changes").rule(&[All], "stepup.dev", &["stepuppolicies"]).compiled(),
+        ]
+        .into_iter()
+        .map(Arc::new),
+    )
+}
+
+struct World {
+    policies: PolicyIndex,
+    grants: GrantIndex,
+    config: DecisionConfig,
+    now: jiff::Timestamp,
+}
+
+fn world(grants: Vec<crate::grant::GrantRecord>) -> World {
+    World { policies: policies(), grants: GrantIndex::new(grants), config: config(), now: t0() + minutes(5) }
+}
+
+impl World {
+    fn decide(&self, req: &RequestBuilder) -> Decision {
+        self.decide_with(req, &StepUpObjects::None)
+    }
+
+    fn decide_with(&self, req: &RequestBuilder, objects: &StepUpObjects) -> Decision {
+        let inputs = Inputs {
+            policies: &self.policies,
+            grants: Grants::Cached(&self.grants),
+            config: &self.config,
+            now: self.now,
+        };
+        decide(&req.view(), objects, &inputs)
+    }
+}
+
+fn delete_prod_secret() -> RequestBuilder {
+    request(Delete, "secrets").namespace("prod").name("db")
+}
+
+#[test]
+fn outcomes_for_ordinary_requests() {
+    let cases: Vec<(&str, RequestBuilder, Vec<crate::grant::GrantRecord>, Outcome)> = vec![
+        ("denies delete of prod secret without grant", delete_prod_secret(), vec![], Outcome::Denied),
+        (
+            "allows delete of prod secret with fresh grant",
+            delete_prod_secret(),
+            vec![grant("g1", "alice").record()],
+            Outcome::Granted,
+        ),
+        (
+            "allows delete of dev secret: no enforcing policy",
+            request(Delete, "secrets").namespace("test").name("db"),
+            vec![],
+            Outcome::NotMatched,
+        ),
+        (
+            "warns on dev secret deletion",
+            request(Delete, "secrets").namespace("dev").name("db"),
+            vec![],
+            Outcome::Warned,
+        ),
+        (
+            "audits staging secret deletion",
+            request(Delete, "secrets").namespace("staging").name("db"),
+            vec![],
+            Outcome::Audited,
+        ),
+        (
+            "a grant quiets a warn policy",
+            request(Delete, "secrets").namespace("dev"),
+            vec![grant("g1", "alice").record()],
+            Outcome::Granted,
+        ),
+        (
+            "denies exec into prod pod",
+            request(Connect, "pods/exec").namespace("prod").name("web"),
+            vec![],
+            Outcome::Denied,
+        ),
+        (
+            "denies exec with a grant older than that policy's maxAge",
+            request(Connect, "pods/exec").namespace("prod").name("web"),
+            vec![grant("g1", "alice").issued(t0() - minutes(1)).record()],
+            Outcome::Denied,
+        ),
+        (
+            "someone else's grant does not count",
+            delete_prod_secret(),
+            vec![grant("g1", "bob").record()],
+            Outcome::Denied,
+        ),
+        ("exempt namespace kube-system", request(Delete, "secrets").namespace("kube-system"), vec![], Outcome::Exempt),
+        ("exempt user", delete_prod_secret().by("flux", &[]), vec![], Outcome::Exempt),
+        ("exempt group", delete_prod_secret().by("argo", &["gitops"]), vec![], Outcome::Exempt),
+        ("controller is exempt", delete_prod_secret().by(CONTROLLER, &[]), vec![], Outcome::Exempt),
+        (
+            "break-glass group passes loudly",
+            delete_prod_secret().by("carol", &["stepup:break-glass"]),
+            vec![],
+            Outcome::BreakGlass,
+        ),
+        (
+            "service accounts are not people",
+            delete_prod_secret().by("system:serviceaccount:ci:deploy", &[]),
+            vec![],
+            Outcome::NotMatched,
+        ),
+        (
+            "leases are never subject to policies",
+            request(Delete, "leases").group("coordination.k8s.io", "v1").namespace("prod"),
+            vec![],
+            Outcome::Exempt,
+        ),
+        (
+            "reason-requiring policy denies a grant without reason",
+            request(Delete, "deployments").group("apps", "v1").namespace("prod"),
+            vec![grant("g1", "alice").record()],
+            Outcome::Denied,
+        ),
+        (
+            "reason-requiring policy accepts a grant with reason",
+            request(Delete, "deployments").group("apps", "v1").namespace("prod"),
+            vec![grant("g1", "alice").reason("INC-42").record()],
+            Outcome::Granted,
+        ),
+    ];
+    for (name, req, grants, expected) in cases {
+        let d = world(grants).decide(&req);
+        assert_eq!(d.outcome, expected, "{name}: {d:?}");
+        assert_eq!(d.allowed, !matches!(expected, Outcome::Denied), "{name}");
+    }
+}
+
+#[test]
+fn denial_names_policy_command_and_requirement() {
+    let d = world(vec![]).decide(&delete_prod_secret());
+    assert!(!d.allowed);
+    assert_eq!((d.code, d.reason), (403, "Forbidden"));
+    assert!(d.message.contains(r#"delete secrets "db" in namespace "prod""#), "{}", d.message);
+    assert!(d.message.contains(r#"policy "prod-secrets""#), "{}", d.message);
+    assert!(d.message.contains("kubectl stepup request"), "{}", d.message);
+    assert!(d.message.contains("See https://runbooks.example.com/secrets."), "{}", d.message);
+    assert!(d.message.contains("You hold no grant."), "{}", d.message);
+    assert!(
+        d.message.ends_with("[stepup-required: policies=prod-secrets methods=TOTP max-age=15m reason-required=false]"),
+        "{}",
+        d.message
+    );
+    let req = d.requirement.expect("requirement");
+    assert_eq!(req.methods, vec![api::Method::Totp]);
+    assert_eq!(req.max_age.to_string(), "15m");
+    assert!(d.lookup_may_help, "a cache miss should trigger a direct lookup");
+}
+
+#[test]
+fn denial_explains_why_an_existing_grant_does_not_count() {
+    let mut w = world(vec![grant("stepup-abc", "alice").record()]);
+    w.now = t0() + minutes(40);
+    let d = w.decide(&delete_prod_secret());
+    assert!(
+        d.message.contains(
+            "Your latest grant stepup-abc does not count: it was issued 40m ago and the policy accepts at most 15m."
+        ),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn reason_requirement_shows_in_the_command() {
+    let d = world(vec![]).decide(&request(Delete, "deployments").group("apps", "v1").namespace("prod"));
+    assert!(d.message.contains(r#"kubectl stepup request --reason "<ticket or incident>""#), "{}", d.message);
+    assert!(d.requirement.unwrap().reason_required);
+}
+
+#[test]
+fn warn_carries_a_warning_and_audit_does_not() {
+    let warned = world(vec![]).decide(&request(Delete, "secrets").namespace("dev").name("x"));
+    assert!(warned.allowed);
+    assert_eq!(warned.warnings.len(), 1);
+    assert!(warned.warnings[0].contains("dev-secrets-warn"), "{:?}", warned.warnings);
+    let audited = world(vec![]).decide(&request(Delete, "secrets").namespace("staging").name("x"));
+    assert!(audited.allowed && audited.warnings.is_empty());
+    assert_eq!(audited.policies, vec!["staging-audit"]);
+}
+
+#[test]
+fn audit_annotations_name_decision_policy_grant_and_reason() {
+    let d = world(vec![grant("g1", "alice").reason("INC-42").record()]).decide(&delete_prod_secret());
+    assert_eq!(
+        d.audit_annotations(),
+        vec![
+            ("decision", "granted".to_owned()),
+            ("policy", "prod-secrets".to_owned()),
+            ("grant", "g1".to_owned()),
+            ("reason", "INC-42".to_owned())
+        ]
+    );
+    let d = world(vec![]).decide(&delete_prod_secret());
+    assert_eq!(d.audit_annotations(), vec![("decision", "denied".to_owned()), ("policy", "prod-secrets".to_owned())]);
+}
+
+#[test]
+fn break_glass_warns_and_is_audited() {
+    let d = world(vec![]).decide(&delete_prod_secret().by("carol", &["developers", "stepup:break-glass"]));
+    assert!(d.allowed && d.is_audited() && d.is_eventful());
+    assert!(d.warnings[0].contains("break-glass"), "{:?}", d.warnings);
+}
+
+#[test]
+fn dry_run_is_decided_the_same() {
+    let d = world(vec![]).decide(&delete_prod_secret().dry_run());
+    assert_eq!(d.outcome, Outcome::Denied);
+}
+
+#[test]
+fn unmatched_requests_allocate_nothing_and_are_not_audited() {
+    let d = world(vec![]).decide(&request(Create, "configmaps").namespace("prod"));
+    assert_eq!(d, Decision::not_matched());
+    assert!(!d.is_audited() && !d.is_eventful());
+    assert_eq!(d.policies.capacity(), 0);
+}
+
+#[test]
+fn stale_grant_cache_fails_closed_for_deny_policies_only() {
+    let w = world(vec![grant("g1", "alice").record()]);
+    let inputs = |stale| Inputs {
+        policies: &w.policies,
+        grants: Grants::Unavailable { stale_for: stale },
+        config: &w.config,
+        now: w.now,
+    };
+    let d = decide(&delete_prod_secret().view(), &StepUpObjects::None, &inputs(minutes(3)));
+    assert_eq!((d.outcome, d.allowed, d.code), (Outcome::Unavailable, false, 503));
+    assert!(d.message.contains("3m"), "{}", d.message);
+    let warn = request(Delete, "secrets").namespace("dev");
+    let d = decide(&warn.view(), &StepUpObjects::None, &inputs(minutes(3)));
+    assert_eq!(d.outcome, Outcome::Warned);
+}
+
+#[test]
+fn fetched_grants_decide_without_suggesting_another_lookup() {
+    let w = world(vec![]);
+    let fetched = vec![grant("fresh", "alice").record()];
+    let inputs = Inputs { policies: &w.policies, grants: Grants::Fetched(&fetched), config: &w.config, now: w.now };
+    let d = decide(&delete_prod_secret().view(), &StepUpObjects::None, &inputs);
+    assert_eq!(d.outcome, Outcome::Granted);
+    let none: Vec<crate::grant::GrantRecord> = vec![];
+    let inputs = Inputs { grants: Grants::Fetched(&none), ..inputs };
+    let d = decide(&delete_prod_secret().view(), &StepUpObjects::None, &inputs);
+    assert!(!d.lookup_may_help);
+}
+
+// Built-in rules for stepup.dev kinds.
+
+fn on(resource: &str) -> RequestBuilder {
+    request(Create, resource).group("stepup.dev", "v1alpha1")
+}
+
+fn challenge_for(user: &str, uid: Option<&str>) -> StepUpObjects {
+    let c = StepUpChallenge::new(
+        "c1",
+        StepUpChallengeSpec {
+            user: user.into(),
+            uid: uid.map(Into::into),
+            method: api::Method::Totp,
+            response: Some("123456".into()),
+            reason: None,
+            duration: None,
+            scope: Default::default(),
+        },
+    );
+    StepUpObjects::Challenge { object: Some(Box::new(c.clone())), old: Some(Box::new(c)) }
+}
+
+fn enrollment_for(user: &str, name: Option<&str>, annotations: &[(&str, &str)]) -> Box<StepUpEnrollment> {
+    let mut e = StepUpEnrollment::new(
+        name.map(str::to_owned).unwrap_or_else(|| api::enrollment_name(user)).as_str(),
+        StepUpEnrollmentSpec {
+            user: user.into(),
+            method: api::Method::Totp,
+            public_key: "A".repeat(43) + "=",
+            confirmation: None,
+        },
+    );
+    if !annotations.is_empty() {
+        e.metadata.annotations = Some(annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    }
+    Box::new(e)
+}
+
+fn grant_objects(user: &str) -> StepUpObjects {
+    let g = Box::new(grant("g1", user).build());
+    StepUpObjects::Grant { object: Some(g.clone()), old: Some(g) }
+}
+
+#[test]
+fn builtin_rules_bind_stepup_objects_to_the_requester() {
+    let admin = &["stepup:admins", "system:authenticated"];
+    let cases: Vec<(&str, RequestBuilder, StepUpObjects, bool)> = vec![
+        ("alice creates her own challenge", on("stepupchallenges"), challenge_for("alice", None), true),
+        ("alice cannot create a challenge for bob", on("stepupchallenges"), challenge_for("bob", None), false),
+        (
+            "challenge must carry the requester's uid",
+            on("stepupchallenges").uid("uid-alice-1"),
+            challenge_for("alice", Some("uid-alice-1")),
+            true,
+        ),
+        (
+            "challenge with another uid is refused",
+            on("stepupchallenges").uid("uid-alice-2"),
+            challenge_for("alice", Some("uid-alice-1")),
+            false,
+        ),
+        (
+            "challenge without uid is refused when the authenticator gives one",
+            on("stepupchallenges").uid("uid-alice-2"),
+            challenge_for("alice", None),
+            false,
+        ),
+        (
+            "alice cannot change a challenge after creation",
+            RequestBuilder { operation: Update, ..on("stepupchallenges") },
+            challenge_for("alice", None),
+            false,
+        ),
+        (
+            "the controller updates challenges",
+            RequestBuilder { operation: Update, ..on("stepupchallenges").by(CONTROLLER, &[]) },
+            challenge_for("alice", None),
+            true,
+        ),
+        ("alice cannot create a grant", on("stepupgrants"), grant_objects("alice"), false),
+        ("an admin cannot create a grant either", on("stepupgrants").by("root", admin), grant_objects("alice"), false),
+        (
+            "break-glass does not forge grants",
+            on("stepupgrants").by("carol", &["stepup:break-glass"]),
+            grant_objects("carol"),
+            false,
+        ),
+        ("the controller creates grants", on("stepupgrants").by(CONTROLLER, &[]), grant_objects("alice"), true),
+        (
+            "alice cannot edit a grant",
+            RequestBuilder { operation: Update, ..on("stepupgrants") },
+            grant_objects("alice"),
+            false,
+        ),
+        (
+            "alice cannot edit a grant's status",
+            RequestBuilder { operation: Update, subresource: "status".into(), ..on("stepupgrants") },
+            grant_objects("alice"),
+            false,
+        ),
+        (
+            "alice revokes her own grant",
+            RequestBuilder { operation: Delete, ..on("stepupgrants") },
+            grant_objects("alice"),
+            true,
+        ),
+        (
+            "alice cannot revoke bob's grant",
+            RequestBuilder { operation: Delete, ..on("stepupgrants") },
+            grant_objects("bob"),
+            false,
+        ),
+        (
+            "an admin revokes anyone's grant",
+            RequestBuilder { operation: Delete, ..on("stepupgrants").by("root", admin) },
+            grant_objects("bob"),
+            true,
+        ),
+        (
+            "alice enrolls herself",
+            on("stepupenrollments"),
+            StepUpObjects::Enrollment { object: Some(enrollment_for("alice", None, &[])), old: None },
+            true,
+        ),
+        (
+            "alice cannot enroll bob",
+            on("stepupenrollments"),
+            StepUpObjects::Enrollment { object: Some(enrollment_for("bob", None, &[])), old: None },
+            false,
+        ),
+        (
+            "an enrollment must carry the derived name",
+            on("stepupenrollments"),
+            StepUpObjects::Enrollment { object: Some(enrollment_for("alice", Some("alice"), &[])), old: None },
+            false,
+        ),
+        (
+            "an enrollment cannot be created pre-approved",
+            on("stepupenrollments"),
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &[(api::APPROVED_BY_ANNOTATION, "alice")])),
+                old: None,
+            },
+            false,
+        ),
+        (
+            "alice cannot approve her own enrollment",
+            RequestBuilder { operation: Update, ..on("stepupenrollments") },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &[(api::APPROVED_BY_ANNOTATION, "alice")])),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            false,
+        ),
+        (
+            "an admin approves alice's enrollment in their own name",
+            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &[(api::APPROVED_BY_ANNOTATION, "root")])),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            true,
+        ),
+        (
+            "an admin cannot approve in someone else's name",
+            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &[(api::APPROVED_BY_ANNOTATION, "bob")])),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            false,
+        ),
+        (
+            "bob cannot approve alice's enrollment",
+            RequestBuilder { operation: Update, ..on("stepupenrollments").by("bob", &["developers"]) },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &[(api::APPROVED_BY_ANNOTATION, "bob")])),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            false,
+        ),
+        (
+            "alice cannot delete her enrollment (that would bypass re-enrollment rules)",
+            RequestBuilder { operation: Delete, ..on("stepupenrollments") },
+            StepUpObjects::Enrollment { object: None, old: Some(enrollment_for("alice", None, &[])) },
+            false,
+        ),
+        (
+            "alice cannot write her enrollment's status",
+            RequestBuilder { operation: Update, subresource: "status".into(), ..on("stepupenrollments") },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &[])),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            false,
+        ),
+    ];
+    for (name, req, objects, allowed) in cases {
+        let d = world(vec![]).decide_with(&req, &objects);
+        assert_eq!(d.allowed, allowed, "{name}: {}", d.message);
+        let expected = if allowed { Outcome::BuiltinAllowed } else { d.outcome };
+        assert_eq!(d.outcome, expected, "{name}");
+        if !allowed {
+            assert!(matches!(d.outcome, Outcome::BuiltinDenied | Outcome::Invalid), "{name}: {:?}", d.outcome);
+        }
+    }
+}
+
+#[test]
+fn grants_without_the_user_label_are_refused_even_from_the_controller() {
+    let mut g = grant("g1", "alice").build();
+    g.metadata.labels = None;
+    let objects = StepUpObjects::Grant { object: Some(Box::new(g)), old: None };
+    let d = world(vec![]).decide_with(&on("stepupgrants").by(CONTROLLER, &[]), &objects);
+    assert_eq!(d.outcome, Outcome::Invalid, "{}", d.message);
+}
+
+#[test]
+fn invalid_policies_are_refused_and_valid_ones_need_step_up() {
+    let mut bad = policy("bad").rule(&[Delete], "", &["secrets"]).build();
+    bad.spec.match_.namespaces = vec!["Not_A_Namespace".into()];
+    let d = world(vec![])
+        .decide_with(&on("stepuppolicies").name("bad"), &StepUpObjects::Policy { object: Some(Box::new(bad)) });
+    assert_eq!((d.outcome, d.code), (Outcome::Invalid, 422));
+    assert!(d.message.contains("spec.match.namespaces[0]"), "{}", d.message);
+
+    let good = policy("good").rule(&[Delete], "", &["secrets"]).build();
+    let objects = StepUpObjects::Policy { object: Some(Box::new(good)) };
+    let d = world(vec![]).decide_with(&on("stepuppolicies").name("good"), &objects);
+    assert_eq!(d.outcome, Outcome::Denied, "policy changes are themselves step-up operations");
+    let d = world(vec![grant("g1", "alice").record()]).decide_with(&on("stepuppolicies").name("good"), &objects);
+    assert_eq!(d.outcome, Outcome::Granted);
+}
+
+#[test]
+fn policies_never_apply_to_challenges_or_revocations() {
+    let everything = PolicyIndex::new([Arc::new(policy("everything").rule(&[All], "*", &["*/*"]).compiled())]);
+    let w = World { policies: everything, ..world(vec![]) };
+    let d = w.decide_with(&on("stepupchallenges"), &challenge_for("alice", None));
+    assert_eq!(d.outcome, Outcome::BuiltinAllowed);
+    let d = w.decide_with(&RequestBuilder { operation: Delete, ..on("stepupgrants") }, &grant_objects("alice"));
+    assert_eq!(d.outcome, Outcome::BuiltinAllowed);
+}

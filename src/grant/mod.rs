@@ -1,0 +1,204 @@
+//! Grants as the decision path sees them, the per-user index, and the one function that says
+//! whether a grant satisfies a policy for a request at a given time. Pure: time is an argument.
+
+use std::{fmt, sync::Arc};
+
+use jiff::{SignedDuration, Timestamp};
+use rustc_hash::FxHashMap;
+
+use crate::{
+    api::{GrantScope, Method, StepUpGrant},
+    policy::{CompiledPolicy, Request},
+};
+
+/// A StepUpGrant reduced to what decisions need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub name: String,
+    pub user: String,
+    pub uid: Option<String>,
+    pub method: Method,
+    pub reason: Option<String>,
+    pub issued_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub scope: GrantScope,
+    /// Being deleted (revoked); no longer usable even before it disappears.
+    pub revoked: bool,
+}
+
+impl GrantRecord {
+    /// `None` for an object without a name, which the API server never sends.
+    pub fn from_grant(grant: &StepUpGrant) -> Option<Self> {
+        let spec = &grant.spec;
+        Some(Self {
+            name: grant.metadata.name.clone()?,
+            user: spec.user.clone(),
+            uid: spec.uid.clone().filter(|u| !u.is_empty()),
+            method: spec.method,
+            reason: spec.reason.clone().filter(|r| !r.trim().is_empty()),
+            issued_at: spec.issued_at.0,
+            expires_at: spec.expires_at.0,
+            scope: spec.scope.clone(),
+            revoked: grant.metadata.deletion_timestamp.is_some(),
+        })
+    }
+}
+
+/// Why a grant does not satisfy a policy: said to the user in the denial.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unsatisfied {
+    Revoked,
+    Expired,
+    /// Issued longer ago than the policy's maxAge.
+    TooOld {
+        age: SignedDuration,
+        max_age: SignedDuration,
+    },
+    MethodNotAccepted(Method),
+    /// Issued to an account with another UID (deleted and re-created).
+    OtherAccount,
+    PolicyOutOfScope,
+    NamespaceOutOfScope,
+    ReasonRequired,
+}
+
+impl fmt::Display for Unsatisfied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unsatisfied::Revoked => f.write_str("it has been revoked"),
+            Unsatisfied::Expired => f.write_str("it has expired"),
+            Unsatisfied::TooOld { age, max_age } => {
+                write!(f, "it was issued {} ago and the policy accepts at most {}", human(*age), human(*max_age))
+            }
+            Unsatisfied::MethodNotAccepted(m) => write!(f, "the policy does not accept method {m}"),
+            Unsatisfied::OtherAccount => f.write_str("it was issued to an account with another UID"),
+            Unsatisfied::PolicyOutOfScope => f.write_str("it is limited to other policies"),
+            Unsatisfied::NamespaceOutOfScope => f.write_str("it is limited to other namespaces"),
+            Unsatisfied::ReasonRequired => f.write_str("the policy requires a grant requested with a reason"),
+        }
+    }
+}
+
+/// `1h5m`, `15m`, `40s`: durations for people.
+pub fn human(d: SignedDuration) -> String {
+    let secs = d.as_secs().max(0) as u64;
+    crate::api::Duration::from_secs(secs).to_string()
+}
+
+/// Whether `grant` satisfies `policy` for `req` at `now`. The single definition of an
+/// acceptable grant: method, account, freshness (`issuedAt >= now - maxAge`), expiry, scope.
+pub fn check(
+    grant: &GrantRecord,
+    policy: &CompiledPolicy,
+    req: &Request<'_>,
+    now: Timestamp,
+) -> Result<(), Unsatisfied> {
+    if grant.revoked {
+        return Err(Unsatisfied::Revoked);
+    }
+    if grant.user != req.user.username {
+        // The index is keyed by user; this guards direct callers.
+        return Err(Unsatisfied::OtherAccount);
+    }
+    if grant.uid.as_deref().unwrap_or("") != req.user.uid {
+        return Err(Unsatisfied::OtherAccount);
+    }
+    if now >= grant.expires_at {
+        return Err(Unsatisfied::Expired);
+    }
+    let age = now.duration_since(grant.issued_at);
+    if age > policy.max_age {
+        return Err(Unsatisfied::TooOld { age, max_age: policy.max_age });
+    }
+    if !policy.accepts_method(grant.method) {
+        return Err(Unsatisfied::MethodNotAccepted(grant.method));
+    }
+    if policy.require_reason && grant.reason.is_none() {
+        return Err(Unsatisfied::ReasonRequired);
+    }
+    if !grant.scope.allows_policy(&policy.name) {
+        return Err(Unsatisfied::PolicyOutOfScope);
+    }
+    if !grant.scope.allows_namespace(req.namespace) {
+        return Err(Unsatisfied::NamespaceOutOfScope);
+    }
+    Ok(())
+}
+
+/// The most recently issued grant that satisfies every one of `policies`.
+pub fn satisfying<'g>(
+    grants: impl IntoIterator<Item = &'g GrantRecord>,
+    policies: &[&CompiledPolicy],
+    req: &Request<'_>,
+    now: Timestamp,
+) -> Option<&'g GrantRecord> {
+    grants
+        .into_iter()
+        .filter(|g| policies.iter().all(|p| check(g, p, req, now).is_ok()))
+        .max_by_key(|g| (g.issued_at, g.name.as_str()))
+}
+
+/// Why the user's most recent grant does not do: the first policy it fails and the reason.
+pub fn explain<'g>(
+    grants: impl IntoIterator<Item = &'g GrantRecord>,
+    policies: &[&CompiledPolicy],
+    req: &Request<'_>,
+    now: Timestamp,
+) -> Option<(&'g GrantRecord, Unsatisfied)> {
+    let newest = grants.into_iter().filter(|g| !g.revoked).max_by_key(|g| (g.issued_at, g.name.as_str()))?;
+    policies.iter().find_map(|p| check(newest, p, req, now).err()).map(|why| (newest, why))
+}
+
+/// All known grants, by user.
+#[derive(Clone, Debug, Default)]
+pub struct GrantIndex {
+    by_user: FxHashMap<String, Vec<Arc<GrantRecord>>>,
+    user_of: FxHashMap<String, String>,
+}
+
+impl GrantIndex {
+    pub fn new(records: impl IntoIterator<Item = GrantRecord>) -> Self {
+        let mut index = Self::default();
+        for r in records {
+            index.upsert(r);
+        }
+        index
+    }
+
+    pub fn len(&self) -> usize {
+        self.user_of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.user_of.is_empty()
+    }
+
+    pub fn upsert(&mut self, record: GrantRecord) {
+        self.remove(&record.name);
+        self.user_of.insert(record.name.clone(), record.user.clone());
+        self.by_user.entry(record.user.clone()).or_default().push(Arc::new(record));
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Arc<GrantRecord>> {
+        let user = self.user_of.remove(name)?;
+        let grants = self.by_user.get_mut(&user)?;
+        let pos = grants.iter().position(|g| g.name == name)?;
+        let removed = grants.swap_remove(pos);
+        if grants.is_empty() {
+            self.by_user.remove(&user);
+        }
+        Some(removed)
+    }
+
+    pub fn for_user(&self, user: &str) -> impl Iterator<Item = &GrantRecord> {
+        self.by_user.get(user).into_iter().flatten().map(|g| g.as_ref())
+    }
+
+    /// Grants that are usable at `now` (not revoked, not expired), across users.
+    pub fn active(&self, now: Timestamp) -> usize {
+        self.by_user.values().flatten().filter(|g| !g.revoked && now < g.expires_at).count()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,133 @@
+use super::*;
+use crate::api::Operation::Delete;
+use crate::testing::{grant, minutes, policy, request, t0};
+
+fn prod_secrets() -> CompiledPolicy {
+    policy("prod-secrets").rule(&[Delete], "", &["secrets"]).max_age("15m").compiled()
+}
+
+#[test]
+fn a_grant_satisfies_a_policy_only_when_every_condition_holds() {
+    let p = prod_secrets();
+    let reasoned = policy("reasoned").rule(&[Delete], "", &["secrets"]).require_reason().compiled();
+    let req = request(Delete, "secrets").namespace("prod").name("db");
+    let with_uid = request(Delete, "secrets").namespace("prod").name("db").uid("uid-alice-1");
+    let now = t0() + minutes(5);
+    type Case<'a> =
+        (&'a str, GrantRecord, &'a CompiledPolicy, &'a crate::testing::RequestBuilder, Result<(), Unsatisfied>);
+    let cases: Vec<Case> = vec![
+        ("fresh grant", grant("g", "alice").record(), &p, &req, Ok(())),
+        ("issued exactly maxAge ago", grant("g", "alice").issued(now - minutes(15)).record(), &p, &req, Ok(())),
+        (
+            "issued longer ago than maxAge",
+            grant("g", "alice").issued(now - minutes(16)).record(),
+            &p,
+            &req,
+            Err(Unsatisfied::TooOld { age: minutes(16), max_age: minutes(15) }),
+        ),
+        ("expired", grant("g", "alice").expires(now).record(), &p, &req, Err(Unsatisfied::Expired)),
+        ("revoked", grant("g", "alice").revoked().record(), &p, &req, Err(Unsatisfied::Revoked)),
+        ("other user", grant("g", "bob").record(), &p, &req, Err(Unsatisfied::OtherAccount)),
+        ("uid must match", grant("g", "alice").uid("uid-alice-1").record(), &p, &with_uid, Ok(())),
+        (
+            "re-created account (other uid)",
+            grant("g", "alice").uid("uid-alice-0").record(),
+            &p,
+            &with_uid,
+            Err(Unsatisfied::OtherAccount),
+        ),
+        (
+            "grant with uid, request without",
+            grant("g", "alice").uid("uid-alice-1").record(),
+            &p,
+            &req,
+            Err(Unsatisfied::OtherAccount),
+        ),
+        ("scoped to this policy", grant("g", "alice").scope_policies(&["prod-secrets"]).record(), &p, &req, Ok(())),
+        (
+            "scoped to another policy",
+            grant("g", "alice").scope_policies(&["rbac"]).record(),
+            &p,
+            &req,
+            Err(Unsatisfied::PolicyOutOfScope),
+        ),
+        ("scoped to this namespace", grant("g", "alice").scope_namespaces(&["prod"]).record(), &p, &req, Ok(())),
+        (
+            "scoped to another namespace",
+            grant("g", "alice").scope_namespaces(&["dev"]).record(),
+            &p,
+            &req,
+            Err(Unsatisfied::NamespaceOutOfScope),
+        ),
+        (
+            "reason required and missing",
+            grant("g", "alice").record(),
+            &reasoned,
+            &req,
+            Err(Unsatisfied::ReasonRequired),
+        ),
+        ("reason required and given", grant("g", "alice").reason("INC-42").record(), &reasoned, &req, Ok(())),
+    ];
+    for (name, g, p, req, expected) in cases {
+        assert_eq!(check(&g, p, &req.view(), now), expected, "{name}");
+    }
+}
+
+#[test]
+fn namespace_scoped_grants_never_satisfy_cluster_scoped_requests() {
+    let p = policy("rbac").rule(&[Delete], "rbac.authorization.k8s.io", &["clusterroles"]).compiled();
+    let req = request(Delete, "clusterroles").group("rbac.authorization.k8s.io", "v1").name("admin");
+    let g = grant("g", "alice").scope_namespaces(&["prod"]).record();
+    assert_eq!(check(&g, &p, &req.view(), t0()), Err(Unsatisfied::NamespaceOutOfScope));
+}
+
+#[test]
+fn satisfying_picks_the_newest_grant_that_satisfies_every_policy() {
+    let a = prod_secrets();
+    let b = policy("exec").rule(&[Delete], "", &["secrets"]).max_age("5m").compiled();
+    let now = t0() + minutes(10);
+    let grants = [
+        grant("old", "alice").issued(t0()).record(),
+        grant("scoped", "alice").issued(t0() + minutes(8)).scope_policies(&["prod-secrets"]).record(),
+        grant("new", "alice").issued(t0() + minutes(7)).record(),
+    ];
+    let req = request(Delete, "secrets").namespace("prod");
+    let got = satisfying(grants.iter(), &[&a, &b], &req.view(), now).map(|g| g.name.as_str());
+    assert_eq!(got, Some("new"));
+    let got = satisfying(grants.iter(), &[&a], &req.view(), now).map(|g| g.name.as_str());
+    assert_eq!(got, Some("scoped"));
+    assert!(satisfying(grants[..1].iter(), &[&b], &req.view(), now).is_none());
+}
+
+#[test]
+fn explain_reports_why_the_newest_grant_does_not_count() {
+    let p = prod_secrets();
+    let grants = [grant("g1", "alice").issued(t0()).record()];
+    let req = request(Delete, "secrets").namespace("prod");
+    let (g, why) = explain(grants.iter(), &[&p], &req.view(), t0() + minutes(40)).unwrap();
+    assert_eq!(g.name, "g1");
+    assert_eq!(why.to_string(), "it was issued 40m ago and the policy accepts at most 15m");
+}
+
+#[test]
+fn index_tracks_upserts_and_removals_per_user() {
+    let mut idx = GrantIndex::new([grant("a1", "alice").record(), grant("b1", "bob").record()]);
+    assert_eq!(idx.len(), 2);
+    idx.upsert(grant("a2", "alice").record());
+    idx.upsert(grant("a1", "alice").revoked().record());
+    assert_eq!(idx.len(), 3);
+    assert_eq!(idx.for_user("alice").count(), 2);
+    assert!(idx.for_user("alice").any(|g| g.name == "a1" && g.revoked));
+    assert!(idx.remove("b1").is_some());
+    assert!(idx.remove("b1").is_none());
+    assert_eq!(idx.for_user("bob").count(), 0);
+    assert_eq!(idx.active(t0()), 1);
+}
+
+#[test]
+fn a_grant_moved_to_another_user_leaves_no_trace_under_the_first() {
+    let mut idx = GrantIndex::new([grant("g", "alice").record()]);
+    idx.upsert(grant("g", "bob").record());
+    assert_eq!(idx.for_user("alice").count(), 0);
+    assert_eq!(idx.for_user("bob").count(), 1);
+}

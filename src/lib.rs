@@ -1,0 +1,12 @@
+//! kube-stepup: step-up authentication for Kubernetes.
+//!
+//! The decision (`policy`, `grant`) is pure Rust without I/O or a clock; `admission` and the
+//! binaries are thin shells that fetch, call it and act.
+#![forbid(unsafe_code)]
+#![deny(warnings)]
+
+pub mod api;
+pub mod decision;
+pub mod grant;
+pub mod policy;
+pub mod testing;

@@ -1,0 +1,3 @@
+fn main() {
+    print!("{}", kube_stepup::api::crds_yaml().expect("CRDs serialize"));
+}

@@ -1,0 +1,421 @@
+//! Compiled policies and the index that finds the policies a request matches. Pure: no I/O,
+//! no clock. The webhook validates a StepUpPolicy with [`CompiledPolicy::compile`], the same
+//! function the index uses, so it refuses exactly what the index could not read.
+
+pub mod builtin;
+mod glob;
+mod index;
+mod selector;
+
+use std::collections::BTreeMap;
+
+use jiff::SignedDuration;
+
+pub use glob::Glob;
+pub use index::PolicyIndex;
+pub use selector::Selector;
+
+use crate::api::{self, Enforcement, Method, Operation, StepUpPolicy, StepUpPolicySpec};
+
+/// A policy that cannot be compiled, with the path of the offending field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct PolicyError {
+    pub field: String,
+    pub message: String,
+}
+
+impl PolicyError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// The authenticated requester, as the API server reports it in `request.userInfo`.
+#[derive(Clone, Copy, Debug)]
+pub struct User<'a> {
+    pub username: &'a str,
+    /// Empty when the authenticator supplies no UID.
+    pub uid: &'a str,
+    pub groups: &'a [String],
+}
+
+impl User<'_> {
+    pub fn in_any_group(&self, groups: &[String]) -> bool {
+        self.groups.iter().any(|g| groups.contains(g))
+    }
+
+    /// `system:` identities (nodes, control-plane components, service accounts, anonymous).
+    pub fn is_system(&self) -> bool {
+        self.username.starts_with("system:")
+    }
+}
+
+/// Labels of the namespace a request concerns, as far as the caller knows them.
+#[derive(Clone, Copy, Debug)]
+pub enum NamespaceLabels<'a> {
+    /// Cluster-scoped object (other than a Namespace): selectors do not apply.
+    NotApplicable,
+    Known(&'a BTreeMap<String, String>),
+    /// The namespace is not in the cache yet. Selectors are treated as matching, so a
+    /// policy errs on the side of asking for step-up.
+    Unknown,
+}
+
+/// One admission request, reduced to what policies and grants look at.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    pub operation: Operation,
+    pub group: &'a str,
+    pub version: &'a str,
+    pub resource: &'a str,
+    /// Empty for the main resource.
+    pub subresource: &'a str,
+    /// Empty for cluster-scoped objects; the namespace's own name for Namespace objects.
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub user: User<'a>,
+    pub namespace_labels: NamespaceLabels<'a>,
+    pub dry_run: bool,
+}
+
+impl Request<'_> {
+    pub fn is_namespace_object(&self) -> bool {
+        self.group.is_empty() && self.resource == "namespaces"
+    }
+
+    /// True when the object lives in a namespace, or is a Namespace: what `namespaces` and
+    /// `namespaceSelector` constraints can talk about.
+    pub fn has_namespace(&self) -> bool {
+        !self.namespace.is_empty()
+    }
+}
+
+/// Operations as a bit set; `*` expands to all four.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OperationSet(u8);
+
+impl OperationSet {
+    pub fn from_operations(ops: &[Operation]) -> Self {
+        Self(ops.iter().fold(0, |acc, op| acc | Self::bit(*op)))
+    }
+
+    const fn bit(op: Operation) -> u8 {
+        match op {
+            Operation::Create => 1,
+            Operation::Update => 2,
+            Operation::Delete => 4,
+            Operation::Connect => 8,
+            Operation::All => 15,
+        }
+    }
+
+    pub fn contains(self, op: Operation) -> bool {
+        self.0 & Self::bit(op) == Self::bit(op)
+    }
+}
+
+/// A matcher for API groups or versions: `*` or a list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum NameSet {
+    Any,
+    Listed(Box<[Box<str>]>),
+}
+
+impl NameSet {
+    fn new(values: &[String]) -> Self {
+        if values.iter().any(|v| v == "*") {
+            NameSet::Any
+        } else {
+            NameSet::Listed(values.iter().map(|v| v.as_str().into()).collect())
+        }
+    }
+
+    fn contains(&self, value: &str) -> bool {
+        match self {
+            NameSet::Any => true,
+            NameSet::Listed(values) => values.iter().any(|v| **v == *value),
+        }
+    }
+}
+
+/// One admission-style rule, split for the index: (resource, subresource) patterns become keys,
+/// operations, groups and versions are checked on the candidates.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledRule {
+    pub operations: OperationSet,
+    groups: NameSet,
+    versions: NameSet,
+    /// `(resource, subresource)` with `*` wildcards; subresource is empty for the main resource.
+    pub resources: Vec<(String, String)>,
+}
+
+impl CompiledRule {
+    fn accepts(&self, req: &Request<'_>) -> bool {
+        self.operations.contains(req.operation)
+            && self.groups.contains(req.group)
+            && self.versions.contains(req.version)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ServiceAccountMatcher {
+    namespace: String,
+    /// `None` for every service account of the namespace.
+    name: Option<String>,
+}
+
+impl ServiceAccountMatcher {
+    fn matches(&self, username: &str) -> bool {
+        api::parse_service_account(username)
+            .is_some_and(|(ns, name)| ns == self.namespace && self.name.as_deref().is_none_or(|n| n == name))
+    }
+}
+
+/// Users, groups and service accounts named by a policy or an exclusion.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Principals {
+    users: Vec<Glob>,
+    groups: Vec<String>,
+    service_accounts: Vec<ServiceAccountMatcher>,
+}
+
+impl Principals {
+    fn compile(users: &[String], groups: &[String], sas: &[api::ServiceAccountRef]) -> Self {
+        Self {
+            users: users.iter().map(|u| Glob::new(u)).collect(),
+            groups: groups.to_vec(),
+            service_accounts: sas
+                .iter()
+                .map(|sa| ServiceAccountMatcher {
+                    namespace: sa.namespace.clone(),
+                    name: (sa.name != "*").then(|| sa.name.clone()),
+                })
+                .collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.users.is_empty() && self.groups.is_empty() && self.service_accounts.is_empty()
+    }
+
+    fn matches(&self, user: &User<'_>) -> bool {
+        glob::any_matches(&self.users, user.username)
+            || user.in_any_group(&self.groups)
+            || self.service_accounts.iter().any(|sa| sa.matches(user.username))
+    }
+}
+
+/// A StepUpPolicy in the form the decision path uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompiledPolicy {
+    pub name: String,
+    pub enforcement: Enforcement,
+    pub max_age: SignedDuration,
+    pub max_age_text: api::Duration,
+    pub methods: Vec<Method>,
+    pub message: Option<String>,
+    pub require_reason: bool,
+    pub rules: Vec<CompiledRule>,
+    namespaces: Vec<Glob>,
+    namespace_selector: Option<Selector>,
+    resource_names: Vec<String>,
+    /// `None`: people only (the default).
+    subjects: Option<Principals>,
+    exclude: Principals,
+    exclude_namespaces: Vec<Glob>,
+}
+
+impl CompiledPolicy {
+    /// Validates a policy and compiles it. Every error names the offending field.
+    pub fn compile(policy: &StepUpPolicy) -> Result<Self, PolicyError> {
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        if name.is_empty() {
+            return Err(PolicyError::new("metadata.name", "a policy needs a name"));
+        }
+        Self::compile_spec(name, &policy.spec)
+    }
+
+    pub fn compile_spec(name: String, spec: &StepUpPolicySpec) -> Result<Self, PolicyError> {
+        let m = &spec.match_;
+        if m.rules.is_empty() {
+            return Err(PolicyError::new("spec.match.rules", "at least one rule is required"));
+        }
+        let rules = m
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| compile_rule(r, &format!("spec.match.rules[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (i, ns) in m.namespaces.iter().enumerate() {
+            check_namespace_glob(ns, &format!("spec.match.namespaces[{i}]"))?;
+        }
+        let namespace_selector =
+            m.namespace_selector.as_ref().map(|s| Selector::compile(s, "spec.match.namespaceSelector")).transpose()?;
+        let subjects = match &m.subjects {
+            None => None,
+            Some(s) => {
+                let principals = Principals::compile(&s.users, &s.groups, &s.service_accounts);
+                if principals.is_empty() {
+                    return Err(PolicyError::new(
+                        "spec.match.subjects",
+                        "must name at least one user, group or service account (omit it to apply to every person)",
+                    ));
+                }
+                Some(principals)
+            }
+        };
+        let (exclude, exclude_namespaces) = match &m.exclude {
+            None => (Principals::default(), Vec::new()),
+            Some(x) => {
+                for (i, ns) in x.namespaces.iter().enumerate() {
+                    check_namespace_glob(ns, &format!("spec.match.exclude.namespaces[{i}]"))?;
+                }
+                (
+                    Principals::compile(&x.users, &x.groups, &x.service_accounts),
+                    x.namespaces.iter().map(|n| Glob::new(n)).collect(),
+                )
+            }
+        };
+        let max_age = spec.max_age;
+        if max_age.as_std() < std::time::Duration::from_secs(1)
+            || max_age.as_std() > std::time::Duration::from_secs(24 * 3600)
+        {
+            return Err(PolicyError::new("spec.maxAge", format!("{max_age} is outside the allowed range 1s..24h")));
+        }
+        if spec.methods.is_empty() {
+            return Err(PolicyError::new("spec.methods", "at least one method is required"));
+        }
+        let mut methods = spec.methods.clone();
+        methods.sort();
+        methods.dedup();
+        Ok(Self {
+            name,
+            enforcement: spec.enforcement,
+            max_age: max_age.as_signed(),
+            max_age_text: max_age,
+            methods,
+            message: spec.message.clone().filter(|m| !m.trim().is_empty()),
+            require_reason: spec.require_reason,
+            rules,
+            namespaces: m.namespaces.iter().map(|n| Glob::new(n)).collect(),
+            namespace_selector,
+            resource_names: m.resource_names.clone(),
+            subjects,
+            exclude,
+            exclude_namespaces,
+        })
+    }
+
+    /// Whether the policy's non-rule constraints (namespace, name, subjects, exclusions) hold.
+    /// The index has already established that one of its rules matches.
+    pub fn applies_to(&self, req: &Request<'_>) -> bool {
+        let subject = match &self.subjects {
+            None => !req.user.is_system(),
+            Some(p) => p.matches(&req.user),
+        };
+        if !subject || self.exclude.matches(&req.user) {
+            return false;
+        }
+        if !self.resource_names.is_empty() && !self.resource_names.iter().any(|n| n == req.name) {
+            return false;
+        }
+        if !self.exclude_namespaces.is_empty()
+            && req.has_namespace()
+            && glob::any_matches(&self.exclude_namespaces, req.namespace)
+        {
+            return false;
+        }
+        let in_listed_namespace = req.has_namespace() && glob::any_matches(&self.namespaces, req.namespace);
+        if !self.namespaces.is_empty() && !in_listed_namespace {
+            return false;
+        }
+        if let Some(selector) = &self.namespace_selector {
+            match req.namespace_labels {
+                NamespaceLabels::NotApplicable => return false,
+                NamespaceLabels::Unknown => {}
+                NamespaceLabels::Known(labels) => {
+                    if !selector.matches(labels) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Full match, rules included: for callers that do not go through the index (the plugin's
+    /// `check`, tests).
+    pub fn matches(&self, req: &Request<'_>) -> bool {
+        self.rules.iter().any(|r| {
+            r.accepts(req)
+                && r.resources
+                    .iter()
+                    .any(|(res, sub)| (res == "*" || res == req.resource) && (sub == "*" || sub == req.subresource))
+        }) && self.applies_to(req)
+    }
+
+    pub fn accepts_method(&self, method: Method) -> bool {
+        self.methods.contains(&method)
+    }
+}
+
+fn compile_rule(rule: &api::ResourceRule, path: &str) -> Result<CompiledRule, PolicyError> {
+    if rule.operations.is_empty() {
+        return Err(PolicyError::new(format!("{path}.operations"), "at least one operation is required"));
+    }
+    if rule.api_groups.is_empty() {
+        return Err(PolicyError::new(
+            format!("{path}.apiGroups"),
+            "at least one API group is required (\"\" is the core group)",
+        ));
+    }
+    if rule.api_versions.is_empty() {
+        return Err(PolicyError::new(
+            format!("{path}.apiVersions"),
+            "at least one API version is required (\"*\" for any)",
+        ));
+    }
+    if rule.resources.is_empty() {
+        return Err(PolicyError::new(format!("{path}.resources"), "at least one resource is required"));
+    }
+    let mut resources = Vec::with_capacity(rule.resources.len());
+    for (i, r) in rule.resources.iter().enumerate() {
+        let (res, sub) = r.split_once('/').unwrap_or((r.as_str(), ""));
+        let valid_part = |s: &str| {
+            s == "*"
+                || (!s.is_empty()
+                    && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'))
+        };
+        if !valid_part(res) || sub.contains('/') || (r.contains('/') && !valid_part(sub)) {
+            return Err(PolicyError::new(
+                format!("{path}.resources[{i}]"),
+                format!("{r:?} is not a resource or resource/subresource (e.g. secrets, pods/exec, pods/*, */*)"),
+            ));
+        }
+        resources.push((res.to_owned(), sub.to_owned()));
+    }
+    Ok(CompiledRule {
+        operations: OperationSet::from_operations(&rule.operations),
+        groups: NameSet::new(&rule.api_groups),
+        versions: NameSet::new(&rule.api_versions),
+        resources,
+    })
+}
+
+fn check_namespace_glob(glob: &str, path: &str) -> Result<(), PolicyError> {
+    let ok = !glob.is_empty()
+        && glob.len() <= 63
+        && glob.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'*' | b'?'));
+    if ok {
+        Ok(())
+    } else {
+        Err(PolicyError::new(
+            path,
+            format!("{glob:?} is not a namespace name or glob (lower-case letters, digits, '-', '*', '?')"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,252 @@
+use std::sync::Arc;
+
+use super::*;
+use crate::api::Operation::{self, *};
+use crate::testing::{policy, request};
+
+fn index(policies: Vec<CompiledPolicy>) -> PolicyIndex {
+    PolicyIndex::new(policies.into_iter().map(Arc::new))
+}
+
+fn matched_names(index: &PolicyIndex, req: &crate::testing::RequestBuilder) -> Vec<String> {
+    index.matching(&req.view()).iter().map(|p| p.name.clone()).collect()
+}
+
+#[test]
+fn rules_match_operations_groups_versions_and_resources_like_admission() {
+    let p = |resources: &[&str], ops: &[Operation]| policy("p").rule(ops, "", resources).compiled();
+    let cases: Vec<(&str, CompiledPolicy, crate::testing::RequestBuilder, bool)> = vec![
+        ("exact resource", p(&["secrets"], &[Delete]), request(Delete, "secrets"), true),
+        ("other operation", p(&["secrets"], &[Delete]), request(Update, "secrets"), false),
+        ("star operation covers connect", p(&["pods/exec"], &[All]), request(Connect, "pods/exec"), true),
+        ("main resource does not cover subresource", p(&["pods"], &[All]), request(Connect, "pods/exec"), false),
+        ("resource/* covers main resource", p(&["pods/*"], &[All]), request(Delete, "pods"), true),
+        ("resource/* covers subresources", p(&["pods/*"], &[Connect]), request(Connect, "pods/attach"), true),
+        ("star covers resources", p(&["*"], &[Delete]), request(Delete, "configmaps"), true),
+        ("star does not cover subresources", p(&["*"], &[Connect]), request(Connect, "pods/exec"), false),
+        ("star/star covers everything", p(&["*/*"], &[Connect]), request(Connect, "pods/portforward"), true),
+        ("star/sub covers that subresource", p(&["*/scale"], &[Update]), request(Update, "deployments/scale"), true),
+        ("star/sub not other subresources", p(&["*/scale"], &[Update]), request(Update, "deployments/status"), false),
+        ("other resource", p(&["secrets"], &[Delete]), request(Delete, "configmaps"), false),
+        ("other group", p(&["secrets"], &[Delete]), request(Delete, "secrets").group("example.com", "v1"), false),
+    ];
+    for (name, compiled, req, expected) in cases {
+        let idx = index(vec![compiled.clone()]);
+        assert_eq!(!idx.matching(&req.view()).is_empty(), expected, "index: {name}");
+        assert_eq!(compiled.matches(&req.view()), expected, "direct: {name}");
+    }
+}
+
+#[test]
+fn group_and_version_wildcards() {
+    let rbac = policy("rbac").rule(&[All], "rbac.authorization.k8s.io", &["*"]).compiled();
+    let any_group = policy("any").rule(&[Delete], "*", &["widgets"]).compiled();
+    let v1_only = policy("v1").rule(&[Delete], "apps", &["deployments"]).versions(&["v1"]).compiled();
+    let idx = index(vec![rbac, any_group, v1_only]);
+    let cases = [
+        (request(Create, "clusterrolebindings").group("rbac.authorization.k8s.io", "v1"), vec!["rbac"]),
+        (request(Delete, "widgets").group("example.com", "v2"), vec!["any"]),
+        (request(Delete, "deployments").group("apps", "v1").namespace("prod"), vec!["v1"]),
+        (request(Delete, "deployments").group("apps", "v1beta2").namespace("prod"), vec![]),
+    ];
+    for (req, expected) in cases {
+        assert_eq!(matched_names(&idx, &req), expected, "{req:?}");
+    }
+}
+
+#[test]
+fn namespace_globs_and_selectors_constrain_matches() {
+    let by_glob =
+        policy("glob").rule(&[Delete], "", &["secrets", "namespaces"]).namespaces(&["prod", "prod-*"]).compiled();
+    let by_label =
+        policy("label").rule(&[Delete], "", &["secrets", "namespaces"]).namespace_labels(&[("env", "prod")]).compiled();
+    let cases = [
+        ("glob matches exact", &by_glob, request(Delete, "secrets").namespace("prod"), true),
+        ("glob matches pattern", &by_glob, request(Delete, "secrets").namespace("prod-eu"), true),
+        ("glob refuses other", &by_glob, request(Delete, "secrets").namespace("dev"), false),
+        ("glob never matches cluster-scoped", &by_glob, request(Delete, "secrets"), false),
+        (
+            "glob matches the Namespace object by name",
+            &by_glob,
+            request(Delete, "namespaces").name("prod").namespace("prod"),
+            true,
+        ),
+        (
+            "selector matches labels",
+            &by_label,
+            request(Delete, "secrets").namespace("a").labels(&[("env", "prod")]),
+            true,
+        ),
+        (
+            "selector refuses labels",
+            &by_label,
+            request(Delete, "secrets").namespace("a").labels(&[("env", "dev")]),
+            false,
+        ),
+        ("selector errs to matching when labels unknown", &by_label, request(Delete, "secrets").namespace("new"), true),
+        ("selector never matches cluster-scoped", &by_label, request(Delete, "secrets"), false),
+        (
+            "selector on the Namespace object uses its labels",
+            &by_label,
+            request(Delete, "namespaces").name("x").namespace("x").labels(&[("env", "prod")]),
+            true,
+        ),
+    ];
+    for (name, p, req, expected) in cases {
+        assert_eq!(p.matches(&req.view()), expected, "{name}");
+    }
+}
+
+#[test]
+fn subjects_default_to_people_only() {
+    let people = policy("people").rule(&[Delete], "", &["secrets"]).compiled();
+    let named = policy("named")
+        .rule(&[Delete], "", &["secrets"])
+        .subjects(&["*@contractor.example.com"], &["oncall"], &[("ci", "deployer"), ("batch", "*")])
+        .compiled();
+    let cases = [
+        ("a person", &people, "alice", vec!["developers"], true),
+        ("a service account is not a person", &people, "system:serviceaccount:ci:deployer", vec![], false),
+        ("a node is not a person", &people, "system:node:worker-1", vec!["system:nodes"], false),
+        ("user glob", &named, "bob@contractor.example.com", vec![], true),
+        ("group", &named, "carol", vec!["oncall"], true),
+        ("named service account", &named, "system:serviceaccount:ci:deployer", vec![], true),
+        ("any service account of a namespace", &named, "system:serviceaccount:batch:nightly", vec![], true),
+        ("other service account", &named, "system:serviceaccount:ci:builder", vec![], false),
+        ("unnamed person", &named, "alice", vec!["developers"], false),
+    ];
+    for (name, p, user, groups, expected) in cases {
+        let req = request(Delete, "secrets").namespace("prod").by(user, &groups);
+        assert_eq!(p.matches(&req.view()), expected, "{name}");
+    }
+}
+
+#[test]
+fn exclusions_and_resource_names_win() {
+    let p = policy("p")
+        .rule(&[Delete], "", &["secrets"])
+        .resource_names(&["db", "api-key"])
+        .exclude_users(&["bob"])
+        .exclude_groups(&["sre"])
+        .exclude_namespaces(&["prod-sandbox*"])
+        .compiled();
+    let cases = [
+        ("named object", request(Delete, "secrets").namespace("prod").name("db"), true),
+        ("other object", request(Delete, "secrets").namespace("prod").name("cache"), false),
+        ("excluded user", request(Delete, "secrets").namespace("prod").name("db").by("bob", &["developers"]), false),
+        ("excluded group", request(Delete, "secrets").namespace("prod").name("db").by("carol", &["sre"]), false),
+        ("excluded namespace", request(Delete, "secrets").namespace("prod-sandbox-1").name("db"), false),
+    ];
+    for (name, req, expected) in cases {
+        assert_eq!(p.matches(&req.view()), expected, "{name}");
+    }
+}
+
+#[test]
+fn request_matching_no_policy_finds_none_among_many() {
+    let policies: Vec<CompiledPolicy> = (0..500)
+        .map(|i| policy(&format!("p{i:03}")).rule(&[Delete], "", &[&format!("things{i}")]).compiled())
+        .collect();
+    let idx = index(policies);
+    assert!(idx.matching(&request(Delete, "secrets").namespace("prod").view()).is_empty());
+    assert_eq!(matched_names(&idx, &request(Delete, "things42").namespace("prod")), vec!["p042"]);
+}
+
+#[test]
+fn a_policy_matching_through_several_rules_is_reported_once() {
+    let p = policy("twice").rule(&[Delete], "", &["secrets"]).rule(&[All], "*", &["*"]).compiled();
+    let idx = index(vec![p]);
+    assert_eq!(matched_names(&idx, &request(Delete, "secrets").namespace("prod")), vec!["twice"]);
+}
+
+#[test]
+fn matches_come_out_in_name_order() {
+    let idx = index(vec![
+        policy("zeta").rule(&[Delete], "", &["secrets"]).compiled(),
+        policy("alpha").rule(&[Delete], "*", &["*"]).compiled(),
+    ]);
+    assert_eq!(matched_names(&idx, &request(Delete, "secrets").namespace("x")), vec!["alpha", "zeta"]);
+    assert_eq!(idx.get("zeta").map(|p| p.name.as_str()), Some("zeta"));
+}
+
+#[test]
+fn invalid_policies_are_rejected_naming_the_field() {
+    let base = || policy("bad").rule(&[Delete], "", &["secrets"]);
+    let mut no_rules = base().build();
+    no_rules.spec.match_.rules.clear();
+    let mut bad_resource = base().build();
+    bad_resource.spec.match_.rules[0].resources = vec!["secrets".into(), "pods/exec/extra".into()];
+    let mut no_operations = base().build();
+    no_operations.spec.match_.rules[0].operations.clear();
+    let mut bad_namespace = base().build();
+    bad_namespace.spec.match_.namespaces = vec!["Prod".into()];
+    let mut empty_subjects = base().build();
+    empty_subjects.spec.match_.subjects = Some(Default::default());
+    let mut too_long = base().build();
+    too_long.spec.max_age = "48h".parse().unwrap();
+    let mut too_short = base().build();
+    too_short.spec.max_age = "500ms".parse().unwrap();
+    let mut bad_selector = base().namespace_labels(&[("env", "prod")]).build();
+    bad_selector.spec.match_.namespace_selector.as_mut().unwrap().match_expressions =
+        Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+            key: "tier".into(),
+            operator: "Near".into(),
+            values: None,
+        }]);
+    let mut no_methods = base().build();
+    no_methods.spec.methods.clear();
+    let mut unnamed = base().build();
+    unnamed.metadata.name = None;
+
+    let cases = [
+        (no_rules, "spec.match.rules"),
+        (bad_resource, "spec.match.rules[0].resources[1]"),
+        (no_operations, "spec.match.rules[0].operations"),
+        (bad_namespace, "spec.match.namespaces[0]"),
+        (empty_subjects, "spec.match.subjects"),
+        (too_long, "spec.maxAge"),
+        (too_short, "spec.maxAge"),
+        (bad_selector, "spec.match.namespaceSelector.matchExpressions[0].operator"),
+        (no_methods, "spec.methods"),
+        (unnamed, "metadata.name"),
+    ];
+    for (p, field) in cases {
+        let err = CompiledPolicy::compile(&p).expect_err(field);
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.to_string().starts_with(field), "{err}");
+    }
+}
+
+#[test]
+fn unknown_operations_in_yaml_are_rejected_by_the_parser() {
+    let yaml = r#"
+apiVersion: stepup.dev/v1alpha1
+kind: StepUpPolicy
+metadata: {name: p}
+spec:
+  match:
+    rules:
+    - {operations: [DESTROY], apiGroups: [""], resources: [secrets]}
+"#;
+    let err = serde_yaml::from_str::<crate::api::StepUpPolicy>(yaml).unwrap_err().to_string();
+    assert!(err.contains("DESTROY"), "{err}");
+}
+
+#[test]
+fn defaults_fill_in_from_a_minimal_policy() {
+    let yaml = r#"
+apiVersion: stepup.dev/v1alpha1
+kind: StepUpPolicy
+metadata: {name: prod-secrets}
+spec:
+  match:
+    rules:
+    - {operations: [DELETE], apiGroups: [""], resources: [secrets]}
+"#;
+    let p: crate::api::StepUpPolicy = serde_yaml::from_str(yaml).unwrap();
+    let c = CompiledPolicy::compile(&p).unwrap();
+    assert_eq!(c.enforcement, crate::api::Enforcement::Deny);
+    assert_eq!(c.max_age_text.to_string(), "15m");
+    assert_eq!(c.methods, vec![crate::api::Method::Totp]);
+    assert!(c.matches(&request(Delete, "secrets").namespace("x").view()));
+}

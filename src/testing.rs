@@ -1,0 +1,377 @@
+//! Small builders for policies, grants and requests, shared by unit tests, integration tests
+//! and benchmarks. Not used by the binaries.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
+use serde_json::{Value, json};
+
+use crate::{
+    api::{
+        self, Enforcement, Exclusions, GrantScope, Method, Operation, PolicyMatch, ResourceRule, StepUpGrant,
+        StepUpGrantSpec, StepUpPolicy, StepUpPolicySpec, Subjects,
+    },
+    grant::GrantRecord,
+    policy::{CompiledPolicy, NamespaceLabels, Request, User},
+};
+
+/// A fixed instant, so tests read the same every day.
+pub fn t0() -> Timestamp {
+    "2026-11-28T12:00:00Z".parse().expect("valid timestamp")
+}
+
+pub fn minutes(n: i64) -> SignedDuration {
+    SignedDuration::from_mins(n)
+}
+
+/// Builds a StepUpPolicy.
+#[derive(Clone, Debug)]
+pub struct PolicyBuilder {
+    name: String,
+    spec: StepUpPolicySpec,
+}
+
+pub fn policy(name: &str) -> PolicyBuilder {
+    PolicyBuilder {
+        name: name.to_owned(),
+        spec: StepUpPolicySpec {
+            match_: PolicyMatch::default(),
+            enforcement: Enforcement::Deny,
+            max_age: api::Duration::from_secs(15 * 60),
+            methods: vec![Method::Totp],
+            message: None,
+            require_reason: false,
+        },
+    }
+}
+
+impl PolicyBuilder {
+    /// Adds a rule in the core group when `group` is empty.
+    pub fn rule(mut self, operations: &[Operation], group: &str, resources: &[&str]) -> Self {
+        self.spec.match_.rules.push(ResourceRule {
+            operations: operations.to_vec(),
+            api_groups: vec![group.to_owned()],
+            api_versions: vec!["*".to_owned()],
+            resources: resources.iter().map(|r| r.to_string()).collect(),
+        });
+        self
+    }
+
+    pub fn versions(mut self, versions: &[&str]) -> Self {
+        if let Some(r) = self.spec.match_.rules.last_mut() {
+            r.api_versions = versions.iter().map(|v| v.to_string()).collect();
+        }
+        self
+    }
+
+    pub fn namespaces(mut self, namespaces: &[&str]) -> Self {
+        self.spec.match_.namespaces = namespaces.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    pub fn namespace_labels(mut self, labels: &[(&str, &str)]) -> Self {
+        self.spec.match_.namespace_selector = Some(LabelSelector {
+            match_labels: Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+            match_expressions: None,
+        });
+        self
+    }
+
+    pub fn resource_names(mut self, names: &[&str]) -> Self {
+        self.spec.match_.resource_names = names.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    pub fn subjects(mut self, users: &[&str], groups: &[&str], service_accounts: &[(&str, &str)]) -> Self {
+        self.spec.match_.subjects = Some(Subjects {
+            users: users.iter().map(|u| u.to_string()).collect(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            service_accounts: service_accounts
+                .iter()
+                .map(|(ns, name)| api::ServiceAccountRef { namespace: ns.to_string(), name: name.to_string() })
+                .collect(),
+        });
+        self
+    }
+
+    pub fn exclude_users(mut self, users: &[&str]) -> Self {
+        self.spec.match_.exclude.get_or_insert_with(Exclusions::default).users =
+            users.iter().map(|u| u.to_string()).collect();
+        self
+    }
+
+    pub fn exclude_groups(mut self, groups: &[&str]) -> Self {
+        self.spec.match_.exclude.get_or_insert_with(Exclusions::default).groups =
+            groups.iter().map(|g| g.to_string()).collect();
+        self
+    }
+
+    pub fn exclude_namespaces(mut self, namespaces: &[&str]) -> Self {
+        self.spec.match_.exclude.get_or_insert_with(Exclusions::default).namespaces =
+            namespaces.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    pub fn enforcement(mut self, enforcement: Enforcement) -> Self {
+        self.spec.enforcement = enforcement;
+        self
+    }
+
+    pub fn max_age(mut self, max_age: &str) -> Self {
+        self.spec.max_age = max_age.parse().expect("valid duration");
+        self
+    }
+
+    pub fn message(mut self, message: &str) -> Self {
+        self.spec.message = Some(message.to_owned());
+        self
+    }
+
+    pub fn require_reason(mut self) -> Self {
+        self.spec.require_reason = true;
+        self
+    }
+
+    pub fn build(self) -> StepUpPolicy {
+        StepUpPolicy::new(&self.name, self.spec)
+    }
+
+    pub fn compiled(self) -> CompiledPolicy {
+        CompiledPolicy::compile(&self.build()).expect("test policy compiles")
+    }
+}
+
+/// Builds a StepUpGrant, issued at `t0()` for one hour, unless told otherwise.
+#[derive(Clone, Debug)]
+pub struct GrantBuilder {
+    name: String,
+    spec: StepUpGrantSpec,
+    deleting: bool,
+}
+
+pub fn grant(name: &str, user: &str) -> GrantBuilder {
+    GrantBuilder {
+        name: name.to_owned(),
+        spec: StepUpGrantSpec {
+            user: user.to_owned(),
+            uid: None,
+            method: Method::Totp,
+            reason: None,
+            issued_at: Time(t0()),
+            expires_at: Time(t0() + SignedDuration::from_hours(1)),
+            scope: GrantScope::default(),
+            challenge_ref: None,
+        },
+        deleting: false,
+    }
+}
+
+impl GrantBuilder {
+    pub fn uid(mut self, uid: &str) -> Self {
+        self.spec.uid = Some(uid.to_owned());
+        self
+    }
+
+    pub fn issued(mut self, at: Timestamp) -> Self {
+        self.spec.issued_at = Time(at);
+        self
+    }
+
+    pub fn expires(mut self, at: Timestamp) -> Self {
+        self.spec.expires_at = Time(at);
+        self
+    }
+
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.spec.reason = Some(reason.to_owned());
+        self
+    }
+
+    pub fn scope_policies(mut self, policies: &[&str]) -> Self {
+        self.spec.scope.policies = policies.iter().map(|p| p.to_string()).collect();
+        self
+    }
+
+    pub fn scope_namespaces(mut self, namespaces: &[&str]) -> Self {
+        self.spec.scope.namespaces = namespaces.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    pub fn revoked(mut self) -> Self {
+        self.deleting = true;
+        self
+    }
+
+    pub fn build(self) -> StepUpGrant {
+        let mut g = StepUpGrant::new(&self.name, self.spec);
+        g.metadata.labels = Some(BTreeMap::from([(api::USER_LABEL.to_owned(), api::user_label_value(&g.spec.user))]));
+        if self.deleting {
+            g.metadata.deletion_timestamp = Some(Time(t0()));
+        }
+        g
+    }
+
+    pub fn record(self) -> GrantRecord {
+        GrantRecord::from_grant(&self.build()).expect("named grant")
+    }
+}
+
+/// An owned request, viewed as a [`Request`] by the decision.
+#[derive(Clone, Debug)]
+pub struct RequestBuilder {
+    pub operation: Operation,
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+    pub username: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+    pub labels: Option<BTreeMap<String, String>>,
+    pub dry_run: bool,
+}
+
+/// `operation` on `resource` (`secrets`, `pods/exec`) in the core group, version v1, by alice.
+pub fn request(operation: Operation, resource: &str) -> RequestBuilder {
+    let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+    RequestBuilder {
+        operation,
+        group: String::new(),
+        version: "v1".to_owned(),
+        resource: resource.to_owned(),
+        subresource: subresource.to_owned(),
+        namespace: String::new(),
+        name: String::new(),
+        username: "alice".to_owned(),
+        uid: String::new(),
+        groups: vec!["developers".to_owned(), "system:authenticated".to_owned()],
+        labels: None,
+        dry_run: false,
+    }
+}
+
+impl RequestBuilder {
+    pub fn group(mut self, group: &str, version: &str) -> Self {
+        self.group = group.to_owned();
+        self.version = version.to_owned();
+        self
+    }
+
+    /// In `namespace`, whose labels are unknown unless given with [`Self::labels`].
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_owned();
+        self
+    }
+
+    pub fn name(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        self
+    }
+
+    pub fn labels(mut self, labels: &[(&str, &str)]) -> Self {
+        self.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        self
+    }
+
+    pub fn by(mut self, username: &str, groups: &[&str]) -> Self {
+        self.username = username.to_owned();
+        self.groups = groups.iter().map(|g| g.to_string()).collect();
+        self
+    }
+
+    pub fn uid(mut self, uid: &str) -> Self {
+        self.uid = uid.to_owned();
+        self
+    }
+
+    pub fn dry_run(mut self) -> Self {
+        self.dry_run = true;
+        self
+    }
+
+    pub fn view(&self) -> Request<'_> {
+        let namespace_labels = match (&self.labels, self.namespace.is_empty()) {
+            (Some(labels), _) => NamespaceLabels::Known(labels),
+            (None, true) => NamespaceLabels::NotApplicable,
+            (None, false) => NamespaceLabels::Unknown,
+        };
+        Request {
+            operation: self.operation,
+            group: &self.group,
+            version: &self.version,
+            resource: &self.resource,
+            subresource: &self.subresource,
+            namespace: &self.namespace,
+            name: &self.name,
+            user: User { username: &self.username, uid: &self.uid, groups: &self.groups },
+            namespace_labels,
+            dry_run: self.dry_run,
+        }
+    }
+
+    /// The same request as an `admission.k8s.io/v1` AdmissionReview body, with `object` and
+    /// `oldObject` as given.
+    pub fn review(&self, uid: &str, object: Option<Value>, old_object: Option<Value>) -> Value {
+        let mut request = json!({
+            "uid": uid,
+            "kind": {"group": self.group, "version": self.version, "kind": kind_of(&self.resource)},
+            "resource": {"group": self.group, "version": self.version, "resource": self.resource},
+            "operation": self.operation.as_str(),
+            "userInfo": {"username": self.username, "groups": self.groups},
+            "dryRun": self.dry_run,
+        });
+        let r = request.as_object_mut().expect("object");
+        if !self.uid.is_empty() {
+            r["userInfo"]["uid"] = json!(self.uid);
+        }
+        if !self.subresource.is_empty() {
+            r.insert("subResource".into(), json!(self.subresource));
+        }
+        if !self.name.is_empty() {
+            r.insert("name".into(), json!(self.name));
+        }
+        if !self.namespace.is_empty() {
+            r.insert("namespace".into(), json!(self.namespace));
+        }
+        if let Some(o) = object {
+            r.insert("object".into(), o);
+        }
+        if let Some(o) = old_object {
+            r.insert("oldObject".into(), o);
+        }
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
+    }
+}
+
+fn kind_of(resource: &str) -> &'static str {
+    match resource {
+        "secrets" => "Secret",
+        "pods" => "Pod",
+        "deployments" => "Deployment",
+        "namespaces" => "Namespace",
+        "stepuppolicies" => "StepUpPolicy",
+        "stepupgrants" => "StepUpGrant",
+        "stepupchallenges" => "StepUpChallenge",
+        "stepupenrollments" => "StepUpEnrollment",
+        _ => "Object",
+    }
+}
+
+/// A Secret object as the API server would send it.
+pub fn secret_object(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "uid": "6a3c2b1e-0000-4000-8000-000000000001", "resourceVersion": "4711"},
+        "type": "Opaque",
+        "data": {"password": "aHVudGVyMg=="}
+    })
+}
+
+/// Metadata with a name, for building typed objects.
+pub fn meta(name: &str) -> ObjectMeta {
+    ObjectMeta { name: Some(name.to_owned()), ..Default::default() }
+}
