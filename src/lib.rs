@@ -5,8 +5,14 @@
 #![forbid(unsafe_code)]
 #![deny(warnings)]
 
+pub mod admission;
 pub mod api;
+pub mod audit;
+pub mod config;
 pub mod decision;
 pub mod grant;
+pub mod metrics;
+pub mod pki;
 pub mod policy;
+pub mod telemetry;
 pub mod testing;

@@ -1,3 +1,21 @@
-fn main() {
-    print!("{}", kube_stepup::api::crds_yaml().expect("CRDs serialize"));
+use clap::Parser;
+use kube_stepup::{
+    admission, api,
+    config::{Cli, Command},
+    telemetry,
+};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // kube and rustls both use ring; install it as the process default once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crdgen => print!("{}", api::crds_yaml()?),
+        Command::Webhook(args) => {
+            telemetry::init(cli.log_format);
+            admission::run::run(*args).await?;
+        }
+    }
+    Ok(())
 }

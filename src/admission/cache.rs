@@ -1,0 +1,295 @@
+//! In-memory views of policies, grants and namespace labels, fed by watches, read by every
+//! review. Policies are rebuilt into a fresh index and swapped in atomically; grants and
+//! namespaces are updated in place under a short write lock.
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
+
+use crate::{
+    api::{StepUpGrant, StepUpPolicy},
+    grant::{GrantIndex, GrantRecord},
+    policy::{CompiledPolicy, PolicyError, PolicyIndex},
+};
+
+pub type Labels = BTreeMap<String, String>;
+
+/// The three caches, for health tracking and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheKind {
+    Policies,
+    Grants,
+    Namespaces,
+}
+
+impl CacheKind {
+    pub const ALL: [CacheKind; 3] = [CacheKind::Policies, CacheKind::Grants, CacheKind::Namespaces];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CacheKind::Policies => "policies",
+            CacheKind::Grants => "grants",
+            CacheKind::Namespaces => "namespaces",
+        }
+    }
+
+    const fn slot(self) -> usize {
+        self as usize
+    }
+}
+
+/// Whether a watch has delivered a full list, and since when it has been out of touch.
+#[derive(Debug)]
+struct Health {
+    synced: AtomicBool,
+    broken_since: Mutex<Option<Instant>>,
+}
+
+impl Health {
+    fn new() -> Self {
+        Self { synced: AtomicBool::new(false), broken_since: Mutex::new(None) }
+    }
+}
+
+#[derive(Debug)]
+pub struct Caches {
+    started: Instant,
+    policies: ArcSwap<PolicyIndex>,
+    /// Compiled policies by name, from which the index is rebuilt on change.
+    compiled: Mutex<BTreeMap<String, Arc<CompiledPolicy>>>,
+    /// Built-in policies the chart enables (e.g. step-up for policy changes).
+    builtin: Vec<Arc<CompiledPolicy>>,
+    grants: RwLock<GrantIndex>,
+    namespaces: RwLock<FxHashMap<String, Arc<Labels>>>,
+    health: [Health; 3],
+}
+
+impl Caches {
+    pub fn new(builtin: Vec<CompiledPolicy>) -> Arc<Self> {
+        let builtin: Vec<Arc<CompiledPolicy>> = builtin.into_iter().map(Arc::new).collect();
+        Arc::new(Self {
+            started: Instant::now(),
+            policies: ArcSwap::from_pointee(PolicyIndex::new(builtin.iter().cloned())),
+            compiled: Mutex::new(BTreeMap::new()),
+            builtin,
+            grants: RwLock::new(GrantIndex::default()),
+            namespaces: RwLock::new(FxHashMap::default()),
+            health: [Health::new(), Health::new(), Health::new()],
+        })
+    }
+
+    // --- policies
+
+    pub fn policy_index(&self) -> Arc<PolicyIndex> {
+        self.policies.load_full()
+    }
+
+    /// Replaces every policy; returns the ones that could not be compiled.
+    pub fn replace_policies(&self, policies: impl IntoIterator<Item = StepUpPolicy>) -> Vec<(String, PolicyError)> {
+        let mut compiled = BTreeMap::new();
+        let mut errors = Vec::new();
+        for p in policies {
+            let name = p.metadata.name.clone().unwrap_or_default();
+            match CompiledPolicy::compile(&p) {
+                Ok(c) => {
+                    compiled.insert(name, Arc::new(c));
+                }
+                Err(e) => errors.push((name, e)),
+            }
+        }
+        let mut guard = lock(&self.compiled);
+        *guard = compiled;
+        self.rebuild(&guard);
+        errors
+    }
+
+    /// Adds or replaces one policy. An invalid policy is removed from enforcement (the
+    /// webhook refuses such changes, so this only happens for objects older than it).
+    pub fn apply_policy(&self, policy: &StepUpPolicy) -> Result<(), PolicyError> {
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        let result = CompiledPolicy::compile(policy);
+        let mut guard = lock(&self.compiled);
+        match &result {
+            Ok(c) => {
+                guard.insert(name, Arc::new(c.clone()));
+            }
+            Err(_) => {
+                guard.remove(&name);
+            }
+        }
+        self.rebuild(&guard);
+        result.map(|_| ())
+    }
+
+    pub fn delete_policy(&self, name: &str) {
+        let mut guard = lock(&self.compiled);
+        if guard.remove(name).is_some() {
+            self.rebuild(&guard);
+        }
+    }
+
+    fn rebuild(&self, compiled: &BTreeMap<String, Arc<CompiledPolicy>>) {
+        let all = self.builtin.iter().cloned().chain(compiled.values().cloned());
+        self.policies.store(Arc::new(PolicyIndex::new(all)));
+    }
+
+    // --- grants
+
+    pub fn replace_grants(&self, grants: impl IntoIterator<Item = StepUpGrant>) {
+        let index = GrantIndex::new(grants.into_iter().filter_map(|g| GrantRecord::from_grant(&g)));
+        *write(&self.grants) = index;
+    }
+
+    pub fn apply_grant(&self, grant: &StepUpGrant) {
+        if let Some(record) = GrantRecord::from_grant(grant) {
+            write(&self.grants).upsert(record);
+        }
+    }
+
+    pub fn delete_grant(&self, name: &str) {
+        write(&self.grants).remove(name);
+    }
+
+    /// Runs `f` with the grant index under a read lock. Keep `f` short and synchronous.
+    pub fn with_grants<T>(&self, f: impl FnOnce(&GrantIndex) -> T) -> T {
+        f(&read(&self.grants))
+    }
+
+    // --- namespaces
+
+    pub fn replace_namespaces(&self, namespaces: impl IntoIterator<Item = (String, Labels)>) {
+        let map = namespaces.into_iter().map(|(n, l)| (n, Arc::new(l))).collect();
+        *write(&self.namespaces) = map;
+    }
+
+    pub fn apply_namespace(&self, name: &str, labels: Labels) {
+        write(&self.namespaces).insert(name.to_owned(), Arc::new(labels));
+    }
+
+    pub fn delete_namespace(&self, name: &str) {
+        write(&self.namespaces).remove(name);
+    }
+
+    pub fn namespace_labels(&self, name: &str) -> Option<Arc<Labels>> {
+        read(&self.namespaces).get(name).cloned()
+    }
+
+    // --- health
+
+    pub fn mark_synced(&self, kind: CacheKind) {
+        let h = &self.health[kind.slot()];
+        h.synced.store(true, Ordering::Release);
+        *lock(&h.broken_since) = None;
+    }
+
+    /// Records that a watch lost touch; keeps the earliest time of a run of failures.
+    pub fn mark_broken(&self, kind: CacheKind) {
+        let h = &self.health[kind.slot()];
+        lock(&h.broken_since).get_or_insert_with(Instant::now);
+    }
+
+    pub fn is_synced(&self, kind: CacheKind) -> bool {
+        self.health[kind.slot()].synced.load(Ordering::Acquire)
+    }
+
+    pub fn is_healthy(&self, kind: CacheKind) -> bool {
+        self.is_synced(kind) && lock(&self.health[kind.slot()].broken_since).is_none()
+    }
+
+    pub fn all_synced(&self) -> bool {
+        CacheKind::ALL.iter().all(|k| self.is_synced(*k))
+    }
+
+    /// How long the grant cache has been out of touch, if it has been for longer than
+    /// `bound` (or has never synced): then grant decisions must fail closed.
+    pub fn grants_stale_beyond(&self, bound: Duration) -> Option<Duration> {
+        let h = &self.health[CacheKind::Grants.slot()];
+        if !h.synced.load(Ordering::Acquire) {
+            return Some(self.started.elapsed());
+        }
+        let since = (*lock(&h.broken_since))?;
+        let stale = since.elapsed();
+        (stale > bound).then_some(stale)
+    }
+
+    pub fn sizes(&self) -> [(CacheKind, usize); 3] {
+        [
+            (CacheKind::Policies, self.policies.load().len()),
+            (CacheKind::Grants, read(&self.grants).len()),
+            (CacheKind::Namespaces, read(&self.namespaces).len()),
+        ]
+    }
+}
+
+// A panic while holding one of these locks would leave plain data behind, never a broken
+// invariant across fields, so poisoned locks are simply used.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::Operation::Delete,
+        testing::{grant, policy, request},
+    };
+
+    #[test]
+    fn policies_are_indexed_and_invalid_ones_dropped() {
+        let caches = Caches::new(vec![]);
+        let mut bad = policy("bad").rule(&[Delete], "", &["secrets"]).build();
+        bad.spec.match_.rules.clear();
+        let errors = caches.replace_policies([policy("good").rule(&[Delete], "", &["secrets"]).build(), bad.clone()]);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(caches.policy_index().len(), 1);
+        assert!(caches.apply_policy(&bad).is_err());
+        caches.delete_policy("good");
+        assert!(caches.policy_index().matching(&request(Delete, "secrets").namespace("x").view()).is_empty());
+    }
+
+    #[test]
+    fn builtin_policies_survive_replacement() {
+        let caches = Caches::new(vec![policy("builtin").rule(&[Delete], "", &["secrets"]).compiled()]);
+        caches.replace_policies([]);
+        assert!(caches.policy_index().get("builtin").is_some());
+    }
+
+    #[test]
+    fn grant_staleness_is_reported_only_past_the_bound() {
+        let caches = Caches::new(vec![]);
+        assert!(caches.grants_stale_beyond(Duration::from_secs(3600)).is_some(), "never synced means stale");
+        caches.mark_synced(CacheKind::Grants);
+        assert_eq!(caches.grants_stale_beyond(Duration::ZERO), None);
+        caches.mark_broken(CacheKind::Grants);
+        assert!(caches.grants_stale_beyond(Duration::ZERO).is_some());
+        assert_eq!(caches.grants_stale_beyond(Duration::from_secs(3600)), None);
+        caches.mark_synced(CacheKind::Grants);
+        assert_eq!(caches.grants_stale_beyond(Duration::ZERO), None);
+    }
+
+    #[test]
+    fn grants_are_updated_in_place() {
+        let caches = Caches::new(vec![]);
+        caches.replace_grants([grant("g1", "alice").build()]);
+        caches.apply_grant(&grant("g2", "alice").build());
+        caches.delete_grant("g1");
+        assert_eq!(caches.with_grants(|g| g.for_user("alice").map(|g| g.name.clone()).collect::<Vec<_>>()), vec!["g2"]);
+    }
+}

@@ -1,0 +1,139 @@
+//! `stepup webhook`: wires the caches, watches, servers and shutdown together.
+
+use std::{sync::Arc, time::Duration};
+
+use kube::Client;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Caches, Readiness, Settings, Webhook, admin_router,
+    events::EventReporter,
+    lookup::ApiGrantSource,
+    router, serve_tls,
+    tls::{self, ReloadingCertificate},
+    watch,
+};
+use crate::{config::WebhookArgs, decision::DecisionConfig, metrics::Metrics, policy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+pub fn settings(args: &WebhookArgs) -> Settings {
+    let id = &args.identity;
+    let mut exempt_namespaces = vec!["kube-system".to_owned(), id.namespace.clone()];
+    exempt_namespaces.extend(args.exempt_namespaces.iter().cloned());
+    Settings {
+        decision: DecisionConfig {
+            controller_users: vec![id.controller_user()],
+            admin_groups: id.admin_groups.clone(),
+            break_glass_groups: id.break_glass_groups.clone(),
+            exempt_users: args.exempt_users.clone(),
+            exempt_groups: args.exempt_groups.clone(),
+            exempt_namespaces,
+        },
+        max_body_bytes: args.max_body_bytes,
+        lookup_timeout: args.lookup_timeout.as_std(),
+        grant_staleness_bound: args.grant_staleness_bound.as_std(),
+        default_review_timeout: Duration::from_secs(10),
+    }
+}
+
+pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    let certificate = ReloadingCertificate::load(&args.tls_cert_file, &args.tls_key_file)?;
+    let client = Client::try_default().await?;
+    let builtin = if args.protect_policies.is_zero() {
+        vec![]
+    } else {
+        vec![policy::builtin::policy_changes(args.protect_policies)]
+    };
+    let caches = Caches::new(builtin);
+    let stop_watches = CancellationToken::new();
+    watch::spawn_all(client.clone(), caches.clone(), metrics.clone(), stop_watches.clone());
+
+    let readiness = Arc::new(Readiness::default());
+    let state = Arc::new(Webhook {
+        caches,
+        settings: settings(&args),
+        metrics: metrics.clone(),
+        lookup: Some(Arc::new(ApiGrantSource::new(client.clone()))),
+        events: Some(EventReporter::new(
+            client,
+            std::env::var("POD_NAME").ok(),
+            args.event_interval.as_std(),
+            metrics.clone(),
+        )),
+        readiness: readiness.clone(),
+    });
+
+    let listener =
+        TcpListener::bind(args.listen).await.map_err(|source| RunError::Listen { addr: args.listen, source })?;
+    let admin = TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|source| RunError::Listen { addr: args.admin_listen, source })?;
+    let stop_serving = CancellationToken::new();
+    certificate.clone().watch(args.cert_reload_interval.as_std(), metrics.clone(), stop_serving.clone());
+
+    let admin_task = tokio::spawn({
+        let app = admin_router(state.clone());
+        let stop = stop_serving.clone();
+        async move {
+            if let Err(error) = axum::serve(admin, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+                tracing::error!(%error, "admin server failed");
+            }
+        }
+    });
+    let tls_task = tokio::spawn(serve_tls(
+        listener,
+        tls::server_config(certificate),
+        router(state),
+        stop_serving.clone(),
+        args.shutdown_grace.as_std(),
+    ));
+    readiness.set_listening();
+    tracing::info!(listen = %args.listen, admin = %args.admin_listen, "webhook serving");
+
+    shutdown_signal().await;
+    readiness.set_draining();
+    tracing::info!(drain = %args.drain_period, "shutdown requested; draining");
+    tokio::time::sleep(args.drain_period.as_std()).await;
+    stop_serving.cancel();
+    let _ = tls_task.await;
+    let _ = admin_task.await;
+    stop_watches.cancel();
+    tracing::info!("webhook stopped");
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the process");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,433 @@
+//! The HTTP side: `POST /validate` over TLS for the API server, and a plain-HTTP admin port
+//! with `/healthz`, `/readyz` and `/metrics`. Handlers are thin: parse, call the decision,
+//! answer, record.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, RawQuery, State, rejection::BytesRejection},
+    http::{StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+    service::TowerToHyperService,
+};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, field::Empty};
+
+use super::{
+    cache::{CacheKind, Caches},
+    events::EventReporter,
+    lookup::GrantSource,
+    review::{self, Review, ReviewError},
+};
+use crate::{
+    api::Duration as ApiDuration,
+    audit,
+    decision::{self, Decision, DecisionConfig, Grants, Inputs, Outcome},
+    grant::GrantRecord,
+    metrics::Metrics,
+    policy::NamespaceLabels,
+};
+
+/// Tunables of the webhook server.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub decision: DecisionConfig,
+    /// Largest AdmissionReview accepted. Objects are at most ~1.5 MiB in etcd, and a review
+    /// can carry two of them.
+    pub max_body_bytes: usize,
+    /// Upper bound of a direct grant lookup.
+    pub lookup_timeout: Duration,
+    /// How long the grant watch may be out of touch before grant decisions fail closed.
+    pub grant_staleness_bound: Duration,
+    /// Used when the API server sends no `?timeout=`.
+    pub default_review_timeout: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            decision: DecisionConfig::default(),
+            max_body_bytes: 6 * 1024 * 1024,
+            lookup_timeout: Duration::from_millis(1500),
+            grant_staleness_bound: Duration::from_secs(60),
+            default_review_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether the process should receive traffic.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    listening: AtomicBool,
+    draining: AtomicBool,
+}
+
+impl Readiness {
+    pub fn set_listening(&self) {
+        self.listening.store(true, Ordering::Release);
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+}
+
+/// Shared by all handlers.
+pub struct Webhook {
+    pub caches: Arc<Caches>,
+    pub settings: Settings,
+    pub metrics: Metrics,
+    pub lookup: Option<Arc<dyn GrantSource>>,
+    pub events: Option<EventReporter>,
+    pub readiness: Arc<Readiness>,
+}
+
+pub type AppState = Arc<Webhook>;
+
+/// The API server-facing routes. Public so tests can drive them in-process or over TLS.
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.max_body_bytes;
+    Router::new().route("/validate", post(validate)).layer(DefaultBodyLimit::max(limit)).with_state(state)
+}
+
+/// The admin routes, served on a separate plain-HTTP port.
+pub fn admin_router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    let r = &state.readiness;
+    let mut problems = Vec::new();
+    if !r.listening.load(Ordering::Acquire) {
+        problems.push("listener not up".to_owned());
+    }
+    if r.draining.load(Ordering::Acquire) {
+        problems.push("shutting down".to_owned());
+    }
+    for kind in CacheKind::ALL {
+        if !state.caches.is_synced(kind) {
+            problems.push(format!("{} not synced", kind.as_str()));
+        }
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join(", ")).into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    state.metrics.grants_active.set(state.caches.with_grants(|g| g.active(jiff::Timestamp::now())) as i64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+/// A failure that is not an answer to a review: plain HTTP error with a JSON Status body,
+/// which the API server logs and then applies the webhook's failurePolicy to.
+fn http_error(code: StatusCode, message: String) -> Response {
+    let body = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Status",
+        "status": "Failure",
+        "code": code.as_u16(),
+        "message": message,
+    });
+    (code, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn review_response(uid: &str, decision: &Decision) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], review::response_body(uid, decision)).into_response()
+}
+
+async fn validate(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "review",
+        uid = Empty,
+        kind = Empty,
+        namespace = Empty,
+        operation = Empty,
+        user = Empty,
+        decision = Empty
+    );
+    handle(&state, query.as_deref(), body, started).instrument(span).await
+}
+
+async fn handle(
+    state: &Webhook,
+    query: Option<&str>,
+    body: Result<Bytes, BytesRejection>,
+    started: Instant,
+) -> Response {
+    let metrics = &state.metrics;
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "unreadable_body" };
+            metrics.review_errors.with_label_values(&[reason]).inc();
+            tracing::warn!(%status, error = %rejection.body_text(), "unreadable admission request");
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("AdmissionReview larger than {} bytes refused", state.settings.max_body_bytes)
+            } else {
+                format!("cannot read request body: {}", rejection.body_text())
+            };
+            return http_error(status, message);
+        }
+    };
+    if !state.caches.is_synced(CacheKind::Policies) {
+        metrics.review_errors.with_label_values(&["not_ready"]).inc();
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kube-stepup webhook is starting: policies are not loaded yet".into(),
+        );
+    }
+    let deadline = started + review_timeout(query, state.settings.default_review_timeout);
+    let review = match Review::parse(&body) {
+        Ok(r) => r,
+        Err(error) => return malformed(state, &body, &error),
+    };
+    let span = tracing::Span::current();
+    span.record("uid", review.uid());
+    span.record("kind", review.kind());
+    span.record("namespace", review.namespace());
+    span.record("operation", review.operation().as_str());
+    span.record("user", review.username());
+
+    let objects = match review.stepup_objects() {
+        Ok(o) => o,
+        Err(error) => return malformed(state, &body, &error),
+    };
+    let own_labels = review.is_namespace_object().then(|| review.namespace_object_labels()).flatten();
+    let cached_labels = if own_labels.is_none() && !review.namespace().is_empty() {
+        state.caches.namespace_labels(review.namespace())
+    } else {
+        None
+    };
+    let labels = match (&own_labels, &cached_labels) {
+        (Some(l), _) => NamespaceLabels::Known(l),
+        (None, Some(l)) => NamespaceLabels::Known(l),
+        (None, None) if review.namespace().is_empty() && !review.is_namespace_object() => {
+            NamespaceLabels::NotApplicable
+        }
+        (None, None) => NamespaceLabels::Unknown,
+    };
+    let request = review.request(labels);
+    let policies = state.caches.policy_index();
+    let now = jiff::Timestamp::now();
+    let stale = state.caches.grants_stale_beyond(state.settings.grant_staleness_bound);
+
+    let mut decision = match stale {
+        Some(stale_for) => {
+            let grants =
+                Grants::Unavailable { stale_for: jiff::SignedDuration::try_from(stale_for).unwrap_or_default() };
+            decision::decide(
+                &request,
+                &objects,
+                &Inputs { policies: &policies, grants, config: &state.settings.decision, now },
+            )
+        }
+        None => state.caches.with_grants(|index| {
+            decision::decide(
+                &request,
+                &objects,
+                &Inputs { policies: &policies, grants: Grants::Cached(index), config: &state.settings.decision, now },
+            )
+        }),
+    };
+
+    if decision.lookup_may_help
+        && let Some(fetched) = lookup(state, request.user.username, deadline).await
+    {
+        decision = decision::decide(
+            &request,
+            &objects,
+            &Inputs {
+                policies: &policies,
+                grants: Grants::Fetched(&fetched),
+                config: &state.settings.decision,
+                now: jiff::Timestamp::now(),
+            },
+        );
+    }
+
+    span.record("decision", decision.outcome.as_str());
+    let policy_label = decision.policies.first().map(String::as_str).unwrap_or("none");
+    metrics.reviews.with_label_values(&[decision.outcome.as_str(), policy_label]).inc();
+    metrics.review_duration.with_label_values(&[decision.outcome.as_str()]).observe(started.elapsed().as_secs_f64());
+    if decision.outcome == Outcome::BreakGlass {
+        metrics.break_glass.inc();
+        tracing::warn!(user = request.user.username, policies = %decision.policies.join(","), "break-glass access used");
+    }
+    if decision.is_audited() {
+        audit::admission(&audit::AdmissionRecord {
+            uid: review.uid(),
+            user: request.user.username,
+            user_uid: request.user.uid,
+            operation: request.operation.as_str(),
+            group: request.group,
+            resource: request.resource,
+            subresource: request.subresource,
+            namespace: request.namespace,
+            name: request.name,
+            dry_run: request.dry_run,
+            decision: &decision,
+        });
+    }
+    if let Some(events) = &state.events
+        && !request.dry_run
+    {
+        events.report(&decision, request.user.username, &decision::describe(&request));
+    }
+    tracing::debug!(allowed = decision.allowed, "review answered");
+    review_response(review.uid(), &decision)
+}
+
+/// Answers a body that is not a usable review: as an AdmissionReview denial when its uid can
+/// be recovered (the API server then shows the message), as an HTTP 400 otherwise.
+fn malformed(state: &Webhook, body: &[u8], error: &ReviewError) -> Response {
+    state.metrics.review_errors.with_label_values(&[error.label()]).inc();
+    tracing::warn!(%error, "malformed admission review");
+    match review::uid_of(body) {
+        Some(uid) => review_response(&uid, &Decision::invalid(error)),
+        None => http_error(StatusCode::BAD_REQUEST, error.to_string()),
+    }
+}
+
+/// One bounded lookup; `None` when there is no source, or it failed or ran out of time
+/// (the cache-based denial then stands: fail closed).
+async fn lookup(state: &Webhook, user: &str, deadline: Instant) -> Option<Vec<GrantRecord>> {
+    let source = state.lookup.as_ref()?;
+    let budget = deadline.saturating_duration_since(Instant::now()).min(state.settings.lookup_timeout);
+    if budget.is_zero() {
+        state.metrics.grant_lookups.with_label_values(&["no_time"]).inc();
+        return None;
+    }
+    match tokio::time::timeout(budget, source.grants_of(user)).await {
+        Ok(Ok(grants)) => {
+            let label = if grants.is_empty() { "none" } else { "found" };
+            state.metrics.grant_lookups.with_label_values(&[label]).inc();
+            Some(grants)
+        }
+        Ok(Err(error)) => {
+            state.metrics.grant_lookups.with_label_values(&["error"]).inc();
+            tracing::warn!(%error, "direct grant lookup failed; denying from the cache");
+            None
+        }
+        Err(_) => {
+            state.metrics.grant_lookups.with_label_values(&["timeout"]).inc();
+            tracing::warn!(
+                budget_ms = budget.as_millis() as u64,
+                "direct grant lookup timed out; denying from the cache"
+            );
+            None
+        }
+    }
+}
+
+/// The API server appends `?timeout=10s`; answer well within it.
+fn review_timeout(query: Option<&str>, default: Duration) -> Duration {
+    let given = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("timeout="))
+        .and_then(|v| v.parse::<ApiDuration>().ok())
+        .map(ApiDuration::as_std)
+        .unwrap_or(default);
+    // Leave room for the response to travel back.
+    given.saturating_sub(Duration::from_millis(250)).max(Duration::from_millis(100))
+}
+
+/// Serves `app` over TLS on `listener` until `stop` fires, then lets open connections finish
+/// (bounded by `grace`).
+pub async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // Bound the time a client may take to send headers (slowloris); keep-alive stays on.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(x) => x,
+            Err(error) => {
+                // Out of file descriptors and the like: back off briefly rather than spin.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(app.clone());
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
+            if let Err(error) = watcher.watch(conn).await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the grace period; closing them");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn honours_the_api_servers_timeout_parameter() {
+        let d = Duration::from_secs(10);
+        assert_eq!(review_timeout(Some("timeout=5s"), d), Duration::from_millis(4750));
+        assert_eq!(review_timeout(Some("x=1&timeout=2s"), d), Duration::from_millis(1750));
+        assert_eq!(review_timeout(None, d), Duration::from_millis(9750));
+        assert_eq!(review_timeout(Some("timeout=garbage"), d), Duration::from_millis(9750));
+        assert_eq!(review_timeout(Some("timeout=1ms"), d), Duration::from_millis(100));
+    }
+}

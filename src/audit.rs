@@ -1,0 +1,47 @@
+//! The audit trail: one JSON line per decision that involved a policy or a built-in rule, and
+//! one per controller step, all on the `stepup::audit` target so a SIEM can pick them out.
+
+use crate::decision::Decision;
+
+pub const TARGET: &str = "stepup::audit";
+
+/// What an auditor asks of an admission decision: who, what, which policy, which grant, result.
+pub struct AdmissionRecord<'a> {
+    pub uid: &'a str,
+    pub user: &'a str,
+    pub user_uid: &'a str,
+    pub operation: &'a str,
+    pub group: &'a str,
+    pub resource: &'a str,
+    pub subresource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub dry_run: bool,
+    pub decision: &'a Decision,
+}
+
+pub fn admission(r: &AdmissionRecord<'_>) {
+    let d = r.decision;
+    let requirement = d.requirement.as_ref().map(|x| x.to_string());
+    tracing::info!(
+        target: TARGET,
+        event = "admission.decision",
+        review_uid = r.uid,
+        user = r.user,
+        user_uid = r.user_uid,
+        operation = r.operation,
+        group = r.group,
+        resource = r.resource,
+        subresource = r.subresource,
+        namespace = r.namespace,
+        name = r.name,
+        dry_run = r.dry_run,
+        decision = d.outcome.as_str(),
+        allowed = d.allowed,
+        policies = d.policies.join(","),
+        grant = d.grant.as_deref().unwrap_or(""),
+        reason = d.grant_reason.as_deref().unwrap_or(""),
+        requirement = requirement.as_deref().unwrap_or(""),
+        "admission decision"
+    );
+}

@@ -1,0 +1,132 @@
+//! Command-line configuration of the `stepup` binary. Every flag has an environment variable,
+//! so the Helm chart can set them either way.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{api::Duration, telemetry::LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(name = "stepup", version, about = "kube-stepup: step-up authentication for Kubernetes")]
+pub struct Cli {
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json, env = "STEPUP_LOG_FORMAT", global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the validating admission webhook.
+    Webhook(Box<WebhookArgs>),
+    /// Print the CustomResourceDefinitions as YAML.
+    Crdgen,
+}
+
+/// Identities, shared by the webhook and the controller.
+#[derive(Args, Debug, Clone)]
+pub struct IdentityArgs {
+    /// Namespace stepup runs in; its objects are never subject to policies.
+    #[arg(long, env = "STEPUP_NAMESPACE", default_value = "stepup-system")]
+    pub namespace: String,
+
+    /// Username of the controller, the only writer of grants
+    /// [default: system:serviceaccount:<namespace>:stepup-controller].
+    #[arg(long, env = "STEPUP_CONTROLLER_USER")]
+    pub controller_user: Option<String>,
+
+    /// Groups whose members approve enrollments, reset lockouts and revoke any grant.
+    #[arg(long = "admin-group", env = "STEPUP_ADMIN_GROUPS", value_delimiter = ',', default_value = "stepup:admins")]
+    pub admin_groups: Vec<String>,
+
+    /// Groups that bypass every policy, loudly (warning, Event, metric, audit line).
+    #[arg(long = "break-glass-group", env = "STEPUP_BREAK_GLASS_GROUPS", value_delimiter = ',')]
+    pub break_glass_groups: Vec<String>,
+}
+
+impl IdentityArgs {
+    pub fn controller_user(&self) -> String {
+        self.controller_user
+            .clone()
+            .unwrap_or_else(|| format!("system:serviceaccount:{}:stepup-controller", self.namespace))
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct WebhookArgs {
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+
+    /// Address of the TLS listener the API server calls.
+    #[arg(long, env = "STEPUP_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+
+    /// Address of the plain-HTTP admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "STEPUP_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+
+    /// PEM certificate chain served to the API server; reloaded when it changes.
+    #[arg(long, env = "STEPUP_TLS_CERT_FILE", default_value = "/etc/stepup/tls/tls.crt")]
+    pub tls_cert_file: PathBuf,
+
+    /// PEM private key of the certificate.
+    #[arg(long, env = "STEPUP_TLS_KEY_FILE", default_value = "/etc/stepup/tls/tls.key")]
+    pub tls_key_file: PathBuf,
+
+    /// How often to check the certificate files for changes.
+    #[arg(long, env = "STEPUP_CERT_RELOAD_INTERVAL", default_value = "10s")]
+    pub cert_reload_interval: Duration,
+
+    /// Users no policy applies to (e.g. a GitOps controller's service account).
+    #[arg(long = "exempt-user", env = "STEPUP_EXEMPT_USERS", value_delimiter = ',')]
+    pub exempt_users: Vec<String>,
+
+    /// Groups no policy applies to.
+    #[arg(long = "exempt-group", env = "STEPUP_EXEMPT_GROUPS", value_delimiter = ',')]
+    pub exempt_groups: Vec<String>,
+
+    /// Namespaces whose objects no policy applies to, besides kube-system and stepup's own.
+    #[arg(long = "exempt-namespace", env = "STEPUP_EXEMPT_NAMESPACES", value_delimiter = ',')]
+    pub exempt_namespaces: Vec<String>,
+
+    /// Require step-up for changes to StepUpPolicy objects themselves, with this maximum
+    /// grant age; `0` turns the built-in rule off.
+    #[arg(long, env = "STEPUP_PROTECT_POLICIES", default_value = "15m")]
+    pub protect_policies: Duration,
+
+    /// Largest AdmissionReview accepted, in bytes.
+    #[arg(long, env = "STEPUP_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Upper bound of the direct grant lookup made before denying on a cache miss.
+    #[arg(long, env = "STEPUP_LOOKUP_TIMEOUT", default_value = "1500ms")]
+    pub lookup_timeout: Duration,
+
+    /// How long the grant watch may be broken before grant decisions fail closed.
+    #[arg(long, env = "STEPUP_GRANT_STALENESS_BOUND", default_value = "60s")]
+    pub grant_staleness_bound: Duration,
+
+    /// After SIGTERM, keep serving (and report not ready) for this long: the API server keeps
+    /// using its open connections for a while.
+    #[arg(long, env = "STEPUP_DRAIN_PERIOD", default_value = "10s")]
+    pub drain_period: Duration,
+
+    /// After the drain period, how long open connections get to finish.
+    #[arg(long, env = "STEPUP_SHUTDOWN_GRACE", default_value = "10s")]
+    pub shutdown_grace: Duration,
+
+    /// Minimum interval between two Events for the same decision, policy and user.
+    #[arg(long, env = "STEPUP_EVENT_INTERVAL", default_value = "60s")]
+    pub event_interval: Duration,
+}
+
+impl clap::builder::ValueParserFactory for Duration {
+    type Parser = clap::builder::ValueParser;
+
+    fn value_parser() -> Self::Parser {
+        clap::builder::ValueParser::new(|s: &str| s.parse::<Duration>())
+    }
+}
