@@ -11,6 +11,7 @@
 #   down             stop it; state (logs, kubeconfigs) stays until the next `up`
 #   status           exit 0 when etcd and kube-apiserver are both up
 #   env              print the sourceable env file: source <(cluster.sh env)
+#   env-file         print the path of that file
 #   logs             tail the logs
 #   aggregate-roles  redo ClusterRole aggregation (after installing roles labelled
 #                    rbac.authorization.k8s.io/aggregate-to-*)
@@ -91,10 +92,18 @@ running_pid() { # name
 }
 
 start_daemon() { # name command...
-	local name=$1
+	local name=$1 pid i
 	shift
 	"$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
-	echo $! >"$PIDS/$name.pid"
+	pid=$!
+	echo "$pid" >"$PIDS/$name.pid"
+	# Until the forked shell has exec'd, /proc/PID/cmdline still names bash and
+	# running_pid would take the daemon for dead: wait for the exec.
+	for ((i = 0; i < 50; i++)); do
+		running_pid "$name" >/dev/null && return 0
+		kill -0 "$pid" 2>/dev/null || return 0
+		sleep 0.05
+	done
 }
 
 stop_daemon() { # name
@@ -538,6 +547,7 @@ main() {
 	down) cmd_down ;;
 	status) cmd_status ;;
 	env) cmd_env ;;
+	env-file) echo "$ENV_FILE" ;;
 	logs) cmd_logs "$@" ;;
 	aggregate-roles) aggregate_cluster_roles ;;
 	*)

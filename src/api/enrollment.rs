@@ -78,7 +78,8 @@ pub struct StepUpEnrollmentStatus {
     pub sealed_secret: Option<String>,
     /// Failed verifications since the last success.
     #[serde(default)]
-    pub consecutive_failures: u32,
+    #[schemars(range(min = 0))]
+    pub consecutive_failures: i32,
     /// When the user was locked out, if they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_at: Option<Time>,

@@ -1,0 +1,40 @@
+# kube-stepup developer commands. `make test` is what CI runs (.ci/run).
+
+CARGO ?= cargo
+
+.PHONY: test lint unit e2e crds demo demo-down controlplane help
+
+help:
+	@echo "make demo       start the local demo (control plane + stepup + example policies)"
+	@echo "make demo-down  stop it"
+	@echo "make test       every check and test: lint, unit, integration, e2e"
+	@echo "make unit       unit and integration tests (no cluster)"
+	@echo "make e2e        end-to-end scenarios against a real kube-apiserver"
+	@echo "make lint       rustfmt, clippy, CRD drift"
+	@echo "make crds       regenerate crds/ from the Rust types"
+
+test: lint unit e2e
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) run --quiet --bin stepup -- crdgen | diff -u crds/stepup.dev.yaml - \
+		|| (echo "crds/ is out of date: run make crds" >&2; exit 1)
+
+unit:
+	$(CARGO) test
+
+e2e:
+	e2e/scripts/run-e2e.sh
+
+crds:
+	$(CARGO) run --quiet --bin stepup -- crdgen > crds/stepup.dev.yaml
+
+controlplane:
+	e2e/scripts/build-controlplane.sh
+
+demo:
+	e2e/scripts/demo.sh up
+
+demo-down:
+	e2e/scripts/demo.sh down

@@ -1,0 +1,208 @@
+#!/usr/bin/env bash
+# Runs kube-stepup's processes as local processes against the e2e control plane
+# (cluster.sh): installs the CRDs and RBAC, makes a serving certificate for the run,
+# starts `stepup webhook` and registers it by URL.
+#
+# Usage: stepup.sh up|down|status|logs [webhook] [lines]
+#
+# Environment (defaults in brackets):
+#   STEPUP_PROFILE [debug]   cargo profile of the stepup binary (release for benchmarks)
+#   STEPUP_WEBHOOK_PORT [18443] STEPUP_WEBHOOK_ADMIN_PORT [18080]
+#   CARGO_TARGET_DIR         where cargo builds (the repo's target/ by default)
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
+HOST=127.0.0.1
+WEBHOOK_PORT=${STEPUP_WEBHOOK_PORT:-18443}
+WEBHOOK_ADMIN_PORT=${STEPUP_WEBHOOK_ADMIN_PORT:-18080}
+PROFILE=${STEPUP_PROFILE:-debug}
+
+log() { echo "stepup: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+load_cluster_env() {
+	local env_file
+	env_file=$("$SCRIPT_DIR/cluster.sh" env-file)
+	[[ -f $env_file ]] || die "the e2e control plane is not up: run e2e/scripts/cluster.sh up"
+	# shellcheck disable=SC1090
+	source "$env_file"
+	"$SCRIPT_DIR/cluster.sh" status >/dev/null || die "the e2e control plane is not running: run e2e/scripts/cluster.sh up"
+	DIR=$STEPUP_E2E_DIR
+	LOGS=$DIR/logs
+	PIDS=$DIR/pids
+	STEPUP_PKI=$DIR/stepup-pki
+	mkdir -p "$LOGS" "$PIDS" "$STEPUP_PKI"
+}
+
+kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+
+stepup_bin() {
+	local target=${CARGO_TARGET_DIR:-$REPO/target}
+	echo "$target/$PROFILE/stepup"
+}
+
+build() {
+	local flags=()
+	[[ $PROFILE == release ]] && flags=(--release)
+	log "building stepup ($PROFILE)"
+	(cd "$REPO" && cargo build --quiet "${flags[@]}" --bin stepup --bin kubectl-stepup)
+}
+
+running_pid() { # name
+	local pidfile=$PIDS/$1.pid pid
+	[[ -f $pidfile ]] || return 1
+	pid=$(<"$pidfile")
+	[[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+	grep -q stepup "/proc/$pid/cmdline" 2>/dev/null || return 1
+	echo "$pid"
+}
+
+stop_process() { # name
+	local pid i
+	if pid=$(running_pid "$1"); then
+		log "stopping $1 (pid $pid)"
+		kill -TERM "$pid" 2>/dev/null || true
+		for ((i = 0; i < 150; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	rm -f "$PIDS/$1.pid"
+}
+
+show_log() { # name
+	log "last lines of $LOGS/$1.log:"
+	tail -n 40 "$LOGS/$1.log" >&2 || true
+}
+
+wait_ready() { # name url timeout-seconds
+	local i
+	for ((i = 0; i < $3 * 10; i++)); do
+		if curl -fsS "$2" >/dev/null 2>&1; then
+			return 0
+		fi
+		running_pid "$1" >/dev/null || { show_log "$1"; die "$1 exited during startup"; }
+		sleep 0.1
+	done
+	show_log "$1"
+	die "$1 not ready after $3s ($2)"
+}
+
+install_api() {
+	log "installing CRDs and RBAC"
+	kc apply -f "$REPO/crds/stepup.dev.yaml" >/dev/null
+	kc wait --for=condition=Established --timeout=60s \
+		crd/stepuppolicies.stepup.dev crd/stepupgrants.stepup.dev \
+		crd/stepupchallenges.stepup.dev crd/stepupenrollments.stepup.dev >/dev/null
+	kc apply -f "$REPO/e2e/manifests/rbac.yaml" >/dev/null
+	write_sa_kubeconfig policy-writer
+}
+
+write_sa_kubeconfig() { # service-account
+	local token
+	token=$(kc -n stepup-system create token "$1" --duration=48h)
+	cat >"$DIR/kubeconfig/$1.yaml" <<-YAML
+		apiVersion: v1
+		kind: Config
+		clusters:
+		- name: e2e
+		  cluster: {server: "$KUBE_APISERVER_URL", certificate-authority: "$KUBE_CA_FILE"}
+		users:
+		- name: $1
+		  user: {token: "$token"}
+		contexts:
+		- name: $1
+		  context: {cluster: e2e, user: $1}
+		current-context: $1
+	YAML
+}
+
+# A CA and serving certificate for this run: the caBundle of the registration.
+make_certificates() {
+	[[ -f $STEPUP_PKI/tls.crt && -f $STEPUP_PKI/tls.key ]] && return 0
+	openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 -subj "/CN=stepup-e2e-webhook-ca" \
+		-keyout "$STEPUP_PKI/ca.key" -out "$STEPUP_PKI/ca.crt" \
+		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+	openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=stepup-webhook" \
+		-keyout "$STEPUP_PKI/tls.key" -out "$STEPUP_PKI/tls.csr" 2>/dev/null
+	printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$STEPUP_PKI/tls.ext"
+	openssl x509 -req -sha256 -days 30 -in "$STEPUP_PKI/tls.csr" -CA "$STEPUP_PKI/ca.crt" \
+		-CAkey "$STEPUP_PKI/ca.key" -CAcreateserial -extfile "$STEPUP_PKI/tls.ext" -out "$STEPUP_PKI/tls.crt" 2>/dev/null
+	chmod 600 "$STEPUP_PKI"/*.key
+}
+
+start_webhook() {
+	stop_process stepup-webhook
+	log "starting stepup webhook on $HOST:$WEBHOOK_PORT"
+	KUBECONFIG=$KUBECONFIG_STEPUP_WEBHOOK RUST_LOG=${RUST_LOG:-info} \
+		"$(stepup_bin)" webhook \
+		--listen "$HOST:$WEBHOOK_PORT" --admin-listen "$HOST:$WEBHOOK_ADMIN_PORT" \
+		--tls-cert-file "$STEPUP_PKI/tls.crt" --tls-key-file "$STEPUP_PKI/tls.key" \
+		--namespace stepup-system --break-glass-group stepup:break-glass \
+		--exempt-user system:serviceaccount:stepup-system:policy-writer \
+		--drain-period 0s --shutdown-grace 2s --event-interval 1s \
+		</dev/null >>"$LOGS/stepup-webhook.log" 2>&1 &
+	echo $! >"$PIDS/stepup-webhook.pid"
+	wait_ready stepup-webhook "http://$HOST:$WEBHOOK_ADMIN_PORT/readyz" 60
+}
+
+register_webhook() {
+	local ca
+	ca=$(base64 -w0 <"$STEPUP_PKI/ca.crt")
+	sed -e "s#@URL@#https://$HOST:$WEBHOOK_PORT/validate#" -e "s#@CA_BUNDLE@#$ca#" \
+		"$REPO/e2e/manifests/webhook-configuration.yaml" | kc apply -f - >/dev/null
+}
+
+write_env() {
+	cat >"$DIR/stepup.env" <<-EOF
+		export STEPUP_WEBHOOK_URL=https://$HOST:$WEBHOOK_PORT/validate
+		export STEPUP_WEBHOOK_ADMIN_URL=http://$HOST:$WEBHOOK_ADMIN_PORT
+		export STEPUP_WEBHOOK_CA_FILE=$STEPUP_PKI/ca.crt
+		export STEPUP_BIN=$(stepup_bin)
+		export KUBECTL_STEPUP_BIN=$(dirname "$(stepup_bin)")/kubectl-stepup
+		export KUBECONFIG_POLICY_WRITER=$DIR/kubeconfig/policy-writer.yaml
+		export STEPUP_WEBHOOK_LOG=$LOGS/stepup-webhook.log
+	EOF
+}
+
+cmd_up() {
+	load_cluster_env
+	build
+	install_api
+	make_certificates
+	start_webhook
+	register_webhook
+	write_env
+	log "webhook registered; env in $DIR/stepup.env"
+}
+
+cmd_down() {
+	load_cluster_env
+	# Unregister first: the API server would otherwise keep calling a dead webhook.
+	kc delete validatingwebhookconfiguration stepup.dev --ignore-not-found >/dev/null 2>&1 || true
+	stop_process stepup-webhook
+}
+
+cmd_status() {
+	load_cluster_env
+	if running_pid stepup-webhook >/dev/null && curl -fsS "http://$HOST:$WEBHOOK_ADMIN_PORT/readyz" >/dev/null; then
+		echo "stepup webhook: ready"
+	else
+		echo "stepup webhook: not running"
+		return 1
+	fi
+}
+
+main() {
+	case ${1:-} in
+	up) cmd_up ;;
+	down) cmd_down ;;
+	status) cmd_status ;;
+	logs) load_cluster_env && tail -n "${3:-100}" "$LOGS/stepup-${2:-webhook}.log" ;;
+	*) die "usage: $0 up|down|status|logs [webhook] [lines]" ;;
+	esac
+}
+
+main "$@"
