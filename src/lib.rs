@@ -16,3 +16,4 @@ pub mod pki;
 pub mod policy;
 pub mod telemetry;
 pub mod testing;
+pub mod verify;
