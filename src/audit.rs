@@ -45,3 +45,33 @@ pub fn admission(r: &AdmissionRecord<'_>) {
         "admission decision"
     );
 }
+
+/// One step of the controller: an enrollment, a verification, a grant issued, expired or
+/// revoked, a lockout.
+pub struct StepRecord<'a> {
+    /// `challenge.verified`, `challenge.denied`, `grant.issued`, `grant.expired`, ...
+    pub event: &'a str,
+    pub user: &'a str,
+    /// `StepUpChallenge/alice-x7k2p`
+    pub object: &'a str,
+    pub result: &'a str,
+    pub method: &'a str,
+    pub reason: &'a str,
+    pub grant: &'a str,
+    pub message: &'a str,
+}
+
+pub fn step(r: &StepRecord<'_>) {
+    tracing::info!(
+        target: TARGET,
+        event = r.event,
+        user = r.user,
+        object = r.object,
+        result = r.result,
+        method = r.method,
+        reason = r.reason,
+        grant = r.grant,
+        message = r.message,
+        "controller step"
+    );
+}

@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the validating admission webhook.
     Webhook(Box<WebhookArgs>),
+    /// Run the controller: verify challenges, issue grants, manage enrollments.
+    Controller(Box<ControllerArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crdgen,
 }
@@ -121,6 +123,72 @@ pub struct WebhookArgs {
     /// Minimum interval between two Events for the same decision, policy and user.
     #[arg(long, env = "STEPUP_EVENT_INTERVAL", default_value = "60s")]
     pub event_interval: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+
+    /// Address of the plain-HTTP admin listener (/healthz, /readyz, /metrics).
+    #[arg(long, env = "STEPUP_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+
+    /// Name of the Lease (in the stepup namespace) that elects the one active replica.
+    #[arg(long, env = "STEPUP_LEASE_NAME", default_value = "stepup-controller")]
+    pub lease_name: String,
+
+    /// How long a leader's lease lasts without renewal; a standby takes over after it.
+    #[arg(long, env = "STEPUP_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: Duration,
+
+    /// How often the leader renews and a standby retries.
+    #[arg(long, env = "STEPUP_LEASE_RETRY", default_value = "2s")]
+    pub lease_retry: Duration,
+
+    /// Identity in the Lease [default: $POD_NAME, else hostname and process id].
+    #[arg(long, env = "STEPUP_INSTANCE")]
+    pub instance: Option<String>,
+
+    /// Let users enroll without an admin's approval.
+    #[arg(long, env = "STEPUP_SELF_SERVICE_ENROLLMENT")]
+    pub self_service_enrollment: bool,
+
+    /// Lifetime of a grant when the challenge asks for none.
+    #[arg(long, env = "STEPUP_DEFAULT_GRANT_DURATION", default_value = "1h")]
+    pub default_grant_duration: Duration,
+
+    /// Longest grant lifetime a challenge may ask for.
+    #[arg(long, env = "STEPUP_MAX_GRANT_DURATION", default_value = "8h")]
+    pub max_grant_duration: Duration,
+
+    /// How long expired grants are kept as evidence before deletion.
+    #[arg(long, env = "STEPUP_GRANT_RETENTION", default_value = "720h")]
+    pub grant_retention: Duration,
+
+    /// A challenge not verified within this time is expired.
+    #[arg(long, env = "STEPUP_CHALLENGE_TIMEOUT", default_value = "5m")]
+    pub challenge_timeout: Duration,
+
+    /// Finished challenges are deleted this long after creation.
+    #[arg(long, env = "STEPUP_CHALLENGE_TTL", default_value = "1h")]
+    pub challenge_ttl: Duration,
+
+    /// Failed verifications tolerated per user within --failure-window.
+    #[arg(long, env = "STEPUP_MAX_FAILURES", default_value_t = 5)]
+    pub max_failures: u32,
+
+    #[arg(long, env = "STEPUP_FAILURE_WINDOW", default_value = "5m")]
+    pub failure_window: Duration,
+
+    /// Consecutive failures after which a user is locked until an admin resets them
+    /// (NIST SP 800-63B: at most 100).
+    #[arg(long, env = "STEPUP_LOCKOUT_THRESHOLD", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub lockout_threshold: u32,
+
+    /// Test hook: exit right after recording a code's use, before issuing the grant.
+    #[arg(long, hide = true)]
+    pub crash_after_recording: bool,
 }
 
 impl clap::builder::ValueParserFactory for Duration {

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod controller;
 pub mod decision;
 pub mod grant;
 pub mod metrics;

@@ -12,6 +12,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crdgen => print!("{}", api::crds_yaml()?),
+        Command::Controller(args) => {
+            telemetry::init(cli.log_format);
+            kube_stepup::controller::run::run(*args).await?;
+        }
         Command::Webhook(args) => {
             telemetry::init(cli.log_format);
             admission::run::run(*args).await?;

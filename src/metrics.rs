@@ -33,6 +33,10 @@ pub struct Metrics {
     pub grants_issued: IntCounterVec,
     pub grants_active: IntGauge,
     pub lockouts: IntCounter,
+    /// Reconcile failures by controller and error kind.
+    pub reconcile_errors: IntCounterVec,
+    /// 1 while this replica holds the controller Lease.
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -93,6 +97,13 @@ impl Metrics {
         let grants_active = IntGauge::new("stepup_grants_active", "Grants currently usable.").expect("valid metric");
         let lockouts = IntCounter::new("stepup_lockouts_total", "Users locked after too many failed verifications.")
             .expect("valid metric");
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new("stepup_reconcile_errors_total", "Reconcile failures, by controller and error kind."),
+            &["controller", "error"],
+        )
+        .expect("valid metric");
+        let leader =
+            IntGauge::new("stepup_leader", "1 while this replica holds the controller lease.").expect("valid metric");
         let build_info = IntGaugeVec::new(Opts::new("stepup_build_info", "Build information; always 1."), &["version"])
             .expect("valid metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -111,6 +122,8 @@ impl Metrics {
             Box::new(grants_issued.clone()),
             Box::new(grants_active.clone()),
             Box::new(lockouts.clone()),
+            Box::new(reconcile_errors.clone()),
+            Box::new(leader.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -130,6 +143,8 @@ impl Metrics {
             grants_issued,
             grants_active,
             lockouts,
+            reconcile_errors,
+            leader,
         }
     }
 

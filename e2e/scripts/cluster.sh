@@ -355,9 +355,18 @@ apply_base_objects() {
 		kind: Namespace
 		metadata: {name: stepup-system}
 		---
+		# Developers edit the application namespaces only: never stepup-system, whose
+		# Secrets hold the TOTP seeds.
 		apiVersion: rbac.authorization.k8s.io/v1
-		kind: ClusterRoleBinding
-		metadata: {name: developers-edit}
+		kind: RoleBinding
+		metadata: {name: developers-edit, namespace: prod}
+		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}
+		subjects:
+		- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: developers}
+		---
+		apiVersion: rbac.authorization.k8s.io/v1
+		kind: RoleBinding
+		metadata: {name: developers-edit, namespace: dev}
 		roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}
 		subjects:
 		- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: developers}
@@ -490,7 +499,23 @@ cmd_up() {
 	log "kubeconfigs in $KCFG; source $ENV_FILE"
 }
 
+# Processes that run against this control plane (stepup.sh's webhook and controller) keep
+# their pid files here too; stop them first, or wiping the state would orphan them.
+stop_clients() {
+	local pidfile pid
+	for pidfile in "$PIDS"/stepup-*.pid; do
+		[[ -f $pidfile ]] || continue
+		pid=$(<"$pidfile")
+		if [[ $pid =~ ^[0-9]+$ ]] && grep -q stepup "/proc/$pid/cmdline" 2>/dev/null; then
+			log "stopping $(basename "$pidfile" .pid) (pid $pid)"
+			kill -TERM "$pid" 2>/dev/null || true
+		fi
+		rm -f "$pidfile"
+	done
+}
+
 stop_all() {
+	stop_clients
 	stop_daemon kube-apiserver
 	stop_daemon etcd
 }

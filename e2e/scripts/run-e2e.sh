@@ -12,6 +12,7 @@ teardown() {
 	if [[ $rc -ne 0 ]]; then
 		echo "e2e: FAILED (exit $rc); logs follow" >&2
 		"$SCRIPT_DIR/stepup.sh" logs webhook 60 >&2 || true
+		"$SCRIPT_DIR/stepup.sh" logs controller 60 >&2 || true
 		"$SCRIPT_DIR/cluster.sh" logs kube-apiserver 40 >&2 || true
 	fi
 	if [[ ${STEPUP_E2E_KEEP:-0} != 1 ]]; then

@@ -3,11 +3,12 @@
 # (cluster.sh): installs the CRDs and RBAC, makes a serving certificate for the run,
 # starts `stepup webhook` and registers it by URL.
 #
-# Usage: stepup.sh up|down|status|logs [webhook] [lines]
+# Usage: stepup.sh up|down|status|logs [webhook|controller] [lines]
+#        stepup.sh controller-start|controller-stop   (the e2e crash and leader tests use these)
 #
 # Environment (defaults in brackets):
 #   STEPUP_PROFILE [debug]   cargo profile of the stepup binary (release for benchmarks)
-#   STEPUP_WEBHOOK_PORT [18443] STEPUP_WEBHOOK_ADMIN_PORT [18080]
+#   STEPUP_WEBHOOK_PORT [18443] STEPUP_WEBHOOK_ADMIN_PORT [18080] STEPUP_CONTROLLER_ADMIN_PORT [18081]
 #   CARGO_TARGET_DIR         where cargo builds (the repo's target/ by default)
 set -euo pipefail
 
@@ -16,6 +17,7 @@ REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
 HOST=127.0.0.1
 WEBHOOK_PORT=${STEPUP_WEBHOOK_PORT:-18443}
 WEBHOOK_ADMIN_PORT=${STEPUP_WEBHOOK_ADMIN_PORT:-18080}
+CONTROLLER_ADMIN_PORT=${STEPUP_CONTROLLER_ADMIN_PORT:-18081}
 PROFILE=${STEPUP_PROFILE:-debug}
 
 log() { echo "stepup: $*" >&2; }
@@ -141,11 +143,32 @@ start_webhook() {
 		--listen "$HOST:$WEBHOOK_PORT" --admin-listen "$HOST:$WEBHOOK_ADMIN_PORT" \
 		--tls-cert-file "$STEPUP_PKI/tls.crt" --tls-key-file "$STEPUP_PKI/tls.key" \
 		--namespace stepup-system --break-glass-group stepup:break-glass \
+		--admin-group stepup:admins,system:masters \
 		--exempt-user system:serviceaccount:stepup-system:policy-writer \
 		--drain-period 0s --shutdown-grace 2s --event-interval 1s \
 		</dev/null >>"$LOGS/stepup-webhook.log" 2>&1 &
 	echo $! >"$PIDS/stepup-webhook.pid"
 	wait_ready stepup-webhook "http://$HOST:$WEBHOOK_ADMIN_PORT/readyz" 60
+}
+
+# Flags of the e2e controller: short lease and quick expiry of leftovers, so handover and
+# lifecycle scenarios finish in seconds.
+CONTROLLER_FLAGS=(
+	--namespace stepup-system --admin-group stepup:admins
+	--lease-duration 4s --lease-retry 1s
+	--challenge-timeout 2m --challenge-ttl 30s --grant-retention 60s
+	--max-failures 3 --failure-window 20s --lockout-threshold 5
+)
+
+start_controller() {
+	stop_process stepup-controller
+	log "starting stepup controller"
+	KUBECONFIG=$KUBECONFIG_STEPUP_CONTROLLER RUST_LOG=${RUST_LOG:-info} \
+		"$(stepup_bin)" controller "${CONTROLLER_FLAGS[@]}" \
+		--admin-listen "$HOST:$CONTROLLER_ADMIN_PORT" --instance e2e-main \
+		</dev/null >>"$LOGS/stepup-controller.log" 2>&1 &
+	echo $! >"$PIDS/stepup-controller.pid"
+	wait_ready stepup-controller "http://$HOST:$CONTROLLER_ADMIN_PORT/readyz" 60
 }
 
 register_webhook() {
@@ -164,6 +187,10 @@ write_env() {
 		export KUBECTL_STEPUP_BIN=$(dirname "$(stepup_bin)")/kubectl-stepup
 		export KUBECONFIG_POLICY_WRITER=$DIR/kubeconfig/policy-writer.yaml
 		export STEPUP_WEBHOOK_LOG=$LOGS/stepup-webhook.log
+		export STEPUP_CONTROLLER_ADMIN_URL=http://$HOST:$CONTROLLER_ADMIN_PORT
+		export STEPUP_CONTROLLER_LOG=$LOGS/stepup-controller.log
+		export STEPUP_CONTROLLER_FLAGS="${CONTROLLER_FLAGS[*]}"
+		export STEPUP_LOGS_DIR=$LOGS
 	EOF
 }
 
@@ -174,6 +201,7 @@ cmd_up() {
 	make_certificates
 	start_webhook
 	register_webhook
+	start_controller
 	write_env
 	log "webhook registered; env in $DIR/stepup.env"
 }
@@ -182,6 +210,7 @@ cmd_down() {
 	load_cluster_env
 	# Unregister first: the API server would otherwise keep calling a dead webhook.
 	kc delete validatingwebhookconfiguration stepup.dev --ignore-not-found >/dev/null 2>&1 || true
+	stop_process stepup-controller
 	stop_process stepup-webhook
 }
 
@@ -193,6 +222,12 @@ cmd_status() {
 		echo "stepup webhook: not running"
 		return 1
 	fi
+	if running_pid stepup-controller >/dev/null; then
+		echo "stepup controller: running"
+	else
+		echo "stepup controller: not running"
+		return 1
+	fi
 }
 
 main() {
@@ -201,7 +236,9 @@ main() {
 	down) cmd_down ;;
 	status) cmd_status ;;
 	logs) load_cluster_env && tail -n "${3:-100}" "$LOGS/stepup-${2:-webhook}.log" ;;
-	*) die "usage: $0 up|down|status|logs [webhook] [lines]" ;;
+	controller-start) load_cluster_env && start_controller ;;
+	controller-stop) load_cluster_env && stop_process stepup-controller ;;
+	*) die "usage: $0 up|down|status|logs [webhook|controller] [lines]|controller-start|controller-stop" ;;
 	esac
 }
 

@@ -236,3 +236,293 @@ pub fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> kube::core
         other => panic!("expected the API server to refuse, got {other:?}"),
     }
 }
+
+// ---------------------------------------------------------------- second factor
+
+use kube::ResourceExt;
+use kube_stepup::{
+    api::{
+        self as stepup_api, ChallengePhase, EnrollmentPhase, GrantScope, Method, StepUpChallenge, StepUpChallengeSpec,
+        StepUpEnrollment, StepUpEnrollmentSpec,
+    },
+    verify::{seal::EphemeralKey, totp},
+};
+
+/// The test's authenticator app: holds the seed it unsealed and hands out codes, one per
+/// 30-second step (a step's code is accepted only once).
+pub struct Authenticator {
+    seed: Vec<u8>,
+    last_step: Option<u64>,
+}
+
+impl Authenticator {
+    /// The code for the current step, waiting for a step not handed out before.
+    pub async fn code(&mut self) -> String {
+        loop {
+            let now = Timestamp::now();
+            let step = totp::step_of(now);
+            if self.last_step.is_none_or(|last| step > last) {
+                self.last_step = Some(step);
+                return totp::code_at(&self.seed, now);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The code of the step last handed out (to replay it).
+    pub fn last_code(&self) -> String {
+        let step = self.last_step.expect("a code was handed out");
+        totp::code_at(&self.seed, Timestamp::from_second((step * totp::STEP_SECONDS) as i64).unwrap())
+    }
+
+    /// A code that is certainly wrong now.
+    pub fn wrong_code(&self) -> String {
+        let now = Timestamp::now();
+        let window: Vec<String> =
+            [-30i64, 0, 30].iter().map(|o| totp::code_at(&self.seed, now + SignedDuration::from_secs(*o))).collect();
+        (0..1000).map(|n| format!("{:06}", 271_828 + n)).find(|c| !window.contains(c)).unwrap()
+    }
+
+    pub fn seed(&self) -> &[u8] {
+        &self.seed
+    }
+}
+
+impl World {
+    /// Removes a user's enrollment and factor (as admin), so a scenario can enroll afresh.
+    pub async fn unenroll(&self, user: &str) {
+        let enrollments: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let _ = enrollments.delete(&stepup_api::enrollment_name(user), &DeleteParams::default()).await;
+        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), "stepup-system");
+        let _ = secrets.delete(&stepup_api::factor_secret_name(user), &DeleteParams::default()).await;
+        eventually(Duration::from_secs(10), || async {
+            let left = enrollments.get_opt(&stepup_api::enrollment_name(user)).await?.is_some()
+                || secrets.get_opt(&stepup_api::factor_secret_name(user)).await?.is_some();
+            if left { bail!("{user} still enrolled") } else { Ok(()) }
+        })
+        .await
+        .expect("unenrolled");
+    }
+
+    /// Enrolls `who` (username `user`) from scratch: the user creates the enrollment, the admin
+    /// approves, the test unseals the seed like the plugin would and confirms a first code.
+    pub async fn enroll(&self, who: &str, user: &str) -> Authenticator {
+        self.unenroll(user).await;
+        let key = EphemeralKey::generate();
+        let as_user: Api<StepUpEnrollment> = Api::all(self.env.client(who).await);
+        let name = stepup_api::enrollment_name(user);
+        let mut enrollment = StepUpEnrollment::new(
+            &name,
+            StepUpEnrollmentSpec {
+                user: user.into(),
+                method: Method::Totp,
+                public_key: key.public_key_b64(),
+                confirmation: None,
+            },
+        );
+        enrollment.metadata.labels =
+            Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value(user))].into_iter().collect());
+        as_user.create(&PostParams::default(), &enrollment).await.expect("enrollment created");
+        self.wait_enrollment(user, EnrollmentPhase::PendingApproval).await;
+        self.approve(user).await;
+        let sealed = eventually(Duration::from_secs(20), || async {
+            let e = as_user.get(&name).await?;
+            e.status.and_then(|s| s.sealed_secret).ok_or_else(|| anyhow::anyhow!("not sealed yet"))
+        })
+        .await
+        .expect("sealed seed");
+        let seed = key.open(&sealed).expect("the seed opens with the ephemeral key").to_vec();
+        let mut auth = Authenticator { seed, last_step: None };
+        let code = auth.code().await;
+        let patch = serde_json::json!({"spec": {"confirmation": code}});
+        as_user.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("confirmation");
+        self.wait_enrollment(user, EnrollmentPhase::Active).await;
+        auth
+    }
+
+    /// Annotates the enrollment as approved, as the admin.
+    pub async fn approve(&self, user: &str) {
+        let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let patch = serde_json::json!({"metadata": {"annotations": {stepup_api::APPROVED_BY_ANNOTATION: "admin"}}});
+        api.patch(&stepup_api::enrollment_name(user), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("approved");
+    }
+
+    pub async fn wait_enrollment(&self, user: &str, phase: EnrollmentPhase) -> StepUpEnrollment {
+        let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        eventually(Duration::from_secs(20), || async {
+            let e = api.get(&stepup_api::enrollment_name(user)).await?;
+            let now = e.status.as_ref().and_then(|s| s.phase);
+            if now == Some(phase) { Ok(e) } else { bail!("enrollment of {user} is {now:?}, waiting for {phase:?}") }
+        })
+        .await
+        .expect("enrollment phase")
+    }
+
+    /// Creates a challenge as `who` and waits for the controller's verdict.
+    pub async fn challenge(
+        &self,
+        who: &str,
+        user: &str,
+        uid: &str,
+        code: &str,
+        reason: Option<&str>,
+    ) -> StepUpChallenge {
+        let created = self.create_challenge(who, user, uid, code, reason, None).await.expect("challenge created");
+        self.verdict(&created.name_any()).await
+    }
+
+    pub async fn create_challenge(
+        &self,
+        who: &str,
+        user: &str,
+        uid: &str,
+        code: &str,
+        reason: Option<&str>,
+        duration: Option<&str>,
+    ) -> Result<StepUpChallenge, kube::Error> {
+        let api: Api<StepUpChallenge> = Api::all(self.env.client(who).await);
+        let mut c = StepUpChallenge::new(
+            "",
+            StepUpChallengeSpec {
+                user: user.into(),
+                uid: (!uid.is_empty()).then(|| uid.to_owned()),
+                method: Method::Totp,
+                response: Some(code.into()),
+                reason: reason.map(Into::into),
+                duration: duration.map(|d| d.parse().expect("duration")),
+                scope: GrantScope::default(),
+            },
+        );
+        c.metadata.name = None;
+        c.metadata.generate_name = Some(format!("{}-", stepup_api::name_prefix(user, 40)));
+        c.metadata.labels =
+            Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value(user))].into_iter().collect());
+        api.create(&PostParams::default(), &c).await
+    }
+
+    /// Waits until the challenge is no longer Pending.
+    pub async fn verdict(&self, name: &str) -> StepUpChallenge {
+        let api: Api<StepUpChallenge> = Api::all(self.admin.clone());
+        eventually(Duration::from_secs(30), || async {
+            let c = api.get(name).await?;
+            match c.status.as_ref().and_then(|s| s.phase) {
+                Some(ChallengePhase::Pending) | None => bail!("challenge {name} still pending"),
+                Some(_) => Ok(c),
+            }
+        })
+        .await
+        .expect("challenge verdict")
+    }
+
+    /// Grants of a user, as the controller sees them.
+    pub async fn grants_of(&self, user: &str) -> Vec<StepUpGrant> {
+        let selector = format!("{}={}", stepup_api::USER_LABEL, stepup_api::user_label_value(user));
+        self.controller_grants().list(&ListParams::default().labels(&selector)).await.expect("grants").items
+    }
+
+    /// Events in stepup's namespace with `reason`.
+    pub async fn events(&self, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.admin.clone(), "stepup-system");
+        api.list(&ListParams::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .collect()
+    }
+}
+
+/// JSON lines of a stepup process's log on the audit target.
+pub fn audit_lines(log: &str) -> Vec<Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "stepup::audit")
+        .collect()
+}
+
+// ---------------------------------------------------------------- controller processes
+
+/// A `stepup controller` process started by a scenario (crash and leader tests), killed on drop.
+pub struct ControllerProcess {
+    child: std::process::Child,
+    pub admin_url: String,
+}
+
+impl ControllerProcess {
+    pub fn spawn(env: &Env, instance: &str, admin_port: u16, extra: &[&str]) -> Self {
+        let log =
+            std::fs::File::create(format!("{}/stepup-controller-{instance}.log", env.var("STEPUP_LOGS_DIR"))).unwrap();
+        let mut cmd = std::process::Command::new(env.var("STEPUP_BIN"));
+        cmd.arg("controller")
+            .args(env.var("STEPUP_CONTROLLER_FLAGS").split_whitespace())
+            .args(["--instance", instance, "--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(extra)
+            .env("KUBECONFIG", env.kubeconfig("stepup-controller"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        Self { child: cmd.spawn().expect("controller starts"), admin_url: format!("http://127.0.0.1:{admin_port}") }
+    }
+
+    /// Whether this replica holds the lease (its `stepup_leader` gauge).
+    pub async fn is_leader(&self) -> bool {
+        http_get(&format!("{}/metrics", self.admin_url)).await.is_ok_and(|m| m.lines().any(|l| l == "stepup_leader 1"))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit on its own; returns its exit code.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Stops the controller that stepup.sh runs for the duration of a scenario and starts it
+/// again afterwards, even when the scenario panics.
+pub struct ScriptControllerPaused {
+    script: PathBuf,
+}
+
+impl ScriptControllerPaused {
+    pub fn new() -> Self {
+        let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stepup.sh"));
+        let out = std::process::Command::new(&script).arg("controller-stop").output().expect("stepup.sh runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Self { script }
+    }
+}
+
+impl Default for ScriptControllerPaused {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ScriptControllerPaused {
+    fn drop(&mut self) {
+        let out = std::process::Command::new(&self.script).arg("controller-start").output();
+        if !out.is_ok_and(|o| o.status.success()) {
+            eprintln!("could not restart the stepup controller");
+        }
+    }
+}

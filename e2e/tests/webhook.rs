@@ -168,7 +168,8 @@ async fn a_controller_issued_grant_lets_the_delete_through_but_not_expired_or_ou
     world.apply_policies(&[prod_secrets()]).await;
 
     world.secret("prod", "db").await;
-    let expired = grant_for("expired", "alice", SignedDuration::from_mins(30), SignedDuration::from_mins(20))
+    // Expired seconds ago, so still kept as evidence (the e2e controller retains a minute).
+    let expired = grant_for("expired", "alice", SignedDuration::from_secs(3605), SignedDuration::from_hours(1))
         .uid("uid-alice-1")
         .build();
     world.issue_grant(&expired).await.expect("controller creates grants");

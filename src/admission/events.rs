@@ -32,6 +32,7 @@ type SentAt = HashMap<(Outcome, String, String), Instant>;
 #[derive(Clone)]
 pub struct EventReporter {
     recorder: Recorder,
+    namespace: String,
     interval: Duration,
     last: Arc<Mutex<SentAt>>,
     in_flight: Arc<Semaphore>,
@@ -39,10 +40,18 @@ pub struct EventReporter {
 }
 
 impl EventReporter {
-    pub fn new(client: Client, instance: Option<String>, interval: Duration, metrics: Metrics) -> Self {
+    /// Events go to `namespace` (stepup's own), where auditors find the whole trail.
+    pub fn new(
+        client: Client,
+        namespace: String,
+        instance: Option<String>,
+        interval: Duration,
+        metrics: Metrics,
+    ) -> Self {
         let reporter = Reporter { controller: "stepup-webhook".into(), instance };
         Self {
             recorder: Recorder::new(client, reporter),
+            namespace,
             interval,
             last: Arc::default(),
             in_flight: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
@@ -82,6 +91,7 @@ impl EventReporter {
             api_version: Some(API_VERSION.into()),
             kind: Some(kind.into()),
             name: Some(name.to_owned()),
+            namespace: Some(self.namespace.clone()),
             ..Default::default()
         };
         let event =

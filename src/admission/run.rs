@@ -71,6 +71,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
         lookup: Some(Arc::new(ApiGrantSource::new(client.clone()))),
         events: Some(EventReporter::new(
             client,
+            args.identity.namespace.clone(),
             std::env::var("POD_NAME").ok(),
             args.event_interval.as_std(),
             metrics.clone(),

@@ -22,18 +22,41 @@ pub fn user_label_value(username: &str) -> String {
     hex::encode(&digest[..20])
 }
 
-/// The one name a user's StepUpEnrollment may have: a readable prefix plus a hash, so two
-/// usernames that sanitize alike (`Alice` and `alice`) still get different objects.
-pub fn enrollment_name(username: &str) -> String {
-    let mut prefix: String = username
+/// Label on a grant naming the challenge it was issued for.
+pub const CHALLENGE_LABEL: &str = "stepup.dev/challenge";
+
+/// A readable, name-safe prefix of a username (`oidc:Alice@x` -> `oidc-alice-x`), at most
+/// `max` characters; empty when nothing usable remains.
+pub fn name_prefix(username: &str, max: usize) -> String {
+    let prefix: String = username
         .chars()
         .map(|c| match c.to_ascii_lowercase() {
             c @ ('a'..='z' | '0'..='9') => c,
             _ => '-',
         })
-        .take(40)
+        .take(max)
         .collect();
-    prefix = prefix.trim_matches('-').to_owned();
+    prefix.trim_matches('-').to_owned()
+}
+
+/// The name of the grant issued for a challenge: derived from the challenge's UID, so that
+/// issuing twice (a retry after a crash) finds the grant already there instead of making two.
+pub fn grant_name(username: &str, challenge_uid: &str) -> String {
+    let prefix = name_prefix(username, 20);
+    let uid: String = challenge_uid.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').take(40).collect();
+    if prefix.is_empty() { format!("grant-{uid}") } else { format!("{prefix}-{uid}") }
+}
+
+/// The Secret (in the controller's namespace) that holds a user's TOTP seed and their replay,
+/// failure and lockout state.
+pub fn factor_secret_name(username: &str) -> String {
+    format!("stepup-totp-{}", user_label_value(username))
+}
+
+/// The one name a user's StepUpEnrollment may have: a readable prefix plus a hash, so two
+/// usernames that sanitize alike (`Alice` and `alice`) still get different objects.
+pub fn enrollment_name(username: &str) -> String {
+    let prefix = name_prefix(username, 40);
     let hash = &user_label_value(username)[..12];
     if prefix.is_empty() { format!("user-{hash}") } else { format!("{prefix}-{hash}") }
 }
@@ -69,6 +92,16 @@ mod tests {
         }
         assert_ne!(enrollment_name("alice"), enrollment_name("Alice"));
         assert!(enrollment_name("alice").starts_with("alice-"));
+    }
+
+    #[test]
+    fn grant_names_derive_from_the_challenge_uid() {
+        let uid = "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4";
+        assert_eq!(grant_name("alice", uid), format!("alice-{uid}"));
+        assert_eq!(grant_name("alice", uid), grant_name("alice", uid));
+        assert_eq!(grant_name("::", uid), format!("grant-{uid}"));
+        assert!(grant_name("oidc:a-very-long-user-name@example.com", uid).len() <= 63);
+        assert!(factor_secret_name("alice").len() <= 63);
     }
 
     #[test]

@@ -34,9 +34,7 @@ pub struct EphemeralKey {
 
 impl EphemeralKey {
     pub fn generate() -> Self {
-        Self {
-            secret: SecretKey::generate(&mut OsRng),
-        }
+        Self { secret: SecretKey::generate(&mut OsRng) }
     }
 
     pub fn public_key_b64(&self) -> String {

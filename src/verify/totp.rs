@@ -119,7 +119,9 @@ mod tests {
     #[test]
     fn matches_the_rfc_6238_test_vectors() {
         let seed = b"12345678901234567890";
-        for (unix, code) in [(59, "287082"), (1_111_111_109, "081804"), (1_234_567_890, "005924"), (2_000_000_000, "279037")] {
+        for (unix, code) in
+            [(59, "287082"), (1_111_111_109, "081804"), (1_234_567_890, "005924"), (2_000_000_000, "279037")]
+        {
             assert_eq!(code_at(seed, Timestamp::from_second(unix).unwrap()), code, "t={unix}");
         }
     }
@@ -160,7 +162,11 @@ mod tests {
         let right = code_at(&seed, now);
         let wrong = format!("{:06}", (right.parse::<u32>().unwrap() + 1) % 1_000_000);
         assert_eq!(TotpVerifier.verify(&seed, &wrong, now, None), Err(Rejection::Wrong));
-        assert_eq!(TotpVerifier.verify(&[1, 2, 3], &right, now, None), Err(Rejection::Wrong), "short seeds are refused");
+        assert_eq!(
+            TotpVerifier.verify(&[1, 2, 3], &right, now, None),
+            Err(Rejection::Wrong),
+            "short seeds are refused"
+        );
     }
 
     #[test]

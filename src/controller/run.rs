@@ -1,0 +1,218 @@
+//! `stepup controller`: admin endpoints, leader election, and the reconcilers that run only
+//! while this replica leads.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::{
+    Api, Client,
+    runtime::{Controller, controller::Action, watcher},
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Context, Error, Settings, challenge, enrollment,
+    evidence::Evidence,
+    factor::Limits,
+    grant,
+    leader::{Elector, LeaseConfig},
+    policy_status,
+};
+use crate::{
+    admission::run::shutdown_signal,
+    api::{StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
+    config::ControllerArgs,
+    metrics::Metrics,
+    verify::totp::TotpVerifier,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+pub fn settings(args: &ControllerArgs) -> Settings {
+    Settings {
+        namespace: args.identity.namespace.clone(),
+        self_service_enrollment: args.self_service_enrollment,
+        default_grant_duration: args.default_grant_duration.as_signed(),
+        max_grant_duration: args.max_grant_duration.as_signed(),
+        grant_retention: args.grant_retention.as_signed(),
+        challenge_timeout: args.challenge_timeout.as_signed(),
+        challenge_ttl: args.challenge_ttl.as_signed(),
+        limits: Limits {
+            max_failures: args.max_failures,
+            window: args.failure_window.as_signed(),
+            lockout_after: args.lockout_threshold,
+        },
+        crash_after_recording: args.crash_after_recording,
+    }
+}
+
+fn instance(args: &ControllerArgs) -> String {
+    args.instance.clone().or_else(|| std::env::var("POD_NAME").ok()).unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "stepup".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    })
+}
+
+pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
+    let metrics = Metrics::new();
+    let client = Client::try_default().await?;
+    let identity = instance(&args);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        settings: settings(&args),
+        metrics: metrics.clone(),
+        evidence: Evidence::new(
+            client.clone(),
+            args.identity.namespace.clone(),
+            Some(identity.clone()),
+            metrics.clone(),
+        ),
+        verifier: Arc::new(TotpVerifier),
+    });
+
+    let admin = TcpListener::bind(args.admin_listen)
+        .await
+        .map_err(|source| RunError::Listen { addr: args.admin_listen, source })?;
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let app = admin_router(metrics.clone());
+        let stop = stop.clone();
+        async move {
+            if let Err(error) = axum::serve(admin, app).with_graceful_shutdown(stop.cancelled_owned()).await {
+                tracing::error!(%error, "admin server failed");
+            }
+        }
+    });
+
+    let elector = Elector::new(
+        client,
+        LeaseConfig {
+            namespace: args.identity.namespace.clone(),
+            name: args.lease_name.clone(),
+            identity: identity.clone(),
+            lease_duration: args.lease_duration.as_std(),
+            retry_period: args.lease_retry.as_std(),
+        },
+    );
+    let (leading_tx, mut leading) = watch::channel(false);
+    let stop_election = CancellationToken::new();
+    let election = tokio::spawn(elector.run(leading_tx, stop_election.clone()));
+    tracing::info!(%identity, "controller started; waiting for the lease");
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        // Standby until we lead.
+        tokio::select! {
+            _ = &mut shutdown => break,
+            changed = leading.wait_for(|l| *l) => if changed.is_err() { break },
+        }
+        metrics.leader.set(1);
+        let work = CancellationToken::new();
+        let tasks = start(ctx.clone(), work.clone());
+        tokio::select! {
+            _ = &mut shutdown => {
+                work.cancel();
+                let _ = futures::future::join_all(tasks).await;
+                break;
+            }
+            _ = leading.wait_for(|l| !*l) => {
+                tracing::warn!("no longer leading; stopping reconcilers");
+                work.cancel();
+                let _ = futures::future::join_all(tasks).await;
+                metrics.leader.set(0);
+            }
+        }
+    }
+    metrics.leader.set(0);
+    stop_election.cancel();
+    let _ = election.await;
+    stop.cancel();
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+fn admin_router(metrics: Metrics) -> axum::Router {
+    use axum::{http::header, routing::get};
+    axum::Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(|| async { "ready" })).route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }
+        }),
+    )
+}
+
+fn error_policy<K>(controller: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
+    move |_, error, ctx| {
+        ctx.metrics.reconcile_errors.with_label_values(&[controller, error.metric_label()]).inc();
+        match error {
+            // Another write won the race; re-read and decide again right away.
+            Error::Conflict(_) => Action::requeue(Duration::from_millis(200)),
+            _ => {
+                tracing::warn!(controller, %error, "reconcile failed; retrying");
+                Action::requeue(Duration::from_secs(5))
+            }
+        }
+    }
+}
+
+/// Starts the reconcilers; they stop when `work` is cancelled.
+fn start(ctx: Arc<Context>, work: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    let client = ctx.client.clone();
+    let mut tasks = Vec::new();
+
+    let challenges = Controller::new(Api::<StepUpChallenge>::all(client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(work.clone().cancelled_owned())
+        .run(challenge::reconcile, error_policy("challenge"), ctx.clone())
+        .for_each(|_| async {});
+    tasks.push(tokio::spawn(challenges));
+
+    let enrollments = Controller::new(Api::<StepUpEnrollment>::all(client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(work.clone().cancelled_owned())
+        .run(enrollment::reconcile, error_policy("enrollment"), ctx.clone())
+        .for_each(|_| async {});
+    tasks.push(tokio::spawn(enrollments));
+
+    let grants = Controller::new(Api::<StepUpGrant>::all(client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(work.clone().cancelled_owned());
+    let store = grants.store();
+    tasks.push(tokio::spawn(grants.run(grant::reconcile, error_policy("grant"), ctx.clone()).for_each(|_| async {})));
+    tasks.push(tokio::spawn({
+        let (metrics, work) = (ctx.metrics.clone(), work.clone());
+        async move {
+            loop {
+                let now = Timestamp::now();
+                let active = store
+                    .state()
+                    .iter()
+                    .filter(|g| g.metadata.deletion_timestamp.is_none() && now < g.spec.expires_at.0)
+                    .count();
+                metrics.grants_active.set(active as i64);
+                tokio::select! {
+                    _ = work.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                }
+            }
+        }
+    }));
+
+    let policies = Controller::new(Api::<StepUpPolicy>::all(client), watcher::Config::default())
+        .graceful_shutdown_on(work.cancelled_owned())
+        .run(policy_status::reconcile, error_policy("policy"), ctx)
+        .for_each(|_| async {});
+    tasks.push(tokio::spawn(policies));
+    tasks
+}
