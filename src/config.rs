@@ -186,9 +186,70 @@ pub struct ControllerArgs {
     #[arg(long, env = "STEPUP_LOCKOUT_THRESHOLD", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub lockout_threshold: u32,
 
+    /// Manage the ValidatingWebhookConfiguration (rules from policies, caBundle).
+    #[arg(long, env = "STEPUP_MANAGE_WEBHOOK_CONFIG", default_value_t = true, action = clap::ArgAction::Set)]
+    pub manage_webhook_config: bool,
+
+    /// Name of the ValidatingWebhookConfiguration the controller manages.
+    #[arg(long, env = "STEPUP_WEBHOOK_CONFIG_NAME", default_value = "stepup.dev")]
+    pub webhook_config_name: String,
+
+    /// The webhook's Service (port 443, path /validate) in the stepup namespace.
+    #[arg(long, env = "STEPUP_WEBHOOK_SERVICE", default_value = "stepup-webhook")]
+    pub webhook_service: String,
+
+    /// Register the webhook by URL instead of by Service (a webhook outside the cluster).
+    #[arg(long, env = "STEPUP_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// The API server's timeout for one review.
+    #[arg(long, env = "STEPUP_WEBHOOK_TIMEOUT", default_value = "5s")]
+    pub webhook_timeout: Duration,
+
+    /// Username of the webhook's service account, whose own requests are never reviewed
+    /// [default: system:serviceaccount:<namespace>:stepup-webhook].
+    #[arg(long, env = "STEPUP_WEBHOOK_USER")]
+    pub webhook_user: Option<String>,
+
+    /// Who provides the serving certificate and caBundle: the controller itself, or
+    /// cert-manager (certificate in --tls-secret, caBundle injected by its cainjector).
+    #[arg(long, env = "STEPUP_CA_BUNDLE_SOURCE", value_enum, default_value_t = CaBundleSource::Controller)]
+    pub ca_bundle_source: CaBundleSource,
+
+    /// cert-manager Certificate (in the stepup namespace) whose CA the injector puts in the caBundle.
+    #[arg(long, env = "STEPUP_CERT_MANAGER_CERTIFICATE", default_value = "stepup-webhook")]
+    pub cert_manager_certificate: String,
+
+    /// Secret holding the webhook's CA and serving certificate.
+    #[arg(long, env = "STEPUP_TLS_SECRET", default_value = "stepup-webhook-tls")]
+    pub tls_secret: String,
+
+    /// Extra DNS names or IP addresses for the serving certificate.
+    #[arg(long, env = "STEPUP_WEBHOOK_DNS_NAMES", value_delimiter = ',')]
+    pub webhook_dns_names: Vec<String>,
+
+    /// Lifetime of the webhook CA; rotated when a third of it is left.
+    #[arg(long, env = "STEPUP_CA_VALIDITY", default_value = "8760h")]
+    pub ca_validity: Duration,
+
+    /// Lifetime of the serving certificate; renewed when a third of it is left.
+    #[arg(long, env = "STEPUP_CERT_VALIDITY", default_value = "2160h")]
+    pub cert_validity: Duration,
+
+    /// ClusterRole that owns the webhook configuration (the chart's controller role), so
+    /// uninstalling removes it.
+    #[arg(long, env = "STEPUP_OWNER_CLUSTER_ROLE")]
+    pub owner_cluster_role: Option<String>,
+
     /// Test hook: exit right after recording a code's use, before issuing the grant.
     #[arg(long, hide = true)]
     pub crash_after_recording: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CaBundleSource {
+    Controller,
+    CertManager,
 }
 
 impl clap::builder::ValueParserFactory for Duration {

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub cache_objects: IntGaugeVec,
     /// Certificate reloads by result.
     pub certificate_reloads: IntCounterVec,
+    /// Not-after of the certificate being served, in Unix seconds (alert well before it).
+    pub certificate_expiry: IntGauge,
     /// Events published, suppressed by rate limiting, or failed.
     pub events: IntCounterVec,
     /// Verified challenges by method and result (controller).
@@ -81,6 +83,11 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let certificate_expiry = IntGauge::new(
+            "stepup_certificate_expiry_timestamp_seconds",
+            "Expiry of the serving certificate, Unix seconds.",
+        )
+        .expect("valid metric");
         let events = IntCounterVec::new(
             Opts::new("stepup_events_total", "Kubernetes Events, by result (published, rate_limited, failed)."),
             &["result"],
@@ -117,6 +124,7 @@ impl Metrics {
             Box::new(cache_synced.clone()),
             Box::new(cache_objects.clone()),
             Box::new(certificate_reloads.clone()),
+            Box::new(certificate_expiry.clone()),
             Box::new(events.clone()),
             Box::new(challenges.clone()),
             Box::new(grants_issued.clone()),
@@ -138,6 +146,7 @@ impl Metrics {
             cache_synced,
             cache_objects,
             certificate_reloads,
+            certificate_expiry,
             events,
             challenges,
             grants_issued,

@@ -7,6 +7,8 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+
 #[derive(Debug, thiserror::Error)]
 #[error("certificate generation failed: {0}")]
 pub struct PkiError(#[from] rcgen::Error);
@@ -72,4 +74,31 @@ impl CertificateAuthority {
         let cert = params.signed_by(&key, &issuer)?;
         Ok(ServingCertificate { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
+}
+
+/// Not-after of the first certificate in a PEM string.
+pub fn not_after(pem: &str) -> Option<Timestamp> {
+    let der = CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Timestamp::from_second(cert.validity().not_after.timestamp()).ok()
+}
+
+/// DNS and IP names of the first certificate in a PEM string.
+pub fn names(pem: &str) -> Vec<String> {
+    let Some(Ok(der)) = CertificateDer::pem_slice_iter(pem.as_bytes()).next() else { return vec![] };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else { return vec![] };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return vec![] };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+            x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                4 => Some(std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).to_string()),
+                16 => <[u8; 16]>::try_from(*ip).ok().map(|b| std::net::Ipv6Addr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }

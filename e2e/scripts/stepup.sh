@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs kube-stepup's processes as local processes against the e2e control plane
 # (cluster.sh): installs the CRDs and RBAC, makes a serving certificate for the run,
-# starts `stepup webhook` and registers it by URL.
+# starts `stepup controller` (which registers the webhook by URL and makes its
+# certificate) and `stepup webhook`.
 #
 # Usage: stepup.sh up|down|status|logs [webhook|controller] [lines]
 #        stepup.sh controller-start|controller-stop   (the e2e crash and leader tests use these)
@@ -121,18 +122,38 @@ write_sa_kubeconfig() { # service-account
 	YAML
 }
 
-# A CA and serving certificate for this run: the caBundle of the registration.
-make_certificates() {
-	[[ -f $STEPUP_PKI/tls.crt && -f $STEPUP_PKI/tls.key ]] && return 0
-	openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 -subj "/CN=stepup-e2e-webhook-ca" \
-		-keyout "$STEPUP_PKI/ca.key" -out "$STEPUP_PKI/ca.crt" \
-		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-	openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=stepup-webhook" \
-		-keyout "$STEPUP_PKI/tls.key" -out "$STEPUP_PKI/tls.csr" 2>/dev/null
-	printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$STEPUP_PKI/tls.ext"
-	openssl x509 -req -sha256 -days 30 -in "$STEPUP_PKI/tls.csr" -CA "$STEPUP_PKI/ca.crt" \
-		-CAkey "$STEPUP_PKI/ca.key" -CAcreateserial -extfile "$STEPUP_PKI/tls.ext" -out "$STEPUP_PKI/tls.crt" 2>/dev/null
-	chmod 600 "$STEPUP_PKI"/*.key
+# What kubelet does for a pod that mounts the TLS Secret: keep tls.crt and tls.key on disk
+# in step with the Secret the controller manages (and rotates). Runs in the background.
+cert_sync_loop() {
+	local crt key
+	while true; do
+		crt=$(kc -n stepup-system get secret stepup-webhook-tls -o 'jsonpath={.data.tls\.crt}' 2>/dev/null || true)
+		key=$(kc -n stepup-system get secret stepup-webhook-tls -o 'jsonpath={.data.tls\.key}' 2>/dev/null || true)
+		if [[ -n $crt && -n $key ]]; then
+			if [[ $crt != "$(base64 -w0 <"$STEPUP_PKI/tls.crt" 2>/dev/null)" ]]; then
+				base64 -d <<<"$crt" >"$STEPUP_PKI/tls.crt.new" && mv "$STEPUP_PKI/tls.crt.new" "$STEPUP_PKI/tls.crt"
+			fi
+			if [[ $key != "$(base64 -w0 <"$STEPUP_PKI/tls.key" 2>/dev/null)" ]]; then
+				base64 -d <<<"$key" >"$STEPUP_PKI/tls.key.new" && mv "$STEPUP_PKI/tls.key.new" "$STEPUP_PKI/tls.key"
+				chmod 600 "$STEPUP_PKI/tls.key"
+			fi
+		fi
+		sleep 1
+	done
+}
+
+start_cert_sync() {
+	stop_process stepup-certsync
+	rm -f "$STEPUP_PKI/tls.crt" "$STEPUP_PKI/tls.key"
+	"$0" cert-sync </dev/null >>"$LOGS/stepup-certsync.log" 2>&1 &
+	echo $! >"$PIDS/stepup-certsync.pid"
+	local i
+	for ((i = 0; i < 600; i++)); do
+		[[ -s $STEPUP_PKI/tls.crt && -s $STEPUP_PKI/tls.key ]] && return 0
+		sleep 0.1
+	done
+	show_log stepup-controller
+	die "the controller did not create the webhook's certificate within 60s"
 }
 
 start_webhook() {
@@ -145,7 +166,7 @@ start_webhook() {
 		--namespace stepup-system --break-glass-group stepup:break-glass \
 		--admin-group stepup:admins,system:masters \
 		--exempt-user system:serviceaccount:stepup-system:policy-writer \
-		--drain-period 0s --shutdown-grace 2s --event-interval 1s \
+		--drain-period 0s --shutdown-grace 2s --event-interval 1s --cert-reload-interval 1s \
 		</dev/null >>"$LOGS/stepup-webhook.log" 2>&1 &
 	echo $! >"$PIDS/stepup-webhook.pid"
 	wait_ready stepup-webhook "http://$HOST:$WEBHOOK_ADMIN_PORT/readyz" 60
@@ -158,6 +179,8 @@ CONTROLLER_FLAGS=(
 	--lease-duration 4s --lease-retry 1s
 	--challenge-timeout 2m --challenge-ttl 30s --grant-retention 60s
 	--max-failures 3 --failure-window 20s --lockout-threshold 5
+	--webhook-url "https://$HOST:$WEBHOOK_PORT/validate" --webhook-dns-names "$HOST,localhost"
+	--tls-secret stepup-webhook-tls
 )
 
 start_controller() {
@@ -171,18 +194,10 @@ start_controller() {
 	wait_ready stepup-controller "http://$HOST:$CONTROLLER_ADMIN_PORT/readyz" 60
 }
 
-register_webhook() {
-	local ca
-	ca=$(base64 -w0 <"$STEPUP_PKI/ca.crt")
-	sed -e "s#@URL@#https://$HOST:$WEBHOOK_PORT/validate#" -e "s#@CA_BUNDLE@#$ca#" \
-		"$REPO/e2e/manifests/webhook-configuration.yaml" | kc apply -f - >/dev/null
-}
-
 write_env() {
 	cat >"$DIR/stepup.env" <<-EOF
 		export STEPUP_WEBHOOK_URL=https://$HOST:$WEBHOOK_PORT/validate
 		export STEPUP_WEBHOOK_ADMIN_URL=http://$HOST:$WEBHOOK_ADMIN_PORT
-		export STEPUP_WEBHOOK_CA_FILE=$STEPUP_PKI/ca.crt
 		export STEPUP_BIN=$(stepup_bin)
 		export KUBECTL_STEPUP_BIN=$(dirname "$(stepup_bin)")/kubectl-stepup
 		export KUBECONFIG_POLICY_WRITER=$DIR/kubeconfig/policy-writer.yaml
@@ -198,19 +213,22 @@ cmd_up() {
 	load_cluster_env
 	build
 	install_api
-	make_certificates
-	start_webhook
-	register_webhook
+	# The controller registers the webhook and makes its certificate; the webhook then
+	# serves that certificate, kept on disk by the sync loop as kubelet would.
 	start_controller
+	start_cert_sync
+	start_webhook
 	write_env
 	log "webhook registered; env in $DIR/stepup.env"
 }
 
 cmd_down() {
 	load_cluster_env
-	# Unregister first: the API server would otherwise keep calling a dead webhook.
-	kc delete validatingwebhookconfiguration stepup.dev --ignore-not-found >/dev/null 2>&1 || true
+	# Stop the controller (it would re-register), then unregister: the API server would
+	# otherwise keep calling a dead webhook.
 	stop_process stepup-controller
+	kc delete validatingwebhookconfiguration stepup.dev --ignore-not-found >/dev/null 2>&1 || true
+	stop_process stepup-certsync
 	stop_process stepup-webhook
 }
 
@@ -238,6 +256,8 @@ main() {
 	logs) load_cluster_env && tail -n "${3:-100}" "$LOGS/stepup-${2:-webhook}.log" ;;
 	controller-start) load_cluster_env && start_controller ;;
 	controller-stop) load_cluster_env && stop_process stepup-controller ;;
+	webhook-restart) load_cluster_env && start_webhook ;;
+	cert-sync) load_cluster_env && cert_sync_loop ;;
 	*) die "usage: $0 up|down|status|logs [webhook|controller] [lines]|controller-start|controller-stop" ;;
 	esac
 }

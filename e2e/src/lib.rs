@@ -180,8 +180,25 @@ impl World {
                 .await
                 .expect("policy applied");
         }
-        // The webhook's cache follows a watch; give it a moment (milliseconds in practice).
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        self.wait_routed(policies).await;
+        // The webhook's cache follows a watch too; give it a moment (milliseconds in practice).
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    /// Waits until the controller has added the policies' resources to the webhook's rules.
+    pub async fn wait_routed(&self, policies: &[StepUpPolicy]) {
+        use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+        let wanted: Vec<String> =
+            policies.iter().flat_map(|p| p.spec.match_.rules.iter().flat_map(|r| r.resources.clone())).collect();
+        let api: Api<ValidatingWebhookConfiguration> = Api::all(self.admin.clone());
+        eventually(Duration::from_secs(20), || async {
+            let config = api.get("stepup.dev").await?;
+            let routed = kube_stepup::controller::webhook_config::routed_resources(&config);
+            let missing: Vec<&String> = wanted.iter().filter(|r| !routed.contains(*r)).collect();
+            if missing.is_empty() { Ok(()) } else { bail!("not routed yet: {missing:?}") }
+        })
+        .await
+        .expect("the controller routes the policies' resources to the webhook");
     }
 
     /// Creates a grant with the controller's identity, as the controller would.

@@ -91,6 +91,7 @@ impl ReloadingCertificate {
     /// Polls the files every `interval` until `stop` fires. Polling, rather than inotify,
     /// follows the symlink swap Kubernetes uses to update mounted Secrets.
     pub fn watch(self: Arc<Self>, interval: Duration, metrics: Metrics, stop: CancellationToken) {
+        metrics.certificate_expiry.set(self.expiry_unix());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -103,6 +104,7 @@ impl ReloadingCertificate {
                     Ok(false) => {}
                     Ok(true) => {
                         metrics.certificate_reloads.with_label_values(&["success"]).inc();
+                        metrics.certificate_expiry.set(self.expiry_unix());
                         tracing::info!(cert = %self.cert_path.display(), "serving certificate reloaded");
                     }
                     Err(e) => {
@@ -112,6 +114,13 @@ impl ReloadingCertificate {
                 }
             }
         });
+    }
+
+    /// Expiry of the leaf being served, Unix seconds (0 when unreadable).
+    pub fn expiry_unix(&self) -> i64 {
+        let chain = self.current_chain();
+        let Some(leaf) = chain.first() else { return 0 };
+        x509_parser::parse_x509_certificate(leaf).map(|(_, c)| c.validity().not_after.timestamp()).unwrap_or(0)
     }
 
     /// The certificate chain being served now.

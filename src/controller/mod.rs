@@ -2,6 +2,7 @@
 //! evidence behind (Events, audit lines, metrics). One leader among replicas (Lease). Each
 //! reconciler is a thin shell around pure pieces (`factor`, `issue`).
 
+pub mod certs;
 pub mod challenge;
 pub mod enrollment;
 pub mod evidence;
@@ -9,7 +10,9 @@ pub mod factor;
 pub mod grant;
 pub mod leader;
 pub mod policy_status;
+pub mod registration;
 pub mod run;
+pub mod webhook_config;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -81,6 +84,8 @@ pub enum Error {
     Corrupt(#[from] CorruptFactor),
     #[error("cannot seal the seed: {0}")]
     Seal(#[from] crate::verify::seal::SealError),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
 }
 
 impl Error {
@@ -91,6 +96,7 @@ impl Error {
             Error::Conflict(_) => "conflict",
             Error::Corrupt(_) => "corrupt_factor",
             Error::Seal(_) => "seal",
+            Error::Pki(_) => "pki",
         }
     }
 }

@@ -13,17 +13,21 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Context, Error, Settings, challenge, enrollment,
+    Context, Error, Settings,
+    certs::CertSettings,
+    challenge, enrollment,
     evidence::Evidence,
     factor::Limits,
     grant,
     leader::{Elector, LeaseConfig},
     policy_status,
+    registration::{self, RegistrationSettings},
+    webhook_config::{ConfigSettings, Target},
 };
 use crate::{
     admission::run::shutdown_signal,
     api::{StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
-    config::ControllerArgs,
+    config::{CaBundleSource, ControllerArgs},
     metrics::Metrics,
     verify::totp::TotpVerifier,
 };
@@ -56,6 +60,44 @@ pub fn settings(args: &ControllerArgs) -> Settings {
         },
         crash_after_recording: args.crash_after_recording,
     }
+}
+
+/// What the controller registers: the configuration, and the certificate unless cert-manager
+/// provides it.
+pub fn registration_settings(args: &ControllerArgs) -> Option<RegistrationSettings> {
+    if !args.manage_webhook_config {
+        return None;
+    }
+    let ns = args.identity.namespace.clone();
+    let webhook_user =
+        args.webhook_user.clone().unwrap_or_else(|| format!("system:serviceaccount:{ns}:stepup-webhook"));
+    let target = match &args.webhook_url {
+        Some(url) => Target::Url(url.clone()),
+        None => Target::Service { name: args.webhook_service.clone() },
+    };
+    let svc = &args.webhook_service;
+    let mut names =
+        vec![svc.clone(), format!("{svc}.{ns}"), format!("{svc}.{ns}.svc"), format!("{svc}.{ns}.svc.cluster.local")];
+    names.extend(args.webhook_dns_names.iter().cloned());
+    let cert_manager = args.ca_bundle_source == CaBundleSource::CertManager;
+    Some(RegistrationSettings {
+        config: ConfigSettings {
+            name: args.webhook_config_name.clone(),
+            namespace: ns.clone(),
+            target,
+            timeout_seconds: args.webhook_timeout.as_std().as_secs().clamp(1, 30) as i32,
+            own_users: vec![args.identity.controller_user(), webhook_user],
+            inject_ca_from: cert_manager.then(|| format!("{ns}/{}", args.cert_manager_certificate)),
+            owner: None,
+        },
+        certs: (!cert_manager).then(|| CertSettings {
+            secret_name: args.tls_secret.clone(),
+            names,
+            ca_validity: args.ca_validity.as_signed(),
+            leaf_validity: args.cert_validity.as_signed(),
+        }),
+        owner_cluster_role: args.owner_cluster_role.clone(),
+    })
 }
 
 fn instance(args: &ControllerArgs) -> String {
@@ -96,6 +138,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         }
     });
 
+    let registration = registration_settings(&args);
     let elector = Elector::new(
         client,
         LeaseConfig {
@@ -121,7 +164,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         }
         metrics.leader.set(1);
         let work = CancellationToken::new();
-        let tasks = start(ctx.clone(), work.clone());
+        let tasks = start(ctx.clone(), registration.clone(), work.clone());
         tokio::select! {
             _ = &mut shutdown => {
                 work.cancel();
@@ -170,7 +213,11 @@ fn error_policy<K>(controller: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Cont
 }
 
 /// Starts the reconcilers; they stop when `work` is cancelled.
-fn start(ctx: Arc<Context>, work: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+fn start(
+    ctx: Arc<Context>,
+    registration: Option<RegistrationSettings>,
+    work: CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let client = ctx.client.clone();
     let mut tasks = Vec::new();
 
@@ -210,9 +257,12 @@ fn start(ctx: Arc<Context>, work: CancellationToken) -> Vec<tokio::task::JoinHan
     }));
 
     let policies = Controller::new(Api::<StepUpPolicy>::all(client), watcher::Config::default())
-        .graceful_shutdown_on(work.cancelled_owned())
-        .run(policy_status::reconcile, error_policy("policy"), ctx)
-        .for_each(|_| async {});
-    tasks.push(tokio::spawn(policies));
+        .graceful_shutdown_on(work.clone().cancelled_owned());
+    tasks.push(tokio::spawn(
+        policies.run(policy_status::reconcile, error_policy("policy"), ctx.clone()).for_each(|_| async {}),
+    ));
+    if let Some(settings) = registration {
+        tasks.push(tokio::spawn(registration::run(ctx, settings, work)));
+    }
     tasks
 }

@@ -1,0 +1,165 @@
+//! Issue-6 scenarios: the controller-managed webhook configuration follows the policies, and
+//! the serving certificate rotates while requests flow without a single failure.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use k8s_openapi::api::{
+    admissionregistration::v1::ValidatingWebhookConfiguration,
+    core::v1::{ConfigMap, Secret},
+};
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use kube_stepup::{
+    api::{Enforcement, Operation::*, StepUpPolicy},
+    controller::webhook_config::routed_resources,
+    testing::policy,
+};
+use stepup_e2e::{World, eventually};
+
+async fn routed(world: &World) -> std::collections::BTreeSet<String> {
+    let api: Api<ValidatingWebhookConfiguration> = Api::all(world.admin.clone());
+    routed_resources(&api.get("stepup.dev").await.expect("the controller registered the webhook"))
+}
+
+#[tokio::test]
+async fn the_managed_configuration_follows_policy_changes() {
+    let world = World::new().await;
+    eventually(Duration::from_secs(20), || async {
+        if routed(&world).await.contains("serviceaccounts") {
+            anyhow::bail!("still routed from an earlier run")
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .unwrap();
+    let p = policy("sa-changes").rule(&[Delete], "", &["serviceaccounts"]).namespaces(&["prod"]).build();
+    world.apply_policies(std::slice::from_ref(&p)).await;
+    assert!(routed(&world).await.contains("serviceaccounts"), "added policy's resource is now sent");
+
+    let api: Api<StepUpPolicy> = Api::all(world.policy_writer.clone());
+    api.delete("sa-changes", &DeleteParams::default()).await.unwrap();
+    eventually(Duration::from_secs(20), || async {
+        if routed(&world).await.contains("serviceaccounts") { anyhow::bail!("still routed") } else { Ok(()) }
+    })
+    .await
+    .expect("deleted policy's resource is no longer sent");
+    // The stepup kinds always are.
+    assert!(routed(&world).await.contains("stepupchallenges"));
+
+    // Tampering with the configuration is repaired.
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(world.admin.clone());
+    let broken = serde_json::json!({"webhooks": [{"name": "validate.stepup.dev", "timeoutSeconds": 30}]});
+    let _ = configs.patch("stepup.dev", &PatchParams::default(), &Patch::Strategic(&broken)).await;
+    eventually(Duration::from_secs(90), || async {
+        let c = configs.get("stepup.dev").await?;
+        if c.webhooks.unwrap()[0].timeout_seconds == Some(5) { Ok(()) } else { anyhow::bail!("not repaired yet") }
+    })
+    .await
+    .expect("drift repaired");
+}
+
+fn bundle_size(config: &ValidatingWebhookConfiguration) -> usize {
+    let bundle = config.webhooks.as_ref().unwrap()[0].client_config.ca_bundle.clone().unwrap_or_default();
+    String::from_utf8_lossy(&bundle.0).matches("BEGIN CERTIFICATE").count()
+}
+
+#[tokio::test]
+async fn certificates_rotate_while_requests_flow_without_a_failed_request() {
+    let world = World::new().await;
+    // Every configmap write in dev goes through the webhook (an Audit policy: allowed, recorded).
+    world
+        .apply_policies(&[policy("dev-configmaps-audit")
+            .rule(&[Create, Delete], "", &["configmaps"])
+            .namespaces(&["dev"])
+            .enforcement(Enforcement::Audit)
+            .build()])
+        .await;
+    let reviews_before = world.env.metric_sum("stepup_admission_reviews_total").await;
+    let reloads_before = world.env.metric_sum("stepup_certificate_reloads_total").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = tokio::spawn({
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        let api: Api<ConfigMap> = Api::namespaced(world.env.client("alice").await, "dev");
+        async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("rotation-{i}");
+                let cm: ConfigMap = serde_json::from_value(
+                    serde_json::json!({"metadata": {"name": name}, "data": {"i": i.to_string()}}),
+                )
+                .unwrap();
+                for result in [
+                    api.create(&PostParams::default(), &cm).await.map(|_| ()),
+                    api.delete(&name, &DeleteParams::default()).await.map(|_| ()),
+                ] {
+                    match result {
+                        Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            eprintln!("request failed during rotation: {e}");
+                            failed.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+                i += 1;
+            }
+        }
+    });
+
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(world.admin.clone());
+    let secrets: Api<Secret> = Api::namespaced(world.admin.clone(), "stepup-system");
+    let before = secrets.get("stepup-webhook-tls").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for rotate in ["leaf", "ca"] {
+        let ask = serde_json::json!({"metadata": {"annotations": {"stepup.dev/rotate": rotate}}});
+        secrets.patch("stepup-webhook-tls", &PatchParams::default(), &Patch::Merge(&ask)).await.unwrap();
+        let leaf = eventually(Duration::from_secs(30), || async {
+            let s = secrets.get("stepup-webhook-tls").await?;
+            let done = s.metadata.annotations.as_ref().is_none_or(|a| !a.contains_key("stepup.dev/rotate"));
+            if !done {
+                anyhow::bail!("rotation of {rotate} pending");
+            }
+            Ok(String::from_utf8(s.data.unwrap()["tls.crt"].0.clone())?)
+        })
+        .await
+        .unwrap();
+        let expiry = kube_stepup::pki::not_after(&leaf).unwrap().as_second();
+        // The webhook serves the new leaf once its files change: no restart.
+        eventually(Duration::from_secs(20), || async {
+            let served = world.env.metric_sum("stepup_certificate_expiry_timestamp_seconds").await as i64;
+            if served == expiry {
+                Ok(())
+            } else {
+                anyhow::bail!("webhook serves a certificate expiring at {served}, not {expiry}")
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("after rotating the {rotate}: {e}"));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let after = secrets.get("stepup-webhook-tls").await.unwrap();
+    assert_ne!(before.data.as_ref().unwrap()["ca.crt"], after.data.as_ref().unwrap()["ca.crt"], "the CA rotated");
+    assert_eq!(after.data.as_ref().unwrap()["ca-previous.crt"], before.data.as_ref().unwrap()["ca.crt"]);
+    assert_eq!(bundle_size(&configs.get("stepup.dev").await.unwrap()), 2, "old and new CA during the overlap");
+    assert!(world.env.metric_sum("stepup_certificate_reloads_total").await >= reloads_before + 2.0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{ok} requests succeeded and {failed} failed during two rotations");
+    assert_eq!(failed, 0, "no request failed during the rotations");
+    assert!(ok > 20, "requests were flowing ({ok})");
+    let reviewed = world.env.metric_sum("stepup_admission_reviews_total").await - reviews_before;
+    assert!(reviewed >= ok as f64 / 2.0, "they went through the webhook ({reviewed} reviews)");
+}

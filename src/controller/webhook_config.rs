@@ -1,0 +1,300 @@
+//! The ValidatingWebhookConfiguration, managed by the controller: its rules are the union of
+//! what the policies match (plus the stepup kinds), so requests no policy cares about never
+//! leave the API server; match conditions and a namespace selector keep control-plane
+//! traffic, kube-system and stepup itself away from the webhook; the caBundle comes from the
+//! certificates below (or from cert-manager's injector).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use k8s_openapi::{
+    ByteString,
+    api::admissionregistration::v1::{
+        MatchCondition, RuleWithOperations, ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration,
+        WebhookClientConfig,
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference},
+};
+
+use crate::{
+    api::{GROUP, Operation, StepUpPolicy},
+    policy::CompiledPolicy,
+};
+
+/// Name of the one webhook in the configuration; the API server prefixes audit annotation
+/// keys with it (`validate.stepup.dev/decision`).
+pub const WEBHOOK_NAME: &str = "validate.stepup.dev";
+
+/// Where the API server sends reviews.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// The webhook Service in the stepup namespace, port 443.
+    Service { name: String },
+    /// A URL (for a webhook running outside the cluster, as in the e2e tests).
+    Url(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct ConfigSettings {
+    pub name: String,
+    pub namespace: String,
+    pub target: Target,
+    pub timeout_seconds: i32,
+    /// Usernames whose requests never go to the webhook (stepup's own service accounts).
+    pub own_users: Vec<String>,
+    /// With cert-manager, `<namespace>/<certificate>`: the injector fills the caBundle.
+    pub inject_ca_from: Option<String>,
+    pub owner: Option<OwnerReference>,
+}
+
+fn op_bit(op: Operation) -> u8 {
+    match op {
+        Operation::Create => 1,
+        Operation::Update => 2,
+        Operation::Delete => 4,
+        Operation::Connect => 8,
+        Operation::All => 15,
+    }
+}
+
+fn op_names(bits: u8) -> Vec<String> {
+    if bits == 15 {
+        return vec!["*".into()];
+    }
+    [(1, "CREATE"), (2, "UPDATE"), (4, "DELETE"), (8, "CONNECT")]
+        .iter()
+        .filter(|(b, _)| bits & b != 0)
+        .map(|(_, n)| (*n).to_owned())
+        .collect()
+}
+
+/// The admission rules covering every valid policy, merged: one rule per (group, version,
+/// operations), listing its resources. Deterministic order.
+pub fn policy_rules(policies: &[StepUpPolicy]) -> Vec<RuleWithOperations> {
+    let mut by_target: BTreeMap<(String, String), BTreeMap<String, u8>> = BTreeMap::new();
+    for p in policies.iter().filter(|p| CompiledPolicy::compile(p).is_ok()) {
+        for rule in &p.spec.match_.rules {
+            let bits = rule.operations.iter().fold(0u8, |acc, op| acc | op_bit(*op));
+            for group in &rule.api_groups {
+                for version in &rule.api_versions {
+                    let resources = by_target.entry((group.clone(), version.clone())).or_default();
+                    for r in &rule.resources {
+                        *resources.entry(r.clone()).or_default() |= bits;
+                    }
+                }
+            }
+        }
+    }
+    let mut grouped: BTreeMap<(String, String, u8), Vec<String>> = BTreeMap::new();
+    for ((group, version), resources) in by_target {
+        for (resource, bits) in resources {
+            grouped.entry((group.clone(), version.clone(), bits)).or_default().push(resource);
+        }
+    }
+    grouped
+        .into_iter()
+        .map(|((group, version, bits), resources)| RuleWithOperations {
+            api_groups: Some(vec![group]),
+            api_versions: Some(vec![version]),
+            operations: Some(op_names(bits)),
+            resources: Some(resources),
+            scope: Some("*".into()),
+        })
+        .collect()
+}
+
+/// The stepup kinds always go to the webhook: the built-in identity rules live there.
+fn stepup_rule() -> RuleWithOperations {
+    let resources = ["stepuppolicies", "stepupgrants", "stepupchallenges", "stepupenrollments"]
+        .iter()
+        .flat_map(|r| [r.to_string(), format!("{r}/status")])
+        .filter(|r| r != "stepuppolicies/status")
+        .collect();
+    RuleWithOperations {
+        api_groups: Some(vec![GROUP.into()]),
+        api_versions: Some(vec!["*".into()]),
+        operations: Some(vec!["CREATE".into(), "UPDATE".into(), "DELETE".into()]),
+        resources: Some(resources),
+        scope: Some("Cluster".into()),
+    }
+}
+
+fn condition(name: &str, expression: String) -> MatchCondition {
+    MatchCondition { name: name.into(), expression }
+}
+
+/// Whether any policy names subjects explicitly, which may include service accounts or
+/// other `system:` identities; then those must reach the webhook too.
+fn names_subjects(policies: &[StepUpPolicy]) -> bool {
+    policies.iter().any(|p| p.spec.match_.subjects.is_some())
+}
+
+/// The configuration the controller keeps in place. Pure.
+pub fn desired(
+    policies: &[StepUpPolicy],
+    s: &ConfigSettings,
+    ca_bundle: Option<&[u8]>,
+) -> ValidatingWebhookConfiguration {
+    let mut rules = vec![stepup_rule()];
+    rules.extend(policy_rules(policies));
+    let own: Vec<String> = s.own_users.iter().map(|u| format!("'{}'", u.replace('\'', ""))).collect();
+    let mut conditions = vec![
+        condition("not-stepup-itself", format!("!(request.userInfo.username in [{}])", own.join(", "))),
+        condition("not-nodes", "!request.userInfo.username.startsWith('system:node:')".into()),
+        condition(
+            "not-leases",
+            "!(request.resource.group == 'coordination.k8s.io' && request.resource.resource == 'leases')".into(),
+        ),
+    ];
+    if !names_subjects(policies) {
+        // Policies without subjects apply to people only; control-plane identities need
+        // not be asked about anything but the stepup kinds.
+        conditions.push(condition(
+            "people-only",
+            format!("request.resource.group == '{GROUP}' || !request.userInfo.username.startsWith('system:')"),
+        ));
+    }
+    let client_config = match &s.target {
+        Target::Service { name } => WebhookClientConfig {
+            service: Some(ServiceReference {
+                namespace: s.namespace.clone(),
+                name: name.clone(),
+                path: Some("/validate".into()),
+                port: Some(443),
+            }),
+            url: None,
+            ca_bundle: ca_bundle.map(|b| ByteString(b.to_vec())),
+        },
+        Target::Url(url) => WebhookClientConfig {
+            service: None,
+            url: Some(url.clone()),
+            ca_bundle: ca_bundle.map(|b| ByteString(b.to_vec())),
+        },
+    };
+    let webhook = ValidatingWebhook {
+        name: WEBHOOK_NAME.into(),
+        admission_review_versions: vec!["v1".into()],
+        client_config,
+        failure_policy: Some("Fail".into()),
+        match_policy: Some("Equivalent".into()),
+        match_conditions: Some(conditions),
+        namespace_selector: Some(LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "kubernetes.io/metadata.name".into(),
+                operator: "NotIn".into(),
+                values: Some(vec!["kube-system".into(), s.namespace.clone()]),
+            }]),
+            match_labels: None,
+        }),
+        object_selector: None,
+        rules: Some(rules),
+        side_effects: "NoneOnDryRun".into(),
+        timeout_seconds: Some(s.timeout_seconds),
+    };
+    let mut annotations = BTreeMap::new();
+    if let Some(from) = &s.inject_ca_from {
+        annotations.insert("cert-manager.io/inject-ca-from".to_owned(), from.clone());
+    }
+    ValidatingWebhookConfiguration {
+        metadata: ObjectMeta {
+            name: Some(s.name.clone()),
+            labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_owned(), "stepup-controller".to_owned())])),
+            annotations: (!annotations.is_empty()).then_some(annotations),
+            owner_references: s.owner.clone().map(|o| vec![o]),
+            ..Default::default()
+        },
+        webhooks: Some(vec![webhook]),
+    }
+}
+
+/// Resources the configuration sends to the webhook (for tests and the plugin's `check`).
+pub fn routed_resources(config: &ValidatingWebhookConfiguration) -> BTreeSet<String> {
+    config
+        .webhooks
+        .iter()
+        .flatten()
+        .flat_map(|w| w.rules.iter().flatten())
+        .flat_map(|r| r.resources.iter().flatten().cloned())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::{Enforcement, Operation::*},
+        testing::policy,
+    };
+
+    fn settings() -> ConfigSettings {
+        ConfigSettings {
+            name: "stepup.dev".into(),
+            namespace: "stepup-system".into(),
+            target: Target::Service { name: "stepup-webhook".into() },
+            timeout_seconds: 5,
+            own_users: vec!["system:serviceaccount:stepup-system:stepup-controller".into()],
+            inject_ca_from: None,
+            owner: None,
+        }
+    }
+
+    #[test]
+    fn rules_are_the_union_of_policies_merged_by_target() {
+        let policies = vec![
+            policy("a").rule(&[Delete], "", &["secrets"]).build(),
+            policy("b").rule(&[Update], "", &["secrets", "configmaps"]).enforcement(Enforcement::Warn).build(),
+            policy("c").rule(&[Connect], "", &["pods/exec"]).build(),
+            policy("d").rule(&[All], "rbac.authorization.k8s.io", &["*"]).build(),
+        ];
+        let rules = policy_rules(&policies);
+        let find = |res: &str| {
+            rules.iter().find(|r| r.resources.as_ref().unwrap().contains(&res.to_owned())).cloned().unwrap()
+        };
+        assert_eq!(find("secrets").operations.unwrap(), vec!["UPDATE", "DELETE"]);
+        assert_eq!(find("configmaps").operations.unwrap(), vec!["UPDATE"]);
+        assert_eq!(find("pods/exec").operations.unwrap(), vec!["CONNECT"]);
+        assert_eq!(find("*").operations.unwrap(), vec!["*"]);
+        assert_eq!(find("*").api_groups.unwrap(), vec!["rbac.authorization.k8s.io"]);
+    }
+
+    #[test]
+    fn invalid_policies_route_nothing_and_no_policy_routes_only_stepup_kinds() {
+        let mut bad = policy("bad").rule(&[Delete], "", &["secrets"]).build();
+        bad.spec.match_.namespaces = vec!["Not Valid".into()];
+        let config = desired(&[bad], &settings(), None);
+        let routed = routed_resources(&config);
+        assert!(!routed.contains("secrets"));
+        assert!(routed.contains("stepupchallenges") && routed.contains("stepupgrants/status"));
+    }
+
+    #[test]
+    fn system_identities_are_skipped_unless_a_policy_names_subjects() {
+        let people = desired(&[policy("p").rule(&[Delete], "", &["secrets"]).build()], &settings(), None);
+        let names = |c: &ValidatingWebhookConfiguration| -> Vec<String> {
+            c.webhooks.as_ref().unwrap()[0].match_conditions.as_ref().unwrap().iter().map(|m| m.name.clone()).collect()
+        };
+        assert!(names(&people).contains(&"people-only".to_owned()));
+        let ci = policy("ci").rule(&[Delete], "", &["secrets"]).subjects(&[], &[], &[("ci", "deployer")]).build();
+        let with_sa = desired(&[ci], &settings(), None);
+        assert!(!names(&with_sa).contains(&"people-only".to_owned()));
+        assert!(
+            names(&with_sa).contains(&"not-leases".to_owned())
+                && names(&with_sa).contains(&"not-stepup-itself".to_owned())
+        );
+    }
+
+    #[test]
+    fn the_configuration_is_safe_by_construction() {
+        let mut s = settings();
+        s.inject_ca_from = Some("stepup-system/stepup-webhook".into());
+        let c = desired(&[], &s, Some(b"PEM"));
+        let w = &c.webhooks.as_ref().unwrap()[0];
+        assert_eq!(w.failure_policy.as_deref(), Some("Fail"));
+        assert_eq!(w.side_effects, "NoneOnDryRun");
+        assert_eq!(w.timeout_seconds, Some(5));
+        let excluded =
+            w.namespace_selector.as_ref().unwrap().match_expressions.as_ref().unwrap()[0].values.clone().unwrap();
+        assert_eq!(excluded, vec!["kube-system", "stepup-system"]);
+        assert_eq!(w.client_config.service.as_ref().unwrap().path.as_deref(), Some("/validate"));
+        assert_eq!(c.metadata.annotations.unwrap()["cert-manager.io/inject-ca-from"], "stepup-system/stepup-webhook");
+    }
+}
