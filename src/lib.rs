@@ -14,6 +14,7 @@ pub mod decision;
 pub mod grant;
 pub mod metrics;
 pub mod pki;
+pub mod plugin;
 pub mod policy;
 pub mod telemetry;
 pub mod testing;

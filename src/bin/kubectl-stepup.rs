@@ -1,11 +1,20 @@
+//! `kubectl stepup`: kubectl finds this binary on PATH by its name. Parses arguments and hands
+//! over to the library.
+
+use std::process::ExitCode;
+
 use clap::Parser;
+use kube_stepup::plugin::{self, Cli};
 
-/// kubectl stepup: obtain and manage step-up grants. Commands arrive with the plugin issue.
-#[derive(Parser, Debug)]
-#[command(name = "kubectl-stepup", version, about = "Step-up authentication for kubectl")]
-struct Cli {}
-
-fn main() {
-    let _ = Cli::parse();
-    println!("kubectl-stepup {}: no commands yet; see `kubectl stepup --help`", env!("CARGO_PKG_VERSION"));
+fn main() -> ExitCode {
+    // kube and rustls both use ring; install it as the process default once.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match Cli::try_parse() {
+        Ok(cli) => plugin::main(cli),
+        Err(e) => {
+            // Help and version print to stdout and exit 0; usage errors exit 2.
+            let _ = e.print();
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
 }

@@ -9,7 +9,7 @@ use jiff::{SignedDuration, Timestamp};
 use smallvec::SmallVec;
 
 pub use builtin::StepUpObjects;
-pub use outcome::{Decision, Outcome, Requirement, describe};
+pub use outcome::{Decision, Outcome, ParseRequirementError, Requirement, describe};
 
 use crate::{
     api::{Enforcement, GROUP},

@@ -123,6 +123,47 @@ impl fmt::Display for Requirement {
     }
 }
 
+/// A [`Requirement`] text that does not read back.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid step-up requirement {text:?}: {problem}")]
+pub struct ParseRequirementError {
+    pub text: String,
+    pub problem: String,
+}
+
+impl std::str::FromStr for Requirement {
+    type Err = ParseRequirementError;
+
+    /// Reads back what `Display` writes. Unknown keys and methods are skipped, so an older
+    /// plugin still reads a newer webhook's requirement.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let fail = |problem: String| ParseRequirementError { text: text.to_owned(), problem };
+        let (mut policies, mut methods, mut max_age, mut reason_required) = (None, Vec::new(), None, None);
+        for field in text.split_whitespace() {
+            let (key, value) = field.split_once('=').ok_or_else(|| fail(format!("{field:?} is not key=value")))?;
+            let list = || value.split(',').filter(|v| !v.is_empty()).map(str::to_owned);
+            match key {
+                "policies" => policies = Some(list().collect::<Vec<_>>()),
+                "methods" => {
+                    methods = list().filter_map(|m| [Method::Totp].into_iter().find(|k| k.as_str() == m)).collect()
+                }
+                "max-age" => max_age = Some(value.parse::<Duration>().map_err(|e| fail(e.to_string()))?),
+                "reason-required" => {
+                    reason_required = Some(value.parse::<bool>().map_err(|_| fail(format!("reason-required={value}")))?)
+                }
+                _ => {}
+            }
+        }
+        let policies = policies.filter(|p| !p.is_empty()).ok_or_else(|| fail("no policies".to_owned()))?;
+        Ok(Self {
+            policies,
+            methods,
+            max_age: max_age.ok_or_else(|| fail("no max-age".to_owned()))?,
+            reason_required: reason_required.unwrap_or(false),
+        })
+    }
+}
+
 /// The answer for the API server and everything the shell needs to record it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {

@@ -1,0 +1,397 @@
+//! Issue-5 scenarios: the `kubectl stepup` binary, driven as alice against the real control
+//! plane, the webhook and the controller. Interactive prompts run in a pseudo-terminal
+//! (util-linux `script`), where the test plays the person and the authenticator app.
+//! Run with `make e2e` (one test at a time: scenarios share the cluster).
+
+use std::{
+    process::{Output, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use jiff::Timestamp;
+use kube_stepup::{
+    api::Operation::Delete,
+    testing::policy,
+    verify::totp::{self, code_at},
+};
+use serde_json::Value;
+use stepup_e2e::{Env, World};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn prod_secrets() -> kube_stepup::api::StepUpPolicy {
+    policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build()
+}
+
+/// Runs `kubectl stepup` as `who`, with `stdin` as standard input (none when `None`).
+async fn plugin(env: &Env, who: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = tokio::process::Command::new(env.var("KUBECTL_STEPUP_BIN"));
+    cmd.arg("--kubeconfig")
+        .arg(env.kubeconfig(who))
+        .args(args)
+        .env("KUBECTL", env.var("KUBECTL"))
+        .env_remove("KUBECONFIG")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl-stepup runs");
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).await.expect("stdin");
+    }
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("kubectl-stepup finishes")
+        .expect("output")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn show(out: &Output) -> String {
+    format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The authenticator app: one code per 30-second step, never the same step twice (the
+/// controller accepts a step once per user).
+struct Authenticator {
+    seed: Vec<u8>,
+    last_step: Option<u64>,
+}
+
+impl Authenticator {
+    async fn code(&mut self) -> String {
+        loop {
+            let now = Timestamp::now();
+            let step = totp::step_of(now);
+            if self.last_step.is_none_or(|last| step > last) {
+                self.last_step = Some(step);
+                return code_at(&self.seed, now);
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn wrong_code(&self) -> String {
+        let now = Timestamp::now();
+        let window: Vec<String> =
+            [-30i64, 0, 30].iter().map(|s| code_at(&self.seed, now + jiff::SignedDuration::from_secs(*s))).collect();
+        (0..1000).map(|n| format!("{:06}", 314_159 + n)).find(|c| !window.contains(c)).expect("a wrong code")
+    }
+}
+
+/// RFC 4648 base32 (no padding), as in the otpauth URI.
+fn base32_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
+    for c in text.bytes() {
+        let value = ALPHABET.iter().position(|a| *a == c).expect("base32 character") as u32;
+        buffer = (buffer << 5) | value;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buffer >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    out
+}
+
+fn shell_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+/// `kubectl stepup` in a pseudo-terminal, as a person would run it.
+struct Terminal {
+    child: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    screen: Arc<Mutex<String>>,
+}
+
+impl Terminal {
+    fn spawn(env: &Env, who: &str, args: &[&str]) -> Self {
+        let kubeconfig = env.kubeconfig(who).display().to_string();
+        let command: Vec<String> = [env.var("KUBECTL_STEPUP_BIN"), "--kubeconfig", &kubeconfig]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(shell_quote)
+            .collect();
+        let mut child = tokio::process::Command::new("script")
+            .args(["-qefc", &command.join(" "), "/dev/null"])
+            .env("KUBECTL", env.var("KUBECTL"))
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("script(1) from util-linux runs");
+        let input = child.stdin.take().expect("stdin");
+        let screen = Arc::new(Mutex::new(String::new()));
+        for mut pipe in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let screen = screen.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    screen.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+                }
+            });
+        }
+        Self { child, input, screen }
+    }
+
+    fn screen(&self) -> String {
+        self.screen.lock().unwrap().clone()
+    }
+
+    /// Waits until the screen shows `needle` after position `from`; returns the position after it.
+    async fn expect(&self, needle: &str, from: usize, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if let Some(at) = screen.get(from..).and_then(|s| s.find(needle)) {
+                return from + at + needle.len();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "waited for {needle:?}; the terminal shows:\n{screen}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn type_line(&mut self, line: &str) {
+        self.input.write_all(format!("{line}\n").as_bytes()).await.expect("typing");
+        self.input.flush().await.expect("typing");
+    }
+
+    async fn exit_code(mut self) -> (i32, String) {
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the plugin exits")
+            .expect("exit status");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (status.code().unwrap_or(-1), self.screen())
+    }
+}
+
+/// `kubectl stepup enroll` as alice in a terminal, with the admin approving on the side;
+/// returns the authenticator the test set up from the printed otpauth URI. With `typo`, the
+/// first code typed is wrong (it counts against the rate limit, so only one scenario does it).
+async fn enroll_alice(world: &World, typo: bool) -> Authenticator {
+    world.unenroll("alice").await;
+    let mut term = Terminal::spawn(&world.env, "alice", &["enroll"]);
+    let at = term.expect("kubectl stepup approve alice", 0, Duration::from_secs(30)).await;
+
+    let approved = plugin(&world.env, "admin", &["approve", "alice"], None).await;
+    assert!(approved.status.success(), "{}", show(&approved));
+    assert!(text(&approved.stdout).contains("Approved alice's enrollment"), "{}", show(&approved));
+
+    let at = term.expect("URI: otpauth://totp/kube-stepup:alice?secret=", at, Duration::from_secs(30)).await;
+    let screen = term.screen();
+    let secret: String = screen[at..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+    assert!(screen[..at].contains("██████"), "a QR code is drawn:\n{screen}");
+    let mut auth = Authenticator { seed: base32_decode(&secret), last_step: None };
+    assert_eq!(auth.seed.len(), 20, "160-bit seed");
+
+    let mut at = term.expect("Enter the 6-digit code", at, Duration::from_secs(10)).await;
+    let wrong = auth.wrong_code();
+    if typo {
+        term.type_line(&wrong).await;
+        at = term.expect("That code was not accepted", at, Duration::from_secs(30)).await;
+        at = term.expect("Enter the 6-digit code", at, Duration::from_secs(10)).await;
+    }
+    let right = auth.code().await;
+    term.type_line(&right).await;
+    term.expect("Enrolled:", at, Duration::from_secs(30)).await;
+    let (code, screen) = term.exit_code().await;
+    assert_eq!(code, 0, "{screen}");
+    assert!(!screen.contains(&right) && !screen.contains(&wrong), "codes are typed without echo:\n{screen}");
+    auth
+}
+
+#[tokio::test]
+async fn alice_enrolls_in_a_terminal_with_the_admins_approval() {
+    let world = World::new().await;
+    enroll_alice(&world, true).await;
+
+    let status = plugin(&world.env, "alice", &["status", "-o", "json"], None).await;
+    assert!(status.status.success(), "{}", show(&status));
+    let status: Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    assert_eq!(status["user"], "alice");
+    assert_eq!(status["uid"], "uid-alice-1", "identity comes from the API server");
+    assert_eq!(status["enrollment"]["phase"], "Active");
+
+    let again = plugin(&world.env, "alice", &["enroll"], None).await;
+    assert!(again.status.success(), "{}", show(&again));
+    assert!(text(&again.stdout).contains("already enrolled"), "{}", show(&again));
+}
+
+#[tokio::test]
+async fn request_status_check_and_revoke() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    let mut auth = enroll_alice(&world, false).await;
+
+    let before = plugin(&world.env, "alice", &["check", "delete", "secret", "db", "-n", "prod"], None).await;
+    assert_eq!(before.status.code(), Some(3), "{}", show(&before));
+    assert!(text(&before.stdout).contains("step-up required"), "{}", show(&before));
+    assert!(
+        text(&before.stdout).contains("policy prod-secrets (Deny, max age 15m): you hold no grant"),
+        "{}",
+        show(&before)
+    );
+
+    let wrong =
+        plugin(&world.env, "alice", &["request", "--code-stdin"], Some(&format!("{}\n", auth.wrong_code()))).await;
+    assert_eq!(wrong.status.code(), Some(3), "{}", show(&wrong));
+    let stderr = text(&wrong.stderr);
+    assert!(stderr.starts_with("error: the code was not accepted: wrong code"), "{stderr}");
+    assert!(stderr.contains("\nhint: "), "{stderr}");
+    assert_eq!(stderr.lines().count(), 2, "one sentence and a hint: {stderr}");
+
+    let code = auth.code().await;
+    let args = ["request", "--code-stdin", "--reason", "INC-42", "--duration", "10m", "-o", "json"];
+    let granted = plugin(&world.env, "alice", &args, Some(&format!("{code}\n"))).await;
+    assert!(granted.status.success(), "{}", show(&granted));
+    let grant: Value = serde_json::from_slice(&granted.stdout).expect("grant JSON");
+    let name = grant["name"].as_str().expect("grant name").to_owned();
+    assert_eq!(grant["user"], "alice");
+    assert_eq!(grant["reason"], "INC-42");
+    assert_eq!(grant["state"], "Active");
+    let left = grant["expiresInSeconds"].as_i64().unwrap();
+    assert!((500..=600).contains(&left), "10m requested: {left}s left");
+
+    let replayed = plugin(&world.env, "alice", &["request", "--code-stdin"], Some(&format!("{code}\n"))).await;
+    assert_eq!(replayed.status.code(), Some(3), "{}", show(&replayed));
+    assert!(text(&replayed.stderr).contains("already used"), "{}", show(&replayed));
+
+    let status = plugin(&world.env, "alice", &["status"], None).await;
+    assert!(status.status.success(), "{}", show(&status));
+    let shown = text(&status.stdout);
+    assert!(shown.contains("Enrollment:  TOTP Active"), "{shown}");
+    assert!(shown.lines().any(|l| l.starts_with(&name) && l.contains("Active") && l.contains("INC-42")), "{shown}");
+
+    let after =
+        plugin(&world.env, "alice", &["check", "delete", "secret", "db", "-n", "prod", "-o", "json"], None).await;
+    assert_eq!(after.status.code(), Some(0), "{}", show(&after));
+    let report: Value = serde_json::from_slice(&after.stdout).expect("check JSON");
+    assert_eq!(report["allowed"], true);
+    assert_eq!(report["results"][0]["decision"], "granted");
+    assert_eq!(report["results"][0]["policies"][0]["grant"], name.as_str());
+
+    let revoked = plugin(&world.env, "alice", &["revoke"], None).await;
+    assert!(revoked.status.success(), "{}", show(&revoked));
+    assert!(text(&revoked.stdout).contains(&format!("Revoked {name}.")), "{}", show(&revoked));
+    let gone = plugin(&world.env, "alice", &["check", "delete", "secret", "db", "-n", "prod"], None).await;
+    assert_eq!(gone.status.code(), Some(3), "a revoked grant no longer counts: {}", show(&gone));
+}
+
+#[tokio::test]
+async fn check_answers_like_auth_can_i() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    let cases: [(&[&str], i32, &str); 5] = [
+        (
+            &["check", "delete", "secrets/db", "-n", "prod"],
+            3,
+            "delete secrets \"db\" in namespace \"prod\": step-up required",
+        ),
+        (&["check", "delete", "secret", "db", "-n", "dev"], 0, "allowed, no policy applies"),
+        (&["check", "get", "secrets", "-n", "prod"], 0, "reads never pass through admission webhooks"),
+        (&["check", "delete", "stepuppolicies", "prod-secrets"], 3, "stepup-builtin-policy-changes"),
+        (&["check", "frobnicate", "secrets"], 2, ""),
+    ];
+    for (args, code, expected) in cases {
+        let out = plugin(&world.env, "alice", args, None).await;
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", show(&out));
+        assert!(text(&out.stdout).contains(expected), "{args:?}: {}", show(&out));
+    }
+
+    let manifest = "apiVersion: v1\nkind: Secret\nmetadata: {name: db, namespace: prod}\n---\n\
+                    apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings, namespace: prod}\n";
+    let out = plugin(&world.env, "alice", &["check", "delete", "-f", "-", "-o", "json"], Some(manifest)).await;
+    assert_eq!(out.status.code(), Some(3), "{}", show(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("check JSON");
+    let decisions: Vec<&str> =
+        report["results"].as_array().unwrap().iter().map(|r| r["decision"].as_str().unwrap()).collect();
+    assert_eq!(decisions, ["denied", "no-policy"]);
+    assert_eq!(
+        report["results"][0]["requirement"],
+        "policies=prod-secrets methods=TOTP max-age=15m reason-required=false"
+    );
+}
+
+#[tokio::test]
+async fn the_wrapper_asks_for_a_code_once_and_retries() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    let mut auth = enroll_alice(&world, false).await;
+    world.secret("prod", "db").await;
+
+    let mut term = Terminal::spawn(&world.env, "alice", &["--", "kubectl", "delete", "secret", "db", "-n", "prod"]);
+    let at = term.expect("[stepup-required: policies=prod-secrets", 0, Duration::from_secs(30)).await;
+    let at = term.expect("Code from your authenticator app:", at, Duration::from_secs(30)).await;
+    let code = auth.code().await;
+    term.type_line(&code).await;
+    term.expect("secret \"db\" deleted", at, Duration::from_secs(30)).await;
+    let (exit, screen) = term.exit_code().await;
+    assert_eq!(exit, 0, "{screen}");
+    assert_eq!(screen.matches("Error from server (Forbidden)").count(), 1, "one refusal, one retry:\n{screen}");
+    assert!(!screen.contains(&code), "the code is not echoed:\n{screen}");
+
+    // Commands kube-stepup does not refuse pass through untouched: output and exit code.
+    let direct = world.env.kubectl("alice", &["get", "secret", "nope", "-n", "dev"]);
+    let wrapped = plugin(&world.env, "alice", &["--", "kubectl", "get", "secret", "nope", "-n", "dev"], None).await;
+    assert_eq!(wrapped.status.code(), direct.status.code(), "{}", show(&wrapped));
+    assert_eq!(text(&wrapped.stderr), text(&direct.stderr));
+    assert_eq!(text(&wrapped.stdout), text(&direct.stdout));
+}
+
+#[tokio::test]
+async fn failures_are_one_sentence_a_hint_and_an_exit_code() {
+    let world = World::new().await;
+    world.unenroll("bob").await;
+
+    let not_enrolled = plugin(&world.env, "bob", &["request", "--code-stdin"], Some("123456\n")).await;
+    assert_eq!(not_enrolled.status.code(), Some(4), "{}", show(&not_enrolled));
+    assert_eq!(
+        text(&not_enrolled.stderr),
+        "error: you are not enrolled for step-up authentication.\n\
+         hint: Run `kubectl stepup enroll` once to set up your authenticator app.\n"
+    );
+
+    let pending = plugin(&world.env, "bob", &["enroll", "--timeout", "3s"], None).await;
+    assert_eq!(pending.status.code(), Some(4), "{}", show(&pending));
+    let stderr = text(&pending.stderr);
+    assert!(stderr.contains("error: your enrollment is waiting for an admin's approval"), "{stderr}");
+    assert!(stderr.contains("hint: Ask a stepup admin to run `kubectl stepup approve bob`"), "{stderr}");
+
+    let self_approval = plugin(&world.env, "bob", &["approve", "bob"], None).await;
+    assert_eq!(self_approval.status.code(), Some(2), "{}", show(&self_approval));
+    let not_admin = plugin(&world.env, "alice", &["approve", "bob"], None).await;
+    assert_eq!(not_admin.status.code(), Some(1), "{}", show(&not_admin));
+    assert!(text(&not_admin.stderr).contains("admin group"), "{}", show(&not_admin));
+
+    // An API server that is not there.
+    let kubeconfig = std::fs::read_to_string(world.env.kubeconfig("alice")).unwrap();
+    let server = world.env.var("KUBE_APISERVER_URL");
+    let dead = std::env::temp_dir().join(format!("stepup-dead-{}.yaml", std::process::id()));
+    std::fs::write(&dead, kubeconfig.replace(server, "https://127.0.0.1:9")).unwrap();
+    let out = tokio::process::Command::new(world.env.var("KUBECTL_STEPUP_BIN"))
+        .arg("--kubeconfig")
+        .arg(&dead)
+        .arg("status")
+        .output()
+        .await
+        .unwrap();
+    let _ = std::fs::remove_file(&dead);
+    assert_eq!(out.status.code(), Some(6), "{}", show(&out));
+    assert!(
+        text(&out.stderr).starts_with("error: the API server at https://127.0.0.1:9 cannot be reached.\nhint: "),
+        "{}",
+        show(&out)
+    );
+}

@@ -1,0 +1,736 @@
+//! `kubectl stepup check`: like `kubectl auth can-i`, for step-up. It evaluates the policies
+//! and the user's grants with the webhook's own decision code, so its answer is the webhook's.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Api;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    cli::{CheckArgs, Output},
+    cluster::{Identity, Session},
+    error::{Error, Exit, Result},
+    format,
+    resources::{Catalog, ResourceInfo},
+};
+use crate::{
+    api::{Duration, Operation, StepUpGrant, StepUpPolicy},
+    decision::{self, DecisionConfig, Grants, Inputs, Outcome, StepUpObjects},
+    grant::{self, GrantRecord},
+    policy::{self, CompiledPolicy, NamespaceLabels, PolicyIndex, Request},
+};
+
+/// What a kubectl verb becomes at admission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verb {
+    /// get, list, watch: never sent to admission webhooks.
+    Read,
+    Operations(Vec<Operation>),
+    /// exec, attach, port-forward, proxy: CONNECT to a subresource (of pods by default).
+    Connect(&'static str),
+}
+
+pub fn parse_verb(word: &str) -> Result<Verb> {
+    use Operation::*;
+    Ok(match word.to_ascii_lowercase().as_str() {
+        "get" | "list" | "watch" | "describe" | "logs" => Verb::Read,
+        "create" => Verb::Operations(vec![Create]),
+        "apply" => Verb::Operations(vec![Create, Update]),
+        "update" | "patch" | "edit" | "replace" | "scale" | "label" | "annotate" | "set" | "rollout" => {
+            Verb::Operations(vec![Update])
+        }
+        "delete" | "deletecollection" => Verb::Operations(vec![Delete]),
+        "connect" => Verb::Operations(vec![Connect]),
+        "exec" => Verb::Connect("exec"),
+        "attach" => Verb::Connect("attach"),
+        "port-forward" | "portforward" => Verb::Connect("portforward"),
+        "proxy" => Verb::Connect("proxy"),
+        other => {
+            return Err(Error::usage(
+                format!("{other:?} is not a verb kube-stepup knows"),
+                "Use create, update, patch, apply, delete, exec, attach, port-forward or proxy (see --help).",
+            ));
+        }
+    })
+}
+
+/// One admission request to evaluate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub operation: Operation,
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    pub subresource: String,
+    /// Empty for cluster-scoped objects; a Namespace's own name for Namespace objects.
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Target {
+    fn new(operation: Operation, info: &ResourceInfo, subresource: &str, namespace: &str, name: &str) -> Self {
+        let namespace = if info.group.is_empty() && info.resource == "namespaces" {
+            name
+        } else if info.namespaced {
+            namespace
+        } else {
+            ""
+        };
+        Self {
+            operation,
+            group: info.group.clone(),
+            version: info.version.clone(),
+            resource: info.resource.clone(),
+            subresource: subresource.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+fn unknown_resource(name: &str) -> Error {
+    Error::usage(
+        format!("the server has no resource type {name:?}"),
+        "`kubectl api-resources` lists them; qualify with the group if needed (deployments.apps).",
+    )
+}
+
+/// `delete secret db`, `delete secrets/db`, `exec web`, `exec pod/web`, `create clusterrolebindings`.
+pub fn targets_from_words(
+    words: &[String],
+    subresource: Option<&str>,
+    namespace: &str,
+    catalog: &Catalog,
+) -> Result<Vec<Target>> {
+    let Some((verb, rest)) = words.split_first() else {
+        return Err(Error::usage(
+            "check needs a verb and a resource, or -f FILE",
+            "For example: check delete secret db -n prod",
+        ));
+    };
+    let verb = parse_verb(verb)?;
+    let (operations, default_subresource, default_resource) = match &verb {
+        Verb::Read => return Ok(Vec::new()),
+        Verb::Operations(ops) => (ops.clone(), "", None),
+        Verb::Connect(sub) => (vec![Operation::Connect], *sub, Some("pods")),
+    };
+    let (resource, name) = match (rest, default_resource) {
+        ([], Some(_)) => return Err(Error::usage("name the pod", "For example: check exec web -n prod")),
+        ([], None) => return Err(Error::usage("name a resource type", "For example: check delete secret db -n prod")),
+        ([one], _) if one.contains('/') => {
+            let (r, n) = one.split_once('/').unwrap_or((one, ""));
+            (r.to_owned(), n.to_owned())
+        }
+        // `exec web`: kubectl's own form, a pod name.
+        ([one], Some(pods)) if catalog.resolve(one).is_none() => (pods.to_owned(), one.clone()),
+        ([one], _) => (one.clone(), String::new()),
+        ([r, n], _) => (r.clone(), n.clone()),
+        _ => return Err(Error::usage("too many words", "check VERB RESOURCE [NAME] [-n NAMESPACE]")),
+    };
+    let info = catalog.resolve(&resource).ok_or_else(|| unknown_resource(&resource))?;
+    let subresource = subresource.unwrap_or(default_subresource);
+    if !subresource.is_empty() && !info.subresources.is_empty() && !info.subresources.iter().any(|s| s == subresource) {
+        return Err(Error::usage(
+            format!("{} has no subresource {subresource:?}", info.qualified()),
+            format!("It has: {}.", info.subresources.join(", ")),
+        ));
+    }
+    Ok(operations.into_iter().map(|op| Target::new(op, info, subresource, namespace, &name)).collect())
+}
+
+/// An object of a manifest, as far as admission cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestObject {
+    pub api_version: String,
+    pub kind: String,
+    /// Empty for objects with only a generateName.
+    pub name: String,
+    pub namespace: Option<String>,
+}
+
+/// Every object of a YAML or JSON stream (several documents, `kind: List` flattened).
+pub fn parse_manifest(text: &str) -> Result<Vec<ManifestObject>> {
+    let invalid = |e: String| {
+        Error::usage(
+            format!("cannot read the manifest: {e}"),
+            "Check it with `kubectl apply --dry-run=client -f FILE`.",
+        )
+    };
+    let mut objects = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| invalid(e.to_string()))?;
+        collect_objects(value, &mut objects).map_err(invalid)?;
+    }
+    Ok(objects)
+}
+
+fn collect_objects(value: serde_yaml::Value, out: &mut Vec<ManifestObject>) -> Result<(), String> {
+    if value.is_null() {
+        return Ok(());
+    }
+    let text = |v: &serde_yaml::Value, key: &str| v.get(key).and_then(|s| s.as_str()).map(str::to_owned);
+    let kind = text(&value, "kind").ok_or("an object has no kind")?;
+    let api_version = text(&value, "apiVersion").ok_or_else(|| format!("a {kind} has no apiVersion"))?;
+    if kind.ends_with("List")
+        && let Some(items) = value.get("items").and_then(|i| i.as_sequence())
+    {
+        for item in items {
+            collect_objects(item.clone(), out)?;
+        }
+        return Ok(());
+    }
+    let metadata = value.get("metadata").cloned().unwrap_or_default();
+    let name = text(&metadata, "name").unwrap_or_default();
+    if name.is_empty() && text(&metadata, "generateName").is_none() {
+        return Err(format!("a {kind} has no metadata.name"));
+    }
+    out.push(ManifestObject { api_version, kind, name, namespace: text(&metadata, "namespace") });
+    Ok(())
+}
+
+pub fn targets_from_manifest(
+    objects: &[ManifestObject],
+    operations: &[Operation],
+    namespace: &str,
+    catalog: &Catalog,
+) -> Result<Vec<Target>> {
+    let mut targets = Vec::new();
+    for o in objects {
+        let info = catalog.by_kind(&o.api_version, &o.kind).ok_or_else(|| {
+            Error::usage(
+                format!("the server does not serve {} {}", o.api_version, o.kind),
+                "Is the CRD installed, and the apiVersion right? `kubectl api-resources` lists what is served.",
+            )
+        })?;
+        let namespace = o.namespace.as_deref().unwrap_or(namespace);
+        targets.extend(operations.iter().map(|op| Target::new(*op, info, "", namespace, &o.name)));
+    }
+    Ok(targets)
+}
+
+/// One policy's verdict for one request.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyVerdict {
+    pub name: String,
+    pub enforcement: &'static str,
+    pub max_age: String,
+    pub reason_required: bool,
+    pub satisfied: bool,
+    /// The grant that satisfies it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
+    /// How much longer that grant satisfies it (expiry or max age, whichever comes first).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub valid_for_seconds: Option<i64>,
+    /// Why no grant does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// The verdict for one request: what `check -o json` prints per object and operation.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetVerdict {
+    pub operation: &'static str,
+    pub group: String,
+    pub version: String,
+    pub resource: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    pub description: String,
+    /// The webhook's decision word: `no-policy`, `exempt`, `granted`, `denied`, `warned`, `audited`.
+    pub decision: &'static str,
+    pub allowed: bool,
+    pub policies: Vec<PolicyVerdict>,
+    /// For a denial: the `[stepup-required: ...]` text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requirement: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckReport {
+    pub user: String,
+    pub allowed: bool,
+    pub results: Vec<TargetVerdict>,
+}
+
+/// What the decision reads besides the request.
+pub struct Evaluation<'a> {
+    pub me: &'a Identity,
+    pub policies: &'a PolicyIndex,
+    pub grants: &'a [GrantRecord],
+    pub config: &'a DecisionConfig,
+    pub now: Timestamp,
+}
+
+impl Evaluation<'_> {
+    pub fn evaluate(&self, target: &Target, labels: NamespaceLabels<'_>) -> TargetVerdict {
+        let req = Request {
+            operation: target.operation,
+            group: &target.group,
+            version: &target.version,
+            resource: &target.resource,
+            subresource: &target.subresource,
+            namespace: &target.namespace,
+            name: &target.name,
+            user: self.me.user(),
+            namespace_labels: labels,
+            dry_run: false,
+        };
+        let inputs = Inputs {
+            policies: self.policies,
+            grants: Grants::Fetched(self.grants),
+            config: self.config,
+            now: self.now,
+        };
+        let decision = decision::decide(&req, &StepUpObjects::None, &inputs);
+        let policies =
+            decision.policies.iter().filter_map(|n| self.policies.get(n)).map(|p| self.verdict(p, &req)).collect();
+        TargetVerdict {
+            operation: target.operation.as_str(),
+            group: target.group.clone(),
+            version: target.version.clone(),
+            resource: target.resource.clone(),
+            subresource: target.subresource.clone(),
+            namespace: target.namespace.clone(),
+            name: target.name.clone(),
+            description: decision::describe(&req),
+            decision: decision.outcome.as_str(),
+            allowed: decision.allowed,
+            policies,
+            requirement: decision.requirement.as_ref().map(|r| r.to_string()),
+            command: decision.requirement.as_ref().map(|r| r.command()),
+        }
+    }
+
+    fn verdict(&self, p: &CompiledPolicy, req: &Request<'_>) -> PolicyVerdict {
+        let satisfying = grant::satisfying(self.grants, &[p], req, self.now);
+        let why = match satisfying {
+            Some(_) => None,
+            None => Some(match grant::explain(self.grants, &[p], req, self.now) {
+                Some((g, why)) => format!("your latest grant {} does not count: {why}", g.name),
+                None => "you hold no grant".to_owned(),
+            }),
+        };
+        let valid_for = satisfying.map(|g| {
+            let until_expiry = g.expires_at.duration_since(self.now);
+            let until_too_old = (g.issued_at + p.max_age).duration_since(self.now);
+            until_expiry.min(until_too_old).as_secs().max(0)
+        });
+        PolicyVerdict {
+            name: p.name.clone(),
+            enforcement: p.enforcement.as_str(),
+            max_age: p.max_age_text.to_string(),
+            reason_required: p.require_reason,
+            satisfied: satisfying.is_some(),
+            grant: satisfying.map(|g| g.name.clone()),
+            valid_for_seconds: valid_for,
+            why,
+        }
+    }
+}
+
+fn headline(v: &TargetVerdict) -> &'static str {
+    match Outcome::ALL.into_iter().find(|o| o.as_str() == v.decision) {
+        Some(Outcome::NotMatched) => "allowed, no policy applies",
+        Some(Outcome::Exempt) => "allowed, exempt from step-up",
+        Some(Outcome::Granted) => "allowed, your grant satisfies every policy",
+        Some(Outcome::Warned) => "allowed with a warning",
+        Some(Outcome::Audited) => "allowed and recorded",
+        Some(Outcome::BreakGlass) => "allowed by break-glass",
+        _ if v.allowed => "allowed",
+        _ => "step-up required",
+    }
+}
+
+impl CheckReport {
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for v in &self.results {
+            out.push_str(&format!("{}: {}\n", v.description, headline(v)));
+            for p in &v.policies {
+                let reason = if p.reason_required { ", reason required" } else { "" };
+                let state = match (&p.grant, p.valid_for_seconds) {
+                    (Some(g), Some(secs)) => {
+                        format!(
+                            "satisfied by grant {g} for another {}",
+                            format::remaining(SignedDuration::from_secs(secs))
+                        )
+                    }
+                    _ => p.why.clone().unwrap_or_default(),
+                };
+                out.push_str(&format!(
+                    "  policy {} ({}, max age {}{reason}): {state}\n",
+                    p.name, p.enforcement, p.max_age
+                ));
+            }
+            if let Some(command) = &v.command {
+                out.push_str(&format!("  Run `{command}` first, or prefix the command with `kubectl stepup --`.\n"));
+            }
+        }
+        out
+    }
+}
+
+/// Policies as the webhook sees them: the cluster's valid ones plus the built-in rule for
+/// policy changes (on unless the webhook runs with `--protect-policies 0`).
+pub fn policy_index(policies: &[StepUpPolicy]) -> PolicyIndex {
+    let mut compiled: Vec<Arc<CompiledPolicy>> =
+        policies.iter().filter_map(|p| CompiledPolicy::compile(p).ok()).map(Arc::new).collect();
+    compiled.push(Arc::new(policy::builtin::policy_changes(Duration::from_secs(15 * 60))));
+    PolicyIndex::new(compiled)
+}
+
+/// What the plugin knows of the webhook's configuration: the namespaces it never looks at.
+pub fn decision_config() -> DecisionConfig {
+    DecisionConfig {
+        exempt_namespaces: vec!["kube-system".to_owned(), "stepup-system".to_owned()],
+        ..DecisionConfig::default()
+    }
+}
+
+pub async fn run(session: &Session, args: &CheckArgs) -> Result<Exit> {
+    let verb = args.words.first().map(|w| parse_verb(w)).transpose()?;
+    if verb == Some(Verb::Read) {
+        let report = "reads never pass through admission webhooks, so step-up never applies to them";
+        match args.output {
+            Output::Json => {
+                out!("{}", format::json(&serde_json::json!({"allowed": true, "results": [], "note": report})))
+            }
+            Output::Text => outln!("allowed: {report}."),
+        }
+        return Ok(Exit::Ok);
+    }
+    let namespace = args.namespace.clone().unwrap_or_else(|| session.namespace.clone());
+    let catalog = discover(session).await?;
+    let targets = match &args.filename {
+        Some(path) => {
+            let text = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())
+            } else {
+                std::fs::read_to_string(path)
+            }
+            .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display()), "Check the path."))?;
+            let operations = match verb {
+                Some(Verb::Operations(ops)) => ops,
+                None => vec![Operation::Create, Operation::Update],
+                Some(_) => {
+                    return Err(Error::usage("with -f, use create, apply, update or delete", "check delete -f FILE"));
+                }
+            };
+            if args.words.len() > 1 {
+                return Err(Error::usage("with -f, give only a verb", "check delete -f FILE"));
+            }
+            targets_from_manifest(&parse_manifest(&text)?, &operations, &namespace, &catalog)?
+        }
+        None => targets_from_words(&args.words, args.subresource.as_deref(), &namespace, &catalog)?,
+    };
+
+    let me = session.whoami().await?;
+    let policies: Api<StepUpPolicy> = session.all();
+    let policies = policies.list(&Default::default()).await.map_err(session.kube_error("list the step-up policies"))?;
+    let index = policy_index(&policies.items);
+    let grants: Vec<StepUpGrant> = session.list_mine(&me, "grants").await?;
+    let records: Vec<GrantRecord> = grants.iter().filter_map(GrantRecord::from_grant).collect();
+    let labels = namespace_labels(session, &targets).await;
+    let config = decision_config();
+    let evaluation = Evaluation { me: &me, policies: &index, grants: &records, config: &config, now: Timestamp::now() };
+    let results: Vec<TargetVerdict> = targets
+        .iter()
+        .map(|t| {
+            let labels = match (t.namespace.is_empty(), labels.get(&t.namespace)) {
+                (true, _) => NamespaceLabels::NotApplicable,
+                (false, Some(Some(l))) => NamespaceLabels::Known(l),
+                (false, _) => NamespaceLabels::Unknown,
+            };
+            evaluation.evaluate(t, labels)
+        })
+        .collect();
+    let report = CheckReport { user: me.username.clone(), allowed: results.iter().all(|r| r.allowed), results };
+    match args.output {
+        Output::Json => out!("{}", format::json(&report)),
+        Output::Text => out!("{}", report.text()),
+    }
+    Ok(if report.allowed { Exit::Ok } else { Exit::StepUp })
+}
+
+/// Aggregated discovery of `/api` and `/apis`: two requests.
+async fn discover(session: &Session) -> Result<Catalog> {
+    let core =
+        session.client.list_core_api_versions_aggregated().await.map_err(session.kube_error("discover the API"))?;
+    let groups = session.client.list_api_groups_aggregated().await.map_err(session.kube_error("discover the API"))?;
+    Ok(Catalog::from_discovery([core, groups]))
+}
+
+/// Labels of each namespace the targets live in; `None` where they cannot be read (the
+/// decision then assumes selectors match, as the webhook does for an unknown namespace).
+async fn namespace_labels(session: &Session, targets: &[Target]) -> HashMap<String, Option<BTreeMap<String, String>>> {
+    let api: Api<Namespace> = Api::all(session.client.clone());
+    let mut out = HashMap::new();
+    for t in targets {
+        if t.namespace.is_empty() || out.contains_key(&t.namespace) {
+            continue;
+        }
+        let labels = match api.get_opt(&t.namespace).await {
+            Ok(Some(ns)) => Some(ns.metadata.labels.unwrap_or_default()),
+            _ => None,
+        };
+        out.insert(t.namespace.clone(), labels);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::{Enforcement, Operation::*},
+        plugin::resources::tests::catalog,
+        testing::{grant, minutes, policy, t0},
+    };
+
+    fn words(text: &str) -> Vec<String> {
+        text.split_whitespace().map(str::to_owned).collect()
+    }
+
+    fn target(op: Operation, group: &str, resource: &str, sub: &str, ns: &str, name: &str) -> Target {
+        Target {
+            operation: op,
+            group: group.into(),
+            version: "v1".into(),
+            resource: resource.into(),
+            subresource: sub.into(),
+            namespace: ns.into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn verbs_become_admission_operations() {
+        assert_eq!(parse_verb("delete").unwrap(), Verb::Operations(vec![Delete]));
+        assert_eq!(parse_verb("apply").unwrap(), Verb::Operations(vec![Create, Update]));
+        assert_eq!(parse_verb("patch").unwrap(), Verb::Operations(vec![Update]));
+        assert_eq!(parse_verb("exec").unwrap(), Verb::Connect("exec"));
+        assert_eq!(parse_verb("port-forward").unwrap(), Verb::Connect("portforward"));
+        assert_eq!(parse_verb("get").unwrap(), Verb::Read);
+        assert!(matches!(parse_verb("frobnicate"), Err(Error::Usage { .. })));
+    }
+
+    #[test]
+    fn check_arguments_read_like_kubectl_auth_can_i() {
+        let c = catalog();
+        let cases = [
+            ("delete secret db", None, vec![target(Delete, "", "secrets", "", "prod", "db")]),
+            ("delete secrets/db", None, vec![target(Delete, "", "secrets", "", "prod", "db")]),
+            ("delete secrets", None, vec![target(Delete, "", "secrets", "", "prod", "")]),
+            ("create deploy", None, vec![target(Create, "apps", "deployments", "", "prod", "")]),
+            ("exec web", None, vec![target(Connect, "", "pods", "exec", "prod", "web")]),
+            ("exec pod/web", None, vec![target(Connect, "", "pods", "exec", "prod", "web")]),
+            ("port-forward po web", None, vec![target(Connect, "", "pods", "portforward", "prod", "web")]),
+            ("create pods web", Some("exec"), vec![target(Create, "", "pods", "exec", "prod", "web")]),
+            (
+                "create clusterrolebindings",
+                None,
+                vec![target(Create, "rbac.authorization.k8s.io", "clusterrolebindings", "", "", "")],
+            ),
+            ("delete ns prod-2", None, vec![target(Delete, "", "namespaces", "", "prod-2", "prod-2")]),
+            (
+                "apply cm x",
+                None,
+                vec![
+                    target(Create, "", "configmaps", "", "prod", "x"),
+                    target(Update, "", "configmaps", "", "prod", "x"),
+                ],
+            ),
+            ("get secrets", None, vec![]),
+        ];
+        for (input, sub, expected) in cases {
+            let got = targets_from_words(&words(input), sub, "prod", &c).unwrap_or_else(|e| panic!("{input}: {e}"));
+            assert_eq!(got, expected, "{input}");
+        }
+        for bad in ["", "delete", "exec", "delete gadgets x", "create pods web extra", "frob secrets"] {
+            assert!(matches!(targets_from_words(&words(bad), None, "prod", &c), Err(Error::Usage { .. })), "{bad:?}");
+        }
+        assert!(targets_from_words(&words("create pods web"), Some("nonsense"), "prod", &c).is_err());
+    }
+
+    const MANIFEST: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+---
+# a comment-only document
+---
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: Secret
+  metadata: {name: db}
+- apiVersion: rbac.authorization.k8s.io/v1
+  kind: ClusterRoleBinding
+  metadata: {name: admins}
+---
+{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "cfg-"}}
+"#;
+
+    #[test]
+    fn manifests_yield_every_object() {
+        let objects = parse_manifest(MANIFEST).unwrap();
+        let summary: Vec<(&str, &str, Option<&str>)> =
+            objects.iter().map(|o| (o.kind.as_str(), o.name.as_str(), o.namespace.as_deref())).collect();
+        assert_eq!(
+            summary,
+            [
+                ("Deployment", "web", Some("shop")),
+                ("Secret", "db", None),
+                ("ClusterRoleBinding", "admins", None),
+                ("ConfigMap", "", None)
+            ]
+        );
+        let targets = targets_from_manifest(&objects, &[Delete], "default", &catalog()).unwrap();
+        assert_eq!(targets[0], target(Delete, "apps", "deployments", "", "shop", "web"));
+        assert_eq!(targets[1], target(Delete, "", "secrets", "", "default", "db"));
+        assert_eq!(targets[2], target(Delete, "rbac.authorization.k8s.io", "clusterrolebindings", "", "", "admins"));
+    }
+
+    #[test]
+    fn bad_manifests_are_usage_errors() {
+        for bad in [
+            "kind: Secret\nmetadata: {name: x}",
+            "apiVersion: v1\nmetadata: {name: x}",
+            "apiVersion: v1\nkind: Secret",
+            ": : :",
+        ] {
+            assert!(matches!(parse_manifest(bad), Err(Error::Usage { .. })), "{bad:?}");
+        }
+        let unknown = parse_manifest("apiVersion: example.com/v1\nkind: Gadget\nmetadata: {name: g}").unwrap();
+        assert!(targets_from_manifest(&unknown, &[Create], "default", &catalog()).is_err());
+    }
+
+    fn alice() -> Identity {
+        Identity { username: "alice".into(), uid: "uid-alice-1".into(), groups: vec!["developers".into()] }
+    }
+
+    fn prod_secrets() -> StepUpPolicy {
+        policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).max_age("15m").build()
+    }
+
+    fn check(policies: &[StepUpPolicy], grants: &[GrantRecord], t: &Target) -> TargetVerdict {
+        let index = policy_index(policies);
+        let config = decision_config();
+        let me = alice();
+        let evaluation = Evaluation { me: &me, policies: &index, grants, config: &config, now: t0() };
+        let labels = BTreeMap::new();
+        evaluation.evaluate(
+            t,
+            if t.namespace.is_empty() { NamespaceLabels::NotApplicable } else { NamespaceLabels::Known(&labels) },
+        )
+    }
+
+    #[test]
+    fn a_prod_secret_delete_needs_a_grant_and_says_which_command_gets_one() {
+        let v = check(&[prod_secrets()], &[], &target(Delete, "", "secrets", "", "prod", "db"));
+        assert!(!v.allowed);
+        assert_eq!(v.decision, "denied");
+        assert_eq!(
+            v.requirement.as_deref(),
+            Some("policies=prod-secrets methods=TOTP max-age=15m reason-required=false")
+        );
+        assert_eq!(v.policies[0].why.as_deref(), Some("you hold no grant"));
+        let text = CheckReport { user: "alice".into(), allowed: false, results: vec![v] }.text();
+        assert_eq!(
+            text,
+            "delete secrets \"db\" in namespace \"prod\": step-up required\n\
+             \x20 policy prod-secrets (Deny, max age 15m): you hold no grant\n\
+             \x20 Run `kubectl stepup request` first, or prefix the command with `kubectl stepup --`.\n"
+        );
+    }
+
+    #[test]
+    fn a_fresh_grant_satisfies_until_it_is_too_old() {
+        let now = t0();
+        let fresh =
+            grant("alice-1", "alice").uid("uid-alice-1").issued(now - minutes(5)).expires(now + minutes(55)).record();
+        let v = check(&[prod_secrets()], &[fresh], &target(Delete, "", "secrets", "", "prod", "db"));
+        assert!(v.allowed);
+        assert_eq!(v.decision, "granted");
+        assert_eq!(v.policies[0].grant.as_deref(), Some("alice-1"));
+        assert_eq!(v.policies[0].valid_for_seconds, Some(600), "max age, not expiry, ends it first");
+
+        let old =
+            grant("alice-0", "alice").uid("uid-alice-1").issued(now - minutes(20)).expires(now + minutes(40)).record();
+        let v = check(&[prod_secrets()], &[old], &target(Delete, "", "secrets", "", "prod", "db"));
+        assert!(!v.allowed);
+        assert_eq!(
+            v.policies[0].why.as_deref(),
+            Some("your latest grant alice-0 does not count: it was issued 20m ago and the policy accepts at most 15m")
+        );
+    }
+
+    #[test]
+    fn unprotected_exempt_and_warn_only_operations_are_allowed() {
+        let warn = policy("dev-warn")
+            .rule(&[Delete], "", &["secrets"])
+            .namespaces(&["dev"])
+            .enforcement(Enforcement::Warn)
+            .build();
+        let policies = [prod_secrets(), warn];
+        let cases = [
+            (target(Delete, "", "secrets", "", "staging", "db"), "no-policy"),
+            (target(Delete, "", "secrets", "", "kube-system", "db"), "exempt"),
+            (target(Delete, "", "secrets", "", "dev", "db"), "warned"),
+        ];
+        for (t, decision) in cases {
+            let v = check(&policies, &[], &t);
+            assert!(v.allowed, "{t:?}");
+            assert_eq!(v.decision, decision, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn changing_step_up_policies_is_itself_a_step_up_operation() {
+        let t = target(Delete, "stepup.dev", "stepuppolicies", "", "", "prod-secrets");
+        let v = check(&[], &[], &Target { version: "v1alpha1".into(), ..t });
+        assert!(!v.allowed);
+        assert_eq!(v.policies[0].name, policy::builtin::POLICY_CHANGES);
+    }
+
+    #[test]
+    fn check_json_is_stable_for_scripts() {
+        let v = check(&[prod_secrets()], &[], &target(Delete, "", "secrets", "", "prod", "db"));
+        let value =
+            serde_json::to_value(CheckReport { user: "alice".into(), allowed: false, results: vec![v] }).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "user": "alice", "allowed": false,
+                "results": [{
+                    "operation": "DELETE", "group": "", "version": "v1", "resource": "secrets",
+                    "namespace": "prod", "name": "db",
+                    "description": "delete secrets \"db\" in namespace \"prod\"",
+                    "decision": "denied", "allowed": false,
+                    "policies": [{
+                        "name": "prod-secrets", "enforcement": "Deny", "maxAge": "15m", "reasonRequired": false,
+                        "satisfied": false, "why": "you hold no grant"
+                    }],
+                    "requirement": "policies=prod-secrets methods=TOTP max-age=15m reason-required=false",
+                    "command": "kubectl stepup request"
+                }]
+            })
+        );
+    }
+}

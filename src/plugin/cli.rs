@@ -1,0 +1,348 @@
+//! The command line of `kubectl stepup`: what `--help` shows, with examples and exit codes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::api::Duration;
+
+const EXIT_CODES: &str = "\
+Exit codes (stable, for scripts):
+  0  success; for `check`, the operation is allowed
+  1  other error
+  2  usage error
+  3  step-up required, or the code was refused (wrong, reused, rate-limited, expired)
+  4  not enrolled, enrollment waiting for approval or not confirmed yet
+  5  enrollment locked after too many failures: an admin must reset it
+  6  the API server cannot be reached
+  7  kube-stepup is not answering (admission webhook call failed, or the controller did
+     not act in time)
+With `kubectl stepup -- <command>`, the command's own exit code is passed through.";
+
+const EXIT_SUMMARY: &str = "Exit codes: 0 ok, 2 usage, 3 step-up required or code refused, 4 not enrolled, \
+5 locked, 6 API server unreachable, 7 kube-stepup not answering (details: --help).";
+
+const TOP_EXAMPLES: &str = "\
+Examples:
+  # Once: enroll an authenticator app (scan the QR code, type the first code)
+  kubectl stepup enroll
+
+  # Get a grant before a sensitive operation
+  kubectl stepup request --reason INC-42
+
+  # Or let kubectl stepup handle a refusal: prompt for the code, get a grant, retry once
+  kubectl stepup -- kubectl delete secret db -n prod
+
+  # What would a command need?
+  kubectl stepup check delete secret db -n prod";
+
+/// kubectl stepup: step-up authentication for kubectl.
+///
+/// Dangerous operations (as StepUpPolicies define them) need a fresh second factor: a code
+/// from your authenticator app, exchanged for a short-lived StepUpGrant.
+#[derive(Parser, Debug)]
+#[command(
+    name = "kubectl-stepup",
+    bin_name = "kubectl stepup",
+    version,
+    about = "Step-up authentication for kubectl: prove a second factor before dangerous operations",
+    after_help = format!("{TOP_EXAMPLES}\n\n{EXIT_SUMMARY}"),
+    after_long_help = format!("{TOP_EXAMPLES}\n\n{EXIT_CODES}"),
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub wrap: WrapArgs,
+}
+
+/// Which cluster and credentials: the same flags and environment kubectl reads.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ClusterArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true, value_name = "FILE", help_heading = "Global options")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use.
+    #[arg(long, global = true, value_name = "NAME", help_heading = "Global options")]
+    pub context: Option<String>,
+
+    /// Show the underlying error after the one-line explanation.
+    #[arg(short, long, global = true, help_heading = "Global options")]
+    pub verbose: bool,
+}
+
+/// `kubectl stepup [--reason ..] -- <kubectl command>`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct WrapArgs {
+    /// Reason to record if the wrapped command needs a grant (asked for when a policy requires one).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+
+    /// Requested lifetime of a grant obtained for the wrapped command (e.g. 30m).
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// How long to wait for the stepup controller.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub timeout: Duration,
+
+    /// The command to run, after `--`: `kubectl ...` (runs $KUBECTL or the kubectl on PATH).
+    /// If kube-stepup refuses it, you are asked for a code, a grant is obtained and the
+    /// command is retried once. Output and exit code are passed through unchanged.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Enroll an authenticator app (once per user), or move to a new one.
+    #[command(after_help = "\
+Examples:
+  # First enrollment: waits for an admin's approval if your cluster requires it,
+  # shows a QR code for your authenticator app and asks for its first code
+  kubectl stepup enroll
+
+  # Move to a new phone: asks a code from the old authenticator, then enrolls the new one
+  kubectl stepup enroll --reenroll")]
+    Enroll(EnrollArgs),
+
+    /// Verify a code from your authenticator and get a grant.
+    #[command(after_help = "\
+Examples:
+  kubectl stepup request
+  kubectl stepup request --reason INC-42 --duration 30m
+  kubectl stepup request --namespace prod --policy prod-secrets
+  # Automation: the code on standard input, the grant as JSON
+  echo 123456 | kubectl stepup request --code-stdin -o json")]
+    Request(RequestArgs),
+
+    /// Show your enrollment and your grants with their remaining time.
+    #[command(after_help = "\
+Examples:
+  kubectl stepup status
+  kubectl stepup status --all -o json")]
+    Status(StatusArgs),
+
+    /// Revoke (delete) your grants.
+    #[command(after_help = "\
+Examples:
+  # Your only active grant
+  kubectl stepup revoke
+  kubectl stepup revoke alice-7f3c2a
+  kubectl stepup revoke --all")]
+    Revoke(RevokeArgs),
+
+    /// Which policies apply to an operation, and whether a current grant satisfies them.
+    #[command(after_help = "\
+Like `kubectl auth can-i`, for step-up. Exit code 0 when the operation is allowed as far as
+step-up is concerned, 3 when it needs a grant first. Reads never need one.
+
+Verbs: create; update, patch, apply, edit, replace, scale, label, annotate; delete;
+exec, attach, port-forward, proxy (pods/exec, ...). `apply` checks create and update.
+
+Examples:
+  kubectl stepup check delete secret db -n prod
+  kubectl stepup check delete secrets/db -n prod
+  kubectl stepup check exec pod web -n prod
+  kubectl stepup check create clusterrolebindings
+  kubectl stepup check -f deploy.yaml
+  kubectl stepup check delete -f deploy.yaml -o json")]
+    Check(CheckArgs),
+
+    /// Admins: approve a user's first enrollment.
+    #[command(after_help = "\
+Needs membership in stepup's admin group (default stepup:admins). You cannot approve yourself.
+
+Example:
+  kubectl stepup approve alice@example.com")]
+    Approve(AdminArgs),
+
+    /// Admins: reset a user's enrollment (clears a lockout; allows re-enrollment without the old device).
+    #[command(after_help = "\
+Needs membership in stepup's admin group (default stepup:admins). You cannot reset yourself.
+
+Example:
+  kubectl stepup reset alice@example.com")]
+    Reset(AdminArgs),
+
+    /// Print a shell completion script.
+    #[command(after_help = "\
+Examples:
+  source <(kubectl stepup completion bash)
+  kubectl stepup completion zsh > \"${fpath[1]}/_kubectl-stepup\"")]
+    Completion(CompletionArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EnrollArgs {
+    /// Replace an active enrollment (new authenticator); asks for a code from the current one
+    /// unless an admin has reset your enrollment.
+    #[arg(long)]
+    pub reenroll: bool,
+
+    /// How long to wait for the controller, and for an admin's approval.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub timeout: Duration,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RequestArgs {
+    /// Why you step up (ticket, incident); recorded in the grant and the audit trail.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
+
+    /// Requested lifetime of the grant (e.g. 15m, 1h); the controller caps it.
+    #[arg(long, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+
+    /// Limit the grant to these namespaces (repeatable).
+    #[arg(long = "namespace", short = 'n', value_name = "NAMESPACE")]
+    pub namespaces: Vec<String>,
+
+    /// Limit the grant to these policies (repeatable).
+    #[arg(long = "policy", value_name = "POLICY")]
+    pub policies: Vec<String>,
+
+    /// Read the code from standard input instead of asking on the terminal.
+    #[arg(long)]
+    pub code_stdin: bool,
+
+    /// Insist on a reason: ask for one when --reason is missing (and fail without a terminal).
+    #[arg(long)]
+    pub reason_required: bool,
+
+    /// How long to wait for the controller's verdict.
+    #[arg(long, value_name = "DURATION", default_value = "30s")]
+    pub timeout: Duration,
+
+    /// Output format: text for people, json for scripts.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// Also list expired and revoked grants (kept as audit evidence).
+    #[arg(long)]
+    pub all: bool,
+
+    /// Output format: text for people, json for scripts.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RevokeArgs {
+    /// Grants to revoke. Without a name, your only active grant.
+    #[arg(value_name = "GRANT", conflicts_with = "all")]
+    pub grants: Vec<String>,
+
+    /// Revoke all your active grants.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Verb (delete, create, update, patch, apply, exec, ...), then resource and name:
+    /// `delete secret db`, `delete secrets/db`, `create deployments.apps`.
+    #[arg(value_name = "VERB RESOURCE [NAME]", num_args = 0..=3)]
+    pub words: Vec<String>,
+
+    /// Namespace of the object (default: the context's namespace).
+    #[arg(short, long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Objects from a manifest file (`-` for standard input) instead of VERB RESOURCE NAME;
+    /// the verb defaults to `apply`.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub filename: Option<PathBuf>,
+
+    /// Subresource, e.g. `exec` or `status`.
+    #[arg(long, value_name = "NAME")]
+    pub subresource: Option<String>,
+
+    /// Output format: text for people, json for scripts.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    /// The user's name, exactly as the API server authenticates them.
+    #[arg(value_name = "USER")]
+    pub user: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompletionArgs {
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("kubectl-stepup").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn everything_after_the_double_dash_is_the_wrapped_command() {
+        let cli = parse(&["--reason", "INC-1", "--", "kubectl", "delete", "secret", "db", "-n", "prod"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.wrap.command, ["kubectl", "delete", "secret", "db", "-n", "prod"]);
+        assert_eq!(cli.wrap.reason.as_deref(), Some("INC-1"));
+    }
+
+    #[test]
+    fn global_cluster_flags_work_before_and_after_the_subcommand() {
+        let cli = parse(&["--context", "prod", "status", "--kubeconfig", "/k", "-o", "json"]).unwrap();
+        assert_eq!(cli.cluster.context.as_deref(), Some("prod"));
+        assert_eq!(cli.cluster.kubeconfig, Some(PathBuf::from("/k")));
+        let Some(Command::Status(s)) = cli.command else { panic!("status") };
+        assert_eq!(s.output, Output::Json);
+    }
+
+    #[test]
+    fn request_takes_scope_duration_and_reason() {
+        let cli =
+            parse(&["request", "-n", "prod", "-n", "stage", "--policy", "p", "--duration", "30m", "--code-stdin"])
+                .unwrap();
+        let Some(Command::Request(r)) = cli.command else { panic!("request") };
+        assert_eq!(r.namespaces, ["prod", "stage"]);
+        assert_eq!(r.policies, ["p"]);
+        assert_eq!(r.duration.unwrap().to_string(), "30m");
+        assert!(r.code_stdin);
+        assert!(parse(&["request", "--duration", "soon"]).is_err());
+    }
+
+    #[test]
+    fn usage_errors_exit_with_2_and_help_documents_exit_codes() {
+        assert_eq!(parse(&["check", "a", "b", "c", "d"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["revoke", "g", "--all"]).unwrap_err().exit_code(), 2);
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("Exit codes"), "{help}");
+        assert!(help.contains("5  enrollment locked"), "{help}");
+    }
+}

@@ -1,0 +1,112 @@
+//! The connection to the cluster, made like kubectl makes it, and who the API server says we are.
+
+use std::time::Duration;
+
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::{
+    Api, Client, Config, Resource,
+    api::{ListParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use serde::de::DeserializeOwned;
+
+use super::{
+    cli::ClusterArgs,
+    error::{Error, Result},
+};
+use crate::{api, policy::User};
+
+/// The authenticated user, as the API server reports it. The plugin never takes identity from
+/// flags: the webhook binds every challenge and enrollment to this same identity.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub username: String,
+    /// Empty when the authenticator supplies none.
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+impl Identity {
+    pub fn user(&self) -> User<'_> {
+        User { username: &self.username, uid: &self.uid, groups: &self.groups }
+    }
+
+    /// The `stepup.dev/user` label selector of this user's objects.
+    pub fn selector(&self) -> String {
+        format!("{}={}", api::USER_LABEL, api::user_label_value(&self.username))
+    }
+}
+
+/// A client, the server it talks to (for messages) and the context's default namespace.
+pub struct Session {
+    pub client: Client,
+    pub server: String,
+    pub namespace: String,
+}
+
+impl Session {
+    /// Honours `--kubeconfig`, `--context` and `$KUBECONFIG` like kubectl; in a pod without a
+    /// kubeconfig, the in-cluster service account.
+    pub async fn connect(args: &ClusterArgs) -> Result<Self> {
+        let options = KubeConfigOptions { context: args.context.clone(), ..KubeConfigOptions::default() };
+        let kubeconfig_error = |e: kube::config::KubeconfigError| Error::Kubeconfig { detail: e.to_string() };
+        let mut config = match &args.kubeconfig {
+            Some(path) => {
+                let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+                Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(kubeconfig_error)?
+            }
+            None if args.context.is_some() => Config::from_kubeconfig(&options).await.map_err(kubeconfig_error)?,
+            None => Config::infer().await.map_err(|e| Error::Kubeconfig { detail: e.to_string() })?,
+        };
+        // Fail fast on an unreachable server; watches are not used, so reads may stay unbounded.
+        config.connect_timeout = Some(Duration::from_secs(10));
+        let server = config.cluster_url.to_string().trim_end_matches('/').to_owned();
+        let namespace = config.default_namespace.clone();
+        let client = Client::try_from(config).map_err(|e| Error::from_kube(e, "connect", &server))?;
+        Ok(Self { client, server, namespace })
+    }
+
+    pub fn kube_error(&self, action: &str) -> impl Fn(kube::Error) -> Error + '_ {
+        let action = action.to_owned();
+        move |e| Error::from_kube(e, &action, &self.server)
+    }
+
+    pub fn all<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::ClusterResourceScope> + DeserializeOwned + Clone + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        Api::all(self.client.clone())
+    }
+
+    /// Asks the API server who we are (SelfSubjectReview, Kubernetes 1.28+).
+    pub async fn whoami(&self) -> Result<Identity> {
+        let api: Api<SelfSubjectReview> = Api::all(self.client.clone());
+        let review = api
+            .create(&PostParams::default(), &SelfSubjectReview::default())
+            .await
+            .map_err(self.kube_error("find out who you are"))?;
+        let info = review.status.and_then(|s| s.user_info).unwrap_or_default();
+        let username = info.username.filter(|u| !u.is_empty()).ok_or_else(|| {
+            Error::other(
+                "the API server did not say who you are",
+                "Check that your credentials authenticate you (anonymous requests cannot step up).",
+            )
+        })?;
+        Ok(Identity { username, uid: info.uid.unwrap_or_default(), groups: info.groups.unwrap_or_default() })
+    }
+
+    /// `kind` objects labelled as belonging to `who`.
+    pub async fn list_mine<K>(&self, who: &Identity, what: &str) -> Result<Vec<K>>
+    where
+        K: Resource<Scope = k8s_openapi::ClusterResourceScope> + DeserializeOwned + Clone + std::fmt::Debug,
+        K::DynamicType: Default,
+    {
+        let api: Api<K> = self.all();
+        let list = api
+            .list(&ListParams::default().labels(&who.selector()))
+            .await
+            .map_err(self.kube_error(&format!("list your {what}")))?;
+        Ok(list.items)
+    }
+}

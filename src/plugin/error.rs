@@ -1,0 +1,286 @@
+//! Every way the plugin can fail, as one sentence, a hint and a stable exit code.
+
+use std::fmt;
+
+/// Exit codes scripts can rely on; `--help` lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Error = 1,
+    Usage = 2,
+    /// Step-up required, or the code was refused.
+    StepUp = 3,
+    /// Not enrolled, waiting for approval, or not confirmed.
+    NotEnrolled = 4,
+    Locked = 5,
+    Unreachable = 6,
+    /// The webhook or the controller is not answering.
+    Unavailable = 7,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(exit: Exit) -> Self {
+        std::process::ExitCode::from(exit as u8)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{message}")]
+    Usage { message: String, hint: String },
+    #[error("you are not enrolled for step-up authentication")]
+    NotEnrolled,
+    #[error("your enrollment is waiting for an admin's approval{}", suffix(.message))]
+    PendingApproval { user: String, message: Option<String> },
+    #[error("your enrollment is not confirmed yet")]
+    Unconfirmed,
+    #[error("your step-up enrollment is locked after too many failed codes")]
+    Locked { user: String },
+    #[error("the code was not accepted: {message}")]
+    CodeRefused { message: String },
+    #[error("the challenge expired before the controller verified it")]
+    ChallengeExpired,
+    #[error("the API server at {server} cannot be reached")]
+    Unreachable { server: String, detail: String },
+    #[error("an admission webhook call failed, so the API server refused to {action}")]
+    WebhookDown { action: String, detail: String },
+    #[error("the stepup controller did not {what} within {after}")]
+    ControllerTimeout { what: String, after: crate::api::Duration },
+    #[error("kube-stepup is not installed in this cluster (no stepup.dev API)")]
+    NotInstalled,
+    #[error("kube-stepup refused to {action}: {message}")]
+    Refused { action: String, message: String },
+    #[error("you are not allowed to {action}")]
+    Forbidden { action: String, detail: String },
+    #[error("the API server did not accept your credentials")]
+    Unauthorized { detail: String },
+    #[error("cannot load the kubeconfig: {detail}")]
+    Kubeconfig { detail: String },
+    #[error("the API server refused to {action}: {message}")]
+    Api { action: String, message: String },
+    #[error("{message}")]
+    Other { message: String, hint: String },
+}
+
+fn suffix(message: &Option<String>) -> String {
+    message.as_deref().map(|m| format!(" ({})", m.trim_end_matches('.'))).unwrap_or_default()
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn usage(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::Usage { message: message.into(), hint: hint.into() }
+    }
+
+    pub fn other(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Error::Other { message: message.into(), hint: hint.into() }
+    }
+
+    pub fn exit(&self) -> Exit {
+        match self {
+            Error::Usage { .. } => Exit::Usage,
+            Error::CodeRefused { .. } | Error::ChallengeExpired => Exit::StepUp,
+            Error::NotEnrolled | Error::PendingApproval { .. } | Error::Unconfirmed => Exit::NotEnrolled,
+            Error::Locked { .. } => Exit::Locked,
+            Error::Unreachable { .. } => Exit::Unreachable,
+            Error::WebhookDown { .. } | Error::ControllerTimeout { .. } => Exit::Unavailable,
+            _ => Exit::Error,
+        }
+    }
+
+    /// What to do about it, in one line.
+    pub fn hint(&self) -> String {
+        match self {
+            Error::Usage { hint, .. } | Error::Other { hint, .. } => hint.clone(),
+            Error::NotEnrolled => "Run `kubectl stepup enroll` once to set up your authenticator app.".into(),
+            Error::PendingApproval { user, .. } => format!(
+                "Ask a stepup admin to run `kubectl stepup approve {user}`, then run `kubectl stepup enroll` again."
+            ),
+            Error::Unconfirmed => "Run `kubectl stepup enroll` to finish enrolling.".into(),
+            Error::Locked { user } => format!(
+                "Ask a stepup admin to run `kubectl stepup reset {user}`, then retry (lost device: `kubectl stepup enroll --reenroll`)."
+            ),
+            Error::CodeRefused { .. } => {
+                "Wait for the next code in your authenticator app (a code works once) and try again.".into()
+            }
+            Error::ChallengeExpired => "Run the command again with a fresh code.".into(),
+            Error::Unreachable { .. } => {
+                "Check your network, VPN and kubeconfig context (`kubectl cluster-info` shows the same problem).".into()
+            }
+            Error::WebhookDown { .. } => {
+                "The stepup webhook is down or unreachable from the API server; ask your platform team (kubectl -n stepup-system get pods).".into()
+            }
+            Error::ControllerTimeout { .. } => {
+                "Is the stepup controller running? Ask your platform team (kubectl -n stepup-system get pods).".into()
+            }
+            Error::NotInstalled => "Check the kubeconfig context, or ask your platform team to install kube-stepup.".into(),
+            Error::Refused { .. } => "The sentence above says why; `kubectl stepup status` shows your enrollment and grants.".into(),
+            Error::Forbidden { .. } => {
+                "Your RBAC role lacks this permission; ask your platform team (users need the stepup user role).".into()
+            }
+            Error::Unauthorized { .. } => "Log in again or refresh your kubeconfig credentials.".into(),
+            Error::Kubeconfig { .. } => "Check --kubeconfig, --context and $KUBECONFIG (`kubectl config view`).".into(),
+            Error::Api { .. } => "Retry; run with -v for the API server's full answer.".into(),
+        }
+    }
+
+    /// The underlying error, shown with `--verbose`.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Error::Unreachable { detail, .. }
+            | Error::WebhookDown { detail, .. }
+            | Error::Forbidden { detail, .. }
+            | Error::Unauthorized { detail } => Some(detail),
+            _ => None,
+        }
+    }
+
+    /// Classifies a Kubernetes client error. `action` completes "to ..." ("create the challenge").
+    pub fn from_kube(err: kube::Error, action: &str, server: &str) -> Self {
+        match err {
+            kube::Error::Api(status) => Self::from_status(&status, action),
+            kube::Error::HyperError(e) => Error::Unreachable { server: server.to_owned(), detail: chain(&e) },
+            kube::Error::Service(e) => Error::Unreachable { server: server.to_owned(), detail: chain(e.as_ref()) },
+            kube::Error::RustlsTls(e) => Error::Unreachable { server: server.to_owned(), detail: chain(&e) },
+            kube::Error::Auth(e) => Error::Unauthorized { detail: chain(&e) },
+            kube::Error::InferConfig(e) => Error::Kubeconfig { detail: chain(&e) },
+            kube::Error::InferKubeconfig(e) => Error::Kubeconfig { detail: chain(&e) },
+            other => Error::Api { action: action.to_owned(), message: chain(&other) },
+        }
+    }
+
+    pub fn from_status(status: &kube::core::Status, action: &str) -> Self {
+        let message = status.message.clone();
+        let action = action.to_owned();
+        if message.contains("failed calling webhook") {
+            return Error::WebhookDown { action, detail: message };
+        }
+        match status.code {
+            401 => Error::Unauthorized { detail: message },
+            403 if message.contains("denied the request") => {
+                Error::Refused { action, message: webhook_sentence(&message) }
+            }
+            403 => Error::Forbidden { action, detail: message },
+            404 if status.details.as_ref().is_none_or(|d| d.name.is_empty()) => Error::NotInstalled,
+            _ => Error::Api { action, message },
+        }
+    }
+}
+
+/// `admission webhook "validate.stepup.dev" denied the request: kube-stepup: X` → `X`.
+fn webhook_sentence(message: &str) -> String {
+    let rest = message.split_once("denied the request: ").map_or(message, |(_, r)| r);
+    rest.strip_prefix("kube-stepup: ").unwrap_or(rest).trim_end_matches('.').to_owned()
+}
+
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
+/// How an error is shown: `error: <sentence>.` then `hint: <hint>`, never a stack.
+pub struct Report<'a> {
+    pub error: &'a Error,
+    pub verbose: bool,
+}
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sentence = self.error.to_string();
+        let sentence = sentence.trim_end_matches('.');
+        writeln!(f, "error: {sentence}.")?;
+        let hint = self.error.hint();
+        if !hint.is_empty() {
+            writeln!(f, "hint: {hint}")?;
+        }
+        if self.verbose
+            && let Some(detail) = self.error.detail()
+        {
+            writeln!(f, "detail: {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::{Status, response::StatusDetails};
+
+    use super::*;
+
+    fn status(code: u16, message: &str) -> Status {
+        Status { code, message: message.to_owned(), ..Status::default() }
+    }
+
+    #[test]
+    fn each_failure_has_its_exit_code() {
+        let cases = [
+            (Error::usage("x", "y"), Exit::Usage),
+            (Error::CodeRefused { message: "wrong".into() }, Exit::StepUp),
+            (Error::NotEnrolled, Exit::NotEnrolled),
+            (Error::PendingApproval { user: "alice".into(), message: None }, Exit::NotEnrolled),
+            (Error::Locked { user: "alice".into() }, Exit::Locked),
+            (Error::Unreachable { server: "https://x".into(), detail: String::new() }, Exit::Unreachable),
+            (Error::WebhookDown { action: "x".into(), detail: String::new() }, Exit::Unavailable),
+            (
+                Error::ControllerTimeout { what: "x".into(), after: crate::api::Duration::from_secs(30) },
+                Exit::Unavailable,
+            ),
+            (Error::NotInstalled, Exit::Error),
+        ];
+        for (error, exit) in cases {
+            assert_eq!(error.exit(), exit, "{error}");
+        }
+    }
+
+    #[test]
+    fn reports_are_one_sentence_and_a_hint() {
+        let error = Error::Locked { user: "alice".into() };
+        let text = Report { error: &error, verbose: true }.to_string();
+        assert_eq!(
+            text,
+            "error: your step-up enrollment is locked after too many failed codes.\n\
+             hint: Ask a stepup admin to run `kubectl stepup reset alice`, then retry (lost device: `kubectl stepup enroll --reenroll`).\n"
+        );
+        let error = Error::Unreachable { server: "https://127.0.0.1:1".into(), detail: "connection refused".into() };
+        assert!(!Report { error: &error, verbose: false }.to_string().contains("refused"));
+        assert!(Report { error: &error, verbose: true }.to_string().contains("detail: connection refused"));
+    }
+
+    #[test]
+    fn api_server_answers_are_classified() {
+        let down = status(
+            500,
+            "Internal error occurred: failed calling webhook \"validate.stepup.dev\": failed to call webhook: connection refused",
+        );
+        assert!(matches!(Error::from_status(&down, "create the challenge"), Error::WebhookDown { .. }));
+
+        let refused = status(
+            403,
+            "admission webhook \"validate.stepup.dev\" denied the request: kube-stepup: you may only revoke your own grants.",
+        );
+        match Error::from_status(&refused, "revoke grant g") {
+            Error::Refused { message, .. } => assert_eq!(message, "you may only revoke your own grants"),
+            other => panic!("{other:?}"),
+        }
+        let rbac = status(403, "stepupgrants.stepup.dev is forbidden: User \"bob\" cannot list resource");
+        assert!(matches!(Error::from_status(&rbac, "list grants"), Error::Forbidden { .. }));
+        assert!(matches!(Error::from_status(&status(404, "the server could not find"), "x"), Error::NotInstalled));
+        let named = Status {
+            details: Some(serde_json::from_value::<StatusDetails>(serde_json::json!({"name": "g"})).unwrap()),
+            ..status(404, "not found")
+        };
+        assert!(matches!(Error::from_status(&named, "x"), Error::Api { .. }));
+        assert!(matches!(Error::from_status(&status(401, "Unauthorized"), "x"), Error::Unauthorized { .. }));
+    }
+}

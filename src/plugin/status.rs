@@ -1,0 +1,288 @@
+//! `kubectl stepup status` and `kubectl stepup revoke`: the user's enrollment and grants.
+
+use jiff::{Timestamp, tz::TimeZone};
+use kube::{Api, api::DeleteParams};
+use serde::Serialize;
+
+use super::{
+    cli::{Output, RevokeArgs, StatusArgs},
+    cluster::{Identity, Session},
+    error::{Error, Result},
+    format::{self, GrantView},
+};
+use crate::api::{self, EnrollmentPhase, StepUpEnrollment, StepUpGrant};
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrollmentView {
+    pub name: String,
+    pub method: String,
+    /// `PendingApproval`, `AwaitingConfirmation`, `Active`, `Locked`, or `Unknown` before the
+    /// controller has seen it.
+    pub phase: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub consecutive_failures: i32,
+}
+
+impl EnrollmentView {
+    pub fn new(e: &StepUpEnrollment) -> Self {
+        let status = e.status.clone().unwrap_or_default();
+        Self {
+            name: e.metadata.name.clone().unwrap_or_default(),
+            method: e.spec.method.to_string(),
+            phase: status.phase.map_or_else(|| "Unknown".to_owned(), phase_name),
+            message: status.message,
+            consecutive_failures: status.consecutive_failures,
+        }
+    }
+}
+
+/// What `status -o json` prints.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusView {
+    pub user: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub uid: String,
+    pub groups: Vec<String>,
+    /// `null` when not enrolled.
+    pub enrollment: Option<EnrollmentView>,
+    pub grants: Vec<GrantView>,
+}
+
+impl StatusView {
+    /// Newest grants first; only active ones unless `all`.
+    pub fn new(
+        me: &Identity,
+        enrollment: Option<&StepUpEnrollment>,
+        grants: &[StepUpGrant],
+        all: bool,
+        now: Timestamp,
+    ) -> Self {
+        let mut views: Vec<GrantView> =
+            grants.iter().map(|g| GrantView::new(g, now)).filter(|g| all || g.is_active()).collect();
+        views.sort_by(|a, b| b.issued_at.cmp(&a.issued_at).then_with(|| a.name.cmp(&b.name)));
+        Self {
+            user: me.username.clone(),
+            uid: me.uid.clone(),
+            groups: me.groups.clone(),
+            enrollment: enrollment.map(EnrollmentView::new),
+            grants: views,
+        }
+    }
+
+    pub fn text(&self, now: Timestamp, tz: &TimeZone) -> String {
+        let mut out = format!("User:        {}\n", self.user);
+        let enrollment = match &self.enrollment {
+            None => "not enrolled (run `kubectl stepup enroll`)".to_owned(),
+            Some(e) => {
+                let advice = match e.phase.as_str() {
+                    "PendingApproval" => format!(" (waiting for an admin: `kubectl stepup approve {}`)", self.user),
+                    "AwaitingConfirmation" => " (run `kubectl stepup enroll` to finish)".to_owned(),
+                    "Locked" => format!(" (an admin must run `kubectl stepup reset {}`)", self.user),
+                    _ => String::new(),
+                };
+                let failures = if e.consecutive_failures > 0 {
+                    format!(", {} failed attempt(s) since the last success", e.consecutive_failures)
+                } else {
+                    String::new()
+                };
+                format!("{} {}{advice}{failures}", e.method, e.phase)
+            }
+        };
+        out.push_str(&format!("Enrollment:  {enrollment}\n"));
+        if self.grants.is_empty() {
+            out.push_str("Grants:      none active (get one with `kubectl stepup request`)\n");
+            return out;
+        }
+        out.push('\n');
+        let rows: Vec<Vec<String>> = self
+            .grants
+            .iter()
+            .map(|g| {
+                vec![
+                    g.name.clone(),
+                    g.state.to_owned(),
+                    format::local_time(g.expires_at, now, tz),
+                    if g.is_active() { format::remaining(g.expires_at.duration_since(now)) } else { "-".into() },
+                    g.reason.clone().unwrap_or_else(|| "-".into()),
+                    g.scope_text(),
+                ]
+            })
+            .collect();
+        out.push_str(&format::table(&["GRANT", "STATE", "EXPIRES", "REMAINING", "REASON", "SCOPE"], &rows));
+        out
+    }
+}
+
+pub async fn status(session: &Session, args: &StatusArgs) -> Result<()> {
+    let me = session.whoami().await?;
+    let enrollments: Api<StepUpEnrollment> = session.all();
+    let enrollment = enrollments
+        .get_opt(&api::enrollment_name(&me.username))
+        .await
+        .map_err(session.kube_error("read your enrollment"))?;
+    let grants: Vec<StepUpGrant> = session.list_mine(&me, "grants").await?;
+    let now = Timestamp::now();
+    let view = StatusView::new(&me, enrollment.as_ref(), &grants, args.all, now);
+    match args.output {
+        Output::Json => out!("{}", format::json(&view)),
+        Output::Text => out!("{}", view.text(now, &TimeZone::system())),
+    }
+    Ok(())
+}
+
+/// Which grants `revoke` deletes: the named ones, all active ones, or the only active one.
+pub fn to_revoke(args: &RevokeArgs, mine: &[GrantView]) -> Result<Vec<String>> {
+    if !args.grants.is_empty() {
+        return Ok(args.grants.clone());
+    }
+    let active: Vec<String> = mine.iter().filter(|g| g.is_active()).map(|g| g.name.clone()).collect();
+    match active.len() {
+        0 => Ok(Vec::new()),
+        1 => Ok(active),
+        _ if args.all => Ok(active),
+        _ => Err(Error::usage(
+            format!("you hold {} active grants ({})", active.len(), active.join(", ")),
+            "Name the grant to revoke, or pass --all.",
+        )),
+    }
+}
+
+pub async fn revoke(session: &Session, args: &RevokeArgs) -> Result<()> {
+    let me = session.whoami().await?;
+    let grants: Vec<StepUpGrant> = session.list_mine(&me, "grants").await?;
+    let now = Timestamp::now();
+    let views: Vec<GrantView> = grants.iter().map(|g| GrantView::new(g, now)).collect();
+    let names = to_revoke(args, &views)?;
+    if names.is_empty() {
+        outln!("You hold no active grant; nothing to revoke.");
+        return Ok(());
+    }
+    let api: Api<StepUpGrant> = session.all();
+    for name in names {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => outln!("Revoked {name}."),
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(Error::usage(
+                    format!("there is no grant named {name}"),
+                    "`kubectl stepup status` lists your grants.",
+                ));
+            }
+            Err(e) => return Err(Error::from_kube(e, &format!("revoke {name}"), &session.server)),
+        }
+    }
+    Ok(())
+}
+
+/// The phase as the API spells it (`PendingApproval`, ...).
+pub fn phase_name(phase: EnrollmentPhase) -> String {
+    serde_json::to_value(phase).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::{StepUpEnrollmentSpec, StepUpEnrollmentStatus},
+        testing::{grant, minutes, t0},
+    };
+
+    fn alice() -> Identity {
+        Identity { username: "alice".into(), uid: "uid-alice-1".into(), groups: vec!["developers".into()] }
+    }
+
+    fn enrollment(phase: EnrollmentPhase, failures: i32) -> StepUpEnrollment {
+        let mut e = StepUpEnrollment::new(
+            &api::enrollment_name("alice"),
+            StepUpEnrollmentSpec {
+                user: "alice".into(),
+                method: crate::api::Method::Totp,
+                public_key: String::new(),
+                confirmation: None,
+            },
+        );
+        e.status =
+            Some(StepUpEnrollmentStatus { phase: Some(phase), consecutive_failures: failures, ..Default::default() });
+        e
+    }
+
+    #[test]
+    fn status_lists_active_grants_newest_first() {
+        let now = t0();
+        let grants = [
+            grant("old", "alice").issued(now - minutes(20)).expires(now + minutes(10)).build(),
+            grant("new", "alice").issued(now - minutes(1)).expires(now + minutes(29)).reason("INC-42").build(),
+            grant("gone", "alice").issued(now - minutes(90)).expires(now - minutes(30)).build(),
+        ];
+        let view = StatusView::new(&alice(), Some(&enrollment(EnrollmentPhase::Active, 0)), &grants, false, now);
+        let names: Vec<&str> = view.grants.iter().map(|g| g.name.as_str()).collect();
+        assert_eq!(names, ["new", "old"]);
+        let text = view.text(now, &TimeZone::UTC);
+        assert!(text.contains("Enrollment:  TOTP Active\n"), "{text}");
+        assert!(
+            text.contains("new     Active   12:29:00 UTC   29m         INC-42   all policies and namespaces"),
+            "{text}"
+        );
+
+        let all = StatusView::new(&alice(), None, &grants, true, now);
+        assert_eq!(all.grants.len(), 3);
+        assert!(all.text(now, &TimeZone::UTC).contains("not enrolled (run `kubectl stepup enroll`)"));
+    }
+
+    #[test]
+    fn status_explains_what_blocks_the_user() {
+        let now = t0();
+        for (phase, failures, expected) in [
+            (
+                EnrollmentPhase::PendingApproval,
+                0,
+                "TOTP PendingApproval (waiting for an admin: `kubectl stepup approve alice`)",
+            ),
+            (
+                EnrollmentPhase::Locked,
+                10,
+                "TOTP Locked (an admin must run `kubectl stepup reset alice`), 10 failed attempt(s)",
+            ),
+        ] {
+            let text = StatusView::new(&alice(), Some(&enrollment(phase, failures)), &[], false, now)
+                .text(now, &TimeZone::UTC);
+            assert!(text.contains(expected), "{text}");
+            assert!(text.contains("none active"), "{text}");
+        }
+    }
+
+    #[test]
+    fn status_json_is_stable_for_scripts() {
+        let now = t0();
+        let grants = [grant("g", "alice").issued(now).expires(now + minutes(15)).build()];
+        let view = StatusView::new(&alice(), Some(&enrollment(EnrollmentPhase::Active, 0)), &grants, false, now);
+        let value = serde_json::to_value(&view).unwrap();
+        assert_eq!(value["user"], "alice");
+        assert_eq!(value["uid"], "uid-alice-1");
+        assert_eq!(value["enrollment"]["phase"], "Active");
+        assert_eq!(value["enrollment"]["consecutiveFailures"], 0);
+        assert_eq!(value["grants"][0]["expiresInSeconds"], 900);
+        let not_enrolled = serde_json::to_value(StatusView::new(&alice(), None, &[], false, now)).unwrap();
+        assert_eq!(not_enrolled["enrollment"], serde_json::Value::Null);
+        assert_eq!(phase_name(EnrollmentPhase::AwaitingConfirmation), "AwaitingConfirmation");
+    }
+
+    #[test]
+    fn revoke_picks_the_only_active_grant_or_asks() {
+        let now = t0();
+        let view = |name: &str, expires: i64| {
+            GrantView::new(&grant(name, "alice").issued(now - minutes(1)).expires(now + minutes(expires)).build(), now)
+        };
+        let args =
+            |grants: &[&str], all: bool| RevokeArgs { grants: grants.iter().map(|g| g.to_string()).collect(), all };
+        let one = [view("a", 10), view("old", -1)];
+        assert_eq!(to_revoke(&args(&[], false), &one).unwrap(), ["a"]);
+        let two = [view("a", 10), view("b", 10)];
+        assert!(matches!(to_revoke(&args(&[], false), &two), Err(Error::Usage { .. })));
+        assert_eq!(to_revoke(&args(&[], true), &two).unwrap(), ["a", "b"]);
+        assert_eq!(to_revoke(&args(&["b"], false), &two).unwrap(), ["b"]);
+        assert!(to_revoke(&args(&[], false), &[]).unwrap().is_empty());
+    }
+}
