@@ -11,6 +11,8 @@ pub mod audit;
 pub mod config;
 pub mod controller;
 pub mod decision;
+pub mod error;
+pub mod evidence;
 pub mod grant;
 pub mod metrics;
 pub mod pki;

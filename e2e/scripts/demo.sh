@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The local demo: a real control plane, stepup running against it, the example policies
-# applied, and a production secret to try them on.
+# The local demo: a real control plane, stepup's webhook and controller running against it,
+# the example policies applied, and a production secret to try them on.
 #
 # Usage: demo.sh up|down
 set -euo pipefail
@@ -21,24 +21,40 @@ cmd_up() {
 	"${kc[@]}" apply -f "$REPO/manifests/examples/" >/dev/null
 	"${kc[@]}" -n prod create secret generic db --from-literal=password=hunter2 --dry-run=client -o yaml |
 		"${kc[@]}" apply -f - >/dev/null
-	local bin_dirs
-	bin_dirs="$(dirname "$KUBECTL"):$(dirname "$KUBECTL_STEPUP_BIN")"
+	local bin_dirs bin_dirs_first
+	bin_dirs_first=$(dirname "$KUBECTL_STEPUP_BIN")
+	bin_dirs="$(dirname "$KUBECTL"):$bin_dirs_first"
 	cat <<-EOF
 
-		kube-stepup demo is up: kube-apiserver at $KUBE_APISERVER_URL, the stepup webhook at
-		$STEPUP_WEBHOOK_URL, and the example policies from manifests/examples/ applied.
+		kube-stepup demo is up: kube-apiserver at $KUBE_APISERVER_URL, the stepup webhook and
+		controller running against it, the example policies from manifests/examples/ applied.
 
-		Act as alice (group developers):
+		Act as alice (group developers) in this shell:
 
 		  export PATH="$bin_dirs:\$PATH" KUBECONFIG=$KUBECONFIG_ALICE
 		  kubectl get stepuppolicies
-		  kubectl -n prod delete secret db      # refused: names the policy and what to run
-		  kubectl -n dev create secret generic scratch --from-literal=a=b
-		  kubectl -n dev delete secret scratch  # allowed: no policy covers dev
+		  kubectl -n prod delete secret db        # refused: names the policy and what to run
 
-		Other identities: KUBECONFIG=$env_dir/kubeconfig/{bob,carol,admin}.yaml
-		(carol is in the break-glass group). Webhook logs: e2e/scripts/stepup.sh logs
+		Enroll an authenticator app once (scan the QR code with any TOTP app; without a phone,
+		'oathtool --totp -b <secret>' computes the codes from the secret= of the otpauth URI):
+
+		  kubectl stepup enroll                    # waits for an admin's approval...
+		  # ...which the admin gives from a second shell:
+		  KUBECONFIG=$KUBECONFIG_ADMIN $bin_dirs_first/kubectl-stepup approve alice
+
+		Then step up and retry, or let the plugin do both:
+
+		  kubectl stepup request --reason DEMO-1
+		  kubectl -n prod delete secret db
+		  kubectl stepup -- kubectl -n prod delete secret db   # prompts, gets a grant, retries once
+		  kubectl stepup status
+		  kubectl get stepupgrants
+
+		The evidence: kubectl --kubeconfig $KUBECONFIG_ADMIN get events -n stepup-system
+		Audit lines: e2e/scripts/stepup.sh logs webhook | grep stepup::audit
 		Metrics: curl $STEPUP_WEBHOOK_ADMIN_URL/metrics
+		Other identities: $env_dir/kubeconfig/{bob,carol,admin}.yaml (carol is in the
+		break-glass group, admin may approve and reset enrollments).
 
 		Stop it with: make demo-down
 	EOF

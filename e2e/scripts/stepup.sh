@@ -5,7 +5,8 @@
 # certificate) and `stepup webhook`.
 #
 # Usage: stepup.sh up|down|status|logs [webhook|controller] [lines]
-#        stepup.sh controller-start|controller-stop   (the e2e crash and leader tests use these)
+#        stepup.sh controller-start|controller-stop|webhook-start|webhook-stop
+#                 (the e2e crash, leader and outage scenarios use these)
 #
 # Environment (defaults in brackets):
 #   STEPUP_PROFILE [debug]   cargo profile of the stepup binary (release for benchmarks)
@@ -256,6 +257,8 @@ main() {
 	logs) load_cluster_env && tail -n "${3:-100}" "$LOGS/stepup-${2:-webhook}.log" ;;
 	controller-start) load_cluster_env && start_controller ;;
 	controller-stop) load_cluster_env && stop_process stepup-controller ;;
+	webhook-start) load_cluster_env && start_webhook ;;
+	webhook-stop) load_cluster_env && stop_process stepup-webhook ;;
 	webhook-restart) load_cluster_env && start_webhook ;;
 	cert-sync) load_cluster_env && cert_sync_loop ;;
 	*) die "usage: $0 up|down|status|logs [webhook|controller] [lines]|controller-start|controller-stop" ;;

@@ -273,14 +273,15 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    /// The code for the current step, waiting for a step not handed out before.
+    /// A code for a step not handed out before: the current step, or the next one (the
+    /// verifier accepts one step of skew either way), waiting only when both are used up.
     pub async fn code(&mut self) -> String {
         loop {
-            let now = Timestamp::now();
-            let step = totp::step_of(now);
-            if self.last_step.is_none_or(|last| step > last) {
+            let current = totp::step_of(Timestamp::now());
+            let step = self.last_step.map_or(current, |last| current.max(last + 1));
+            if step <= current + 1 {
                 self.last_step = Some(step);
-                return totp::code_at(&self.seed, now);
+                return totp::code_at(&self.seed, Timestamp::from_second((step * totp::STEP_SECONDS) as i64).unwrap());
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

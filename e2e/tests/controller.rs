@@ -57,6 +57,28 @@ async fn alice_enrolls_steps_up_and_the_refused_delete_passes_with_evidence() {
     assert_eq!(grant.spec.challenge_ref.as_ref().unwrap().uid, challenge.metadata.uid.clone().unwrap());
 
     delete_secret_as(&world, "alice", "db").await.expect("the grant lets the delete through");
+    // The reason reaches the API server's audit log with the decision, policy and grant.
+    let annotations = eventually(Duration::from_secs(10), || async {
+        world
+            .env
+            .audit_events()
+            .into_iter()
+            .rev()
+            .find(|e| {
+                e["verb"] == "delete"
+                    && e["user"]["username"] == "alice"
+                    && e["objectRef"]["name"] == "db"
+                    && e["stage"] == "ResponseComplete"
+                    && e["annotations"]["validate.stepup.dev/decision"] == "granted"
+            })
+            .map(|e| e["annotations"].clone())
+            .ok_or_else(|| anyhow::anyhow!("no audit event yet"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(annotations["validate.stepup.dev/grant"], grant_name.as_str(), "{annotations}");
+    assert_eq!(annotations["validate.stepup.dev/reason"], "INC-42", "{annotations}");
+    assert_eq!(annotations["validate.stepup.dev/policy"], "prod-secrets", "{annotations}");
 
     // Evidence: an Event and an audit line naming alice, the reason and the method.
     let issued = eventually(Duration::from_secs(10), || async {

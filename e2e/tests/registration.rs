@@ -163,3 +163,48 @@ async fn certificates_rotate_while_requests_flow_without_a_failed_request() {
     let reviewed = world.env.metric_sum("stepup_admission_reviews_total").await - reviews_before;
     assert!(reviewed >= ok as f64 / 2.0, "they went through the webhook ({reviewed} reviews)");
 }
+
+#[tokio::test]
+async fn a_down_webhook_fails_closed_but_cannot_lock_out_the_cluster_or_stepup() {
+    let world = World::new().await;
+    world
+        .apply_policies(&[policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build()])
+        .await;
+    world.secret("prod", "db").await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stepup.sh");
+    let run = |arg: &str| {
+        let out = std::process::Command::new(script).arg(arg).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    run("webhook-stop");
+    let outcome = async {
+        // Protected operations fail closed...
+        let alice: Api<Secret> = Api::namespaced(world.env.client("alice").await, "prod");
+        let err = alice.delete("db", &DeleteParams::default()).await.expect_err("fails closed");
+        let message = format!("{err}");
+        assert!(message.contains("failed calling webhook"), "{message}");
+        // ...while kube-system, stepup's own namespace and leases carry on.
+        for ns in ["kube-system", "stepup-system"] {
+            let admin: Api<ConfigMap> = Api::namespaced(world.admin.clone(), ns);
+            let cm: ConfigMap =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": "outage-probe"}})).unwrap();
+            let _ = admin.delete("outage-probe", &DeleteParams::default()).await;
+            admin.create(&PostParams::default(), &cm).await.unwrap_or_else(|e| panic!("{ns} is locked out: {e}"));
+            admin.delete("outage-probe", &DeleteParams::default()).await.unwrap();
+        }
+        let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+            Api::namespaced(world.controller.clone(), "stepup-system");
+        leases.get("stepup-controller").await.expect("the controller's lease is readable and renewable");
+        // Writes no policy routes to the webhook are untouched.
+        let alice_dev: Api<ConfigMap> = Api::namespaced(world.env.client("alice").await, "dev");
+        let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": "outage-dev"}})).unwrap();
+        let _ = alice_dev.delete("outage-dev", &DeleteParams::default()).await;
+        alice_dev.create(&PostParams::default(), &cm).await.expect("unrouted write");
+        alice_dev.delete("outage-dev", &DeleteParams::default()).await.expect("unrouted delete");
+    };
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(outcome)).await;
+    run("webhook-start");
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}

@@ -350,3 +350,51 @@ async fn every_example_policy_is_accepted_by_the_api_server_and_the_webhook() {
     let files = std::fs::read_dir(dir).unwrap().count();
     assert!(stdout.lines().count() >= files, "every example was applied: {stdout}");
 }
+
+#[tokio::test]
+async fn granting_impersonation_is_a_step_up_operation_and_impersonators_borrow_grants() {
+    let world = World::new().await;
+    let rbac: StepUpPolicy = serde_yaml_policy(include_str!("../../manifests/examples/rbac-changes.yaml"));
+    world.apply_policies(&[rbac, prod_secrets()]).await;
+    // Handing out the impersonate verb is an RBAC change: refused without a reasoned grant.
+    let role = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "e2e-impersonator"},
+        "rules": [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"]}]
+    });
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(world.admin.clone());
+    let _ = roles.delete("e2e-impersonator", &DeleteParams::default()).await;
+    let status = refusal(roles.create(&PostParams::default(), &serde_json::from_value(role.clone()).unwrap()).await);
+    assert!(
+        status.message.contains("policy \"rbac-changes\"") && status.message.contains("reason-required=true"),
+        "{}",
+        status.message
+    );
+
+    // Admission sees the impersonated user: an admin impersonating alice uses alice's grant.
+    world.secret("prod", "db").await;
+    let alice_grant =
+        grant_for("alice-now", "alice", SignedDuration::ZERO, SignedDuration::from_hours(1)).uid("uid-alice-1").build();
+    world.issue_grant(&alice_grant).await.unwrap();
+    let out = world.env.kubectl(
+        "admin",
+        &[
+            "--as",
+            "alice",
+            "--as-uid",
+            "uid-alice-1",
+            "--as-group",
+            "developers",
+            "-n",
+            "prod",
+            "delete",
+            "secret",
+            "db",
+        ],
+    );
+    assert!(out.status.success(), "the impersonator borrowed alice's grant: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn serde_yaml_policy(text: &str) -> StepUpPolicy {
+    serde_yaml::from_str(text).expect("example policy parses")
+}

@@ -14,21 +14,7 @@ use super::{
     tls::{self, ReloadingCertificate},
     watch,
 };
-use crate::{config::WebhookArgs, decision::DecisionConfig, metrics::Metrics, policy};
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Tls(#[from] tls::TlsError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot reach the Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-}
+use crate::{config::WebhookArgs, decision::DecisionConfig, error::RunError, metrics::Metrics, policy};
 
 pub fn settings(args: &WebhookArgs) -> Settings {
     let id = &args.identity;

@@ -5,7 +5,6 @@
 pub mod certs;
 pub mod challenge;
 pub mod enrollment;
-pub mod evidence;
 pub mod factor;
 pub mod grant;
 pub mod leader;
@@ -23,11 +22,8 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 
-use self::{
-    evidence::Evidence,
-    factor::{CorruptFactor, Factor, Limits},
-};
-use crate::{api, metrics::Metrics, verify::Verifier};
+use self::factor::{CorruptFactor, Factor, Limits};
+use crate::{api, evidence::Evidence, metrics::Metrics, verify::Verifier};
 
 /// What the controller needs to know beyond the objects it reconciles.
 #[derive(Clone, Debug)]

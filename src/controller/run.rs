@@ -16,7 +16,6 @@ use super::{
     Context, Error, Settings,
     certs::CertSettings,
     challenge, enrollment,
-    evidence::Evidence,
     factor::Limits,
     grant,
     leader::{Elector, LeaseConfig},
@@ -28,21 +27,11 @@ use crate::{
     admission::run::shutdown_signal,
     api::{StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
     config::{CaBundleSource, ControllerArgs},
+    error::RunError,
+    evidence::Evidence,
     metrics::Metrics,
     verify::totp::TotpVerifier,
 };
-
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot reach the Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-}
 
 pub fn settings(args: &ControllerArgs) -> Settings {
     Settings {
@@ -117,8 +106,10 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         metrics: metrics.clone(),
         evidence: Evidence::new(
             client.clone(),
+            "stepup-controller",
             args.identity.namespace.clone(),
             Some(identity.clone()),
+            Duration::from_secs(10),
             metrics.clone(),
         ),
         verifier: Arc::new(TotpVerifier),

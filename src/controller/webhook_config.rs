@@ -16,8 +16,8 @@ use k8s_openapi::{
 };
 
 use crate::{
-    api::{GROUP, Operation, StepUpPolicy},
-    policy::CompiledPolicy,
+    api::{GROUP, StepUpPolicy},
+    policy::{CompiledPolicy, OperationSet},
 };
 
 /// Name of the one webhook in the configuration; the API server prefixes audit annotation
@@ -46,16 +46,6 @@ pub struct ConfigSettings {
     pub owner: Option<OwnerReference>,
 }
 
-fn op_bit(op: Operation) -> u8 {
-    match op {
-        Operation::Create => 1,
-        Operation::Update => 2,
-        Operation::Delete => 4,
-        Operation::Connect => 8,
-        Operation::All => 15,
-    }
-}
-
 fn op_names(bits: u8) -> Vec<String> {
     if bits == 15 {
         return vec!["*".into()];
@@ -73,7 +63,7 @@ pub fn policy_rules(policies: &[StepUpPolicy]) -> Vec<RuleWithOperations> {
     let mut by_target: BTreeMap<(String, String), BTreeMap<String, u8>> = BTreeMap::new();
     for p in policies.iter().filter(|p| CompiledPolicy::compile(p).is_ok()) {
         for rule in &p.spec.match_.rules {
-            let bits = rule.operations.iter().fold(0u8, |acc, op| acc | op_bit(*op));
+            let bits = OperationSet::from_operations(&rule.operations).bits();
             for group in &rule.api_groups {
                 for version in &rule.api_versions {
                     let resources = by_target.entry((group.clone(), version.clone())).or_default();
@@ -144,6 +134,7 @@ pub fn desired(
             "not-leases",
             "!(request.resource.group == 'coordination.k8s.io' && request.resource.resource == 'leases')".into(),
         ),
+        condition("not-events", "request.resource.resource != 'events'".into()),
     ];
     if !names_subjects(policies) {
         // Policies without subjects apply to people only; control-plane identities need

@@ -100,6 +100,11 @@ impl OperationSet {
         Self(ops.iter().fold(0, |acc, op| acc | Self::bit(*op)))
     }
 
+    /// The raw bits: CREATE 1, UPDATE 2, DELETE 4, CONNECT 8.
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
     const fn bit(op: Operation) -> u8 {
         match op {
             Operation::Create => 1,
