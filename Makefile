@@ -10,12 +10,12 @@ help:
 	@echo "make test       every check and test: lint, unit, integration, e2e"
 	@echo "make unit       unit and integration tests (no cluster)"
 	@echo "make e2e        end-to-end scenarios against a real kube-apiserver"
-	@echo "make lint       rustfmt, clippy, CRD drift"
+	@echo "make lint       rustfmt, clippy, CRD drift, helm lint and manifest drift"
 	@echo "make crds       regenerate crds/ from the Rust types"
 
 test: lint unit e2e
 
-lint:
+lint: chart-lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) run --quiet --bin stepup -- crdgen | diff -u crds/stepup.dev.yaml - \
@@ -29,6 +29,7 @@ e2e:
 
 crds:
 	$(CARGO) run --quiet --bin stepup -- crdgen > crds/stepup.dev.yaml
+	cp crds/stepup.dev.yaml charts/stepup/crds/stepup.dev.yaml
 
 controlplane:
 	e2e/scripts/build-controlplane.sh
@@ -38,3 +39,23 @@ demo:
 
 demo-down:
 	e2e/scripts/demo.sh down
+
+# ---------------------------------------------------------------- Helm chart and plain manifests
+
+.PHONY: chart-lint manifests
+
+# helm from the pinned control-plane build (built on first use, cached; looked up once).
+ifeq ($(origin HELM),undefined)
+HELM = $(eval HELM := $$(shell e2e/scripts/build-controlplane.sh)/helm)$(HELM)
+endif
+CHART := charts/stepup
+
+chart-lint:
+	$(HELM) lint --strict $(CHART)
+	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/all-features-values.yaml
+	$(HELM) template stepup $(CHART) -n stepup-system --include-crds >/dev/null
+	$(HELM) template stepup $(CHART) -n stepup-system --include-crds -f $(CHART)/ci/all-features-values.yaml >/dev/null
+	HELM=$(HELM) hack/render-manifests.sh --check
+
+manifests:
+	HELM=$(HELM) hack/render-manifests.sh
