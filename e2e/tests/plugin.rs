@@ -338,6 +338,7 @@ async fn the_wrapper_asks_for_a_code_once_and_retries() {
     term.type_line(&code).await;
     term.expect("secret \"db\" deleted", at, Duration::from_secs(30)).await;
     let (exit, screen) = term.exit_code().await;
+    eprintln!("--- the wrapper, as alice saw it ---\n{screen}");
     assert_eq!(exit, 0, "{screen}");
     assert_eq!(screen.matches("Error from server (Forbidden)").count(), 1, "one refusal, one retry:\n{screen}");
     assert!(!screen.contains(&code), "the code is not echoed:\n{screen}");
