@@ -44,6 +44,18 @@ async fn the_managed_configuration_follows_policy_changes() {
     let p = policy("sa-changes").rule(&[Delete], "", &["serviceaccounts"]).namespaces(&["prod"]).build();
     world.apply_policies(std::slice::from_ref(&p)).await;
     assert!(routed(&world).await.contains("serviceaccounts"), "added policy's resource is now sent");
+    // The controller reports the policy as enforced.
+    let policies: Api<StepUpPolicy> = Api::all(world.admin.clone());
+    eventually(Duration::from_secs(20), || async {
+        let status = policies.get("sa-changes").await?.status.unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        match ready {
+            Some(c) if c.status == "True" && c.reason == "Compiled" && status.observed_generation.is_some() => Ok(()),
+            other => anyhow::bail!("Ready condition: {other:?}"),
+        }
+    })
+    .await
+    .expect("Ready=True");
 
     let api: Api<StepUpPolicy> = Api::all(world.policy_writer.clone());
     api.delete("sa-changes", &DeleteParams::default()).await.unwrap();
