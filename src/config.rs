@@ -107,6 +107,11 @@ pub struct WebhookArgs {
     #[arg(long, env = "STEPUP_LOOKUP_TIMEOUT", default_value = "1500ms")]
     pub lookup_timeout: Duration,
 
+    /// Direct grant lookups allowed in flight at once; beyond that (and for a user looked up
+    /// in the last second) the cache decides, so a storm of denials cannot load the API server.
+    #[arg(long, env = "STEPUP_MAX_LOOKUPS_IN_FLIGHT", default_value_t = 4)]
+    pub max_lookups_in_flight: usize,
+
     /// How long the grant watch may be broken before grant decisions fail closed.
     #[arg(long, env = "STEPUP_GRANT_STALENESS_BOUND", default_value = "60s")]
     pub grant_staleness_bound: Duration,

@@ -8,7 +8,10 @@ use futures::future::BoxFuture;
 use hyper::StatusCode;
 use jiff::{SignedDuration, Timestamp};
 use kube_stepup::{
-    admission::{Settings, lookup::GrantSource},
+    admission::{
+        Settings,
+        lookup::{GrantSource, LookupError},
+    },
     api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy},
     grant::GrantRecord,
     testing::{grant, policy, request, secret_object},
@@ -190,7 +193,7 @@ struct SlowSource {
 }
 
 impl GrantSource for SlowSource {
-    fn grants_of<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<GrantRecord>, kube::Error>> {
+    fn grants_of<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<GrantRecord>, LookupError>> {
         Box::pin(async move {
             tokio::time::sleep(self.delay).await;
             Ok(self.grants.iter().filter(|g| g.user == user).cloned().collect())

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Caches, Readiness, Settings, Webhook, admin_router,
     events::EventReporter,
-    lookup::ApiGrantSource,
+    lookup::{ApiGrantSource, Bounded},
     router, serve_tls,
     tls::{self, ReloadingCertificate},
     watch,
@@ -54,7 +54,11 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
         caches,
         settings: settings(&args),
         metrics: metrics.clone(),
-        lookup: Some(Arc::new(ApiGrantSource::new(client.clone()))),
+        lookup: Some(Arc::new(Bounded::new(
+            ApiGrantSource::new(client.clone()),
+            args.max_lookups_in_flight,
+            Duration::from_secs(1),
+        ))),
         events: Some(EventReporter::new(
             client,
             args.identity.namespace.clone(),

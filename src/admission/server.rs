@@ -31,7 +31,7 @@ use tracing::{Instrument, field::Empty};
 use super::{
     cache::{CacheKind, Caches},
     events::EventReporter,
-    lookup::GrantSource,
+    lookup::{GrantSource, LookupError},
     review::{self, Review, ReviewError},
 };
 use crate::{
@@ -330,6 +330,11 @@ async fn lookup(state: &Webhook, user: &str, deadline: Instant) -> Option<Vec<Gr
             let label = if grants.is_empty() { "none" } else { "found" };
             state.metrics.grant_lookups.with_label_values(&[label]).inc();
             Some(grants)
+        }
+        Ok(Err(LookupError::Shed(why))) => {
+            state.metrics.grant_lookups.with_label_values(&["shed"]).inc();
+            tracing::debug!(why, "direct grant lookup skipped; denying from the cache");
+            None
         }
         Ok(Err(error)) => {
             state.metrics.grant_lookups.with_label_values(&["error"]).inc();
