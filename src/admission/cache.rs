@@ -22,6 +22,13 @@ use crate::{
 
 pub type Labels = BTreeMap<String, String>;
 
+/// One change to the policies, as a watch reports it.
+#[derive(Clone, Copy, Debug)]
+pub enum PolicyChange<'a> {
+    Apply(&'a StepUpPolicy),
+    Delete(&'a str),
+}
+
 /// The three caches, for health tracking and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CacheKind {
@@ -114,26 +121,48 @@ impl Caches {
     /// Adds or replaces one policy. An invalid policy is removed from enforcement (the
     /// webhook refuses such changes, so this only happens for objects older than it).
     pub fn apply_policy(&self, policy: &StepUpPolicy) -> Result<(), PolicyError> {
-        let name = policy.metadata.name.clone().unwrap_or_default();
-        let result = CompiledPolicy::compile(policy);
-        let mut guard = lock(&self.compiled);
-        match &result {
-            Ok(c) => {
-                guard.insert(name, Arc::new(c.clone()));
-            }
-            Err(_) => {
-                guard.remove(&name);
-            }
+        match self.apply_policy_changes([PolicyChange::Apply(policy)]).pop() {
+            Some((_, error)) => Err(error),
+            None => Ok(()),
         }
-        self.rebuild(&guard);
-        result.map(|_| ())
     }
 
     pub fn delete_policy(&self, name: &str) {
+        self.apply_policy_changes([PolicyChange::Delete(name)]);
+    }
+
+    /// Applies changes in order, then rebuilds the index once: a burst of watch events (a
+    /// GitOps sync of thousands of policies) costs one rebuild, not one per policy. Returns
+    /// the policies that could not be compiled; like [`Self::apply_policy`], it removes them.
+    pub fn apply_policy_changes<'p>(
+        &self,
+        changes: impl IntoIterator<Item = PolicyChange<'p>>,
+    ) -> Vec<(String, PolicyError)> {
         let mut guard = lock(&self.compiled);
-        if guard.remove(name).is_some() {
+        let mut errors = Vec::new();
+        let mut changed = false;
+        for change in changes {
+            match change {
+                PolicyChange::Apply(policy) => {
+                    let name = policy.metadata.name.clone().unwrap_or_default();
+                    match CompiledPolicy::compile(policy) {
+                        Ok(c) => {
+                            guard.insert(name, Arc::new(c));
+                        }
+                        Err(error) => {
+                            guard.remove(&name);
+                            errors.push((name, error));
+                        }
+                    }
+                    changed = true;
+                }
+                PolicyChange::Delete(name) => changed |= guard.remove(name).is_some(),
+            }
+        }
+        if changed {
             self.rebuild(&guard);
         }
+        errors
     }
 
     fn rebuild(&self, compiled: &BTreeMap<String, Arc<CompiledPolicy>>) {
@@ -144,7 +173,11 @@ impl Caches {
     // --- grants
 
     pub fn replace_grants(&self, grants: impl IntoIterator<Item = StepUpGrant>) {
-        let index = GrantIndex::new(grants.into_iter().filter_map(|g| GrantRecord::from_grant(&g)));
+        self.replace_grant_records(grants.into_iter().filter_map(|g| GrantRecord::from_grant(&g)));
+    }
+
+    pub fn replace_grant_records(&self, records: impl IntoIterator<Item = GrantRecord>) {
+        let index = GrantIndex::new(records);
         *write(&self.grants) = index;
     }
 
@@ -262,6 +295,28 @@ mod tests {
         assert!(caches.apply_policy(&bad).is_err());
         caches.delete_policy("good");
         assert!(caches.policy_index().matching(&request(Delete, "secrets").namespace("x").view()).is_empty());
+    }
+
+    #[test]
+    fn a_burst_of_policy_changes_is_applied_in_order() {
+        let caches = Caches::new(vec![]);
+        let secrets = policy("secrets").rule(&[Delete], "", &["secrets"]).build();
+        let gone = policy("gone").rule(&[Delete], "", &["configmaps"]).build();
+        let mut bad = policy("bad").rule(&[Delete], "", &["pods"]).build();
+        caches.apply_policy(&bad).unwrap();
+        bad.spec.match_.rules.clear();
+        let errors = caches.apply_policy_changes([
+            PolicyChange::Apply(&secrets),
+            PolicyChange::Apply(&gone),
+            PolicyChange::Delete("gone"),
+            PolicyChange::Apply(&bad),
+        ]);
+        assert_eq!(
+            errors.iter().map(|(n, e)| (n.as_str(), e.field.as_str())).collect::<Vec<_>>(),
+            [("bad", "spec.match.rules")]
+        );
+        let names: Vec<String> = caches.policy_index().policies().map(|p| p.name.clone()).collect();
+        assert_eq!(names, ["secrets"], "invalid policies leave enforcement, deleted ones are gone");
     }
 
     #[test]

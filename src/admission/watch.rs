@@ -4,15 +4,16 @@
 
 use std::{collections::BTreeMap, fmt::Debug, sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{Api, Client, Resource, ResourceExt, runtime::watcher};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
-use super::cache::{CacheKind, Caches};
+use super::cache::{CacheKind, Caches, PolicyChange};
 use crate::{
     api::{StepUpGrant, StepUpPolicy},
+    grant::GrantRecord,
     metrics::Metrics,
 };
 
@@ -37,46 +38,73 @@ pub fn spawn_all(client: Client, caches: Arc<Caches>, metrics: Metrics, stop: Ca
     spawn(Api::<Namespace>::all(client), CacheKind::Namespaces, caches, metrics, stop, NamespaceFeed);
 }
 
+/// Most watch events applied together; a burst larger than this is applied in several.
+const MAX_BATCH: usize = 1024;
+
+/// One change a watch reports after its initial list.
+enum Change<K> {
+    Apply(K),
+    Delete(K),
+}
+
 /// How one kind of object lands in the caches.
 trait Feed<K>: Send + Sync + 'static {
-    fn replace(&self, caches: &Caches, objects: Vec<K>);
-    fn apply(&self, caches: &Caches, object: K);
-    fn delete(&self, caches: &Caches, object: K);
+    /// What the initial list keeps of each object until it is complete: only what the cache
+    /// needs, so that listing 100,000 grants does not hold 100,000 full objects at once
+    /// (the process would keep that peak as resident memory).
+    type Staged: Send;
+    fn stage(&self, object: K) -> Self::Staged;
+    fn replace(&self, caches: &Caches, objects: Vec<Self::Staged>);
+    /// Applies changes in order; they arrived together (see `run_once`).
+    fn apply(&self, caches: &Caches, changes: Vec<Change<K>>);
 }
 
 struct PolicyFeed;
 
 impl Feed<StepUpPolicy> for PolicyFeed {
+    type Staged = StepUpPolicy;
+
+    fn stage(&self, object: StepUpPolicy) -> StepUpPolicy {
+        object
+    }
+
     fn replace(&self, caches: &Caches, objects: Vec<StepUpPolicy>) {
         for (name, error) in caches.replace_policies(objects) {
             tracing::warn!(policy = %name, %error, "policy not enforced: it cannot be compiled");
         }
     }
 
-    fn apply(&self, caches: &Caches, object: StepUpPolicy) {
-        if let Err(error) = caches.apply_policy(&object) {
-            tracing::warn!(policy = %object.name_any(), %error, "policy not enforced: it cannot be compiled");
+    fn apply(&self, caches: &Caches, changes: Vec<Change<StepUpPolicy>>) {
+        let batch = changes.iter().map(|c| match c {
+            Change::Apply(p) => PolicyChange::Apply(p),
+            Change::Delete(p) => PolicyChange::Delete(p.metadata.name.as_deref().unwrap_or_default()),
+        });
+        for (name, error) in caches.apply_policy_changes(batch) {
+            tracing::warn!(policy = %name, %error, "policy not enforced: it cannot be compiled");
         }
-    }
-
-    fn delete(&self, caches: &Caches, object: StepUpPolicy) {
-        caches.delete_policy(&object.name_any());
     }
 }
 
 struct GrantFeed;
 
 impl Feed<StepUpGrant> for GrantFeed {
-    fn replace(&self, caches: &Caches, objects: Vec<StepUpGrant>) {
-        caches.replace_grants(objects);
+    type Staged = Option<GrantRecord>;
+
+    fn stage(&self, object: StepUpGrant) -> Option<GrantRecord> {
+        GrantRecord::from_grant(&object)
     }
 
-    fn apply(&self, caches: &Caches, object: StepUpGrant) {
-        caches.apply_grant(&object);
+    fn replace(&self, caches: &Caches, objects: Vec<Option<GrantRecord>>) {
+        caches.replace_grant_records(objects.into_iter().flatten());
     }
 
-    fn delete(&self, caches: &Caches, object: StepUpGrant) {
-        caches.delete_grant(&object.name_any());
+    fn apply(&self, caches: &Caches, changes: Vec<Change<StepUpGrant>>) {
+        for change in changes {
+            match change {
+                Change::Apply(g) => caches.apply_grant(&g),
+                Change::Delete(g) => caches.delete_grant(&g.name_any()),
+            }
+        }
     }
 }
 
@@ -87,16 +115,23 @@ fn labels_of(ns: &Namespace) -> BTreeMap<String, String> {
 }
 
 impl Feed<Namespace> for NamespaceFeed {
-    fn replace(&self, caches: &Caches, objects: Vec<Namespace>) {
-        caches.replace_namespaces(objects.iter().map(|n| (n.name_any(), labels_of(n))));
+    type Staged = (String, BTreeMap<String, String>);
+
+    fn stage(&self, object: Namespace) -> Self::Staged {
+        (object.name_any(), labels_of(&object))
     }
 
-    fn apply(&self, caches: &Caches, object: Namespace) {
-        caches.apply_namespace(&object.name_any(), labels_of(&object));
+    fn replace(&self, caches: &Caches, objects: Vec<Self::Staged>) {
+        caches.replace_namespaces(objects);
     }
 
-    fn delete(&self, caches: &Caches, object: Namespace) {
-        caches.delete_namespace(&object.name_any());
+    fn apply(&self, caches: &Caches, changes: Vec<Change<Namespace>>) {
+        for change in changes {
+            match change {
+                Change::Apply(n) => caches.apply_namespace(&n.name_any(), labels_of(&n)),
+                Change::Delete(n) => caches.delete_namespace(&n.name_any()),
+            }
+        }
     }
 }
 
@@ -137,17 +172,22 @@ where
     F: Feed<K>,
 {
     let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
-    let mut buffer: Vec<K> = Vec::new();
+    let mut buffer: Vec<F::Staged> = Vec::new();
     let mut completed = false;
+    // An event read while gathering a batch of changes that is not a change itself.
+    let mut lookahead = None;
     loop {
-        let event = tokio::select! {
-            _ = stop.cancelled() => return completed,
-            event = stream.next() => event,
+        let event = match lookahead.take() {
+            Some(event) => event,
+            None => tokio::select! {
+                _ = stop.cancelled() => return completed,
+                event = stream.next() => event,
+            },
         };
         match event {
             None => return completed,
             Some(Ok(watcher::Event::Init)) => buffer.clear(),
-            Some(Ok(watcher::Event::InitApply(o))) => buffer.push(o),
+            Some(Ok(watcher::Event::InitApply(o))) => buffer.push(feed.stage(o)),
             Some(Ok(watcher::Event::InitDone)) => {
                 let objects = std::mem::take(&mut buffer);
                 let count = objects.len();
@@ -157,8 +197,12 @@ where
                 metrics.cache_synced.with_label_values(&[kind.as_str()]).set(1);
                 tracing::info!(cache = kind.as_str(), objects = count, "cache synced");
             }
-            Some(Ok(watcher::Event::Apply(o))) => feed.apply(caches, o),
-            Some(Ok(watcher::Event::Delete(o))) => feed.delete(caches, o),
+            Some(Ok(watcher::Event::Apply(o))) => {
+                feed.apply(caches, gather(Change::Apply(o), &mut stream, &mut lookahead))
+            }
+            Some(Ok(watcher::Event::Delete(o))) => {
+                feed.apply(caches, gather(Change::Delete(o), &mut stream, &mut lookahead))
+            }
             Some(Err(error)) => {
                 tracing::warn!(cache = kind.as_str(), %error, "watch failed; relisting");
                 return completed;
@@ -168,4 +212,28 @@ where
             metrics.cache_objects.with_label_values(&[k.as_str()]).set(n as i64);
         }
     }
+}
+
+type Event<K> = Option<Result<watcher::Event<K>, watcher::Error>>;
+
+/// `first` and the changes already delivered after it, without waiting for more: a burst of
+/// events (a GitOps sync of many policies) is applied at once, and the policy index rebuilt
+/// once for it rather than once per policy. The first other event is left in `lookahead`.
+fn gather<K, S>(first: Change<K>, stream: &mut S, lookahead: &mut Option<Event<K>>) -> Vec<Change<K>>
+where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Unpin,
+{
+    let mut changes = vec![first];
+    while changes.len() < MAX_BATCH {
+        match stream.next().now_or_never() {
+            Some(Some(Ok(watcher::Event::Apply(o)))) => changes.push(Change::Apply(o)),
+            Some(Some(Ok(watcher::Event::Delete(o)))) => changes.push(Change::Delete(o)),
+            Some(other) => {
+                *lookahead = Some(other);
+                break;
+            }
+            None => break,
+        }
+    }
+    changes
 }

@@ -16,6 +16,11 @@ impl Glob {
         &self.pattern
     }
 
+    /// The part before the first wildcard: every name the glob matches starts with it.
+    pub fn literal_prefix(&self) -> &str {
+        self.pattern.find(['*', '?']).map_or(&self.pattern, |i| &self.pattern[..i])
+    }
+
     pub fn matches(&self, candidate: &str) -> bool {
         if self.literal {
             return *self.pattern == *candidate;
@@ -76,6 +81,13 @@ mod tests {
         ];
         for (pattern, text, expected) in cases {
             assert_eq!(Glob::new(pattern).matches(text), expected, "{pattern} vs {text}");
+        }
+    }
+
+    #[test]
+    fn literal_prefix_stops_at_the_first_wildcard() {
+        for (pattern, prefix) in [("prod", "prod"), ("prod-*", "prod-"), ("p?od", "p"), ("*-prod", ""), ("", "")] {
+            assert_eq!(Glob::new(pattern).literal_prefix(), prefix, "{pattern}");
         }
     }
 

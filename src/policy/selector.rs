@@ -59,6 +59,15 @@ impl Selector {
         Ok(Self { requirements })
     }
 
+    /// Labels (key, value) that every label set the selector matches has: `matchLabels`
+    /// entries and `In` expressions with a single value. The policy index keys on them.
+    pub fn required_labels(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.requirements.iter().filter_map(|r| match r {
+            Requirement::In(key, values) if values.len() == 1 => Some((key.as_str(), values[0].as_str())),
+            _ => None,
+        })
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| match r {
             Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),

@@ -250,3 +250,62 @@ spec:
     assert_eq!(c.methods, vec![crate::api::Method::Totp]);
     assert!(c.matches(&request(Delete, "secrets").namespace("x").view()));
 }
+
+/// The index is only a shortcut: for every request it must find exactly the policies that
+/// match when each is checked directly.
+#[test]
+fn index_agrees_with_checking_every_policy_directly() {
+    let policies = vec![
+        policy("glob-pair").rule(&[Delete, Update], "", &["secrets"]).namespaces(&["prod", "prod-*"]).compiled(),
+        policy("glob-suffix").rule(&[Delete], "", &["secrets"]).namespaces(&["*-prod"]).compiled(),
+        policy("glob-mixed").rule(&[Delete], "", &["secrets"]).namespaces(&["team-a-*", "team-b"]).compiled(),
+        policy("glob-question").rule(&[Delete], "", &["secrets", "pods/*"]).namespaces(&["p?od"]).compiled(),
+        policy("selector")
+            .rule(&[Delete, Connect], "", &["secrets", "pods/exec"])
+            .namespace_labels(&[("env", "prod")])
+            .compiled(),
+        policy("selector-pair")
+            .rule(&[Connect], "", &["pods/exec"])
+            .namespace_labels(&[("team", "a"), ("env", "prod")])
+            .compiled(),
+        policy("glob-and-selector")
+            .rule(&[Delete], "", &["secrets"])
+            .namespaces(&["prod-*"])
+            .namespace_labels(&[("team", "a")])
+            .compiled(),
+        policy("anywhere").rule(&[Delete], "", &["secrets", "namespaces"]).compiled(),
+        policy("namespace-objects").rule(&[Delete], "", &["namespaces"]).namespaces(&["prod*"]).compiled(),
+        policy("wildcard").rule(&[All], "*", &["*", "*/*"]).namespaces(&["vault-*"]).compiled(),
+        policy("wildcard-selector").rule(&[Delete], "*", &["*"]).namespace_labels(&[("env", "prod")]).compiled(),
+        policy("two-rules")
+            .rule(&[Delete], "", &["secrets"])
+            .rule(&[Update], "", &["secrets"])
+            .namespaces(&["prod"])
+            .compiled(),
+    ];
+    let idx = index(policies.clone());
+    let namespaces =
+        ["", "prod", "prod-eu", "eu-prod", "team-a-x", "team-b", "team-bb", "pxod", "vault-1", "dev", "prød"];
+    let labels: [Option<&[(&str, &str)]>; 4] =
+        [None, Some(&[]), Some(&[("env", "prod")]), Some(&[("env", "prod"), ("team", "a")])];
+    let mut checked = 0;
+    for resource in ["secrets", "namespaces", "pods/exec", "pods/log", "configmaps"] {
+        for op in [Delete, Update, Connect] {
+            for ns in namespaces {
+                for l in labels {
+                    let mut r = request(op, resource).namespace(ns).name(ns);
+                    if let Some(l) = l {
+                        r = r.labels(l);
+                    }
+                    let direct: Vec<&str> =
+                        policies.iter().filter(|p| p.matches(&r.view())).map(|p| p.name.as_str()).collect();
+                    let mut direct = direct;
+                    direct.sort_unstable();
+                    assert_eq!(matched_names(&idx, &r), direct, "{r:?}");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 5 * 3 * namespaces.len() * labels.len());
+}
