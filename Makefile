@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint unit e2e crds demo demo-down controlplane help
+.PHONY: test lint unit e2e crds demo demo-down controlplane bench help
 
 help:
 	@echo "make demo       start the local demo (control plane + stepup + example policies)"
@@ -12,6 +12,7 @@ help:
 	@echo "make e2e        end-to-end scenarios against a real kube-apiserver"
 	@echo "make lint       rustfmt, clippy, CRD drift, helm lint and manifest drift"
 	@echo "make crds       regenerate crds/ from the Rust types"
+	@echo "make bench      every benchmark of BENCHMARKS.md (about 30 minutes; own control plane)"
 
 test: lint unit e2e
 
@@ -30,6 +31,10 @@ e2e:
 crds:
 	$(CARGO) run --quiet --bin stepup -- crdgen > crds/stepup.dev.yaml
 	cp crds/stepup.dev.yaml charts/stepup/crds/stepup.dev.yaml
+
+# Decision, load, memory and end-to-end benchmarks; results under target/bench/.
+bench:
+	e2e/scripts/bench.sh all
 
 controlplane:
 	e2e/scripts/build-controlplane.sh
