@@ -220,3 +220,26 @@ async fn a_down_webhook_fails_closed_but_cannot_lock_out_the_cluster_or_stepup()
         std::panic::resume_unwind(panic);
     }
 }
+
+#[tokio::test]
+async fn overlapping_wildcards_are_merged_into_rules_the_api_server_accepts() {
+    let world = World::new().await;
+    let api: Api<StepUpPolicy> = Api::all(world.policy_writer.clone());
+    for (name, resources) in
+        [("wild-main", vec!["*"]), ("wild-all", vec!["*/*"]), ("wild-one", vec!["configmaps", "pods/*", "pods/log"])]
+    {
+        let p = policy(name)
+            .rule(&[Delete], "", &resources)
+            .namespaces(&["nowhere-e2e"])
+            .enforcement(Enforcement::Audit)
+            .build();
+        api.patch(name, &PatchParams::apply("stepup-e2e").force(), &Patch::Apply(&p)).await.unwrap();
+    }
+    eventually(Duration::from_secs(20), || async {
+        if routed(&world).await.contains("*/*") { Ok(()) } else { anyhow::bail!("*/* not routed yet") }
+    })
+    .await
+    .expect("the merged rule was accepted by kube-apiserver");
+    // And the configuration keeps following policies afterwards.
+    world.apply_policies(&[policy("after-wildcards").rule(&[Update], "apps", &["deployments/scale"]).build()]).await;
+}

@@ -86,10 +86,45 @@ pub fn policy_rules(policies: &[StepUpPolicy]) -> Vec<RuleWithOperations> {
             api_groups: Some(vec![group]),
             api_versions: Some(vec![version]),
             operations: Some(op_names(bits)),
-            resources: Some(resources),
+            resources: Some(normalize_resources(resources)),
             scope: Some("*".into()),
         })
         .collect()
+}
+
+/// Drops resources a wildcard in the same rule already covers. kube-apiserver refuses a rule
+/// that lists both (`*/*` with anything, `*` with plain resources, `x/*` with `x/y`, `*/y`
+/// with `x/y`), and one refused rule would stop the whole configuration from updating.
+pub fn normalize_resources(resources: Vec<String>) -> Vec<String> {
+    let split = |r: &str| -> (String, Option<String>) {
+        match r.split_once('/') {
+            Some((res, sub)) => (res.to_owned(), Some(sub.to_owned())),
+            None => (r.to_owned(), None),
+        }
+    };
+    if resources.iter().any(|r| r == "*/*") {
+        return vec!["*/*".to_owned()];
+    }
+    let all_main = resources.iter().any(|r| r == "*");
+    let any_sub_of: BTreeSet<String> =
+        resources.iter().filter_map(|r| r.strip_suffix("/*").map(str::to_owned)).collect();
+    let sub_of_any: BTreeSet<String> =
+        resources.iter().filter_map(|r| r.strip_prefix("*/").map(str::to_owned)).collect();
+    let mut out: Vec<String> = resources
+        .into_iter()
+        .filter(|r| {
+            let (res, sub) = split(r);
+            match sub {
+                // `x/*` covers `x` itself; `*` covers every main resource.
+                None => r == "*" || !(all_main || any_sub_of.contains(&res)),
+                Some(sub) if sub == "*" || res == "*" => true,
+                Some(sub) => !(any_sub_of.contains(&res) || sub_of_any.contains(&sub)),
+            }
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The stepup kinds always go to the webhook: the built-in identity rules live there.
@@ -245,6 +280,25 @@ mod tests {
         assert_eq!(find("pods/exec").operations.unwrap(), vec!["CONNECT"]);
         assert_eq!(find("*").operations.unwrap(), vec!["*"]);
         assert_eq!(find("*").api_groups.unwrap(), vec!["rbac.authorization.k8s.io"]);
+    }
+
+    #[test]
+    fn wildcards_swallow_what_they_cover_as_the_api_server_requires() {
+        let norm = |rs: &[&str]| normalize_resources(rs.iter().map(|r| r.to_string()).collect());
+        assert_eq!(norm(&["*", "*/*", "secrets"]), vec!["*/*"]);
+        assert_eq!(norm(&["*", "secrets", "pods/exec"]), vec!["*", "pods/exec"]);
+        assert_eq!(norm(&["pods/*", "pods", "pods/exec", "secrets"]), vec!["pods/*", "secrets"]);
+        assert_eq!(norm(&["*/scale", "deployments/scale", "deployments"]), vec!["*/scale", "deployments"]);
+        assert_eq!(norm(&["secrets", "configmaps"]), vec!["configmaps", "secrets"]);
+        // Two policies that together would produce a refused rule.
+        let policies = vec![
+            policy("all").rule(&[Delete], "", &["*"]).build(),
+            policy("everything").rule(&[Delete], "", &["*/*"]).build(),
+            policy("one").rule(&[Delete], "", &["secrets"]).build(),
+        ];
+        let rules = policy_rules(&policies);
+        let core_delete = rules.iter().find(|r| r.api_groups.as_deref() == Some(&["".to_owned()][..])).unwrap();
+        assert_eq!(core_delete.resources.as_deref(), Some(&["*/*".to_owned()][..]));
     }
 
     #[test]
