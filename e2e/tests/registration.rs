@@ -71,12 +71,12 @@ async fn the_managed_configuration_follows_policy_changes() {
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(world.admin.clone());
     let broken = serde_json::json!({"webhooks": [{"name": "validate.stepup.dev", "timeoutSeconds": 30}]});
     let _ = configs.patch("stepup.dev", &PatchParams::default(), &Patch::Strategic(&broken)).await;
-    eventually(Duration::from_secs(90), || async {
+    eventually(Duration::from_secs(15), || async {
         let c = configs.get("stepup.dev").await?;
         if c.webhooks.unwrap()[0].timeout_seconds == Some(5) { Ok(()) } else { anyhow::bail!("not repaired yet") }
     })
     .await
-    .expect("drift repaired");
+    .expect("drift repaired within seconds");
 }
 
 fn bundle_size(config: &ValidatingWebhookConfiguration) -> usize {

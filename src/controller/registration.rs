@@ -86,6 +86,8 @@ pub async fn run(ctx: Arc<Context>, settings: RegistrationSettings, work: Cancel
 struct State {
     last_applied: Option<String>,
     applied_at: Option<std::time::Instant>,
+    /// The configuration's generation after our last apply.
+    generation: Option<i64>,
     owner: Option<OwnerReference>,
 }
 
@@ -188,17 +190,26 @@ async fn apply(
 ) -> Result<()> {
     let desired = webhook_config::desired(policies, config, bundle);
     let serialized = serde_json::to_string(&desired).unwrap_or_default();
+    let api: Api<ValidatingWebhookConfiguration> = Api::all(ctx.client.clone());
     let fresh = state.applied_at.is_some_and(|t| t.elapsed() < RESYNC);
     if fresh && state.last_applied.as_deref() == Some(serialized.as_str()) {
-        return Ok(());
+        // Someone else changed the configuration's spec (its generation moved): repair it now
+        // rather than at the next resync.
+        let live = api.get_opt(&config.name).await?;
+        let generation = live.as_ref().and_then(|c| c.metadata.generation);
+        if live.is_some() && generation == state.generation {
+            return Ok(());
+        }
+        tracing::warn!(config = %config.name, "webhook configuration changed or removed by someone else; restoring it");
     }
-    let api: Api<ValidatingWebhookConfiguration> = Api::all(ctx.client.clone());
-    api.patch(&config.name, &PatchParams::apply("stepup-controller").force(), &Patch::Apply(&desired)).await?;
+    let applied =
+        api.patch(&config.name, &PatchParams::apply("stepup-controller").force(), &Patch::Apply(&desired)).await?;
     if state.last_applied.as_deref() != Some(serialized.as_str()) {
         let rules = webhook_config::routed_resources(&desired);
         tracing::info!(config = %config.name, resources = rules.len(), "webhook configuration updated");
     }
     state.last_applied = Some(serialized);
     state.applied_at = Some(std::time::Instant::now());
+    state.generation = applied.metadata.generation;
     Ok(())
 }
