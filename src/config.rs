@@ -26,6 +26,8 @@ pub enum Command {
     Controller(Box<ControllerArgs>),
     /// Print the CustomResourceDefinitions as YAML.
     Crdgen,
+    /// Print a new master key (base64) for --key-file.
+    Keygen,
 }
 
 /// Identities, shared by the webhook and the controller.
@@ -47,6 +49,19 @@ pub struct IdentityArgs {
     /// Groups that bypass every policy, loudly (warning, Event, metric, audit line).
     #[arg(long = "break-glass-group", env = "STEPUP_BREAK_GLASS_GROUPS", value_delimiter = ',')]
     pub break_glass_groups: Vec<String>,
+
+    /// The master key file (32 random bytes, raw or base64; `stepup keygen` makes one). Mount it
+    /// from outside the Kubernetes API (a KMS or secrets-store CSI volume) for the full
+    /// guarantee. The controller signs grants, opens sealed codes and encrypts factor seeds with
+    /// keys derived from it; the webhook derives only the public key that verifies grants.
+    #[arg(long, env = "STEPUP_KEY_FILE", default_value = "/etc/stepup/keys/master.key")]
+    pub key_file: PathBuf,
+
+    /// The largest clock difference tolerated between the controller, the webhook and the API
+    /// server: a grant issued further in the future than this is refused, and deadlines are
+    /// enforced with this much slack. Keep the clocks in sync (NTP) and this small.
+    #[arg(long, env = "STEPUP_MAX_CLOCK_SKEW", default_value = "10s")]
+    pub max_clock_skew: Duration,
 }
 
 impl IdentityArgs {

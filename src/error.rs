@@ -13,4 +13,6 @@ pub enum RunError {
     },
     #[error("cannot reach the Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error(transparent)]
+    Key(#[from] crate::keys::KeyError),
 }

@@ -14,6 +14,7 @@ pub mod decision;
 pub mod error;
 pub mod evidence;
 pub mod grant;
+pub mod keys;
 pub mod metrics;
 pub mod pki;
 pub mod plugin;

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub grants_issued: IntCounterVec,
     pub grants_active: IntGauge,
     pub lockouts: IntCounter,
+    /// Grants seen without a valid controller signature (written by someone else), ignored.
+    pub forged_grants: IntCounter,
     /// Reconcile failures by controller and error kind.
     pub reconcile_errors: IntCounterVec,
     /// 1 while this replica holds the controller Lease.
@@ -104,6 +106,11 @@ impl Metrics {
         let grants_active = IntGauge::new("stepup_grants_active", "Grants currently usable.").expect("valid metric");
         let lockouts = IntCounter::new("stepup_lockouts_total", "Users locked after too many failed verifications.")
             .expect("valid metric");
+        let forged_grants = IntCounter::new(
+            "stepup_forged_grants_total",
+            "Grants without a valid controller signature, seen and ignored (someone other than the controller wrote them).",
+        )
+        .expect("valid metric");
         let reconcile_errors = IntCounterVec::new(
             Opts::new("stepup_reconcile_errors_total", "Reconcile failures, by controller and error kind."),
             &["controller", "error"],
@@ -130,6 +137,7 @@ impl Metrics {
             Box::new(grants_issued.clone()),
             Box::new(grants_active.clone()),
             Box::new(lockouts.clone()),
+            Box::new(forged_grants.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(leader.clone()),
             Box::new(build_info),
@@ -152,6 +160,7 @@ impl Metrics {
             grants_issued,
             grants_active,
             lockouts,
+            forged_grants,
             reconcile_errors,
             leader,
         }

@@ -162,6 +162,7 @@ pub fn grant(name: &str, user: &str) -> GrantBuilder {
             expires_at: Time(t0() + SignedDuration::from_hours(1)),
             scope: GrantScope::default(),
             challenge_ref: None,
+            signature: None,
         },
         deleting: false,
     }

@@ -183,8 +183,12 @@ impl Caches {
 
     pub fn apply_grant(&self, grant: &StepUpGrant) {
         if let Some(record) = GrantRecord::from_grant(grant) {
-            write(&self.grants).upsert(record);
+            self.apply_grant_record(record);
         }
+    }
+
+    pub fn apply_grant_record(&self, record: GrantRecord) {
+        write(&self.grants).upsert(record);
     }
 
     pub fn delete_grant(&self, name: &str) {

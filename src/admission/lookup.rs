@@ -17,6 +17,8 @@ use crate::{
     api::{self, StepUpGrant},
     evidence::RateLimiter,
     grant::GrantRecord,
+    keys::GrantVerifier,
+    metrics::Metrics,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,14 +35,16 @@ pub trait GrantSource: Send + Sync {
     fn grants_of<'a>(&'a self, user: &'a str) -> BoxFuture<'a, Result<Vec<GrantRecord>, LookupError>>;
 }
 
-/// Lists grants by the `stepup.dev/user` label.
+/// Lists grants by the `stepup.dev/user` label; keeps only those the controller signed.
 pub struct ApiGrantSource {
     api: Api<StepUpGrant>,
+    verifier: GrantVerifier,
+    metrics: Metrics,
 }
 
 impl ApiGrantSource {
-    pub fn new(client: Client) -> Self {
-        Self { api: Api::all(client) }
+    pub fn new(client: Client, verifier: GrantVerifier, metrics: Metrics) -> Self {
+        Self { api: Api::all(client), verifier, metrics }
     }
 }
 
@@ -51,7 +55,12 @@ impl GrantSource for ApiGrantSource {
             // A consistent list: kube-apiserver serves it from its watch cache once that cache
             // has caught up with etcd, so it sees a grant created a moment ago.
             let list = self.api.list(&ListParams::default().labels(&selector)).await?;
-            Ok(list.items.iter().filter_map(GrantRecord::from_grant).filter(|g| g.user == user).collect())
+            Ok(list
+                .items
+                .iter()
+                .filter_map(|g| super::watch::signed_record(g, &self.verifier, &self.metrics))
+                .filter(|g| g.user == user)
+                .collect())
         })
     }
 }

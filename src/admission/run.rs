@@ -14,7 +14,9 @@ use super::{
     tls::{self, ReloadingCertificate},
     watch,
 };
-use crate::{config::WebhookArgs, decision::DecisionConfig, error::RunError, metrics::Metrics, policy};
+use crate::{
+    config::WebhookArgs, decision::DecisionConfig, error::RunError, keys::MasterKey, metrics::Metrics, policy,
+};
 
 pub fn settings(args: &WebhookArgs) -> Settings {
     let id = &args.identity;
@@ -38,6 +40,8 @@ pub fn settings(args: &WebhookArgs) -> Settings {
 
 pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let metrics = Metrics::new();
+    // Only the public half is kept: the webhook verifies grants, it never signs them.
+    let verifier = MasterKey::from_file(&args.identity.key_file)?.grant_verifier();
     let certificate = ReloadingCertificate::load(&args.tls_cert_file, &args.tls_key_file)?;
     let client = Client::try_default().await?;
     let builtin = if args.protect_policies.is_zero() {
@@ -47,7 +51,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     };
     let caches = Caches::new(builtin);
     let stop_watches = CancellationToken::new();
-    watch::spawn_all(client.clone(), caches.clone(), metrics.clone(), stop_watches.clone());
+    watch::spawn_all(client.clone(), caches.clone(), metrics.clone(), verifier.clone(), stop_watches.clone());
 
     let readiness = Arc::new(Readiness::default());
     let state = Arc::new(Webhook {
@@ -55,7 +59,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
         settings: settings(&args),
         metrics: metrics.clone(),
         lookup: Some(Arc::new(Bounded::new(
-            ApiGrantSource::new(client.clone()),
+            ApiGrantSource::new(client.clone(), verifier, metrics.clone()),
             args.max_lookups_in_flight,
             Duration::from_secs(1),
         ))),

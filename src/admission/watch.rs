@@ -14,11 +14,19 @@ use super::cache::{CacheKind, Caches, PolicyChange};
 use crate::{
     api::{StepUpGrant, StepUpPolicy},
     grant::GrantRecord,
+    keys::GrantVerifier,
     metrics::Metrics,
 };
 
-/// Starts the three watches.
-pub fn spawn_all(client: Client, caches: Arc<Caches>, metrics: Metrics, stop: CancellationToken) {
+/// Starts the three watches. Grants enter the cache only when `verifier` accepts their
+/// signature.
+pub fn spawn_all(
+    client: Client,
+    caches: Arc<Caches>,
+    metrics: Metrics,
+    verifier: GrantVerifier,
+    stop: CancellationToken,
+) {
     spawn(
         Api::<StepUpPolicy>::all(client.clone()),
         CacheKind::Policies,
@@ -33,7 +41,7 @@ pub fn spawn_all(client: Client, caches: Arc<Caches>, metrics: Metrics, stop: Ca
         caches.clone(),
         metrics.clone(),
         stop.clone(),
-        GrantFeed,
+        GrantFeed { verifier, metrics: metrics.clone() },
     );
     spawn(Api::<Namespace>::all(client), CacheKind::Namespaces, caches, metrics, stop, NamespaceFeed);
 }
@@ -85,13 +93,32 @@ impl Feed<StepUpPolicy> for PolicyFeed {
     }
 }
 
-struct GrantFeed;
+struct GrantFeed {
+    verifier: GrantVerifier,
+    metrics: Metrics,
+}
+
+/// The record of a grant the controller signed; `None` (loudly) for any other grant.
+pub fn signed_record(grant: &StepUpGrant, verifier: &GrantVerifier, metrics: &Metrics) -> Option<GrantRecord> {
+    if verifier.verifies(grant) {
+        return GrantRecord::from_grant(grant);
+    }
+    // Only a cluster-admin (or a stolen controller credential) can write a grant at all; one
+    // without the controller's signature permits nothing, and says so.
+    metrics.forged_grants.inc();
+    tracing::error!(
+        grant = %grant.name_any(),
+        user = %grant.spec.user,
+        "grant ignored: it carries no valid signature of the stepup controller, so someone else wrote it"
+    );
+    None
+}
 
 impl Feed<StepUpGrant> for GrantFeed {
     type Staged = Option<GrantRecord>;
 
     fn stage(&self, object: StepUpGrant) -> Option<GrantRecord> {
-        GrantRecord::from_grant(&object)
+        signed_record(&object, &self.verifier, &self.metrics)
     }
 
     fn replace(&self, caches: &Caches, objects: Vec<Option<GrantRecord>>) {
@@ -101,7 +128,10 @@ impl Feed<StepUpGrant> for GrantFeed {
     fn apply(&self, caches: &Caches, changes: Vec<Change<StepUpGrant>>) {
         for change in changes {
             match change {
-                Change::Apply(g) => caches.apply_grant(&g),
+                Change::Apply(g) => match signed_record(&g, &self.verifier, &self.metrics) {
+                    Some(record) => caches.apply_grant_record(record),
+                    None => caches.delete_grant(&g.name_any()),
+                },
                 Change::Delete(g) => caches.delete_grant(&g.name_any()),
             }
         }

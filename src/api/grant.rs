@@ -68,6 +68,13 @@ pub struct StepUpGrantSpec {
     /// The StepUpChallenge that produced this grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenge_ref: Option<ChallengeRef>,
+
+    /// The controller's Ed25519 signature over the fields above (base64). The webhook honours
+    /// only grants whose signature verifies with the controller's key, which does not come from
+    /// the Kubernetes API: a grant written by anyone else, whatever their rights, permits nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub signature: Option<String>,
 }
 
 /// Reference to the challenge a grant was issued for.
@@ -85,6 +92,9 @@ pub enum GrantPhase {
     Active,
     /// Past `expiresAt`; kept as evidence until the retention period ends.
     Expired,
+    /// Not signed by the stepup controller: someone else wrote it. It permits nothing and is
+    /// kept as evidence of the attempt.
+    Forged,
 }
 
 /// Observed state of a StepUpGrant.

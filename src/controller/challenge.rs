@@ -27,6 +27,8 @@ use crate::{
 /// The grant a verified challenge earns. Pure: name from the challenge UID, lifetime the
 /// requested duration capped by the maximum.
 pub fn grant_for(challenge: &StepUpChallenge, now: Timestamp, settings: &Settings) -> StepUpGrant {
+    // The API server keeps timestamps to the second; the grant says exactly what it will hold.
+    let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let spec = &challenge.spec;
     let uid = challenge.metadata.uid.clone().unwrap_or_default();
     let requested = spec.duration.map(|d| d.as_signed()).unwrap_or(settings.default_grant_duration);
@@ -49,6 +51,7 @@ pub fn grant_for(challenge: &StepUpChallenge, now: Timestamp, settings: &Setting
             expires_at: Time(now + lifetime),
             scope: spec.scope.clone(),
             challenge_ref: Some(ChallengeRef { name: challenge.name_any(), uid }),
+            signature: None,
         },
         status: None,
     }
@@ -200,7 +203,8 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, ctx: Arc<Context>) -> Re
 /// Creates the grant, or finds it already there (a retry after a crash).
 async fn issue(ctx: &Context, challenge: &StepUpChallenge, now: Timestamp) -> Result<StepUpGrant> {
     let grants: Api<StepUpGrant> = Api::all(ctx.client.clone());
-    let wanted = grant_for(challenge, now, &ctx.settings);
+    let mut wanted = grant_for(challenge, now, &ctx.settings);
+    ctx.keys.grant_signer.sign_grant(&mut wanted);
     let name = wanted.name_any();
     match grants.create(&PostParams::default(), &wanted).await {
         Ok(created) => {

@@ -70,6 +70,23 @@ async fn apply(grant: &StepUpGrant, ctx: &Context) -> Result<Action> {
     let now = Timestamp::now();
     let api: Api<StepUpGrant> = Api::all(ctx.client.clone());
     let phase = grant.status.as_ref().and_then(|s| s.phase);
+    if !ctx.keys.grant_verifier.verifies(grant) {
+        if phase != Some(GrantPhase::Forged) {
+            let message = "not signed by the stepup controller: someone else wrote this grant; it permits nothing";
+            set_phase(&api, grant, GrantPhase::Forged, "Forged", message).await?;
+            ctx.metrics.forged_grants.inc();
+            let note = format!("{}: forged grant {} (not signed by the controller)", grant.spec.user, grant.name_any());
+            ctx.evidence.event(grant, EventType::Warning, "GrantForged", note, None).await;
+            step(grant, "grant.forged", "forged", message);
+        }
+        // Kept as evidence for as long as a real grant would be, then collected.
+        let delete_at = grant.spec.expires_at.0 + ctx.settings.grant_retention;
+        if now >= delete_at {
+            api.delete(&grant.name_any(), &DeleteParams::default()).await?;
+            return Ok(Action::await_change());
+        }
+        return Ok(wait_until(delete_at, now));
+    }
     match lifecycle(grant, now, ctx.settings.grant_retention) {
         Lifecycle::Active { until } => {
             if phase.is_none() {

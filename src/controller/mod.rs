@@ -23,7 +23,7 @@ use kube::{
 };
 
 use self::factor::{CorruptFactor, Factor, Limits};
-use crate::{api, evidence::Evidence, metrics::Metrics, verify::Verifier};
+use crate::{api, evidence::Evidence, keys, metrics::Metrics, verify::Verifier};
 
 /// What the controller needs to know beyond the objects it reconciles.
 #[derive(Clone, Debug)]
@@ -68,6 +68,26 @@ pub struct Context {
     pub metrics: Metrics,
     pub evidence: Evidence,
     pub verifier: Arc<dyn Verifier>,
+    pub keys: Keys,
+}
+
+/// The controller's keys, derived from its master key file.
+pub struct Keys {
+    pub grant_signer: keys::GrantSigner,
+    pub grant_verifier: keys::GrantVerifier,
+    pub responses: keys::ResponseOpener,
+    pub factors: keys::FactorCipher,
+}
+
+impl Keys {
+    pub fn from_master(master: &keys::MasterKey) -> Self {
+        Self {
+            grant_signer: master.grant_signer(),
+            grant_verifier: master.grant_verifier(),
+            responses: master.response_opener(),
+            factors: master.factor_cipher(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Context, Error, Settings,
+    Context, Error, Keys, Settings,
     certs::CertSettings,
     challenge, enrollment,
     factor::Limits,
@@ -29,6 +29,7 @@ use crate::{
     config::{CaBundleSource, ControllerArgs},
     error::RunError,
     evidence::Evidence,
+    keys::MasterKey,
     metrics::Metrics,
     verify::totp::TotpVerifier,
 };
@@ -98,6 +99,7 @@ fn instance(args: &ControllerArgs) -> String {
 
 pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     let metrics = Metrics::new();
+    let master = MasterKey::from_file(&args.identity.key_file)?;
     let client = Client::try_default().await?;
     let identity = instance(&args);
     let ctx = Arc::new(Context {
@@ -113,7 +115,9 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
             metrics.clone(),
         ),
         verifier: Arc::new(TotpVerifier),
+        keys: Keys::from_master(&master),
     });
+    drop(master);
 
     let admin = TcpListener::bind(args.admin_listen)
         .await
