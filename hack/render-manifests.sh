@@ -22,7 +22,11 @@ render() {
 	cat <<-HEADER
 		# kube-stepup: plain-YAML install, rendered from charts/stepup with its default values.
 		# Do not edit: regenerate with \`make manifests\` (hack/render-manifests.sh), which runs
-		#   helm template $RELEASE charts/stepup -n $NAMESPACE --include-crds --skip-tests
+		#   helm template $RELEASE charts/stepup -n $NAMESPACE --include-crds --skip-tests --set keys.existingSecret=stepup-keys
+		# The master key is not in this file (a key shared by every copy of it would protect
+		# nothing): create it first, or mount your own (see the chart's keys.volume):
+		#   kubectl create namespace $NAMESPACE
+		#   kubectl -n $NAMESPACE create secret generic stepup-keys --from-literal=master.key="\$(stepup keygen)"
 		# Install:   kubectl apply --server-side -f manifests/install.yaml
 		# Uninstall: first the admission policies that protect the CRDs, then everything (the CRDs,
 		# and with them every policy and grant, the evidence, go too):
@@ -39,7 +43,8 @@ render() {
 		    app.kubernetes.io/part-of: kube-stepup
 		    pod-security.kubernetes.io/enforce: restricted
 	HEADER
-	"$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --include-crds --skip-tests
+	"$HELM" template "$RELEASE" "$CHART" --namespace "$NAMESPACE" --include-crds --skip-tests \
+		--set keys.existingSecret=stepup-keys
 }
 
 case ${1:-} in

@@ -94,6 +94,14 @@ wait_ready() { # name url timeout-seconds
 	die "$1 not ready after $3s ($2)"
 }
 
+# The master key both processes derive their keys from. A file on disk, as a KMS or
+# secrets-store CSI volume provides it in a hardened install: never in the Kubernetes API.
+make_master_key() {
+	if [[ ! -s $STEPUP_PKI/master.key ]]; then
+		(umask 077 && "$(stepup_bin)" keygen >"$STEPUP_PKI/master.key")
+	fi
+}
+
 install_api() {
 	log "installing CRDs and RBAC"
 	kc apply -f "$REPO/crds/stepup.dev.yaml" >/dev/null
@@ -164,6 +172,7 @@ start_webhook() {
 		"$(stepup_bin)" webhook \
 		--listen "$HOST:$WEBHOOK_PORT" --admin-listen "$HOST:$WEBHOOK_ADMIN_PORT" \
 		--tls-cert-file "$STEPUP_PKI/tls.crt" --tls-key-file "$STEPUP_PKI/tls.key" \
+		--key-file "$STEPUP_PKI/master.key" \
 		--namespace stepup-system --break-glass-group stepup:break-glass \
 		--admin-group stepup:admins,system:masters \
 		--exempt-user system:serviceaccount:stepup-system:policy-writer \
@@ -188,7 +197,7 @@ start_controller() {
 	stop_process stepup-controller
 	log "starting stepup controller"
 	KUBECONFIG=$KUBECONFIG_STEPUP_CONTROLLER RUST_LOG=${RUST_LOG:-info} \
-		"$(stepup_bin)" controller "${CONTROLLER_FLAGS[@]}" \
+		"$(stepup_bin)" controller "${CONTROLLER_FLAGS[@]}" --key-file "$STEPUP_PKI/master.key" \
 		--admin-listen "$HOST:$CONTROLLER_ADMIN_PORT" --instance e2e-main \
 		</dev/null >>"$LOGS/stepup-controller.log" 2>&1 &
 	echo $! >"$PIDS/stepup-controller.pid"
@@ -205,14 +214,16 @@ write_env() {
 		export STEPUP_WEBHOOK_LOG=$LOGS/stepup-webhook.log
 		export STEPUP_CONTROLLER_ADMIN_URL=http://$HOST:$CONTROLLER_ADMIN_PORT
 		export STEPUP_CONTROLLER_LOG=$LOGS/stepup-controller.log
-		export STEPUP_CONTROLLER_FLAGS="${CONTROLLER_FLAGS[*]}"
+		export STEPUP_CONTROLLER_FLAGS="${CONTROLLER_FLAGS[*]} --key-file $STEPUP_PKI/master.key"
 		export STEPUP_LOGS_DIR=$LOGS
+		export STEPUP_KEY_FILE=$STEPUP_PKI/master.key
 	EOF
 }
 
 cmd_up() {
 	load_cluster_env
 	build
+	make_master_key
 	install_api
 	# The controller registers the webhook and makes its certificate; the webhook then
 	# serves that certificate, kept on disk by the sync loop as kubelet would.

@@ -81,6 +81,12 @@ impl Env {
             .expect("kubectl runs")
     }
 
+    /// The controller's grant signing key, from the key file the e2e processes share.
+    pub fn grant_signer(&self) -> kube_stepup::keys::GrantSigner {
+        let path = PathBuf::from(self.var("STEPUP_KEY_FILE"));
+        kube_stepup::keys::MasterKey::from_file(&path).expect("the e2e master key").grant_signer()
+    }
+
     /// The webhook's Prometheus metrics.
     pub async fn webhook_metrics(&self) -> String {
         http_get(&format!("{}/metrics", self.var("STEPUP_WEBHOOK_ADMIN_URL"))).await.expect("metrics")
@@ -100,6 +106,13 @@ impl Env {
         let text = std::fs::read_to_string(self.var("KUBE_AUDIT_LOG")).unwrap_or_default();
         text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
+}
+
+/// The `n`th port for extra processes a scenario starts (controllers in the crash and leader
+/// scenarios): `STEPUP_E2E_EXTRA_PORT_BASE` (default 18091) plus `n`, so that two control planes
+/// can run scenarios side by side.
+pub fn extra_port(n: u16) -> u16 {
+    std::env::var("STEPUP_E2E_EXTRA_PORT_BASE").ok().and_then(|v| v.parse().ok()).unwrap_or(18091) + n
 }
 
 /// A minimal HTTP/1.0 GET for the webhook's plain-HTTP admin port.
@@ -201,10 +214,13 @@ impl World {
         .expect("the controller routes the policies' resources to the webhook");
     }
 
-    /// Creates a grant with the controller's identity, as the controller would.
+    /// Creates a grant as the controller would: signed with the controller's key (the test
+    /// reads the same key file the controller process does) and written with its identity.
     pub async fn issue_grant(&self, grant: &StepUpGrant) -> Result<StepUpGrant, kube::Error> {
+        let mut grant = grant.clone();
+        self.env.grant_signer().sign_grant(&mut grant);
         let api: Api<StepUpGrant> = Api::all(self.controller.clone());
-        let created = api.create(&PostParams::default(), grant).await?;
+        let created = api.create(&PostParams::default(), &grant).await?;
         tokio::time::sleep(Duration::from_millis(300)).await;
         Ok(created)
     }

@@ -401,7 +401,8 @@ async fn a_crash_between_recording_the_code_and_issuing_the_grant_yields_exactly
     let world = World::new().await;
     let mut auth = world.enroll("alice", "alice").await;
     let paused = ScriptControllerPaused::new();
-    let mut crashing = ControllerProcess::spawn(&world.env, "e2e-crashing", 18091, &["--crash-after-recording"]);
+    let mut crashing =
+        ControllerProcess::spawn(&world.env, "e2e-crashing", stepup_e2e::extra_port(0), &["--crash-after-recording"]);
     let c = world.create_challenge("alice", "alice", ALICE_UID, &auth.code().await, None, None).await.unwrap();
     assert_eq!(
         crashing.wait_exit(Duration::from_secs(30)).await,
@@ -410,7 +411,7 @@ async fn a_crash_between_recording_the_code_and_issuing_the_grant_yields_exactly
     );
     assert!(world.grants_of("alice").await.is_empty(), "no grant yet");
     // The crashed replica still holds the lease for its duration; a fresh one takes over.
-    let _fresh = ControllerProcess::spawn(&world.env, "e2e-fresh", 18092, &[]);
+    let _fresh = ControllerProcess::spawn(&world.env, "e2e-fresh", stepup_e2e::extra_port(1), &[]);
     let done = world.verdict(&c.name_any()).await;
     assert_eq!(phase(&done), ChallengePhase::Verified, "{}", message(&done));
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -425,8 +426,8 @@ async fn only_the_leader_acts_and_killing_it_hands_over() {
     let world = World::new().await;
     let mut auth = world.enroll("alice", "alice").await;
     let paused = ScriptControllerPaused::new();
-    let mut a = ControllerProcess::spawn(&world.env, "e2e-a", 18093, &[]);
-    let mut b = ControllerProcess::spawn(&world.env, "e2e-b", 18094, &[]);
+    let mut a = ControllerProcess::spawn(&world.env, "e2e-a", stepup_e2e::extra_port(2), &[]);
+    let mut b = ControllerProcess::spawn(&world.env, "e2e-b", stepup_e2e::extra_port(3), &[]);
     let (leader, standby) = eventually(Duration::from_secs(30), || async {
         match (a.is_leader().await, b.is_leader().await) {
             (true, false) => Ok(("a", "b")),

@@ -151,3 +151,24 @@ maxUnavailable: {{ .maxUnavailable }}
 minAvailable: {{ .minAvailable }}
 {{- end }}
 {{- end }}
+
+{{/* The master key: a volume named "keys" for both Deployments, mounted at /etc/stepup/keys. */}}
+{{- define "stepup.keysSecret" -}}{{ .Values.keys.existingSecret | default (printf "%s-keys" (include "stepup.fullname" .)) }}{{- end }}
+{{- define "stepup.keysVolume" -}}
+- name: keys
+{{- if .Values.keys.volume }}
+  {{- toYaml .Values.keys.volume | nindent 2 }}
+{{- else }}
+  secret:
+    secretName: {{ include "stepup.keysSecret" . }}
+    defaultMode: 0440
+    items:
+    - key: master.key
+      path: master.key
+{{- end }}
+{{- end }}
+{{- define "stepup.keysMount" -}}
+- name: keys
+  mountPath: /etc/stepup/keys
+  readOnly: true
+{{- end }}

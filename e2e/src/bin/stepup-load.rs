@@ -316,7 +316,8 @@ async fn seed(args: SeedArgs) -> Result<()> {
     }
     if args.only != SeedWhat::Policies {
         // Seeded grants are two hours old (expired): `run` issues the fresh ones it needs.
-        let grants = fleet::grants(args.grants, args.users, Timestamp::now(), |_| SignedDuration::from_hours(2));
+        let grants =
+            signed(&env, fleet::grants(args.grants, args.users, Timestamp::now(), |_| SignedDuration::from_hours(2)));
         create_all(Api::all(env.client("stepup-controller").await), grants, args.concurrency, "grants").await?;
         want_grants = args.grants;
     }
@@ -361,7 +362,7 @@ async fn churn(args: ChurnArgs) -> Result<()> {
 
     // Grants: a third get a status update (the controller marking them Expired), the rest
     // are deleted and re-created.
-    let all = fleet::grants(args.grants, args.users, Timestamp::now(), |_| SignedDuration::from_hours(2));
+    let all = signed(&env, fleet::grants(args.grants, args.users, Timestamp::now(), |_| SignedDuration::from_hours(2)));
     let n = touched(all.len());
     let (update, recreate) = all[..n].split_at(n / 3);
     stream::iter(update.iter().cloned())
@@ -410,12 +411,20 @@ where
     eprintln!("  deleted {count} ({:.0}s)", started.elapsed().as_secs_f64());
 }
 
+/// Grants signed with the controller's key, as the controller writes them.
+fn signed(env: &Env, mut grants: Vec<StepUpGrant>) -> Vec<StepUpGrant> {
+    let signer = env.grant_signer();
+    grants.iter_mut().for_each(|g| signer.sign_grant(g));
+    grants
+}
+
 /// A grant for user u issued now, lasting an hour, as the controller would write it.
 async fn issue_fresh_grant(env: &Env, name: &str, user: &str, uid: &str) -> Result<()> {
     let api: Api<StepUpGrant> = Api::all(env.client("stepup-controller").await);
     let now = Timestamp::now();
-    let g =
+    let mut g =
         grant(name, user).uid(uid).reason("load test").issued(now).expires(now + SignedDuration::from_hours(1)).build();
+    env.grant_signer().sign_grant(&mut g);
     let _ = api.delete(name, &Default::default()).await;
     eventually(Duration::from_secs(10), || async { Ok(api.create(&PostParams::default(), &g).await?) }).await?;
     // Let the webhook's grant watch deliver it, so reviews are answered from the cache.
