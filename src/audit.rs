@@ -1,9 +1,16 @@
-//! The audit trail: one JSON line per decision that involved a policy or a built-in rule, and
-//! one per controller step, all on the `stepup::audit` target so a SIEM can pick them out.
+//! The audit trail: one record per decision that involved a policy or a built-in rule, and
+//! one per controller step, in the `stepup.dev/audit/v1` schema ([`crate::records`]). Each
+//! goes out as a JSON line on stdout (target `stepup::audit`, for a SIEM) and into the durable
+//! StepUpLog segments, off the request path.
 
-use crate::decision::Decision;
+use jiff::Timestamp;
 
-pub const TARGET: &str = "stepup::audit";
+use crate::{
+    decision::Decision,
+    records::{Record, writer},
+};
+
+pub use crate::records::TARGET;
 
 /// What an auditor asks of an admission decision: who, what, which policy, which grant, result.
 pub struct AdmissionRecord<'a> {
@@ -20,30 +27,33 @@ pub struct AdmissionRecord<'a> {
     pub decision: &'a Decision,
 }
 
+impl AdmissionRecord<'_> {
+    pub fn to_record(&self, time: Timestamp) -> Record {
+        let d = self.decision;
+        Record {
+            review_uid: self.uid.to_owned(),
+            user: self.user.to_owned(),
+            user_uid: self.user_uid.to_owned(),
+            operation: self.operation.to_owned(),
+            group: self.group.to_owned(),
+            resource: self.resource.to_owned(),
+            subresource: self.subresource.to_owned(),
+            namespace: self.namespace.to_owned(),
+            name: self.name.to_owned(),
+            dry_run: self.dry_run,
+            decision: d.outcome.as_str().to_owned(),
+            allowed: Some(d.allowed),
+            policies: d.policies.join(","),
+            grant: d.grant.clone().unwrap_or_default(),
+            reason: d.grant_reason.clone().unwrap_or_default(),
+            requirement: d.requirement.as_ref().map(|x| x.to_string()).unwrap_or_default(),
+            ..Record::new("admission.decision", time)
+        }
+    }
+}
+
 pub fn admission(r: &AdmissionRecord<'_>) {
-    let d = r.decision;
-    let requirement = d.requirement.as_ref().map(|x| x.to_string());
-    tracing::info!(
-        target: TARGET,
-        event = "admission.decision",
-        review_uid = r.uid,
-        user = r.user,
-        user_uid = r.user_uid,
-        operation = r.operation,
-        group = r.group,
-        resource = r.resource,
-        subresource = r.subresource,
-        namespace = r.namespace,
-        name = r.name,
-        dry_run = r.dry_run,
-        decision = d.outcome.as_str(),
-        allowed = d.allowed,
-        policies = d.policies.join(","),
-        grant = d.grant.as_deref().unwrap_or(""),
-        reason = d.grant_reason.as_deref().unwrap_or(""),
-        requirement = requirement.as_deref().unwrap_or(""),
-        "admission decision"
-    );
+    writer::emit(r.to_record(Timestamp::now()));
 }
 
 /// One step of the controller: an enrollment, a verification, a grant issued, expired or
@@ -61,17 +71,21 @@ pub struct StepRecord<'a> {
     pub message: &'a str,
 }
 
+impl StepRecord<'_> {
+    pub fn to_record(&self, time: Timestamp) -> Record {
+        Record {
+            user: self.user.to_owned(),
+            object: self.object.to_owned(),
+            result: self.result.to_owned(),
+            method: self.method.to_owned(),
+            reason: self.reason.to_owned(),
+            grant: self.grant.to_owned(),
+            message: self.message.to_owned(),
+            ..Record::new(self.event, time)
+        }
+    }
+}
+
 pub fn step(r: &StepRecord<'_>) {
-    tracing::info!(
-        target: TARGET,
-        event = r.event,
-        user = r.user,
-        object = r.object,
-        result = r.result,
-        method = r.method,
-        reason = r.reason,
-        grant = r.grant,
-        message = r.message,
-        "controller step"
-    );
+    writer::emit(r.to_record(Timestamp::now()));
 }

@@ -42,6 +42,12 @@ pub struct IdentityArgs {
     #[arg(long, env = "STEPUP_CONTROLLER_USER")]
     pub controller_user: Option<String>,
 
+    /// Username of the webhook's service account [default:
+    /// system:serviceaccount:<namespace>:stepup-webhook]: its own requests are never reviewed,
+    /// and with the controller it is the only writer of the audit trail (StepUpLogs).
+    #[arg(long, env = "STEPUP_WEBHOOK_USER")]
+    pub webhook_user: Option<String>,
+
     /// Groups whose members approve enrollments, reset lockouts and revoke any grant.
     #[arg(long = "admin-group", env = "STEPUP_ADMIN_GROUPS", value_delimiter = ',', default_value = "stepup:admins")]
     pub admin_groups: Vec<String>,
@@ -65,6 +71,10 @@ pub struct IdentityArgs {
 }
 
 impl IdentityArgs {
+    pub fn webhook_user(&self) -> String {
+        self.webhook_user.clone().unwrap_or_else(|| format!("system:serviceaccount:{}:stepup-webhook", self.namespace))
+    }
+
     pub fn controller_user(&self) -> String {
         self.controller_user
             .clone()
@@ -139,6 +149,10 @@ pub struct WebhookArgs {
     /// After the drain period, how long open connections get to finish.
     #[arg(long, env = "STEPUP_SHUTDOWN_GRACE", default_value = "10s")]
     pub shutdown_grace: Duration,
+
+    /// How often the durable audit trail (StepUpLog segments) is written to the API server.
+    #[arg(long, env = "STEPUP_AUDIT_FLUSH_INTERVAL", default_value = "10s")]
+    pub audit_flush_interval: Duration,
 
     /// Minimum interval between two Events for the same decision, policy and user.
     #[arg(long, env = "STEPUP_EVENT_INTERVAL", default_value = "60s")]
@@ -226,11 +240,6 @@ pub struct ControllerArgs {
     #[arg(long, env = "STEPUP_WEBHOOK_TIMEOUT", default_value = "5s")]
     pub webhook_timeout: Duration,
 
-    /// Username of the webhook's service account, whose own requests are never reviewed
-    /// [default: system:serviceaccount:<namespace>:stepup-webhook].
-    #[arg(long, env = "STEPUP_WEBHOOK_USER")]
-    pub webhook_user: Option<String>,
-
     /// Who provides the serving certificate and caBundle: the controller itself, or
     /// cert-manager (certificate in --tls-secret, caBundle injected by its cainjector).
     #[arg(long, env = "STEPUP_CA_BUNDLE_SOURCE", value_enum, default_value_t = CaBundleSource::Controller)]
@@ -260,6 +269,15 @@ pub struct ControllerArgs {
     /// uninstalling removes it.
     #[arg(long, env = "STEPUP_OWNER_CLUSTER_ROLE")]
     pub owner_cluster_role: Option<String>,
+
+    /// How often the durable audit trail (StepUpLog segments) is written to the API server.
+    #[arg(long, env = "STEPUP_AUDIT_FLUSH_INTERVAL", default_value = "10s")]
+    pub audit_flush_interval: Duration,
+
+    /// How long the durable audit trail (StepUpLog segments) is kept; a year is fine for the
+    /// API server (see README for the etcd cost).
+    #[arg(long, env = "STEPUP_AUDIT_RETENTION", default_value = "2160h")]
+    pub audit_retention: Duration,
 
     /// Test hook: exit right after recording a code's use, before issuing the grant.
     #[arg(long, hide = true)]

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod pki;
 pub mod plugin;
 pub mod policy;
+pub mod records;
 pub mod telemetry;
 pub mod testing;
 pub mod verify;

@@ -37,6 +37,11 @@ pub struct Metrics {
     pub lockouts: IntCounter,
     /// Grants seen without a valid controller signature (written by someone else), ignored.
     pub forged_grants: IntCounter,
+    /// Audit records dropped because the writer's queue was full or the API server was out of
+    /// reach for too long (never silent).
+    pub audit_records_dropped: IntCounter,
+    /// Writes of the durable audit segments (StepUpLog), by result.
+    pub audit_segment_writes: IntCounterVec,
     /// Reconcile failures by controller and error kind.
     pub reconcile_errors: IntCounterVec,
     /// 1 while this replica holds the controller Lease.
@@ -111,6 +116,16 @@ impl Metrics {
             "Grants without a valid controller signature, seen and ignored (someone other than the controller wrote them).",
         )
         .expect("valid metric");
+        let audit_records_dropped = IntCounter::new(
+            "stepup_audit_records_dropped_total",
+            "Audit records dropped: the writer's queue was full or the API server out of reach too long.",
+        )
+        .expect("valid metric");
+        let audit_segment_writes = IntCounterVec::new(
+            Opts::new("stepup_audit_segment_writes_total", "Writes of durable audit segments (StepUpLog), by result."),
+            &["result"],
+        )
+        .expect("valid metric");
         let reconcile_errors = IntCounterVec::new(
             Opts::new("stepup_reconcile_errors_total", "Reconcile failures, by controller and error kind."),
             &["controller", "error"],
@@ -138,6 +153,8 @@ impl Metrics {
             Box::new(grants_active.clone()),
             Box::new(lockouts.clone()),
             Box::new(forged_grants.clone()),
+            Box::new(audit_records_dropped.clone()),
+            Box::new(audit_segment_writes.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(leader.clone()),
             Box::new(build_info),
@@ -161,6 +178,8 @@ impl Metrics {
             grants_active,
             lockouts,
             forged_grants,
+            audit_records_dropped,
+            audit_segment_writes,
             reconcile_errors,
             leader,
         }

@@ -267,6 +267,7 @@ impl<'a> Review<'a> {
                 object: typed(object, "object", "StepUpEnrollment")?,
                 old: typed(old, "oldObject", "StepUpEnrollment")?,
             },
+            "stepuplogs" => StepUpObjects::Log,
             _ => StepUpObjects::None,
         })
     }

@@ -25,6 +25,7 @@ pub fn settings(args: &WebhookArgs) -> Settings {
     Settings {
         decision: DecisionConfig {
             controller_users: vec![id.controller_user()],
+            webhook_users: vec![id.webhook_user()],
             admin_groups: id.admin_groups.clone(),
             break_glass_groups: id.break_glass_groups.clone(),
             exempt_users: args.exempt_users.clone(),
@@ -49,6 +50,15 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     } else {
         vec![policy::builtin::policy_changes(args.protect_policies)]
     };
+    let stop_records = CancellationToken::new();
+    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    crate::records::writer::install(
+        format!("stepup-webhook/{instance}"),
+        metrics.clone(),
+        Some(client.clone()),
+        args.audit_flush_interval.as_std(),
+        stop_records.clone(),
+    );
     let caches = Caches::new(builtin);
     let stop_watches = CancellationToken::new();
     watch::spawn_all(client.clone(), caches.clone(), metrics.clone(), verifier.clone(), stop_watches.clone());
@@ -108,6 +118,9 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let _ = tls_task.await;
     let _ = admin_task.await;
     stop_watches.cancel();
+    stop_records.cancel();
+    // The last audit records go out before the process ends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     tracing::info!("webhook stopped");
     Ok(())
 }

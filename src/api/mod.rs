@@ -9,6 +9,7 @@ mod duration;
 mod enrollment;
 mod grant;
 mod identity;
+mod log;
 mod policy;
 
 pub use challenge::*;
@@ -16,6 +17,7 @@ pub use duration::{Duration, ParseDurationError};
 pub use enrollment::*;
 pub use grant::*;
 pub use identity::*;
+pub use log::*;
 pub use policy::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -83,7 +85,7 @@ impl GrantScope {
 
 /// Every CRD of the API, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![StepUpPolicy::crd(), StepUpGrant::crd(), StepUpChallenge::crd(), StepUpEnrollment::crd()]
+    vec![StepUpPolicy::crd(), StepUpGrant::crd(), StepUpChallenge::crd(), StepUpEnrollment::crd(), StepUpLog::crd()]
 }
 
 /// The CRDs as one multi-document YAML stream: what `stepup crdgen` prints and `crds/` holds.

@@ -9,6 +9,7 @@ pub mod factor;
 pub mod grant;
 pub mod leader;
 pub mod policy_status;
+pub mod records;
 pub mod registration;
 pub mod run;
 pub mod webhook_config;
@@ -41,6 +42,8 @@ pub struct Settings {
     /// Finished challenges are deleted after this long.
     pub challenge_ttl: SignedDuration,
     pub limits: Limits,
+    /// Durable audit segments (StepUpLog) are deleted this long after their day.
+    pub audit_retention: SignedDuration,
     /// Test hook: exit right after recording a code's use, before issuing the grant.
     pub crash_after_recording: bool,
 }
@@ -56,6 +59,7 @@ impl Default for Settings {
             challenge_timeout: SignedDuration::from_mins(5),
             challenge_ttl: SignedDuration::from_hours(1),
             limits: Limits::default(),
+            audit_retention: SignedDuration::from_hours(90 * 24),
             crash_after_recording: false,
         }
     }

@@ -48,6 +48,7 @@ pub fn settings(args: &ControllerArgs) -> Settings {
             window: args.failure_window.as_signed(),
             lockout_after: args.lockout_threshold,
         },
+        audit_retention: args.audit_retention.as_signed(),
         crash_after_recording: args.crash_after_recording,
     }
 }
@@ -59,8 +60,7 @@ pub fn registration_settings(args: &ControllerArgs) -> Option<RegistrationSettin
         return None;
     }
     let ns = args.identity.namespace.clone();
-    let webhook_user =
-        args.webhook_user.clone().unwrap_or_else(|| format!("system:serviceaccount:{ns}:stepup-webhook"));
+    let webhook_user = args.identity.webhook_user();
     let target = match &args.webhook_url {
         Some(url) => Target::Url(url.clone()),
         None => Target::Service { name: args.webhook_service.clone() },
@@ -102,6 +102,14 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     let master = MasterKey::from_file(&args.identity.key_file)?;
     let client = Client::try_default().await?;
     let identity = instance(&args);
+    let stop_records = CancellationToken::new();
+    crate::records::writer::install(
+        format!("stepup-controller/{identity}"),
+        metrics.clone(),
+        Some(client.clone()),
+        args.audit_flush_interval.as_std(),
+        stop_records.clone(),
+    );
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings(&args),
@@ -178,6 +186,9 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     stop_election.cancel();
     let _ = election.await;
     stop.cancel();
+    stop_records.cancel();
+    // The last audit records go out before the process ends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     tracing::info!("controller stopped");
     Ok(())
 }
@@ -256,6 +267,7 @@ fn start(
     tasks.push(tokio::spawn(
         policies.run(policy_status::reconcile, error_policy("policy"), ctx.clone()).for_each(|_| async {}),
     ));
+    tasks.push(tokio::spawn(super::records::run(ctx.clone(), work.clone())));
     if let Some(settings) = registration {
         tasks.push(tokio::spawn(registration::run(ctx, settings, work)));
     }

@@ -129,11 +129,12 @@ pub fn normalize_resources(resources: Vec<String>) -> Vec<String> {
 
 /// The stepup kinds always go to the webhook: the built-in identity rules live there.
 fn stepup_rule() -> RuleWithOperations {
-    let resources = ["stepuppolicies", "stepupgrants", "stepupchallenges", "stepupenrollments"]
+    let mut resources: Vec<String> = ["stepuppolicies", "stepupgrants", "stepupchallenges", "stepupenrollments"]
         .iter()
         .flat_map(|r| [r.to_string(), format!("{r}/status")])
         .filter(|r| r != "stepuppolicies/status")
         .collect();
+    resources.push("stepuplogs".into());
     RuleWithOperations {
         api_groups: Some(vec![GROUP.into()]),
         api_versions: Some(vec!["*".into()]),

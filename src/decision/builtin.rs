@@ -33,6 +33,8 @@ pub enum StepUpObjects {
         object: Option<Box<StepUpEnrollment>>,
         old: Option<Box<StepUpEnrollment>>,
     },
+    /// A segment of the audit trail; only who writes it matters.
+    Log,
 }
 
 /// `Some` is final; `None` lets policy evaluation continue (valid StepUpPolicy changes are
@@ -53,6 +55,7 @@ pub(super) fn decide(req: &Request<'_>, objects: &StepUpObjects, config: &Decisi
         StepUpObjects::Enrollment { object, old } => {
             Some(enrollment(req, object.as_deref(), old.as_deref(), is_controller, is_admin, config))
         }
+        StepUpObjects::Log => Some(log(req, is_controller || config.webhook_users.iter().any(|u| u == user.username))),
     }
 }
 
@@ -110,6 +113,22 @@ fn grant(
         },
         Connect | api::Operation::All => Decision::builtin_allowed(),
     }
+}
+
+/// The audit trail is written and pruned only by stepup's own processes: nobody, admins
+/// included, edits or deletes the evidence of what they did.
+fn log(req: &Request<'_>, is_recorder: bool) -> Decision {
+    if is_recorder {
+        return Decision::builtin_allowed();
+    }
+    Decision::builtin_denied(format!(
+        "StepUpLogs are stepup's audit trail: only its webhook and controller write them, and {:?} may not {}",
+        req.user.username,
+        match req.operation {
+            Delete => "delete them",
+            _ => "write them",
+        }
+    ))
 }
 
 fn challenge(

@@ -22,6 +22,8 @@ use crate::{
 pub struct DecisionConfig {
     /// Usernames of the stepup controller: the only writers of grants.
     pub controller_users: Vec<String>,
+    /// Usernames of the webhook: with the controller, the only writers of the audit trail.
+    pub webhook_users: Vec<String>,
     /// Groups whose members may approve enrollments, reset lockouts and revoke any grant.
     pub admin_groups: Vec<String>,
     /// Groups that bypass policies, loudly (warning, Event, metric, audit line).

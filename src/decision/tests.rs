@@ -11,10 +11,12 @@ use crate::{
 };
 
 const CONTROLLER: &str = "system:serviceaccount:stepup-system:stepup-controller";
+const WEBHOOK: &str = "system:serviceaccount:stepup-system:stepup-webhook";
 
 fn config() -> DecisionConfig {
     DecisionConfig {
         controller_users: vec![CONTROLLER.into()],
+        webhook_users: vec![WEBHOOK.into()],
         admin_groups: vec!["stepup:admins".into()],
         break_glass_groups: vec!["stepup:break-glass".into()],
         exempt_users: vec!["flux".into()],
@@ -545,4 +547,27 @@ fn policies_never_apply_to_challenges_or_revocations() {
     assert_eq!(d.outcome, Outcome::BuiltinAllowed);
     let d = w.decide_with(&RequestBuilder { operation: Delete, ..on("stepupgrants") }, &grant_objects("alice"));
     assert_eq!(d.outcome, Outcome::BuiltinAllowed);
+}
+
+#[test]
+fn only_stepups_own_processes_write_or_delete_the_audit_trail() {
+    let w = world(vec![]);
+    for op in [Create, Update, Delete] {
+        let req = |who: &str, groups: &[&str]| RequestBuilder {
+            operation: op,
+            ..on("stepuplogs").name("seg").by(who, groups)
+        };
+        for recorder in [CONTROLLER, WEBHOOK] {
+            assert_eq!(w.decide_with(&req(recorder, &[]), &StepUpObjects::Log).outcome, Outcome::BuiltinAllowed);
+        }
+        for (who, groups) in [
+            ("alice", &[][..]),
+            ("root", &["system:masters", "stepup:admins"][..]),
+            ("carol", &["stepup:break-glass"][..]),
+        ] {
+            let d = w.decide_with(&req(who, groups), &StepUpObjects::Log);
+            assert_eq!(d.outcome, Outcome::BuiltinDenied, "{who} {op:?}");
+            assert!(d.message.contains("StepUpLogs are stepup's audit trail"), "{}", d.message);
+        }
+    }
 }

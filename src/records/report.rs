@@ -1,0 +1,315 @@
+//! What an auditor reads, computed from records: per policy and per user, prompts, successful
+//! and failed step-ups, time from prompt to grant, operations let through by grants,
+//! break-glass uses, lockouts and resets; step-ups per day; and the chronological trail with
+//! correlation ids. Pure: records in, figures out.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use jiff::{SignedDuration, Timestamp};
+use serde::Serialize;
+
+use super::Record;
+
+/// Which records count.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub since: Timestamp,
+    pub until: Timestamp,
+    pub user: Option<String>,
+    pub policy: Option<String>,
+}
+
+/// Figures for one policy or one user.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Figures {
+    /// Refusals that asked for step-up (dry runs excluded).
+    pub prompts: u64,
+    pub step_ups: u64,
+    pub failed_step_ups: u64,
+    /// Median seconds from a prompt to the grant its step-up produced (same correlation id).
+    pub median_prompt_to_grant_seconds: Option<f64>,
+    /// Operations a grant let through.
+    pub granted_operations: u64,
+    pub break_glass: u64,
+    pub lockouts: u64,
+    pub resets: u64,
+    pub unlocks: u64,
+    #[serde(skip)]
+    waits: Vec<f64>,
+}
+
+impl Figures {
+    fn finish(&mut self) {
+        self.waits.sort_by(f64::total_cmp);
+        self.median_prompt_to_grant_seconds = match self.waits.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(self.waits[n / 2]),
+            n => Some((self.waits[n / 2 - 1] + self.waits[n / 2]) / 2.0),
+        };
+    }
+}
+
+/// One line of the trail.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrailEntry {
+    pub time: Timestamp,
+    pub event: String,
+    pub user: String,
+    pub by: String,
+    pub what: String,
+    pub result: String,
+    pub policies: String,
+    pub grant: String,
+    pub reason: String,
+    pub correlation: String,
+}
+
+/// The report's figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub since: Timestamp,
+    pub until: Timestamp,
+    pub totals: Figures,
+    pub policies: BTreeMap<String, Figures>,
+    pub users: BTreeMap<String, Figures>,
+    /// Step-ups per UTC day (`2026-12-01`) and policy (`""` for step-ups not tied to a prompt).
+    pub step_ups_per_day: BTreeMap<String, BTreeMap<String, u64>>,
+    pub trail: Vec<TrailEntry>,
+}
+
+/// The label a step-up not tied to any prompt is counted under, per policy.
+pub const NO_PROMPT: &str = "(no prompt)";
+
+fn what(r: &Record) -> String {
+    if r.is_admission() {
+        let mut s = format!("{} {}", r.operation.to_lowercase(), r.resource);
+        if !r.subresource.is_empty() {
+            s.push('/');
+            s.push_str(&r.subresource);
+        }
+        if !r.name.is_empty() {
+            s.push_str(&format!(" {:?}", r.name));
+        }
+        if !r.namespace.is_empty() {
+            s.push_str(&format!(" in {}", r.namespace));
+        }
+        s
+    } else {
+        r.object.clone()
+    }
+}
+
+/// Computes the report over `records` (any order, from any number of writers).
+pub fn summarize(records: &[Record], scope: &Scope) -> Summary {
+    let mut in_scope: Vec<&Record> = records
+        .iter()
+        .filter(|r| r.time >= scope.since && r.time < scope.until)
+        .filter(|r| scope.user.as_ref().is_none_or(|u| &r.user == u))
+        .collect();
+    in_scope.sort_by_key(|r| r.time);
+
+    // The policies and the first time of each prompt, by correlation id.
+    let mut prompted: HashMap<&str, (Timestamp, Vec<&str>)> = HashMap::new();
+    for r in &in_scope {
+        if is_prompt(r) && !r.correlation.is_empty() {
+            prompted.entry(r.correlation.as_str()).or_insert((r.time, r.policy_list().collect()));
+        }
+    }
+    let policies_of = |r: &Record| -> Vec<String> {
+        if r.is_admission() {
+            return r.policy_list().map(str::to_owned).collect();
+        }
+        match prompted.get(r.correlation.as_str()) {
+            Some((_, p)) if !r.correlation.is_empty() => p.iter().map(|s| (*s).to_owned()).collect(),
+            _ => vec![NO_PROMPT.to_owned()],
+        }
+    };
+    let wanted_policy = |policies: &[String]| scope.policy.as_ref().is_none_or(|p| policies.contains(p));
+
+    let mut out = Summary { since: scope.since, until: scope.until, ..Summary::default() };
+    for r in in_scope {
+        let policies = policies_of(r);
+        if !wanted_policy(&policies) {
+            continue;
+        }
+        let mut bump = |f: &mut dyn FnMut(&mut Figures)| {
+            f(&mut out.totals);
+            for p in &policies {
+                f(out.policies.entry(p.clone()).or_default());
+            }
+            if !r.user.is_empty() {
+                f(out.users.entry(r.user.clone()).or_default());
+            }
+        };
+        let mut notable = true;
+        match r.event.as_str() {
+            "admission.decision" if r.dry_run => notable = false,
+            "admission.decision" => match r.decision.as_str() {
+                "denied" if is_prompt(r) => bump(&mut |f| f.prompts += 1),
+                "granted" if !r.grant.is_empty() => bump(&mut |f| f.granted_operations += 1),
+                "break-glass" => bump(&mut |f| f.break_glass += 1),
+                _ => notable = !matches!(r.decision.as_str(), "granted" | "builtin-allowed"),
+            },
+            "challenge.verified" => {
+                bump(&mut |f| f.step_ups += 1);
+                let day = r.time.strftime("%Y-%m-%d").to_string();
+                let per = out.step_ups_per_day.entry(day).or_default();
+                for p in &policies {
+                    *per.entry(p.clone()).or_default() += 1;
+                }
+            }
+            "challenge.denied" | "challenge.expired" => bump(&mut |f| f.failed_step_ups += 1),
+            "grant.issued" => {
+                if let Some((prompt_at, _)) = prompted.get(r.correlation.as_str()).filter(|_| !r.correlation.is_empty())
+                {
+                    let wait = r.time.duration_since(*prompt_at).max(SignedDuration::ZERO).as_secs_f64();
+                    bump(&mut |f| f.waits.push(wait));
+                }
+            }
+            "enrollment.locked" => bump(&mut |f| f.lockouts += 1),
+            "enrollment.reset" => bump(&mut |f| f.resets += 1),
+            "enrollment.unlocked" => bump(&mut |f| f.unlocks += 1),
+            _ => {}
+        }
+        if notable {
+            out.trail.push(TrailEntry {
+                time: r.time,
+                event: if r.is_admission() { format!("admission.{}", r.decision) } else { r.event.clone() },
+                user: r.user.clone(),
+                by: r.by.clone(),
+                what: what(r),
+                result: r.result.clone(),
+                policies: policies.join(","),
+                grant: r.grant.clone(),
+                reason: r.reason.clone(),
+                correlation: r.correlation.clone(),
+            });
+        }
+    }
+    out.totals.finish();
+    out.policies.values_mut().for_each(Figures::finish);
+    out.users.values_mut().for_each(Figures::finish);
+    out
+}
+
+/// A refusal that asked for step-up (as opposed to a built-in refusal or an outage).
+fn is_prompt(r: &Record) -> bool {
+    r.is_admission() && r.decision == "denied" && !r.dry_run
+}
+
+/// The UTC days `[since, until)` touches, as `StepUpLog` day labels.
+pub fn days(since: Timestamp, until: Timestamp) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut t = since;
+    while t < until {
+        out.insert(super::segment::day(t));
+        t += SignedDuration::from_hours(24);
+    }
+    if until > since {
+        out.insert(super::segment::day(until - SignedDuration::from_secs(1)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn admission(time: &str, user: &str, decision: &str, correlation: &str) -> Record {
+        Record {
+            user: user.into(),
+            decision: decision.into(),
+            policies: "prod-secrets".into(),
+            operation: "DELETE".into(),
+            resource: "secrets".into(),
+            namespace: "prod".into(),
+            name: "db".into(),
+            correlation: correlation.into(),
+            grant: if decision == "granted" { "g-1".into() } else { String::new() },
+            ..Record::new("admission.decision", at(time))
+        }
+    }
+
+    fn step(time: &str, event: &str, user: &str, correlation: &str) -> Record {
+        Record { user: user.into(), correlation: correlation.into(), ..Record::new(event, at(time)) }
+    }
+
+    fn scope() -> Scope {
+        Scope { since: at("2026-11-01T00:00:00Z"), until: at("2026-12-01T00:00:00Z"), ..Scope::default() }
+    }
+
+    #[test]
+    fn a_prompt_a_step_up_and_the_operation_it_let_through_are_tied_together() {
+        let records = vec![
+            admission("2026-11-10T10:00:00Z", "alice", "denied", "c1"),
+            step("2026-11-10T10:00:20Z", "challenge.denied", "alice", "c1"),
+            step("2026-11-10T10:00:40Z", "challenge.verified", "alice", "c1"),
+            step("2026-11-10T10:00:41Z", "grant.issued", "alice", "c1"),
+            admission("2026-11-10T10:00:45Z", "alice", "granted", "c1"),
+            // Outside the period.
+            admission("2026-10-31T23:59:59Z", "alice", "denied", "c0"),
+        ];
+        let s = summarize(&records, &scope());
+        let p = &s.policies["prod-secrets"];
+        assert_eq!((p.prompts, p.step_ups, p.failed_step_ups, p.granted_operations), (1, 1, 1, 1));
+        assert_eq!(p.median_prompt_to_grant_seconds, Some(41.0));
+        assert_eq!(s.users["alice"].prompts, 1);
+        assert_eq!(s.step_ups_per_day["2026-11-10"]["prod-secrets"], 1);
+        assert_eq!(s.trail.len(), 5);
+        assert!(s.trail.iter().all(|t| t.correlation == "c1"));
+        assert_eq!(s.trail[0].what, "delete secrets \"db\" in prod");
+    }
+
+    #[test]
+    fn step_ups_without_a_prompt_count_for_the_user_and_under_no_prompt() {
+        let records = vec![step("2026-11-02T08:00:00Z", "challenge.verified", "bob", "")];
+        let s = summarize(&records, &scope());
+        assert_eq!(s.users["bob"].step_ups, 1);
+        assert_eq!(s.policies[NO_PROMPT].step_ups, 1);
+    }
+
+    #[test]
+    fn medians_lockouts_resets_and_break_glass_are_counted_per_user() {
+        let mut records = vec![];
+        for (i, wait) in [10, 30, 20, 40].iter().enumerate() {
+            let c = format!("c{i}");
+            records.push(admission("2026-11-05T10:00:00Z", "alice", "denied", &c));
+            let t = at("2026-11-05T10:00:00Z") + SignedDuration::from_secs(*wait);
+            records.push(Record { user: "alice".into(), correlation: c.clone(), ..Record::new("grant.issued", t) });
+        }
+        records.push(step("2026-11-06T00:00:00Z", "enrollment.locked", "alice", ""));
+        records.push(Record { by: "admin".into(), ..step("2026-11-06T01:00:00Z", "enrollment.reset", "alice", "") });
+        records.push(admission("2026-11-07T00:00:00Z", "carol", "break-glass", ""));
+        let s = summarize(&records, &scope());
+        let alice = &s.users["alice"];
+        assert_eq!(alice.median_prompt_to_grant_seconds, Some(25.0));
+        assert_eq!((alice.lockouts, alice.resets), (1, 1));
+        assert_eq!(s.users["carol"].break_glass, 1);
+        assert_eq!(s.totals.break_glass, 1);
+    }
+
+    #[test]
+    fn dry_runs_are_not_prompts_and_filters_narrow_the_report() {
+        let mut dry = admission("2026-11-05T10:00:00Z", "alice", "denied", "");
+        dry.dry_run = true;
+        let records = vec![dry, admission("2026-11-05T11:00:00Z", "bob", "denied", "")];
+        assert_eq!(summarize(&records, &scope()).totals.prompts, 1);
+        let only_alice = Scope { user: Some("alice".into()), ..scope() };
+        assert_eq!(summarize(&records, &only_alice).totals.prompts, 0);
+        let other_policy = Scope { policy: Some("rbac-changes".into()), ..scope() };
+        assert!(summarize(&records, &other_policy).trail.is_empty());
+    }
+
+    #[test]
+    fn days_cover_the_period() {
+        let d = days(at("2026-11-29T12:00:00Z"), at("2026-12-01T00:00:00Z"));
+        assert_eq!(d.into_iter().collect::<Vec<_>>(), ["20261129", "20261130"]);
+    }
+}
