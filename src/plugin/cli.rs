@@ -171,6 +171,17 @@ Example:
   kubectl stepup reset alice@example.com")]
     Reset(AdminArgs),
 
+    /// What an auditor asks for a period: prompts, step-ups, grants used, break-glass, lockouts.
+    #[command(after_help = "\
+Examples:
+  kubectl stepup report --since 30d
+  kubectl stepup report --since 2026-10-01 --until 2026-11-01 --user alice -o csv
+  # One self-contained file for the auditor, including every request the API server reviewed
+  kubectl stepup report --since 90d --audit-log /var/log/kubernetes/audit.log -o html > report.html
+
+Needs read access to stepup's audit trail (the <release>-auditor ClusterRole).")]
+    Report(super::report::ReportArgs),
+
     /// Print a shell completion script.
     #[command(after_help = "\
 Examples:

@@ -26,6 +26,7 @@ pub mod cluster;
 pub mod enroll;
 pub mod error;
 pub mod format;
+pub mod report;
 pub mod request;
 pub mod resources;
 pub mod status;
@@ -85,6 +86,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Check(args) => check::run(&session, &args).await?,
         Command::Approve(args) => admin::run(&session, admin::Action::Approve, &args.user).await.map(|()| Exit::Ok)?,
         Command::Reset(args) => admin::run(&session, admin::Action::Reset, &args.user).await.map(|()| Exit::Ok)?,
+        Command::Report(args) => report::run(&session, &args).await.map(|()| Exit::Ok)?,
         Command::Completion(_) => Exit::Ok,
     };
     Ok(exit as u8)

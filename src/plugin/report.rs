@@ -1,0 +1,572 @@
+//! `kubectl stepup report`: what an auditor asks for the audit period, from stepup's durable
+//! audit trail (StepUpLog segments) and optionally the API server's audit log. Reads only;
+//! the figures come from the pure [`crate::records::report`].
+
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use jiff::{SignedDuration, Timestamp};
+use kube::{Api, api::ListParams};
+use serde::Serialize;
+
+use super::{
+    cluster::Session,
+    error::{Error, Result},
+};
+use crate::{
+    api::StepUpLog,
+    records::{
+        Record,
+        report::{self, Figures, Scope, Summary},
+        segment,
+    },
+};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Csv,
+    Json,
+    Html,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Start of the period: a duration back from now (`30d`, `12h`), a date (`2026-11-01`) or
+    /// an RFC 3339 time.
+    #[arg(long, default_value = "30d")]
+    pub since: String,
+    /// End of the period (same forms); default now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only records that involve this policy.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// table, csv, json, or html (one self-contained file: `-o html > report.html`).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// A kube-apiserver audit log (JSON lines) to take every reviewed request from, by its
+    /// `validate.stepup.dev/*` annotations, instead of the webhook's own records.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<std::path::PathBuf>,
+}
+
+/// `30d`, `12h`, `2026-11-01`, `2026-11-01T10:00:00Z` → a time, relative to `now`.
+pub fn parse_time(text: &str, now: Timestamp) -> std::result::Result<Timestamp, String> {
+    let text = text.trim();
+    if let Some(days) = text.strip_suffix('d').and_then(|d| d.parse::<i64>().ok()) {
+        if !(0..=3660).contains(&days) {
+            return Err(format!("{text:?}: at most 3660 days back"));
+        }
+        return Ok(now - SignedDuration::from_hours(24 * days));
+    }
+    if let Ok(d) = text.parse::<crate::api::Duration>() {
+        return Ok(now - d.as_signed());
+    }
+    if let Ok(t) = text.parse::<Timestamp>() {
+        return Ok(t);
+    }
+    if let Ok(date) = text.parse::<jiff::civil::Date>() {
+        return date.to_zoned(jiff::tz::TimeZone::UTC).map(|z| z.timestamp()).map_err(|e| e.to_string());
+    }
+    Err(format!("{text:?} is not a duration (30d, 12h), a date (2026-11-01) or an RFC 3339 time"))
+}
+
+pub async fn run(session: &Session, args: &ReportArgs) -> Result<()> {
+    let now = Timestamp::now();
+    let bad = |what: &str, e: String| Error::usage(format!("--{what}: {e}"), "e.g. --since 30d --until 2026-12-01");
+    let since = parse_time(&args.since, now).map_err(|e| bad("since", e))?;
+    let until =
+        args.until.as_deref().map(|u| parse_time(u, now)).transpose().map_err(|e| bad("until", e))?.unwrap_or(now);
+    if until <= since {
+        return Err(Error::usage("the period is empty: --until is not after --since", "e.g. --since 30d"));
+    }
+    let (mut records, trail_health) = fetch(session, since, until).await?;
+    if let Some(path) = &args.audit_log {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display()), "Check the path."))?;
+        // The API server's log is authoritative for what it reviewed; the webhook's own
+        // admission records would count the same requests twice.
+        records.retain(|r| !r.is_admission());
+        records.extend(from_audit_log(&text));
+    }
+    let scope = Scope { since, until, user: args.user.clone(), policy: args.policy.clone() };
+    let summary = report::summarize(&records, &scope);
+    let meta = Meta { cluster: session.server.clone(), generated: now, health: trail_health };
+    let rendered = match args.format {
+        Format::Table => table(&summary, &meta),
+        Format::Csv => csv(&summary),
+        Format::Json => json(&summary, &meta),
+        Format::Html => html(&summary, &meta),
+    };
+    out!("{rendered}");
+    Ok(())
+}
+
+/// What the report can say about the trail itself.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrailHealth {
+    pub segments: usize,
+    /// Records the writers could not keep (never silent: also in their metrics and logs).
+    pub dropped: i64,
+    /// Lines or segments that could not be read.
+    pub unreadable: usize,
+}
+
+struct Meta {
+    cluster: String,
+    generated: Timestamp,
+    health: TrailHealth,
+}
+
+/// Lists the segments of the days the period touches, a page at a time.
+async fn fetch(session: &Session, since: Timestamp, until: Timestamp) -> Result<(Vec<Record>, TrailHealth)> {
+    let api: Api<StepUpLog> = session.all();
+    let days: Vec<String> = report::days(since, until).into_iter().collect();
+    let mut records = Vec::new();
+    let mut health = TrailHealth::default();
+    for chunk in days.chunks(40) {
+        let selector = format!("{} in ({})", segment::DAY_LABEL, chunk.join(","));
+        let mut params = ListParams::default().labels(&selector).limit(20);
+        loop {
+            let page = api.list(&params).await.map_err(session.kube_error("read the audit trail (stepuplogs)"))?;
+            for log in &page.items {
+                health.segments += 1;
+                health.dropped += log.spec.dropped;
+                match segment::decode(log) {
+                    Ok(decoded) => {
+                        health.unreadable += decoded.unreadable;
+                        records.extend(decoded.records);
+                    }
+                    Err(e) => {
+                        health.unreadable += 1;
+                        errln!("warning: {e}");
+                    }
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+    }
+    Ok((records, health))
+}
+
+/// Admission decisions from a kube-apiserver audit log: one per request that the webhook
+/// reviewed (it carries `validate.stepup.dev/decision`), at its ResponseComplete stage.
+pub fn from_audit_log(text: &str) -> Vec<Record> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        if event["stage"] != "ResponseComplete" {
+            continue;
+        }
+        let annotations = &event["annotations"];
+        let Some(decision) = annotations["validate.stepup.dev/decision"].as_str() else { continue };
+        let time = event["stageTimestamp"].as_str().and_then(|t| t.parse().ok()).unwrap_or(Timestamp::UNIX_EPOCH);
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+        // Admission sees the impersonated user; so does the report.
+        let user = if event["impersonatedUser"].is_object() { &event["impersonatedUser"] } else { &event["user"] };
+        let verb = event["verb"].as_str().unwrap_or_default();
+        let operation = match verb {
+            "create" => "CREATE",
+            "update" | "patch" => "UPDATE",
+            "delete" | "deletecollection" => "DELETE",
+            _ => "CONNECT",
+        };
+        let o = &event["objectRef"];
+        out.push(Record {
+            writer: "kube-apiserver".into(),
+            user: text(&user["username"]),
+            user_uid: text(&user["uid"]),
+            review_uid: text(&event["auditID"]),
+            operation: operation.into(),
+            group: text(&o["apiGroup"]),
+            resource: text(&o["resource"]),
+            subresource: text(&o["subresource"]),
+            namespace: text(&o["namespace"]),
+            name: text(&o["name"]),
+            decision: decision.into(),
+            allowed: event["responseStatus"]["code"].as_u64().map(|c| c < 400),
+            policies: text(&annotations["validate.stepup.dev/policy"]),
+            grant: text(&annotations["validate.stepup.dev/grant"]),
+            reason: text(&annotations["validate.stepup.dev/reason"]),
+            correlation: text(&annotations["validate.stepup.dev/correlation"]),
+            ..Record::new("admission.decision", time)
+        });
+    }
+    out
+}
+
+fn seconds(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(s) => crate::grant::human(SignedDuration::from_secs_f64(s.max(0.0))),
+    }
+}
+
+const COLUMNS: [&str; 10] = [
+    "prompts",
+    "step-ups",
+    "failed",
+    "median prompt→grant",
+    "operations granted",
+    "break-glass",
+    "lockouts",
+    "resets",
+    "unlocks",
+    "",
+];
+
+fn cells(f: &Figures) -> [String; 9] {
+    [
+        f.prompts.to_string(),
+        f.step_ups.to_string(),
+        f.failed_step_ups.to_string(),
+        seconds(f.median_prompt_to_grant_seconds),
+        f.granted_operations.to_string(),
+        f.break_glass.to_string(),
+        f.lockouts.to_string(),
+        f.resets.to_string(),
+        f.unlocks.to_string(),
+    ]
+}
+
+fn text_table(out: &mut String, first: &str, rows: &BTreeMap<String, Figures>, columns: usize) {
+    let mut grid: Vec<Vec<String>> = vec![
+        std::iter::once(first.to_uppercase()).chain(COLUMNS[..columns].iter().map(|c| c.to_uppercase())).collect(),
+    ];
+    for (name, f) in rows {
+        grid.push(std::iter::once(name.clone()).chain(cells(f).into_iter().take(columns)).collect());
+    }
+    let widths: Vec<usize> =
+        (0..=columns).map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    for row in grid {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let _ = writeln!(out, "{}", line.join("   ").trim_end());
+    }
+}
+
+fn period(s: &Summary) -> String {
+    format!("{} to {}", s.since.strftime("%Y-%m-%d %H:%M UTC"), s.until.strftime("%Y-%m-%d %H:%M UTC"))
+}
+
+fn table(s: &Summary, meta: &Meta) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "kube-stepup report for {} — {}\n", meta.cluster, period(s));
+    if s.trail.is_empty() {
+        let _ = writeln!(out, "No step-up activity was recorded in this period.");
+    } else {
+        text_table(&mut out, "policy", &s.policies, 6);
+        out.push('\n');
+        text_table(&mut out, "user", &s.users, 9);
+        let _ = writeln!(out, "\nTrail ({} entries):", s.trail.len());
+        for t in &s.trail {
+            let mut line =
+                format!("{}  {:<24} {:<12} {}", t.time.strftime("%Y-%m-%d %H:%M:%S"), t.event, t.user, t.what);
+            for (k, v) in [
+                ("by", &t.by),
+                ("policy", &t.policies),
+                ("grant", &t.grant),
+                ("reason", &t.reason),
+                ("id", &t.correlation),
+            ] {
+                if !v.is_empty() {
+                    let _ = write!(line, "  {k}={v}");
+                }
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let h = &meta.health;
+    let _ = writeln!(out, "\nFrom {} audit segments{}.", h.segments, health_note(h));
+    out
+}
+
+fn health_note(h: &TrailHealth) -> String {
+    let mut notes = Vec::new();
+    if h.dropped > 0 {
+        notes.push(format!("{} records were dropped by their writers", h.dropped));
+    }
+    if h.unreadable > 0 {
+        notes.push(format!("{} could not be read", h.unreadable));
+    }
+    if notes.is_empty() { String::new() } else { format!("; WARNING: {}", notes.join(", ")) }
+}
+
+fn csv_field(v: &str) -> String {
+    if v.contains([',', '"', '\n']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v.to_owned() }
+}
+
+/// The trail, one row per entry: what spreadsheets and SIEM imports take.
+fn csv(s: &Summary) -> String {
+    let mut out = String::from("time,event,user,by,what,result,policies,grant,reason,correlation\n");
+    for t in &s.trail {
+        let row = [
+            t.time.to_string(),
+            t.event.clone(),
+            t.user.clone(),
+            t.by.clone(),
+            t.what.clone(),
+            t.result.clone(),
+            t.policies.clone(),
+            t.grant.clone(),
+            t.reason.clone(),
+            t.correlation.clone(),
+        ];
+        let row: Vec<String> = row.iter().map(|v| csv_field(v)).collect();
+        let _ = writeln!(out, "{}", row.join(","));
+    }
+    out
+}
+
+fn json(s: &Summary, meta: &Meta) -> String {
+    let value = serde_json::json!({
+        "cluster": meta.cluster,
+        "generated": meta.generated,
+        "trail": meta.health,
+        "report": s,
+    });
+    format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default())
+}
+
+fn esc(v: &str) -> String {
+    v.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn html_table(out: &mut String, id: &str, first: &str, rows: &BTreeMap<String, Figures>, columns: usize) {
+    let _ = write!(out, "<table id=\"{id}\"><thead><tr><th>{first}</th>");
+    for c in &COLUMNS[..columns] {
+        let _ = write!(out, "<th>{}</th>", esc(c));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for (name, f) in rows {
+        let _ = write!(out, "<tr><th>{}</th>", esc(name));
+        for c in cells(f).iter().take(columns) {
+            let _ = write!(out, "<td>{}</td>", esc(c));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table>");
+}
+
+const PALETTE: [&str; 8] = ["#3366cc", "#dc3912", "#ff9900", "#109618", "#990099", "#0099c6", "#dd4477", "#66aa00"];
+
+/// Step-ups per day, stacked by policy: an inline SVG, so the file needs nothing else.
+fn chart(s: &Summary) -> String {
+    let days: Vec<String> = {
+        let mut d = Vec::new();
+        let mut t = s.since;
+        while t < s.until {
+            d.push(t.strftime("%Y-%m-%d").to_string());
+            t += SignedDuration::from_hours(24);
+        }
+        d
+    };
+    let policies: Vec<&String> = {
+        let mut p: Vec<&String> = s.step_ups_per_day.values().flat_map(|m| m.keys()).collect();
+        p.sort();
+        p.dedup();
+        p
+    };
+    let max = days
+        .iter()
+        .map(|d| s.step_ups_per_day.get(d).map(|m| m.values().sum::<u64>()).unwrap_or(0))
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    let (width, height, left, bottom) = (760.0, 220.0, 40.0, 30.0);
+    let bar = (width - left) / days.len().max(1) as f64;
+    let mut svg = format!(
+        "<svg id=\"chart\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {width} {}\" role=\"img\" aria-label=\"Step-ups per day and policy\">",
+        height + bottom
+    );
+    let _ = write!(svg, "<line x1=\"{left}\" y1=\"{height}\" x2=\"{width}\" y2=\"{height}\" stroke=\"#888\"/>");
+    let _ = write!(
+        svg,
+        "<text x=\"0\" y=\"12\" font-size=\"11\">{max}</text><text x=\"0\" y=\"{height}\" font-size=\"11\">0</text>"
+    );
+    for (i, day) in days.iter().enumerate() {
+        let x = left + i as f64 * bar;
+        let mut y = height;
+        if let Some(per) = s.step_ups_per_day.get(day) {
+            for (p, count) in per {
+                let color = PALETTE[policies.iter().position(|q| *q == p).unwrap_or(0) % PALETTE.len()];
+                let h = *count as f64 / max as f64 * (height - 10.0);
+                y -= h;
+                let _ = write!(
+                    svg,
+                    "<rect class=\"bar\" x=\"{:.1}\" y=\"{y:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{color}\"><title>{} {}: {count}</title></rect>",
+                    x + 1.0,
+                    (bar - 2.0).max(1.0),
+                    esc(day),
+                    esc(p)
+                );
+            }
+        }
+        if i % 7 == 0 {
+            let _ = write!(svg, "<text x=\"{x:.1}\" y=\"{}\" font-size=\"10\">{}</text>", height + 18.0, &day[5..]);
+        }
+    }
+    svg.push_str("</svg><p class=\"legend\">");
+    for (i, p) in policies.iter().enumerate() {
+        let _ = write!(svg, "<span><i style=\"background:{}\"></i>{}</span>", PALETTE[i % PALETTE.len()], esc(p));
+    }
+    svg.push_str("</p>");
+    svg
+}
+
+/// One file an auditor opens offline: no script, no external resource.
+fn html(s: &Summary, meta: &Meta) -> String {
+    let mut out = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>kube-stepup report</title><style>\
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}\
+h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.8em}\
+table{border-collapse:collapse;width:100%;margin:.5em 0}th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right}\
+th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}tbody th{font-weight:600}\
+#trail td,#trail th{text-align:left;font-size:13px}.meta{color:#555}.warn{color:#a00;font-weight:600}\
+.legend span{margin-right:1.2em}.legend i{display:inline-block;width:.9em;height:.9em;margin-right:.3em;vertical-align:-1px}\
+</style></head><body>",
+    );
+    let _ = write!(
+        out,
+        "<h1>kube-stepup report</h1><p class=\"meta\">Cluster <b>{}</b> · period {} · generated {} · from {} audit segments</p>",
+        esc(&meta.cluster),
+        esc(&period(s)),
+        esc(&meta.generated.strftime("%Y-%m-%d %H:%M UTC").to_string()),
+        meta.health.segments
+    );
+    let note = health_note(&meta.health);
+    if !note.is_empty() {
+        let _ = write!(out, "<p class=\"warn\">{}</p>", esc(note.trim_start_matches("; ")));
+    }
+    let t = &s.totals;
+    let _ = write!(
+        out,
+        "<p id=\"totals\">{} prompts, {} successful and {} failed step-ups, {} operations let through by grants, {} break-glass uses, {} lockouts, {} resets.</p>",
+        t.prompts, t.step_ups, t.failed_step_ups, t.granted_operations, t.break_glass, t.lockouts, t.resets
+    );
+    out.push_str("<h2>Step-ups per day and policy</h2>");
+    out.push_str(&chart(s));
+    out.push_str("<h2>Per policy</h2>");
+    html_table(&mut out, "policies", "Policy", &s.policies, 6);
+    out.push_str("<h2>Per user</h2>");
+    html_table(&mut out, "users", "User", &s.users, 9);
+    let _ = write!(out, "<h2>Trail ({} entries)</h2><table id=\"trail\"><thead><tr>", s.trail.len());
+    for h in ["Time (UTC)", "Event", "User", "By", "What", "Result", "Policies", "Grant", "Reason", "Correlation"] {
+        let _ = write!(out, "<th>{h}</th>");
+    }
+    out.push_str("</tr></thead><tbody>");
+    for e in &s.trail {
+        let _ = write!(out, "<tr><td>{}</td>", esc(&e.time.strftime("%Y-%m-%d %H:%M:%S").to_string()));
+        for v in [&e.event, &e.user, &e.by, &e.what, &e.result, &e.policies, &e.grant, &e.reason, &e.correlation] {
+            let _ = write!(out, "<td>{}</td>", esc(v));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table></body></html>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn periods_are_written_the_way_people_write_them() {
+        let now = at("2026-12-01T12:00:00Z");
+        assert_eq!(parse_time("30d", now).unwrap(), at("2026-11-01T12:00:00Z"));
+        assert_eq!(parse_time("12h", now).unwrap(), at("2026-12-01T00:00:00Z"));
+        assert_eq!(parse_time("2026-11-01", now).unwrap(), at("2026-11-01T00:00:00Z"));
+        assert_eq!(parse_time("2026-11-01T10:00:00Z", now).unwrap(), at("2026-11-01T10:00:00Z"));
+        assert!(parse_time("last tuesday", now).unwrap_err().contains("is not a duration"));
+        assert!(parse_time("99999d", now).is_err());
+    }
+
+    #[test]
+    fn reviewed_requests_come_from_the_api_servers_audit_log() {
+        let log = r#"{"stage":"ResponseStarted","annotations":{"validate.stepup.dev/decision":"denied"}}
+{"stage":"ResponseComplete","auditID":"a1","verb":"delete","user":{"username":"admin"},"impersonatedUser":{"username":"alice","uid":"u1"},"objectRef":{"resource":"secrets","namespace":"prod","name":"db","apiGroup":""},"responseStatus":{"code":403},"stageTimestamp":"2026-11-10T10:00:00.123456Z","annotations":{"validate.stepup.dev/decision":"denied","validate.stepup.dev/policy":"prod-secrets"}}
+{"stage":"ResponseComplete","verb":"get","annotations":{}}
+not json"#;
+        let records = from_audit_log(log);
+        assert_eq!(records.len(), 1);
+        let r = &records[0];
+        assert_eq!((r.user.as_str(), r.operation.as_str(), r.decision.as_str()), ("alice", "DELETE", "denied"));
+        assert_eq!((r.namespace.as_str(), r.name.as_str(), r.policies.as_str()), ("prod", "db", "prod-secrets"));
+        assert_eq!(r.allowed, Some(false));
+    }
+
+    fn sample() -> Summary {
+        let r = |event: &str, t: &str, user: &str| Record {
+            user: user.into(),
+            correlation: "c<1>".into(),
+            ..Record::new(event, at(t))
+        };
+        let mut prompt = r("admission.decision", "2026-11-10T10:00:00Z", "alice");
+        prompt.decision = "denied".into();
+        prompt.policies = "prod-secrets".into();
+        let records = vec![
+            prompt,
+            r("challenge.verified", "2026-11-10T10:00:30Z", "alice"),
+            r("grant.issued", "2026-11-10T10:00:31Z", "alice"),
+        ];
+        report::summarize(
+            &records,
+            &Scope { since: at("2026-11-01T00:00:00Z"), until: at("2026-12-01T00:00:00Z"), ..Scope::default() },
+        )
+    }
+
+    fn meta() -> Meta {
+        Meta {
+            cluster: "https://k8s.example.com".into(),
+            generated: at("2026-12-01T00:00:00Z"),
+            health: TrailHealth { segments: 3, dropped: 2, unreadable: 0 },
+        }
+    }
+
+    #[test]
+    fn the_html_report_is_self_contained_and_escapes_what_it_shows() {
+        let page = html(&sample(), &meta());
+        assert!(page.starts_with("<!doctype html>") && page.trim_end().ends_with("</html>"));
+        for needle in [
+            "id=\"chart\"",
+            "id=\"policies\"",
+            "id=\"users\"",
+            "id=\"trail\"",
+            "class=\"bar\"",
+            "prod-secrets",
+            "2 records were dropped",
+        ] {
+            assert!(page.contains(needle), "{needle} missing");
+        }
+        assert!(page.contains("c&lt;1&gt;") && !page.contains("c<1>"), "values are escaped");
+        assert!(!page.contains("<script"), "no script to fail");
+        assert!(
+            !page.contains("src=") && !page.contains("<link") && !page.contains("url("),
+            "nothing is loaded from elsewhere"
+        );
+    }
+
+    #[test]
+    fn table_csv_and_json_carry_the_same_figures() {
+        let s = sample();
+        let text = table(&s, &meta());
+        assert!(text.contains("POLICY") && text.contains("prod-secrets") && text.contains("31s"), "{text}");
+        let csv = csv(&s);
+        assert_eq!(csv.lines().count(), 1 + s.trail.len());
+        let json: serde_json::Value = serde_json::from_str(&json(&s, &meta())).unwrap();
+        assert_eq!(json["report"]["policies"]["prod-secrets"]["prompts"], 1);
+        assert_eq!(json["report"]["policies"]["prod-secrets"]["medianPromptToGrantSeconds"], 31.0);
+        assert_eq!(json["trail"]["dropped"], 2);
+    }
+}
