@@ -54,6 +54,7 @@ STATIC_USERS=(
 	"alice-recreated|alice|uid-alice-2|developers"
 	"bob|bob|uid-bob-1|developers"
 	"carol|carol|uid-carol-1|developers,stepup:break-glass"
+	"auditor|auditor|uid-auditor-1|stepup:auditors"
 )
 # ServiceAccounts in stepup-system whose TokenRequest tokens get a kubeconfig.
 SERVICE_ACCOUNTS=(stepup-webhook stepup-controller)

@@ -177,6 +177,7 @@ start_webhook() {
 		--admin-group stepup:admins,system:masters \
 		--exempt-user system:serviceaccount:stepup-system:policy-writer \
 		--drain-period 0s --shutdown-grace 2s --event-interval 1s --cert-reload-interval 1s \
+		--audit-flush-interval 1s \
 		</dev/null >>"$LOGS/stepup-webhook.log" 2>&1 &
 	echo $! >"$PIDS/stepup-webhook.pid"
 	wait_ready stepup-webhook "http://$HOST:$WEBHOOK_ADMIN_PORT/readyz" 60
@@ -191,6 +192,7 @@ CONTROLLER_FLAGS=(
 	--max-failures 3 --failure-window 20s --lockout-threshold 5
 	--webhook-url "https://$HOST:$WEBHOOK_PORT/validate" --webhook-dns-names "$HOST,localhost"
 	--tls-secret stepup-webhook-tls
+	--audit-flush-interval 1s
 )
 
 start_controller() {

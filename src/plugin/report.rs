@@ -429,7 +429,7 @@ body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1100px;color:
 h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.15em;margin-top:1.8em}\
 table{border-collapse:collapse;width:100%;margin:.5em 0}th,td{border-bottom:1px solid #ddd;padding:4px 8px;text-align:right}\
 th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}tbody th{font-weight:600}\
-#trail td,#trail th{text-align:left;font-size:13px}.meta{color:#555}.warn{color:#a00;font-weight:600}\
+#trail td,#trail th{text-align:left;font-size:13px}#trail td:nth-child(1),#trail td:nth-child(2),#trail td:nth-child(7){white-space:nowrap}.meta{color:#555}.warn{color:#a00;font-weight:600}\
 .legend span{margin-right:1.2em}.legend i{display:inline-block;width:.9em;height:.9em;margin-right:.3em;vertical-align:-1px}\
 </style></head><body>",
     );

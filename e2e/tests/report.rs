@@ -1,0 +1,253 @@
+//! Issue-19 scenarios: the durable audit trail and `kubectl stepup report`, against the real
+//! control plane. A month of activity is made of two parts: the last 29 days are segments the
+//! test writes with the controller's credential, its records dated back (the API server takes
+//! any content; only stepup's own identities may write StepUpLogs at all), and today is real
+//! activity (a refusal, a wrong code, a step-up, the retried delete, break-glass) recorded by
+//! the running webhook and controller. The report's figures are checked against both.
+
+use std::{process::Output, time::Duration};
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use kube_stepup::{
+    api::{ChallengePhase, Operation::*, StepUpLog},
+    records::{JSON_SCHEMA, Record, segment},
+    testing::policy,
+};
+use serde_json::Value;
+use stepup_e2e::{Env, World, audit_lines, eventually, refusal};
+
+const ALICE_UID: &str = "uid-alice-1";
+
+fn run_plugin(env: &Env, who: &str, args: &[&str]) -> Output {
+    std::process::Command::new(env.var("KUBECTL_STEPUP_BIN"))
+        .arg("--kubeconfig")
+        .arg(env.kubeconfig(who))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("kubectl-stepup runs")
+}
+
+fn report_json(env: &Env, args: &[&str]) -> Value {
+    let out = run_plugin(env, "auditor", &[&["report", "-o", "json"], args].concat());
+    assert!(out.status.success(), "report failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("the report is JSON")
+}
+
+fn figure(report: &Value, table: &str, row: &str, field: &str) -> u64 {
+    report["report"][table][row][field].as_u64().unwrap_or(0)
+}
+
+/// Segments for the 29 days before today: on day d (1 = yesterday), `dave` is prompted
+/// d % 3 + 1 times by prod-secrets and steps up each time (correlated, 40 s later), and `erin`
+/// fails one step-up every day and breaks glass on even days.
+fn past_month(now: Timestamp) -> (Vec<StepUpLog>, u64, u64, u64) {
+    let (mut logs, mut dave_prompts, mut erin_failures, mut erin_break_glass) = (vec![], 0, 0, 0);
+    for d in 1..=29i64 {
+        let day = now - SignedDuration::from_hours(24 * d);
+        let mut records = vec![];
+        for k in 0..(d % 3 + 1) {
+            let t = day + SignedDuration::from_mins(k);
+            let c = format!("past-{d}-{k}");
+            records.push(Record {
+                user: "dave".into(),
+                decision: "denied".into(),
+                policies: "prod-secrets".into(),
+                operation: "DELETE".into(),
+                resource: "secrets".into(),
+                namespace: "prod".into(),
+                name: "db".into(),
+                correlation: c.clone(),
+                ..Record::new("admission.decision", t)
+            });
+            records.push(Record {
+                user: "dave".into(),
+                correlation: c.clone(),
+                method: "TOTP".into(),
+                ..Record::new("challenge.verified", t + SignedDuration::from_secs(40))
+            });
+            records.push(Record {
+                user: "dave".into(),
+                correlation: c,
+                grant: format!("dave-{d}-{k}"),
+                ..Record::new("grant.issued", t + SignedDuration::from_secs(40))
+            });
+            dave_prompts += 1;
+        }
+        records.push(Record { user: "erin".into(), result: "wrong".into(), ..Record::new("challenge.denied", day) });
+        erin_failures += 1;
+        if d % 2 == 0 {
+            records.push(Record {
+                user: "erin".into(),
+                decision: "break-glass".into(),
+                policies: "prod-secrets".into(),
+                ..Record::new("admission.decision", day)
+            });
+            erin_break_glass += 1;
+        }
+        let lines: Vec<String> = records.iter().map(Record::to_line).collect();
+        let writer = "stepup-controller/e2e-history";
+        logs.push(segment::object(&segment::name(writer, day), writer, day, day, &lines, 0));
+    }
+    (logs, dave_prompts, erin_failures, erin_break_glass)
+}
+
+#[tokio::test]
+async fn a_month_of_activity_is_reported_as_it_happened() {
+    let world = World::new().await;
+    let env = &world.env;
+    let logs: Api<StepUpLog> = Api::all(world.controller.clone());
+    // A clean history: earlier runs of this scenario wrote the same segments.
+    for old in logs.list(&ListParams::default()).await.unwrap().items {
+        if old.spec.writer == "stepup-controller/e2e-history" {
+            let _ = logs.delete(&old.metadata.name.unwrap(), &DeleteParams::default()).await;
+        }
+    }
+    let now = Timestamp::now();
+    let (history, dave_prompts, erin_failures, erin_break_glass) = past_month(now);
+    for log in &history {
+        logs.create(&PostParams::default(), log).await.expect("the controller writes audit segments");
+    }
+
+    let before = report_json(env, &["--since", "30d"]);
+    assert_eq!(figure(&before, "users", "dave", "prompts"), dave_prompts);
+    assert_eq!(figure(&before, "users", "dave", "stepUps"), dave_prompts);
+    assert_eq!(before["report"]["users"]["dave"]["medianPromptToGrantSeconds"], 40.0);
+    assert_eq!(figure(&before, "users", "erin", "failedStepUps"), erin_failures);
+    assert_eq!(figure(&before, "users", "erin", "breakGlass"), erin_break_glass);
+    assert!(figure(&before, "policies", "prod-secrets", "prompts") >= dave_prompts);
+
+    // Today, for real: alice is refused, types a wrong code, steps up, retries; carol breaks glass.
+    world
+        .apply_policies(&[policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build()])
+        .await;
+    world.secret("prod", "db").await;
+    let w = &world;
+    let secrets = |who: &'static str| async move {
+        Api::<Secret>::namespaced(w.env.client(who).await, "prod").delete("db", &DeleteParams::default()).await
+    };
+    refusal(secrets("alice").await);
+    let mut auth = world.enroll("alice", "alice").await;
+    let wrong = world.challenge("alice", "alice", ALICE_UID, &auth.wrong_code(), None).await;
+    assert_eq!(wrong.status.unwrap().phase, Some(ChallengePhase::Denied));
+    let code = auth.code().await;
+    let right = world.challenge("alice", "alice", ALICE_UID, &code, Some("INC-7")).await;
+    assert_eq!(right.status.unwrap().phase, Some(ChallengePhase::Verified));
+    secrets("alice").await.expect("the grant lets the delete through");
+    world.secret("prod", "db").await;
+    secrets("carol").await.expect("break-glass passes");
+
+    // The processes write their segments within seconds; the report then counts today too.
+    let after = eventually(Duration::from_secs(60), || async {
+        let after = report_json(env, &["--since", "30d"]);
+        let delta = |table: &str, row: &str, field: &str| {
+            figure(&after, table, row, field) as i64 - figure(&before, table, row, field) as i64
+        };
+        let got = [
+            delta("users", "alice", "prompts"),
+            delta("users", "alice", "failedStepUps"),
+            delta("users", "alice", "stepUps"),
+            delta("users", "alice", "grantedOperations"),
+            delta("users", "carol", "breakGlass"),
+        ];
+        if got == [1, 1, 1, 1, 1] { Ok(after) } else { anyhow::bail!("today's activity not reported yet: {got:?}") }
+    })
+    .await
+    .expect("the report shows today's activity");
+    // The past is unchanged, and narrowing to one user shows only them.
+    assert_eq!(figure(&after, "users", "dave", "prompts"), dave_prompts);
+    let only_dave = report_json(env, &["--since", "30d", "--user", "dave"]);
+    assert_eq!(only_dave["report"]["users"].as_object().unwrap().keys().collect::<Vec<_>>(), ["dave"]);
+    let trail = only_dave["report"]["trail"].as_array().unwrap();
+    assert_eq!(trail.len() as u64, dave_prompts * 3);
+    assert!(trail.windows(2).all(|w| w[0]["time"].as_str() <= w[1]["time"].as_str()), "chronological");
+
+    // Nobody edits the evidence: not alice, not a cluster-admin.
+    let victim = history[0].metadata.name.clone().unwrap();
+    for who in ["alice", "admin"] {
+        let api: Api<StepUpLog> = Api::all(world.env.client(who).await);
+        let result = api.delete(&victim, &DeleteParams::default()).await;
+        if who == "admin" {
+            let status = refusal(result);
+            assert!(status.message.contains("StepUpLogs are stepup's audit trail"), "{}", status.message);
+        } else {
+            refusal(result);
+        }
+    }
+    assert!(logs.get_opt(&victim).await.unwrap().is_some(), "the segment is still there");
+
+    // The HTML report renders in a real browser: tables, chart, and no console errors.
+    let out = run_plugin(env, "auditor", &["report", "--since", "30d", "-o", "html"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::path::PathBuf::from(env.var("STEPUP_LOGS_DIR")).join("report.html");
+    std::fs::write(&page, &out.stdout).unwrap();
+    let rendered = chromium(&page, &["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&rendered.stdout);
+    for id in ["id=\"chart\"", "id=\"policies\"", "id=\"users\"", "id=\"trail\"", "<rect class=\"bar\""] {
+        assert!(dom.contains(id), "the rendered page has no {id}");
+    }
+    assert!(dom.contains(">dave<") && dom.contains(">alice<"));
+    let console = String::from_utf8_lossy(&rendered.stderr);
+    assert!(!console.contains("CONSOLE") && !console.contains("Uncaught"), "console messages: {console}");
+    let png = page.with_extension("png");
+    let shot = chromium(&page, &[&format!("--screenshot={}", png.display()), "--window-size=1200,1800"]);
+    assert!(shot.status.success() && png.exists(), "{}", String::from_utf8_lossy(&shot.stderr));
+}
+
+/// Debian's headless Chromium with the flags a machine without a network needs.
+fn chromium(page: &std::path::Path, extra: &[&str]) -> Output {
+    let profile = tempfile_dir();
+    std::process::Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium runs (.ci/setup installs it)")
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "stepup-chromium-{}-{}",
+        std::process::id(),
+        Timestamp::now().as_nanosecond()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Every audit line the e2e processes wrote so far (run-e2e.sh runs this once more after all
+/// scenarios) is valid against the published JSON Schema.
+#[tokio::test]
+async fn every_audit_line_written_matches_the_published_schema() {
+    let env = Env::load();
+    let schema: Value = serde_json::from_str(JSON_SCHEMA).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let mut checked = 0;
+    for log in ["STEPUP_WEBHOOK_LOG", "STEPUP_CONTROLLER_LOG"] {
+        for line in audit_lines(env.var(log)) {
+            let errors: Vec<String> =
+                validator.iter_errors(&line).map(|e| format!("{e} at {}", e.instance_path())).collect();
+            assert!(errors.is_empty(), "{line}\n{}", errors.join("\n"));
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no audit lines to check");
+    eprintln!("{checked} audit lines match the schema");
+}
