@@ -289,6 +289,16 @@ async fn invalid_policies_are_rejected_at_apply_naming_the_field() {
             "maxAge must be between 1s and 24h",
         ),
         (r#"{"operations":["DELETE"],"apiGroups":[""],"resources":["secrets"]}"#, "maxAge: soon", "spec.maxAge"),
+        (
+            r#"{"operations":["DELETE"],"apiGroups":[""],"resources":["secrets"]}"#,
+            "maxAge: 5 minutes",
+            "spec.maxAge: Invalid value: \"5 minutes\": must be a duration such as 15m, 90s or 1h30m",
+        ),
+        (
+            r#"{"operations":["DELETE"],"apiGroups":["Apps"],"resources":["secrets"]}"#,
+            "",
+            "spec.match.rules[0].apiGroups[0]: Invalid value: \"Apps\": must be an API group",
+        ),
     ];
     for (i, (rule, extra, expected)) in cases.iter().enumerate() {
         let manifest = format!(
@@ -300,6 +310,8 @@ async fn invalid_policies_are_rejected_at_apply_naming_the_field() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "case {i} was accepted");
         assert!(stderr.contains(expected), "case {i}: {stderr}");
+        // Sentences, not the schema's internals.
+        assert!(!stderr.contains("should match") && !stderr.contains("google.protobuf"), "case {i}: {stderr}");
     }
     // Empty rule list.
     let path = std::env::temp_dir().join("stepup-invalid-empty.yaml");

@@ -165,10 +165,34 @@ impl JsonSchema for Duration {
     }
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        // A CEL rule rather than `pattern`, so that a wrong value is refused with a sentence
+        // instead of a regular expression.
         schemars::json_schema!({
             "type": "string",
-            "pattern": DURATION_PATTERN,
+            "maxLength": 32,
+            "x-kubernetes-validations": [duration_rule()],
         })
+    }
+}
+
+/// The CEL rule (and message) every duration field carries.
+pub fn duration_rule() -> serde_json::Value {
+    serde_json::json!({
+        "rule": format!("self.matches('{}')", DURATION_PATTERN.replace('\\', "\\\\")),
+        "message": DURATION_MESSAGE,
+    })
+}
+
+/// What a user reads when a duration field does not parse.
+pub const DURATION_MESSAGE: &str =
+    "must be a duration such as 15m, 90s or 1h30m (a number and a unit: h, m, s, ms, us, ns)";
+
+#[cfg(test)]
+mod schema_tests {
+    #[test]
+    fn the_rule_escapes_the_pattern_for_cel() {
+        let rule = super::duration_rule();
+        assert_eq!(rule["rule"], r"self.matches('^([0-9]+(\\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$')");
     }
 }
 

@@ -85,7 +85,66 @@ impl GrantScope {
 
 /// Every CRD of the API, in a stable order.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![StepUpPolicy::crd(), StepUpGrant::crd(), StepUpChallenge::crd(), StepUpEnrollment::crd(), StepUpLog::crd()]
+    [StepUpPolicy::crd(), StepUpGrant::crd(), StepUpChallenge::crd(), StepUpEnrollment::crd(), StepUpLog::crd()]
+        .into_iter()
+        .map(reflow_descriptions)
+        .collect()
+}
+
+/// Doc comments are wrapped at 100 columns; `kubectl explain` wraps text itself, so a line
+/// break inside a paragraph would break its lines mid-sentence. Paragraphs stay apart.
+fn reflow_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    match child {
+                        serde_json::Value::String(text) if k == "description" => *text = reflow(text),
+                        _ => walk(child),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else { return crd };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+/// Joins the lines of each paragraph with spaces; keeps blank-line paragraph breaks.
+pub fn reflow(text: &str) -> String {
+    text.split("\n\n")
+        .map(|p| p.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn descriptions_are_paragraphs_not_wrapped_lines() {
+        assert_eq!(super::reflow("one\ntwo\n\nthree\n four"), "one two\n\nthree four");
+        for crd in super::crds() {
+            let yaml = serde_yaml::to_string(&crd).unwrap();
+            let value: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+            fn no_single_breaks(v: &serde_json::Value) {
+                match v {
+                    serde_json::Value::Object(m) => m.iter().for_each(|(k, c)| {
+                        if let (true, Some(t)) = (k == "description", c.as_str()) {
+                            assert!(!t.replace("\n\n", "").contains('\n'), "{t}");
+                        }
+                        no_single_breaks(c)
+                    }),
+                    serde_json::Value::Array(a) => a.iter().for_each(no_single_breaks),
+                    _ => {}
+                }
+            }
+            no_single_breaks(&value);
+        }
+    }
 }
 
 /// The CRDs as one multi-document YAML stream: what `stepup crdgen` prints and `crds/` holds.

@@ -43,10 +43,7 @@ pub struct StepUpPolicySpec {
     /// How recently the grant must have been issued, as a duration such as `15m` or `1h`
     /// (at least 1s, at most 24h). Defaults to `15m`.
     #[serde(default = "default_max_age")]
-    #[schemars(extend("maxLength" = 32, "x-kubernetes-validations" = [{
-        "rule": "duration(self) >= duration('1s') && duration(self) <= duration('24h')",
-        "message": "maxAge must be between 1s and 24h"
-    }]))]
+    #[schemars(schema_with = "max_age_schema")]
     pub max_age: Duration,
 
     /// Verification methods whose grants satisfy this policy. Defaults to `[TOTP]`.
@@ -85,7 +82,7 @@ pub struct PolicyMatch {
     /// requests in a matching namespace (or the Namespace object itself) match; cluster-scoped
     /// objects never do. Empty means any namespace and cluster-scoped objects.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(regex(pattern = r"^[a-z0-9*?]([-a-z0-9*?]{0,62})$")))]
+    #[schemars(schema_with = "namespace_globs")]
     pub namespaces: Vec<String>,
 
     /// Label selector on the request's namespace (e.g. `env: prod`). Like `namespaces`, when
@@ -118,27 +115,97 @@ pub struct ResourceRule {
     pub operations: Vec<Operation>,
 
     /// API groups; `""` is the core group, `*` any group.
-    #[schemars(length(min = 1, max = 64), inner(regex(pattern = r"^(\*|[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)?$")))]
+    #[schemars(schema_with = "api_groups")]
     pub api_groups: Vec<String>,
 
     /// API versions; `*` any version. Defaults to `["*"]`.
     #[serde(default = "any")]
-    #[schemars(length(min = 1, max = 64), inner(regex(pattern = r"^(\*|[a-z0-9]{1,63})$")))]
+    #[schemars(schema_with = "api_versions")]
     pub api_versions: Vec<String>,
 
     /// Resources, with subresources after a slash: `secrets`, `pods/exec`, `pods/*` (pods and
     /// all their subresources), `*` (all resources, not subresources), `*/*` (everything).
-    #[schemars(
-        length(min = 1, max = 64),
-        inner(regex(
-            pattern = r"^(\*|[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?)(/(\*|[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?))?$"
-        ))
-    )]
+    #[schemars(schema_with = "resources")]
     pub resources: Vec<String>,
 }
 
 fn any() -> Vec<String> {
     vec!["*".to_owned()]
+}
+
+// Field schemas whose checks are CEL rules with a sentence for a message, not `pattern`s:
+// `kubectl apply` then says what is wrong in words instead of printing a regular expression.
+
+/// A list of strings, each checked by `pattern` (a regex CEL accepts) with `message`.
+fn checked_list(min: u32, max: u32, max_len: u32, pattern: &str, message: &str) -> schemars::Schema {
+    let mut schema = schemars::json_schema!({
+        "type": "array",
+        "maxItems": max,
+        "items": {
+            "type": "string",
+            "maxLength": max_len,
+            "x-kubernetes-validations": [{
+                "rule": format!("self.matches('{}')", pattern.replace('\\', "\\\\")),
+                "message": message,
+            }],
+        },
+    });
+    if min > 0 {
+        schema.insert("minItems".into(), min.into());
+    }
+    schema
+}
+
+fn namespace_globs(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    checked_list(
+        0,
+        256,
+        63,
+        r"^[a-z0-9*?][-a-z0-9*?]*$",
+        "must be a namespace name or glob: lower-case letters, digits, '-', '*' and '?' (e.g. prod or prod-*)",
+    )
+}
+
+fn api_groups(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    checked_list(
+        1,
+        64,
+        253,
+        r"^(\*|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$",
+        "must be an API group (\"\" for the core group, e.g. apps or rbac.authorization.k8s.io) or *",
+    )
+}
+
+fn api_versions(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    checked_list(1, 64, 63, r"^(\*|[a-z0-9]+)$", "must be an API version such as v1 or v1beta1, or *")
+}
+
+fn resources(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    checked_list(
+        1,
+        64,
+        317,
+        r"^(\*|[a-z0-9]([-a-z0-9.]*[a-z0-9])?)(/(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?))?$",
+        "must be a resource, optionally with a subresource after one slash: secrets, pods/exec, pods/*, * or */*",
+    )
+}
+
+fn max_age_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let format = super::duration::duration_rule();
+    let pattern = super::duration::DURATION_PATTERN.replace('\\', "\\\\");
+    schemars::json_schema!({
+        "type": "string",
+        "maxLength": 32,
+        "x-kubernetes-validations": [
+            format,
+            {
+                // CEL's `||` absorbs the error of a duration that does not parse: the rule above
+                // reports that one, in words.
+                "rule": format!("!self.matches('{pattern}') || (duration(self) >= duration('1s') && duration(self) <= duration('24h'))"),
+                "message": "maxAge must be between 1s and 24h",
+            },
+        ],
+    })
 }
 
 /// An admission operation.
@@ -214,7 +281,7 @@ pub struct Exclusions {
     pub service_accounts: Vec<ServiceAccountRef>,
     /// Namespace name globs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256), inner(regex(pattern = r"^[a-z0-9*?]([-a-z0-9*?]{0,62})$")))]
+    #[schemars(schema_with = "namespace_globs")]
     pub namespaces: Vec<String>,
 }
 
