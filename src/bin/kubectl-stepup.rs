@@ -9,6 +9,13 @@ use kube_stepup::plugin::{self, Cli};
 fn main() -> ExitCode {
     // kube and rustls both use ring; install it as the process default once.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("__complete") {
+        // kubectl's plugin completion (kubectl_complete-stepup) asks this way.
+        use std::io::Write as _;
+        let _ = std::io::stdout().write_all(plugin::complete::complete(&args[2..]).as_bytes());
+        return ExitCode::SUCCESS;
+    }
     match Cli::try_parse() {
         Ok(cli) => plugin::main(cli),
         Err(e) => {

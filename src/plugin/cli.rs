@@ -61,6 +61,20 @@ pub struct Cli {
     pub wrap: WrapArgs,
 }
 
+impl Cli {
+    /// Whether the command asked for JSON: then errors are JSON on stdout too, so a script
+    /// that parses stdout learns what went wrong.
+    pub fn wants_json(&self) -> bool {
+        match &self.command {
+            Some(Command::Request(a)) => a.output == Output::Json,
+            Some(Command::Status(a)) => a.output == Output::Json,
+            Some(Command::Check(a)) => a.output == Output::Json,
+            Some(Command::Report(a)) => a.format == super::report::Format::Json,
+            _ => false,
+        }
+    }
+}
+
 /// Which cluster and credentials: the same flags and environment kubectl reads.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ClusterArgs {

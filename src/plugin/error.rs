@@ -212,6 +212,24 @@ impl fmt::Display for Report<'_> {
     }
 }
 
+impl Report<'_> {
+    /// The error as the JSON a script reads on stdout when it asked for `-o json`.
+    pub fn json(&self) -> serde_json::Value {
+        let mut error = serde_json::json!({
+            "message": self.error.to_string().trim_end_matches('.'),
+            "exitCode": self.error.exit() as u8,
+        });
+        let hint = self.error.hint();
+        if !hint.is_empty() {
+            error["hint"] = hint.into();
+        }
+        if let Some(detail) = self.error.detail().filter(|_| self.verbose) {
+            error["detail"] = detail.into();
+        }
+        serde_json::json!({ "error": error })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use kube::core::{Status, response::StatusDetails};

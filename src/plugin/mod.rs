@@ -23,6 +23,7 @@ pub mod admin;
 pub mod check;
 pub mod cli;
 pub mod cluster;
+pub mod complete;
 pub mod enroll;
 pub mod error;
 pub mod format;
@@ -48,6 +49,7 @@ use cluster::Session;
 /// Runs the plugin and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let verbose = cli.cluster.verbose;
+    let json = cli.wants_json();
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -58,7 +60,11 @@ pub fn main(cli: Cli) -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
-            err!("{}", Report { error: &error, verbose });
+            let report = Report { error: &error, verbose };
+            err!("{report}");
+            if json {
+                outln!("{}", format::json(&report.json()));
+            }
             error.exit().into()
         }
     }
@@ -74,7 +80,11 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         }
     };
     if let Command::Completion(args) = &command {
-        clap_complete::generate(args.shell, &mut Cli::command(), "kubectl-stepup", &mut std::io::stdout());
+        // Into memory first: clap_complete panics on a write error, and `| head -1` closes
+        // the pipe early; the out! macro does not.
+        let mut script = Vec::new();
+        clap_complete::generate(args.shell, &mut Cli::command(), "kubectl-stepup", &mut script);
+        out!("{}", String::from_utf8_lossy(&script));
         return Ok(Exit::Ok as u8);
     }
     let session = Session::connect(&cli.cluster).await?;
