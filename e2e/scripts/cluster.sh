@@ -183,7 +183,12 @@ wait_for() { # log-name timeout-seconds description check-command...
 
 fresh_state() {
 	[[ -n $DIR && $DIR != / ]] || die "refusing to use '$DIR' as the state directory"
-	rm -rf "$PKI" "$DIR/etcd-data" "$LOGS" "$PIDS" "$KCFG" "$TOKENS" "$ENV_FILE" "$DIR/audit-policy.yaml"
+	# The previous run's logs stay, one generation back, for whoever wants to look at them.
+	if [[ -d $LOGS ]]; then
+		rm -rf "$LOGS.previous"
+		mv "$LOGS" "$LOGS.previous"
+	fi
+	rm -rf "$PKI" "$DIR/etcd-data" "$PIDS" "$KCFG" "$TOKENS" "$ENV_FILE" "$DIR/audit-policy.yaml"
 	mkdir -p "$PKI" "$LOGS" "$PIDS" "$KCFG" "$TOKENS"
 	chmod 700 "$DIR" "$PKI" "$TOKENS" "$KCFG"
 }

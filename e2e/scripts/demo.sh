@@ -19,8 +19,11 @@ cmd_up() {
 	source "$env_dir/stepup.env"
 	local kc=("$KUBECTL" --kubeconfig "$KUBECONFIG_POLICY_WRITER")
 	"${kc[@]}" apply -f "$REPO/manifests/examples/" >/dev/null
-	"${kc[@]}" -n prod create secret generic db --from-literal=password=hunter2 --dry-run=client -o yaml |
-		"${kc[@]}" apply -f - >/dev/null
+	local secret
+	for secret in db cache; do
+		"${kc[@]}" -n prod create secret generic "$secret" --from-literal=password=hunter2 --dry-run=client -o yaml |
+			"${kc[@]}" apply -f - >/dev/null
+	done
 	local bin_dirs bin_dirs_first
 	bin_dirs_first=$(dirname "$KUBECTL_STEPUP_BIN")
 	bin_dirs="$(dirname "$KUBECTL"):$bin_dirs_first"
@@ -42,16 +45,28 @@ cmd_up() {
 		  # ...which the admin gives from a second shell:
 		  KUBECONFIG=$KUBECONFIG_ADMIN $bin_dirs_first/kubectl-stepup approve alice
 
-		Then step up and retry, or let the plugin do both:
+		Let the plugin step up and retry for you (it asks for a code, gets a grant, runs the
+		command once more):
 
-		  kubectl stepup request --reason DEMO-1
-		  kubectl -n prod delete secret db
-		  kubectl stepup -- kubectl -n prod delete secret db   # prompts, gets a grant, retries once
+		  kubectl stepup -- kubectl -n prod delete secret db
 		  kubectl stepup status
+		  kubectl stepup revoke --all              # give the grant back
+
+		Or by hand: refused again (the grant is revoked), step up, retry:
+
+		  kubectl -n prod delete secret cache
+		  kubectl stepup request --reason DEMO-1
+		  kubectl -n prod delete secret cache
 		  kubectl get stepupgrants
+
+		Demo-only settings (short, so that expiry and lockout show within minutes; the chart's
+		defaults are in charts/stepup/values.yaml):
+		  controller: $STEPUP_CONTROLLER_FLAGS
+		The audit report of what you just did: KUBECONFIG=$KUBECONFIG_AUDITOR kubectl stepup report --since 1h
 
 		The evidence: kubectl --kubeconfig $KUBECONFIG_ADMIN get events -n stepup-system
 		Audit lines: e2e/scripts/stepup.sh logs webhook | grep stepup::audit
+		Logs of this run: $env_dir/logs (the previous run's stay in $env_dir/logs.previous)
 		Metrics: curl $STEPUP_WEBHOOK_ADMIN_URL/metrics
 		Other identities: $env_dir/kubeconfig/{bob,carol,admin}.yaml (carol is in the
 		break-glass group, admin may approve and reset enrollments).
