@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint unit e2e crds demo demo-down controlplane bench help
+.PHONY: test lint unit e2e crds demo demo-down controlplane bench dist help
 
 help:
 	@echo "make demo       start the local demo (control plane + stepup + example policies)"
@@ -13,6 +13,7 @@ help:
 	@echo "make lint       rustfmt, clippy, CRD drift, helm lint and manifest drift"
 	@echo "make crds       regenerate crds/ from the Rust types"
 	@echo "make bench      every benchmark of BENCHMARKS.md (about 30 minutes; own control plane)"
+	@echo "make dist       the release: static binaries, chart package, krew manifest, SBOM, sums, notes (dist/)"
 
 test: lint unit e2e
 
@@ -38,6 +39,9 @@ bench:
 
 controlplane:
 	e2e/scripts/build-controlplane.sh
+
+dist:
+	hack/dist.sh --out dist
 
 demo:
 	e2e/scripts/demo.sh up

@@ -27,6 +27,8 @@ start=$SECONDS
 "$SCRIPT_DIR/cluster.sh" down >/dev/null 2>&1 || true
 "$SCRIPT_DIR/cluster.sh" up
 "$SCRIPT_DIR/stepup.sh" up
+# The release the packaging scenarios install is rebuilt from this checkout.
+rm -rf "$(dirname "$("$SCRIPT_DIR/cluster.sh" env-file)")/dist"
 echo "e2e: control plane and stepup up after $((SECONDS - start))s" >&2
 cd "$REPO"
 cargo test -p stepup-e2e -- --test-threads=1 "$@"

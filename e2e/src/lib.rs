@@ -115,6 +115,24 @@ pub fn extra_port(n: u16) -> u16 {
     std::env::var("STEPUP_E2E_EXTRA_PORT_BASE").ok().and_then(|v| v.parse().ok()).unwrap_or(18091) + n
 }
 
+/// The release as `make dist` builds it (`hack/dist.sh`, debug binaries), made once per e2e
+/// run into `$STEPUP_E2E_DIR/dist` (run-e2e.sh removes it first, so it matches this checkout).
+pub fn dist(env: &Env) -> PathBuf {
+    static DIST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = DIST.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = PathBuf::from(env.var("STEPUP_E2E_DIR")).join("dist");
+    if !dir.join("SHA256SUMS").exists() {
+        let out = std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/dist.sh"))
+            .args(["--profile", "dev", "--out"])
+            .arg(&dir)
+            .env("HELM", env.var("HELM"))
+            .output()
+            .expect("hack/dist.sh runs");
+        assert!(out.status.success(), "make dist failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    dir
+}
+
 /// A minimal HTTP/1.0 GET for the webhook's plain-HTTP admin port.
 pub async fn http_get(url: &str) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

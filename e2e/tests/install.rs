@@ -27,8 +27,14 @@ const INSTALLERS: &str = "stepup-chart-e2e:installers";
 const CONTROLLER_SA: &str = "system:serviceaccount:stepup-chart-e2e:stepup-chart-e2e-controller";
 const WEBHOOK_SA: &str = "system:serviceaccount:stepup-chart-e2e:stepup-chart-e2e-webhook";
 
-fn chart() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/stepup"))
+/// The chart as a platform team gets it: the package `make dist` builds, not the source tree.
+fn chart(env: &Env) -> PathBuf {
+    let dist = stepup_e2e::dist(env);
+    std::fs::read_dir(&dist)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "tgz"))
+        .expect("make dist packages the chart")
 }
 
 fn text(out: &Output) -> String {
@@ -198,7 +204,7 @@ async fn the_chart_installs_grants_the_documented_rights_and_uninstalls() {
     // ---------------------------------------------------------------- install
     let values_file = PathBuf::from(env.var("STEPUP_E2E_DIR")).join("stepup-chart-e2e-values.yaml");
     std::fs::write(&values_file, values()).unwrap();
-    let chart = chart();
+    let chart = chart(env);
     let out = helm(
         env,
         &[
@@ -402,7 +408,7 @@ async fn the_chart_installs_grants_the_documented_rights_and_uninstalls() {
     }
     // Re-applying an unchanged CRD (GitOps, `kubectl apply --server-side` of the chart's crds/)
     // is no change and passes.
-    let crds = chart.join("crds/stepup.dev.yaml");
+    let crds = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/stepup/crds/stepup.dev.yaml"));
     let out = env.kubectl(
         "admin",
         &[
