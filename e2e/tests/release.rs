@@ -66,7 +66,7 @@ fn the_release_verifies_and_the_plugin_installs_from_its_archive_through_krew() 
         .arg(&archive)
         .env("KREW_ROOT", &root));
     let installed = root.join("bin/kubectl-stepup");
-    let version = run(&mut Command::new(&installed).arg("--version"));
+    let version = run(Command::new(&installed).arg("--version"));
     assert!(version.starts_with("kubectl-stepup "), "{version}");
     // The completion helper ships next to it, and answers through the installed binary.
     let store = std::fs::canonicalize(&installed).unwrap();
