@@ -154,9 +154,15 @@ pub struct WebhookArgs {
     #[arg(long, env = "STEPUP_AUDIT_FLUSH_INTERVAL", default_value = "10s")]
     pub audit_flush_interval: Duration,
 
-    /// Minimum interval between two Events for the same decision, policy and user.
+    /// Minimum interval between two writes of one Event series (the same decision, policy,
+    /// user and object); repeats in between are counted into the series.
     #[arg(long, env = "STEPUP_EVENT_INTERVAL", default_value = "60s")]
     pub event_interval: Duration,
+
+    /// Most Event writes per second (bursts of four times as many), whatever the number of
+    /// users refused: a denial storm cannot flood the API server.
+    #[arg(long, env = "STEPUP_EVENT_RATE", default_value_t = 5.0)]
+    pub event_rate: f64,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -76,8 +76,9 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
         events: Some(EventReporter::new(
             client,
             args.identity.namespace.clone(),
-            std::env::var("POD_NAME").ok(),
+            Some(instance.clone()),
             args.event_interval.as_std(),
+            args.event_rate,
             metrics.clone(),
         )),
         readiness: readiness.clone(),
