@@ -341,4 +341,74 @@ mod tests {
             assert!(text.contains(&format!("stepup_cache_synced{{cache=\"{}\"}} 0\n", kind.as_str())), "{text}");
         }
     }
+
+    /// The `stepup_` metrics a PromQL expression reads, with the label names it selects on.
+    fn selectors(expr: &str) -> Vec<(String, Vec<String>)> {
+        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let mut found = Vec::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("stepup_") {
+            let starts_word = !rest[..at].chars().next_back().is_some_and(ident);
+            let tail = &rest[at..];
+            let end = tail.find(|c: char| !ident(c)).unwrap_or(tail.len());
+            let (name, after) = tail.split_at(end);
+            let mut labels = Vec::new();
+            if let Some(inner) = after.strip_prefix('{').and_then(|a| a.split_once('}')).map(|(i, _)| i) {
+                labels = inner
+                    .split(',')
+                    .filter_map(|m| m.split(['=', '!']).next())
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty())
+                    .collect();
+            }
+            if starts_word {
+                found.push((name.to_owned(), labels));
+            }
+            rest = after;
+        }
+        found
+    }
+
+    /// Checks that each metric `exprs` read is one a process exports, selected on its own labels.
+    fn check_reads_exported_metrics(exprs: &[String], what: &str) {
+        let (webhook, controller) = (Metrics::webhook(), Metrics::controller());
+        exercise_every_family(&webhook);
+        exercise_every_family(&controller);
+        let mut families = exported(&webhook);
+        families.extend(exported(&controller));
+        let mut read = 0;
+        for expr in exprs {
+            for (name, labels) in selectors(expr) {
+                let histogram_part = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s));
+                let (kind, known) = match (families.get(&name), histogram_part.and_then(|b| families.get(b))) {
+                    (Some(f), _) => f.clone(),
+                    (None, Some(f)) if f.0 == "histogram" => f.clone(),
+                    _ => panic!("{what} reads {name}, which no process exports: {expr}"),
+                };
+                for label in &labels {
+                    let le = kind == "histogram" && name.ends_with("_bucket") && label == "le";
+                    assert!(
+                        le || known.contains(label),
+                        "{what} selects {name} on {label}, not one of {known:?}: {expr}"
+                    );
+                }
+                read += 1;
+            }
+        }
+        assert!(read > 10, "{what}: only {read} stepup_ metrics found; is the parsing right?");
+    }
+
+    #[test]
+    fn every_metric_the_alert_rules_read_is_exported_with_those_labels() {
+        let rules: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../charts/stepup/files/prometheus-rules.yaml")).expect("rules parse");
+        let exprs: Vec<String> = rules["groups"]
+            .as_sequence()
+            .expect("groups")
+            .iter()
+            .flat_map(|g| g["rules"].as_sequence().expect("rules").iter())
+            .map(|r| r["expr"].as_str().expect("every rule has an expr").to_owned())
+            .collect();
+        check_reads_exported_metrics(&exprs, "prometheus-rules.yaml");
+    }
 }
