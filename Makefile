@@ -65,7 +65,7 @@ chart-lint:
 manifests:
 	HELM=$(HELM) hack/render-manifests.sh
 
-# ---------------------------------------------------------------- Alert rules
+# ---------------------------------------------------------------- Alert rules and dashboard
 
 .PHONY: rules-lint
 
@@ -74,12 +74,18 @@ ifeq ($(origin PROMTOOL),undefined)
 PROMTOOL = $(eval PROMTOOL := $$(shell hack/build-promtool.sh))$(PROMTOOL)
 endif
 RULES := $(CHART)/files/prometheus-rules.yaml
+DASHBOARD := $(CHART)/files/grafana-dashboard.json
 
-# The rules file must pass promtool's checks and unit tests, and the chart must ship it byte
-# for byte.
+# The rules file must pass promtool's checks and unit tests, the dashboard's queries must parse
+# (its JSON and metric names are checked by the metrics unit tests), and the chart must ship
+# both files byte for byte.
 rules-lint:
 	$(PROMTOOL) check rules $(RULES)
 	$(PROMTOOL) test rules $(CHART)/files/prometheus-rules.test.yaml
+	PROMTOOL=$(PROMTOOL) hack/check-dashboard-queries.sh $(DASHBOARD)
 	$(HELM) template stepup $(CHART) -n stepup-system -f $(CHART)/ci/all-features-values.yaml \
 		--show-only templates/prometheusrule.yaml | sed '1,/^spec:$$/d; s/^  //' | diff -u $(RULES) - \
 		|| (echo "the chart's PrometheusRule differs from $(RULES)" >&2; exit 1)
+	$(HELM) template stepup $(CHART) -n stepup-system -f $(CHART)/ci/all-features-values.yaml \
+		--show-only templates/grafana-dashboard.yaml | sed '1,/^  kube-stepup.json: |-$$/d; s/^    //' | diff -u $(DASHBOARD) - \
+		|| (echo "the chart's dashboard ConfigMap differs from $(DASHBOARD)" >&2; exit 1)

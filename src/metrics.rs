@@ -411,4 +411,57 @@ mod tests {
             .collect();
         check_reads_exported_metrics(&exprs, "prometheus-rules.yaml");
     }
+
+    fn dashboard() -> serde_json::Value {
+        serde_json::from_str(include_str!("../charts/stepup/files/grafana-dashboard.json")).expect("dashboard is JSON")
+    }
+
+    fn panels(dashboard: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+        dashboard["panels"].as_array().expect("panels").iter().filter(|p| p["type"] != "row")
+    }
+
+    #[test]
+    fn every_metric_the_dashboard_reads_is_exported_with_those_labels() {
+        let dashboard = dashboard();
+        let exprs: Vec<String> = panels(&dashboard)
+            .flat_map(|p| p["targets"].as_array().expect("targets").iter())
+            .map(|t| t["expr"].as_str().expect("every target has an expr").to_owned())
+            .collect();
+        check_reads_exported_metrics(&exprs, "grafana-dashboard.json");
+    }
+
+    #[test]
+    fn the_dashboard_queries_the_chosen_data_source_in_panels_that_do_not_overlap() {
+        let dashboard = dashboard();
+        assert_eq!(dashboard["uid"], "kube-stepup");
+        let variables = dashboard["templating"]["list"].as_array().expect("templating");
+        assert!(
+            variables
+                .iter()
+                .any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus")
+        );
+        let uses_variable = |v: &serde_json::Value| v["uid"] == "${datasource}" && v["type"] == "prometheus";
+        let mut ids = BTreeSet::new();
+        let mut areas: Vec<(u64, u64, u64, u64, String)> = Vec::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            let title = panel["title"].as_str().expect("every panel has a title").to_owned();
+            assert!(ids.insert(panel["id"].as_u64().expect("numeric id")), "duplicate id in {title}");
+            let g = &panel["gridPos"];
+            let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| g[k].as_u64().expect("gridPos"));
+            assert!(x + w <= 24, "{title} is wider than the grid");
+            for (ox, oy, ow, oh, other) in &areas {
+                let apart = x + w <= *ox || *ox + ow <= x || y + h <= *oy || *oy + oh <= y;
+                assert!(apart, "{title} overlaps {other}");
+            }
+            areas.push((x, y, w, h, title.clone()));
+            if panel["type"] == "row" {
+                continue;
+            }
+            assert!(uses_variable(&panel["datasource"]), "{title}: datasource");
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{title} queries nothing");
+            assert!(targets.iter().all(|t| uses_variable(&t["datasource"])), "{title}: target datasource");
+            assert!(panel["description"].as_str().is_some_and(|d| !d.is_empty()), "{title} says what it shows");
+        }
+    }
 }
