@@ -10,14 +10,14 @@ help:
 	@echo "make test       every check and test: lint, unit, integration, e2e"
 	@echo "make unit       unit and integration tests (no cluster)"
 	@echo "make e2e        end-to-end scenarios against a real kube-apiserver"
-	@echo "make lint       rustfmt, clippy, CRD drift, helm lint and manifest drift"
+	@echo "make lint       rustfmt, clippy, CRD drift, helm lint, manifest drift, alert rules (promtool)"
 	@echo "make crds       regenerate crds/ from the Rust types"
 	@echo "make bench      every benchmark of BENCHMARKS.md (about 30 minutes; own control plane)"
 	@echo "make dist       the release: static binaries, chart package, krew manifest, SBOM, sums, notes (dist/)"
 
 test: lint unit e2e
 
-lint: chart-lint
+lint: chart-lint rules-lint
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) run --quiet --bin stepup -- crdgen | diff -u crds/stepup.dev.yaml - \
@@ -68,3 +68,28 @@ chart-lint:
 
 manifests:
 	HELM=$(HELM) hack/render-manifests.sh
+
+# ---------------------------------------------------------------- Alert rules and dashboard
+
+.PHONY: rules-lint
+
+# promtool from the pinned module in hack/promtool (built on first use, cached; looked up once).
+ifeq ($(origin PROMTOOL),undefined)
+PROMTOOL = $(eval PROMTOOL := $$(shell hack/build-promtool.sh))$(PROMTOOL)
+endif
+RULES := $(CHART)/files/prometheus-rules.yaml
+DASHBOARD := $(CHART)/files/grafana-dashboard.json
+
+# The rules file must pass promtool's checks and unit tests, the dashboard's queries must parse
+# (its JSON and metric names are checked by the metrics unit tests), and the chart must ship
+# both files byte for byte.
+rules-lint:
+	$(PROMTOOL) check rules $(RULES)
+	$(PROMTOOL) test rules $(CHART)/files/prometheus-rules.test.yaml
+	PROMTOOL=$(PROMTOOL) hack/check-dashboard-queries.sh $(DASHBOARD)
+	$(HELM) template stepup $(CHART) -n stepup-system -f $(CHART)/ci/all-features-values.yaml \
+		--show-only templates/prometheusrule.yaml | sed '1,/^spec:$$/d; s/^  //' | diff -u $(RULES) - \
+		|| (echo "the chart's PrometheusRule differs from $(RULES)" >&2; exit 1)
+	$(HELM) template stepup $(CHART) -n stepup-system -f $(CHART)/ci/all-features-values.yaml \
+		--show-only templates/grafana-dashboard.yaml | sed '1,/^  kube-stepup.json: |-$$/d; s/^    //' | diff -u $(DASHBOARD) - \
+		|| (echo "the chart's dashboard ConfigMap differs from $(DASHBOARD)" >&2; exit 1)

@@ -1,9 +1,20 @@
-//! Prometheus metrics, `stepup_` prefix, base units, and labels of bounded cardinality (never
-//! a username).
+//! Prometheus metrics (no I/O: counters and their text rendering), `stepup_` prefix, base
+//! units, and labels of bounded cardinality (never a username). Each process registers only
+//! the families it reports, so that a value it never sets cannot read as an alarm.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder, core::Collector,
 };
+
+use crate::admission::CacheKind;
+
+/// The process whose `/metrics` a registry serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Process {
+    Webhook,
+    Controller,
+}
 
 /// Review latency buckets from 100 µs: the decision itself takes nanoseconds, a direct grant
 /// lookup milliseconds; the API server's own admission buckets start at 5 ms.
@@ -46,10 +57,33 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// 1 while this replica holds the controller Lease.
     pub leader: IntGauge,
+    build_info: IntGaugeVec,
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// The families `stepup webhook` reports.
+    pub fn webhook() -> Self {
+        let metrics = Self::unregistered();
+        metrics.register(Process::Webhook);
+        // A watch that has not synced yet reads 0 from the start, rather than being absent
+        // until its first list completes (a replica stuck there must show, and alert).
+        for kind in CacheKind::ALL {
+            metrics.cache_synced.with_label_values(&[kind.as_str()]).set(0);
+        }
+        metrics
+    }
+
+    /// The families `stepup controller` reports.
+    pub fn controller() -> Self {
+        let metrics = Self::unregistered();
+        metrics.register(Process::Controller);
+        metrics
+    }
+
+    /// Every family, none registered yet. One type serves both processes so that shared code
+    /// (Events, grant signatures) takes one `Metrics`; a family a process does not register
+    /// would change a value no scrape shows (the tests keep that to none).
+    fn unregistered() -> Self {
         let registry = Registry::new();
         let reviews = IntCounterVec::new(
             Opts::new("stepup_admission_reviews_total", "Admission reviews answered, by decision and policy."),
@@ -137,30 +171,6 @@ impl Metrics {
             .expect("valid metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
-        for c in [
-            Box::new(reviews.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(review_duration.clone()),
-            Box::new(review_errors.clone()),
-            Box::new(grant_lookups.clone()),
-            Box::new(break_glass.clone()),
-            Box::new(cache_synced.clone()),
-            Box::new(cache_objects.clone()),
-            Box::new(certificate_reloads.clone()),
-            Box::new(certificate_expiry.clone()),
-            Box::new(events.clone()),
-            Box::new(challenges.clone()),
-            Box::new(grants_issued.clone()),
-            Box::new(grants_active.clone()),
-            Box::new(lockouts.clone()),
-            Box::new(forged_grants.clone()),
-            Box::new(audit_records_dropped.clone()),
-            Box::new(audit_segment_writes.clone()),
-            Box::new(reconcile_errors.clone()),
-            Box::new(leader.clone()),
-            Box::new(build_info),
-        ] {
-            registry.register(c).expect("metric names are unique");
-        }
         Self {
             registry,
             reviews,
@@ -182,7 +192,48 @@ impl Metrics {
             audit_segment_writes,
             reconcile_errors,
             leader,
+            build_info,
         }
+    }
+
+    fn register(&self, process: Process) {
+        for collector in self.families(process) {
+            self.registry.register(collector).expect("metric names are unique");
+        }
+    }
+
+    /// The families `process` reports: README's metric table lists exactly these (tested).
+    fn families(&self, process: Process) -> Vec<Box<dyn Collector>> {
+        let mut both: Vec<Box<dyn Collector>> = vec![
+            Box::new(self.events.clone()),
+            Box::new(self.grants_active.clone()),
+            Box::new(self.forged_grants.clone()),
+            Box::new(self.audit_records_dropped.clone()),
+            Box::new(self.audit_segment_writes.clone()),
+            Box::new(self.build_info.clone()),
+        ];
+        let own: Vec<Box<dyn Collector>> = match process {
+            Process::Webhook => vec![
+                Box::new(self.reviews.clone()),
+                Box::new(self.review_duration.clone()),
+                Box::new(self.review_errors.clone()),
+                Box::new(self.grant_lookups.clone()),
+                Box::new(self.break_glass.clone()),
+                Box::new(self.cache_synced.clone()),
+                Box::new(self.cache_objects.clone()),
+                Box::new(self.certificate_reloads.clone()),
+                Box::new(self.certificate_expiry.clone()),
+            ],
+            Process::Controller => vec![
+                Box::new(self.challenges.clone()),
+                Box::new(self.grants_issued.clone()),
+                Box::new(self.lockouts.clone()),
+                Box::new(self.reconcile_errors.clone()),
+                Box::new(self.leader.clone()),
+            ],
+        };
+        both.extend(own);
+        both
     }
 
     /// The text exposition format.
@@ -194,8 +245,244 @@ impl Metrics {
     }
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Self::new()
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use prometheus::proto::MetricType;
+
+    use super::*;
+
+    /// (type, labels) by family name.
+    type Families = BTreeMap<String, (String, Vec<String>)>;
+
+    /// The rows of README's metric table that name `process` in its column.
+    fn documented(process: Process) -> Families {
+        let readme = include_str!("../README.md");
+        let section = readme.split("\n## Observability").nth(1).expect("README has an Observability section");
+        let section = section.split("\n## ").next().unwrap_or_default();
+        let column = match process {
+            Process::Webhook => 4,
+            Process::Controller => 5,
+        };
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `stepup_"))
+            .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
+            .filter(|cells| cells.get(column).is_some_and(|c| !c.is_empty()))
+            .map(|cells| {
+                let labels = cells[3].split(',').map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+                (cells[1].trim_matches('`').to_owned(), (cells[2].to_owned(), labels))
+            })
+            .collect()
+    }
+
+    /// Sets every family once, as if each process's code had run every path, so that the
+    /// label sets of vectors exist and the rendering shows what a busy process exports.
+    fn exercise_every_family(m: &Metrics) {
+        m.reviews.with_label_values(&["denied", "p"]).inc();
+        m.review_duration.with_label_values(&["denied"]).observe(0.001);
+        m.review_errors.with_label_values(&["not_json"]).inc();
+        m.grant_lookups.with_label_values(&["found"]).inc();
+        m.break_glass.inc();
+        m.cache_synced.with_label_values(&["grants"]).set(1);
+        m.cache_objects.with_label_values(&["grants"]).set(3);
+        m.certificate_reloads.with_label_values(&["success"]).inc();
+        m.certificate_expiry.set(1);
+        m.events.with_label_values(&["published"]).inc();
+        m.challenges.with_label_values(&["TOTP", "verified"]).inc();
+        m.grants_issued.with_label_values(&["TOTP"]).inc();
+        m.grants_active.set(1);
+        m.lockouts.inc();
+        m.forged_grants.inc();
+        m.audit_records_dropped.inc();
+        m.audit_segment_writes.with_label_values(&["success"]).inc();
+        m.reconcile_errors.with_label_values(&["challenge", "kube"]).inc();
+        m.leader.set(1);
+    }
+
+    fn type_name(t: MetricType) -> &'static str {
+        match t {
+            MetricType::COUNTER => "counter",
+            MetricType::GAUGE => "gauge",
+            MetricType::HISTOGRAM => "histogram",
+            MetricType::SUMMARY => "summary",
+            MetricType::UNTYPED => "untyped",
+        }
+    }
+
+    /// What a scrape of `m` shows: each family's type and label names.
+    fn exported(m: &Metrics) -> Families {
+        m.registry
+            .gather()
+            .iter()
+            .map(|f| {
+                let labels =
+                    f.get_metric().first().map(|s| s.get_label().iter().map(|l| l.name().to_owned()).collect());
+                (f.name().to_owned(), (type_name(f.get_field_type()).to_owned(), labels.unwrap_or_default()))
+            })
+            .collect()
+    }
+
+    fn check_exports_match_readme(m: &Metrics, process: Process) {
+        exercise_every_family(m);
+        let registered: BTreeSet<String> =
+            m.families(process).iter().flat_map(|c| c.desc().into_iter().map(|d| d.fq_name.clone())).collect();
+        let exported = exported(m);
+        let names: BTreeSet<String> = exported.keys().cloned().collect();
+        assert_eq!(names, registered, "exercise_every_family must touch each family {process:?} registers");
+        assert_eq!(exported, documented(process), "README's metric table, column {process:?}");
+    }
+
+    #[test]
+    fn the_webhook_exports_exactly_the_families_readme_lists_for_it() {
+        check_exports_match_readme(&Metrics::webhook(), Process::Webhook);
+    }
+
+    #[test]
+    fn the_controller_exports_exactly_the_families_readme_lists_for_it() {
+        check_exports_match_readme(&Metrics::controller(), Process::Controller);
+    }
+
+    #[test]
+    fn the_webhook_exports_no_leader_gauge_and_the_controller_no_certificate_expiry() {
+        // Both read as alarms when present and never set: "no leader", "expired in 1970".
+        let (webhook, controller) = (Metrics::webhook(), Metrics::controller());
+        exercise_every_family(&webhook);
+        exercise_every_family(&controller);
+        assert!(!webhook.render().contains("stepup_leader"), "{}", webhook.render());
+        assert!(!controller.render().contains("stepup_certificate_expiry"), "{}", controller.render());
+        assert!(!controller.render().contains("stepup_admission_"), "{}", controller.render());
+    }
+
+    #[test]
+    fn a_webhook_reports_its_caches_unsynced_before_the_first_list() {
+        let text = Metrics::webhook().render();
+        for kind in CacheKind::ALL {
+            assert!(text.contains(&format!("stepup_cache_synced{{cache=\"{}\"}} 0\n", kind.as_str())), "{text}");
+        }
+    }
+
+    /// The `stepup_` metrics a PromQL expression reads, with the label names it selects on.
+    fn selectors(expr: &str) -> Vec<(String, Vec<String>)> {
+        let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+        let mut found = Vec::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("stepup_") {
+            let starts_word = !rest[..at].chars().next_back().is_some_and(ident);
+            let tail = &rest[at..];
+            let end = tail.find(|c: char| !ident(c)).unwrap_or(tail.len());
+            let (name, after) = tail.split_at(end);
+            let mut labels = Vec::new();
+            if let Some(inner) = after.strip_prefix('{').and_then(|a| a.split_once('}')).map(|(i, _)| i) {
+                labels = inner
+                    .split(',')
+                    .filter_map(|m| m.split(['=', '!']).next())
+                    .map(|l| l.trim().to_owned())
+                    .filter(|l| !l.is_empty())
+                    .collect();
+            }
+            if starts_word {
+                found.push((name.to_owned(), labels));
+            }
+            rest = after;
+        }
+        found
+    }
+
+    /// Checks that each metric `exprs` read is one a process exports, selected on its own labels.
+    fn check_reads_exported_metrics(exprs: &[String], what: &str) {
+        let (webhook, controller) = (Metrics::webhook(), Metrics::controller());
+        exercise_every_family(&webhook);
+        exercise_every_family(&controller);
+        let mut families = exported(&webhook);
+        families.extend(exported(&controller));
+        let mut read = 0;
+        for expr in exprs {
+            for (name, labels) in selectors(expr) {
+                let histogram_part = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s));
+                let (kind, known) = match (families.get(&name), histogram_part.and_then(|b| families.get(b))) {
+                    (Some(f), _) => f.clone(),
+                    (None, Some(f)) if f.0 == "histogram" => f.clone(),
+                    _ => panic!("{what} reads {name}, which no process exports: {expr}"),
+                };
+                for label in &labels {
+                    let le = kind == "histogram" && name.ends_with("_bucket") && label == "le";
+                    assert!(
+                        le || known.contains(label),
+                        "{what} selects {name} on {label}, not one of {known:?}: {expr}"
+                    );
+                }
+                read += 1;
+            }
+        }
+        assert!(read > 10, "{what}: only {read} stepup_ metrics found; is the parsing right?");
+    }
+
+    #[test]
+    fn every_metric_the_alert_rules_read_is_exported_with_those_labels() {
+        let rules: serde_yaml::Value =
+            serde_yaml::from_str(include_str!("../charts/stepup/files/prometheus-rules.yaml")).expect("rules parse");
+        let exprs: Vec<String> = rules["groups"]
+            .as_sequence()
+            .expect("groups")
+            .iter()
+            .flat_map(|g| g["rules"].as_sequence().expect("rules").iter())
+            .map(|r| r["expr"].as_str().expect("every rule has an expr").to_owned())
+            .collect();
+        check_reads_exported_metrics(&exprs, "prometheus-rules.yaml");
+    }
+
+    fn dashboard() -> serde_json::Value {
+        serde_json::from_str(include_str!("../charts/stepup/files/grafana-dashboard.json")).expect("dashboard is JSON")
+    }
+
+    fn panels(dashboard: &serde_json::Value) -> impl Iterator<Item = &serde_json::Value> {
+        dashboard["panels"].as_array().expect("panels").iter().filter(|p| p["type"] != "row")
+    }
+
+    #[test]
+    fn every_metric_the_dashboard_reads_is_exported_with_those_labels() {
+        let dashboard = dashboard();
+        let exprs: Vec<String> = panels(&dashboard)
+            .flat_map(|p| p["targets"].as_array().expect("targets").iter())
+            .map(|t| t["expr"].as_str().expect("every target has an expr").to_owned())
+            .collect();
+        check_reads_exported_metrics(&exprs, "grafana-dashboard.json");
+    }
+
+    #[test]
+    fn the_dashboard_queries_the_chosen_data_source_in_panels_that_do_not_overlap() {
+        let dashboard = dashboard();
+        assert_eq!(dashboard["uid"], "kube-stepup");
+        let variables = dashboard["templating"]["list"].as_array().expect("templating");
+        assert!(
+            variables
+                .iter()
+                .any(|v| v["name"] == "datasource" && v["type"] == "datasource" && v["query"] == "prometheus")
+        );
+        let uses_variable = |v: &serde_json::Value| v["uid"] == "${datasource}" && v["type"] == "prometheus";
+        let mut ids = BTreeSet::new();
+        let mut areas: Vec<(u64, u64, u64, u64, String)> = Vec::new();
+        for panel in dashboard["panels"].as_array().expect("panels") {
+            let title = panel["title"].as_str().expect("every panel has a title").to_owned();
+            assert!(ids.insert(panel["id"].as_u64().expect("numeric id")), "duplicate id in {title}");
+            let g = &panel["gridPos"];
+            let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| g[k].as_u64().expect("gridPos"));
+            assert!(x + w <= 24, "{title} is wider than the grid");
+            for (ox, oy, ow, oh, other) in &areas {
+                let apart = x + w <= *ox || *ox + ow <= x || y + h <= *oy || *oy + oh <= y;
+                assert!(apart, "{title} overlaps {other}");
+            }
+            areas.push((x, y, w, h, title.clone()));
+            if panel["type"] == "row" {
+                continue;
+            }
+            assert!(uses_variable(&panel["datasource"]), "{title}: datasource");
+            let targets = panel["targets"].as_array().expect("targets");
+            assert!(!targets.is_empty(), "{title} queries nothing");
+            assert!(targets.iter().all(|t| uses_variable(&t["datasource"])), "{title}: target datasource");
+            assert!(panel["description"].as_str().is_some_and(|d| !d.is_empty()), "{title} says what it shows");
+        }
     }
 }

@@ -40,7 +40,7 @@ pub fn settings(args: &WebhookArgs) -> Settings {
 }
 
 pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::webhook();
     // Only the public half is kept: the webhook verifies grants, it never signs them.
     let verifier = MasterKey::from_file(&args.identity.key_file)?.grant_verifier();
     let certificate = ReloadingCertificate::load(&args.tls_cert_file, &args.tls_key_file)?;

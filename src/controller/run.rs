@@ -98,7 +98,7 @@ fn instance(args: &ControllerArgs) -> String {
 }
 
 pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::controller();
     let master = MasterKey::from_file(&args.identity.key_file)?;
     let client = Client::try_default().await?;
     let identity = instance(&args);

@@ -95,7 +95,7 @@ impl TestServer {
                 caches.mark_synced(kind);
             }
         }
-        let metrics = Metrics::new();
+        let metrics = Metrics::webhook();
         let readiness = Arc::new(Readiness::default());
         let state = Arc::new(Webhook {
             caches: caches.clone(),
