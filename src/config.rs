@@ -141,6 +141,11 @@ pub struct WebhookArgs {
     #[arg(long, env = "STEPUP_GRANT_STALENESS_BOUND", default_value = "60s")]
     pub grant_staleness_bound: Duration,
 
+    /// How long the API server keeps each watch open. A watch silent (no event, bookmark or
+    /// end) for one and a half times this, plus 5s, is stalled: the cache relists.
+    #[arg(long, env = "STEPUP_WATCH_TIMEOUT", default_value = "60s")]
+    pub watch_timeout: Duration,
+
     /// After SIGTERM, keep serving (and report not ready) for this long: the API server keeps
     /// using its open connections for a while.
     #[arg(long, env = "STEPUP_DRAIN_PERIOD", default_value = "10s")]

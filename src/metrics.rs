@@ -35,6 +35,8 @@ pub struct Metrics {
     /// 1 when a cache's watch has synced and is healthy.
     pub cache_synced: IntGaugeVec,
     pub cache_objects: IntGaugeVec,
+    /// Watches found stalled (silent past their bound) and relisted, by cache.
+    pub watch_stalls: IntCounterVec,
     /// Certificate reloads by result.
     pub certificate_reloads: IntCounterVec,
     /// Not-after of the certificate being served, in Unix seconds (alert well before it).
@@ -119,6 +121,11 @@ impl Metrics {
         .expect("valid metric");
         let cache_objects = IntGaugeVec::new(Opts::new("stepup_cache_objects", "Objects held in a cache."), &["cache"])
             .expect("valid metric");
+        let watch_stalls = IntCounterVec::new(
+            Opts::new("stepup_watch_stalls_total", "Watches that went silent past their bound and were relisted."),
+            &["cache"],
+        )
+        .expect("valid metric");
         let certificate_reloads = IntCounterVec::new(
             Opts::new("stepup_certificate_reloads_total", "Serving certificate reloads, by result."),
             &["result"],
@@ -180,6 +187,7 @@ impl Metrics {
             break_glass,
             cache_synced,
             cache_objects,
+            watch_stalls,
             certificate_reloads,
             certificate_expiry,
             events,
@@ -221,6 +229,7 @@ impl Metrics {
                 Box::new(self.break_glass.clone()),
                 Box::new(self.cache_synced.clone()),
                 Box::new(self.cache_objects.clone()),
+                Box::new(self.watch_stalls.clone()),
                 Box::new(self.certificate_reloads.clone()),
                 Box::new(self.certificate_expiry.clone()),
             ],
@@ -287,6 +296,7 @@ mod tests {
         m.break_glass.inc();
         m.cache_synced.with_label_values(&["grants"]).set(1);
         m.cache_objects.with_label_values(&["grants"]).set(3);
+        m.watch_stalls.with_label_values(&["grants"]).inc();
         m.certificate_reloads.with_label_values(&["success"]).inc();
         m.certificate_expiry.set(1);
         m.events.with_label_values(&["published"]).inc();

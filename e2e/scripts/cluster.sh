@@ -15,6 +15,8 @@
 #   logs             tail the logs
 #   aggregate-roles  redo ClusterRole aggregation (after installing roles labelled
 #                    rbac.authorization.k8s.io/aggregate-to-*)
+#   stop|start etcd|kube-apiserver, restart etcd|kube-apiserver [seconds down]
+#                    one daemon of a running control plane, its state kept (fault scenarios)
 #
 # Environment (defaults in brackets):
 #   STEPUP_CACHE [${XDG_CACHE_HOME:-$HOME/.cache}/kube-stepup]
@@ -570,11 +572,43 @@ cmd_logs() { # [etcd|kube-apiserver|audit] [lines]
 	esac
 }
 
+# Stops or starts one daemon of a running control plane, keeping its state: the fault
+# scenarios restart kube-apiserver and etcd under a running stepup.
+cmd_restart() { # etcd|kube-apiserver [seconds down]
+	local name=${1:-} down=${2:-0}
+	case $name in
+	etcd | kube-apiserver) ;;
+	*) die "restart etcd|kube-apiserver [seconds down]" ;;
+	esac
+	stop_daemon "$name"
+	sleep "$down"
+	if [[ $name == etcd ]]; then start_etcd; else start_apiserver; fi
+	log "$name restarted"
+}
+
+cmd_stop() { # etcd|kube-apiserver
+	case ${1:-} in
+	etcd | kube-apiserver) stop_daemon "$1" ;;
+	*) die "stop etcd|kube-apiserver" ;;
+	esac
+}
+
+cmd_start() { # etcd|kube-apiserver
+	case ${1:-} in
+	etcd) start_etcd ;;
+	kube-apiserver) start_apiserver ;;
+	*) die "start etcd|kube-apiserver" ;;
+	esac
+}
+
 main() {
 	local cmd=${1:-}
 	shift || true
 	case $cmd in
 	up) cmd_up ;;
+	restart) cmd_restart "$@" ;;
+	stop) cmd_stop "$@" ;;
+	start) cmd_start "$@" ;;
 	down) cmd_down ;;
 	status) cmd_status ;;
 	env) cmd_env ;;

@@ -41,16 +41,21 @@ load_cluster_env() {
 
 kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
+# The binaries this run uses: copied out of cargo's target directory right after the build,
+# so that a later build (another checkout sharing the target directory, an edit while the
+# suite runs) cannot swap them under running scenarios.
 stepup_bin() {
-	local target=${CARGO_TARGET_DIR:-$REPO/target}
-	echo "$target/$PROFILE/stepup"
+	echo "$DIR/bin/stepup"
 }
 
 build() {
-	local flags=()
+	local flags=() target=${CARGO_TARGET_DIR:-$REPO/target}
 	[[ $PROFILE == release ]] && flags=(--release)
 	log "building stepup ($PROFILE)"
 	(cd "$REPO" && cargo build --quiet "${flags[@]}" --bin stepup --bin kubectl-stepup)
+	mkdir -p "$DIR/bin"
+	cp "$target/$PROFILE/stepup" "$DIR/bin/stepup.new" && mv "$DIR/bin/stepup.new" "$DIR/bin/stepup"
+	cp "$target/$PROFILE/kubectl-stepup" "$DIR/bin/kubectl-stepup.new" && mv "$DIR/bin/kubectl-stepup.new" "$DIR/bin/kubectl-stepup"
 }
 
 running_pid() { # name

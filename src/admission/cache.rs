@@ -229,8 +229,14 @@ impl Caches {
 
     /// Records that a watch lost touch; keeps the earliest time of a run of failures.
     pub fn mark_broken(&self, kind: CacheKind) {
+        self.mark_broken_at(kind, Instant::now());
+    }
+
+    /// Records that a watch has been out of touch since `since` (its last sign of life).
+    pub fn mark_broken_at(&self, kind: CacheKind, since: Instant) {
         let h = &self.health[kind.slot()];
-        lock(&h.broken_since).get_or_insert_with(Instant::now);
+        let mut broken = lock(&h.broken_since);
+        *broken = Some(broken.map_or(since, |b| b.min(since)));
     }
 
     pub fn is_synced(&self, kind: CacheKind) -> bool {

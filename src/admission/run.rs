@@ -61,7 +61,8 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     );
     let caches = Caches::new(builtin);
     let stop_watches = CancellationToken::new();
-    watch::spawn_all(client.clone(), caches.clone(), metrics.clone(), verifier.clone(), stop_watches.clone());
+    let timing = watch::WatchTiming::new(args.watch_timeout.as_std().as_secs().clamp(1, 3600) as u32);
+    watch::spawn_all(client.clone(), caches.clone(), metrics.clone(), verifier.clone(), timing, stop_watches.clone());
 
     let readiness = Arc::new(Readiness::default());
     let state = Arc::new(Webhook {

@@ -128,6 +128,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
             problems.push(format!("{} not synced", kind.as_str()));
         }
     }
+    // Out of touch past the bound, grant decisions fail closed: say so, so that a rollout or
+    // the Service stops sending reviews here while another replica may still be in touch.
+    if state.caches.is_synced(CacheKind::Grants)
+        && let Some(stale) = state.caches.grants_stale_beyond(state.settings.grant_staleness_bound)
+    {
+        problems.push(format!("grants out of touch with the API server for {}s", stale.as_secs()));
+    }
     if problems.is_empty() {
         (StatusCode::OK, "ready").into_response()
     } else {

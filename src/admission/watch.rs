@@ -1,12 +1,15 @@
-//! Watches that feed the caches. Each runs its own list-then-watch loop on kube-runtime's
-//! watcher; on any error it marks its cache broken and starts over with a fresh list, so the
-//! cache is known-good again exactly when the list completes.
+//! Watches that feed the caches. Each runs its own list-then-watch loop (with bookmarks, and
+//! a bound on silence); on any error or stall it marks its cache broken and starts over with a
+//! fresh list, so the cache is known-good again exactly when the list completes. Does I/O.
 
 use std::{collections::BTreeMap, fmt::Debug, sync::Arc, time::Duration};
 
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::{Api, Client, Resource, ResourceExt, runtime::watcher};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{ListParams, WatchEvent, WatchParams},
+};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +28,7 @@ pub fn spawn_all(
     caches: Arc<Caches>,
     metrics: Metrics,
     verifier: GrantVerifier,
+    timing: WatchTiming,
     stop: CancellationToken,
 ) {
     spawn(
@@ -33,6 +37,7 @@ pub fn spawn_all(
         caches.clone(),
         metrics.clone(),
         stop.clone(),
+        timing,
         PolicyFeed,
     );
     spawn(
@@ -41,9 +46,10 @@ pub fn spawn_all(
         caches.clone(),
         metrics.clone(),
         stop.clone(),
+        timing,
         GrantFeed { verifier, metrics: metrics.clone() },
     );
-    spawn(Api::<Namespace>::all(client), CacheKind::Namespaces, caches, metrics, stop, NamespaceFeed);
+    spawn(Api::<Namespace>::all(client), CacheKind::Namespaces, caches, metrics, stop, timing, NamespaceFeed);
 }
 
 /// Most watch events applied together; a burst larger than this is applied in several.
@@ -165,105 +171,204 @@ impl Feed<Namespace> for NamespaceFeed {
     }
 }
 
-fn spawn<K, F>(api: Api<K>, kind: CacheKind, caches: Arc<Caches>, metrics: Metrics, stop: CancellationToken, feed: F)
-where
+/// How long the API server keeps one watch request open (`timeoutSeconds`), and how long a
+/// watch may go without an event, a bookmark or its regular end before it counts as stalled.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchTiming {
+    pub watch_seconds: u32,
+    pub idle: Duration,
+}
+
+impl WatchTiming {
+    /// The server ends each watch after `watch_seconds` (sending a bookmark first), so a healthy
+    /// watch shows life at least that often; one and a half times that, plus slack, is a stall.
+    pub fn new(watch_seconds: u32) -> Self {
+        let watch_seconds = watch_seconds.max(1);
+        Self { watch_seconds, idle: Duration::from_secs(u64::from(watch_seconds)) * 3 / 2 + Duration::from_secs(5) }
+    }
+}
+
+impl Default for WatchTiming {
+    fn default() -> Self {
+        Self::new(60)
+    }
+}
+
+/// One watch feeding one cache.
+struct WatchLoop<K: Resource, F> {
+    api: Api<K>,
+    kind: CacheKind,
+    caches: Arc<Caches>,
+    metrics: Metrics,
+    stop: CancellationToken,
+    timing: WatchTiming,
+    feed: F,
+}
+
+fn spawn<K, F>(
+    api: Api<K>,
+    kind: CacheKind,
+    caches: Arc<Caches>,
+    metrics: Metrics,
+    stop: CancellationToken,
+    timing: WatchTiming,
+    feed: F,
+) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     F: Feed<K>,
 {
+    let w = WatchLoop { api, kind, caches, metrics, stop, timing, feed };
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(500);
         loop {
-            let completed = run_once(&api, kind, &caches, &metrics, &stop, &feed).await;
-            if stop.is_cancelled() {
+            let last_life = std::sync::Mutex::new(std::time::Instant::now());
+            let completed = w.run_once(&last_life).await;
+            if w.stop.is_cancelled() {
                 return;
             }
-            caches.mark_broken(kind);
-            metrics.cache_synced.with_label_values(&[kind.as_str()]).set(0);
+            // Out of touch since the last sign of life, not since the stall was noticed.
+            let since = *last_life.lock().unwrap_or_else(|e| e.into_inner());
+            w.caches.mark_broken_at(w.kind, since);
+            w.metrics.cache_synced.with_label_values(&[w.kind.as_str()]).set(0);
             backoff = if completed { Duration::from_millis(500) } else { (backoff * 2).min(Duration::from_secs(30)) };
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = w.stop.cancelled() => return,
                 _ = tokio::time::sleep(backoff) => {}
             }
         }
     });
 }
 
-/// One list-then-watch run; returns whether it got as far as a complete list.
-async fn run_once<K, F>(
-    api: &Api<K>,
-    kind: CacheKind,
-    caches: &Caches,
-    metrics: &Metrics,
-    stop: &CancellationToken,
-    feed: &F,
-) -> bool
+impl<K, F> WatchLoop<K, F>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     F: Feed<K>,
 {
-    let mut stream = watcher(api.clone(), watcher::Config::default()).boxed();
-    let mut buffer: Vec<F::Staged> = Vec::new();
-    let mut completed = false;
-    // An event read while gathering a batch of changes that is not a change itself.
-    let mut lookahead = None;
-    loop {
-        let event = match lookahead.take() {
-            Some(event) => event,
-            None => tokio::select! {
-                _ = stop.cancelled() => return completed,
-                event = stream.next() => event,
-            },
+    /// One list-then-watch run; returns whether it got as far as a complete list. The watch
+    /// is ours rather than kube-runtime's watcher, which consumes bookmarks: seeing them is what
+    /// lets a watch that stalls without an error (no events, no bookmarks, no end) be told from
+    /// a quiet one, and relisted.
+    async fn run_once(&self, last_life: &std::sync::Mutex<std::time::Instant>) -> bool {
+        let WatchLoop { api, kind, caches, metrics, stop, timing, feed } = self;
+        let (kind, timing) = (*kind, *timing);
+        let alive = || *last_life.lock().unwrap_or_else(|e| e.into_inner()) = std::time::Instant::now();
+        // The list, a page at a time, each object staged to what the cache keeps.
+        let mut staged: Vec<F::Staged> = Vec::new();
+        let mut params = ListParams::default().limit(500);
+        let mut version = loop {
+            let page = tokio::select! {
+                _ = stop.cancelled() => return false,
+                page = tokio::time::timeout(timing.idle, api.list(&params)) => page,
+            };
+            let page = match page {
+                Ok(Ok(page)) => page,
+                Ok(Err(error)) => {
+                    tracing::warn!(cache = kind.as_str(), %error, "list failed; retrying");
+                    return false;
+                }
+                Err(_) => {
+                    tracing::warn!(cache = kind.as_str(), "list stalled; retrying");
+                    return false;
+                }
+            };
+            staged.extend(page.items.into_iter().map(|o| feed.stage(o)));
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break page.metadata.resource_version.unwrap_or_default(),
+            }
         };
-        match event {
-            None => return completed,
-            Some(Ok(watcher::Event::Init)) => buffer.clear(),
-            Some(Ok(watcher::Event::InitApply(o))) => buffer.push(feed.stage(o)),
-            Some(Ok(watcher::Event::InitDone)) => {
-                let objects = std::mem::take(&mut buffer);
-                let count = objects.len();
-                feed.replace(caches, objects);
-                caches.mark_synced(kind);
-                completed = true;
-                metrics.cache_synced.with_label_values(&[kind.as_str()]).set(1);
-                tracing::info!(cache = kind.as_str(), objects = count, "cache synced");
+        alive();
+        let count = staged.len();
+        feed.replace(caches, staged);
+        caches.mark_synced(kind);
+        metrics.cache_synced.with_label_values(&[kind.as_str()]).set(1);
+        record_sizes(caches, metrics);
+        tracing::info!(cache = kind.as_str(), objects = count, "cache synced");
+
+        // Bookmarks are on by default: they are the sign of life a quiet watch gives.
+        let params = WatchParams::default().timeout(timing.watch_seconds);
+        loop {
+            let stream = tokio::select! {
+                _ = stop.cancelled() => return true,
+                stream = tokio::time::timeout(timing.idle, api.watch(&params, &version)) => stream,
+            };
+            let mut stream = match stream {
+                Ok(Ok(s)) => {
+                    alive();
+                    s.boxed()
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(cache = kind.as_str(), %error, "watch failed; relisting");
+                    return true;
+                }
+                Err(_) => {
+                    tracing::warn!(cache = kind.as_str(), "watch request stalled; relisting");
+                    return true;
+                }
+            };
+            loop {
+                let item = tokio::select! {
+                    _ = stop.cancelled() => return true,
+                    _ = tokio::time::sleep(timing.idle) => {
+                        metrics.watch_stalls.with_label_values(&[kind.as_str()]).inc();
+                        tracing::warn!(
+                            cache = kind.as_str(),
+                            idle_seconds = timing.idle.as_secs(),
+                            "watch stalled: no event, bookmark or end from the API server; relisting"
+                        );
+                        return true;
+                    }
+                    item = stream.next() => item,
+                };
+                let Some(item) = item else { break };
+                alive();
+                let mut changes = Vec::new();
+                let mut pending = Some(item);
+                // `item` and the events already delivered after it: a burst (a GitOps sync of many
+                // policies) is applied at once, and the policy index rebuilt once for it.
+                while let Some(item) = pending.take() {
+                    match item {
+                        Ok(WatchEvent::Added(o) | WatchEvent::Modified(o)) => {
+                            version = o.resource_version().unwrap_or(version);
+                            changes.push(Change::Apply(o));
+                        }
+                        Ok(WatchEvent::Deleted(o)) => {
+                            version = o.resource_version().unwrap_or(version);
+                            changes.push(Change::Delete(o));
+                        }
+                        Ok(WatchEvent::Bookmark(b)) => version = b.metadata.resource_version,
+                        Ok(WatchEvent::Error(status)) => {
+                            if !changes.is_empty() {
+                                feed.apply(caches, std::mem::take(&mut changes));
+                            }
+                            // 410 Gone: the version is too old to resume from.
+                            tracing::info!(cache = kind.as_str(), code = status.code, message = %status.message, "watch ended by the API server; relisting");
+                            return true;
+                        }
+                        Err(error) => {
+                            if !changes.is_empty() {
+                                feed.apply(caches, std::mem::take(&mut changes));
+                            }
+                            tracing::warn!(cache = kind.as_str(), %error, "watch failed; relisting");
+                            return true;
+                        }
+                    }
+                    if changes.len() < MAX_BATCH {
+                        pending = stream.next().now_or_never().flatten();
+                    }
+                }
+                if !changes.is_empty() {
+                    feed.apply(caches, changes);
+                    record_sizes(caches, metrics);
+                }
             }
-            Some(Ok(watcher::Event::Apply(o))) => {
-                feed.apply(caches, gather(Change::Apply(o), &mut stream, &mut lookahead))
-            }
-            Some(Ok(watcher::Event::Delete(o))) => {
-                feed.apply(caches, gather(Change::Delete(o), &mut stream, &mut lookahead))
-            }
-            Some(Err(error)) => {
-                tracing::warn!(cache = kind.as_str(), %error, "watch failed; relisting");
-                return completed;
-            }
-        }
-        for (k, n) in caches.sizes() {
-            metrics.cache_objects.with_label_values(&[k.as_str()]).set(n as i64);
+            // The server ended the watch after its timeout: watch on from where it ended.
         }
     }
 }
 
-type Event<K> = Option<Result<watcher::Event<K>, watcher::Error>>;
-
-/// `first` and the changes already delivered after it, without waiting for more: a burst of
-/// events (a GitOps sync of many policies) is applied at once, and the policy index rebuilt
-/// once for it rather than once per policy. The first other event is left in `lookahead`.
-fn gather<K, S>(first: Change<K>, stream: &mut S, lookahead: &mut Option<Event<K>>) -> Vec<Change<K>>
-where
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Unpin,
-{
-    let mut changes = vec![first];
-    while changes.len() < MAX_BATCH {
-        match stream.next().now_or_never() {
-            Some(Some(Ok(watcher::Event::Apply(o)))) => changes.push(Change::Apply(o)),
-            Some(Some(Ok(watcher::Event::Delete(o)))) => changes.push(Change::Delete(o)),
-            Some(other) => {
-                *lookahead = Some(other);
-                break;
-            }
-            None => break,
-        }
+fn record_sizes(caches: &Caches, metrics: &Metrics) {
+    for (k, n) in caches.sizes() {
+        metrics.cache_objects.with_label_values(&[k.as_str()]).set(n as i64);
     }
-    changes
 }

@@ -1,0 +1,199 @@
+//! Issue-13 fault scenarios, each bounded and self-stopping: the webhook's link to the API
+//! server cut or silently stalled, kube-apiserver and etcd restarted. Through all of them no
+//! protected write passes without a grant, a grant revoked while the webhook was out of touch
+//! is refused once it is back, and in between the staleness bound fails closed.
+
+use std::{net::SocketAddr, process::Command, time::Duration, time::Instant};
+
+use jiff::SignedDuration;
+use kube::{Api, api::DeleteParams};
+use kube_stepup::{
+    api::{Operation::Delete, StepUpGrant},
+    testing::{policy, request},
+};
+use serde_json::Value;
+use stepup_e2e::{
+    World, eventually,
+    faults::{FaultyLink, Link, WebhookProcess},
+    grant_for,
+};
+
+const ALICE_UID: &str = "uid-alice-1";
+
+fn apiserver(world: &World) -> SocketAddr {
+    world.env.var("KUBE_APISERVER_URL").trim_start_matches("https://").parse().unwrap()
+}
+
+/// alice deleting prod/db, as the API server would ask.
+fn alice_deletes_db() -> Value {
+    request(Delete, "secrets").namespace("prod").name("db").uid(ALICE_UID).review("r-fault", None, None)
+}
+
+async fn answer(webhook: &WebhookProcess) -> (bool, u64) {
+    let r = webhook.review(&alice_deletes_db()).await.expect("an answer");
+    (r["allowed"].as_bool().unwrap(), r["status"]["code"].as_u64().unwrap_or(200))
+}
+
+fn cluster(args: &[&str]) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh");
+    let out = Command::new(script).args(args).output().unwrap();
+    assert!(out.status.success(), "cluster.sh {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+async fn setup(world: &World) -> String {
+    world
+        .apply_policies(&[policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build()])
+        .await;
+    let name = format!("alice-fault-{}", std::process::id());
+    let g = grant_for(&name, "alice", SignedDuration::ZERO, SignedDuration::from_hours(1)).uid(ALICE_UID).build();
+    world.issue_grant(&g).await.expect("grant issued");
+    name
+}
+
+async fn revoke(world: &World, name: &str) {
+    let api: Api<StepUpGrant> = Api::all(world.admin.clone());
+    api.delete(name, &DeleteParams::default()).await.expect("revoked");
+    eventually(Duration::from_secs(20), || async {
+        if api.get_opt(name).await?.is_some() { anyhow::bail!("{name} still there") } else { Ok(()) }
+    })
+    .await
+    .expect("the grant is gone");
+}
+
+#[tokio::test]
+async fn a_partition_fails_closed_and_a_grant_revoked_meanwhile_is_refused_after() {
+    let world = World::new().await;
+    let grant = setup(&world).await;
+    let link = FaultyLink::start(apiserver(&world)).await;
+    let webhook = WebhookProcess::spawn(
+        &world.env,
+        "partition",
+        &link,
+        stepup_e2e::extra_port(10),
+        &["--grant-staleness-bound", "3s"],
+    )
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        if answer(&webhook).await.0 { Ok(()) } else { anyhow::bail!("not granted yet") }
+    })
+    .await
+    .expect("alice's grant lets the delete through");
+
+    link.set(Link::Cut);
+    let cut = Instant::now();
+    revoke(&world, &grant).await;
+    // Out of touch: within the bound the cache still answers, then every grant decision
+    // fails closed; never is the revoked grant honoured after the bound.
+    let closed = eventually(Duration::from_secs(20), || async {
+        match answer(&webhook).await {
+            (false, 503) => Ok(cut.elapsed()),
+            other => anyhow::bail!("still {other:?}"),
+        }
+    })
+    .await
+    .expect("fails closed past the staleness bound");
+    eprintln!("partition: failed closed {closed:?} after the cut (bound 3s)");
+    assert!(webhook.ready().await.is_err(), "not ready while out of touch");
+
+    link.set(Link::Pass);
+    let healed = Instant::now();
+    eventually(Duration::from_secs(30), || async {
+        match answer(&webhook).await {
+            (false, 403) => Ok(()),
+            other => anyhow::bail!("after healing: {other:?}"),
+        }
+    })
+    .await
+    .expect("back in touch, the revoked grant is refused");
+    eprintln!("partition: back in touch and refusing the revoked grant {:?} after healing", healed.elapsed());
+    webhook.ready().await.expect("ready again");
+}
+
+#[tokio::test]
+async fn a_watch_that_stalls_without_an_error_is_noticed_and_fails_closed() {
+    let world = World::new().await;
+    let _grant = setup(&world).await;
+    let link = FaultyLink::start(apiserver(&world)).await;
+    // Watches end every 4 s; one silent for 11 s is stalled.
+    let webhook = WebhookProcess::spawn(
+        &world.env,
+        "stall",
+        &link,
+        stepup_e2e::extra_port(12),
+        &["--grant-staleness-bound", "3s", "--watch-timeout", "4s"],
+    )
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        if answer(&webhook).await.0 { Ok(()) } else { anyhow::bail!("not granted yet") }
+    })
+    .await
+    .unwrap();
+    // A quiet but healthy watch is not a stall: several watch periods pass without one.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    assert!(!webhook.metrics().await.contains("stepup_watch_stalls_total{"), "no stall while healthy");
+    assert!(answer(&webhook).await.0);
+
+    link.set(Link::Stall);
+    let stalled = Instant::now();
+    let closed = eventually(Duration::from_secs(40), || async {
+        match answer(&webhook).await {
+            (false, 503) => Ok(stalled.elapsed()),
+            other => anyhow::bail!("still {other:?}"),
+        }
+    })
+    .await
+    .expect("a silent watch is noticed and decisions fail closed");
+    eprintln!("stall: failed closed {closed:?} after the link went silent");
+    assert!(webhook.metrics().await.contains("stepup_watch_stalls_total{cache=\"grants\"}"));
+    link.set(Link::Pass);
+    eventually(Duration::from_secs(40), || async {
+        if answer(&webhook).await.0 { Ok(()) } else { anyhow::bail!("not granted again yet") }
+    })
+    .await
+    .expect("recovers when the link flows again");
+}
+
+#[tokio::test]
+async fn restarting_kube_apiserver_and_etcd_keeps_every_decision_right() {
+    let world = World::new().await;
+    let grant = setup(&world).await;
+    let link = FaultyLink::start(apiserver(&world)).await;
+    let webhook = WebhookProcess::spawn(
+        &world.env,
+        "restarts",
+        &link,
+        stepup_e2e::extra_port(14),
+        &["--grant-staleness-bound", "5s"],
+    )
+    .await;
+    eventually(Duration::from_secs(10), || async {
+        if answer(&webhook).await.0 { Ok(()) } else { anyhow::bail!("not granted yet") }
+    })
+    .await
+    .unwrap();
+
+    for daemon in ["kube-apiserver", "etcd"] {
+        let started = Instant::now();
+        cluster(&["restart", daemon, "3"]);
+        // The webhook's watches resume; a grant still granted, readiness back.
+        eventually(Duration::from_secs(60), || async {
+            webhook.ready().await?;
+            if answer(&webhook).await.0 { Ok(()) } else { anyhow::bail!("not granted") }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("after restarting {daemon}: {e}"));
+        eprintln!("{daemon} restarted (3 s down): decisions right again after {:?}", started.elapsed());
+    }
+    // And a revocation after the restarts reaches the webhook within seconds.
+    revoke(&world, &grant).await;
+    let revoked = Instant::now();
+    eventually(Duration::from_secs(20), || async {
+        match answer(&webhook).await {
+            (false, 403) => Ok(()),
+            other => anyhow::bail!("{other:?}"),
+        }
+    })
+    .await
+    .expect("the revoked grant is refused");
+    eprintln!("revocation honoured {:?} after it was made", revoked.elapsed());
+}
