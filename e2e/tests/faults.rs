@@ -8,7 +8,10 @@ use std::{net::SocketAddr, process::Command, time::Duration, time::Instant};
 use jiff::SignedDuration;
 use kube::{Api, api::DeleteParams};
 use kube_stepup::{
-    api::{Operation::Delete, StepUpGrant},
+    api::{
+        Operation::{Create, Delete},
+        StepUpGrant,
+    },
     testing::{policy, request},
 };
 use serde_json::Value;
@@ -196,4 +199,70 @@ async fn restarting_kube_apiserver_and_etcd_keeps_every_decision_right() {
     .await
     .expect("the revoked grant is refused");
     eprintln!("revocation honoured {:?} after it was made", revoked.elapsed());
+}
+
+#[tokio::test]
+async fn restarting_the_webhook_under_load_lets_no_ungranted_write_through() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::PostParams;
+
+    let world = World::new().await;
+    world
+        .apply_policies(&[policy("prod-configmaps")
+            .rule(&[Create, Delete], "", &["configmaps"])
+            .namespaces(&["prod"])
+            .build()])
+        .await;
+    let g =
+        grant_for("alice-load", "alice", SignedDuration::ZERO, SignedDuration::from_hours(1)).uid(ALICE_UID).build();
+    world.issue_grant(&g).await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    // alice passed, alice failed (webhook unreachable), bob passed, bob refused, bob failed (unreachable)
+    let counters: Arc<[AtomicU64; 5]> = Arc::new(Default::default());
+    let mut load = Vec::new();
+    for (who, ok_slot) in [("alice", 0usize), ("bob", 2usize)] {
+        let unreachable_slot = if who == "alice" { 1 } else { 4 };
+        let api: Api<ConfigMap> = Api::namespaced(world.env.client(who).await, "prod");
+        let (stop, counters) = (stop.clone(), counters.clone());
+        load.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let name = format!("load-{who}-{i}");
+                let cm: ConfigMap = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+                let slot = match api.create(&PostParams::default(), &cm).await {
+                    Ok(_) => ok_slot,
+                    Err(kube::Error::Api(e)) if e.message.contains("failed calling webhook") => unreachable_slot,
+                    Err(_) => ok_slot + 1,
+                };
+                counters[slot].fetch_add(1, Ordering::Relaxed);
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = counters[0].load(Ordering::Relaxed);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stepup.sh");
+    let restarted = Instant::now();
+    let out = Command::new(script).arg("webhook-restart").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ready_after = restarted.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let [alice_ok, alice_failed, bob_passed, bob_refused, bob_failed] =
+        [0, 1, 2, 3, 4].map(|i| counters[i].load(Ordering::Relaxed));
+    eprintln!(
+        "webhook restart under load: ready again after {ready_after:?}; alice {alice_ok} writes passed, {alice_failed} failed closed (webhook unreachable); bob {bob_passed} passed, {bob_refused} refused by policy, {bob_failed} failed closed"
+    );
+    assert_eq!(bob_passed, 0, "no protected write passed without a grant");
+    assert!(bob_refused > 0 && alice_ok > before, "load flowed before and after the restart");
 }
