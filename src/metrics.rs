@@ -37,6 +37,10 @@ pub struct Metrics {
     pub lockouts: IntCounter,
     /// Grants seen without a valid controller signature (written by someone else), ignored.
     pub forged_grants: IntCounter,
+    /// Enrollment, approval, unlock and bootstrap steps, by step and result (controller).
+    pub factor_steps: IntCounterVec,
+    /// Challenges refused at admission by the per-user limits, by limit (webhook).
+    pub challenge_limit_refusals: IntCounterVec,
     /// Reconcile failures by controller and error kind.
     pub reconcile_errors: IntCounterVec,
     /// 1 while this replica holds the controller Lease.
@@ -111,6 +115,22 @@ impl Metrics {
             "Grants without a valid controller signature, seen and ignored (someone other than the controller wrote them).",
         )
         .expect("valid metric");
+        let factor_steps = IntCounterVec::new(
+            Opts::new(
+                "stepup_factor_steps_total",
+                "Steps in the life of a factor (enrollment, approval, unlock, lockout, bootstrap, withdrawal), by step and result.",
+            ),
+            &["step", "result"],
+        )
+        .expect("valid metric");
+        let challenge_limit_refusals = IntCounterVec::new(
+            Opts::new(
+                "stepup_challenge_limit_refusals_total",
+                "Challenges refused at admission by the per-user limits, by limit (too_many_pending, creation_rate).",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
         let reconcile_errors = IntCounterVec::new(
             Opts::new("stepup_reconcile_errors_total", "Reconcile failures, by controller and error kind."),
             &["controller", "error"],
@@ -138,6 +158,8 @@ impl Metrics {
             Box::new(grants_active.clone()),
             Box::new(lockouts.clone()),
             Box::new(forged_grants.clone()),
+            Box::new(factor_steps.clone()),
+            Box::new(challenge_limit_refusals.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(leader.clone()),
             Box::new(build_info),
@@ -161,6 +183,8 @@ impl Metrics {
             grants_active,
             lockouts,
             forged_grants,
+            factor_steps,
+            challenge_limit_refusals,
             reconcile_errors,
             leader,
         }

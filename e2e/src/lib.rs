@@ -278,7 +278,11 @@ use kube_stepup::{
         self as stepup_api, ChallengePhase, EnrollmentPhase, GrantScope, Method, StepUpChallenge, StepUpChallengeSpec,
         StepUpEnrollment, StepUpEnrollmentSpec,
     },
-    verify::{seal::EphemeralKey, totp},
+    verify::{
+        response::{self, EnrollmentPurpose},
+        seal::{EphemeralKey, fingerprint},
+        totp,
+    },
 };
 
 /// The test's authenticator app: holds the seed it unsealed and hands out codes, one per
@@ -289,6 +293,10 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    pub fn new(seed: Vec<u8>) -> Self {
+        Self { seed, last_step: None }
+    }
+
     /// A code for a step not handed out before: the current step, or the next one (the
     /// verifier accepts one step of skew either way), waiting only when both are used up.
     pub async fn code(&mut self) -> String {
@@ -322,6 +330,56 @@ impl Authenticator {
     }
 }
 
+/// How long a challenge the harness creates may wait for its verdict.
+pub const CHALLENGE_DEADLINE: SignedDuration = SignedDuration::from_secs(60);
+
+/// A challenge as `kubectl stepup request` builds it: named by the plugin, with a deadline and
+/// the withdrawal finalizer, the code sealed to `response_key` for exactly this challenge.
+pub fn sealed_challenge(
+    user: &str,
+    uid: &str,
+    code: &str,
+    reason: Option<&str>,
+    duration: Option<&str>,
+    response_key: &str,
+) -> StepUpChallenge {
+    let mut c = StepUpChallenge::new(
+        &kube_stepup::plugin::request::challenge_name(user),
+        StepUpChallengeSpec {
+            user: user.into(),
+            uid: (!uid.is_empty()).then(|| uid.to_owned()),
+            method: Method::Totp,
+            response: None,
+            reason: reason.map(Into::into),
+            duration: duration.map(|d| d.parse().expect("duration")),
+            scope: GrantScope::default(),
+            deadline: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second((Timestamp::now() + CHALLENGE_DEADLINE).as_second()).unwrap(),
+            )),
+        },
+    );
+    c.metadata.labels =
+        Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value(user))].into_iter().collect());
+    c.metadata.finalizers = Some(vec![stepup_api::WITHDRAWAL_FINALIZER.to_owned()]);
+    let sealed = response::seal_code(response_key, code, response::challenge_binding(&c)).expect("sealed");
+    c.spec.response = Some(sealed);
+    c
+}
+
+/// A code sealed for `e` as it stands (name, user, key), as the plugin seals it.
+pub fn sealed_confirmation(e: &StepUpEnrollment, code: &str, purpose: EnrollmentPurpose, response_key: &str) -> String {
+    response::seal_code(response_key, code, response::enrollment_binding(e, purpose)).expect("sealed")
+}
+
+impl Env {
+    /// The controller's response key, derived from the key file the e2e processes share (for
+    /// challenges of users who have no enrollment to publish it).
+    pub fn response_key(&self) -> String {
+        let path = PathBuf::from(self.var("STEPUP_KEY_FILE"));
+        kube_stepup::keys::MasterKey::from_file(&path).expect("the e2e master key").response_opener().public_base64()
+    }
+}
+
 impl World {
     /// Removes a user's enrollment and factor (as admin), so a scenario can enroll afresh.
     pub async fn unenroll(&self, user: &str) {
@@ -338,27 +396,39 @@ impl World {
         .expect("unenrolled");
     }
 
-    /// Enrolls `who` (username `user`) from scratch: the user creates the enrollment, the admin
-    /// approves, the test unseals the seed like the plugin would and confirms a first code.
-    pub async fn enroll(&self, who: &str, user: &str) -> Authenticator {
-        self.unenroll(user).await;
-        let key = EphemeralKey::generate();
+    /// Creates `user`'s enrollment as `who` with `key`, and waits until the controller has seen it.
+    pub async fn create_enrollment(&self, who: &str, user: &str, key: &EphemeralKey) -> StepUpEnrollment {
         let as_user: Api<StepUpEnrollment> = Api::all(self.env.client(who).await);
-        let name = stepup_api::enrollment_name(user);
         let mut enrollment = StepUpEnrollment::new(
-            &name,
+            &stepup_api::enrollment_name(user),
             StepUpEnrollmentSpec {
                 user: user.into(),
                 method: Method::Totp,
                 public_key: key.public_key_b64(),
                 confirmation: None,
+                bootstrap: false,
             },
         );
         enrollment.metadata.labels =
             Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value(user))].into_iter().collect());
         as_user.create(&PostParams::default(), &enrollment).await.expect("enrollment created");
-        self.wait_enrollment(user, EnrollmentPhase::PendingApproval).await;
+        self.wait_enrollment(user, EnrollmentPhase::PendingApproval).await
+    }
+
+    /// Enrolls `who` (username `user`) from scratch: the user creates the enrollment, the admin
+    /// approves its key, the test unseals the seed like the plugin would and confirms a first code.
+    pub async fn enroll(&self, who: &str, user: &str) -> Authenticator {
+        self.unenroll(user).await;
+        let key = EphemeralKey::generate();
+        self.create_enrollment(who, user, &key).await;
         self.approve(user).await;
+        self.finish_enrollment(who, user, &key).await
+    }
+
+    /// Waits for the seed sealed to `key`, unseals it and confirms its first code (sealed).
+    pub async fn finish_enrollment(&self, who: &str, user: &str, key: &EphemeralKey) -> Authenticator {
+        let as_user: Api<StepUpEnrollment> = Api::all(self.env.client(who).await);
+        let name = stepup_api::enrollment_name(user);
         let sealed = eventually(Duration::from_secs(20), || async {
             let e = as_user.get(&name).await?;
             e.status.and_then(|s| s.sealed_secret).ok_or_else(|| anyhow::anyhow!("not sealed yet"))
@@ -366,21 +436,49 @@ impl World {
         .await
         .expect("sealed seed");
         let seed = key.open(&sealed).expect("the seed opens with the ephemeral key").to_vec();
-        let mut auth = Authenticator { seed, last_step: None };
+        let mut auth = Authenticator::new(seed);
         let code = auth.code().await;
-        let patch = serde_json::json!({"spec": {"confirmation": code}});
-        as_user.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("confirmation");
+        self.confirm(who, user, &code).await;
         self.wait_enrollment(user, EnrollmentPhase::Active).await;
         auth
     }
 
-    /// Annotates the enrollment as approved, as the admin.
+    /// Puts `code` in the enrollment's `spec.confirmation`, sealed for its current key.
+    pub async fn confirm(&self, who: &str, user: &str, code: &str) {
+        let as_user: Api<StepUpEnrollment> = Api::all(self.env.client(who).await);
+        let name = stepup_api::enrollment_name(user);
+        let e = as_user.get(&name).await.expect("enrollment");
+        let key = e.status.as_ref().and_then(|s| s.response_key.clone()).expect("the controller publishes its key");
+        let sealed = sealed_confirmation(&e, code, EnrollmentPurpose::Confirmation, &key);
+        let patch = serde_json::json!({"spec": {"confirmation": sealed}});
+        as_user.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("confirmation");
+    }
+
+    /// The admin approves the key the enrollment carries now, as `kubectl stepup approve --key` does.
     pub async fn approve(&self, user: &str) {
         let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
-        let patch = serde_json::json!({"metadata": {"annotations": {stepup_api::APPROVED_BY_ANNOTATION: "admin"}}});
+        let e = api.get(&stepup_api::enrollment_name(user)).await.expect("enrollment");
+        self.approve_key(user, &fingerprint(&e.spec.public_key)).await.expect("approved");
+    }
+
+    /// The admin approves `fingerprint` for `user`'s enrollment (the API server may refuse).
+    pub async fn approve_key(&self, user: &str, fingerprint: &str) -> Result<StepUpEnrollment, kube::Error> {
+        let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            stepup_api::APPROVED_BY_ANNOTATION: "admin",
+            stepup_api::APPROVED_KEY_ANNOTATION: fingerprint,
+            stepup_api::APPROVED_AT_ANNOTATION: Timestamp::now().to_string(),
+        }}});
+        api.patch(&stepup_api::enrollment_name(user), &PatchParams::default(), &Patch::Merge(&patch)).await
+    }
+
+    /// The admin unlocks `user`, as `kubectl stepup unlock` does.
+    pub async fn unlock(&self, user: &str) {
+        let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let patch = serde_json::json!({"metadata": {"annotations": {stepup_api::UNLOCK_BY_ANNOTATION: "admin"}}});
         api.patch(&stepup_api::enrollment_name(user), &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .expect("approved");
+            .expect("unlocked");
     }
 
     pub async fn wait_enrollment(&self, user: &str, phase: EnrollmentPhase) -> StepUpEnrollment {
@@ -392,6 +490,15 @@ impl World {
         })
         .await
         .expect("enrollment phase")
+    }
+
+    /// The response key `user`'s enrollment publishes, or the one derived from the key file.
+    pub async fn response_key_for(&self, user: &str) -> String {
+        let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        match api.get_opt(&stepup_api::enrollment_name(user)).await.ok().flatten() {
+            Some(e) => e.status.and_then(|s| s.response_key).unwrap_or_else(|| self.env.response_key()),
+            None => self.env.response_key(),
+        }
     }
 
     /// Creates a challenge as `who` and waits for the controller's verdict.
@@ -407,6 +514,7 @@ impl World {
         self.verdict(&created.name_any()).await
     }
 
+    /// Creates a challenge as `who`, the code sealed as the plugin seals it.
     pub async fn create_challenge(
         &self,
         who: &str,
@@ -416,24 +524,18 @@ impl World {
         reason: Option<&str>,
         duration: Option<&str>,
     ) -> Result<StepUpChallenge, kube::Error> {
+        let key = self.response_key_for(user).await;
+        self.create_raw_challenge(who, &sealed_challenge(user, uid, code, reason, duration, &key)).await
+    }
+
+    /// Creates `challenge` as `who`, exactly as given.
+    pub async fn create_raw_challenge(
+        &self,
+        who: &str,
+        challenge: &StepUpChallenge,
+    ) -> Result<StepUpChallenge, kube::Error> {
         let api: Api<StepUpChallenge> = Api::all(self.env.client(who).await);
-        let mut c = StepUpChallenge::new(
-            "",
-            StepUpChallengeSpec {
-                user: user.into(),
-                uid: (!uid.is_empty()).then(|| uid.to_owned()),
-                method: Method::Totp,
-                response: Some(code.into()),
-                reason: reason.map(Into::into),
-                duration: duration.map(|d| d.parse().expect("duration")),
-                scope: GrantScope::default(),
-            },
-        );
-        c.metadata.name = None;
-        c.metadata.generate_name = Some(format!("{}-", stepup_api::name_prefix(user, 40)));
-        c.metadata.labels =
-            Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value(user))].into_iter().collect());
-        api.create(&PostParams::default(), &c).await
+        api.create(&PostParams::default(), challenge).await
     }
 
     /// Waits until the challenge is no longer Pending.
@@ -467,6 +569,29 @@ impl World {
             .filter(|e| e.reason.as_deref() == Some(reason))
             .collect()
     }
+
+    /// Waits for an Event with `reason` whose note contains `needle`; returns the note.
+    pub async fn wait_event(&self, reason: &str, needle: &str) -> String {
+        eventually(Duration::from_secs(15), || async {
+            self.events(reason)
+                .await
+                .into_iter()
+                .filter_map(|e| e.note)
+                .find(|n| n.contains(needle))
+                .ok_or_else(|| anyhow::anyhow!("no {reason} event mentioning {needle:?}"))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// The controller's metrics (the process stepup.sh runs).
+pub async fn controller_metric_sum(env: &Env, family: &str) -> f64 {
+    let text = http_get(&format!("{}/metrics", env.var("STEPUP_CONTROLLER_ADMIN_URL"))).await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// JSON lines of a stepup process's log on the audit target.

@@ -183,11 +183,15 @@ impl Terminal {
 async fn enroll_alice(world: &World, typo: bool) -> Authenticator {
     world.unenroll("alice").await;
     let mut term = Terminal::spawn(&world.env, "alice", &["enroll"]);
-    let at = term.expect("kubectl stepup approve alice", 0, Duration::from_secs(30)).await;
+    let at = term.expect("Your enrollment key fingerprint: ", 0, Duration::from_secs(30)).await;
+    let fingerprint: String = term.screen()[at..].chars().take(29).collect();
+    let at = term.expect("kubectl stepup approve alice --key", at, Duration::from_secs(30)).await;
 
-    let approved = plugin(&world.env, "admin", &["approve", "alice"], None).await;
+    // The admin is shown the fingerprint and must name it: alice reads hers to them.
+    let approved = plugin(&world.env, "admin", &["approve", "alice", "--key", &fingerprint], None).await;
     assert!(approved.status.success(), "{}", show(&approved));
-    assert!(text(&approved.stdout).contains("Approved alice's enrollment"), "{}", show(&approved));
+    assert!(text(&approved.stdout).contains(&format!("asks to enroll key {fingerprint}")), "{}", show(&approved));
+    assert!(text(&approved.stdout).contains("for alice's enrollment"), "{}", show(&approved));
 
     let at = term.expect("URI: otpauth://totp/kube-stepup:alice?secret=", at, Duration::from_secs(30)).await;
     let screen = term.screen();

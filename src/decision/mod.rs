@@ -32,6 +32,11 @@ pub struct DecisionConfig {
     /// Namespaces whose objects no policy applies to (kube-system and stepup's own), so that
     /// a broken webhook cannot lock the cluster or itself out.
     pub exempt_namespaces: Vec<String>,
+    /// Everyone's challenges, for the per-user limits on creating more (`None`: not enforced
+    /// here; the controller still enforces them).
+    pub challenges: Option<std::sync::Arc<crate::limits::ChallengeView>>,
+    /// Counts the challenges those limits refuse, by limit.
+    pub challenge_refusals: Option<prometheus::IntCounterVec>,
 }
 
 /// What the decision knows about grants.
@@ -69,7 +74,7 @@ pub struct Inputs<'a> {
 /// Decides one admission request. `objects` carries the parsed objects for `stepup.dev` kinds.
 pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -> Decision {
     if req.group == GROUP
-        && let Some(decision) = builtin::decide(req, objects, inputs.config)
+        && let Some(decision) = builtin::decide(req, objects, inputs.config, inputs.now)
     {
         return decision;
     }

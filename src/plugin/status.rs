@@ -201,6 +201,7 @@ mod tests {
                 method: crate::api::Method::Totp,
                 public_key: String::new(),
                 confirmation: None,
+                bootstrap: false,
             },
         );
         e.status =
