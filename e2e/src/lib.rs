@@ -167,6 +167,8 @@ impl World {
             env,
         };
         world.reset().await;
+        // Admins step up for their acts: have one enrolled before any scenario needs it.
+        world.admin_authenticator().await;
         world
     }
 
@@ -454,6 +456,115 @@ impl World {
         as_user.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("confirmation");
     }
 
+    /// The admin's authenticator. Admins need a fresh grant of their own to approve, reset or
+    /// unlock others, so the admin is enrolled once per control plane through the bootstrap, as
+    /// README and NOTES tell a one-admin team, and the seed is remembered in the e2e directory.
+    pub async fn admin_authenticator(&self) -> Authenticator {
+        let file = PathBuf::from(self.env.var("STEPUP_E2E_DIR")).join("admin-authenticator");
+        let enrollments: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let enrolled = enrollments
+            .get_opt(&stepup_api::enrollment_name("admin"))
+            .await
+            .ok()
+            .flatten()
+            .filter(|e| e.status.as_ref().and_then(|s| s.phase) == Some(EnrollmentPhase::Active))
+            .and_then(|e| e.status.and_then(|s| s.enrolled_key_fingerprint));
+        if let (Ok(text), Some(fp)) = (std::fs::read_to_string(&file), enrolled) {
+            let fields: Vec<&str> = text.split_whitespace().collect();
+            if let [seed, key, step] = fields[..]
+                && key == fp
+            {
+                let seed =
+                    (0..seed.len()).step_by(2).filter_map(|i| u8::from_str_radix(&seed[i..i + 2], 16).ok()).collect();
+                return Authenticator { seed, last_step: step.parse().ok() };
+            }
+        }
+        let (auth, fp) = self.bootstrap_admin().await;
+        self.remember_admin(&auth, &fp);
+        auth
+    }
+
+    fn remember_admin(&self, auth: &Authenticator, fp: &str) {
+        let file = PathBuf::from(self.env.var("STEPUP_E2E_DIR")).join("admin-authenticator");
+        let seed: String = auth.seed.iter().map(|b| format!("{b:02x}")).collect();
+        let step = auth.last_step.map(|s| s.to_string()).unwrap_or_else(|| "0".into());
+        std::fs::write(file, format!("{seed} {fp} {step}\n")).expect("admin authenticator saved");
+    }
+
+    /// Starts over as a fresh installation: nobody enrolled, no bootstrap record, the controller
+    /// restarted (it opens the bootstrap window), then the admin enrolls through the bootstrap.
+    pub async fn bootstrap_admin(&self) -> (Authenticator, String) {
+        {
+            let _paused = ScriptControllerPaused::new();
+            self.forget_everyone().await;
+        }
+        let key = EphemeralKey::generate();
+        let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let mut e = StepUpEnrollment::new(
+            &stepup_api::enrollment_name("admin"),
+            StepUpEnrollmentSpec {
+                user: "admin".into(),
+                method: Method::Totp,
+                public_key: key.public_key_b64(),
+                confirmation: None,
+                bootstrap: true,
+            },
+        );
+        e.metadata.labels =
+            Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value("admin"))].into_iter().collect());
+        eventually(Duration::from_secs(30), || async { Ok(api.create(&PostParams::default(), &e).await?) })
+            .await
+            .expect("the admin's enrollment");
+        let auth = self.finish_enrollment("admin", "admin", &key).await;
+        (auth, fingerprint(&key.public_key_b64()))
+    }
+
+    /// Removes every enrollment, factor and the bootstrap record (while the controller is stopped).
+    pub async fn forget_everyone(&self) {
+        let enrollments: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let _ = enrollments.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
+        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), "stepup-system");
+        let managed = ListParams::default().labels("app.kubernetes.io/managed-by=stepup");
+        let _ = secrets.delete_collection(&DeleteParams::default(), &managed).await;
+        let _ = secrets.delete("stepup-bootstrap", &DeleteParams::default()).await;
+        eventually(Duration::from_secs(20), || async {
+            let left =
+                enrollments.list(&ListParams::default()).await?.items.len() + secrets.list(&managed).await?.items.len();
+            if left == 0 { Ok(()) } else { bail!("{left} enrollments and factors left") }
+        })
+        .await
+        .expect("everyone forgotten");
+    }
+
+    /// Makes sure the admin holds a grant fresh enough for admin acts (the built-in policy
+    /// accepts grants up to 15 minutes old; this renews them after 10).
+    pub async fn admin_steps_up(&self) {
+        let fresh = self.grants_of("admin").await.into_iter().any(|g| {
+            g.metadata.deletion_timestamp.is_none()
+                && g.spec.issued_at.0 > Timestamp::now() - SignedDuration::from_mins(10)
+                && g.spec.expires_at.0 > Timestamp::now() + SignedDuration::from_mins(1)
+        });
+        if fresh {
+            return;
+        }
+        let mut auth = self.admin_authenticator().await;
+        for _ in 0..3 {
+            let code = auth.code().await;
+            let c = self.challenge("admin", "admin", "uid-admin", &code, Some("e2e admin act")).await;
+            let fp = Api::<StepUpEnrollment>::all(self.admin.clone())
+                .get(&stepup_api::enrollment_name("admin"))
+                .await
+                .ok()
+                .and_then(|e| e.status.and_then(|s| s.enrolled_key_fingerprint))
+                .unwrap_or_default();
+            self.remember_admin(&auth, &fp);
+            if c.status.as_ref().and_then(|s| s.phase) == Some(ChallengePhase::Verified) {
+                return;
+            }
+        }
+        panic!("the admin could not step up");
+    }
+
     /// The admin approves the key the enrollment carries now, as `kubectl stepup approve --key` does.
     pub async fn approve(&self, user: &str) {
         let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
@@ -463,6 +574,7 @@ impl World {
 
     /// The admin approves `fingerprint` for `user`'s enrollment (the API server may refuse).
     pub async fn approve_key(&self, user: &str, fingerprint: &str) -> Result<StepUpEnrollment, kube::Error> {
+        self.admin_steps_up().await;
         let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
         let patch = serde_json::json!({"metadata": {"annotations": {
             stepup_api::APPROVED_BY_ANNOTATION: "admin",
@@ -474,6 +586,7 @@ impl World {
 
     /// The admin unlocks `user`, as `kubectl stepup unlock` does.
     pub async fn unlock(&self, user: &str) {
+        self.admin_steps_up().await;
         let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
         let patch = serde_json::json!({"metadata": {"annotations": {stepup_api::UNLOCK_BY_ANNOTATION: "admin"}}});
         api.patch(&stepup_api::enrollment_name(user), &PatchParams::default(), &Patch::Merge(&patch))

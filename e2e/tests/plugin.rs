@@ -182,6 +182,7 @@ impl Terminal {
 /// first code typed is wrong (it counts against the rate limit, so only one scenario does it).
 async fn enroll_alice(world: &World, typo: bool) -> Authenticator {
     world.unenroll("alice").await;
+    world.admin_steps_up().await;
     let mut term = Terminal::spawn(&world.env, "alice", &["enroll"]);
     let at = term.expect("Your enrollment key fingerprint: ", 0, Duration::from_secs(30)).await;
     let fingerprint: String = term.screen()[at..].chars().take(29).collect();

@@ -57,6 +57,9 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let challenge_view = Arc::new(ChallengeView::new(args.challenge_limits.limits()));
     challenges::spawn(client.clone(), challenge_view.clone(), stop_watches.clone());
     let mut settings = settings(&args);
+    if !args.protect_policies.is_zero() {
+        settings.decision.admin_acts = Some(Arc::new(policy::builtin::admin_acts(args.protect_policies)));
+    }
     settings.decision.challenges = Some(challenge_view);
     settings.decision.challenge_refusals = Some(metrics.challenge_limit_refusals.clone());
 

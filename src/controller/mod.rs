@@ -234,7 +234,8 @@ impl Context {
         } else {
             kube::runtime::events::EventType::Normal
         };
-        self.evidence.event(object, type_, record.reason, format!("{user}: {}", record.message), rate_key).await;
+        let note = if user.is_empty() { record.message.clone() } else { format!("{user}: {}", record.message) };
+        self.evidence.event(object, type_, record.reason, note, rate_key).await;
         let kind = K::kind(&());
         let name = object.meta().name.clone().unwrap_or_default();
         audit::step(&audit::StepRecord {

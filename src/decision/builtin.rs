@@ -301,6 +301,19 @@ fn enrollment(
     }
 }
 
+/// Whether the request is an admin's act on another user's enrollment (an approval, a reset,
+/// an unlock), which the built-in admin-acts policy then subjects to step-up.
+pub(super) fn is_admin_act(req: &Request<'_>, objects: &StepUpObjects, config: &DecisionConfig) -> bool {
+    let StepUpObjects::Enrollment { object: Some(new), old: Some(old) } = objects else { return false };
+    req.operation == Update
+        && req.subresource.is_empty()
+        && old.spec.user != req.user.username
+        && req.user.in_any_group(&config.admin_groups)
+        && !config.controller_users.iter().any(|u| u == req.user.username)
+        && admin_marks(new.annotations()) != admin_marks(old.annotations())
+        && api::ADMIN_ANNOTATIONS.iter().any(|k| new.annotations().contains_key(*k))
+}
+
 /// The admin-only annotations, in the order of [`api::ADMIN_ANNOTATIONS`].
 fn admin_marks(annotations: &BTreeMap<String, String>) -> [Option<&str>; 5] {
     api::ADMIN_ANNOTATIONS.map(|k| annotations.get(k).map(String::as_str))

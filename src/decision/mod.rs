@@ -37,6 +37,9 @@ pub struct DecisionConfig {
     pub challenges: Option<std::sync::Arc<crate::limits::ChallengeView>>,
     /// Counts the challenges those limits refuse, by limit.
     pub challenge_refusals: Option<prometheus::IntCounterVec>,
+    /// The built-in policy an admin's acts on another user's enrollment must satisfy
+    /// ([`crate::policy::builtin::admin_acts`]); `None` turns it off.
+    pub admin_acts: Option<std::sync::Arc<CompiledPolicy>>,
 }
 
 /// What the decision knows about grants.
@@ -76,6 +79,17 @@ pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -
     if req.group == GROUP
         && let Some(decision) = builtin::decide(req, objects, inputs.config, inputs.now)
     {
+        // An allowed admin act still needs the admin's own fresh second factor.
+        if decision.allowed
+            && let Some(policy) = &inputs.config.admin_acts
+            && builtin::is_admin_act(req, objects, inputs.config)
+        {
+            let matched = [policy.as_ref()];
+            if req.user.in_any_group(&inputs.config.break_glass_groups) {
+                return Decision::break_glass(req, &matched);
+            }
+            return evaluate(req, &matched, inputs);
+        }
         return decision;
     }
     if is_exempt(req, inputs.config) {

@@ -639,6 +639,51 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
 }
 
 #[test]
+fn an_admins_approval_of_another_users_key_needs_the_admins_own_fresh_grant() {
+    // Attack: a stolen admin credential that may impersonate puts its own key into alice's
+    // enrollment and approves it. Without the admin's second factor, the approval is refused.
+    let fp = crate::verify::seal::fingerprint(ALICE_KEY);
+    let now = crate::testing::t0().to_string();
+    let approval = [
+        (api::APPROVED_BY_ANNOTATION, "root"),
+        (api::APPROVED_KEY_ANNOTATION, fp.as_str()),
+        (api::APPROVED_AT_ANNOTATION, now.as_str()),
+    ];
+    let objects = StepUpObjects::Enrollment {
+        object: Some(enrollment_for("alice", None, &approval)),
+        old: Some(enrollment_for("alice", None, &[])),
+    };
+    let unlock = StepUpObjects::Enrollment {
+        object: Some(enrollment_for("alice", None, &[(api::UNLOCK_BY_ANNOTATION, "root")])),
+        old: Some(enrollment_for("alice", None, &[])),
+    };
+    let req = RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", &["stepup:admins"]) };
+    let mut w = world(vec![]);
+    w.config.admin_acts = Some(Arc::new(crate::policy::builtin::admin_acts(api::Duration::from_secs(15 * 60))));
+    for objects in [&objects, &unlock] {
+        let d = w.decide_with(&req, objects);
+        assert_eq!(d.outcome, Outcome::Denied, "{}", d.message);
+        let requirement = d.requirement.as_ref().expect("a requirement the plugin can act on").to_string();
+        assert!(requirement.contains("policies=stepup-builtin-admin-acts"), "{requirement}");
+    }
+    let stale = grant("g-old", "root").issued(w.now - minutes(16)).expires(w.now + minutes(60)).record();
+    let fresh = grant("g-new", "root").issued(w.now - minutes(1)).expires(w.now + minutes(60)).record();
+    w.grants = GrantIndex::new(vec![stale]);
+    assert_eq!(w.decide_with(&req, &objects).outcome, Outcome::Denied, "a grant older than the max age does not do");
+    w.grants = GrantIndex::new(vec![fresh]);
+    assert_eq!(w.decide_with(&req, &objects).outcome, Outcome::Granted);
+    // alice's own changes to her enrollment never need step-up.
+    let own = StepUpObjects::Enrollment {
+        object: Some(enrollment_changed("alice", |e| e.spec.public_key = "B".repeat(43) + "=")),
+        old: Some(enrollment_for("alice", None, &[])),
+    };
+    assert_eq!(
+        w.decide_with(&RequestBuilder { operation: Update, ..on("stepupenrollments") }, &own).outcome,
+        Outcome::BuiltinAllowed
+    );
+}
+
+#[test]
 fn a_user_over_the_challenge_limits_is_refused_with_429_and_others_are_not() {
     let view = Arc::new(crate::limits::ChallengeView::new(crate::limits::ChallengeLimits {
         max_pending: 1,

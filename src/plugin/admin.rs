@@ -14,10 +14,11 @@ use serde_json::json;
 
 use super::{
     cli::AdminArgs,
-    cluster::Session,
+    cluster::{Identity, Session},
     error::{Error, Result},
+    request::{self, GrantRequest},
     status::phase_name,
-    terminal,
+    terminal::{self, CodeSource},
 };
 use crate::{
     api::{self, EnrollmentPhase, StepUpEnrollment},
@@ -160,57 +161,84 @@ pub async fn run(session: &Session, action: Action, args: &AdminArgs) -> Result<
         other => other,
     };
     let phase = enrollment.status.as_ref().and_then(|s| s.phase).map_or_else(|| "Unknown".to_owned(), phase_name);
-    if action == Action::Unlock {
-        let patch = json!({"metadata": {"annotations": {api::UNLOCK_BY_ANNOTATION: me.username}}});
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.map_err(refused)?;
-        outln!(
-            "Unlocked {user}'s enrollment (was {phase}): failures are forgotten; their enrolled authenticator and key are unchanged."
-        );
-        return Ok(());
-    }
-
     let current = fingerprint(&enrollment.spec.public_key);
-    let approval = |at: String| {
-        json!({"metadata": {"annotations": {
+    let marks = |at: String| match action {
+        Action::Unlock => json!({"metadata": {"annotations": {api::UNLOCK_BY_ANNOTATION: me.username}}}),
+        Action::Approve | Action::Reset => json!({"metadata": {"annotations": {
             api::APPROVED_BY_ANNOTATION: me.username,
             api::APPROVED_KEY_ANNOTATION: current,
             api::APPROVED_AT_ANNOTATION: at,
-        }}})
+        }}}),
     };
-    // Ask the webhook first (a dry run changes nothing): nobody is asked to confirm an act
-    // they may not perform.
-    api.patch(&name, &PatchParams::default().dry_run(), &Patch::Merge(approval(Timestamp::now().to_string())))
-        .await
-        .map_err(refused)?;
-    let enrolled = enrollment.status.as_ref().and_then(|s| s.enrolled_key_fingerprint.clone());
-    outln!("{user}'s enrollment asks to enroll key {current}");
-    if let Some(old) = &enrolled {
-        outln!("  (enrolled now with key {old}; approving replaces that authenticator without a code from it)");
+    // Ask the webhook first (a dry run changes nothing): nobody is asked to confirm an act they
+    // may not perform, and an admin without a fresh second factor steps up first.
+    let dry = PatchParams::default().dry_run();
+    match api.patch(&name, &dry, &Patch::Merge(marks(Timestamp::now().to_string()))).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if super::trailer::from_status(&status).is_some() => {
+            step_up(session, &me, action, user).await?;
+            api.patch(&name, &dry, &Patch::Merge(marks(Timestamp::now().to_string()))).await.map_err(refused)?;
+        }
+        Err(e) => return Err(refused(e)),
     }
-    match &args.key {
-        Some(given) => check_key(given, &current, user)?,
-        None => {
-            let answer = terminal::ask(&format!(
-                "Does {user}'s `kubectl stepup enroll` show exactly {current}? Type yes to approve this key: "
-            ))
-            .map_err(|_| {
-                Error::usage(
-                    "there is no terminal to confirm the key fingerprint",
-                    format!("Pass the fingerprint {user} reads to you: --key <fingerprint>."),
-                )
-            })?;
-            if !answer.eq_ignore_ascii_case("yes") {
-                return Err(Error::usage("not approved", "Nothing was changed."));
+
+    if matches!(action, Action::Approve | Action::Reset) {
+        let enrolled = enrollment.status.as_ref().and_then(|s| s.enrolled_key_fingerprint.clone());
+        outln!("{user}'s enrollment asks to enroll key {current}");
+        if let Some(old) = &enrolled {
+            outln!("  (enrolled now with key {old}; approving replaces that authenticator without a code from it)");
+        }
+        match &args.key {
+            Some(given) => check_key(given, &current, user)?,
+            None => {
+                let answer = terminal::ask(&format!(
+                    "Does {user}'s `kubectl stepup enroll` show exactly {current}? Type yes to approve this key: "
+                ))
+                .map_err(|_| {
+                    Error::usage(
+                        "there is no terminal to confirm the key fingerprint",
+                        format!("Pass the fingerprint {user} reads to you: --key <fingerprint>."),
+                    )
+                })?;
+                if !answer.eq_ignore_ascii_case("yes") {
+                    return Err(Error::usage("not approved", "Nothing was changed."));
+                }
             }
         }
     }
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(approval(Timestamp::now().to_string())))
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(marks(Timestamp::now().to_string())))
         .await
         .map_err(refused)?;
-    let what = if action == Action::Approve { "enrollment" } else { "re-enrollment" };
-    outln!(
-        "Approved key {current} for {user}'s {what} (was {phase}): usable once, within the controller's approval window; their `kubectl stepup enroll` now receives the secret."
-    );
+    match action {
+        Action::Unlock => outln!(
+            "Unlocked {user}'s enrollment (was {phase}): failures are forgotten; their enrolled authenticator and key are unchanged."
+        ),
+        Action::Approve | Action::Reset => {
+            let what = if action == Action::Approve { "enrollment" } else { "re-enrollment" };
+            outln!(
+                "Approved key {current} for {user}'s {what} (was {phase}): usable once, within the controller's approval window; their `kubectl stepup enroll` now receives the secret."
+            )
+        }
+    }
+    Ok(())
+}
+
+/// Acts on others' enrollments are step-up operations themselves: ask for the admin's code and
+/// get a grant, as `kubectl stepup request` would.
+async fn step_up(session: &Session, me: &Identity, action: Action, user: &str) -> Result<()> {
+    errln!("kube-stepup: to {} {user}'s enrollment you need a fresh second factor yourself.", action.verb());
+    let response_key = request::ensure_enrolled(session, me).await?;
+    let code = terminal::read_code("Code from your authenticator app: ", CodeSource::Terminal).map_err(|_| {
+        Error::usage(
+            format!(
+                "to {} {user}'s enrollment you need a fresh grant, and there is no terminal to ask for a code",
+                action.verb()
+            ),
+            "Run `kubectl stepup request` first.",
+        )
+    })?;
+    let ask = GrantRequest { code, reason: Some(format!("{} {user}", action.verb())), ..GrantRequest::default() };
+    request::obtain_grant(session, me, &response_key, ask, crate::api::Duration::from_secs(30)).await?;
     Ok(())
 }
 
