@@ -307,8 +307,8 @@ pub struct ControllerArgs {
     #[arg(long, hide = true)]
     pub crash_after_recording: bool,
 
-    /// Test hook: wait this long between the last deadline check and issuing a grant (a slow
-    /// controller).
+    /// Test hook: wait this long after the last deadline check before issuing a grant (a slow
+    /// controller, caught in the worst moment).
     #[arg(long, hide = true)]
     pub pause_before_issuing: Option<Duration>,
 }

@@ -146,7 +146,14 @@ pub fn load_before<'a>(
 struct UserLoad {
     pending: BTreeMap<String, bool>,
     created: VecDeque<i64>,
+    /// Challenges this webhook admitted that its watch has not reported yet (name, when):
+    /// counted at once, so that a burst cannot slip past a view that lags behind.
+    reserved: BTreeMap<String, i64>,
 }
+
+/// How long an admitted challenge counts before the watch reports it; one the API server then
+/// refused for another reason stops counting after this.
+const RESERVATION_SECS: i64 = 10;
 
 /// Most creation times remembered per user: bounded memory whatever a user does.
 const MAX_REMEMBERED: usize = 1024;
@@ -198,6 +205,8 @@ impl ChallengeView {
         let mut users = self.users();
         let entry = users.entry(c.spec.user.clone()).or_default();
         let name = c.metadata.name.clone().unwrap_or_default();
+        // Confirmed: it now counts through `pending` and `created`, no longer as a reservation.
+        entry.reserved.remove(&name);
         if entry.pending.insert(name, is_pending(c)).is_none()
             && let Some(t) = created(c)
         {
@@ -213,8 +222,10 @@ impl ChallengeView {
     pub fn delete(&self, c: &StepUpChallenge) {
         let mut users = self.users();
         if let Some(entry) = users.get_mut(&c.spec.user) {
-            entry.pending.remove(c.metadata.name.as_deref().unwrap_or(""));
-            if entry.pending.is_empty() && entry.created.is_empty() {
+            let name = c.metadata.name.as_deref().unwrap_or("");
+            entry.pending.remove(name);
+            entry.reserved.remove(name);
+            if entry.pending.is_empty() && entry.created.is_empty() && entry.reserved.is_empty() {
                 users.remove(&c.spec.user);
             }
         }
@@ -235,22 +246,36 @@ impl ChallengeView {
             return None;
         }
         let users = self.users();
-        let Some(entry) = users.get(user) else { return Some(Load::default()) };
-        let horizon = (now - self.limits.window).as_second();
-        let recent: Vec<i64> = entry.created.iter().copied().filter(|t| *t > horizon).collect();
-        Some(Load {
-            pending: entry.pending.values().filter(|p| **p).count() as u32,
-            recent: recent.len() as u32,
-            frees_at: recent.iter().min().and_then(|t| Timestamp::from_second(t + self.limits.window.as_secs()).ok()),
-        })
+        Some(users.get(user).map_or_else(Load::default, |entry| self.load_of(entry, now)))
     }
 
-    /// Whether `user` may create one more challenge at `now` (always, while not synced).
-    pub fn admit(&self, user: &str, now: Timestamp) -> Result<(), Refusal> {
-        match self.load(user, now) {
-            Some(load) => self.limits.check(&load, now),
-            None => Ok(()),
+    fn load_of(&self, entry: &UserLoad, now: Timestamp) -> Load {
+        let horizon = (now - self.limits.window).as_second();
+        let fresh = now.as_second() - RESERVATION_SECS;
+        let reserved: Vec<i64> = entry.reserved.values().copied().filter(|t| *t > fresh).collect();
+        let recent: Vec<i64> = entry.created.iter().chain(reserved.iter()).copied().filter(|t| *t > horizon).collect();
+        Load {
+            pending: (entry.pending.values().filter(|p| **p).count() + reserved.len()) as u32,
+            recent: recent.len() as u32,
+            frees_at: recent.iter().min().and_then(|t| Timestamp::from_second(t + self.limits.window.as_secs()).ok()),
         }
+    }
+
+    /// Whether `user` may create one more challenge at `now` (always, while not synced). With
+    /// `reserve`, an admitted challenge named `name` counts from now on, before the watch sees it.
+    pub fn admit(&self, user: &str, name: &str, now: Timestamp, reserve: bool) -> Result<(), Refusal> {
+        if !self.is_synced() {
+            return Ok(());
+        }
+        let mut users = self.users();
+        let entry = users.entry(user.to_owned()).or_default();
+        self.limits.check(&self.load_of(entry, now), now)?;
+        if reserve && !name.is_empty() && !entry.pending.contains_key(name) {
+            let fresh = now.as_second() - RESERVATION_SECS;
+            entry.reserved.retain(|_, t| *t > fresh);
+            entry.reserved.insert(name.to_owned(), now.as_second());
+        }
+        Ok(())
     }
 }
 
@@ -300,14 +325,14 @@ mod tests {
             challenge("a1", "alice", 1, None),
         ];
         view.replace(&all);
-        let refusal = view.admit("bob", at(2)).unwrap_err();
+        let refusal = view.admit("bob", "b3", at(2), true).unwrap_err();
         assert_eq!(refusal, Refusal::TooManyPending { pending: 2, max: 2 });
         assert!(refusal.to_string().contains("2 of your challenges are already waiting"), "{refusal}");
-        assert_eq!(view.admit("alice", at(2)), Ok(()));
-        assert_eq!(view.admit("carol", at(2)), Ok(()));
+        assert_eq!(view.admit("alice", "a2", at(2), false), Ok(()));
+        assert_eq!(view.admit("carol", "c1", at(2), false), Ok(()));
         // A verdict frees a place.
         view.apply(&challenge("b2", "bob", 1, Some(ChallengePhase::Denied)), at(3));
-        assert_eq!(view.admit("bob", at(3)), Ok(()));
+        assert_eq!(view.admit("bob", "b3", at(3), false), Ok(()));
     }
 
     #[test]
@@ -319,24 +344,43 @@ mod tests {
             view.apply(&c, at(i));
             view.delete(&c);
         }
-        let refusal = view.admit("bob", at(10)).unwrap_err();
+        let refusal = view.admit("bob", "b9", at(10), false).unwrap_err();
         assert!(
             matches!(refusal, Refusal::TooFast { recent: 4, retry_after: Some(d), .. } if d == SignedDuration::from_secs(50)),
             "{refusal:?}"
         );
         assert!(refusal.to_string().contains("try again in 50s"), "{refusal}");
-        assert_eq!(view.admit("bob", at(61)), Ok(()), "the window moves on");
+        assert_eq!(view.admit("bob", "b9", at(61), false), Ok(()), "the window moves on");
+    }
+
+    #[test]
+    fn a_burst_is_counted_before_the_watch_reports_it() {
+        let view = ChallengeView::new(limits());
+        view.replace(std::iter::empty());
+        assert_eq!(view.admit("bob", "b1", at(0), true), Ok(()));
+        assert_eq!(view.admit("bob", "b2", at(0), true), Ok(()));
+        assert!(view.admit("bob", "b3", at(0), true).is_err(), "two admitted, none seen yet: the limit holds");
+        // The watch reports them: counted once, not twice.
+        view.apply(&challenge("b1", "bob", 0, None), at(1));
+        assert_eq!(view.load("bob", at(1)).map(|l| (l.pending, l.recent)), Some((2, 2)));
+        // A dry run reserves nothing; a reservation the watch never confirms lapses.
+        let other = ChallengeView::new(limits());
+        other.replace(std::iter::empty());
+        other.admit("bob", "d1", at(0), false).unwrap();
+        assert_eq!(other.load("bob", at(0)).map(|l| l.pending), Some(0));
+        other.admit("bob", "r1", at(0), true).unwrap();
+        assert_eq!(other.load("bob", at(11)).map(|l| l.pending), Some(0), "refused by the API server after all");
     }
 
     #[test]
     fn an_unsynced_view_refuses_nothing() {
         let view = ChallengeView::new(limits());
         assert_eq!(view.load("bob", at(0)), None);
-        assert_eq!(view.admit("bob", at(0)), Ok(()));
+        assert_eq!(view.admit("bob", "b0", at(0), true), Ok(()));
         view.replace([challenge("b1", "bob", 0, None), challenge("b2", "bob", 0, None)].iter());
-        assert!(view.admit("bob", at(0)).is_err());
+        assert!(view.admit("bob", "b3", at(0), true).is_err());
         view.mark_broken();
-        assert_eq!(view.admit("bob", at(0)), Ok(()));
+        assert_eq!(view.admit("bob", "b3", at(0), true), Ok(()));
     }
 
     #[test]

@@ -71,6 +71,16 @@ impl Env {
         Client::try_from(config).expect("client")
     }
 
+    /// A client as `who` that does not retry 429 and 503 answers by itself: a script that
+    /// hammers the API server as fast as it is answered.
+    pub async fn client_without_retries(&self, who: &str) -> Client {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig(who)).expect("readable kubeconfig");
+        let mut config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
+        config.default_retry = false;
+        Client::try_from(config).expect("client")
+    }
+
     /// Runs the real kubectl as `who`.
     pub fn kubectl(&self, who: &str, args: &[&str]) -> Output {
         std::process::Command::new(self.var("KUBECTL"))
@@ -484,7 +494,8 @@ impl World {
         auth
     }
 
-    fn remember_admin(&self, auth: &Authenticator, fp: &str) {
+    /// Saves the admin's authenticator (seed, enrolled key fingerprint, last step) for later scenarios.
+    pub fn remember_admin(&self, auth: &Authenticator, fp: &str) {
         let file = PathBuf::from(self.env.var("STEPUP_E2E_DIR")).join("admin-authenticator");
         let seed: String = auth.seed.iter().map(|b| format!("{b:02x}")).collect();
         let step = auth.last_step.map(|s| s.to_string()).unwrap_or_else(|| "0".into());
@@ -750,6 +761,16 @@ impl ControllerProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends a signal (`STOP`, `CONT`) to the process: a stopped controller is a slow one.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Waits for the process to exit on its own; returns its exit code.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -765,6 +786,8 @@ impl ControllerProcess {
 
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
+        // A stopped process ignores SIGTERM but not SIGKILL; continue it anyway for a clean exit.
+        let _ = std::process::Command::new("kill").arg("-CONT").arg(self.child.id().to_string()).status();
         self.kill();
     }
 }
@@ -796,5 +819,139 @@ impl Drop for ScriptControllerPaused {
         if !out.is_ok_and(|o| o.status.success()) {
             eprintln!("could not restart the stepup controller");
         }
+    }
+}
+
+// ---------------------------------------------------------------- the plugin, as a person runs it
+
+use std::{
+    process::Stdio,
+    sync::{Arc, Mutex},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Runs `kubectl stepup` as `who`, with `stdin` as standard input (none when `None`).
+pub async fn plugin(env: &Env, who: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = tokio::process::Command::new(env.var("KUBECTL_STEPUP_BIN"));
+    cmd.arg("--kubeconfig")
+        .arg(env.kubeconfig(who))
+        .args(args)
+        .env("KUBECTL", env.var("KUBECTL"))
+        .env_remove("KUBECONFIG")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl-stepup runs");
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).await.expect("stdin");
+    }
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("kubectl-stepup finishes")
+        .expect("output")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn show(out: &Output) -> String {
+    format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// RFC 4648 base32 (no padding), as in the otpauth URI.
+pub fn base32_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
+    for c in text.bytes() {
+        let value = ALPHABET.iter().position(|a| *a == c).expect("base32 character") as u32;
+        buffer = (buffer << 5) | value;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buffer >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    out
+}
+
+pub fn shell_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+/// `kubectl stepup` in a pseudo-terminal, as a person would run it.
+pub struct Terminal {
+    child: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    screen: Arc<Mutex<String>>,
+}
+
+impl Terminal {
+    pub fn spawn(env: &Env, who: &str, args: &[&str]) -> Self {
+        let kubeconfig = env.kubeconfig(who).display().to_string();
+        let command: Vec<String> = [env.var("KUBECTL_STEPUP_BIN"), "--kubeconfig", &kubeconfig]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(shell_quote)
+            .collect();
+        let mut child = tokio::process::Command::new("script")
+            .args(["-qefc", &command.join(" "), "/dev/null"])
+            .env("KUBECTL", env.var("KUBECTL"))
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("script(1) from util-linux runs");
+        let input = child.stdin.take().expect("stdin");
+        let screen = Arc::new(Mutex::new(String::new()));
+        for mut pipe in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let screen = screen.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    screen.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+                }
+            });
+        }
+        Self { child, input, screen }
+    }
+
+    pub fn screen(&self) -> String {
+        self.screen.lock().unwrap().clone()
+    }
+
+    /// Waits until the screen shows `needle` after position `from`; returns the position after it.
+    pub async fn expect(&self, needle: &str, from: usize, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if let Some(at) = screen.get(from..).and_then(|s| s.find(needle)) {
+                return from + at + needle.len();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "waited for {needle:?}; the terminal shows:\n{screen}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn type_line(&mut self, line: &str) {
+        self.input.write_all(format!("{line}\n").as_bytes()).await.expect("typing");
+        self.input.flush().await.expect("typing");
+    }
+
+    pub async fn exit_code(mut self) -> (i32, String) {
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the plugin exits")
+            .expect("exit status");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (status.code().unwrap_or(-1), self.screen())
     }
 }

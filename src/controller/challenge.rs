@@ -233,10 +233,6 @@ async fn verdict(
     }
     let mut grant = None;
     if v.issue {
-        if let Some(pause) = ctx.settings.pause_before_issuing {
-            tracing::warn!(challenge = %name, ?pause, "test hook: pausing before issuing the grant");
-            tokio::time::sleep(pause).await;
-        }
         if !may_issue(v.issue_before, ctx.settings.max_clock_skew, Timestamp::now()) {
             v.phase = ChallengePhase::Expired;
             v.reason = "Expired";
@@ -244,6 +240,11 @@ async fn verdict(
             v.message = "the code was right, but the deadline passed before the grant could be issued: no grant (that code is spent)".into();
             v.issue = false;
         } else {
+            if let Some(pause) = ctx.settings.pause_before_issuing {
+                // The window a slow (or stopped) controller can fall into: checked, not yet issued.
+                tracing::warn!(challenge = %name, ?pause, "test hook: pausing between the deadline check and issuing");
+                tokio::time::sleep(pause).await;
+            }
             grant = Some(issue(ctx, c, Timestamp::now()).await?);
         }
     }
@@ -260,7 +261,8 @@ async fn verdict(
             let now = api.get_opt(&name).await?;
             if now.as_ref().is_none_or(|n| n.metadata.deletion_timestamp.is_some()) {
                 revoke_grant(ctx, c).await?;
-                return Ok(Action::await_change());
+                // Look again soon: the withdrawal itself is then recorded and released.
+                return Ok(Action::requeue(std::time::Duration::from_secs(1)));
             }
             return Err(Error::Conflict(format!("challenge {name}")));
         }

@@ -166,7 +166,7 @@ fn challenge(
             }
             // Refused before it is stored: a flood costs the controller nothing.
             if let Some(view) = &config.challenges
-                && let Err(refusal) = view.admit(me.username, now)
+                && let Err(refusal) = view.admit(me.username, &c.name_any(), now, !req.dry_run)
             {
                 if let Some(counter) = &config.challenge_refusals {
                     counter.with_label_values(&[refusal.label()]).inc();
