@@ -42,7 +42,7 @@ pub struct IdentityArgs {
     #[arg(long, env = "STEPUP_CONTROLLER_USER")]
     pub controller_user: Option<String>,
 
-    /// Groups whose members approve enrollments, reset lockouts and revoke any grant.
+    /// Groups whose members approve enrollment keys, allow re-enrollments, unlock and revoke any grant.
     #[arg(long = "admin-group", env = "STEPUP_ADMIN_GROUPS", value_delimiter = ',', default_value = "stepup:admins")]
     pub admin_groups: Vec<String>,
 
