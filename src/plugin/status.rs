@@ -22,6 +22,9 @@ pub struct EnrollmentView {
     pub phase: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Fingerprint of the enrollment's key: what an admin approves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
     pub consecutive_failures: i32,
 }
 
@@ -33,6 +36,7 @@ impl EnrollmentView {
             method: e.spec.method.to_string(),
             phase: status.phase.map_or_else(|| "Unknown".to_owned(), phase_name),
             message: status.message,
+            key_fingerprint: status.key_fingerprint,
             consecutive_failures: status.consecutive_failures,
         }
     }
@@ -78,9 +82,17 @@ impl StatusView {
             None => "not enrolled (run `kubectl stepup enroll`)".to_owned(),
             Some(e) => {
                 let advice = match e.phase.as_str() {
-                    "PendingApproval" => format!(" (waiting for an admin: `kubectl stepup approve {}`)", self.user),
+                    "PendingApproval" => format!(
+                        " (waiting for an admin: `kubectl stepup approve {} --key {}`)",
+                        self.user,
+                        e.key_fingerprint.as_deref().unwrap_or("<fingerprint>")
+                    ),
                     "AwaitingConfirmation" => " (run `kubectl stepup enroll` to finish)".to_owned(),
-                    "Locked" => format!(" (an admin must run `kubectl stepup reset {}`)", self.user),
+                    "Locked" => match &e.message {
+                        // The controller's sentence says what locked it and what lifts it.
+                        Some(m) => format!(" ({m})"),
+                        None => format!(" (an admin must run `kubectl stepup unlock {}`)", self.user),
+                    },
                     _ => String::new(),
                 };
                 let failures = if e.consecutive_failures > 0 {
@@ -239,12 +251,12 @@ mod tests {
             (
                 EnrollmentPhase::PendingApproval,
                 0,
-                "TOTP PendingApproval (waiting for an admin: `kubectl stepup approve alice`)",
+                "TOTP PendingApproval (waiting for an admin: `kubectl stepup approve alice --key <fingerprint>`)",
             ),
             (
                 EnrollmentPhase::Locked,
                 10,
-                "TOTP Locked (an admin must run `kubectl stepup reset alice`), 10 failed attempt(s)",
+                "TOTP Locked (an admin must run `kubectl stepup unlock alice`), 10 failed attempt(s)",
             ),
         ] {
             let text = StatusView::new(&alice(), Some(&enrollment(phase, failures)), &[], false, now)
