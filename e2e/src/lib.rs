@@ -787,7 +787,11 @@ impl ControllerProcess {
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
         // A stopped process ignores SIGTERM but not SIGKILL; continue it anyway for a clean exit.
-        let _ = std::process::Command::new("kill").arg("-CONT").arg(self.child.id().to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .stderr(std::process::Stdio::null())
+            .status();
         self.kill();
     }
 }

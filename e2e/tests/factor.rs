@@ -267,11 +267,18 @@ async fn request(world: &World, code: &str, timeout: &str) -> std::process::Outp
     plugin(&world.env, "alice", &["request", "--code-stdin", "--timeout", timeout], Some(&format!("{code}\n"))).await
 }
 
-/// Alice's challenges as the controller sees them.
-async fn alices_challenges(world: &World) -> Vec<StepUpChallenge> {
+/// Alice's challenges as the controller sees them, but those named in `before` (left by
+/// earlier scenarios until their TTL).
+async fn alices_challenges(world: &World, before: &[String]) -> Vec<StepUpChallenge> {
     let api: Api<StepUpChallenge> = Api::all(world.admin.clone());
     let selector = format!("{}={}", api::USER_LABEL, api::user_label_value("alice"));
-    api.list(&ListParams::default().labels(&selector)).await.unwrap().items
+    let all = api.list(&ListParams::default().labels(&selector)).await.unwrap().items;
+    all.into_iter().filter(|c| !before.contains(&c.name_any())).collect()
+}
+
+/// The names of alice's challenges now.
+async fn existing(world: &World) -> Vec<String> {
+    alices_challenges(world, &[]).await.iter().map(|c| c.name_any()).collect()
 }
 
 #[tokio::test]
@@ -279,17 +286,19 @@ async fn a_request_that_failed_while_the_controller_was_down_never_grants_later(
     // Issue 11, attack 3: exit 7 with the controller down, then the grant appeared anyway.
     let world = World::new().await;
     let mut auth = world.enroll("alice", "alice").await;
+    let before = existing(&world).await;
     let paused = ScriptControllerPaused::new();
     let out = request(&world, &auth.code().await, "5s").await;
     assert_eq!(out.status.code(), Some(7), "{}", show(&out));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("the challenge was withdrawn, so no grant will be issued for it"), "{stderr}");
     // The withdrawn challenge waits, visibly deleted, for the controller.
-    let waiting = alices_challenges(&world).await;
-    assert!(waiting.iter().all(|c| c.metadata.deletion_timestamp.is_some()), "withdrawn: {waiting:?}");
+    let waiting = alices_challenges(&world, &before).await;
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert!(waiting[0].metadata.deletion_timestamp.is_some(), "withdrawn: {waiting:?}");
     drop(paused);
     eventually(Duration::from_secs(30), || async {
-        if alices_challenges(&world).await.is_empty() { Ok(()) } else { anyhow::bail!("still there") }
+        if alices_challenges(&world, &before).await.is_empty() { Ok(()) } else { anyhow::bail!("still there") }
     })
     .await
     .expect("the controller finishes the withdrawal");
@@ -336,12 +345,13 @@ async fn a_slow_controller_never_leaves_a_grant_the_plugin_gave_up_on() {
         })
         .await
         .expect("the controller leads");
+        let before = existing(&world).await;
         stopped.signal("STOP");
         let out = request(&world, &auth.code().await, "5s").await;
         assert_eq!(out.status.code(), Some(7), "{}", show(&out));
         stopped.signal("CONT");
         eventually(Duration::from_secs(30), || async {
-            if alices_challenges(&world).await.is_empty() { Ok(()) } else { anyhow::bail!("still there") }
+            if alices_challenges(&world, &before).await.is_empty() { Ok(()) } else { anyhow::bail!("still there") }
         })
         .await
         .expect("the resumed controller finishes the withdrawal");
@@ -356,6 +366,7 @@ async fn a_plugin_killed_mid_wait_leaves_a_challenge_that_expires_at_its_deadlin
     // still holds when the controller comes back.
     let world = World::new().await;
     let mut auth = world.enroll("alice", "alice").await;
+    let before = existing(&world).await;
     let paused = ScriptControllerPaused::new();
     let mut child = tokio::process::Command::new(world.env.var("KUBECTL_STEPUP_BIN"))
         .arg("--kubeconfig")
@@ -373,7 +384,7 @@ async fn a_plugin_killed_mid_wait_leaves_a_challenge_that_expires_at_its_deadlin
         stdin.write_all(format!("{}\n", auth.code().await).as_bytes()).await.unwrap();
     }
     let pending = eventually(Duration::from_secs(20), || async {
-        alices_challenges(&world).await.into_iter().next().ok_or_else(|| anyhow::anyhow!("no challenge yet"))
+        alices_challenges(&world, &before).await.into_iter().next().ok_or_else(|| anyhow::anyhow!("no challenge yet"))
     })
     .await
     .unwrap();

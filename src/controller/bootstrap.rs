@@ -81,6 +81,19 @@ pub async fn load(ctx: &Context) -> Result<()> {
         }
     };
     match record_of(&existing, ctx) {
+        Ok(record) if rolled_back(lock(&ctx.bootstrap).as_ref().map(|(_, r)| r), &record) => {
+            // A record never goes back to unused: someone restored an older copy to reopen it.
+            let evidence = Record::warning(
+                "BootstrapCorrupt",
+                "bootstrap.corrupt",
+                "rolled_back",
+                format!(
+                    "the bootstrap record {SECRET_NAME} was rolled back to an unused copy: the bootstrap stays closed"
+                ),
+            );
+            ctx.record(&existing, "", "", &evidence).await;
+            *lock(&ctx.bootstrap) = None;
+        }
         Ok(record) => *lock(&ctx.bootstrap) = Some((existing, record)),
         Err(why) => {
             let evidence = Record::warning(
@@ -96,6 +109,15 @@ pub async fn load(ctx: &Context) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `read` forgets a claim or a completion that `known` had.
+fn rolled_back(known: Option<&BootstrapRecord>, read: &BootstrapRecord) -> bool {
+    known.is_some_and(|k| {
+        (k.completed_by.is_some() && read.completed_by.is_none())
+            || (k.claimed_by.is_some() && read.claimed_by.is_none())
+            || k.opened_at != read.opened_at
+    })
 }
 
 /// Whether the bootstrap can be used, as last read.

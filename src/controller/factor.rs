@@ -288,8 +288,11 @@ pub enum FactorRead {
 #[serde(rename_all = "camelCase")]
 struct Stored {
     v: u8,
-    /// Checked on reading, besides the per-user key: the blob names whose it is.
+    /// Checked on reading, besides the per-user key: the blob names whose it is...
     user: String,
+    /// ... and the one Secret object (by UID) it was written into, so that a copy put into a
+    /// deleted and re-created Secret is refused rather than read as a rollback-free original.
+    secret_uid: String,
     version: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     seed: Option<String>,
@@ -324,12 +327,16 @@ fn decode_seed(text: &str) -> Result<Zeroizing<Vec<u8>>, String> {
     STANDARD.decode(text).map(Zeroizing::new).map_err(|_| "a seed is not base64".to_owned())
 }
 
+/// Annotation of a factor Secret created empty, to be filled once its UID is known.
+pub const CREATING_ANNOTATION: &str = "stepup.dev/factor-creating";
+
 impl Factor {
-    /// Encrypts the contents for `user`'s Secret.
-    pub fn seal(&self, cipher: &FactorCipher, user: &str) -> Vec<u8> {
+    /// Encrypts the contents for `user`'s Secret with UID `secret_uid`.
+    pub fn seal(&self, cipher: &FactorCipher, user: &str, secret_uid: &str) -> Vec<u8> {
         let stored = Stored {
             v: 1,
             user: user.to_owned(),
+            secret_uid: secret_uid.to_owned(),
             version: self.version,
             seed: self.seed.as_ref().map(|s| STANDARD.encode(s.as_slice())),
             seed_key: self.seed_key.clone(),
@@ -346,8 +353,8 @@ impl Factor {
         cipher.encrypt(user, &plaintext)
     }
 
-    /// Decrypts and checks a value [`Factor::seal`] made for `user`.
-    pub fn open(blob: &[u8], cipher: &FactorCipher, user: &str) -> Result<Self, String> {
+    /// Decrypts and checks a value [`Factor::seal`] made for `user` and the Secret `secret_uid`.
+    pub fn open(blob: &[u8], cipher: &FactorCipher, user: &str, secret_uid: &str) -> Result<Self, String> {
         let plaintext = cipher.decrypt(user, blob).ok_or_else(|| {
             "it does not decrypt with the controller's factor key for this user (edited, copied from another \
              user's Secret, or written with another key)"
@@ -359,6 +366,9 @@ impl Factor {
         }
         if stored.user != user {
             return Err(format!("it belongs to {:?}", stored.user));
+        }
+        if stored.secret_uid != secret_uid {
+            return Err("it was written into another Secret (deleted and re-created since, or copied)".into());
         }
         let pending = match &stored.pending {
             None => None,
@@ -382,6 +392,11 @@ impl Factor {
     pub fn from_secret(secret: &Secret, cipher: &FactorCipher, user: &str) -> FactorRead {
         let empty = BTreeMap::new();
         let data = secret.data.as_ref().unwrap_or(&empty);
+        let creating = secret.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CREATING_ANNOTATION));
+        if creating && data.is_empty() {
+            // Created, not filled yet (a crash in between): nothing stored, like no Secret.
+            return FactorRead::Missing;
+        }
         if let Some(extra) = data.keys().find(|k| k.as_str() != DATA_KEY) {
             return FactorRead::Corrupt(format!(
                 "it holds a field {extra:?} besides the encrypted value (edited, or written by an older version)"
@@ -392,16 +407,16 @@ impl Factor {
         }
         match data.get(DATA_KEY) {
             None => FactorRead::Corrupt("it holds no encrypted value".into()),
-            Some(blob) => match Self::open(&blob.0, cipher, user) {
+            Some(blob) => match Self::open(&blob.0, cipher, user, secret.metadata.uid.as_deref().unwrap_or("")) {
                 Ok(f) => FactorRead::Found(f),
                 Err(why) => FactorRead::Corrupt(why),
             },
         }
     }
 
-    /// The Secret's `data` for these contents.
-    pub fn to_data(&self, cipher: &FactorCipher, user: &str) -> BTreeMap<String, ByteString> {
-        BTreeMap::from([(DATA_KEY.to_owned(), ByteString(self.seal(cipher, user)))])
+    /// The `data` of the Secret with UID `secret_uid` for these contents.
+    pub fn to_data(&self, cipher: &FactorCipher, user: &str, secret_uid: &str) -> BTreeMap<String, ByteString> {
+        BTreeMap::from([(DATA_KEY.to_owned(), ByteString(self.seal(cipher, user, secret_uid)))])
     }
 
     /// Whether a confirmed seed exists.
@@ -563,13 +578,15 @@ mod tests {
     }
 
     fn secret_of(data: BTreeMap<String, ByteString>) -> Secret {
-        Secret { data: Some(data), ..Default::default() }
+        let mut secret = Secret { data: Some(data), ..Default::default() };
+        secret.metadata.uid = Some("uid-1".into());
+        secret
     }
 
     #[test]
     fn the_secret_holds_one_encrypted_value_that_round_trips() {
         let f = sample();
-        let data = f.to_data(&cipher(1), "alice");
+        let data = f.to_data(&cipher(1), "alice", "uid-1");
         assert_eq!(data.keys().collect::<Vec<_>>(), [DATA_KEY]);
         let blob = &data[DATA_KEY].0;
         assert!(!blob.windows(20).any(|w| w == [7u8; 20] || w == [9u8; 20]), "no seed in the clear");
@@ -581,7 +598,9 @@ mod tests {
 
     #[test]
     fn an_edited_copied_or_plaintext_secret_is_corrupt_never_read() {
-        let data = sample().to_data(&cipher(1), "alice");
+        let data = sample().to_data(&cipher(1), "alice", "uid-1");
+        let mut recreated = secret_of(data.clone());
+        recreated.metadata.uid = Some("uid-2".into());
         let mut flipped = data.clone();
         let bytes = &mut flipped.get_mut(DATA_KEY).unwrap().0;
         let last = bytes.len() - 1;
@@ -599,10 +618,15 @@ mod tests {
             ("a field added in the clear", secret_of(extra), cipher(1), "alice"),
             ("the old plaintext format", secret_of(plaintext_era), cipher(1), "alice"),
             ("no value at all", secret_of(BTreeMap::new()), cipher(1), "alice"),
+            ("a copy in a re-created Secret", recreated, cipher(1), "alice"),
         ];
         for (what, secret, cipher, user) in cases {
             assert!(matches!(Factor::from_secret(&secret, &cipher, user), FactorRead::Corrupt(_)), "{what}");
         }
         assert_eq!(Factor::from_secret(&secret_of(data), &cipher(1), "alice"), FactorRead::Found(sample()));
+        // A Secret created empty and not filled yet (a crash in between) holds nothing.
+        let mut creating = secret_of(BTreeMap::new());
+        creating.metadata.annotations = Some(BTreeMap::from([(CREATING_ANNOTATION.to_owned(), "true".to_owned())]));
+        assert_eq!(Factor::from_secret(&creating, &cipher(1), "alice"), FactorRead::Missing);
     }
 }

@@ -94,8 +94,9 @@ pub struct Context {
     pub evidence: Evidence,
     pub verifier: Arc<dyn Verifier>,
     pub keys: Keys,
-    /// The highest factor version seen per user: an older copy is a rollback, refused.
-    pub factor_versions: Mutex<HashMap<String, u64>>,
+    /// The highest factor version seen per user, with the UID of the Secret it was seen in:
+    /// an older copy in the same Secret is a rollback, refused.
+    pub factor_versions: Mutex<HashMap<String, (String, u64)>>,
     /// The bootstrap record and the Secret it was read from (for its resourceVersion).
     pub bootstrap: Mutex<Option<(Secret, BootstrapRecord)>>,
 }
@@ -154,23 +155,27 @@ impl Context {
     }
 
     /// The user's factor Secret (for its resourceVersion) and what it holds. A copy older than
-    /// one this process has already seen is reported as corrupt: someone rolled it back (to
-    /// forget failures, or to unspend a code).
+    /// one this process has already seen in the same Secret is reported as corrupt: someone
+    /// rolled it back (to forget failures, or to unspend a code).
     pub async fn load_factor(&self, user: &str) -> Result<(Option<Secret>, FactorRead)> {
         let Some(secret) = self.factors().get_opt(&api::factor_secret_name(user)).await? else {
             return Ok((None, FactorRead::Missing));
         };
+        let uid = secret.metadata.uid.clone().unwrap_or_default();
         let read = match Factor::from_secret(&secret, &self.keys.factors, user) {
             FactorRead::Found(f) => {
-                let seen = lock(&self.factor_versions).get(user).copied().unwrap_or(0);
-                if f.version < seen {
-                    FactorRead::Corrupt(format!(
-                        "it was rolled back to an older copy (version {} after version {seen} was written)",
+                let mut seen = lock(&self.factor_versions);
+                match seen.get(user) {
+                    // The blob is bound to its Secret's UID: a new UID is a Secret the
+                    // controller itself re-created (after an unenrollment), not a rollback.
+                    Some((same, version)) if *same == uid && f.version < *version => FactorRead::Corrupt(format!(
+                        "it was rolled back to an older copy (version {} after version {version} was written)",
                         f.version
-                    ))
-                } else {
-                    lock(&self.factor_versions).insert(user.to_owned(), f.version);
-                    FactorRead::Found(f)
+                    )),
+                    _ => {
+                        seen.insert(user.to_owned(), (uid, f.version));
+                        FactorRead::Found(f)
+                    }
                 }
             }
             other => other,
@@ -178,24 +183,20 @@ impl Context {
         Ok((Some(secret), read))
     }
 
-    /// Writes the factor back, encrypted. With `previous`, the write carries its
-    /// resourceVersion, so a concurrent change (another replica, a retry) makes it fail
-    /// instead of being overwritten.
+    /// Writes the factor back, encrypted and bound to its Secret. With `previous`, the write
+    /// carries its resourceVersion, so a concurrent change (another replica, a retry) makes it
+    /// fail instead of being overwritten. A new Secret is created empty first, so that the value
+    /// can name its UID.
     pub async fn store_factor(&self, user: &str, previous: Option<&Secret>, factor: &Factor) -> Result<()> {
         let name = api::factor_secret_name(user);
-        let mut factor = factor.clone();
-        let seen = lock(&self.factor_versions).get(user).copied().unwrap_or(0);
-        factor.version = factor.version.max(seen) + 1;
-        let data = factor.to_data(&self.keys.factors, user);
-        let result = match previous {
-            Some(prev) => {
-                let mut next = prev.clone();
-                next.data = Some(data);
-                next.string_data = None;
-                self.factors().replace(&name, &PostParams::default(), &next).await
-            }
+        let conflict = |e: kube::Error| match e {
+            kube::Error::Api(s) if s.code == 409 => Error::Conflict(format!("factor secret {name}")),
+            e => Error::Kube(e),
+        };
+        let target = match previous {
+            Some(prev) => prev.clone(),
             None => {
-                let secret = Secret {
+                let empty = Secret {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
                         namespace: Some(self.settings.namespace.clone()),
@@ -203,24 +204,31 @@ impl Context {
                             (api::USER_LABEL.to_owned(), api::user_label_value(user)),
                             ("app.kubernetes.io/managed-by".to_owned(), "stepup".to_owned()),
                         ])),
-                        annotations: Some(BTreeMap::from([(USERNAME_ANNOTATION.to_owned(), user.to_owned())])),
+                        annotations: Some(BTreeMap::from([
+                            (USERNAME_ANNOTATION.to_owned(), user.to_owned()),
+                            (factor::CREATING_ANNOTATION.to_owned(), "true".to_owned()),
+                        ])),
                         ..Default::default()
                     },
                     type_: Some("Opaque".into()),
-                    data: Some(data),
                     ..Default::default()
                 };
-                self.factors().create(&PostParams::default(), &secret).await
+                self.factors().create(&PostParams::default(), &empty).await.map_err(conflict)?
             }
         };
-        match result {
-            Ok(_) => {
-                lock(&self.factor_versions).insert(user.to_owned(), factor.version);
-                Ok(())
-            }
-            Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(format!("factor secret {name}"))),
-            Err(e) => Err(e.into()),
+        let uid = target.metadata.uid.clone().unwrap_or_default();
+        let mut factor = factor.clone();
+        let seen = lock(&self.factor_versions).get(user).filter(|(u, _)| *u == uid).map_or(0, |(_, v)| *v);
+        factor.version = factor.version.max(seen) + 1;
+        let mut next = target;
+        next.data = Some(factor.to_data(&self.keys.factors, user, &uid));
+        next.string_data = None;
+        if let Some(a) = next.metadata.annotations.as_mut() {
+            a.remove(factor::CREATING_ANNOTATION);
         }
+        self.factors().replace(&name, &PostParams::default(), &next).await.map_err(conflict)?;
+        lock(&self.factor_versions).insert(user.to_owned(), (uid, factor.version));
+        Ok(())
     }
 
     /// Writes one piece of evidence: an Event, an audit line and a metric sample.

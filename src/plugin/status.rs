@@ -25,6 +25,9 @@ pub struct EnrollmentView {
     /// Fingerprint of the enrollment's key: what an admin approves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_fingerprint: Option<String>,
+    /// When locked by the failure rate limit: when codes are checked again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<Timestamp>,
     pub consecutive_failures: i32,
 }
 
@@ -37,6 +40,7 @@ impl EnrollmentView {
             phase: status.phase.map_or_else(|| "Unknown".to_owned(), phase_name),
             message: status.message,
             key_fingerprint: status.key_fingerprint,
+            locked_until: status.locked_until.map(|t| t.0),
             consecutive_failures: status.consecutive_failures,
         }
     }
@@ -88,10 +92,16 @@ impl StatusView {
                         e.key_fingerprint.as_deref().unwrap_or("<fingerprint>")
                     ),
                     "AwaitingConfirmation" => " (run `kubectl stepup enroll` to finish)".to_owned(),
-                    "Locked" => match &e.message {
+                    "Locked" => match (&e.message, e.locked_until) {
+                        (_, Some(until)) if until > now => {
+                            format!(
+                                " (too many failed codes: checked again in {})",
+                                format::remaining(until.duration_since(now))
+                            )
+                        }
                         // The controller's sentence says what locked it and what lifts it.
-                        Some(m) => format!(" ({m})"),
-                        None => format!(" (an admin must run `kubectl stepup unlock {}`)", self.user),
+                        (Some(m), _) => format!(" ({m})"),
+                        (None, _) => format!(" (an admin must run `kubectl stepup unlock {}`)", self.user),
                     },
                     _ => String::new(),
                 };
@@ -264,6 +274,12 @@ mod tests {
             assert!(text.contains(expected), "{text}");
             assert!(text.contains("none active"), "{text}");
         }
+        // Locked by the rate limit: how long is left.
+        let mut limited = enrollment(EnrollmentPhase::Locked, 3);
+        limited.status.as_mut().unwrap().locked_until =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now + minutes(3)));
+        let text = StatusView::new(&alice(), Some(&limited), &[], false, now).text(now, &TimeZone::UTC);
+        assert!(text.contains("too many failed codes: checked again in 3m"), "{text}");
     }
 
     #[test]

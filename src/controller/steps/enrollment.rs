@@ -609,11 +609,11 @@ fn desired(
         d.phase = EnrollmentPhase::Locked;
         d.reason = "RateLimited";
         d.locked_until = Some(until);
+        // An absolute time only: the status is rewritten whenever its words change.
         d.message = format!(
-            "too many failed codes within {}: no code is checked until {} (in {}), then it unlocks by itself",
+            "too many failed codes within {}: no code is checked until {}, then it unlocks by itself",
             crate::grant::human(s.limits.window),
-            clock(until),
-            crate::grant::human(until.duration_since(now))
+            clock(until)
         );
         return (d, Some(until));
     }

@@ -321,7 +321,9 @@ fn locked_is_shown_whatever_locked_it_with_what_lifts_it() {
     assert_eq!((step.status.phase, step.status.reason), (EnrollmentPhase::Locked, "RateLimited"));
     assert_eq!(step.status.locked_until, Some(t0() + minutes(1)));
     assert_eq!(step.recheck_at, Some(t0() + minutes(1)), "it looks again when the limit lifts");
-    assert!(step.status.message.contains("in 1m"), "{}", step.status.message);
+    assert!(step.status.message.contains("until 2026-11-28 12:01:00 UTC"), "{}", step.status.message);
+    let a_second_later = case(KEY_A).factor(by_rate.clone()).at(t0() + SignedDuration::from_secs(1)).step();
+    assert_eq!(a_second_later.status, step.status, "the same words a second later: no status churn");
     let later = case(KEY_A).factor(by_rate).at(t0() + minutes(1)).step();
     assert_eq!(later.status.phase, EnrollmentPhase::Active);
 
