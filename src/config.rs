@@ -48,7 +48,7 @@ pub struct IdentityArgs {
     #[arg(long, env = "STEPUP_WEBHOOK_USER")]
     pub webhook_user: Option<String>,
 
-    /// Groups whose members approve enrollments, reset lockouts and revoke any grant.
+    /// Groups whose members approve enrollment keys, allow re-enrollments, unlock and revoke any grant.
     #[arg(long = "admin-group", env = "STEPUP_ADMIN_GROUPS", value_delimiter = ',', default_value = "stepup:admins")]
     pub admin_groups: Vec<String>,
 
@@ -70,6 +70,32 @@ pub struct IdentityArgs {
     pub max_clock_skew: Duration,
 }
 
+/// Per-user limits on challenges, shared by the webhook (which refuses at admission) and the
+/// controller (which refuses from its cache before spending API calls).
+#[derive(Args, Debug, Clone)]
+pub struct ChallengeLimitArgs {
+    /// Challenges of one user waiting for a verdict at once (0: no limit).
+    #[arg(long, env = "STEPUP_MAX_PENDING_CHALLENGES", default_value_t = 3)]
+    pub max_pending_challenges: u32,
+
+    /// Challenges one user may create per --challenge-rate-window (0: no limit).
+    #[arg(long, env = "STEPUP_MAX_CHALLENGES_PER_WINDOW", default_value_t = 10)]
+    pub max_challenges_per_window: u32,
+
+    #[arg(long, env = "STEPUP_CHALLENGE_RATE_WINDOW", default_value = "1m")]
+    pub challenge_rate_window: Duration,
+}
+
+impl ChallengeLimitArgs {
+    pub fn limits(&self) -> crate::limits::ChallengeLimits {
+        crate::limits::ChallengeLimits {
+            max_pending: self.max_pending_challenges,
+            max_per_window: self.max_challenges_per_window,
+            window: self.challenge_rate_window.as_signed(),
+        }
+    }
+}
+
 impl IdentityArgs {
     pub fn webhook_user(&self) -> String {
         self.webhook_user.clone().unwrap_or_else(|| format!("system:serviceaccount:{}:stepup-webhook", self.namespace))
@@ -86,6 +112,9 @@ impl IdentityArgs {
 pub struct WebhookArgs {
     #[command(flatten)]
     pub identity: IdentityArgs,
+
+    #[command(flatten)]
+    pub challenge_limits: ChallengeLimitArgs,
 
     /// Address of the TLS listener the API server calls.
     #[arg(long, env = "STEPUP_LISTEN", default_value = "0.0.0.0:8443")]
@@ -175,6 +204,9 @@ pub struct ControllerArgs {
     #[command(flatten)]
     pub identity: IdentityArgs,
 
+    #[command(flatten)]
+    pub challenge_limits: ChallengeLimitArgs,
+
     /// Address of the plain-HTTP admin listener (/healthz, /readyz, /metrics).
     #[arg(long, env = "STEPUP_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
     pub admin_listen: SocketAddr,
@@ -198,6 +230,16 @@ pub struct ControllerArgs {
     /// Let users enroll without an admin's approval.
     #[arg(long, env = "STEPUP_SELF_SERVICE_ENROLLMENT")]
     pub self_service_enrollment: bool,
+
+    /// How long an admin's approval of a key fingerprint (`kubectl stepup approve|reset`), and
+    /// any seed sealed to a key, stays usable; each approval is used once.
+    #[arg(long, env = "STEPUP_APPROVAL_WINDOW", default_value = "15m")]
+    pub approval_window: Duration,
+
+    /// How long after the controller first starts with nobody enrolled the first admin may
+    /// enroll without a second admin (`kubectl stepup enroll --bootstrap`); 0 turns it off.
+    #[arg(long, env = "STEPUP_BOOTSTRAP_WINDOW", default_value = "1h")]
+    pub bootstrap_window: Duration,
 
     /// Lifetime of a grant when the challenge asks for none.
     #[arg(long, env = "STEPUP_DEFAULT_GRANT_DURATION", default_value = "1h")]
@@ -293,6 +335,11 @@ pub struct ControllerArgs {
     /// Test hook: exit right after recording a code's use, before issuing the grant.
     #[arg(long, hide = true)]
     pub crash_after_recording: bool,
+
+    /// Test hook: wait this long after the last deadline check before issuing a grant (a slow
+    /// controller, caught in the worst moment).
+    #[arg(long, hide = true)]
+    pub pause_before_issuing: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

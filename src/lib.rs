@@ -15,6 +15,7 @@ pub mod error;
 pub mod evidence;
 pub mod grant;
 pub mod keys;
+pub mod limits;
 pub mod metrics;
 pub mod pki;
 pub mod plugin;

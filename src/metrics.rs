@@ -55,6 +55,10 @@ pub struct Metrics {
     pub audit_records_dropped: IntCounter,
     /// Writes of the durable audit segments (StepUpLog), by result.
     pub audit_segment_writes: IntCounterVec,
+    /// Enrollment, approval, unlock and bootstrap steps, by step and result (controller).
+    pub factor_steps: IntCounterVec,
+    /// Challenges refused at admission by the per-user limits, by limit (webhook).
+    pub challenge_limit_refusals: IntCounterVec,
     /// Reconcile failures by controller and error kind.
     pub reconcile_errors: IntCounterVec,
     /// 1 while this replica holds the controller Lease.
@@ -167,6 +171,22 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let factor_steps = IntCounterVec::new(
+            Opts::new(
+                "stepup_factor_steps_total",
+                "Steps in the life of a factor (enrollment, approval, unlock, lockout, bootstrap, withdrawal), by step and result.",
+            ),
+            &["step", "result"],
+        )
+        .expect("valid metric");
+        let challenge_limit_refusals = IntCounterVec::new(
+            Opts::new(
+                "stepup_challenge_limit_refusals_total",
+                "Challenges refused at admission by the per-user limits, by limit (too_many_pending, creation_rate).",
+            ),
+            &["limit"],
+        )
+        .expect("valid metric");
         let reconcile_errors = IntCounterVec::new(
             Opts::new("stepup_reconcile_errors_total", "Reconcile failures, by controller and error kind."),
             &["controller", "error"],
@@ -198,6 +218,8 @@ impl Metrics {
             forged_grants,
             audit_records_dropped,
             audit_segment_writes,
+            factor_steps,
+            challenge_limit_refusals,
             reconcile_errors,
             leader,
             build_info,
@@ -232,11 +254,13 @@ impl Metrics {
                 Box::new(self.watch_stalls.clone()),
                 Box::new(self.certificate_reloads.clone()),
                 Box::new(self.certificate_expiry.clone()),
+                Box::new(self.challenge_limit_refusals.clone()),
             ],
             Process::Controller => vec![
                 Box::new(self.challenges.clone()),
                 Box::new(self.grants_issued.clone()),
                 Box::new(self.lockouts.clone()),
+                Box::new(self.factor_steps.clone()),
                 Box::new(self.reconcile_errors.clone()),
                 Box::new(self.leader.clone()),
             ],
@@ -280,7 +304,10 @@ mod tests {
             .map(|l| l.split('|').map(str::trim).collect::<Vec<_>>())
             .filter(|cells| cells.get(column).is_some_and(|c| !c.is_empty()))
             .map(|cells| {
-                let labels = cells[3].split(',').map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+                // A scrape lists label names sorted; the table in the order that reads best.
+                let mut labels: Vec<String> =
+                    cells[3].split(',').map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+                labels.sort();
                 (cells[1].trim_matches('`').to_owned(), (cells[2].to_owned(), labels))
             })
             .collect()
@@ -304,6 +331,8 @@ mod tests {
         m.grants_issued.with_label_values(&["TOTP"]).inc();
         m.grants_active.set(1);
         m.lockouts.inc();
+        m.factor_steps.with_label_values(&["unlock", "done"]).inc();
+        m.challenge_limit_refusals.with_label_values(&["creation_rate"]).inc();
         m.forged_grants.inc();
         m.audit_records_dropped.inc();
         m.audit_segment_writes.with_label_values(&["success"]).inc();

@@ -38,12 +38,18 @@ cmd_up() {
 		  kubectl get stepuppolicies
 		  kubectl -n prod delete secret db        # refused: names the policy and what to run
 
-		Enroll an authenticator app once (scan the QR code with any TOTP app; without a phone,
+		First, in a second shell, the admin enrolls through the one-time bootstrap (admins step
+		up to approve others); scan the QR code with any TOTP app (without a phone,
 		'oathtool --totp -b <secret>' computes the codes from the secret= of the otpauth URI):
 
-		  kubectl stepup enroll                    # waits for an admin's approval...
-		  # ...which the admin gives from a second shell:
-		  KUBECONFIG=$KUBECONFIG_ADMIN $bin_dirs_first/kubectl-stepup approve alice
+		  export PATH="$bin_dirs:\$PATH" KUBECONFIG=$KUBECONFIG_ADMIN
+		  kubectl stepup enroll --bootstrap
+
+		Then alice enrolls once; her plugin shows her key fingerprint, which the admin approves
+		(the admin's command shows it too, asks to confirm it, and asks for the admin's code):
+
+		  kubectl stepup enroll                    # as alice: waits for the admin's approval...
+		  kubectl stepup approve alice             # ...as the admin, in the second shell
 
 		Let the plugin step up and retry for you (it asks for a code, gets a grant, runs the
 		command once more):
@@ -69,7 +75,7 @@ cmd_up() {
 		Logs of this run: $env_dir/logs (the previous run's stay in $env_dir/logs.previous)
 		Metrics: curl $STEPUP_WEBHOOK_ADMIN_URL/metrics
 		Other identities: $env_dir/kubeconfig/{bob,carol,admin}.yaml (carol is in the
-		break-glass group, admin may approve and reset enrollments).
+		break-glass group; admin approves enrollment keys, resets and unlocks).
 
 		Stop it with: make demo-down
 	EOF

@@ -183,14 +183,20 @@ start_webhook() {
 		--exempt-user system:serviceaccount:stepup-system:policy-writer \
 		--drain-period 0s --shutdown-grace 2s --event-interval 1s --cert-reload-interval 1s \
 		--audit-flush-interval 1s \
+		"${CHALLENGE_LIMITS[@]}" \
 		</dev/null >>"$LOGS/stepup-webhook.log" 2>&1 &
 	echo $! >"$PIDS/stepup-webhook.pid"
 	wait_ready stepup-webhook "http://$HOST:$WEBHOOK_ADMIN_PORT/readyz" 60
 }
 
+# Per-user challenge limits, the same for the webhook and the controller: a short window so
+# that the flood scenario does not slow the scenarios after it.
+CHALLENGE_LIMITS=(--max-pending-challenges 3 --max-challenges-per-window 10 --challenge-rate-window 20s)
+
 # Flags of the e2e controller: short lease and quick expiry of leftovers, so handover and
 # lifecycle scenarios finish in seconds.
 CONTROLLER_FLAGS=(
+	"${CHALLENGE_LIMITS[@]}"
 	--namespace stepup-system --admin-group stepup:admins
 	--lease-duration 4s --lease-retry 1s
 	--challenge-timeout 2m --challenge-ttl 30s --grant-retention 60s

@@ -73,6 +73,16 @@ impl Env {
         Client::try_from(config).expect("client")
     }
 
+    /// A client as `who` that does not retry 429 and 503 answers by itself: a script that
+    /// hammers the API server as fast as it is answered.
+    pub async fn client_without_retries(&self, who: &str) -> Client {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig(who)).expect("readable kubeconfig");
+        let mut config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
+        config.default_retry = false;
+        Client::try_from(config).expect("client")
+    }
+
     /// Runs the real kubectl as `who`.
     pub fn kubectl(&self, who: &str, args: &[&str]) -> Output {
         std::process::Command::new(self.var("KUBECTL"))
@@ -187,6 +197,8 @@ impl World {
             env,
         };
         world.reset().await;
+        // Admins step up for their acts: have one enrolled before any scenario needs it.
+        world.admin_authenticator().await;
         world
     }
 
@@ -298,7 +310,11 @@ use kube_stepup::{
         self as stepup_api, ChallengePhase, EnrollmentPhase, GrantScope, Method, StepUpChallenge, StepUpChallengeSpec,
         StepUpEnrollment, StepUpEnrollmentSpec,
     },
-    verify::{seal::EphemeralKey, totp},
+    verify::{
+        response::{self, EnrollmentPurpose},
+        seal::{EphemeralKey, fingerprint},
+        totp,
+    },
 };
 
 /// The test's authenticator app: holds the seed it unsealed and hands out codes, one per
@@ -309,6 +325,10 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
+    pub fn new(seed: Vec<u8>) -> Self {
+        Self { seed, last_step: None }
+    }
+
     /// A code for a step not handed out before: the current step, or the next one (the
     /// verifier accepts one step of skew either way), waiting only when both are used up.
     pub async fn code(&mut self) -> String {
@@ -342,6 +362,56 @@ impl Authenticator {
     }
 }
 
+/// How long a challenge the harness creates may wait for its verdict.
+pub const CHALLENGE_DEADLINE: SignedDuration = SignedDuration::from_secs(60);
+
+/// A challenge as `kubectl stepup request` builds it: named by the plugin, with a deadline and
+/// the withdrawal finalizer, the code sealed to `response_key` for exactly this challenge.
+pub fn sealed_challenge(
+    user: &str,
+    uid: &str,
+    code: &str,
+    reason: Option<&str>,
+    duration: Option<&str>,
+    response_key: &str,
+) -> StepUpChallenge {
+    let mut c = StepUpChallenge::new(
+        &kube_stepup::plugin::request::challenge_name(user),
+        StepUpChallengeSpec {
+            user: user.into(),
+            uid: (!uid.is_empty()).then(|| uid.to_owned()),
+            method: Method::Totp,
+            response: None,
+            reason: reason.map(Into::into),
+            duration: duration.map(|d| d.parse().expect("duration")),
+            scope: GrantScope::default(),
+            deadline: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second((Timestamp::now() + CHALLENGE_DEADLINE).as_second()).unwrap(),
+            )),
+        },
+    );
+    c.metadata.labels =
+        Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value(user))].into_iter().collect());
+    c.metadata.finalizers = Some(vec![stepup_api::WITHDRAWAL_FINALIZER.to_owned()]);
+    let sealed = response::seal_code(response_key, code, response::challenge_binding(&c)).expect("sealed");
+    c.spec.response = Some(sealed);
+    c
+}
+
+/// A code sealed for `e` as it stands (name, user, key), as the plugin seals it.
+pub fn sealed_confirmation(e: &StepUpEnrollment, code: &str, purpose: EnrollmentPurpose, response_key: &str) -> String {
+    response::seal_code(response_key, code, response::enrollment_binding(e, purpose)).expect("sealed")
+}
+
+impl Env {
+    /// The controller's response key, derived from the key file the e2e processes share (for
+    /// challenges of users who have no enrollment to publish it).
+    pub fn response_key(&self) -> String {
+        let path = PathBuf::from(self.var("STEPUP_KEY_FILE"));
+        kube_stepup::keys::MasterKey::from_file(&path).expect("the e2e master key").response_opener().public_base64()
+    }
+}
+
 impl World {
     /// Removes a user's enrollment and factor (as admin), so a scenario can enroll afresh.
     pub async fn unenroll(&self, user: &str) {
@@ -358,27 +428,39 @@ impl World {
         .expect("unenrolled");
     }
 
-    /// Enrolls `who` (username `user`) from scratch: the user creates the enrollment, the admin
-    /// approves, the test unseals the seed like the plugin would and confirms a first code.
-    pub async fn enroll(&self, who: &str, user: &str) -> Authenticator {
-        self.unenroll(user).await;
-        let key = EphemeralKey::generate();
+    /// Creates `user`'s enrollment as `who` with `key`, and waits until the controller has seen it.
+    pub async fn create_enrollment(&self, who: &str, user: &str, key: &EphemeralKey) -> StepUpEnrollment {
         let as_user: Api<StepUpEnrollment> = Api::all(self.env.client(who).await);
-        let name = stepup_api::enrollment_name(user);
         let mut enrollment = StepUpEnrollment::new(
-            &name,
+            &stepup_api::enrollment_name(user),
             StepUpEnrollmentSpec {
                 user: user.into(),
                 method: Method::Totp,
                 public_key: key.public_key_b64(),
                 confirmation: None,
+                bootstrap: false,
             },
         );
         enrollment.metadata.labels =
             Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value(user))].into_iter().collect());
         as_user.create(&PostParams::default(), &enrollment).await.expect("enrollment created");
-        self.wait_enrollment(user, EnrollmentPhase::PendingApproval).await;
+        self.wait_enrollment(user, EnrollmentPhase::PendingApproval).await
+    }
+
+    /// Enrolls `who` (username `user`) from scratch: the user creates the enrollment, the admin
+    /// approves its key, the test unseals the seed like the plugin would and confirms a first code.
+    pub async fn enroll(&self, who: &str, user: &str) -> Authenticator {
+        self.unenroll(user).await;
+        let key = EphemeralKey::generate();
+        self.create_enrollment(who, user, &key).await;
         self.approve(user).await;
+        self.finish_enrollment(who, user, &key).await
+    }
+
+    /// Waits for the seed sealed to `key`, unseals it and confirms its first code (sealed).
+    pub async fn finish_enrollment(&self, who: &str, user: &str, key: &EphemeralKey) -> Authenticator {
+        let as_user: Api<StepUpEnrollment> = Api::all(self.env.client(who).await);
+        let name = stepup_api::enrollment_name(user);
         let sealed = eventually(Duration::from_secs(20), || async {
             let e = as_user.get(&name).await?;
             e.status.and_then(|s| s.sealed_secret).ok_or_else(|| anyhow::anyhow!("not sealed yet"))
@@ -386,21 +468,161 @@ impl World {
         .await
         .expect("sealed seed");
         let seed = key.open(&sealed).expect("the seed opens with the ephemeral key").to_vec();
-        let mut auth = Authenticator { seed, last_step: None };
+        let mut auth = Authenticator::new(seed);
         let code = auth.code().await;
-        let patch = serde_json::json!({"spec": {"confirmation": code}});
-        as_user.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("confirmation");
+        self.confirm(who, user, &code).await;
         self.wait_enrollment(user, EnrollmentPhase::Active).await;
         auth
     }
 
-    /// Annotates the enrollment as approved, as the admin.
+    /// Puts `code` in the enrollment's `spec.confirmation`, sealed for its current key.
+    pub async fn confirm(&self, who: &str, user: &str, code: &str) {
+        let as_user: Api<StepUpEnrollment> = Api::all(self.env.client(who).await);
+        let name = stepup_api::enrollment_name(user);
+        let e = as_user.get(&name).await.expect("enrollment");
+        let key = e.status.as_ref().and_then(|s| s.response_key.clone()).expect("the controller publishes its key");
+        let sealed = sealed_confirmation(&e, code, EnrollmentPurpose::Confirmation, &key);
+        let patch = serde_json::json!({"spec": {"confirmation": sealed}});
+        as_user.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("confirmation");
+    }
+
+    /// The admin's authenticator. Admins need a fresh grant of their own to approve, reset or
+    /// unlock others, so the admin is enrolled once per control plane through the bootstrap, as
+    /// README and NOTES tell a one-admin team, and the seed is remembered in the e2e directory.
+    pub async fn admin_authenticator(&self) -> Authenticator {
+        let file = PathBuf::from(self.env.var("STEPUP_E2E_DIR")).join("admin-authenticator");
+        let enrollments: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let enrolled = enrollments
+            .get_opt(&stepup_api::enrollment_name("admin"))
+            .await
+            .ok()
+            .flatten()
+            .filter(|e| e.status.as_ref().and_then(|s| s.phase) == Some(EnrollmentPhase::Active))
+            .and_then(|e| e.status.and_then(|s| s.enrolled_key_fingerprint));
+        if let (Ok(text), Some(fp)) = (std::fs::read_to_string(&file), enrolled) {
+            let fields: Vec<&str> = text.split_whitespace().collect();
+            if let [seed, key, step] = fields[..]
+                && key == fp
+            {
+                let seed =
+                    (0..seed.len()).step_by(2).filter_map(|i| u8::from_str_radix(&seed[i..i + 2], 16).ok()).collect();
+                return Authenticator { seed, last_step: step.parse().ok() };
+            }
+        }
+        let (auth, fp) = self.bootstrap_admin().await;
+        self.remember_admin(&auth, &fp);
+        auth
+    }
+
+    /// Saves the admin's authenticator (seed, enrolled key fingerprint, last step) for later scenarios.
+    pub fn remember_admin(&self, auth: &Authenticator, fp: &str) {
+        let file = PathBuf::from(self.env.var("STEPUP_E2E_DIR")).join("admin-authenticator");
+        let seed: String = auth.seed.iter().map(|b| format!("{b:02x}")).collect();
+        let step = auth.last_step.map(|s| s.to_string()).unwrap_or_else(|| "0".into());
+        std::fs::write(file, format!("{seed} {fp} {step}\n")).expect("admin authenticator saved");
+    }
+
+    /// Starts over as a fresh installation: nobody enrolled, no bootstrap record, the controller
+    /// restarted (it opens the bootstrap window), then the admin enrolls through the bootstrap.
+    pub async fn bootstrap_admin(&self) -> (Authenticator, String) {
+        {
+            let _paused = ScriptControllerPaused::new();
+            self.forget_everyone().await;
+        }
+        let key = EphemeralKey::generate();
+        let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let mut e = StepUpEnrollment::new(
+            &stepup_api::enrollment_name("admin"),
+            StepUpEnrollmentSpec {
+                user: "admin".into(),
+                method: Method::Totp,
+                public_key: key.public_key_b64(),
+                confirmation: None,
+                bootstrap: true,
+            },
+        );
+        e.metadata.labels =
+            Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value("admin"))].into_iter().collect());
+        eventually(Duration::from_secs(30), || async { Ok(api.create(&PostParams::default(), &e).await?) })
+            .await
+            .expect("the admin's enrollment");
+        let auth = self.finish_enrollment("admin", "admin", &key).await;
+        (auth, fingerprint(&key.public_key_b64()))
+    }
+
+    /// Removes every enrollment, factor and the bootstrap record (while the controller is stopped).
+    pub async fn forget_everyone(&self) {
+        let enrollments: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let _ = enrollments.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
+        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), "stepup-system");
+        let managed = ListParams::default().labels("app.kubernetes.io/managed-by=stepup");
+        let _ = secrets.delete_collection(&DeleteParams::default(), &managed).await;
+        let _ = secrets.delete("stepup-bootstrap", &DeleteParams::default()).await;
+        eventually(Duration::from_secs(20), || async {
+            let left =
+                enrollments.list(&ListParams::default()).await?.items.len() + secrets.list(&managed).await?.items.len();
+            if left == 0 { Ok(()) } else { bail!("{left} enrollments and factors left") }
+        })
+        .await
+        .expect("everyone forgotten");
+    }
+
+    /// Makes sure the admin holds a grant fresh enough for admin acts (the built-in policy
+    /// accepts grants up to 15 minutes old; this renews them after 10).
+    pub async fn admin_steps_up(&self) {
+        let fresh = self.grants_of("admin").await.into_iter().any(|g| {
+            g.metadata.deletion_timestamp.is_none()
+                && g.spec.issued_at.0 > Timestamp::now() - SignedDuration::from_mins(10)
+                && g.spec.expires_at.0 > Timestamp::now() + SignedDuration::from_mins(1)
+        });
+        if fresh {
+            return;
+        }
+        let mut auth = self.admin_authenticator().await;
+        for _ in 0..3 {
+            let code = auth.code().await;
+            let c = self.challenge("admin", "admin", "uid-admin", &code, Some("e2e admin act")).await;
+            let fp = Api::<StepUpEnrollment>::all(self.admin.clone())
+                .get(&stepup_api::enrollment_name("admin"))
+                .await
+                .ok()
+                .and_then(|e| e.status.and_then(|s| s.enrolled_key_fingerprint))
+                .unwrap_or_default();
+            self.remember_admin(&auth, &fp);
+            if c.status.as_ref().and_then(|s| s.phase) == Some(ChallengePhase::Verified) {
+                return;
+            }
+        }
+        panic!("the admin could not step up");
+    }
+
+    /// The admin approves the key the enrollment carries now, as `kubectl stepup approve --key` does.
     pub async fn approve(&self, user: &str) {
         let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
-        let patch = serde_json::json!({"metadata": {"annotations": {stepup_api::APPROVED_BY_ANNOTATION: "admin"}}});
+        let e = api.get(&stepup_api::enrollment_name(user)).await.expect("enrollment");
+        self.approve_key(user, &fingerprint(&e.spec.public_key)).await.expect("approved");
+    }
+
+    /// The admin approves `fingerprint` for `user`'s enrollment (the API server may refuse).
+    pub async fn approve_key(&self, user: &str, fingerprint: &str) -> Result<StepUpEnrollment, kube::Error> {
+        self.admin_steps_up().await;
+        let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let patch = serde_json::json!({"metadata": {"annotations": {
+            stepup_api::APPROVED_BY_ANNOTATION: "admin",
+            stepup_api::APPROVED_KEY_ANNOTATION: fingerprint,
+            stepup_api::APPROVED_AT_ANNOTATION: Timestamp::now().to_string(),
+        }}});
+        api.patch(&stepup_api::enrollment_name(user), &PatchParams::default(), &Patch::Merge(&patch)).await
+    }
+
+    /// The admin unlocks `user`, as `kubectl stepup unlock` does.
+    pub async fn unlock(&self, user: &str) {
+        self.admin_steps_up().await;
+        let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        let patch = serde_json::json!({"metadata": {"annotations": {stepup_api::UNLOCK_BY_ANNOTATION: "admin"}}});
         api.patch(&stepup_api::enrollment_name(user), &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .expect("approved");
+            .expect("unlocked");
     }
 
     pub async fn wait_enrollment(&self, user: &str, phase: EnrollmentPhase) -> StepUpEnrollment {
@@ -412,6 +634,15 @@ impl World {
         })
         .await
         .expect("enrollment phase")
+    }
+
+    /// The response key `user`'s enrollment publishes, or the one derived from the key file.
+    pub async fn response_key_for(&self, user: &str) -> String {
+        let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        match api.get_opt(&stepup_api::enrollment_name(user)).await.ok().flatten() {
+            Some(e) => e.status.and_then(|s| s.response_key).unwrap_or_else(|| self.env.response_key()),
+            None => self.env.response_key(),
+        }
     }
 
     /// Creates a challenge as `who` and waits for the controller's verdict.
@@ -427,6 +658,7 @@ impl World {
         self.verdict(&created.name_any()).await
     }
 
+    /// Creates a challenge as `who`, the code sealed as the plugin seals it.
     pub async fn create_challenge(
         &self,
         who: &str,
@@ -436,24 +668,18 @@ impl World {
         reason: Option<&str>,
         duration: Option<&str>,
     ) -> Result<StepUpChallenge, kube::Error> {
+        let key = self.response_key_for(user).await;
+        self.create_raw_challenge(who, &sealed_challenge(user, uid, code, reason, duration, &key)).await
+    }
+
+    /// Creates `challenge` as `who`, exactly as given.
+    pub async fn create_raw_challenge(
+        &self,
+        who: &str,
+        challenge: &StepUpChallenge,
+    ) -> Result<StepUpChallenge, kube::Error> {
         let api: Api<StepUpChallenge> = Api::all(self.env.client(who).await);
-        let mut c = StepUpChallenge::new(
-            "",
-            StepUpChallengeSpec {
-                user: user.into(),
-                uid: (!uid.is_empty()).then(|| uid.to_owned()),
-                method: Method::Totp,
-                response: Some(code.into()),
-                reason: reason.map(Into::into),
-                duration: duration.map(|d| d.parse().expect("duration")),
-                scope: GrantScope::default(),
-            },
-        );
-        c.metadata.name = None;
-        c.metadata.generate_name = Some(format!("{}-", stepup_api::name_prefix(user, 40)));
-        c.metadata.labels =
-            Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value(user))].into_iter().collect());
-        api.create(&PostParams::default(), &c).await
+        api.create(&PostParams::default(), challenge).await
     }
 
     /// Waits until the challenge is no longer Pending.
@@ -487,6 +713,29 @@ impl World {
             .filter(|e| e.reason.as_deref() == Some(reason))
             .collect()
     }
+
+    /// Waits for an Event with `reason` whose note contains `needle`; returns the note.
+    pub async fn wait_event(&self, reason: &str, needle: &str) -> String {
+        eventually(Duration::from_secs(15), || async {
+            self.events(reason)
+                .await
+                .into_iter()
+                .filter_map(|e| e.note)
+                .find(|n| n.contains(needle))
+                .ok_or_else(|| anyhow::anyhow!("no {reason} event mentioning {needle:?}"))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// The controller's metrics (the process stepup.sh runs).
+pub async fn controller_metric_sum(env: &Env, family: &str) -> f64 {
+    let text = http_get(&format!("{}/metrics", env.var("STEPUP_CONTROLLER_ADMIN_URL"))).await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// JSON lines of a stepup process's log on the audit target.
@@ -532,6 +781,16 @@ impl ControllerProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends a signal (`STOP`, `CONT`) to the process: a stopped controller is a slow one.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Waits for the process to exit on its own; returns its exit code.
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = tokio::time::Instant::now() + timeout;
@@ -547,6 +806,12 @@ impl ControllerProcess {
 
 impl Drop for ControllerProcess {
     fn drop(&mut self) {
+        // A stopped process ignores SIGTERM but not SIGKILL; continue it anyway for a clean exit.
+        let _ = std::process::Command::new("kill")
+            .arg("-CONT")
+            .arg(self.child.id().to_string())
+            .stderr(std::process::Stdio::null())
+            .status();
         self.kill();
     }
 }
@@ -578,5 +843,139 @@ impl Drop for ScriptControllerPaused {
         if !out.is_ok_and(|o| o.status.success()) {
             eprintln!("could not restart the stepup controller");
         }
+    }
+}
+
+// ---------------------------------------------------------------- the plugin, as a person runs it
+
+use std::{
+    process::Stdio,
+    sync::{Arc, Mutex},
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Runs `kubectl stepup` as `who`, with `stdin` as standard input (none when `None`).
+pub async fn plugin(env: &Env, who: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = tokio::process::Command::new(env.var("KUBECTL_STEPUP_BIN"));
+    cmd.arg("--kubeconfig")
+        .arg(env.kubeconfig(who))
+        .args(args)
+        .env("KUBECTL", env.var("KUBECTL"))
+        .env_remove("KUBECONFIG")
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl-stepup runs");
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(text.as_bytes()).await.expect("stdin");
+    }
+    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("kubectl-stepup finishes")
+        .expect("output")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+pub fn show(out: &Output) -> String {
+    format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// RFC 4648 base32 (no padding), as in the otpauth URI.
+pub fn base32_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
+    for c in text.bytes() {
+        let value = ALPHABET.iter().position(|a| *a == c).expect("base32 character") as u32;
+        buffer = (buffer << 5) | value;
+        bits += 5;
+        if bits >= 8 {
+            out.push((buffer >> (bits - 8)) as u8);
+            bits -= 8;
+        }
+    }
+    out
+}
+
+pub fn shell_quote(arg: &str) -> String {
+    format!("'{}'", arg.replace('\'', r"'\''"))
+}
+
+/// `kubectl stepup` in a pseudo-terminal, as a person would run it.
+pub struct Terminal {
+    child: tokio::process::Child,
+    input: tokio::process::ChildStdin,
+    screen: Arc<Mutex<String>>,
+}
+
+impl Terminal {
+    pub fn spawn(env: &Env, who: &str, args: &[&str]) -> Self {
+        let kubeconfig = env.kubeconfig(who).display().to_string();
+        let command: Vec<String> = [env.var("KUBECTL_STEPUP_BIN"), "--kubeconfig", &kubeconfig]
+            .into_iter()
+            .chain(args.iter().copied())
+            .map(shell_quote)
+            .collect();
+        let mut child = tokio::process::Command::new("script")
+            .args(["-qefc", &command.join(" "), "/dev/null"])
+            .env("KUBECTL", env.var("KUBECTL"))
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("script(1) from util-linux runs");
+        let input = child.stdin.take().expect("stdin");
+        let screen = Arc::new(Mutex::new(String::new()));
+        for mut pipe in [
+            Box::new(child.stdout.take().expect("stdout")) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+            Box::new(child.stderr.take().expect("stderr")),
+        ] {
+            let screen = screen.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buffer).await {
+                    if n == 0 {
+                        break;
+                    }
+                    screen.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
+                }
+            });
+        }
+        Self { child, input, screen }
+    }
+
+    pub fn screen(&self) -> String {
+        self.screen.lock().unwrap().clone()
+    }
+
+    /// Waits until the screen shows `needle` after position `from`; returns the position after it.
+    pub async fn expect(&self, needle: &str, from: usize, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let screen = self.screen();
+            if let Some(at) = screen.get(from..).and_then(|s| s.find(needle)) {
+                return from + at + needle.len();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "waited for {needle:?}; the terminal shows:\n{screen}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn type_line(&mut self, line: &str) {
+        self.input.write_all(format!("{line}\n").as_bytes()).await.expect("typing");
+        self.input.flush().await.expect("typing");
+    }
+
+    pub async fn exit_code(mut self) -> (i32, String) {
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("the plugin exits")
+            .expect("exit status");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (status.code().unwrap_or(-1), self.screen())
     }
 }

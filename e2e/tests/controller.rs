@@ -8,6 +8,7 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
+use kube_stepup::verify::response::EnrollmentPurpose;
 use kube_stepup::{
     api::{
         self, ChallengePhase, EnrollmentPhase, GrantPhase, Method, Operation::*, StepUpEnrollment, StepUpEnrollmentSpec,
@@ -15,7 +16,9 @@ use kube_stepup::{
     testing::policy,
     verify::{seal::EphemeralKey, totp},
 };
-use stepup_e2e::{ControllerProcess, ScriptControllerPaused, World, audit_lines, eventually, refusal};
+use stepup_e2e::{
+    ControllerProcess, ScriptControllerPaused, World, audit_lines, eventually, refusal, sealed_confirmation,
+};
 
 const ALICE_UID: &str = "uid-alice-1";
 
@@ -167,13 +170,11 @@ async fn failures_are_rate_limited_then_lock_the_user_until_an_admin_resets() {
     assert!(message(&locked).contains("locked"), "even a right code is refused: {}", message(&locked));
     assert!(!world.events("UserLocked").await.is_empty());
 
-    // Alice cannot reset herself; the admin can.
+    // Alice cannot unlock herself; the admin can.
     let as_alice: Api<StepUpEnrollment> = Api::all(world.env.client("alice").await);
-    let reset = serde_json::json!({"metadata": {"annotations": {api::RESET_BY_ANNOTATION: "alice"}}});
-    refusal(as_alice.patch(&api::enrollment_name("alice"), &PatchParams::default(), &Patch::Merge(&reset)).await);
-    let as_admin: Api<StepUpEnrollment> = Api::all(world.admin.clone());
-    let reset = serde_json::json!({"metadata": {"annotations": {api::RESET_BY_ANNOTATION: "admin"}}});
-    as_admin.patch(&api::enrollment_name("alice"), &PatchParams::default(), &Patch::Merge(&reset)).await.unwrap();
+    let unlock = serde_json::json!({"metadata": {"annotations": {api::UNLOCK_BY_ANNOTATION: "alice"}}});
+    refusal(as_alice.patch(&api::enrollment_name("alice"), &PatchParams::default(), &Patch::Merge(&unlock)).await);
+    world.unlock("alice").await;
     world.wait_enrollment("alice", EnrollmentPhase::Active).await;
     let ok = world.challenge("alice", "alice", ALICE_UID, &auth.code().await, None).await;
     assert_eq!(phase(&ok), ChallengePhase::Verified, "{}", message(&ok));
@@ -196,6 +197,7 @@ async fn nobody_creates_challenges_or_enrollments_for_someone_else() {
             method: Method::Totp,
             public_key: EphemeralKey::generate().public_key_b64(),
             confirmation: None,
+            bootstrap: false,
         },
     );
     for_bob.metadata.labels = None;
@@ -255,15 +257,21 @@ async fn first_enrollment_needs_an_admin_and_nobody_approves_themselves() {
             method: Method::Totp,
             public_key: key.public_key_b64(),
             confirmation: None,
+            bootstrap: false,
         },
     );
     e.metadata.labels = None;
     as_bob.create(&PostParams::default(), &e).await.unwrap();
     let pending = world.wait_enrollment("bob", EnrollmentPhase::PendingApproval).await;
     assert!(pending.status.unwrap().sealed_secret.is_none(), "no seed before approval");
+    let fp = kube_stepup::verify::seal::fingerprint(&key.public_key_b64());
     for who in ["bob", "alice"] {
         let api: Api<StepUpEnrollment> = Api::all(world.env.client(who).await);
-        let approve = serde_json::json!({"metadata": {"annotations": {api::APPROVED_BY_ANNOTATION: who}}});
+        let approve = serde_json::json!({"metadata": {"annotations": {
+            api::APPROVED_BY_ANNOTATION: who,
+            api::APPROVED_KEY_ANNOTATION: fp,
+            api::APPROVED_AT_ANNOTATION: jiff::Timestamp::now().to_string(),
+        }}});
         refusal(api.patch(&api::enrollment_name("bob"), &PatchParams::default(), &Patch::Merge(&approve)).await);
     }
     // Bob cannot remove his enrollment either (that would reopen first enrollment to whoever holds his credentials).
@@ -273,37 +281,47 @@ async fn first_enrollment_needs_an_admin_and_nobody_approves_themselves() {
     world.unenroll("bob").await;
 }
 
+/// The `LastCode` condition's message, once it reports on `generation` or later.
+fn last_code(e: &StepUpEnrollment, generation: i64) -> Option<(bool, String)> {
+    kube_stepup::plugin::enroll::last_code(e, generation)
+}
+
 #[tokio::test]
-async fn reenrollment_needs_a_current_code_from_the_old_device_or_an_admin_reset() {
+async fn reenrollment_needs_a_current_code_from_the_old_device_or_an_admin_approval() {
     let world = World::new().await;
     let mut old = world.enroll("alice", "alice").await;
     let as_alice: Api<StepUpEnrollment> = Api::all(world.env.client("alice").await);
     let name = api::enrollment_name("alice");
+    let response_key = world.response_key_for("alice").await;
 
-    // An attacker with alice's credentials but not her device tries to enroll their own.
+    // An attacker with alice's credentials but not her device tries to enroll their own key,
+    // with a guessed code sealed exactly as the plugin would seal it.
     let attacker = EphemeralKey::generate();
-    let patch = serde_json::json!({"spec": {"publicKey": attacker.public_key_b64(), "confirmation": old.wrong_code()}});
-    as_alice.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
-    let status = eventually(Duration::from_secs(15), || async {
-        let status = as_alice.get(&name).await?.status.unwrap_or_default();
-        if status.message.as_deref().unwrap_or_default().contains("re-enrollment code refused") {
-            Ok(status)
-        } else {
-            anyhow::bail!("status so far: {status:?}")
-        }
+    let mut wanted = as_alice.get(&name).await.unwrap();
+    wanted.spec.public_key = attacker.public_key_b64();
+    let guess = sealed_confirmation(&wanted, &old.wrong_code(), EnrollmentPurpose::Reenrollment, &response_key);
+    let patch = serde_json::json!({"spec": {"publicKey": attacker.public_key_b64(), "confirmation": guess}});
+    let patched = as_alice.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let generation = patched.metadata.generation.unwrap();
+    let (accepted, message) = eventually(Duration::from_secs(15), || async {
+        last_code(&as_alice.get(&name).await?, generation).ok_or_else(|| anyhow::anyhow!("not checked yet"))
     })
     .await
     .unwrap();
+    assert!(!accepted && message.contains("re-enrollment code refused"), "{message}");
+    let status = as_alice.get(&name).await.unwrap().status.unwrap_or_default();
     assert!(status.sealed_secret.is_none(), "no seed sealed to the attacker's key");
 
     // Alice, with her old device, re-enrolls.
     let new_key = EphemeralKey::generate();
-    let patch = serde_json::json!({"spec": {"publicKey": new_key.public_key_b64(), "confirmation": old.code().await}});
+    let mut wanted = as_alice.get(&name).await.unwrap();
+    wanted.spec.public_key = new_key.public_key_b64();
+    let proof = sealed_confirmation(&wanted, &old.code().await, EnrollmentPurpose::Reenrollment, &response_key);
+    let patch = serde_json::json!({"spec": {"publicKey": new_key.public_key_b64(), "confirmation": proof}});
     as_alice.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let e = world.wait_enrollment("alice", EnrollmentPhase::AwaitingConfirmation).await;
     let seed = new_key.open(&e.status.unwrap().sealed_secret.unwrap()).unwrap();
-    let confirm = serde_json::json!({"spec": {"confirmation": totp::code_at(&seed, jiff::Timestamp::now())}});
-    as_alice.patch(&name, &PatchParams::default(), &Patch::Merge(&confirm)).await.unwrap();
+    world.confirm("alice", "alice", &totp::code_at(&seed, jiff::Timestamp::now())).await;
     world.wait_enrollment("alice", EnrollmentPhase::Active).await;
     // The old device no longer works.
     let c = world.challenge("alice", "alice", ALICE_UID, &old.code().await, None).await;

@@ -336,9 +336,12 @@ async fn the_chart_installs_grants_the_documented_rights_and_uninstalls() {
     ]);
     check("controller service account", &["--as", CONTROLLER_SA], asks);
 
-    // The webhook only reads, and publishes Events in its namespace.
-    let mut asks =
-        stepup_matrix(&[("stepuppolicies", &["get", "list", "watch"]), ("stepupgrants", &["get", "list", "watch"])]);
+    // The webhook only reads (challenges too, for the per-user limits), and publishes Events in its namespace.
+    let mut asks = stepup_matrix(&[
+        ("stepuppolicies", &["get", "list", "watch"]),
+        ("stepupgrants", &["get", "list", "watch"]),
+        ("stepupchallenges", &["get", "list", "watch"]),
+    ]);
     asks.extend([
         ask("list", "namespaces", "", true),
         ask("watch", "namespaces", "", true),

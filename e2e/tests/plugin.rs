@@ -3,11 +3,7 @@
 //! (util-linux `script`), where the test plays the person and the authenticator app.
 //! Run with `make e2e` (one test at a time: scenarios share the cluster).
 
-use std::{
-    process::{Output, Stdio},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use kube_stepup::{
@@ -16,41 +12,7 @@ use kube_stepup::{
     verify::totp::{self, code_at},
 };
 use serde_json::Value;
-use stepup_e2e::{Env, World};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn prod_secrets() -> kube_stepup::api::StepUpPolicy {
-    policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build()
-}
-
-/// Runs `kubectl stepup` as `who`, with `stdin` as standard input (none when `None`).
-async fn plugin(env: &Env, who: &str, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut cmd = tokio::process::Command::new(env.var("KUBECTL_STEPUP_BIN"));
-    cmd.arg("--kubeconfig")
-        .arg(env.kubeconfig(who))
-        .args(args)
-        .env("KUBECTL", env.var("KUBECTL"))
-        .env_remove("KUBECONFIG")
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("kubectl-stepup runs");
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(text.as_bytes()).await.expect("stdin");
-    }
-    tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
-        .await
-        .expect("kubectl-stepup finishes")
-        .expect("output")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn show(out: &Output) -> String {
-    format!("exit {:?}\nstdout:\n{}\nstderr:\n{}", out.status.code(), text(&out.stdout), text(&out.stderr))
-}
+use stepup_e2e::{Terminal, World, base32_decode, plugin, show, text};
 
 /// The authenticator app: one code per 30-second step, never the same step twice (the
 /// controller accepts a step once per user).
@@ -80,101 +42,8 @@ impl Authenticator {
     }
 }
 
-/// RFC 4648 base32 (no padding), as in the otpauth URI.
-fn base32_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-    let (mut out, mut buffer, mut bits) = (Vec::new(), 0u32, 0u32);
-    for c in text.bytes() {
-        let value = ALPHABET.iter().position(|a| *a == c).expect("base32 character") as u32;
-        buffer = (buffer << 5) | value;
-        bits += 5;
-        if bits >= 8 {
-            out.push((buffer >> (bits - 8)) as u8);
-            bits -= 8;
-        }
-    }
-    out
-}
-
-fn shell_quote(arg: &str) -> String {
-    format!("'{}'", arg.replace('\'', r"'\''"))
-}
-
-/// `kubectl stepup` in a pseudo-terminal, as a person would run it.
-struct Terminal {
-    child: tokio::process::Child,
-    input: tokio::process::ChildStdin,
-    screen: Arc<Mutex<String>>,
-}
-
-impl Terminal {
-    fn spawn(env: &Env, who: &str, args: &[&str]) -> Self {
-        let kubeconfig = env.kubeconfig(who).display().to_string();
-        let command: Vec<String> = [env.var("KUBECTL_STEPUP_BIN"), "--kubeconfig", &kubeconfig]
-            .into_iter()
-            .chain(args.iter().copied())
-            .map(shell_quote)
-            .collect();
-        let mut child = tokio::process::Command::new("script")
-            .args(["-qefc", &command.join(" "), "/dev/null"])
-            .env("KUBECTL", env.var("KUBECTL"))
-            .env_remove("KUBECONFIG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("script(1) from util-linux runs");
-        let input = child.stdin.take().expect("stdin");
-        let screen = Arc::new(Mutex::new(String::new()));
-        for mut pipe in [
-            Box::new(child.stdout.take().expect("stdout")) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-            Box::new(child.stderr.take().expect("stderr")),
-        ] {
-            let screen = screen.clone();
-            tokio::spawn(async move {
-                let mut buffer = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buffer).await {
-                    if n == 0 {
-                        break;
-                    }
-                    screen.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
-                }
-            });
-        }
-        Self { child, input, screen }
-    }
-
-    fn screen(&self) -> String {
-        self.screen.lock().unwrap().clone()
-    }
-
-    /// Waits until the screen shows `needle` after position `from`; returns the position after it.
-    async fn expect(&self, needle: &str, from: usize, timeout: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let screen = self.screen();
-            if let Some(at) = screen.get(from..).and_then(|s| s.find(needle)) {
-                return from + at + needle.len();
-            }
-            assert!(tokio::time::Instant::now() < deadline, "waited for {needle:?}; the terminal shows:\n{screen}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn type_line(&mut self, line: &str) {
-        self.input.write_all(format!("{line}\n").as_bytes()).await.expect("typing");
-        self.input.flush().await.expect("typing");
-    }
-
-    async fn exit_code(mut self) -> (i32, String) {
-        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
-            .await
-            .expect("the plugin exits")
-            .expect("exit status");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        (status.code().unwrap_or(-1), self.screen())
-    }
+fn prod_secrets() -> kube_stepup::api::StepUpPolicy {
+    policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build()
 }
 
 /// `kubectl stepup enroll` as alice in a terminal, with the admin approving on the side;
@@ -182,12 +51,17 @@ impl Terminal {
 /// first code typed is wrong (it counts against the rate limit, so only one scenario does it).
 async fn enroll_alice(world: &World, typo: bool) -> Authenticator {
     world.unenroll("alice").await;
+    world.admin_steps_up().await;
     let mut term = Terminal::spawn(&world.env, "alice", &["enroll"]);
-    let at = term.expect("kubectl stepup approve alice", 0, Duration::from_secs(30)).await;
+    let at = term.expect("Your enrollment key fingerprint: ", 0, Duration::from_secs(30)).await;
+    let fingerprint: String = term.screen()[at..].chars().take(29).collect();
+    let at = term.expect("kubectl stepup approve alice --key", at, Duration::from_secs(30)).await;
 
-    let approved = plugin(&world.env, "admin", &["approve", "alice"], None).await;
+    // The admin is shown the fingerprint and must name it: alice reads hers to them.
+    let approved = plugin(&world.env, "admin", &["approve", "alice", "--key", &fingerprint], None).await;
     assert!(approved.status.success(), "{}", show(&approved));
-    assert!(text(&approved.stdout).contains("Approved alice's enrollment"), "{}", show(&approved));
+    assert!(text(&approved.stdout).contains(&format!("asks to enroll key {fingerprint}")), "{}", show(&approved));
+    assert!(text(&approved.stdout).contains("for alice's enrollment"), "{}", show(&approved));
 
     let at = term.expect("URI: otpauth://totp/kube-stepup:alice?secret=", at, Duration::from_secs(30)).await;
     let screen = term.screen();

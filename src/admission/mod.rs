@@ -1,6 +1,7 @@
 //! The admission webhook: AdmissionReview in, decision out, over TLS.
 
 pub mod cache;
+pub mod challenges;
 pub mod events;
 pub mod lookup;
 pub mod review;

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Caches, Readiness, Settings, Webhook, admin_router,
+    Caches, Readiness, Settings, Webhook, admin_router, challenges,
     events::EventReporter,
     lookup::{ApiGrantSource, Bounded},
     router, serve_tls,
@@ -15,7 +15,8 @@ use super::{
     watch,
 };
 use crate::{
-    config::WebhookArgs, decision::DecisionConfig, error::RunError, keys::MasterKey, metrics::Metrics, policy,
+    config::WebhookArgs, decision::DecisionConfig, error::RunError, keys::MasterKey, limits::ChallengeView,
+    metrics::Metrics, policy,
 };
 
 pub fn settings(args: &WebhookArgs) -> Settings {
@@ -31,6 +32,7 @@ pub fn settings(args: &WebhookArgs) -> Settings {
             exempt_users: args.exempt_users.clone(),
             exempt_groups: args.exempt_groups.clone(),
             exempt_namespaces,
+            ..DecisionConfig::default()
         },
         max_body_bytes: args.max_body_bytes,
         lookup_timeout: args.lookup_timeout.as_std(),
@@ -63,11 +65,19 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let stop_watches = CancellationToken::new();
     let timing = watch::WatchTiming::new(args.watch_timeout.as_std().as_secs().clamp(1, 3600) as u32);
     watch::spawn_all(client.clone(), caches.clone(), metrics.clone(), verifier.clone(), timing, stop_watches.clone());
+    let challenge_view = Arc::new(ChallengeView::new(args.challenge_limits.limits()));
+    challenges::spawn(client.clone(), challenge_view.clone(), stop_watches.clone());
+    let mut settings = settings(&args);
+    if !args.protect_policies.is_zero() {
+        settings.decision.admin_acts = Some(Arc::new(policy::builtin::admin_acts(args.protect_policies)));
+    }
+    settings.decision.challenges = Some(challenge_view);
+    settings.decision.challenge_refusals = Some(metrics.challenge_limit_refusals.clone());
 
     let readiness = Arc::new(Readiness::default());
     let state = Arc::new(Webhook {
         caches,
-        settings: settings(&args),
+        settings,
         metrics: metrics.clone(),
         lookup: Some(Arc::new(Bounded::new(
             ApiGrantSource::new(client.clone(), verifier, metrics.clone()),

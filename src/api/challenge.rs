@@ -1,5 +1,7 @@
-//! `StepUpChallenge`: a user's request for a grant, carrying the one-time code.
+//! `StepUpChallenge`: a user's request for a grant, carrying the one-time code sealed to the
+//! controller's key. No I/O.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -7,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::{Condition, Duration, GrantScope, Method};
 
 /// A StepUpChallenge asks the stepup controller for a grant. The user creates it (usually with
-/// `kubectl stepup request`) with a one-time code; the controller verifies the code, issues a
-/// StepUpGrant, scrubs the code and reports the outcome in `status`.
+/// `kubectl stepup request`) with a one-time code sealed to the controller's key and bound to
+/// this very challenge; the controller verifies the code before the deadline, issues a
+/// StepUpGrant, scrubs the sealed code and reports the outcome in `status`. Deleting a pending
+/// challenge withdraws it: no grant is issued for it afterwards.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "stepup.dev",
@@ -21,10 +25,14 @@ use super::{Condition, Duration, GrantScope, Method};
     derive = "PartialEq",
     doc = "StepUpChallenge asks the stepup controller to verify a second factor and issue a StepUpGrant.",
     validation = Rule::new("self.spec.user == oldSelf.spec.user").message("spec.user is immutable"),
+    validation = Rule::new("!has(self.spec.response) || !self.spec.response.matches('^[0-9 -]*$')").message(
+        "spec.response must be the code sealed to the controller's key, not the plain code: update kubectl-stepup"
+    ),
     printcolumn(name = "User", type_ = "string", json_path = ".spec.user"),
     printcolumn(name = "Method", type_ = "string", json_path = ".spec.method"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Grant", type_ = "string", json_path = ".status.grantRef.name"),
+    printcolumn(name = "Deadline", type_ = "date", json_path = ".spec.deadline"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -42,9 +50,12 @@ pub struct StepUpChallengeSpec {
     #[serde(default = "default_method")]
     pub method: Method,
 
-    /// The one-time code. Removed by the controller once it has been checked.
+    /// The one-time code, sealed (libsodium sealed box, base64) to the controller's response key
+    /// (`status.responseKey` of the user's StepUpEnrollment) together with a digest of this
+    /// challenge's name, user, uid, method, reason, duration, scope and deadline: a copy in
+    /// another challenge is refused. Removed by the controller once it has been checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]{6}$"))]
+    #[schemars(length(max = 4096))]
     pub response: Option<String>,
 
     /// Why the user steps up (incident or ticket). Some policies require one.
@@ -60,6 +71,11 @@ pub struct StepUpChallengeSpec {
     /// Limits the requested grant to some policies and/or namespaces.
     #[serde(default, skip_serializing_if = "GrantScope::is_unrestricted")]
     pub scope: GrantScope,
+
+    /// When the requesting plugin stops waiting. The controller issues no grant after this
+    /// instant less the allowed clock skew, nor after its own challenge timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Time>,
 }
 
 fn default_method() -> Method {
@@ -76,7 +92,7 @@ pub enum ChallengePhase {
     Verified,
     /// The code was wrong, reused, rate-limited or the user is locked; `message` says which.
     Denied,
-    /// Not verified in time.
+    /// Not verified before its deadline.
     Expired,
 }
 

@@ -1,4 +1,4 @@
-//! `StepUpEnrollment`: one per user, binding them to a second factor.
+//! `StepUpEnrollment`: one per user, binding them to a second factor. No I/O.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use super::{Condition, Method};
 
 /// A StepUpEnrollment binds a user to a second factor. The user creates it (with
-/// `kubectl stepup enroll`) carrying an ephemeral public key; the controller generates the TOTP
-/// seed, keeps it in a Secret in its own namespace and returns it sealed to that key, and the
-/// user confirms with a first code. Its name is derived from the username, one per user.
+/// `kubectl stepup enroll`) carrying an ephemeral public key; once an admin approved that very
+/// key (or the user proved the old factor), the controller generates the TOTP seed, keeps it
+/// encrypted in a Secret in its own namespace and returns it sealed to that key, and the user
+/// confirms with a first code. Its name is derived from the username, one per user.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "stepup.dev",
@@ -23,9 +24,13 @@ use super::{Condition, Method};
     derive = "PartialEq",
     doc = "StepUpEnrollment binds a user to a second factor (a TOTP authenticator).",
     validation = Rule::new("self.spec.user == oldSelf.spec.user").message("spec.user is immutable"),
+    validation = Rule::new("!has(self.spec.confirmation) || !self.spec.confirmation.matches('^[0-9 -]*$')").message(
+        "spec.confirmation must be the code sealed to the controller's key, not the plain code: update kubectl-stepup"
+    ),
     printcolumn(name = "User", type_ = "string", json_path = ".spec.user"),
     printcolumn(name = "Method", type_ = "string", json_path = ".spec.method"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Key", type_ = "string", json_path = ".status.keyFingerprint"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -39,14 +44,24 @@ pub struct StepUpEnrollmentSpec {
     pub method: Method,
 
     /// The plugin's ephemeral X25519 public key (32 bytes, base64), to which the controller
-    /// seals the new seed. A new key starts a re-enrollment.
+    /// seals the new seed. A new key starts a re-enrollment and voids any approval or pending
+    /// confirmation made for another key; `status.keyFingerprint` is what admins approve.
     #[schemars(regex(pattern = r"^[A-Za-z0-9+/]{43}=$"))]
     pub public_key: String,
 
-    /// The first code from the authenticator, confirming the user holds the seed.
+    /// A code sealed (base64) to the controller's response key (`status.responseKey`) and bound
+    /// to this enrollment's name, user and public key: the first code of the new seed, or, to
+    /// re-enroll without an admin, a current code of the enrolled authenticator. Removed by the
+    /// controller once checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]{6}$"))]
+    #[schemars(length(max = 4096))]
     pub confirmation: Option<String>,
+
+    /// Ask for the one-time bootstrap: the first enrollment of an admin needs no second admin
+    /// while the bootstrap window after installation is open and nobody has used it. Only
+    /// members of stepup's admin groups may set it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bootstrap: bool,
 }
 
 fn default_method() -> Method {
@@ -59,11 +74,13 @@ pub enum EnrollmentPhase {
     /// Waiting for an admin to approve a first enrollment.
     #[default]
     PendingApproval,
-    /// The sealed seed is in `status.sealedSecret`; waiting for the first code.
+    /// The sealed seed is in `status.sealedSecret`; waiting for the first code (until `confirmBy`).
     AwaitingConfirmation,
     /// Confirmed; challenges can be verified.
     Active,
-    /// Too many consecutive failures; an admin must reset it.
+    /// No code is checked: too many consecutive failures (an admin must unlock), too many
+    /// recent failures (until `lockedUntil`), or a factor that failed its integrity check.
+    /// `message` says which and what to do.
     Locked,
 }
 
@@ -76,13 +93,28 @@ pub struct StepUpEnrollmentStatus {
     /// The TOTP seed sealed to `spec.publicKey` (base64), present only until confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_secret: Option<String>,
+    /// The controller's X25519 public key (base64) to which the plugin seals codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_key: Option<String>,
+    /// Fingerprint of `spec.publicKey`: what the user's plugin shows and an admin approves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    /// Fingerprint of the key the active factor was enrolled with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_key_fingerprint: Option<String>,
+    /// Until when the sealed seed may be confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_by: Option<Time>,
     /// Failed verifications since the last success.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub consecutive_failures: i32,
-    /// When the user was locked out, if they are.
+    /// When the user was locked out after consecutive failures, if they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_at: Option<Time>,
+    /// When locked by the failure rate limit: when codes are checked again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<Time>,
     /// A sentence for the user about the current phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

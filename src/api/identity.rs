@@ -7,11 +7,36 @@ use sha2::{Digest, Sha256};
 /// objects can be listed with a label selector.
 pub const USER_LABEL: &str = "stepup.dev/user";
 
-/// Annotation an admin sets on an enrollment to approve a first enrollment.
+/// Annotation an admin sets on an enrollment to approve an enrollment (a first one, or a
+/// re-enrollment without the old device): the admin's username. Together with
+/// [`APPROVED_KEY_ANNOTATION`] and [`APPROVED_AT_ANNOTATION`]; the controller consumes all three.
 pub const APPROVED_BY_ANNOTATION: &str = "stepup.dev/approved-by";
 
-/// Annotation an admin sets on an enrollment to reset a lockout or allow re-enrollment.
-pub const RESET_BY_ANNOTATION: &str = "stepup.dev/reset-by";
+/// The fingerprint of the one key an approval is for ([`crate::verify::seal::fingerprint`]).
+pub const APPROVED_KEY_ANNOTATION: &str = "stepup.dev/approved-key";
+
+/// When the admin approved (RFC 3339); the approval is void after the controller's window.
+pub const APPROVED_AT_ANNOTATION: &str = "stepup.dev/approved-at";
+
+/// Annotation an admin sets on an enrollment to clear a lockout, and nothing else.
+pub const UNLOCK_BY_ANNOTATION: &str = "stepup.dev/unlock-by";
+
+/// The annotation older plugins set to reset an enrollment; refused now (see
+/// [`UNLOCK_BY_ANNOTATION`] and [`APPROVED_BY_ANNOTATION`]).
+pub const LEGACY_RESET_BY_ANNOTATION: &str = "stepup.dev/reset-by";
+
+/// The annotations only an admin may set on another user's enrollment.
+pub const ADMIN_ANNOTATIONS: [&str; 5] = [
+    APPROVED_BY_ANNOTATION,
+    APPROVED_KEY_ANNOTATION,
+    APPROVED_AT_ANNOTATION,
+    UNLOCK_BY_ANNOTATION,
+    LEGACY_RESET_BY_ANNOTATION,
+];
+
+/// Finalizer on challenges: a deleted (withdrawn) challenge stays visible until the controller
+/// has made sure no grant was issued for it.
+pub const WITHDRAWAL_FINALIZER: &str = "stepup.dev/withdrawal";
 
 /// Prefix of every service account username.
 pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";

@@ -1,28 +1,43 @@
-//! StepUpChallenge: verify the code, record its use, issue the grant, report. Order matters:
-//! the spent time step is persisted (with optimistic concurrency) before the grant exists, and
-//! the grant's name derives from the challenge UID, so a crash at any point yields exactly one
-//! grant and never lets a code count twice.
+//! StepUpChallenge: the executor of [`steps::challenge::next_step`]. Order matters: the spent
+//! time step is persisted (with optimistic concurrency) before the grant exists; the grant's
+//! name derives from the challenge UID, so a crash at any point yields exactly one grant; the
+//! Verified status is written only if the challenge is unchanged since it was read, so a
+//! withdrawal that raced the issuing is noticed and the grant revoked. I/O.
 
 use std::{collections::BTreeMap, sync::Arc};
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams},
-    runtime::{controller::Action, events::EventType},
+    runtime::{controller::Action, events::EventType, reflector::Store},
 };
 use serde_json::json;
 
-use super::{Context, Error, Result, Settings, condition, factor::Verdict, merge_condition};
+use super::{
+    Context, Error, Result, Settings, condition,
+    factor::FactorRead,
+    merge_condition,
+    steps::{
+        Record,
+        challenge::{ChallengeSettings, Facts, Need, Step, Verdicts, may_issue, next_step},
+    },
+};
 use crate::{
     api::{
-        self, ChallengePhase, ChallengeRef, EnrollmentPhase, GrantRef, Method, StepUpChallenge, StepUpChallengeStatus,
-        StepUpEnrollment, StepUpGrant, StepUpGrantSpec,
+        self, ChallengePhase, ChallengeRef, GrantRef, StepUpChallenge, StepUpChallengeStatus, StepUpGrant,
+        StepUpGrantSpec,
     },
-    audit,
-    verify::Rejection,
+    audit, limits,
+    verify::response,
 };
+
+/// The challenge reconciler's context: the shared one, and the controller's cache of
+/// challenges, from which the per-user limits are judged without an API call.
+pub struct ChallengeContext {
+    pub ctx: Arc<Context>,
+    pub store: Store<StepUpChallenge>,
+}
 
 /// The grant a verified challenge earns. Pure: name from the challenge UID, lifetime the
 /// requested duration capped by the maximum.
@@ -47,8 +62,8 @@ pub fn grant_for(challenge: &StepUpChallenge, now: Timestamp, settings: &Setting
             uid: spec.uid.clone().filter(|u| !u.is_empty()),
             method: spec.method,
             reason: spec.reason.clone().filter(|r| !r.trim().is_empty()),
-            issued_at: Time(now),
-            expires_at: Time(now + lifetime),
+            issued_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+            expires_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now + lifetime),
             scope: spec.scope.clone(),
             challenge_ref: Some(ChallengeRef { name: challenge.name_any(), uid }),
             signature: None,
@@ -57,147 +72,271 @@ pub fn grant_for(challenge: &StepUpChallenge, now: Timestamp, settings: &Setting
     }
 }
 
-fn phase(c: &StepUpChallenge) -> ChallengePhase {
-    c.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
-}
-
-fn created(c: &StepUpChallenge) -> Timestamp {
-    c.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now)
-}
-
 fn requeue_at(at: Timestamp, now: Timestamp) -> Action {
     let wait = (at - now).try_into().unwrap_or(std::time::Duration::ZERO);
     Action::requeue(wait.max(std::time::Duration::from_secs(1)))
 }
 
-/// A sentence for the user about a refusal.
-fn rejection_message(why: Rejection) -> &'static str {
-    match why {
-        Rejection::Malformed => "the code must be 6 digits",
-        Rejection::Wrong => "wrong code: check the code and your device's clock, then try the next code",
-        Rejection::Replayed => "this code was already used; wait for the next code",
+pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext>) -> Result<Action> {
+    let ctx = cc.ctx.as_ref();
+    let c = challenge.as_ref();
+    let settings = ChallengeSettings {
+        timeout: ctx.settings.challenge_timeout,
+        ttl: ctx.settings.challenge_ttl,
+        max_clock_skew: ctx.settings.max_clock_skew,
+        limits: ctx.settings.limits,
+        load_limits: ctx.settings.challenge_limits,
+        verifier: ctx.verifier.as_ref(),
+    };
+    let opened =
+        response::open(&ctx.keys.responses, c.spec.response.as_deref(), &[((), response::challenge_binding(c))]);
+    let load = {
+        let all = cc.store.state();
+        limits::load_before(c, all.iter().map(|a| a.as_ref()), ctx.settings.challenge_limits.window)
+    };
+    let mut factor: Option<(Option<k8s_openapi::api::core::v1::Secret>, FactorRead)> = None;
+    let mut grant_exists = None;
+    loop {
+        let facts = Facts {
+            challenge: c,
+            response: &opened,
+            load,
+            factor: factor.as_ref().map(|(_, f)| f),
+            grant_exists,
+            now: Timestamp::now(),
+        };
+        match next_step(&facts, &settings) {
+            Step::Fetch(Need::Factor) => factor = Some(ctx.load_factor(&c.spec.user).await?),
+            Step::Fetch(Need::Grant) => {
+                let grants: Api<StepUpGrant> = Api::all(ctx.client.clone());
+                grant_exists = Some(grants.get_opt(&grant_name(c)).await?.is_some());
+            }
+            Step::Claim => return claim(ctx, c).await,
+            Step::Withdrawn { revoke, record } => return withdrawn(ctx, c, revoke, record).await,
+            Step::Retire { scrub, delete_at } => return retire(ctx, c, scrub, delete_at).await,
+            Step::Idle => return Ok(Action::await_change()),
+            Step::Verdict(v) => {
+                let (secret, read) = factor.unwrap_or((None, FactorRead::Missing));
+                let found = match read {
+                    FactorRead::Found(f) => Some(f),
+                    _ => None,
+                };
+                return verdict(ctx, c, secret.as_ref(), found, v).await;
+            }
+        }
     }
 }
 
-pub async fn reconcile(challenge: Arc<StepUpChallenge>, ctx: Arc<Context>) -> Result<Action> {
-    let now = Timestamp::now();
+fn grant_name(c: &StepUpChallenge) -> String {
+    api::grant_name(&c.spec.user, c.metadata.uid.as_deref().unwrap_or(""))
+}
+
+/// Adds the withdrawal finalizer, on the challenge as it was read.
+async fn claim(ctx: &Context, c: &StepUpChallenge) -> Result<Action> {
+    let mut finalizers = c.metadata.finalizers.clone().unwrap_or_default();
+    finalizers.push(api::WITHDRAWAL_FINALIZER.to_owned());
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": c.metadata.resource_version}});
     let api: Api<StepUpChallenge> = Api::all(ctx.client.clone());
-    let name = challenge.name_any();
-    if challenge.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+    match api.patch(&c.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(Action::await_change()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(Action::await_change()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(format!("challenge {}", c.name_any()))),
+        Err(e) => Err(e.into()),
     }
-    if phase(&challenge) != ChallengePhase::Pending {
-        if challenge.spec.response.is_some() {
-            scrub(&api, &name).await?;
-        }
-        let remove_at = created(&challenge) + ctx.settings.challenge_ttl;
-        if now >= remove_at {
-            api.delete(&name, &DeleteParams::default()).await.map(|_| ()).or_else(ignore_not_found)?;
-            return Ok(Action::await_change());
-        }
-        return Ok(requeue_at(remove_at, now));
-    }
-    if now >= created(&challenge) + ctx.settings.challenge_timeout {
-        let message = format!("not verified within {}", crate::grant::human(ctx.settings.challenge_timeout));
-        finish(&ctx, &challenge, ChallengePhase::Expired, "Expired", &message, None, "expired").await?;
-        return Ok(Action::requeue(std::time::Duration::from_secs(1)));
-    }
-    let spec = &challenge.spec;
-    let Some(response) = spec.response.clone() else {
-        finish(&ctx, &challenge, ChallengePhase::Denied, "NoCode", "no code was given", None, "malformed").await?;
-        return Ok(Action::await_change());
-    };
-    if spec.method != Method::Totp || ctx.verifier.method() != spec.method {
-        let message = format!("method {} is not supported", spec.method);
-        finish(&ctx, &challenge, ChallengePhase::Denied, "UnsupportedMethod", &message, None, "unsupported").await?;
-        return Ok(Action::await_change());
-    }
+}
 
-    let enrollments: Api<StepUpEnrollment> = Api::all(ctx.client.clone());
-    let enrollment = enrollments.get_opt(&api::enrollment_name(&spec.user)).await?;
-    let enrolled_phase = enrollment.as_ref().and_then(|e| e.status.as_ref()).and_then(|s| s.phase);
-    let factor = ctx.load_factor(&spec.user).await?;
-    let (secret, factor) = match (enrolled_phase, factor) {
-        (
-            Some(EnrollmentPhase::Active | EnrollmentPhase::Locked | EnrollmentPhase::AwaitingConfirmation),
-            Some((s, f)),
-        ) if f.seed.is_some() => (s, f),
-        (Some(EnrollmentPhase::PendingApproval), _) => {
-            let message = format!("{} is waiting for an admin to approve the enrollment", spec.user);
-            finish(&ctx, &challenge, ChallengePhase::Denied, "NotEnrolled", &message, None, "not_enrolled").await?;
-            return Ok(Action::await_change());
-        }
-        _ => {
-            let message = format!("{} is not enrolled: run `kubectl stepup enroll` first", spec.user);
-            finish(&ctx, &challenge, ChallengePhase::Denied, "NotEnrolled", &message, None, "not_enrolled").await?;
-            return Ok(Action::await_change());
-        }
-    };
-    let seed = factor.seed.as_ref().map(|s| s.to_vec()).unwrap_or_default();
-    let attempt = challenge.metadata.uid.clone().unwrap_or_else(|| name.clone());
-    let (verdict, next_state) =
-        factor.state.judge(ctx.verifier.as_ref(), &seed, &response, &attempt, now, ctx.settings.limits);
+async fn release(ctx: &Context, c: &StepUpChallenge) -> Result<()> {
+    let finalizers: Vec<String> = c
+        .metadata
+        .finalizers
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f != api::WITHDRAWAL_FINALIZER)
+        .collect();
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": c.metadata.resource_version}});
+    let api: Api<StepUpChallenge> = Api::all(ctx.client.clone());
+    match api.patch(&c.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(format!("challenge {}", c.name_any()))),
+        Err(e) => Err(e.into()),
+    }
+}
 
+/// Revokes the grant a raced issuing left, then lets the deletion finish.
+async fn revoke_grant(ctx: &Context, c: &StepUpChallenge) -> Result<bool> {
+    let grants: Api<StepUpGrant> = Api::all(ctx.client.clone());
+    match grants.delete(&grant_name(c), &DeleteParams::default()).await {
+        Ok(_) => {
+            let record = Record::warning(
+                "GrantWithdrawn",
+                "grant.withdrawn",
+                "revoked",
+                format!(
+                    "grant {} revoked: its challenge {} was withdrawn before the verdict reached it",
+                    grant_name(c),
+                    c.name_any()
+                ),
+            );
+            ctx.record(c, &c.spec.user, c.spec.method.as_str(), &record).await;
+            Ok(true)
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn withdrawn(ctx: &Context, c: &StepUpChallenge, revoke: bool, record: Option<Record>) -> Result<Action> {
+    if revoke {
+        revoke_grant(ctx, c).await?;
+    }
+    if let Some(record) = record {
+        ctx.metrics.challenges.with_label_values(&[c.spec.method.as_str(), "withdrawn"]).inc();
+        ctx.record(c, &c.spec.user, c.spec.method.as_str(), &record).await;
+    }
+    release(ctx, c).await?;
+    Ok(Action::await_change())
+}
+
+async fn retire(ctx: &Context, c: &StepUpChallenge, scrub_response: bool, delete_at: Timestamp) -> Result<Action> {
+    let api: Api<StepUpChallenge> = Api::all(ctx.client.clone());
+    let name = c.name_any();
+    if scrub_response {
+        scrub(&api, &name).await?;
+    }
+    let now = Timestamp::now();
+    if now >= delete_at {
+        api.delete(&name, &DeleteParams::default()).await.map(|_| ()).or_else(ignore_not_found)?;
+        return Ok(Action::await_change());
+    }
+    Ok(requeue_at(delete_at, now))
+}
+
+async fn verdict(
+    ctx: &Context,
+    c: &StepUpChallenge,
+    secret: Option<&k8s_openapi::api::core::v1::Secret>,
+    factor: Option<super::factor::Factor>,
+    mut v: Verdicts,
+) -> Result<Action> {
+    let user = c.spec.user.as_str();
+    let name = c.name_any();
     // Record first: the step is spent (or the failure counted) before anything else happens.
-    if next_state != factor.state {
-        let mut next = factor.clone();
-        next.state = next_state.clone();
-        ctx.store_factor(&spec.user, Some(&secret), &next).await?;
-        if ctx.settings.crash_after_recording && matches!(verdict, Verdict::Accepted { .. }) {
+    if let (Some(state), Some(mut next)) = (v.state.take(), factor) {
+        next.state = state;
+        ctx.store_factor(user, secret, &next).await?;
+        if ctx.settings.crash_after_recording && v.issue {
             tracing::error!(challenge = %name, "test hook: exiting after recording the code's use");
             std::process::exit(86);
         }
     }
-
-    match verdict {
-        Verdict::Accepted { .. } | Verdict::AlreadyAccepted => {
-            let grant = issue(&ctx, &challenge, now).await?;
-            let until = grant.spec.expires_at.0;
-            let message = format!("verified; grant {} is valid until {until}", grant.name_any());
-            ctx.metrics.challenges.with_label_values(&[spec.method.as_str(), "verified"]).inc();
-            finish(
-                &ctx,
-                &challenge,
-                ChallengePhase::Verified,
-                "Verified",
-                &message,
-                Some(grant.name_any()),
-                "verified",
-            )
-            .await?;
-        }
-        Verdict::Rejected { why, locked_now } => {
-            ctx.metrics.challenges.with_label_values(&[spec.method.as_str(), why.as_str()]).inc();
-            let mut message = rejection_message(why).to_owned();
-            if locked_now {
-                message = format!(
-                    "{message}. Too many failed attempts in a row: verification is now locked; ask an admin to run `kubectl stepup reset {}`",
-                    spec.user
-                );
-                lock(&ctx, enrollment.as_ref(), &spec.user, next_state.consecutive_failures).await?;
+    let mut grant = None;
+    if v.issue {
+        if !may_issue(v.issue_before, ctx.settings.max_clock_skew, Timestamp::now()) {
+            v.phase = ChallengePhase::Expired;
+            v.reason = "Expired";
+            v.result = "expired";
+            v.message = "the code was right, but the deadline passed before the grant could be issued: no grant (that code is spent)".into();
+            v.issue = false;
+        } else {
+            if let Some(pause) = ctx.settings.pause_before_issuing {
+                // The window a slow (or stopped) controller can fall into: checked, not yet issued.
+                tracing::warn!(challenge = %name, ?pause, "test hook: pausing between the deadline check and issuing");
+                tokio::time::sleep(pause).await;
             }
-            let reason = match why {
-                Rejection::Malformed => "Malformed",
-                Rejection::Wrong => "WrongCode",
-                Rejection::Replayed => "Replayed",
-            };
-            finish(&ctx, &challenge, ChallengePhase::Denied, reason, &message, None, why.as_str()).await?;
-        }
-        Verdict::RateLimited { retry_after } => {
-            ctx.metrics.challenges.with_label_values(&[spec.method.as_str(), "rate_limited"]).inc();
-            let message = format!("too many failed attempts; try again in {}", crate::grant::human(retry_after));
-            finish(&ctx, &challenge, ChallengePhase::Denied, "RateLimited", &message, None, "rate_limited").await?;
-        }
-        Verdict::Locked => {
-            ctx.metrics.challenges.with_label_values(&[spec.method.as_str(), "locked"]).inc();
-            let message = format!(
-                "verification for {} is locked after too many failed attempts; ask an admin to run `kubectl stepup reset {}`",
-                spec.user, spec.user
-            );
-            finish(&ctx, &challenge, ChallengePhase::Denied, "Locked", &message, None, "locked").await?;
+            grant = Some(issue(ctx, c, Timestamp::now()).await?);
         }
     }
+    if v.phase == ChallengePhase::Verified {
+        let g = grant.as_ref().map(|g| g.name_any()).unwrap_or_default();
+        let until = grant.as_ref().map(|g| g.spec.expires_at.0.to_string()).unwrap_or_default();
+        v.message = format!("verified; grant {g} is valid until {until}");
+    }
+    match write_status(ctx, c, &v, grant.as_ref().map(|g| g.name_any())).await {
+        Ok(()) => {}
+        Err(Error::Conflict(_)) if grant.is_some() => {
+            // Changed since we read it: if the user withdrew it, the grant must not stand.
+            let api: Api<StepUpChallenge> = Api::all(ctx.client.clone());
+            let now = api.get_opt(&name).await?;
+            if now.as_ref().is_none_or(|n| n.metadata.deletion_timestamp.is_some()) {
+                revoke_grant(ctx, c).await?;
+                // Look again soon: the withdrawal itself is then recorded and released.
+                return Ok(Action::requeue(std::time::Duration::from_secs(1)));
+            }
+            return Err(Error::Conflict(format!("challenge {name}")));
+        }
+        Err(e) => return Err(e),
+    }
+    let api: Api<StepUpChallenge> = Api::all(ctx.client.clone());
+    if c.spec.response.is_some() {
+        scrub(&api, &name).await?;
+    }
+    ctx.metrics.challenges.with_label_values(&[c.spec.method.as_str(), v.result]).inc();
+    report(c, &v, grant.as_ref());
+    let note = {
+        let why = c.spec.reason.as_deref().unwrap_or("");
+        format!("{user}: {}{}", v.message, if why.is_empty() { String::new() } else { format!(" (reason: {why})") })
+    };
+    let (event_type, event_reason) = match v.phase {
+        ChallengePhase::Verified => (EventType::Normal, "ChallengeVerified"),
+        ChallengePhase::Expired => (EventType::Normal, "ChallengeExpired"),
+        _ => (EventType::Warning, "ChallengeFailed"),
+    };
+    // Failures are rate-limited per user; successes always recorded.
+    let rate_key = (v.phase != ChallengePhase::Verified).then(|| format!("{event_reason}/{user}"));
+    ctx.evidence.event(c, event_type, event_reason, note, rate_key).await;
+    for record in &v.records {
+        ctx.record(c, user, c.spec.method.as_str(), record).await;
+    }
     Ok(Action::requeue(std::time::Duration::from_secs(1)))
+}
+
+fn report(c: &StepUpChallenge, v: &Verdicts, grant: Option<&StepUpGrant>) {
+    audit::step(&audit::StepRecord {
+        event: match v.phase {
+            ChallengePhase::Verified => "challenge.verified",
+            ChallengePhase::Expired => "challenge.expired",
+            _ => "challenge.denied",
+        },
+        user: &c.spec.user,
+        object: &format!("StepUpChallenge/{}", c.name_any()),
+        result: v.result,
+        method: c.spec.method.as_str(),
+        reason: c.spec.reason.as_deref().unwrap_or(""),
+        grant: &grant.map(|g| g.name_any()).unwrap_or_default(),
+        message: &v.message,
+    });
+}
+
+/// The verdict, written only onto the challenge as it was read: a deletion in between makes
+/// this fail with a conflict.
+async fn write_status(ctx: &Context, c: &StepUpChallenge, v: &Verdicts, grant: Option<String>) -> Result<()> {
+    let api: Api<StepUpChallenge> = Api::all(ctx.client.clone());
+    let existing = c.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let verified = condition(
+        "Verified",
+        v.phase == ChallengePhase::Verified,
+        v.reason,
+        &v.message,
+        c.metadata.generation,
+        Timestamp::now(),
+    );
+    let status = StepUpChallengeStatus {
+        phase: Some(v.phase),
+        grant_ref: grant.map(|name| GrantRef { name }),
+        message: Some(v.message.clone()),
+        conditions: merge_condition(&existing, verified),
+        observed_generation: c.metadata.generation,
+    };
+    let patch = json!({ "metadata": {"resourceVersion": c.metadata.resource_version}, "status": status });
+    match api.patch_status(&c.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+            Err(Error::Conflict(format!("challenge {}", c.name_any())))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Creates the grant, or finds it already there (a retry after a crash).
@@ -235,90 +374,7 @@ async fn issue(ctx: &Context, challenge: &StepUpChallenge, now: Timestamp) -> Re
     }
 }
 
-/// Marks the user's enrollment Locked and leaves the evidence.
-async fn lock(ctx: &Context, enrollment: Option<&StepUpEnrollment>, user: &str, failures: u32) -> Result<()> {
-    ctx.metrics.lockouts.inc();
-    let Some(enrollment) = enrollment else { return Ok(()) };
-    let api: Api<StepUpEnrollment> = Api::all(ctx.client.clone());
-    let message = format!("locked after {failures} consecutive failed verifications; an admin must reset it");
-    let patch = json!({"status": {
-        "phase": EnrollmentPhase::Locked,
-        "consecutiveFailures": failures,
-        "lockedAt": Time(Timestamp::now()),
-        "message": message,
-    }});
-    api.patch_status(&enrollment.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    ctx.evidence.event(enrollment, EventType::Warning, "UserLocked", format!("{user}: {message}"), None).await;
-    audit::step(&audit::StepRecord {
-        event: "enrollment.locked",
-        user,
-        object: &format!("StepUpEnrollment/{}", enrollment.name_any()),
-        result: "locked",
-        method: enrollment.spec.method.as_str(),
-        reason: "",
-        grant: "",
-        message: &message,
-    });
-    Ok(())
-}
-
-/// Writes the final status, scrubs the code, and records the step.
-async fn finish(
-    ctx: &Context,
-    challenge: &StepUpChallenge,
-    phase: ChallengePhase,
-    reason: &str,
-    message: &str,
-    grant: Option<String>,
-    result: &str,
-) -> Result<()> {
-    let api: Api<StepUpChallenge> = Api::all(ctx.client.clone());
-    let name = challenge.name_any();
-    let now = Timestamp::now();
-    let existing = challenge.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    let verified =
-        condition("Verified", phase == ChallengePhase::Verified, reason, message, challenge.metadata.generation, now);
-    let status = StepUpChallengeStatus {
-        phase: Some(phase),
-        grant_ref: grant.clone().map(|name| GrantRef { name }),
-        message: Some(message.to_owned()),
-        conditions: merge_condition(&existing, verified),
-        observed_generation: challenge.metadata.generation,
-    };
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status }))).await?;
-    if challenge.spec.response.is_some() {
-        scrub(&api, &name).await?;
-    }
-    let spec = &challenge.spec;
-    let (event_type, event_reason) = match phase {
-        ChallengePhase::Verified => (EventType::Normal, "ChallengeVerified"),
-        ChallengePhase::Expired => (EventType::Normal, "ChallengeExpired"),
-        _ => (EventType::Warning, "ChallengeFailed"),
-    };
-    let why = spec.reason.as_deref().unwrap_or("");
-    let note =
-        format!("{}: {message}{}", spec.user, if why.is_empty() { String::new() } else { format!(" (reason: {why})") });
-    // Failures are rate-limited per user; successes always recorded.
-    let rate_key = (phase != ChallengePhase::Verified).then(|| format!("{event_reason}/{}", spec.user));
-    ctx.evidence.event(challenge, event_type, event_reason, note, rate_key).await;
-    audit::step(&audit::StepRecord {
-        event: match phase {
-            ChallengePhase::Verified => "challenge.verified",
-            ChallengePhase::Expired => "challenge.expired",
-            _ => "challenge.denied",
-        },
-        user: &spec.user,
-        object: &format!("StepUpChallenge/{name}"),
-        result,
-        method: spec.method.as_str(),
-        reason: why,
-        grant: grant.as_deref().unwrap_or(""),
-        message,
-    });
-    Ok(())
-}
-
-/// Removes the one-time code from the challenge.
+/// Removes the sealed code from the challenge.
 async fn scrub(api: &Api<StepUpChallenge>, name: &str) -> Result<()> {
     let patch = json!({"spec": {"response": null}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ()).or_else(ignore_not_found)
@@ -334,7 +390,7 @@ pub(crate) fn ignore_not_found(e: kube::Error) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{GrantScope, StepUpChallengeSpec};
+    use crate::api::{GrantScope, Method, StepUpChallengeSpec};
 
     fn challenge(duration: Option<&str>) -> StepUpChallenge {
         let mut c = StepUpChallenge::new(
@@ -343,10 +399,11 @@ mod tests {
                 user: "alice".into(),
                 uid: Some("uid-alice-1".into()),
                 method: Method::Totp,
-                response: Some("123456".into()),
+                response: Some("sealed".into()),
                 reason: Some("INC-42".into()),
                 duration: duration.map(|d| d.parse().unwrap()),
                 scope: GrantScope { policies: vec![], namespaces: vec!["prod".into()] },
+                deadline: None,
             },
         );
         c.metadata.uid = Some("0c9a8d74-9cb7-44dd-b98e-09fd62def2f4".into());

@@ -1,7 +1,8 @@
-//! StepUpEnrollment: approve (or self-service), generate the seed, seal it to the plugin's
-//! ephemeral key, confirm the first code; re-enrollment needs a current code from the old
-//! device or an admin reset. The seed only ever lives in the factor Secret and, sealed, in
-//! the enrollment's status until confirmation.
+//! StepUpEnrollment: the executor of [`steps::enrollment::next_step`]. It fetches the facts
+//! (the factor Secret, the opened confirmation, the bootstrap), asks the pure decision for the
+//! step, and performs it in a safe order: the bootstrap claim and the factor are written before
+//! anything that depends on them becomes visible. The seed only ever lives encrypted in the
+//! factor Secret and, sealed to the plugin's key, in the enrollment's status until confirmed.
 
 use std::sync::Arc;
 
@@ -10,372 +11,164 @@ use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::{controller::Action, events::EventType},
+    runtime::controller::Action,
 };
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::{
-    Context, Result, condition,
-    factor::{Factor, FactorState, Verdict},
+    Context, Result, bootstrap, condition,
+    factor::{Factor, FactorRead},
     merge_condition,
+    steps::enrollment::{Desired, EnrollmentSettings, Facts, Sealed, Step, next_step},
 };
 use crate::{
-    api::{self, EnrollmentPhase, StepUpEnrollment},
-    audit,
-    verify::{seal, totp},
+    api::{EnrollmentPhase, StepUpEnrollment},
+    verify::{
+        response::{self, EnrollmentPurpose},
+        seal, totp,
+    },
 };
-
-/// A status change to write, as a merge patch.
-#[derive(Default)]
-struct StatusUpdate {
-    phase: Option<EnrollmentPhase>,
-    message: Option<String>,
-    /// `Some(None)` removes the sealed secret.
-    sealed: Option<Option<String>>,
-    failures: Option<u32>,
-    locked_at: Option<Option<Timestamp>>,
-}
-
-fn phase_of(e: &StepUpEnrollment) -> Option<EnrollmentPhase> {
-    e.status.as_ref().and_then(|s| s.phase)
-}
 
 pub async fn reconcile(enrollment: Arc<StepUpEnrollment>, ctx: Arc<Context>) -> Result<Action> {
     if enrollment.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let e = enrollment.as_ref();
-    let user = e.spec.user.as_str();
-    let now = Timestamp::now();
-    let loaded = ctx.load_factor(user).await?;
-    let (secret, mut factor) = match loaded {
-        Some((s, f)) => (Some(s), f),
-        None => (None, Factor::default()),
+    let (secret, factor) = ctx.load_factor(&e.spec.user).await?;
+    let expected = [
+        (EnrollmentPurpose::Confirmation, response::enrollment_binding(e, EnrollmentPurpose::Confirmation)),
+        (EnrollmentPurpose::Reenrollment, response::enrollment_binding(e, EnrollmentPurpose::Reenrollment)),
+    ];
+    let confirmation = response::open(&ctx.keys.responses, e.spec.confirmation.as_deref(), &expected);
+    let bootstrap = bootstrap::view(&ctx);
+    let fresh_seed = totp::generate_seed();
+    let response_key = ctx.keys.responses.public_base64();
+    let settings = EnrollmentSettings {
+        self_service: ctx.settings.self_service_enrollment,
+        approval_window: ctx.settings.approval_window,
+        max_clock_skew: ctx.settings.max_clock_skew,
+        limits: ctx.settings.limits,
+        response_key: &response_key,
+        verifier: ctx.verifier.as_ref(),
     };
-    let limits = ctx.settings.limits;
-
-    // An admin reset: unlock, forget failures, allow re-enrollment without the old device.
-    if let Some(admin) = e.annotations().get(api::RESET_BY_ANNOTATION).cloned() {
-        factor.state = factor.state.reset();
-        ctx.store_factor(user, secret.as_ref(), &factor).await?;
-        let api: Api<StepUpEnrollment> = Api::all(ctx.client.clone());
-        let unmark = json!({"metadata": {"annotations": {api::RESET_BY_ANNOTATION: null}}});
-        api.patch(&e.name_any(), &PatchParams::default(), &Patch::Merge(&unmark)).await?;
-        let phase = if factor.seed.is_some() { EnrollmentPhase::Active } else { EnrollmentPhase::PendingApproval };
-        let message = format!("reset by {admin}: unlocked; the next enrollment needs no code from the old device");
-        update(
-            &ctx,
-            e,
-            StatusUpdate {
-                phase: Some(phase),
-                message: Some(message.clone()),
-                failures: Some(0),
-                locked_at: Some(None),
-                ..Default::default()
-            },
-        )
-        .await?;
-        record(&ctx, e, EventType::Normal, "EnrollmentReset", "enrollment.reset", "reset", &message).await;
-        return Ok(Action::requeue(std::time::Duration::from_secs(1)));
-    }
-
-    if factor.state.locked_at.is_some() {
-        if phase_of(e) != Some(EnrollmentPhase::Locked) {
-            update(
-                &ctx,
-                e,
-                StatusUpdate {
-                    phase: Some(EnrollmentPhase::Locked),
-                    message: Some("locked after too many failed verifications; an admin must reset it".into()),
-                    failures: Some(factor.state.consecutive_failures),
-                    locked_at: Some(factor.state.locked_at),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
-        return Ok(Action::await_change());
-    }
-
-    let key = e.spec.public_key.clone();
-    // A seed is sealed to this key and waits for its first code.
-    if factor.pending_key.as_deref() == Some(key.as_str()) && factor.pending_seed.is_some() {
-        return confirm(&ctx, e, secret.as_ref(), factor, now).await;
-    }
-    // Enrolled with this key: steady state.
-    if factor.seed.is_some() && factor.seed_key.as_deref() == Some(key.as_str()) {
-        if phase_of(e) != Some(EnrollmentPhase::Active) || e.status.as_ref().is_some_and(|s| s.sealed_secret.is_some())
-        {
-            update(
-                &ctx,
-                e,
-                StatusUpdate {
-                    phase: Some(EnrollmentPhase::Active),
-                    message: Some("enrolled".into()),
-                    sealed: Some(None),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
-        if e.spec.confirmation.is_some() {
-            scrub(&ctx, e).await?;
-        }
-        return Ok(Action::await_change());
-    }
-
-    // A new key: a first enrollment, or a re-enrollment.
-    if factor.seed.is_some() {
-        if !factor.state.reenroll_allowed {
-            let Some(code) = e.spec.confirmation.clone() else {
-                // Keep a refusal already reported (scrubbing the code brings us back here).
-                let current = e.status.as_ref().and_then(|s| s.message.as_deref()).unwrap_or("");
-                if !current.starts_with("re-enrollment") {
-                    let message = "re-enrollment needs a current code from your existing authenticator in \
-                                   spec.confirmation (kubectl stepup enroll asks for it), or an admin reset";
-                    update(&ctx, e, StatusUpdate { message: Some(message.into()), ..Default::default() }).await?;
-                }
-                return Ok(Action::await_change());
-            };
-            let seed = factor.seed.as_ref().map(|s| s.to_vec()).unwrap_or_default();
-            let attempt = format!("reenroll:{key}");
-            let (verdict, next) = factor.state.judge(ctx.verifier.as_ref(), &seed, &code, &attempt, now, limits);
-            let accepted = matches!(verdict, Verdict::Accepted { .. } | Verdict::AlreadyAccepted);
-            if next != factor.state {
-                factor.state = next;
-                ctx.store_factor(user, secret.as_ref(), &factor).await?;
-            }
-            if !accepted {
-                return refuse_code(&ctx, e, &verdict, &factor.state, "re-enrollment").await;
-            }
-        }
-        factor.state.reenroll_allowed = false;
-    } else {
-        let approved_by = e.annotations().get(api::APPROVED_BY_ANNOTATION).cloned();
-        if approved_by.is_none() && !ctx.settings.self_service_enrollment {
-            if phase_of(e) != Some(EnrollmentPhase::PendingApproval) {
-                let message = format!("waiting for an admin to approve: kubectl stepup approve {user}");
-                update(
-                    &ctx,
-                    e,
-                    StatusUpdate {
-                        phase: Some(EnrollmentPhase::PendingApproval),
-                        message: Some(message.clone()),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-                record(
-                    &ctx,
-                    e,
-                    EventType::Normal,
-                    "EnrollmentPendingApproval",
-                    "enrollment.pending",
-                    "pending",
-                    &message,
-                )
-                .await;
-            }
-            return Ok(Action::await_change());
-        }
-    }
-
-    // Seal a fresh seed to the new key.
-    let seed = totp::generate_seed();
-    let sealed = seal::seal(&key, &seed)?;
-    factor.pending_seed = Some(seed);
-    factor.pending_key = Some(key);
-    ctx.store_factor(user, secret.as_ref(), &factor).await?;
-    if e.spec.confirmation.is_some() {
-        scrub(&ctx, e).await?;
-    }
-    let approval = match e.annotations().get(api::APPROVED_BY_ANNOTATION) {
-        Some(admin) if factor.seed.is_none() => format!(" (approved by {admin})"),
-        _ => String::new(),
+    let facts = Facts {
+        enrollment: e,
+        factor: &factor,
+        confirmation: &confirmation,
+        bootstrap: &bootstrap,
+        fresh_seed: &fresh_seed,
+        now: Timestamp::now(),
     };
-    let message = format!("scan the QR code and confirm with the first code{approval}");
-    update(
-        &ctx,
-        e,
-        StatusUpdate {
-            phase: Some(EnrollmentPhase::AwaitingConfirmation),
-            message: Some(message.clone()),
-            sealed: Some(Some(sealed)),
-            ..Default::default()
-        },
-    )
-    .await?;
-    record(&ctx, e, EventType::Normal, "EnrollmentStarted", "enrollment.started", "sealed", &message).await;
-    Ok(Action::await_change())
+    let step = next_step(&facts, &settings);
+    let current = match &factor {
+        FactorRead::Found(f) => Some(f),
+        _ => None,
+    };
+    execute(&ctx, e, secret.as_ref(), current, step).await
 }
 
-/// The first code of a sealed seed.
-async fn confirm(
+async fn execute(
     ctx: &Context,
     e: &StepUpEnrollment,
     secret: Option<&Secret>,
-    mut factor: Factor,
-    now: Timestamp,
+    current: Option<&Factor>,
+    step: Step,
 ) -> Result<Action> {
     let user = e.spec.user.as_str();
-    let Some(code) = e.spec.confirmation.clone() else {
-        // Waiting for the user; make sure the sealed copy is visible (it is lost if the status
-        // was ever cleared, so seal the pending seed again).
-        let has_sealed = e.status.as_ref().is_some_and(|s| s.sealed_secret.is_some());
-        if !has_sealed || phase_of(e) != Some(EnrollmentPhase::AwaitingConfirmation) {
-            let pending = factor.pending_seed.as_ref().map(|s| s.to_vec()).unwrap_or_default();
-            let sealed = seal::seal(&e.spec.public_key, &pending)?;
-            update(
-                ctx,
-                e,
-                StatusUpdate {
-                    phase: Some(EnrollmentPhase::AwaitingConfirmation),
-                    message: Some("scan the QR code and confirm with the first code".into()),
-                    sealed: Some(Some(sealed)),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        }
-        return Ok(Action::await_change());
-    };
-    let pending = factor.pending_seed.as_ref().map(|s| s.to_vec()).unwrap_or_default();
-    let (verdict, next) =
-        factor.state.judge_confirmation(ctx.verifier.as_ref(), &pending, &code, now, ctx.settings.limits);
-    factor.state = next;
-    if let Verdict::Accepted { .. } = verdict {
-        factor.seed = factor.pending_seed.take();
-        factor.seed_key = factor.pending_key.take();
-        ctx.store_factor(user, secret, &factor).await?;
-        scrub(ctx, e).await?;
-        update(
-            ctx,
-            e,
-            StatusUpdate {
-                phase: Some(EnrollmentPhase::Active),
-                message: Some("enrolled".into()),
-                sealed: Some(None),
-                failures: Some(0),
-                ..Default::default()
-            },
-        )
-        .await?;
-        ctx.metrics.challenges.with_label_values(&[e.spec.method.as_str(), "enrolled"]).inc();
-        record(ctx, e, EventType::Normal, "EnrollmentConfirmed", "enrollment.confirmed", "enrolled", "enrolled").await;
-        return Ok(Action::await_change());
-    }
-    ctx.store_factor(user, secret, &factor).await?;
-    refuse_code(ctx, e, &verdict, &factor.state, "confirmation").await
-}
-
-/// Reports a code that did not do, and locks when that was one failure too many.
-async fn refuse_code(
-    ctx: &Context,
-    e: &StepUpEnrollment,
-    verdict: &Verdict,
-    state: &FactorState,
-    what: &str,
-) -> Result<Action> {
-    scrub(ctx, e).await?;
-    let (phase, message) = match verdict {
-        Verdict::Rejected { why, locked_now: true } => {
-            ctx.metrics.lockouts.inc();
-            (
-                Some(EnrollmentPhase::Locked),
-                format!("{what} code refused ({why}); locked after too many failures, an admin must reset it"),
-            )
-        }
-        Verdict::Rejected { why, .. } => (None, format!("{what} code refused: {why}")),
-        Verdict::RateLimited { retry_after } => {
-            (None, format!("too many failed attempts; try again in {}", crate::grant::human(*retry_after)))
-        }
-        Verdict::Locked => (Some(EnrollmentPhase::Locked), "locked; an admin must reset it".into()),
-        Verdict::Accepted { .. } | Verdict::AlreadyAccepted => (None, String::new()),
-    };
-    update(
-        ctx,
-        e,
-        StatusUpdate {
-            phase,
-            message: Some(message.clone()),
-            failures: Some(state.consecutive_failures),
-            locked_at: state.locked_at.map(Some),
-            ..Default::default()
-        },
-    )
-    .await?;
-    let reason = if phase == Some(EnrollmentPhase::Locked) { "UserLocked" } else { "EnrollmentCodeRefused" };
-    ctx.metrics.challenges.with_label_values(&[e.spec.method.as_str(), verdict.label()]).inc();
-    record(ctx, e, EventType::Warning, reason, "enrollment.refused", verdict.label(), &message).await;
-    Ok(Action::await_change())
-}
-
-async fn update(ctx: &Context, e: &StepUpEnrollment, u: StatusUpdate) -> Result<()> {
     let api: Api<StepUpEnrollment> = Api::all(ctx.client.clone());
-    let mut status = serde_json::Map::new();
-    let phase = u.phase.or_else(|| phase_of(e));
-    if let Some(p) = u.phase {
-        status.insert("phase".into(), json!(p));
+    let name = e.name_any();
+    if let Some(change) = &step.bootstrap {
+        bootstrap::apply(ctx, change, user).await?;
     }
-    if let Some(m) = &u.message {
-        status.insert("message".into(), json!(m));
+    if let Some(factor) = &step.factor {
+        ctx.store_factor(user, secret, factor).await?;
     }
-    if let Some(sealed) = u.sealed {
-        status.insert("sealedSecret".into(), sealed.map_or(Value::Null, Value::String));
+    let factor = step.factor.as_ref().or(current);
+    write_status(ctx, e, &step.status, factor).await?;
+    if step.scrub_confirmation && e.spec.confirmation.is_some() {
+        let patch = json!({"spec": {"confirmation": null}});
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
     }
-    if let Some(f) = u.failures {
-        status.insert("consecutiveFailures".into(), json!(f));
+    if !step.unmark.is_empty() {
+        let marks: Map<String, Value> = step.unmark.iter().map(|k| ((*k).to_owned(), Value::Null)).collect();
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": marks}}))).await?;
     }
-    if let Some(locked) = u.locked_at {
-        status.insert("lockedAt".into(), locked.map_or(Value::Null, |t| json!(Time(t))));
+    for record in &step.records {
+        ctx.record(e, user, e.spec.method.as_str(), record).await;
+        if record.reason == "EnrollmentConfirmed" {
+            ctx.metrics.challenges.with_label_values(&[e.spec.method.as_str(), "enrolled"]).inc();
+        }
     }
-    let existing = e.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
-    let ready = phase == Some(EnrollmentPhase::Active);
-    let reason = match phase {
-        Some(EnrollmentPhase::Active) => "Enrolled",
-        Some(EnrollmentPhase::Locked) => "Locked",
-        Some(EnrollmentPhase::AwaitingConfirmation) => "AwaitingConfirmation",
-        _ => "PendingApproval",
-    };
-    let message = u.message.clone().unwrap_or_default();
-    let cond = condition("Ready", ready, reason, &message, e.metadata.generation, Timestamp::now());
-    status.insert("conditions".into(), json!(merge_condition(&existing, cond)));
-    status.insert("observedGeneration".into(), json!(e.metadata.generation));
-    api.patch_status(&e.name_any(), &PatchParams::default(), &Patch::Merge(&json!({ "status": status }))).await?;
-    Ok(())
+    Ok(match step.recheck_at {
+        Some(at) => {
+            let wait: std::time::Duration = at.duration_since(Timestamp::now()).try_into().unwrap_or_default();
+            Action::requeue(wait.clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600)))
+        }
+        None => Action::await_change(),
+    })
 }
 
-/// Removes the confirmation code from the spec.
-async fn scrub(ctx: &Context, e: &StepUpEnrollment) -> Result<()> {
-    if e.spec.confirmation.is_none() {
+fn time(t: Option<Timestamp>) -> Value {
+    t.map_or(Value::Null, |t| json!(Time(t)))
+}
+
+/// Writes the desired status when it differs from the current one (a merge patch that also
+/// removes what no longer applies).
+async fn write_status(ctx: &Context, e: &StepUpEnrollment, d: &Desired, factor: Option<&Factor>) -> Result<()> {
+    let current = e.status.clone().unwrap_or_default();
+    let sealed = match d.sealed {
+        Sealed::Clear => None,
+        Sealed::Keep if current.sealed_secret.is_some() => current.sealed_secret.clone(),
+        Sealed::Keep | Sealed::Fresh => {
+            let pending = factor.and_then(|f| f.pending.as_ref()).map(|p| p.seed.to_vec()).unwrap_or_default();
+            Some(seal::seal(&e.spec.public_key, &pending)?)
+        }
+    };
+    let now = Timestamp::now();
+    let generation = e.metadata.generation;
+    let ready = condition("Ready", d.phase == EnrollmentPhase::Active, d.reason, &d.message, generation, now);
+    let mut conditions = merge_condition(&current.conditions, ready);
+    if let Some(code) = &d.last_code {
+        let last = condition("LastCode", code.accepted, code.reason, &code.message, generation, now);
+        conditions = merge_condition(&conditions, last);
+        // A new result always moves the time: the plugin tells one refusal from the next by it.
+        if let Some(c) = conditions.iter_mut().find(|c| c.type_ == "LastCode") {
+            c.last_transition_time = Time(now);
+            c.observed_generation = generation;
+        }
+    }
+    let wanted = crate::api::StepUpEnrollmentStatus {
+        phase: Some(d.phase),
+        sealed_secret: sealed.clone(),
+        response_key: Some(d.response_key.clone()),
+        key_fingerprint: Some(d.key_fingerprint.clone()),
+        enrolled_key_fingerprint: d.enrolled_key_fingerprint.clone(),
+        confirm_by: d.confirm_by.map(Time),
+        consecutive_failures: d.failures as i32,
+        locked_at: d.locked_at.map(Time),
+        locked_until: d.locked_until.map(Time),
+        message: Some(d.message.clone()),
+        conditions,
+        observed_generation: generation,
+    };
+    if wanted == current {
         return Ok(());
     }
-    let api: Api<StepUpEnrollment> = Api::all(ctx.client.clone());
-    let patch = json!({"spec": {"confirmation": null}});
-    api.patch(&e.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
-    Ok(())
-}
-
-async fn record(
-    ctx: &Context,
-    e: &StepUpEnrollment,
-    type_: EventType,
-    reason: &str,
-    event: &str,
-    result: &str,
-    message: &str,
-) {
-    let user = e.spec.user.as_str();
-    let rate_key = (type_ == EventType::Warning).then(|| format!("{reason}/{user}"));
-    ctx.evidence.event(e, type_, reason, format!("{user}: {message}"), rate_key).await;
-    audit::step(&audit::StepRecord {
-        event,
-        user,
-        object: &format!("StepUpEnrollment/{}", e.name_any()),
-        result,
-        method: e.spec.method.as_str(),
-        reason: "",
-        grant: "",
-        message,
+    let status = json!({
+        "phase": wanted.phase,
+        "sealedSecret": sealed,
+        "responseKey": wanted.response_key,
+        "keyFingerprint": wanted.key_fingerprint,
+        "enrolledKeyFingerprint": wanted.enrolled_key_fingerprint,
+        "confirmBy": time(d.confirm_by),
+        "consecutiveFailures": wanted.consecutive_failures,
+        "lockedAt": time(d.locked_at),
+        "lockedUntil": time(d.locked_until),
+        "message": wanted.message,
+        "conditions": wanted.conditions,
+        "observedGeneration": wanted.observed_generation,
     });
+    let api: Api<StepUpEnrollment> = Api::all(ctx.client.clone());
+    api.patch_status(&e.name_any(), &PatchParams::default(), &Patch::Merge(&json!({ "status": status }))).await?;
+    Ok(())
 }

@@ -1,16 +1,23 @@
 //! A user's second factor as the controller keeps it: the TOTP seed (and a pending one during
 //! enrollment) plus the replay, failure and lockout state, all in one Secret in the
 //! controller's namespace, so that one optimistic-concurrency write (resourceVersion) records
-//! a code's use before anything is issued. The judging is pure; the shell reads and writes.
+//! a code's use before anything is issued. The Secret holds a single value encrypted and
+//! authenticated with the controller's factor key, bound to the user: reading it yields
+//! nothing usable, and an edited or swapped copy is refused as corrupt, never read in the
+//! clear. Pure: the shell reads and writes the Secret.
 
 use std::collections::BTreeMap;
 
+use base64::{Engine, engine::general_purpose::STANDARD};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
-use crate::verify::{Rejection, Verifier};
+use crate::{
+    keys::FactorCipher,
+    verify::{Rejection, Verifier},
+};
 
 /// Brute-force limits (NIST SP 800-63B allows at most 100 consecutive failures).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,9 +53,6 @@ pub struct FactorState {
     pub consecutive_failures: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_at: Option<Timestamp>,
-    /// An admin reset allows one re-enrollment without a code from the old device.
-    #[serde(default)]
-    pub reenroll_allowed: bool,
 }
 
 /// The outcome of judging one response.
@@ -103,6 +107,8 @@ impl FactorState {
 
     /// Like [`Self::judge`], for the first code of a freshly sealed seed: steps spent on the
     /// previous seed do not make it a replay (the same 30-second window may hold both codes).
+    /// With `past_lock`, a lockout does not stop it (an admin approved this new seed, which
+    /// replaces the factor the lockout protected); the failure rate limit still does.
     pub fn judge_confirmation(
         &self,
         verifier: &dyn Verifier,
@@ -110,8 +116,14 @@ impl FactorState {
         response: &str,
         now: Timestamp,
         limits: Limits,
+        past_lock: bool,
     ) -> (Verdict, FactorState) {
-        let (verdict, mut next) = self.judge_against(verifier, pending_seed, response, "enrollment", None, now, limits);
+        let base = if past_lock { FactorState { locked_at: None, ..self.clone() } } else { self.clone() };
+        let (verdict, mut next) = base.judge_against(verifier, pending_seed, response, "enrollment", None, now, limits);
+        if !matches!(verdict, Verdict::Accepted { .. }) {
+            // A refused confirmation leaves an existing lockout in place.
+            next.locked_at = next.locked_at.or(self.locked_at);
+        }
         if let Verdict::Accepted { step } = verdict {
             // Whatever was spent stays spent; the confirmation code is spent too.
             next.last_step = Some(self.last_step.map_or(step, |last| last.max(step)));
@@ -136,11 +148,9 @@ impl FactorState {
         let mut next = self.clone();
         let horizon = (now - limits.window).as_second();
         next.recent_failures.retain(|t| *t > horizon);
-        if next.recent_failures.len() as u32 >= limits.max_failures {
-            let oldest = next.recent_failures.iter().min().copied().unwrap_or(now.as_second());
-            let retry_after = SignedDuration::from_secs(oldest + limits.window.as_secs() - now.as_second())
-                .max(SignedDuration::from_secs(1));
-            return (Verdict::RateLimited { retry_after }, next);
+        if let Some(until) = next.rate_limited_until(now, limits) {
+            let retry_after = until.duration_since(now);
+            return (Verdict::RateLimited { retry_after: retry_after.max(SignedDuration::from_secs(1)) }, next);
         }
         match verifier.verify(seed, response, now, last_step) {
             Ok(step) => {
@@ -161,31 +171,86 @@ impl FactorState {
         }
     }
 
-    /// An admin reset: unlocks, forgets failures, allows one re-enrollment without the old
-    /// device. Replay state is kept: spent steps stay spent.
-    pub fn reset(&self) -> FactorState {
+    /// An admin unlock: clears the lockout and the failures that led to it, and nothing else.
+    /// Replay state is kept: spent steps stay spent.
+    pub fn unlocked(&self) -> FactorState {
         FactorState {
             last_step: self.last_step,
             last_used_by: self.last_used_by.clone(),
             recent_failures: Vec::new(),
             consecutive_failures: 0,
             locked_at: None,
-            reenroll_allowed: true,
+        }
+    }
+
+    /// When the failure rate limit stops refusing unchecked, if it does at `now`.
+    pub fn rate_limited_until(&self, now: Timestamp, limits: Limits) -> Option<Timestamp> {
+        let horizon = (now - limits.window).as_second();
+        let recent: Vec<i64> = self.recent_failures.iter().copied().filter(|t| *t > horizon).collect();
+        if (recent.len() as u32) < limits.max_failures || limits.max_failures == 0 {
+            return None;
+        }
+        // The window frees up when enough of the oldest failures have aged out of it.
+        let mut sorted = recent;
+        sorted.sort_unstable();
+        let index = sorted.len() - limits.max_failures as usize;
+        Timestamp::from_second(sorted[index] + limits.window.as_secs()).ok()
+    }
+}
+
+/// What allowed a pending seed: recorded for the evidence and for the lockout rules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "camelCase")]
+pub enum Allowance {
+    /// An admin approved this very key (a first enrollment, or a re-enrollment without the old
+    /// device).
+    Approval { by: String },
+    /// A current code of the enrolled authenticator.
+    OldFactor,
+    /// Self-service enrollment is on.
+    SelfService,
+    /// The one-time bootstrap of the first admin.
+    Bootstrap,
+}
+
+impl Allowance {
+    /// Whether an admin's act (rather than the user's old factor) allowed it.
+    pub fn by_admin(&self) -> bool {
+        matches!(self, Allowance::Approval { .. } | Allowance::Bootstrap)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Allowance::Approval { by } => format!("approved by {by}"),
+            Allowance::OldFactor => "allowed by a code of the enrolled authenticator".into(),
+            Allowance::SelfService => "self-service".into(),
+            Allowance::Bootstrap => "allowed by the one-time bootstrap".into(),
         }
     }
 }
 
+/// A seed sealed to a new key, waiting for its first code.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub seed: Zeroizing<Vec<u8>>,
+    /// The enrollment public key it was sealed to.
+    pub key: String,
+    pub allowed: Allowance,
+    /// When it was sealed; it may be confirmed within the approval window after that.
+    pub since: Timestamp,
+}
+
 /// The contents of a user's factor Secret.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct Factor {
     /// The confirmed seed challenges are verified against.
     pub seed: Option<Zeroizing<Vec<u8>>>,
     /// The enrollment public key the confirmed seed was sealed to.
     pub seed_key: Option<String>,
-    /// A seed sealed to a new key, waiting for its first code.
-    pub pending_seed: Option<Zeroizing<Vec<u8>>>,
-    pub pending_key: Option<String>,
+    pub pending: Option<Pending>,
     pub state: FactorState,
+    /// Incremented on every write: a copy older than one already seen is a rollback.
+    pub version: u64,
 }
 
 impl std::fmt::Debug for Factor {
@@ -194,69 +259,169 @@ impl std::fmt::Debug for Factor {
         f.debug_struct("Factor")
             .field("seed", &self.seed.as_ref().map(|_| "<redacted>"))
             .field("seed_key", &self.seed_key)
-            .field("pending_seed", &self.pending_seed.as_ref().map(|_| "<redacted>"))
-            .field("pending_key", &self.pending_key)
+            .field("pending_key", &self.pending.as_ref().map(|p| &p.key))
+            .field("pending_allowed", &self.pending.as_ref().map(|p| &p.allowed))
             .field("state", &self.state)
+            .field("version", &self.version)
             .finish()
     }
 }
 
-const SEED: &str = "seed";
-const SEED_KEY: &str = "seedKey";
-const PENDING_SEED: &str = "pendingSeed";
-const PENDING_KEY: &str = "pendingKey";
-const STATE: &str = "state";
+/// The one key of a factor Secret's data.
+pub const DATA_KEY: &str = "factor";
 
-#[derive(Debug, thiserror::Error)]
-#[error("factor secret {name} is corrupt: {reason}")]
-pub struct CorruptFactor {
-    pub name: String,
-    pub reason: String,
+/// What reading a factor Secret gave.
+// One value per reconcile, never stored in bulk: boxing the common variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FactorRead {
+    /// No Secret: never enrolled (or removed by an admin).
+    Missing,
+    /// The Secret does not hold a value this controller wrote for this user: edited, copied
+    /// from another user, written with another key, rolled back, or from an older format.
+    Corrupt(String),
+    Found(Factor),
 }
 
+/// The plaintext inside the encrypted value.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Stored {
+    v: u8,
+    /// Checked on reading, besides the per-user key: the blob names whose it is...
+    user: String,
+    /// ... and the one Secret object (by UID) it was written into, so that a copy put into a
+    /// deleted and re-created Secret is refused rather than read as a rollback-free original.
+    secret_uid: String,
+    version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seed_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<StoredPending>,
+    state: FactorState,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredPending {
+    seed: String,
+    key: String,
+    allowed: Allowance,
+    since: Timestamp,
+}
+
+impl Drop for Stored {
+    fn drop(&mut self) {
+        if let Some(s) = self.seed.as_mut() {
+            s.zeroize();
+        }
+        if let Some(p) = self.pending.as_mut() {
+            p.seed.zeroize();
+        }
+    }
+}
+
+fn decode_seed(text: &str) -> Result<Zeroizing<Vec<u8>>, String> {
+    STANDARD.decode(text).map(Zeroizing::new).map_err(|_| "a seed is not base64".to_owned())
+}
+
+/// Annotation of a factor Secret created empty, to be filled once its UID is known.
+pub const CREATING_ANNOTATION: &str = "stepup.dev/factor-creating";
+
 impl Factor {
-    pub fn from_secret(secret: &Secret) -> Result<Self, CorruptFactor> {
-        let name = secret.metadata.name.clone().unwrap_or_default();
-        let empty = BTreeMap::new();
-        let data = secret.data.as_ref().unwrap_or(&empty);
-        let bytes = |k: &str| data.get(k).map(|b| Zeroizing::new(b.0.clone()));
-        let text = |k: &str| data.get(k).and_then(|b| String::from_utf8(b.0.clone()).ok());
-        let state = match data.get(STATE) {
-            None => FactorState::default(),
-            Some(b) => {
-                serde_json::from_slice(&b.0).map_err(|e| CorruptFactor { name: name.clone(), reason: e.to_string() })?
-            }
+    /// Encrypts the contents for `user`'s Secret with UID `secret_uid`.
+    pub fn seal(&self, cipher: &FactorCipher, user: &str, secret_uid: &str) -> Vec<u8> {
+        let stored = Stored {
+            v: 1,
+            user: user.to_owned(),
+            secret_uid: secret_uid.to_owned(),
+            version: self.version,
+            seed: self.seed.as_ref().map(|s| STANDARD.encode(s.as_slice())),
+            seed_key: self.seed_key.clone(),
+            pending: self.pending.as_ref().map(|p| StoredPending {
+                seed: STANDARD.encode(p.seed.as_slice()),
+                key: p.key.clone(),
+                allowed: p.allowed.clone(),
+                since: p.since,
+            }),
+            state: self.state.clone(),
+        };
+        // Serializing strings, numbers and timestamps cannot fail.
+        let plaintext = Zeroizing::new(serde_json::to_vec(&stored).unwrap_or_default());
+        cipher.encrypt(user, &plaintext)
+    }
+
+    /// Decrypts and checks a value [`Factor::seal`] made for `user` and the Secret `secret_uid`.
+    pub fn open(blob: &[u8], cipher: &FactorCipher, user: &str, secret_uid: &str) -> Result<Self, String> {
+        let plaintext = cipher.decrypt(user, blob).ok_or_else(|| {
+            "it does not decrypt with the controller's factor key for this user (edited, copied from another \
+             user's Secret, or written with another key)"
+                .to_owned()
+        })?;
+        let stored: Stored = serde_json::from_slice(&plaintext).map_err(|e| format!("unreadable contents: {e}"))?;
+        if stored.v != 1 {
+            return Err(format!("unknown format version {}", stored.v));
+        }
+        if stored.user != user {
+            return Err(format!("it belongs to {:?}", stored.user));
+        }
+        if stored.secret_uid != secret_uid {
+            return Err("it was written into another Secret (deleted and re-created since, or copied)".into());
+        }
+        let pending = match &stored.pending {
+            None => None,
+            Some(p) => Some(Pending {
+                seed: decode_seed(&p.seed)?,
+                key: p.key.clone(),
+                allowed: p.allowed.clone(),
+                since: p.since,
+            }),
         };
         Ok(Self {
-            seed: bytes(SEED),
-            seed_key: text(SEED_KEY),
-            pending_seed: bytes(PENDING_SEED),
-            pending_key: text(PENDING_KEY),
-            state,
+            seed: stored.seed.as_deref().map(decode_seed).transpose()?,
+            seed_key: stored.seed_key.clone(),
+            pending,
+            state: stored.state.clone(),
+            version: stored.version,
         })
     }
 
-    /// The Secret's `data` for these contents.
-    pub fn to_data(&self) -> BTreeMap<String, ByteString> {
-        let mut data = BTreeMap::new();
-        let mut put = |k: &str, v: &[u8]| {
-            data.insert(k.to_owned(), ByteString(v.to_vec()));
-        };
-        if let Some(s) = &self.seed {
-            put(SEED, s);
+    /// Reads a factor Secret: exactly one encrypted value, nothing in the clear.
+    pub fn from_secret(secret: &Secret, cipher: &FactorCipher, user: &str) -> FactorRead {
+        let empty = BTreeMap::new();
+        let data = secret.data.as_ref().unwrap_or(&empty);
+        let creating = secret.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(CREATING_ANNOTATION));
+        if creating && data.is_empty() {
+            // Created, not filled yet (a crash in between): nothing stored, like no Secret.
+            return FactorRead::Missing;
         }
-        if let Some(k) = &self.seed_key {
-            put(SEED_KEY, k.as_bytes());
+        if let Some(extra) = data.keys().find(|k| k.as_str() != DATA_KEY) {
+            return FactorRead::Corrupt(format!(
+                "it holds a field {extra:?} besides the encrypted value (edited, or written by an older version)"
+            ));
         }
-        if let Some(s) = &self.pending_seed {
-            put(PENDING_SEED, s);
+        if secret.string_data.as_ref().is_some_and(|d| !d.is_empty()) {
+            return FactorRead::Corrupt("it carries stringData".into());
         }
-        if let Some(k) = &self.pending_key {
-            put(PENDING_KEY, k.as_bytes());
+        match data.get(DATA_KEY) {
+            None => FactorRead::Corrupt("it holds no encrypted value".into()),
+            Some(blob) => match Self::open(&blob.0, cipher, user, secret.metadata.uid.as_deref().unwrap_or("")) {
+                Ok(f) => FactorRead::Found(f),
+                Err(why) => FactorRead::Corrupt(why),
+            },
         }
-        // Serializing a struct of numbers and strings cannot fail.
-        put(STATE, &serde_json::to_vec(&self.state).unwrap_or_default());
-        data
+    }
+
+    /// The `data` of the Secret with UID `secret_uid` for these contents.
+    pub fn to_data(&self, cipher: &FactorCipher, user: &str, secret_uid: &str) -> BTreeMap<String, ByteString> {
+        BTreeMap::from([(DATA_KEY.to_owned(), ByteString(self.seal(cipher, user, secret_uid)))])
+    }
+
+    /// Whether a confirmed seed exists.
+    pub fn is_enrolled(&self) -> bool {
+        self.seed.is_some()
     }
 }
 
@@ -327,10 +492,49 @@ mod tests {
         assert!(locked && s.locked_at.is_some());
         let (v, _) = s.judge(&TotpVerifier, &seed, &code_at(&seed, at(10)), "right", at(10), limits);
         assert_eq!(v, Verdict::Locked, "even a right code is refused while locked");
-        let s = s.reset();
-        assert!(s.reenroll_allowed && s.locked_at.is_none() && s.consecutive_failures == 0);
-        let (v, _) = s.judge(&TotpVerifier, &seed, &code_at(&seed, at(40)), "right", at(40), limits);
+        let unlocked = s.unlocked();
+        assert!(
+            unlocked.locked_at.is_none() && unlocked.consecutive_failures == 0 && unlocked.recent_failures.is_empty()
+        );
+        assert_eq!(unlocked.last_step, s.last_step, "an unlock keeps spent steps spent");
+        let (v, _) = unlocked.judge(&TotpVerifier, &seed, &code_at(&seed, at(40)), "right", at(40), limits);
         assert!(matches!(v, Verdict::Accepted { .. }));
+    }
+
+    #[test]
+    fn an_admin_approved_seed_is_confirmed_past_a_lockout_but_not_past_the_rate_limit() {
+        let (old, new) = (generate_seed(), generate_seed());
+        let limits = Limits { max_failures: 2, window: SignedDuration::from_mins(5), lockout_after: 2 };
+        let mut s = FactorState::default();
+        for i in 0..2 {
+            s = s.judge(&TotpVerifier, &old, "000000", &format!("w{i}"), at(i), limits).1;
+        }
+        assert!(s.locked_at.is_some());
+        let code = code_at(&new, at(400));
+        let (v, _) = s.judge_confirmation(&TotpVerifier, &new, &code, at(400), limits, false);
+        assert_eq!(v, Verdict::Locked, "without an admin's approval the lockout holds");
+        let (v, next) = s.judge_confirmation(&TotpVerifier, &new, &code, at(400), limits, true);
+        assert!(matches!(v, Verdict::Accepted { .. }), "{v:?}");
+        assert!(next.locked_at.is_none());
+        let (v, next) = s.judge_confirmation(&TotpVerifier, &new, "111111", at(400), limits, true);
+        assert!(matches!(v, Verdict::Rejected { .. }));
+        assert!(next.locked_at.is_some(), "a wrong confirmation leaves the lockout");
+        // Inside the rate-limit window nothing is checked, approved or not.
+        let (v, _) = s.judge_confirmation(&TotpVerifier, &new, &code_at(&new, at(10)), at(10), limits, true);
+        assert!(matches!(v, Verdict::RateLimited { .. }), "{v:?}");
+    }
+
+    #[test]
+    fn the_rate_limit_lifts_when_enough_failures_age_out() {
+        let limits = Limits { max_failures: 3, window: SignedDuration::from_secs(100), lockout_after: 100 };
+        let s = FactorState {
+            recent_failures: vec![at(0).as_second(), at(10).as_second(), at(50).as_second()],
+            ..Default::default()
+        };
+        assert_eq!(s.rate_limited_until(at(60), limits), Some(at(100)));
+        assert_eq!(s.rate_limited_until(at(100), limits), None);
+        let fewer = FactorState { recent_failures: vec![at(0).as_second()], ..Default::default() };
+        assert_eq!(fewer.rate_limited_until(at(60), limits), None);
     }
 
     #[test]
@@ -338,7 +542,7 @@ mod tests {
         let (old, new) = (generate_seed(), generate_seed());
         let (_, s) =
             FactorState::default().judge(&TotpVerifier, &old, &code_at(&old, at(0)), "c", at(0), Limits::default());
-        let (v, s) = s.judge_confirmation(&TotpVerifier, &new, &code_at(&new, at(1)), at(1), Limits::default());
+        let (v, s) = s.judge_confirmation(&TotpVerifier, &new, &code_at(&new, at(1)), at(1), Limits::default(), false);
         assert!(matches!(v, Verdict::Accepted { .. }), "{v:?}");
         // The confirmation code cannot then be used for a challenge.
         let (v, _) = s.judge(&TotpVerifier, &new, &code_at(&new, at(1)), "c2", at(2), Limits::default());
@@ -354,20 +558,75 @@ mod tests {
         assert_eq!(s.consecutive_failures, 0);
     }
 
-    #[test]
-    fn secret_round_trip_keeps_everything_and_debug_redacts_seeds() {
-        let f = Factor {
+    fn cipher(n: u8) -> FactorCipher {
+        crate::keys::MasterKey::from_bytes([n; 32]).factor_cipher()
+    }
+
+    fn sample() -> Factor {
+        Factor {
             seed: Some(Zeroizing::new(vec![7; 20])),
             seed_key: Some("key".into()),
-            pending_seed: None,
-            pending_key: None,
+            pending: Some(Pending {
+                seed: Zeroizing::new(vec![9; 20]),
+                key: "new-key".into(),
+                allowed: Allowance::Approval { by: "root".into() },
+                since: at(0),
+            }),
             state: FactorState { last_step: Some(42), consecutive_failures: 2, ..Default::default() },
-        };
-        let secret = Secret { data: Some(f.to_data()), ..Default::default() };
-        let back = Factor::from_secret(&secret).unwrap();
-        assert_eq!(back.seed.as_deref().map(|s| s.as_slice()), Some(&[7u8; 20][..]));
-        assert_eq!(back.state, f.state);
-        let debug = format!("{back:?}");
+            version: 7,
+        }
+    }
+
+    fn secret_of(data: BTreeMap<String, ByteString>) -> Secret {
+        let mut secret = Secret { data: Some(data), ..Default::default() };
+        secret.metadata.uid = Some("uid-1".into());
+        secret
+    }
+
+    #[test]
+    fn the_secret_holds_one_encrypted_value_that_round_trips() {
+        let f = sample();
+        let data = f.to_data(&cipher(1), "alice", "uid-1");
+        assert_eq!(data.keys().collect::<Vec<_>>(), [DATA_KEY]);
+        let blob = &data[DATA_KEY].0;
+        assert!(!blob.windows(20).any(|w| w == [7u8; 20] || w == [9u8; 20]), "no seed in the clear");
+        assert!(!String::from_utf8_lossy(blob).contains("key"), "no field names in the clear");
+        assert_eq!(Factor::from_secret(&secret_of(data), &cipher(1), "alice"), FactorRead::Found(f));
+        let debug = format!("{:?}", sample());
         assert!(debug.contains("<redacted>") && !debug.contains("[7, 7"), "{debug}");
+    }
+
+    #[test]
+    fn an_edited_copied_or_plaintext_secret_is_corrupt_never_read() {
+        let data = sample().to_data(&cipher(1), "alice", "uid-1");
+        let mut recreated = secret_of(data.clone());
+        recreated.metadata.uid = Some("uid-2".into());
+        let mut flipped = data.clone();
+        let bytes = &mut flipped.get_mut(DATA_KEY).unwrap().0;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let mut extra = data.clone();
+        extra.insert("seed".into(), ByteString(vec![7; 20]));
+        let plaintext_era = BTreeMap::from([
+            ("seed".to_owned(), ByteString(vec![7; 20])),
+            ("state".to_owned(), ByteString(b"{}".to_vec())),
+        ]);
+        let cases = [
+            ("a flipped bit", secret_of(flipped), cipher(1), "alice"),
+            ("another user's copy", secret_of(data.clone()), cipher(1), "bob"),
+            ("another controller key", secret_of(data.clone()), cipher(2), "alice"),
+            ("a field added in the clear", secret_of(extra), cipher(1), "alice"),
+            ("the old plaintext format", secret_of(plaintext_era), cipher(1), "alice"),
+            ("no value at all", secret_of(BTreeMap::new()), cipher(1), "alice"),
+            ("a copy in a re-created Secret", recreated, cipher(1), "alice"),
+        ];
+        for (what, secret, cipher, user) in cases {
+            assert!(matches!(Factor::from_secret(&secret, &cipher, user), FactorRead::Corrupt(_)), "{what}");
+        }
+        assert_eq!(Factor::from_secret(&secret_of(data), &cipher(1), "alice"), FactorRead::Found(sample()));
+        // A Secret created empty and not filled yet (a crash in between) holds nothing.
+        let mut creating = secret_of(BTreeMap::new());
+        creating.metadata.annotations = Some(BTreeMap::from([(CREATING_ANNOTATION.to_owned(), "true".to_owned())]));
+        assert_eq!(Factor::from_secret(&creating, &cipher(1), "alice"), FactorRead::Missing);
     }
 }

@@ -1,7 +1,8 @@
 //! The companion controller: turns a verified second factor into a StepUpGrant and leaves the
 //! evidence behind (Events, audit lines, metrics). One leader among replicas (Lease). Each
-//! reconciler is a thin shell around pure pieces (`factor`, `issue`).
+//! reconciler is a thin executor of a pure decision (`steps`, `factor`).
 
+pub mod bootstrap;
 pub mod certs;
 pub mod challenge;
 pub mod enrollment;
@@ -12,9 +13,13 @@ pub mod policy_status;
 pub mod records;
 pub mod registration;
 pub mod run;
+pub mod steps;
 pub mod webhook_config;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex},
+};
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
@@ -23,8 +28,11 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 
-use self::factor::{CorruptFactor, Factor, Limits};
-use crate::{api, evidence::Evidence, keys, metrics::Metrics, verify::Verifier};
+use self::{
+    factor::{Factor, FactorRead, Limits},
+    steps::{Record, bootstrap::BootstrapRecord},
+};
+use crate::{api, audit, evidence::Evidence, keys, limits::ChallengeLimits, metrics::Metrics, verify::Verifier};
 
 /// What the controller needs to know beyond the objects it reconciles.
 #[derive(Clone, Debug)]
@@ -44,8 +52,20 @@ pub struct Settings {
     pub limits: Limits,
     /// Durable audit segments (StepUpLog) are deleted this long after their day.
     pub audit_retention: SignedDuration,
+    /// Per-user limits on pending challenges and on their creation rate.
+    pub challenge_limits: ChallengeLimits,
+    /// How long an admin's approval of a key, and any seed sealed to a key, stays usable.
+    pub approval_window: SignedDuration,
+    /// How long after the controller first starts with nobody enrolled the first admin may
+    /// enroll without a second admin; zero turns the bootstrap off.
+    pub bootstrap_window: SignedDuration,
+    /// The clock difference tolerated between the plugin, the controller and the webhook:
+    /// deadlines are enforced this much early.
+    pub max_clock_skew: SignedDuration,
     /// Test hook: exit right after recording a code's use, before issuing the grant.
     pub crash_after_recording: bool,
+    /// Test hook: wait this long between the last deadline check and issuing the grant.
+    pub pause_before_issuing: Option<std::time::Duration>,
 }
 
 impl Default for Settings {
@@ -60,7 +80,12 @@ impl Default for Settings {
             challenge_ttl: SignedDuration::from_hours(1),
             limits: Limits::default(),
             audit_retention: SignedDuration::from_hours(90 * 24),
+            challenge_limits: ChallengeLimits::default(),
+            approval_window: SignedDuration::from_mins(15),
+            bootstrap_window: SignedDuration::from_hours(1),
+            max_clock_skew: SignedDuration::from_secs(10),
             crash_after_recording: false,
+            pause_before_issuing: None,
         }
     }
 }
@@ -73,6 +98,11 @@ pub struct Context {
     pub evidence: Evidence,
     pub verifier: Arc<dyn Verifier>,
     pub keys: Keys,
+    /// The highest factor version seen per user, with the UID of the Secret it was seen in:
+    /// an older copy in the same Secret is a rollback, refused.
+    pub factor_versions: Mutex<HashMap<String, (String, u64)>>,
+    /// The bootstrap record and the Secret it was read from (for its resourceVersion).
+    pub bootstrap: Mutex<Option<(Secret, BootstrapRecord)>>,
 }
 
 /// The controller's keys, derived from its master key file.
@@ -100,8 +130,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0} changed concurrently; will retry")]
     Conflict(String),
-    #[error(transparent)]
-    Corrupt(#[from] CorruptFactor),
+    #[error("{0}")]
+    Bootstrap(String),
     #[error("cannot seal the seed: {0}")]
     Seal(#[from] crate::verify::seal::SealError),
     #[error(transparent)]
@@ -114,7 +144,7 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Conflict(_) => "conflict",
-            Error::Corrupt(_) => "corrupt_factor",
+            Error::Bootstrap(_) => "bootstrap",
             Error::Seal(_) => "seal",
             Error::Pki(_) => "pki",
         }
@@ -128,28 +158,49 @@ impl Context {
         Api::namespaced(self.client.clone(), &self.settings.namespace)
     }
 
-    /// The user's factor Secret and its decoded contents, if enrolled at all.
-    pub async fn load_factor(&self, user: &str) -> Result<Option<(Secret, Factor)>> {
+    /// The user's factor Secret (for its resourceVersion) and what it holds. A copy older than
+    /// one this process has already seen in the same Secret is reported as corrupt: someone
+    /// rolled it back (to forget failures, or to unspend a code).
+    pub async fn load_factor(&self, user: &str) -> Result<(Option<Secret>, FactorRead)> {
         let Some(secret) = self.factors().get_opt(&api::factor_secret_name(user)).await? else {
-            return Ok(None);
+            return Ok((None, FactorRead::Missing));
         };
-        let factor = Factor::from_secret(&secret)?;
-        Ok(Some((secret, factor)))
+        let uid = secret.metadata.uid.clone().unwrap_or_default();
+        let read = match Factor::from_secret(&secret, &self.keys.factors, user) {
+            FactorRead::Found(f) => {
+                let mut seen = lock(&self.factor_versions);
+                match seen.get(user) {
+                    // The blob is bound to its Secret's UID: a new UID is a Secret the
+                    // controller itself re-created (after an unenrollment), not a rollback.
+                    Some((same, version)) if *same == uid && f.version < *version => FactorRead::Corrupt(format!(
+                        "it was rolled back to an older copy (version {} after version {version} was written)",
+                        f.version
+                    )),
+                    _ => {
+                        seen.insert(user.to_owned(), (uid, f.version));
+                        FactorRead::Found(f)
+                    }
+                }
+            }
+            other => other,
+        };
+        Ok((Some(secret), read))
     }
 
-    /// Writes the factor back. With `previous`, the write carries its resourceVersion, so a
-    /// concurrent change (another replica, a retry) makes it fail instead of being overwritten.
+    /// Writes the factor back, encrypted and bound to its Secret. With `previous`, the write
+    /// carries its resourceVersion, so a concurrent change (another replica, a retry) makes it
+    /// fail instead of being overwritten. A new Secret is created empty first, so that the value
+    /// can name its UID.
     pub async fn store_factor(&self, user: &str, previous: Option<&Secret>, factor: &Factor) -> Result<()> {
         let name = api::factor_secret_name(user);
-        let result = match previous {
-            Some(prev) => {
-                let mut next = prev.clone();
-                next.data = Some(factor.to_data());
-                next.string_data = None;
-                self.factors().replace(&name, &PostParams::default(), &next).await
-            }
+        let conflict = |e: kube::Error| match e {
+            kube::Error::Api(s) if s.code == 409 => Error::Conflict(format!("factor secret {name}")),
+            e => Error::Kube(e),
+        };
+        let target = match previous {
+            Some(prev) => prev.clone(),
             None => {
-                let secret = Secret {
+                let empty = Secret {
                     metadata: ObjectMeta {
                         name: Some(name.clone()),
                         namespace: Some(self.settings.namespace.clone()),
@@ -157,22 +208,70 @@ impl Context {
                             (api::USER_LABEL.to_owned(), api::user_label_value(user)),
                             ("app.kubernetes.io/managed-by".to_owned(), "stepup".to_owned()),
                         ])),
-                        annotations: Some(BTreeMap::from([("stepup.dev/username".to_owned(), user.to_owned())])),
+                        annotations: Some(BTreeMap::from([
+                            (USERNAME_ANNOTATION.to_owned(), user.to_owned()),
+                            (factor::CREATING_ANNOTATION.to_owned(), "true".to_owned()),
+                        ])),
                         ..Default::default()
                     },
                     type_: Some("Opaque".into()),
-                    data: Some(factor.to_data()),
                     ..Default::default()
                 };
-                self.factors().create(&PostParams::default(), &secret).await
+                self.factors().create(&PostParams::default(), &empty).await.map_err(conflict)?
             }
         };
-        match result {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(format!("factor secret {name}"))),
-            Err(e) => Err(e.into()),
+        let uid = target.metadata.uid.clone().unwrap_or_default();
+        let mut factor = factor.clone();
+        let seen = lock(&self.factor_versions).get(user).filter(|(u, _)| *u == uid).map_or(0, |(_, v)| *v);
+        factor.version = factor.version.max(seen) + 1;
+        let mut next = target;
+        next.data = Some(factor.to_data(&self.keys.factors, user, &uid));
+        next.string_data = None;
+        if let Some(a) = next.metadata.annotations.as_mut() {
+            a.remove(factor::CREATING_ANNOTATION);
+        }
+        self.factors().replace(&name, &PostParams::default(), &next).await.map_err(conflict)?;
+        lock(&self.factor_versions).insert(user.to_owned(), (uid, factor.version));
+        Ok(())
+    }
+
+    /// Writes one piece of evidence: an Event, an audit line and a metric sample.
+    pub async fn record<K>(&self, object: &K, user: &str, method: &str, record: &Record)
+    where
+        K: kube::Resource<DynamicType = ()>,
+    {
+        let rate_key = record.warning.then(|| format!("{}/{user}", record.reason));
+        let type_ = if record.warning {
+            kube::runtime::events::EventType::Warning
+        } else {
+            kube::runtime::events::EventType::Normal
+        };
+        let note = if user.is_empty() { record.message.clone() } else { format!("{user}: {}", record.message) };
+        self.evidence.event(object, type_, record.reason, note, rate_key).await;
+        let kind = K::kind(&());
+        let name = object.meta().name.clone().unwrap_or_default();
+        audit::step(&audit::StepRecord {
+            event: record.event,
+            user,
+            object: &format!("{kind}/{name}"),
+            result: record.result,
+            method,
+            reason: "",
+            grant: "",
+            message: &record.message,
+        });
+        self.metrics.factor_steps.with_label_values(&[record.event, record.result]).inc();
+        if record.reason == "UserLocked" {
+            self.metrics.lockouts.inc();
         }
     }
+}
+
+/// Annotation of a factor Secret naming its user (labels can hold only a hash).
+pub const USERNAME_ANNOTATION: &str = "stepup.dev/username";
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A Kubernetes-style condition.

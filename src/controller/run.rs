@@ -5,17 +5,19 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
-    runtime::{Controller, controller::Action, watcher},
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 use tokio::{net::TcpListener, sync::watch};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Context, Error, Keys, Settings,
+    Context, Error, Keys, Settings, USERNAME_ANNOTATION, bootstrap,
     certs::CertSettings,
-    challenge, enrollment,
+    challenge::{self, ChallengeContext},
+    enrollment,
     factor::Limits,
     grant,
     leader::{Elector, LeaseConfig},
@@ -25,7 +27,7 @@ use super::{
 };
 use crate::{
     admission::run::shutdown_signal,
-    api::{StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
+    api::{self, StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
     config::{CaBundleSource, ControllerArgs},
     error::RunError,
     evidence::Evidence,
@@ -49,7 +51,12 @@ pub fn settings(args: &ControllerArgs) -> Settings {
             lockout_after: args.lockout_threshold,
         },
         audit_retention: args.audit_retention.as_signed(),
+        challenge_limits: args.challenge_limits.limits(),
+        approval_window: args.approval_window.as_signed(),
+        bootstrap_window: args.bootstrap_window.as_signed(),
+        max_clock_skew: args.identity.max_clock_skew.as_signed(),
         crash_after_recording: args.crash_after_recording,
+        pause_before_issuing: args.pause_before_issuing.map(|d| d.as_std()),
     }
 }
 
@@ -124,6 +131,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         ),
         verifier: Arc::new(TotpVerifier),
         keys: Keys::from_master(&master),
+        factor_versions: Default::default(),
+        bootstrap: Default::default(),
     });
     drop(master);
 
@@ -204,9 +213,9 @@ fn admin_router(metrics: Metrics) -> axum::Router {
     )
 }
 
-fn error_policy<K>(controller: &'static str) -> impl Fn(Arc<K>, &Error, Arc<Context>) -> Action {
-    move |_, error, ctx| {
-        ctx.metrics.reconcile_errors.with_label_values(&[controller, error.metric_label()]).inc();
+fn error_policy<K, C>(controller: &'static str, metrics: Metrics) -> impl Fn(Arc<K>, &Error, Arc<C>) -> Action {
+    move |_, error, _| {
+        metrics.reconcile_errors.with_label_values(&[controller, error.metric_label()]).inc();
         match error {
             // Another write won the race; re-read and decide again right away.
             Error::Conflict(_) => Action::requeue(Duration::from_millis(200)),
@@ -227,22 +236,59 @@ fn start(
     let client = ctx.client.clone();
     let mut tasks = Vec::new();
 
+    let metrics = ctx.metrics.clone();
     let challenges = Controller::new(Api::<StepUpChallenge>::all(client.clone()), watcher::Config::default())
-        .graceful_shutdown_on(work.clone().cancelled_owned())
-        .run(challenge::reconcile, error_policy("challenge"), ctx.clone())
+        .graceful_shutdown_on(work.clone().cancelled_owned());
+    let store = challenges.store();
+    let challenges = challenges
+        .run(
+            challenge::reconcile,
+            error_policy("challenge", metrics.clone()),
+            Arc::new(ChallengeContext { ctx: ctx.clone(), store }),
+        )
         .for_each(|_| async {});
     tasks.push(tokio::spawn(challenges));
 
+    // Enrollments follow their factor Secrets too: a lockout or a failure recorded by a
+    // challenge shows in the enrollment's phase at once.
+    let factor_secrets = Api::<Secret>::namespaced(client.clone(), &ctx.settings.namespace);
     let enrollments = Controller::new(Api::<StepUpEnrollment>::all(client.clone()), watcher::Config::default())
+        .watches(
+            factor_secrets,
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=stepup"),
+            |s: Secret| {
+                s.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(USERNAME_ANNOTATION))
+                    .map(|user| ObjectRef::new(&api::enrollment_name(user)))
+            },
+        )
         .graceful_shutdown_on(work.clone().cancelled_owned())
-        .run(enrollment::reconcile, error_policy("enrollment"), ctx.clone())
+        .run(enrollment::reconcile, error_policy("enrollment", metrics.clone()), ctx.clone())
         .for_each(|_| async {});
-    tasks.push(tokio::spawn(enrollments));
+    tasks.push(tokio::spawn({
+        let (ctx, work) = (ctx.clone(), work.clone());
+        async move {
+            // The bootstrap record is read (or first written) before any enrollment is decided.
+            while let Err(error) = bootstrap::load(&ctx).await {
+                ctx.metrics.reconcile_errors.with_label_values(&["bootstrap", error.metric_label()]).inc();
+                tracing::warn!(%error, "cannot read the bootstrap record; retrying");
+                tokio::select! {
+                    _ = work.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+            enrollments.await
+        }
+    }));
 
     let grants = Controller::new(Api::<StepUpGrant>::all(client.clone()), watcher::Config::default())
         .graceful_shutdown_on(work.clone().cancelled_owned());
     let store = grants.store();
-    tasks.push(tokio::spawn(grants.run(grant::reconcile, error_policy("grant"), ctx.clone()).for_each(|_| async {})));
+    tasks.push(tokio::spawn(
+        grants.run(grant::reconcile, error_policy("grant", metrics.clone()), ctx.clone()).for_each(|_| async {}),
+    ));
     tasks.push(tokio::spawn({
         let (metrics, work) = (ctx.metrics.clone(), work.clone());
         async move {
@@ -265,7 +311,7 @@ fn start(
     let policies = Controller::new(Api::<StepUpPolicy>::all(client), watcher::Config::default())
         .graceful_shutdown_on(work.clone().cancelled_owned());
     tasks.push(tokio::spawn(
-        policies.run(policy_status::reconcile, error_policy("policy"), ctx.clone()).for_each(|_| async {}),
+        policies.run(policy_status::reconcile, error_policy("policy", metrics), ctx.clone()).for_each(|_| async {}),
     ));
     tasks.push(tokio::spawn(super::records::run(ctx.clone(), work.clone())));
     if let Some(settings) = registration {

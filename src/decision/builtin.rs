@@ -39,7 +39,12 @@ pub enum StepUpObjects {
 
 /// `Some` is final; `None` lets policy evaluation continue (valid StepUpPolicy changes are
 /// themselves subject to policies).
-pub(super) fn decide(req: &Request<'_>, objects: &StepUpObjects, config: &DecisionConfig) -> Option<Decision> {
+pub(super) fn decide(
+    req: &Request<'_>,
+    objects: &StepUpObjects,
+    config: &DecisionConfig,
+    now: jiff::Timestamp,
+) -> Option<Decision> {
     let user = &req.user;
     let is_controller = config.controller_users.iter().any(|u| u == user.username);
     let is_admin = user.in_any_group(&config.admin_groups);
@@ -50,7 +55,7 @@ pub(super) fn decide(req: &Request<'_>, objects: &StepUpObjects, config: &Decisi
             Some(grant(req, object.as_deref(), old.as_deref(), is_controller, is_admin))
         }
         StepUpObjects::Challenge { object, old } => {
-            Some(challenge(req, object.as_deref(), old.as_deref(), is_controller, is_admin))
+            Some(challenge(req, object.as_deref(), old.as_deref(), is_controller, is_admin, config, now))
         }
         StepUpObjects::Enrollment { object, old } => {
             Some(enrollment(req, object.as_deref(), old.as_deref(), is_controller, is_admin, config))
@@ -137,6 +142,8 @@ fn challenge(
     old: Option<&StepUpChallenge>,
     is_controller: bool,
     is_admin: bool,
+    config: &DecisionConfig,
+    now: jiff::Timestamp,
 ) -> Decision {
     if is_controller {
         return Decision::builtin_allowed();
@@ -160,10 +167,37 @@ fn challenge(
                     me.uid
                 ));
             }
-            match check_user_label(c.labels(), &c.spec.user, false) {
-                Ok(()) => Decision::builtin_allowed(),
-                Err(e) => Decision::invalid_object(e),
+            if c.spec.response.as_deref().is_some_and(crate::verify::response::is_plain_code) {
+                return Decision::builtin_denied(
+                    "spec.response holds a plain code, readable by everyone who may watch challenges: it must be sealed to the controller's key; update kubectl-stepup (and use the next code)".into(),
+                );
             }
+            if let Some(other) =
+                c.metadata.finalizers.iter().flatten().find(|f| f.as_str() != api::WITHDRAWAL_FINALIZER)
+            {
+                return Decision::invalid_object(format!(
+                    "finalizer {other:?} is not allowed on a StepUpChallenge (only {})",
+                    api::WITHDRAWAL_FINALIZER
+                ));
+            }
+            if let Err(e) = check_user_label(c.labels(), &c.spec.user, false) {
+                return Decision::invalid_object(e);
+            }
+            // Refused before it is stored: a flood costs the controller nothing.
+            if let Some(view) = &config.challenges
+                && let Err(refusal) = view.admit(me.username, &c.name_any(), now, !req.dry_run)
+            {
+                if let Some(counter) = &config.challenge_refusals {
+                    counter.with_label_values(&[refusal.label()]).inc();
+                }
+                return Decision::refuse(
+                    super::Outcome::BuiltinDenied,
+                    429,
+                    "TooManyRequests",
+                    format!("kube-stepup: {refusal}"),
+                );
+            }
+            Decision::builtin_allowed()
         }
         Update => Decision::builtin_denied(
             "a StepUpChallenge cannot be changed once created (only the controller updates it); create a new one"
@@ -195,6 +229,18 @@ fn enrollment(
     } else {
         format!("an admin (group {})", config.admin_groups.join(" or "))
     };
+    let plain_confirmation = |e: &StepUpEnrollment| {
+        e.spec.confirmation.as_deref().is_some_and(crate::verify::response::is_plain_code).then(|| {
+            Decision::builtin_denied(
+                "spec.confirmation holds a plain code, readable by everyone who may watch enrollments: it must be sealed to the controller's key; update kubectl-stepup".into(),
+            )
+        })
+    };
+    let bootstrap_refused = || {
+        Decision::builtin_denied(format!(
+            "only members of the stepup admin groups may enroll through the bootstrap (spec.bootstrap); ask {admins} to approve your enrollment instead"
+        ))
+    };
     match req.operation {
         Create => {
             let Some(e) = object else {
@@ -212,8 +258,14 @@ fn enrollment(
                     "a StepUpEnrollment for {me:?} must be named {expected:?} (one per user); `kubectl stepup enroll` does this"
                 ));
             }
-            if approval_marks(e.annotations()).iter().any(Option::is_some) {
-                return Decision::builtin_denied("an enrollment cannot be created already approved or reset".into());
+            if admin_marks(e.annotations()).iter().any(Option::is_some) {
+                return Decision::builtin_denied("an enrollment cannot be created already approved or unlocked".into());
+            }
+            if e.spec.bootstrap && !is_admin {
+                return bootstrap_refused();
+            }
+            if let Some(refused) = plain_confirmation(e) {
+                return refused;
             }
             match check_user_label(e.labels(), &e.spec.user, false) {
                 Ok(()) => Decision::builtin_allowed(),
@@ -228,12 +280,18 @@ fn enrollment(
             let (Some(new), Some(old)) = (object, old) else {
                 return Decision::invalid("the request carries no StepUpEnrollment object and oldObject");
             };
-            let marks_changed = approval_marks(new.annotations()) != approval_marks(old.annotations());
+            let marks_changed = admin_marks(new.annotations()) != admin_marks(old.annotations());
             if old.spec.user == me && new.spec.user == me {
                 if marks_changed {
                     return Decision::builtin_denied(format!(
-                        "you cannot approve or reset your own enrollment; ask {admins}"
+                        "you cannot approve or unlock your own enrollment; ask {admins}"
                     ));
+                }
+                if new.spec.bootstrap && !old.spec.bootstrap && !is_admin {
+                    return bootstrap_refused();
+                }
+                if let Some(refused) = plain_confirmation(new) {
+                    return refused;
                 }
                 return match check_user_label(new.labels(), &new.spec.user, false) {
                     Ok(()) => Decision::builtin_allowed(),
@@ -249,20 +307,10 @@ fn enrollment(
             }
             if new.spec != old.spec {
                 return Decision::builtin_denied(
-                    "admins may approve or reset another user's enrollment, not change its spec".into(),
+                    "admins may approve or unlock another user's enrollment, not change its spec".into(),
                 );
             }
-            let [new_approved, new_reset] = approval_marks(new.annotations());
-            let [old_approved, old_reset] = approval_marks(old.annotations());
-            for (key, new, old) in [
-                (api::APPROVED_BY_ANNOTATION, new_approved, old_approved),
-                (api::RESET_BY_ANNOTATION, new_reset, old_reset),
-            ] {
-                if new != old && new.is_some_and(|v| v != me) {
-                    return Decision::builtin_denied(format!("{key} must be your own username ({me:?})"));
-                }
-            }
-            Decision::builtin_allowed()
+            check_admin_marks(new, old, me)
         }
         Delete if is_admin => Decision::builtin_allowed(),
         Delete => Decision::builtin_denied(format!(
@@ -272,12 +320,65 @@ fn enrollment(
     }
 }
 
-/// The admin-only annotations: approval and reset.
-fn approval_marks(annotations: &BTreeMap<String, String>) -> [Option<&str>; 2] {
-    [
-        annotations.get(api::APPROVED_BY_ANNOTATION).map(String::as_str),
-        annotations.get(api::RESET_BY_ANNOTATION).map(String::as_str),
-    ]
+/// Whether the request is an admin's act on another user's enrollment (an approval, a reset,
+/// an unlock), which the built-in admin-acts policy then subjects to step-up.
+pub(super) fn is_admin_act(req: &Request<'_>, objects: &StepUpObjects, config: &DecisionConfig) -> bool {
+    let StepUpObjects::Enrollment { object: Some(new), old: Some(old) } = objects else { return false };
+    req.operation == Update
+        && req.subresource.is_empty()
+        && old.spec.user != req.user.username
+        && req.user.in_any_group(&config.admin_groups)
+        && !config.controller_users.iter().any(|u| u == req.user.username)
+        && admin_marks(new.annotations()) != admin_marks(old.annotations())
+        && api::ADMIN_ANNOTATIONS.iter().any(|k| new.annotations().contains_key(*k))
+}
+
+/// The admin-only annotations, in the order of [`api::ADMIN_ANNOTATIONS`].
+fn admin_marks(annotations: &BTreeMap<String, String>) -> [Option<&str>; 5] {
+    api::ADMIN_ANNOTATIONS.map(|k| annotations.get(k).map(String::as_str))
+}
+
+/// An admin's marks on another user's enrollment: in their own name, and an approval only of
+/// the key the enrollment carries right now (the fingerprint the admin was shown).
+fn check_admin_marks(new: &StepUpEnrollment, old: &StepUpEnrollment, me: &str) -> Decision {
+    let get = |e: &StepUpEnrollment, k: &str| e.annotations().get(k).cloned();
+    let changed = |k: &str| get(new, k) != get(old, k);
+    if changed(api::LEGACY_RESET_BY_ANNOTATION) && get(new, api::LEGACY_RESET_BY_ANNOTATION).is_some() {
+        return Decision::builtin_denied(format!(
+            "{} is no longer used: `kubectl stepup unlock` clears a lockout, `kubectl stepup reset --key` allows one re-enrollment; update kubectl-stepup",
+            api::LEGACY_RESET_BY_ANNOTATION
+        ));
+    }
+    for key in [api::APPROVED_BY_ANNOTATION, api::UNLOCK_BY_ANNOTATION] {
+        if changed(key) && get(new, key).is_some_and(|v| v != me) {
+            return Decision::builtin_denied(format!("{key} must be your own username ({me:?})"));
+        }
+    }
+    let approving = [api::APPROVED_BY_ANNOTATION, api::APPROVED_KEY_ANNOTATION, api::APPROVED_AT_ANNOTATION]
+        .iter()
+        .any(|k| changed(k) && get(new, k).is_some());
+    if approving {
+        let current = crate::verify::seal::fingerprint(&new.spec.public_key);
+        let approved =
+            get(new, api::APPROVED_KEY_ANNOTATION).and_then(|k| crate::verify::seal::normalize_fingerprint(&k));
+        if get(new, api::APPROVED_BY_ANNOTATION).is_none() || get(new, api::APPROVED_AT_ANNOTATION).is_none() {
+            return Decision::builtin_denied(format!(
+                "an approval names the admin ({}), the key ({}) and the time ({}); `kubectl stepup approve` sets all three",
+                api::APPROVED_BY_ANNOTATION,
+                api::APPROVED_KEY_ANNOTATION,
+                api::APPROVED_AT_ANNOTATION
+            ));
+        }
+        if approved.as_deref() != Some(current.as_str()) {
+            return Decision::builtin_denied(format!(
+                "the enrollment of {:?} carries key {current}, not the approved {}: the key changed, or the fingerprint is wrong; look again (`kubectl stepup approve {}`)",
+                new.spec.user,
+                get(new, api::APPROVED_KEY_ANNOTATION).unwrap_or_default(),
+                new.spec.user
+            ));
+        }
+    }
+    Decision::builtin_allowed()
 }
 
 /// The `stepup.dev/user` label, when present (or when required), must be the hash of spec.user:

@@ -34,6 +34,14 @@ pub struct DecisionConfig {
     /// Namespaces whose objects no policy applies to (kube-system and stepup's own), so that
     /// a broken webhook cannot lock the cluster or itself out.
     pub exempt_namespaces: Vec<String>,
+    /// Everyone's challenges, for the per-user limits on creating more (`None`: not enforced
+    /// here; the controller still enforces them).
+    pub challenges: Option<std::sync::Arc<crate::limits::ChallengeView>>,
+    /// Counts the challenges those limits refuse, by limit.
+    pub challenge_refusals: Option<prometheus::IntCounterVec>,
+    /// The built-in policy an admin's acts on another user's enrollment must satisfy
+    /// ([`crate::policy::builtin::admin_acts`]); `None` turns it off.
+    pub admin_acts: Option<std::sync::Arc<CompiledPolicy>>,
 }
 
 /// What the decision knows about grants.
@@ -71,8 +79,19 @@ pub struct Inputs<'a> {
 /// Decides one admission request. `objects` carries the parsed objects for `stepup.dev` kinds.
 pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -> Decision {
     if req.group == GROUP
-        && let Some(decision) = builtin::decide(req, objects, inputs.config)
+        && let Some(decision) = builtin::decide(req, objects, inputs.config, inputs.now)
     {
+        // An allowed admin act still needs the admin's own fresh second factor.
+        if decision.allowed
+            && let Some(policy) = &inputs.config.admin_acts
+            && builtin::is_admin_act(req, objects, inputs.config)
+        {
+            let matched = [policy.as_ref()];
+            if req.user.in_any_group(&inputs.config.break_glass_groups) {
+                return Decision::break_glass(req, &matched);
+            }
+            return evaluate(req, &matched, inputs);
+        }
         return decision;
     }
     if is_exempt(req, inputs.config) {

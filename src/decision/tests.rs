@@ -22,6 +22,7 @@ fn config() -> DecisionConfig {
         exempt_users: vec!["flux".into()],
         exempt_groups: vec!["gitops".into()],
         exempt_namespaces: vec!["kube-system".into(), "stepup-system".into()],
+        ..Default::default()
     }
 }
 
@@ -311,21 +312,29 @@ fn on(resource: &str) -> RequestBuilder {
     request(Create, resource).group("stepup.dev", "v1alpha1")
 }
 
-fn challenge_for(user: &str, uid: Option<&str>) -> StepUpObjects {
-    let c = StepUpChallenge::new(
+fn challenge_with(user: &str, uid: Option<&str>, change: impl FnOnce(&mut StepUpChallenge)) -> StepUpObjects {
+    let mut c = StepUpChallenge::new(
         "c1",
         StepUpChallengeSpec {
             user: user.into(),
             uid: uid.map(Into::into),
             method: api::Method::Totp,
-            response: Some("123456".into()),
+            response: Some("c2VhbGVkIHRvIHRoZSBjb250cm9sbGVyJ3Mga2V5".into()),
             reason: None,
             duration: None,
             scope: Default::default(),
+            deadline: None,
         },
     );
+    change(&mut c);
     StepUpObjects::Challenge { object: Some(Box::new(c.clone())), old: Some(Box::new(c)) }
 }
+
+fn challenge_for(user: &str, uid: Option<&str>) -> StepUpObjects {
+    challenge_with(user, uid, |_| {})
+}
+
+const ALICE_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
 fn enrollment_for(user: &str, name: Option<&str>, annotations: &[(&str, &str)]) -> Box<StepUpEnrollment> {
     let mut e = StepUpEnrollment::new(
@@ -333,8 +342,9 @@ fn enrollment_for(user: &str, name: Option<&str>, annotations: &[(&str, &str)]) 
         StepUpEnrollmentSpec {
             user: user.into(),
             method: api::Method::Totp,
-            public_key: "A".repeat(43) + "=",
+            public_key: ALICE_KEY.into(),
             confirmation: None,
+            bootstrap: false,
         },
     );
     if !annotations.is_empty() {
@@ -348,9 +358,27 @@ fn grant_objects(user: &str) -> StepUpObjects {
     StepUpObjects::Grant { object: Some(g.clone()), old: Some(g) }
 }
 
+fn enrollment_changed(user: &str, change: impl FnOnce(&mut StepUpEnrollment)) -> Box<StepUpEnrollment> {
+    let mut e = enrollment_for(user, None, &[]);
+    change(&mut e);
+    e
+}
+
 #[test]
 fn builtin_rules_bind_stepup_objects_to_the_requester() {
     let admin = &["stepup:admins", "system:authenticated"];
+    let fp = crate::verify::seal::fingerprint(ALICE_KEY);
+    let now = crate::testing::t0().to_string();
+    let approval = [
+        (api::APPROVED_BY_ANNOTATION, "root"),
+        (api::APPROVED_KEY_ANNOTATION, fp.as_str()),
+        (api::APPROVED_AT_ANNOTATION, now.as_str()),
+    ];
+    let other_key = [
+        (api::APPROVED_BY_ANNOTATION, "root"),
+        (api::APPROVED_KEY_ANNOTATION, "aaaa-bbbb-cccc-dddd-eeee-ffff"),
+        (api::APPROVED_AT_ANNOTATION, now.as_str()),
+    ];
     let cases: Vec<(&str, RequestBuilder, StepUpObjects, bool)> = vec![
         ("alice creates her own challenge", on("stepupchallenges"), challenge_for("alice", None), true),
         ("alice cannot create a challenge for bob", on("stepupchallenges"), challenge_for("bob", None), false),
@@ -460,12 +488,111 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
             false,
         ),
         (
-            "an admin approves alice's enrollment in their own name",
+            "an admin approves alice's key in their own name",
+            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &approval)),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            true,
+        ),
+        (
+            "an admin cannot approve a key the enrollment does not carry",
+            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &other_key)),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            false,
+        ),
+        (
+            "an approval names the key",
             RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &[(api::APPROVED_BY_ANNOTATION, "root")])),
                 old: Some(enrollment_for("alice", None, &[])),
             },
+            false,
+        ),
+        (
+            "an admin unlocks alice in their own name",
+            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &[(api::UNLOCK_BY_ANNOTATION, "root")])),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            true,
+        ),
+        (
+            "alice cannot unlock herself",
+            RequestBuilder { operation: Update, ..on("stepupenrollments") },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &[(api::UNLOCK_BY_ANNOTATION, "alice")])),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            false,
+        ),
+        (
+            "the old all-in-one reset annotation is refused",
+            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &[(api::LEGACY_RESET_BY_ANNOTATION, "root")])),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            false,
+        ),
+        (
+            "only an admin may ask for the bootstrap",
+            on("stepupenrollments"),
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_changed("alice", |e| e.spec.bootstrap = true)),
+                old: None,
+            },
+            false,
+        ),
+        (
+            "an admin asks for the bootstrap",
+            on("stepupenrollments").by("root", admin),
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_changed("root", |e| e.spec.bootstrap = true)),
+                old: None,
+            },
+            true,
+        ),
+        (
+            "alice cannot turn on the bootstrap later",
+            RequestBuilder { operation: Update, ..on("stepupenrollments") },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_changed("alice", |e| e.spec.bootstrap = true)),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            false,
+        ),
+        (
+            "a confirmation in the clear is refused",
+            RequestBuilder { operation: Update, ..on("stepupenrollments") },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_changed("alice", |e| e.spec.confirmation = Some("123456".into()))),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            false,
+        ),
+        (
+            "alice cannot send her code in the clear",
+            on("stepupchallenges"),
+            challenge_with("alice", None, |c| c.spec.response = Some("123 456".into())),
+            false,
+        ),
+        (
+            "a challenge carries no finalizer but stepup's",
+            on("stepupchallenges"),
+            challenge_with("alice", None, |c| c.metadata.finalizers = Some(vec!["example.com/forever".into()])),
+            false,
+        ),
+        (
+            "a challenge may carry stepup's withdrawal finalizer",
+            on("stepupchallenges"),
+            challenge_with("alice", None, |c| c.metadata.finalizers = Some(vec![api::WITHDRAWAL_FINALIZER.into()])),
             true,
         ),
         (
@@ -511,6 +638,83 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
             assert!(matches!(d.outcome, Outcome::BuiltinDenied | Outcome::Invalid), "{name}: {:?}", d.outcome);
         }
     }
+}
+
+#[test]
+fn an_admins_approval_of_another_users_key_needs_the_admins_own_fresh_grant() {
+    // Attack: a stolen admin credential that may impersonate puts its own key into alice's
+    // enrollment and approves it. Without the admin's second factor, the approval is refused.
+    let fp = crate::verify::seal::fingerprint(ALICE_KEY);
+    let now = crate::testing::t0().to_string();
+    let approval = [
+        (api::APPROVED_BY_ANNOTATION, "root"),
+        (api::APPROVED_KEY_ANNOTATION, fp.as_str()),
+        (api::APPROVED_AT_ANNOTATION, now.as_str()),
+    ];
+    let objects = StepUpObjects::Enrollment {
+        object: Some(enrollment_for("alice", None, &approval)),
+        old: Some(enrollment_for("alice", None, &[])),
+    };
+    let unlock = StepUpObjects::Enrollment {
+        object: Some(enrollment_for("alice", None, &[(api::UNLOCK_BY_ANNOTATION, "root")])),
+        old: Some(enrollment_for("alice", None, &[])),
+    };
+    let req = RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", &["stepup:admins"]) };
+    let mut w = world(vec![]);
+    w.config.admin_acts = Some(Arc::new(crate::policy::builtin::admin_acts(api::Duration::from_secs(15 * 60))));
+    for objects in [&objects, &unlock] {
+        let d = w.decide_with(&req, objects);
+        assert_eq!(d.outcome, Outcome::Denied, "{}", d.message);
+        let requirement = d.requirement.as_ref().expect("a requirement the plugin can act on").to_string();
+        assert!(requirement.contains("policies=stepup-builtin-admin-acts"), "{requirement}");
+    }
+    let stale = grant("g-old", "root").issued(w.now - minutes(16)).expires(w.now + minutes(60)).record();
+    let fresh = grant("g-new", "root").issued(w.now - minutes(1)).expires(w.now + minutes(60)).record();
+    w.grants = GrantIndex::new(vec![stale]);
+    assert_eq!(w.decide_with(&req, &objects).outcome, Outcome::Denied, "a grant older than the max age does not do");
+    w.grants = GrantIndex::new(vec![fresh]);
+    assert_eq!(w.decide_with(&req, &objects).outcome, Outcome::Granted);
+    // alice's own changes to her enrollment never need step-up.
+    let own = StepUpObjects::Enrollment {
+        object: Some(enrollment_changed("alice", |e| e.spec.public_key = "B".repeat(43) + "=")),
+        old: Some(enrollment_for("alice", None, &[])),
+    };
+    assert_eq!(
+        w.decide_with(&RequestBuilder { operation: Update, ..on("stepupenrollments") }, &own).outcome,
+        Outcome::BuiltinAllowed
+    );
+}
+
+#[test]
+fn a_user_over_the_challenge_limits_is_refused_with_429_and_others_are_not() {
+    let view = Arc::new(crate::limits::ChallengeView::new(crate::limits::ChallengeLimits {
+        max_pending: 1,
+        max_per_window: 10,
+        window: jiff::SignedDuration::from_mins(1),
+    }));
+    let mut pending = StepUpChallenge::new(
+        "bob-1",
+        StepUpChallengeSpec {
+            user: "bob".into(),
+            uid: None,
+            method: api::Method::Totp,
+            response: None,
+            reason: None,
+            duration: None,
+            scope: Default::default(),
+            deadline: None,
+        },
+    );
+    pending.metadata.creation_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(crate::testing::t0()));
+    view.replace([&pending]);
+    let mut w = world(vec![]);
+    w.config.challenges = Some(view);
+    let d = w.decide_with(&on("stepupchallenges").by("bob", &["developers"]).uid(""), &challenge_for("bob", None));
+    assert_eq!((d.allowed, d.code, d.reason), (false, 429, "TooManyRequests"), "{}", d.message);
+    assert!(d.message.contains("already waiting for the controller"), "{}", d.message);
+    let d = w.decide_with(&on("stepupchallenges"), &challenge_for("alice", None));
+    assert!(d.allowed, "{}", d.message);
 }
 
 #[test]

@@ -123,7 +123,11 @@ Examples:
   kubectl stepup enroll
 
   # Move to a new phone: asks a code from the old authenticator, then enrolls the new one
-  kubectl stepup enroll --reenroll")]
+  # (lost the old one: press Enter and have an admin approve the fingerprint shown)
+  kubectl stepup enroll --reenroll
+
+  # The first admin of a fresh installation, within the bootstrap window
+  kubectl stepup enroll --bootstrap")]
     Enroll(EnrollArgs),
 
     /// Verify a code from your authenticator and get a grant.
@@ -169,21 +173,39 @@ Examples:
   kubectl stepup check delete -f deploy.yaml -o json")]
     Check(CheckArgs),
 
-    /// Admins: approve a user's first enrollment.
+    /// Admins: approve a user's first enrollment, for the one key fingerprint they show you.
     #[command(after_help = "\
 Needs membership in stepup's admin group (default stepup:admins). You cannot approve yourself.
+The approval is for the key the enrollment carries now; ask the user to read you the
+fingerprint their `kubectl stepup enroll` shows, and compare. It is used once, within the
+controller's approval window (default 15m).
 
-Example:
-  kubectl stepup approve alice@example.com")]
+Examples:
+  kubectl stepup approve alice@example.com
+  kubectl stepup approve alice@example.com --key 3f2a-91c0-77de-0b14-aa58-c3e9")]
     Approve(AdminArgs),
 
-    /// Admins: reset a user's enrollment (clears a lockout; allows re-enrollment without the old device).
+    /// Admins: allow one re-enrollment without the old device, for one key fingerprint.
     #[command(after_help = "\
 Needs membership in stepup's admin group (default stepup:admins). You cannot reset yourself.
+The user runs `kubectl stepup enroll --reenroll` and reads you the fingerprint it shows; the
+approval is for that key only, used once within the controller's approval window (default 15m).
+It does not unlock anything by itself: once the new authenticator is confirmed, the old one no
+longer works. To clear a lockout and nothing else, use `kubectl stepup unlock`.
+
+Examples:
+  kubectl stepup reset alice@example.com
+  kubectl stepup reset alice@example.com --key 3f2a-91c0-77de-0b14-aa58-c3e9")]
+    Reset(AdminArgs),
+
+    /// Admins: clear a user's lockout, and nothing else.
+    #[command(after_help = "\
+Needs membership in stepup's admin group (default stepup:admins). You cannot unlock yourself.
+Forgets the failed attempts; the enrolled authenticator and key stay as they are.
 
 Example:
-  kubectl stepup reset alice@example.com")]
-    Reset(AdminArgs),
+  kubectl stepup unlock alice@example.com")]
+    Unlock(UnlockArgs),
 
     /// What an auditor asks for a period: prompts, step-ups, grants used, break-glass, lockouts.
     #[command(after_help = "\
@@ -206,10 +228,15 @@ Examples:
 
 #[derive(Args, Debug, Clone)]
 pub struct EnrollArgs {
-    /// Replace an active enrollment (new authenticator); asks for a code from the current one
-    /// unless an admin has reset your enrollment.
+    /// Replace an active enrollment (new authenticator); asks for a code from the current one,
+    /// or waits for an admin to approve the new key (`kubectl stepup reset`).
     #[arg(long)]
     pub reenroll: bool,
+
+    /// The first admin of a fresh installation: enroll through the one-time bootstrap, which
+    /// needs no second admin while its window is open and nobody has used it.
+    #[arg(long)]
+    pub bootstrap: bool,
 
     /// How long to wait for the controller, and for an admin's approval.
     #[arg(long, value_name = "DURATION", default_value = "5m")]
@@ -300,6 +327,18 @@ pub struct CheckArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct AdminArgs {
+    /// The user's name, exactly as the API server authenticates them.
+    #[arg(value_name = "USER")]
+    pub user: String,
+
+    /// The key fingerprint the user read to you; without it, you are asked to confirm the one
+    /// shown.
+    #[arg(long, value_name = "FINGERPRINT")]
+    pub key: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct UnlockArgs {
     /// The user's name, exactly as the API server authenticates them.
     #[arg(value_name = "USER")]
     pub user: String,

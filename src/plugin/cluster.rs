@@ -60,6 +60,9 @@ impl Session {
         };
         // Fail fast on an unreachable server; watches are not used, so reads may stay unbounded.
         config.connect_timeout = Some(Duration::from_secs(10));
+        // A refusal by the per-user challenge limits (429) is said to the person at once,
+        // with when to try again, rather than retried behind their back.
+        config.default_retry = false;
         let server = config.cluster_url.to_string().trim_end_matches('/').to_owned();
         let namespace = config.default_namespace.clone();
         let client = Client::try_from(config).map_err(|e| Error::from_kube(e, "connect", &server))?;

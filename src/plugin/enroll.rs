@@ -1,5 +1,8 @@
 //! `kubectl stepup enroll`: bind an authenticator app to the user. The seed travels sealed to
-//! a key that lives only in this process, so it is never readable in the cluster.
+//! a key that lives only in this process, so it is never readable in the cluster; the plugin
+//! shows that key's fingerprint, which is what an admin approves, and every code it sends is
+//! sealed to the controller and bound to this very key. If anyone changes the key meanwhile,
+//! the plugin stops and says so.
 
 use std::collections::BTreeMap;
 
@@ -20,7 +23,8 @@ use super::{
 use crate::{
     api::{self, EnrollmentPhase, Method, StepUpEnrollment, StepUpEnrollmentSpec, StepUpEnrollmentStatus},
     verify::{
-        seal::EphemeralKey,
+        response::{self, EnrollmentPurpose},
+        seal::{EphemeralKey, fingerprint},
         totp::{base32_encode, otpauth_uri},
     },
 };
@@ -33,16 +37,49 @@ fn status_of(e: &StepUpEnrollment) -> StepUpEnrollmentStatus {
     e.status.clone().unwrap_or_default()
 }
 
+/// The `LastCode` condition, once the controller has checked the code sent with `generation`
+/// (or a later spec): whether it was accepted, and the controller's sentence.
+pub fn last_code(e: &StepUpEnrollment, generation: i64) -> Option<(bool, String)> {
+    let status = e.status.as_ref()?;
+    let c = status.conditions.iter().find(|c| c.type_ == "LastCode")?;
+    (c.observed_generation.unwrap_or_default() >= generation).then(|| (c.status == "True", c.message.clone()))
+}
+
+/// Refuses to go on once the enrollment carries a key other than this run's.
+fn ensure_key(e: &StepUpEnrollment, key: &EphemeralKey) -> Result<()> {
+    if e.spec.public_key != key.public_key_b64() {
+        return Err(Error::KeyChanged { now: fingerprint(&e.spec.public_key) });
+    }
+    Ok(())
+}
+
+/// A code sealed to the controller's key for this enrollment and key.
+fn seal_for(e: &StepUpEnrollment, code: &str, purpose: EnrollmentPurpose) -> Result<String> {
+    let key = e.status.as_ref().and_then(|s| s.response_key.clone()).ok_or_else(|| {
+        Error::other(
+            "the stepup controller has not published its key in your enrollment yet",
+            "Is the stepup controller running, and is it up to date? Ask your platform team.",
+        )
+    })?;
+    response::seal_code(&key, code, response::enrollment_binding(e, purpose)).map_err(|e| {
+        Error::other(format!("cannot seal the code to the controller's key: {e}"), "Ask your platform team.")
+    })
+}
+
 pub async fn run(session: &Session, args: &EnrollArgs) -> Result<()> {
     let me = session.whoami().await?;
     let api: Api<StepUpEnrollment> = session.all();
     let name = api::enrollment_name(&me.username);
     let key = EphemeralKey::generate();
+    let fp = fingerprint(&key.public_key_b64());
     let existing = api.get_opt(&name).await.map_err(session.kube_error("read your enrollment"))?;
 
-    // For a re-enrollment: the failure count before, to tell a refused old code.
-    let mut reenrolling: Option<i32> = None;
-    let generation = match &existing {
+    // For a re-enrollment with a code of the current device: the generation that carries it.
+    let mut old_code_sent: Option<i64> = None;
+    let reenrolling = existing
+        .as_ref()
+        .is_some_and(|e| matches!(status_of(e).phase, Some(EnrollmentPhase::Active | EnrollmentPhase::Locked)));
+    match &existing {
         None => {
             let mut enrollment = StepUpEnrollment::new(
                 &name,
@@ -51,18 +88,19 @@ pub async fn run(session: &Session, args: &EnrollArgs) -> Result<()> {
                     method: Method::Totp,
                     public_key: key.public_key_b64(),
                     confirmation: None,
+                    bootstrap: args.bootstrap,
                 },
             );
             enrollment.metadata.labels =
                 Some(BTreeMap::from([(api::USER_LABEL.to_owned(), api::user_label_value(&me.username))]));
-            let created = api
-                .create(&PostParams::default(), &enrollment)
+            api.create(&PostParams::default(), &enrollment)
                 .await
                 .map_err(session.kube_error("create your enrollment"))?;
-            created.metadata.generation.unwrap_or_default()
         }
         Some(e) => match status_of(e).phase {
-            Some(EnrollmentPhase::Locked) => return Err(Error::Locked { user: me.username }),
+            Some(EnrollmentPhase::Locked) if !args.reenroll => {
+                return Err(Error::Locked { user: me.username, message: status_of(e).message });
+            }
             Some(EnrollmentPhase::Active) if !args.reenroll => {
                 outln!(
                     "You are already enrolled ({}) as {}. To move to a new authenticator app, run `kubectl stepup enroll --reenroll`.",
@@ -72,37 +110,48 @@ pub async fn run(session: &Session, args: &EnrollArgs) -> Result<()> {
                 return Ok(());
             }
             Some(EnrollmentPhase::Active) => {
-                reenrolling = Some(status_of(e).consecutive_failures);
                 // The old device proves the re-enrollment comes from the person who holds it;
-                // after an admin reset the controller accepts the new key without it.
+                // without it, an admin approves this run's key by fingerprint.
                 let code = terminal::ask_hidden(
-                    "Code from your CURRENT authenticator app (Enter if an admin reset your enrollment): ",
+                    "Code from your CURRENT authenticator app (Enter if you lost it: an admin approves the new key instead): ",
                 )?;
+                let mut next = e.clone();
+                next.spec.public_key = key.public_key_b64();
                 let confirmation = match code.trim() {
                     "" => None,
-                    typed => Some(terminal::normalize_code(typed)?),
+                    typed => Some(seal_for(&next, &terminal::normalize_code(typed)?, EnrollmentPurpose::Reenrollment)?),
                 };
-                patch_spec(
+                let generation = patch_spec(
                     session,
                     &api,
                     &name,
                     json!({"publicKey": key.public_key_b64(), "confirmation": confirmation}),
                 )
-                .await?
+                .await?;
+                if confirmation.is_some() {
+                    old_code_sent = Some(generation);
+                }
             }
-            // Waiting for approval or confirmation: the secret was (or will be) sealed to a key an
-            // earlier run held and lost; a new key makes the controller seal a new one.
+            // Waiting for approval or confirmation, or locked with a lost device: the secret
+            // was (or will be) sealed to a key an earlier run held; this run's key replaces it.
             _ => {
-                patch_spec(session, &api, &name, json!({"publicKey": key.public_key_b64(), "confirmation": null}))
-                    .await?
+                patch_spec(
+                    session,
+                    &api,
+                    &name,
+                    json!({"publicKey": key.public_key_b64(), "confirmation": null, "bootstrap": args.bootstrap}),
+                )
+                .await?;
             }
         },
-    };
+    }
+    outln!("Your enrollment key fingerprint: {fp}");
+    outln!("(An admin who approves your enrollment is shown this fingerprint: compare it with theirs.)\n");
 
-    let seed = receive_seed(session, &api, &me, &key, args, reenrolling, generation).await?;
+    let seed = receive_seed(session, &api, &me, &key, args, old_code_sent, reenrolling).await?;
     show_secret(&seed, &me.username);
     drop(seed);
-    confirm(session, &api, &me, args).await?;
+    confirm(session, &api, &me, &key, args).await?;
     outln!(
         "\nEnrolled: {ISSUER} now asks your authenticator app when a policy requires step-up.\n\
          When a command is refused, run `kubectl stepup request`, or prefix the command with `kubectl stepup --`."
@@ -111,7 +160,7 @@ pub async fn run(session: &Session, args: &EnrollArgs) -> Result<()> {
 }
 
 /// Patches the spec; returns the new generation, which the controller reports in
-/// `status.observedGeneration` once it has acted on the change.
+/// `status.observedGeneration` (and the `LastCode` condition) once it has acted on it.
 async fn patch_spec(
     session: &Session,
     api: &Api<StepUpEnrollment>,
@@ -125,23 +174,18 @@ async fn patch_spec(
     Ok(patched.metadata.generation.unwrap_or_default())
 }
 
-/// Whether the controller has acted on the spec of `generation` (or a later one).
-fn seen(e: &StepUpEnrollment, generation: i64) -> bool {
-    e.status.as_ref().and_then(|s| s.observed_generation).is_some_and(|g| g >= generation)
-}
-
-/// Waits for the seed sealed to this run's key. `reenrolling` carries the failure count seen
-/// before an active enrollment was asked to take the new key.
+/// Waits for the seed sealed to this run's key.
 async fn receive_seed(
     session: &Session,
     api: &Api<StepUpEnrollment>,
     me: &Identity,
     key: &EphemeralKey,
     args: &EnrollArgs,
-    reenrolling: Option<i32>,
-    generation: i64,
+    old_code_sent: Option<i64>,
+    reenrolling: bool,
 ) -> Result<Zeroizing<Vec<u8>>> {
     let user = me.username.clone();
+    let fp = fingerprint(&key.public_key_b64());
     let progress = Progress::start("Waiting for the stepup controller to prepare your secret");
     let result = wait::until(
         session,
@@ -149,9 +193,14 @@ async fn receive_seed(
         &api::enrollment_name(&me.username),
         args.timeout,
         |e| {
+            ensure_key(e, key)?;
             let status = status_of(e);
+            if let Some(g) = old_code_sent
+                && let Some((false, message)) = last_code(e, g)
+            {
+                return Err(Error::CodeRefused { message });
+            }
             match status.phase {
-                Some(EnrollmentPhase::Locked) => Err(Error::Locked { user: user.clone() }),
                 Some(EnrollmentPhase::AwaitingConfirmation) => {
                     // A secret this key cannot open was sealed for an earlier run: keep waiting.
                     match status.sealed_secret.as_deref().map(|s| key.open(s)) {
@@ -161,27 +210,25 @@ async fn receive_seed(
                 }
                 Some(EnrollmentPhase::PendingApproval) => {
                     progress.set(&format!(
-                        "Waiting for a stepup admin to approve your enrollment: ask them to run `kubectl stepup approve {user}` (Ctrl-C to stop)"
+                        "Waiting for a stepup admin: ask them to run `kubectl stepup approve {user} --key {fp}` (Ctrl-C to stop)"
                     ));
                     Ok(Step::Wait)
                 }
-                // The controller has seen the new key and kept the old enrollment: the code from
-                // the current device was wrong or missing.
-                Some(EnrollmentPhase::Active) if seen(e, generation) => match reenrolling {
-                    Some(before) if status.consecutive_failures > before => Err(Error::CodeRefused {
-                        message: "the code from your current authenticator app is wrong".into(),
-                    }),
-                    Some(_) => Err(Error::CodeRefused {
-                        message: status.message.unwrap_or_else(|| "a code from your current authenticator app is needed".into()),
-                    }),
-                    None => Ok(Step::Wait),
-                },
+                Some(EnrollmentPhase::Locked | EnrollmentPhase::Active) if old_code_sent.is_none() && reenrolling => {
+                    progress.set(&format!(
+                        "Waiting for a stepup admin: ask them to run `kubectl stepup reset {user} --key {fp}` (Ctrl-C to stop)"
+                    ));
+                    Ok(Step::Wait)
+                }
                 _ => Ok(Step::Wait),
             }
         },
         |last| match last.and_then(|e| status_of(e).phase) {
             Some(EnrollmentPhase::PendingApproval) => {
                 Error::PendingApproval { user: me.username.clone(), message: last.and_then(|e| status_of(e).message) }
+            }
+            Some(EnrollmentPhase::Locked) => {
+                Error::Locked { user: me.username.clone(), message: last.and_then(|e| status_of(e).message) }
             }
             _ => Error::ControllerTimeout { what: "send your secret".into(), after: args.timeout },
         },
@@ -205,7 +252,13 @@ fn show_secret(seed: &[u8], username: &str) {
 
 /// Asks for the first code until the controller accepts one, locks the enrollment, or the
 /// attempts run out.
-async fn confirm(session: &Session, api: &Api<StepUpEnrollment>, me: &Identity, args: &EnrollArgs) -> Result<()> {
+async fn confirm(
+    session: &Session,
+    api: &Api<StepUpEnrollment>,
+    me: &Identity,
+    key: &EphemeralKey,
+    args: &EnrollArgs,
+) -> Result<()> {
     let name = api::enrollment_name(&me.username);
     let mut previous: Option<String> = None;
     for attempt in 1..=ATTEMPTS {
@@ -214,7 +267,10 @@ async fn confirm(session: &Session, api: &Api<StepUpEnrollment>, me: &Identity, 
             errln!("That is the code you just tried; wait for the next one.");
             continue;
         }
-        let generation = patch_spec(session, api, &name, json!({ "confirmation": code })).await?;
+        let current = api.get(&name).await.map_err(session.kube_error("read your enrollment"))?;
+        ensure_key(&current, key)?;
+        let sealed = seal_for(&current, &code, EnrollmentPurpose::Confirmation)?;
+        let generation = patch_spec(session, api, &name, json!({ "confirmation": sealed })).await?;
         previous = Some(code);
         let progress = Progress::start("Checking the code");
         let user = me.username.clone();
@@ -224,13 +280,14 @@ async fn confirm(session: &Session, api: &Api<StepUpEnrollment>, me: &Identity, 
             &name,
             args.timeout,
             |e| {
+                ensure_key(e, key)?;
                 let status = status_of(e);
-                match status.phase {
-                    Some(EnrollmentPhase::Active) => Ok(Step::Done(Ok(()))),
-                    Some(EnrollmentPhase::Locked) => Err(Error::Locked { user: user.clone() }),
-                    _ if seen(e, generation) => {
-                        Ok(Step::Done(Err(status.message.unwrap_or_else(|| "the code is wrong".into()))))
+                match (status.phase, last_code(e, generation)) {
+                    (Some(EnrollmentPhase::Active), Some((true, _))) => Ok(Step::Done(Ok(()))),
+                    (Some(EnrollmentPhase::Locked), Some((false, _))) => {
+                        Err(Error::Locked { user: user.clone(), message: status.message.clone() })
                     }
+                    (_, Some((false, message))) => Ok(Step::Done(Err(message))),
                     _ => Ok(Step::Wait),
                 }
             },

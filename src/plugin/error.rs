@@ -34,8 +34,8 @@ pub enum Error {
     PendingApproval { user: String, message: Option<String> },
     #[error("your enrollment is not confirmed yet")]
     Unconfirmed,
-    #[error("your step-up enrollment is locked after too many failed codes")]
-    Locked { user: String },
+    #[error("your step-up enrollment is locked{}", suffix(.message))]
+    Locked { user: String, message: Option<String> },
     #[error("the code was not accepted: {message}")]
     CodeRefused { message: String },
     #[error("the challenge expired before the controller verified it")]
@@ -46,6 +46,15 @@ pub enum Error {
     WebhookDown { action: String, detail: String },
     #[error("the stepup controller did not {what} within {after}")]
     ControllerTimeout { what: String, after: crate::api::Duration },
+    #[error(
+        "the stepup controller did not {what} within {after}; the challenge was withdrawn, so no grant will be issued for it{}",
+        if *.revoked { " (a grant issued at the last moment was revoked)" } else { "" }
+    )]
+    Withdrawn { what: String, after: crate::api::Duration, revoked: bool },
+    #[error("interrupted; the challenge was withdrawn, so no grant will be issued for it")]
+    Interrupted,
+    #[error("your enrollment's key was changed by someone else while you enrolled (it now carries key {now})")]
+    KeyChanged { now: String },
     #[error("kube-stepup is not installed in this cluster (no stepup.dev API)")]
     NotInstalled,
     #[error("kube-stepup refused to {action}: {message}")]
@@ -84,7 +93,7 @@ impl Error {
             Error::NotEnrolled | Error::PendingApproval { .. } | Error::Unconfirmed => Exit::NotEnrolled,
             Error::Locked { .. } => Exit::Locked,
             Error::Unreachable { .. } => Exit::Unreachable,
-            Error::WebhookDown { .. } | Error::ControllerTimeout { .. } => Exit::Unavailable,
+            Error::WebhookDown { .. } | Error::ControllerTimeout { .. } | Error::Withdrawn { .. } => Exit::Unavailable,
             _ => Exit::Error,
         }
     }
@@ -98,8 +107,8 @@ impl Error {
                 "Ask a stepup admin to run `kubectl stepup approve {user}`, then run `kubectl stepup enroll` again."
             ),
             Error::Unconfirmed => "Run `kubectl stepup enroll` to finish enrolling.".into(),
-            Error::Locked { user } => format!(
-                "Ask a stepup admin to run `kubectl stepup reset {user}`, then retry (lost device: `kubectl stepup enroll --reenroll`)."
+            Error::Locked { user, .. } => format!(
+                "Wait if it says until when; otherwise ask a stepup admin to run `kubectl stepup unlock {user}` (lost device: `kubectl stepup enroll --reenroll`, then they run `kubectl stepup reset {user} --key <fingerprint>`)."
             ),
             Error::CodeRefused { .. } => {
                 "Wait for the next code in your authenticator app (a code works once) and try again.".into()
@@ -111,9 +120,11 @@ impl Error {
             Error::WebhookDown { .. } => {
                 "The stepup webhook is down or unreachable from the API server; ask your platform team (kubectl -n stepup-system get pods).".into()
             }
-            Error::ControllerTimeout { .. } => {
+            Error::ControllerTimeout { .. } | Error::Withdrawn { .. } => {
                 "Is the stepup controller running? Ask your platform team (kubectl -n stepup-system get pods).".into()
             }
+            Error::Interrupted => "Run the command again when you are ready.".into(),
+            Error::KeyChanged { .. } => "Someone who holds your credentials may be trying to enroll their own authenticator: tell a stepup admin, and do not approve or confirm anything you did not start.".into(),
             Error::NotInstalled => "Check the kubeconfig context, or ask your platform team to install kube-stepup.".into(),
             Error::Refused { .. } => "The sentence above says why; `kubectl stepup status` shows your enrollment and grants.".into(),
             Error::Forbidden { .. } => {
@@ -247,7 +258,11 @@ mod tests {
             (Error::CodeRefused { message: "wrong".into() }, Exit::StepUp),
             (Error::NotEnrolled, Exit::NotEnrolled),
             (Error::PendingApproval { user: "alice".into(), message: None }, Exit::NotEnrolled),
-            (Error::Locked { user: "alice".into() }, Exit::Locked),
+            (Error::Locked { user: "alice".into(), message: None }, Exit::Locked),
+            (
+                Error::Withdrawn { what: "x".into(), after: crate::api::Duration::from_secs(30), revoked: false },
+                Exit::Unavailable,
+            ),
             (Error::Unreachable { server: "https://x".into(), detail: String::new() }, Exit::Unreachable),
             (Error::WebhookDown { action: "x".into(), detail: String::new() }, Exit::Unavailable),
             (
@@ -263,12 +278,13 @@ mod tests {
 
     #[test]
     fn reports_are_one_sentence_and_a_hint() {
-        let error = Error::Locked { user: "alice".into() };
+        let error =
+            Error::Locked { user: "alice".into(), message: Some("locked since 12:00 after 10 failed codes".into()) };
         let text = Report { error: &error, verbose: true }.to_string();
         assert_eq!(
             text,
-            "error: your step-up enrollment is locked after too many failed codes.\n\
-             hint: Ask a stepup admin to run `kubectl stepup reset alice`, then retry (lost device: `kubectl stepup enroll --reenroll`).\n"
+            "error: your step-up enrollment is locked (locked since 12:00 after 10 failed codes).\n\
+             hint: Wait if it says until when; otherwise ask a stepup admin to run `kubectl stepup unlock alice` (lost device: `kubectl stepup enroll --reenroll`, then they run `kubectl stepup reset alice --key <fingerprint>`).\n"
         );
         let error = Error::Unreachable { server: "https://127.0.0.1:1".into(), detail: "connection refused".into() };
         assert!(!Report { error: &error, verbose: false }.to_string().contains("refused"));

@@ -94,8 +94,12 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Status(args) => status::status(&session, &args).await.map(|()| Exit::Ok)?,
         Command::Revoke(args) => status::revoke(&session, &args).await.map(|()| Exit::Ok)?,
         Command::Check(args) => check::run(&session, &args).await?,
-        Command::Approve(args) => admin::run(&session, admin::Action::Approve, &args.user).await.map(|()| Exit::Ok)?,
-        Command::Reset(args) => admin::run(&session, admin::Action::Reset, &args.user).await.map(|()| Exit::Ok)?,
+        Command::Approve(args) => admin::run(&session, admin::Action::Approve, &args).await.map(|()| Exit::Ok)?,
+        Command::Reset(args) => admin::run(&session, admin::Action::Reset, &args).await.map(|()| Exit::Ok)?,
+        Command::Unlock(args) => {
+            let args = cli::AdminArgs { user: args.user, key: None };
+            admin::run(&session, admin::Action::Unlock, &args).await.map(|()| Exit::Ok)?
+        }
         Command::Report(args) => report::run(&session, &args).await.map(|()| Exit::Ok)?,
         Command::Completion(_) => Exit::Ok,
     };

@@ -1,11 +1,14 @@
 //! `kubectl stepup request`: exchange a one-time code for a grant. The wrapper uses the same path.
+//! The code travels sealed to the controller's key and bound to the challenge this run creates;
+//! when the plugin stops waiting it withdraws the challenge, so what it reports is the truth.
 
 use std::collections::BTreeMap;
 
-use jiff::{Timestamp, tz::TimeZone};
+use jiff::{SignedDuration, Timestamp, tz::TimeZone};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
-    api::{ObjectMeta, PostParams},
+    api::{DeleteParams, ObjectMeta, PostParams},
 };
 
 use super::{
@@ -22,6 +25,7 @@ use crate::{
         StepUpChallengeSpec, StepUpEnrollment, StepUpGrant, StepUpPolicy,
     },
     policy::CompiledPolicy,
+    verify::response,
 };
 
 /// What to ask the controller for.
@@ -35,7 +39,7 @@ pub struct GrantRequest {
 
 pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
     let me = session.whoami().await?;
-    ensure_enrolled(session, &me).await?;
+    let response_key = ensure_enrolled(session, &me).await?;
     let scope = GrantScope { policies: args.policies.clone(), namespaces: args.namespaces.clone() };
     let source = if args.code_stdin { CodeSource::Stdin } else { CodeSource::Terminal };
     let reason = match args.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
@@ -46,8 +50,8 @@ pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
         }
     };
     let code = terminal::read_code("Code from your authenticator app: ", source)?;
-    let grant =
-        obtain_grant(session, &me, GrantRequest { code, reason, duration: args.duration, scope }, args.timeout).await?;
+    let request = GrantRequest { code, reason, duration: args.duration, scope };
+    let grant = obtain_grant(session, &me, &response_key, request, args.timeout).await?;
     let now = Timestamp::now();
     let view = GrantView::new(&grant, now);
     match args.output {
@@ -61,24 +65,28 @@ pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
     Ok(())
 }
 
-/// Fails early, before a code is typed, when the enrollment cannot verify one.
-pub async fn ensure_enrolled(session: &Session, me: &Identity) -> Result<()> {
+/// Fails early, before a code is typed, when the enrollment cannot verify one. Returns the
+/// controller's response key, which the enrollment's status publishes.
+pub async fn ensure_enrolled(session: &Session, me: &Identity) -> Result<String> {
     let api: Api<StepUpEnrollment> = session.all();
-    let enrollment = match api.get_opt(&api::enrollment_name(&me.username)).await {
-        Ok(e) => e,
-        // Without permission to read it, let the controller's verdict speak.
-        Err(kube::Error::Api(s)) if s.code == 403 => return Ok(()),
-        Err(e) => return Err(Error::from_kube(e, "read your enrollment", &session.server)),
-    };
+    let enrollment =
+        api.get_opt(&api::enrollment_name(&me.username)).await.map_err(session.kube_error("read your enrollment"))?;
     let Some(enrollment) = enrollment else { return Err(Error::NotEnrolled) };
     let status = enrollment.status.unwrap_or_default();
     match status.phase {
-        Some(EnrollmentPhase::Locked) => Err(Error::Locked { user: me.username.clone() }),
+        Some(EnrollmentPhase::Locked) => {
+            Err(Error::Locked { user: me.username.clone(), message: status.message.clone() })
+        }
         Some(EnrollmentPhase::PendingApproval) => {
             Err(Error::PendingApproval { user: me.username.clone(), message: status.message })
         }
         Some(EnrollmentPhase::AwaitingConfirmation) => Err(Error::Unconfirmed),
-        Some(EnrollmentPhase::Active) | None => Ok(()),
+        Some(EnrollmentPhase::Active) | None => status.response_key.ok_or_else(|| {
+            Error::other(
+                "the stepup controller has not published its key in your enrollment yet",
+                "Is the stepup controller running, and is it up to date? Ask your platform team.",
+            )
+        }),
     }
 }
 
@@ -126,52 +134,119 @@ pub fn ask_reason(needing: &[String], required: bool, source: CodeSource) -> Res
     Ok(None)
 }
 
-/// `alice@example.com` → `alice-example-com-`: a readable generateName for challenges.
+/// `alice@example.com` → `alice-example-com-`: a readable prefix for challenge names.
 pub fn challenge_prefix(username: &str) -> String {
     let prefix = api::name_prefix(username, 40);
     if prefix.is_empty() { "user-".to_owned() } else { format!("{prefix}-") }
 }
 
-/// The challenge a user creates: for themselves, labelled as theirs, with the code.
-pub fn challenge_for(me: &Identity, request: GrantRequest) -> StepUpChallenge {
-    StepUpChallenge {
+/// A name no one else can guess ahead: the sealed code is bound to it, so the plugin picks it
+/// itself instead of leaving it to `generateName`.
+pub fn challenge_name(username: &str) -> String {
+    use rand_core::{OsRng, RngCore};
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 12];
+    OsRng.fill_bytes(&mut bytes);
+    let suffix: String = bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect();
+    format!("{}{suffix}", challenge_prefix(username))
+}
+
+/// The challenge a user creates: for themselves, labelled as theirs, with the code sealed to
+/// the controller's key and bound to this very challenge (name, scope, deadline and all).
+pub fn challenge_for(
+    me: &Identity,
+    request: GrantRequest,
+    name: &str,
+    deadline: Timestamp,
+    response_key: &str,
+) -> Result<StepUpChallenge> {
+    let mut challenge = StepUpChallenge {
         metadata: ObjectMeta {
-            generate_name: Some(challenge_prefix(&me.username)),
+            name: Some(name.to_owned()),
             labels: Some(BTreeMap::from([(api::USER_LABEL.to_owned(), api::user_label_value(&me.username))])),
+            // A withdrawal waits for the controller, which makes sure no grant outlives it.
+            finalizers: Some(vec![api::WITHDRAWAL_FINALIZER.to_owned()]),
             ..ObjectMeta::default()
         },
         spec: StepUpChallengeSpec {
             user: me.username.clone(),
             uid: Some(me.uid.clone()).filter(|u| !u.is_empty()),
             method: Method::Totp,
-            response: Some(request.code),
+            response: None,
             reason: request.reason,
             duration: request.duration,
             scope: request.scope,
+            deadline: Some(Time(Timestamp::from_second(deadline.as_second()).unwrap_or(deadline))),
         },
         status: None,
-    }
+    };
+    let binding = response::challenge_binding(&challenge);
+    let sealed = response::seal_code(response_key, &request.code, binding).map_err(|e| {
+        Error::other(
+            format!("cannot seal the code to the controller's key: {e}"),
+            "The key in your enrollment's status is unusable; ask your platform team.",
+        )
+    })?;
+    challenge.spec.response = Some(sealed);
+    Ok(challenge)
 }
 
-/// Creates the challenge, waits for the controller's verdict and returns the grant.
+/// What became of a challenge the plugin stopped waiting for.
+enum Withdrawal {
+    /// A verdict was recorded before the withdrawal: it stands.
+    Verified(String),
+    /// Withdrawn before a verdict; `revoked` when a grant issued in the race was revoked.
+    Withdrawn { revoked: bool },
+}
+
+/// Deletes the challenge. The deletion carries the challenge's state at that moment: a
+/// Verified verdict written before it stands; otherwise the controller will not issue for it,
+/// and a grant already issued in a race is revoked here and by the controller.
+async fn withdraw(session: &Session, api: &Api<StepUpChallenge>, created: &StepUpChallenge) -> Result<Withdrawal> {
+    let name = created.name_any();
+    let last = match api.delete(&name, &DeleteParams::default()).await {
+        Ok(either) => either.left(),
+        Err(kube::Error::Api(s)) if s.code == 404 => None,
+        Err(e) => return Err(Error::from_kube(e, "withdraw the challenge", &session.server)),
+    };
+    if let Some(status) = last.as_ref().and_then(|c| c.status.as_ref())
+        && status.phase == Some(ChallengePhase::Verified)
+        && let Some(grant) = &status.grant_ref
+    {
+        return Ok(Withdrawal::Verified(grant.name.clone()));
+    }
+    let grant = api::grant_name(&created.spec.user, created.metadata.uid.as_deref().unwrap_or(""));
+    let grants: Api<StepUpGrant> = session.all();
+    let revoked = match grants.delete(&grant, &DeleteParams::default()).await {
+        Ok(_) => true,
+        Err(kube::Error::Api(s)) if s.code == 404 => false,
+        Err(e) => return Err(Error::from_kube(e, &format!("revoke grant {grant}"), &session.server)),
+    };
+    Ok(Withdrawal::Withdrawn { revoked })
+}
+
+/// Creates the challenge, waits for the controller's verdict until the challenge's deadline,
+/// and returns the grant; withdraws the challenge when the wait ends without one.
 pub async fn obtain_grant(
     session: &Session,
     me: &Identity,
+    response_key: &str,
     request: GrantRequest,
     timeout: Duration,
 ) -> Result<StepUpGrant> {
     let challenges: Api<StepUpChallenge> = session.all();
-    let created = challenges
-        .create(&PostParams::default(), &challenge_for(me, request))
-        .await
-        .map_err(session.kube_error("create the challenge"))?;
+    let deadline = Timestamp::now() + timeout.as_signed();
+    let wanted = challenge_for(me, request, &challenge_name(&me.username), deadline, response_key)?;
+    let created =
+        challenges.create(&PostParams::default(), &wanted).await.map_err(session.kube_error("create the challenge"))?;
     let name = created.name_any();
     let progress = Progress::start("Verifying the code");
-    let verdict = wait::until(
+    let left = deadline.duration_since(Timestamp::now()).max(SignedDuration::ZERO);
+    let wait = wait::until(
         session,
         &challenges,
         &name,
-        timeout,
+        Duration::from(std::time::Duration::try_from(left).unwrap_or_default()),
         |c| {
             let status = c.status.clone().unwrap_or_default();
             match status.phase {
@@ -187,10 +262,28 @@ pub async fn obtain_grant(
             }
         },
         |_| Error::ControllerTimeout { what: "verify the code".into(), after: timeout },
-    )
-    .await;
+    );
+    let verdict = tokio::select! {
+        verdict = wait => verdict,
+        _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+    };
     progress.finish();
-    match verdict? {
+    let verdict = match verdict {
+        Err(error @ (Error::ControllerTimeout { .. } | Error::Interrupted | Error::ChallengeExpired)) => {
+            match withdraw(session, &challenges, &created).await? {
+                Withdrawal::Verified(grant) => Ok(grant),
+                Withdrawal::Withdrawn { revoked } => {
+                    return Err(match error {
+                        Error::ControllerTimeout { what, after } => Error::Withdrawn { what, after, revoked },
+                        other => other,
+                    });
+                }
+            }
+        }
+        Err(error) => return Err(error),
+        Ok(verdict) => verdict,
+    };
+    match verdict {
         Ok(grant) => {
             let grants: Api<StepUpGrant> = session.all();
             grants.get(&grant).await.map_err(session.kube_error(&format!("read grant {grant}")))
@@ -217,26 +310,44 @@ mod tests {
             duration: Some("30m".parse().unwrap()),
             scope: GrantScope { policies: vec![], namespaces: vec!["prod".into()] },
         };
-        let c = challenge_for(&me, request);
-        assert_eq!(c.metadata.generate_name.as_deref(), Some("oidc-alice-example-com-"));
+        let opener = crate::keys::MasterKey::from_bytes([9; 32]).response_opener();
+        let deadline = crate::testing::t0();
+        let c = challenge_for(&me, request, "oidc-alice-example-com-abc", deadline, &opener.public_base64()).unwrap();
+        assert_eq!(c.metadata.name.as_deref(), Some("oidc-alice-example-com-abc"));
         assert_eq!(c.labels()[api::USER_LABEL], api::user_label_value("oidc:Alice@example.com"));
-        let spec = serde_json::to_value(&c.spec).unwrap();
+        assert_eq!(c.metadata.finalizers.as_deref(), Some(&[api::WITHDRAWAL_FINALIZER.to_owned()][..]));
+        let mut spec = serde_json::to_value(&c.spec).unwrap();
+        let sealed = spec["response"].take();
+        assert!(!sealed.as_str().unwrap().contains("123456"), "the code never travels in the clear");
         assert_eq!(
             spec,
             serde_json::json!({
-                "user": "oidc:Alice@example.com", "uid": "u-1", "method": "TOTP", "response": "123456",
-                "reason": "INC-42", "duration": "30m", "scope": {"namespaces": ["prod"]}
+                "user": "oidc:Alice@example.com", "uid": "u-1", "method": "TOTP", "response": null,
+                "reason": "INC-42", "duration": "30m", "scope": {"namespaces": ["prod"]},
+                "deadline": "2026-11-28T12:00:00Z"
             })
         );
+        let binding = [((), response::challenge_binding(&c))];
+        assert_eq!(
+            response::open(&opener, c.spec.response.as_deref(), &binding),
+            response::Opened::Code(zeroize::Zeroizing::new("123456".into()), ()),
+            "the controller opens it for exactly this challenge"
+        );
         let anonymous_uid = Identity { uid: String::new(), ..me };
-        assert_eq!(challenge_for(&anonymous_uid, GrantRequest::default()).spec.uid, None);
+        let c = challenge_for(&anonymous_uid, GrantRequest::default(), "x", deadline, &opener.public_base64()).unwrap();
+        assert_eq!(c.spec.uid, None);
     }
 
     #[test]
-    fn generate_names_are_valid_prefixes() {
+    fn challenge_names_are_valid_and_unguessable() {
         assert_eq!(challenge_prefix("alice"), "alice-");
         assert_eq!(challenge_prefix("::"), "user-");
         assert_eq!(challenge_prefix(&"x".repeat(300)).len(), 41);
+        let (a, b) = (challenge_name("alice"), challenge_name("alice"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("alice-") && a.len() == 18, "{a}");
+        assert!(challenge_name(&"x".repeat(300)).len() <= 63);
+        assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
     }
 
     #[test]

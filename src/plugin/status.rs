@@ -22,6 +22,12 @@ pub struct EnrollmentView {
     pub phase: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Fingerprint of the enrollment's key: what an admin approves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_fingerprint: Option<String>,
+    /// When locked by the failure rate limit: when codes are checked again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub locked_until: Option<Timestamp>,
     pub consecutive_failures: i32,
 }
 
@@ -33,6 +39,8 @@ impl EnrollmentView {
             method: e.spec.method.to_string(),
             phase: status.phase.map_or_else(|| "Unknown".to_owned(), phase_name),
             message: status.message,
+            key_fingerprint: status.key_fingerprint,
+            locked_until: status.locked_until.map(|t| t.0),
             consecutive_failures: status.consecutive_failures,
         }
     }
@@ -78,9 +86,23 @@ impl StatusView {
             None => "not enrolled (run `kubectl stepup enroll`)".to_owned(),
             Some(e) => {
                 let advice = match e.phase.as_str() {
-                    "PendingApproval" => format!(" (waiting for an admin: `kubectl stepup approve {}`)", self.user),
+                    "PendingApproval" => format!(
+                        " (waiting for an admin: `kubectl stepup approve {} --key {}`)",
+                        self.user,
+                        e.key_fingerprint.as_deref().unwrap_or("<fingerprint>")
+                    ),
                     "AwaitingConfirmation" => " (run `kubectl stepup enroll` to finish)".to_owned(),
-                    "Locked" => format!(" (an admin must run `kubectl stepup reset {}`)", self.user),
+                    "Locked" => match (&e.message, e.locked_until) {
+                        (_, Some(until)) if until > now => {
+                            format!(
+                                " (too many failed codes: checked again in {})",
+                                format::remaining(until.duration_since(now))
+                            )
+                        }
+                        // The controller's sentence says what locked it and what lifts it.
+                        (Some(m), _) => format!(" ({m})"),
+                        (None, _) => format!(" (an admin must run `kubectl stepup unlock {}`)", self.user),
+                    },
                     _ => String::new(),
                 };
                 let failures = if e.consecutive_failures > 0 {
@@ -201,6 +223,7 @@ mod tests {
                 method: crate::api::Method::Totp,
                 public_key: String::new(),
                 confirmation: None,
+                bootstrap: false,
             },
         );
         e.status =
@@ -238,12 +261,12 @@ mod tests {
             (
                 EnrollmentPhase::PendingApproval,
                 0,
-                "TOTP PendingApproval (waiting for an admin: `kubectl stepup approve alice`)",
+                "TOTP PendingApproval (waiting for an admin: `kubectl stepup approve alice --key <fingerprint>`)",
             ),
             (
                 EnrollmentPhase::Locked,
                 10,
-                "TOTP Locked (an admin must run `kubectl stepup reset alice`), 10 failed attempt(s)",
+                "TOTP Locked (an admin must run `kubectl stepup unlock alice`), 10 failed attempt(s)",
             ),
         ] {
             let text = StatusView::new(&alice(), Some(&enrollment(phase, failures)), &[], false, now)
@@ -251,6 +274,12 @@ mod tests {
             assert!(text.contains(expected), "{text}");
             assert!(text.contains("none active"), "{text}");
         }
+        // Locked by the rate limit: how long is left.
+        let mut limited = enrollment(EnrollmentPhase::Locked, 3);
+        limited.status.as_mut().unwrap().locked_until =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now + minutes(3)));
+        let text = StatusView::new(&alice(), Some(&limited), &[], false, now).text(now, &TimeZone::UTC);
+        assert!(text.contains("too many failed codes: checked again in 3m"), "{text}");
     }
 
     #[test]

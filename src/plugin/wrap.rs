@@ -167,7 +167,7 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
     errln!("\nkube-stepup: this needs a fresh second factor (policy {}).", requirement.policies.join(", "));
     let session = Session::connect(&cluster).await?;
     let me = session.whoami().await?;
-    request::ensure_enrolled(&session, &me).await?;
+    let response_key = request::ensure_enrolled(&session, &me).await?;
     let reason = match args.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         Some(r) => Some(r.to_owned()),
         None if requirement.reason_required => request::ask_reason(&[], true, CodeSource::Terminal)?,
@@ -176,7 +176,7 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
     let code = terminal::read_code("Code from your authenticator app: ", CodeSource::Terminal)?;
     // Unscoped, so that the grant satisfies every policy the refusal named.
     let ask = GrantRequest { code, reason, duration: args.duration, scope: GrantScope::default() };
-    let grant = request::obtain_grant(&session, &me, ask, args.timeout).await?;
+    let grant = request::obtain_grant(&session, &me, &response_key, ask, args.timeout).await?;
     let now = Timestamp::now();
     let view = GrantView::new(&grant, now);
     errln!(

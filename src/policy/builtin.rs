@@ -8,6 +8,10 @@ use crate::{
 /// Name of the built-in policy that makes StepUpPolicy changes step-up operations.
 pub const POLICY_CHANGES: &str = "stepup-builtin-policy-changes";
 
+/// Name of the built-in policy that makes an admin's acts on another user's enrollment
+/// (approve a key, allow a re-enrollment, unlock) step-up operations.
+pub const ADMIN_ACTS: &str = "stepup-builtin-admin-acts";
+
 /// Creating, changing or deleting a StepUpPolicy requires a grant no older than `max_age`:
 /// otherwise stolen credentials could simply delete the policies.
 pub fn policy_changes(max_age: Duration) -> CompiledPolicy {
@@ -32,4 +36,33 @@ pub fn policy_changes(max_age: Duration) -> CompiledPolicy {
     let mut spec = spec;
     spec.max_age = spec.max_age.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600));
     CompiledPolicy::compile_spec(POLICY_CHANGES.to_owned(), &spec).expect("built-in policy compiles")
+}
+
+/// Approving, resetting or unlocking another user's enrollment requires a grant of the admin no
+/// older than `max_age`: otherwise a stolen admin credential, with the power to impersonate,
+/// could approve its own key for anyone's enrollment and so obtain their second factor. The
+/// webhook applies it only to those acts (see `decision::builtin`), never to a user's own
+/// enrollment, so the first admin can always enroll (through the bootstrap).
+pub fn admin_acts(max_age: Duration) -> CompiledPolicy {
+    let spec = StepUpPolicySpec {
+        match_: PolicyMatch {
+            rules: vec![ResourceRule {
+                operations: vec![Operation::Update],
+                api_groups: vec![crate::api::GROUP.to_owned()],
+                api_versions: vec!["*".to_owned()],
+                resources: vec!["stepupenrollments".to_owned()],
+            }],
+            ..Default::default()
+        },
+        enforcement: Enforcement::Deny,
+        max_age: max_age.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)),
+        methods: vec![Method::Totp],
+        message: Some(
+            "Approving, resetting and unlocking another user's enrollment are themselves step-up operations."
+                .to_owned(),
+        ),
+        require_reason: false,
+    };
+    // The spec above is fixed and valid (max_age clamped into range).
+    CompiledPolicy::compile_spec(ADMIN_ACTS.to_owned(), &spec).expect("built-in policy compiles")
 }

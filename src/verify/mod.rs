@@ -1,6 +1,8 @@
 //! Verification methods behind one trait. TOTP first; approvals and hardware keys later.
-//! Also the sealing of enrollment secrets to the plugin's ephemeral key.
+//! Also the sealing of enrollment secrets to the plugin's ephemeral key, and of responses to
+//! the controller's key. Pure.
 
+pub mod response;
 pub mod seal;
 pub mod totp;
 

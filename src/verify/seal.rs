@@ -27,6 +27,29 @@ pub fn seal(public_key_b64: &str, plaintext: &[u8]) -> Result<String, SealError>
     Ok(STANDARD.encode(sealed))
 }
 
+/// The fingerprint of a base64 public key, as the plugin shows it and an admin approves it:
+/// 96 bits of its SHA-256 in six groups of four hex digits (`3f2a-91c0-77de-0b14-aa58-c3e9`).
+/// Finding another key with the same fingerprint takes about 2^96 work, far beyond an
+/// approval's window. What is hashed is the text of `spec.publicKey` as stored.
+pub fn fingerprint(public_key_b64: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(public_key_b64.trim().as_bytes());
+    let hex = hex::encode(&digest[..12]);
+    hex.as_bytes().chunks(4).filter_map(|c| std::str::from_utf8(c).ok()).collect::<Vec<_>>().join("-")
+}
+
+/// A fingerprint as a person types it (any case, with or without dashes or spaces), in the
+/// canonical form of [`fingerprint`]; `None` when it is not 24 hex digits.
+pub fn normalize_fingerprint(typed: &str) -> Option<String> {
+    let digits: String = typed
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != '-' && *c != ':')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    (digits.len() == 24 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| digits.as_bytes().chunks(4).filter_map(|c| std::str::from_utf8(c).ok()).collect::<Vec<_>>().join("-"))
+}
+
 /// The plugin's side: a key pair that lives only for one enrollment.
 pub struct EphemeralKey {
     secret: SecretKey,
@@ -75,6 +98,19 @@ mod tests {
     fn bad_public_keys_are_refused() {
         assert_eq!(seal("AAAA", b"x").unwrap_err(), SealError::BadPublicKey);
         assert_eq!(seal("%%%", b"x").unwrap_err(), SealError::BadPublicKey);
+    }
+
+    #[test]
+    fn fingerprints_are_short_stable_and_typeable() {
+        let key = EphemeralKey::generate().public_key_b64();
+        let fp = fingerprint(&key);
+        assert_eq!(fp, fingerprint(&key));
+        assert_eq!(fp.len(), 29, "{fp}");
+        assert_ne!(fp, fingerprint(&EphemeralKey::generate().public_key_b64()));
+        assert_eq!(normalize_fingerprint(&fp.to_uppercase().replace('-', " ")), Some(fp.clone()));
+        assert_eq!(normalize_fingerprint(&fp.replace('-', "")), Some(fp.clone()));
+        assert_eq!(normalize_fingerprint("3f2a-91c0"), None);
+        assert_eq!(normalize_fingerprint("zzzz-91c0-77de-0b14-aa58-c3e9"), None);
     }
 
     #[test]
