@@ -62,9 +62,34 @@ pub struct IdentityArgs {
     /// enforced with this much slack. Keep the clocks in sync (NTP) and this small.
     #[arg(long, env = "STEPUP_MAX_CLOCK_SKEW", default_value = "10s")]
     pub max_clock_skew: Duration,
+
+    /// Treat service accounts whose credential is not bound to a pod (impersonated with
+    /// `--as`, or a token from `kubectl create token`) as the people wearing them: policies
+    /// without subjects apply. `false` restores the old behaviour (every service account is
+    /// a workload).
+    #[arg(long, env = "STEPUP_SERVICE_ACCOUNT_MASKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub service_account_masks: bool,
+
+    /// Namespaces whose service accounts stay workloads without a pod-bound credential: the
+    /// control plane mints such tokens for its own controllers (kube-system). Whoever may mint
+    /// tokens or impersonate there can skip people's policies.
+    #[arg(
+        long = "trusted-service-account-namespace",
+        env = "STEPUP_TRUSTED_SERVICE_ACCOUNT_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub trusted_service_account_namespaces: Vec<String>,
 }
 
 impl IdentityArgs {
+    pub fn masks(&self) -> crate::policy::Masks {
+        crate::policy::Masks {
+            enabled: self.service_account_masks,
+            trusted_namespaces: self.trusted_service_account_namespaces.clone(),
+        }
+    }
+
     pub fn controller_user(&self) -> String {
         self.controller_user
             .clone()

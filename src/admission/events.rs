@@ -56,6 +56,7 @@ impl EventReporter {
             Outcome::Audited => (EventType::Normal, "StepUpAudited"),
             Outcome::BreakGlass => (EventType::Warning, "BreakGlassUsed"),
             Outcome::Unavailable => (EventType::Warning, "GrantsUnavailable"),
+            Outcome::ForgedGrant => (EventType::Warning, "GrantForged"),
             _ => (EventType::Warning, "RequestRefused"),
         };
         let policy = decision.policies.first().cloned().unwrap_or_else(|| "stepup-builtin".to_owned());

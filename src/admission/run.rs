@@ -15,10 +15,15 @@ use super::{
     watch,
 };
 use crate::{
-    config::WebhookArgs, decision::DecisionConfig, error::RunError, keys::MasterKey, metrics::Metrics, policy,
+    config::WebhookArgs,
+    decision::DecisionConfig,
+    error::RunError,
+    keys::{GrantVerifier, MasterKey},
+    metrics::Metrics,
+    policy,
 };
 
-pub fn settings(args: &WebhookArgs) -> Settings {
+pub fn settings(args: &WebhookArgs, verifier: Option<GrantVerifier>) -> Settings {
     let id = &args.identity;
     let mut exempt_namespaces = vec!["kube-system".to_owned(), id.namespace.clone()];
     exempt_namespaces.extend(args.exempt_namespaces.iter().cloned());
@@ -30,7 +35,10 @@ pub fn settings(args: &WebhookArgs) -> Settings {
             exempt_users: args.exempt_users.clone(),
             exempt_groups: args.exempt_groups.clone(),
             exempt_namespaces,
+            grant_verifier: verifier,
+            max_clock_skew: id.max_clock_skew.as_signed(),
         },
+        masks: id.masks(),
         max_body_bytes: args.max_body_bytes,
         lookup_timeout: args.lookup_timeout.as_std(),
         grant_staleness_bound: args.grant_staleness_bound.as_std(),
@@ -56,7 +64,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let readiness = Arc::new(Readiness::default());
     let state = Arc::new(Webhook {
         caches,
-        settings: settings(&args),
+        settings: settings(&args, Some(verifier.clone())),
         metrics: metrics.clone(),
         lookup: Some(Arc::new(Bounded::new(
             ApiGrantSource::new(client.clone(), verifier, metrics.clone()),

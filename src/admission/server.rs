@@ -40,7 +40,7 @@ use crate::{
     decision::{self, Decision, DecisionConfig, Grants, Inputs, Outcome},
     grant::GrantRecord,
     metrics::Metrics,
-    policy::NamespaceLabels,
+    policy::{Masks, NamespaceLabels},
 };
 
 /// Tunables of the webhook server.
@@ -56,6 +56,8 @@ pub struct Settings {
     pub grant_staleness_bound: Duration,
     /// Used when the API server sends no `?timeout=`.
     pub default_review_timeout: Duration,
+    /// How service accounts without a pod-bound credential are treated.
+    pub masks: Masks,
 }
 
 impl Default for Settings {
@@ -66,6 +68,7 @@ impl Default for Settings {
             lookup_timeout: Duration::from_millis(1500),
             grant_staleness_bound: Duration::from_secs(60),
             default_review_timeout: Duration::from_secs(10),
+            masks: Masks::default(),
         }
     }
 }
@@ -234,7 +237,8 @@ async fn handle(
         }
         (None, None) => NamespaceLabels::Unknown,
     };
-    let request = review.request(labels);
+    let previous_labels = review.namespace_object_previous_labels();
+    let request = review.request(labels, previous_labels.as_ref(), &state.settings.masks);
     let policies = state.caches.policy_index();
     let now = jiff::Timestamp::now();
     let stale = state.caches.grants_stale_beyond(state.settings.grant_staleness_bound);
@@ -277,6 +281,10 @@ async fn handle(
     let policy_label = decision.policies.first().map(String::as_str).unwrap_or("none");
     metrics.reviews.with_label_values(&[decision.outcome.as_str(), policy_label]).inc();
     metrics.review_duration.with_label_values(&[decision.outcome.as_str()]).observe(started.elapsed().as_secs_f64());
+    if decision.outcome == Outcome::ForgedGrant {
+        metrics.forged_grants.inc();
+        tracing::warn!(user = request.user.username, name = request.name, "forged grant refused at admission");
+    }
     if decision.outcome == Outcome::BreakGlass {
         metrics.break_glass.inc();
         tracing::warn!(user = request.user.username, policies = %decision.policies.join(","), "break-glass access used");

@@ -39,13 +39,15 @@ pub enum StepUpObjects {
 /// themselves subject to policies).
 pub(super) fn decide(req: &Request<'_>, objects: &StepUpObjects, config: &DecisionConfig) -> Option<Decision> {
     let user = &req.user;
-    let is_controller = config.controller_users.iter().any(|u| u == user.username);
+    // The controller's name alone is a mask anyone allowed to impersonate can wear: only its
+    // pod-bound credential counts.
+    let is_controller = user.pod_bound && config.controller_users.iter().any(|u| u == user.username);
     let is_admin = user.in_any_group(&config.admin_groups);
     match objects {
         StepUpObjects::None => None,
         StepUpObjects::Policy { object } => policy(req, object.as_deref(), is_controller),
         StepUpObjects::Grant { object, old } => {
-            Some(grant(req, object.as_deref(), old.as_deref(), is_controller, is_admin))
+            Some(grant(req, object.as_deref(), old.as_deref(), is_controller, is_admin, config))
         }
         StepUpObjects::Challenge { object, old } => {
             Some(challenge(req, object.as_deref(), old.as_deref(), is_controller, is_admin))
@@ -83,18 +85,30 @@ fn grant(
     old: Option<&StepUpGrant>,
     is_controller: bool,
     is_admin: bool,
+    config: &DecisionConfig,
 ) -> Decision {
     let me = req.user.username;
     match req.operation {
         Create | Update if is_controller => match object {
-            Some(g) if req.subresource.is_empty() => match check_user_label(g.labels(), &g.spec.user, true) {
-                Ok(()) => Decision::builtin_allowed(),
-                Err(e) => Decision::invalid_object(e),
-            },
+            Some(g) if req.subresource.is_empty() => {
+                // Even the controller's identity can be forged by a cluster-admin (impersonated
+                // pod extras); its signing key cannot.
+                if !config.grant_verifier.as_ref().is_some_and(|v| v.verifies(g)) {
+                    return Decision::forged_grant(format!(
+                        "StepUpGrant {:?} is not signed by the stepup controller: only grants signed by the stepup controller are accepted, whoever writes them. This attempt is recorded.",
+                        g.name_any()
+                    ));
+                }
+                match check_user_label(g.labels(), &g.spec.user, true) {
+                    Ok(()) => Decision::builtin_allowed(),
+                    Err(e) => Decision::invalid_object(e),
+                }
+            }
+            // Status only: it cannot make a grant usable (the webhook reads the signed spec).
             _ => Decision::builtin_allowed(),
         },
         Create | Update => Decision::builtin_denied(format!(
-            "only the stepup controller may create or change StepUpGrants, and {me:?} is not it; get a grant with `kubectl stepup request`"
+            "only the stepup controller may create or change StepUpGrants, and {me:?} is not it (not its pod-bound credential); get a grant with `kubectl stepup request`"
         )),
         Delete if is_controller || is_admin => Decision::builtin_allowed(),
         Delete => match old {
