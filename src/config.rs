@@ -286,6 +286,11 @@ pub struct ControllerArgs {
     #[arg(long, env = "STEPUP_OWNER_CLUSTER_ROLE")]
     pub owner_cluster_role: Option<String>,
 
+    /// The chart's ValidatingAdmissionPolicies (each bound by a binding of the same name): the
+    /// controller reports loudly when one is removed, since no admission can protect them.
+    #[arg(long = "admission-policy", env = "STEPUP_ADMISSION_POLICIES", value_delimiter = ',')]
+    pub admission_policies: Vec<String>,
+
     /// Test hook: exit right after recording a code's use, before issuing the grant.
     #[arg(long, hide = true)]
     pub crash_after_recording: bool,

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// 1 while this replica holds the controller Lease.
     pub leader: IntGauge,
+    /// 1 while an object stepup's protection rests on exists (CRDs, webhook configuration,
+    /// admission policies and bindings), by `Kind/name`.
+    pub protection_intact: IntGaugeVec,
 }
 
 impl Metrics {
@@ -118,6 +121,14 @@ impl Metrics {
         .expect("valid metric");
         let leader =
             IntGauge::new("stepup_leader", "1 while this replica holds the controller lease.").expect("valid metric");
+        let protection_intact = IntGaugeVec::new(
+            Opts::new(
+                "stepup_protection_intact",
+                "1 while an object kube-stepup's protection rests on exists, 0 when it has been removed.",
+            ),
+            &["object"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(Opts::new("stepup_build_info", "Build information; always 1."), &["version"])
             .expect("valid metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -140,6 +151,7 @@ impl Metrics {
             Box::new(forged_grants.clone()),
             Box::new(reconcile_errors.clone()),
             Box::new(leader.clone()),
+            Box::new(protection_intact.clone()),
             Box::new(build_info),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -163,6 +175,7 @@ impl Metrics {
             forged_grants,
             reconcile_errors,
             leader,
+            protection_intact,
         }
     }
 

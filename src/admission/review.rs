@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::{
-    api::{GROUP, Operation},
+    api::{GROUP, Operation, POD_NAME_EXTRA, POD_UID_EXTRA},
     decision::{Decision, StepUpObjects},
     policy::{Masks, NamespaceLabels, Request, User},
 };
@@ -89,10 +89,6 @@ struct UserInfo<'a> {
     #[serde(default)]
     extra: PodBinding,
 }
-
-/// The extras kube-apiserver sets for a service-account token bound to a pod.
-pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
-pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
 
 /// Which of the pod-binding extras `userInfo.extra` carries (with a non-empty value). Read
 /// without allocating: other keys and their values are skipped.

@@ -9,6 +9,7 @@ pub mod factor;
 pub mod grant;
 pub mod leader;
 pub mod policy_status;
+pub mod protection;
 pub mod registration;
 pub mod run;
 pub mod webhook_config;
