@@ -17,6 +17,9 @@ pub struct AdmissionRecord<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub dry_run: bool,
+    /// What the connection proved about the sender: `client-certificate:<subject>` with mutual
+    /// TLS, else `unauthenticated` (anyone who reached the port could have sent the review).
+    pub peer: &'a str,
     pub decision: &'a Decision,
 }
 
@@ -36,6 +39,7 @@ pub fn admission(r: &AdmissionRecord<'_>) {
         namespace = r.namespace,
         name = r.name,
         dry_run = r.dry_run,
+        peer = r.peer,
         decision = d.outcome.as_str(),
         allowed = d.allowed,
         policies = d.policies.join(","),

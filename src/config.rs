@@ -139,9 +139,28 @@ pub struct WebhookArgs {
     #[arg(long, env = "STEPUP_PROTECT_POLICIES", default_value = "15m")]
     pub protect_policies: Duration,
 
+    /// PEM CA(s) that sign the API server's client certificate. When set, the webhook requires
+    /// mutual TLS: a client without such a certificate fails the handshake, so only the API
+    /// server can send reviews (configure its AdmissionConfiguration kubeconfig to present one).
+    #[arg(long, env = "STEPUP_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+
     /// Largest AdmissionReview accepted, in bytes.
     #[arg(long, env = "STEPUP_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Bytes of review bodies held at once across all connections; beyond that, reviews are
+    /// answered 503 at once. Keeps memory bounded against many large or slow bodies.
+    #[arg(long, env = "STEPUP_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes_in_flight: usize,
+
+    /// How long a client may take to send a review's body after its headers.
+    #[arg(long, env = "STEPUP_BODY_READ_TIMEOUT", default_value = "5s")]
+    pub body_read_timeout: Duration,
+
+    /// Open TLS connections at most; further clients wait in the listen backlog.
+    #[arg(long, env = "STEPUP_MAX_CONNECTIONS", default_value_t = 256)]
+    pub max_connections: usize,
 
     /// Upper bound of the direct grant lookup made before denying on a cache miss.
     #[arg(long, env = "STEPUP_LOOKUP_TIMEOUT", default_value = "1500ms")]

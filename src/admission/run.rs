@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Caches, Readiness, Settings, Webhook, admin_router,
+    BodyBudget, Caches, ConnectionLimits, Readiness, Settings, Webhook, admin_router,
     events::EventReporter,
     lookup::{ApiGrantSource, Bounded},
     router, serve_tls,
@@ -40,6 +40,8 @@ pub fn settings(args: &WebhookArgs, verifier: Option<GrantVerifier>) -> Settings
         },
         masks: id.masks(),
         max_body_bytes: args.max_body_bytes,
+        body_read_timeout: args.body_read_timeout.as_std(),
+        max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         lookup_timeout: args.lookup_timeout.as_std(),
         grant_staleness_bound: args.grant_staleness_bound.as_std(),
         default_review_timeout: Duration::from_secs(10),
@@ -62,9 +64,20 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     watch::spawn_all(client.clone(), caches.clone(), metrics.clone(), verifier.clone(), stop_watches.clone());
 
     let readiness = Arc::new(Readiness::default());
+    let tls_config = match &args.client_ca_file {
+        Some(path) => tls::mutual_server_config(certificate.clone(), &tls::read_client_ca(path)?, path)?,
+        None => {
+            tracing::warn!(
+                "no --client-ca-file: the webhook answers any client that reaches its port; reviews are recorded as unauthenticated"
+            );
+            tls::server_config(certificate.clone())
+        }
+    };
+    let settings = settings(&args, Some(verifier.clone()));
     let state = Arc::new(Webhook {
         caches,
-        settings: settings(&args, Some(verifier.clone())),
+        bodies: BodyBudget::new(settings.max_body_bytes_in_flight),
+        settings,
         metrics: metrics.clone(),
         lookup: Some(Arc::new(Bounded::new(
             ApiGrantSource::new(client.clone(), verifier, metrics.clone()),
@@ -100,10 +113,11 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     });
     let tls_task = tokio::spawn(serve_tls(
         listener,
-        tls::server_config(certificate),
+        tls_config,
         router(state),
         stop_serving.clone(),
         args.shutdown_grace.as_std(),
+        ConnectionLimits { max_connections: args.max_connections, ..ConnectionLimits::default() },
     ));
     readiness.set_listening();
     tracing::info!(listen = %args.listen, admin = %args.admin_listen, "webhook serving");
