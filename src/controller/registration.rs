@@ -76,11 +76,8 @@ pub async fn run(ctx: Arc<Context>, settings: RegistrationSettings, work: Cancel
     let guarded = protection::guarded(&settings.config.name, &settings.admission_policies);
     let mut seen = BTreeMap::new();
     let mut checked_at: Option<std::time::Instant> = None;
+    let mut tried = false;
     loop {
-        if checked_at.is_none_or(|t| t.elapsed() >= PROTECTION_CHECK) {
-            protection::check(&ctx, &guarded, &mut seen).await;
-            checked_at = Some(std::time::Instant::now());
-        }
         // Reconcile with a complete policy cache, or a restart would briefly drop rules;
         // without the policy CRD there are no policies, and the stepup kinds must still be
         // routed (the policy watch never syncs then).
@@ -92,23 +89,25 @@ pub async fn run(ctx: Arc<Context>, settings: RegistrationSettings, work: Cancel
                 Ok(true) | Err(_) => None,
             }
         };
-        match snapshot {
-            None => {
-                tokio::select! {
-                    _ = work.cancelled() => break,
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => continue,
-                }
-            }
+        let pause = match snapshot {
+            None => std::time::Duration::from_millis(200),
             Some(snapshot) => {
+                tried = true;
                 if let Err(error) = tick(&ctx, &settings, &snapshot, &mut state).await {
                     ctx.metrics.reconcile_errors.with_label_values(&["registration", error.metric_label()]).inc();
                     tracing::warn!(%error, "webhook registration not reconciled; retrying");
                 }
+                std::time::Duration::from_secs(2)
             }
+        };
+        // After the first apply: the configuration a fresh start creates is no news.
+        if tried && checked_at.is_none_or(|t| t.elapsed() >= PROTECTION_CHECK) {
+            protection::check(&ctx, &guarded, &mut seen).await;
+            checked_at = Some(std::time::Instant::now());
         }
         tokio::select! {
             _ = work.cancelled() => break,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
     feed.abort();
