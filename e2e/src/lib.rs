@@ -15,6 +15,8 @@ use kube::{
 use kube_stepup::api::{StepUpGrant, StepUpPolicy};
 use serde_json::Value;
 
+pub mod attack;
+
 /// Everything the scripts exported about the running control plane and stepup.
 #[derive(Clone, Debug)]
 pub struct Env {

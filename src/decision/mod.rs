@@ -143,13 +143,14 @@ fn namespace_side_effects<'p>(
             matched.sort_by(|a, b| a.name.cmp(&b.name));
             (!extra.is_empty()).then(|| {
                 format!(
-                    "deleting namespace \"{}\" deletes everything in it, including what {} protects",
+                    "deleting namespace \"{}\" deletes everything in it, including what {} {}",
                     req.namespace,
                     outcome::quoted_list(
                         "policy",
                         "policies",
                         &extra.iter().map(|s| s.to_string()).collect::<Vec<_>>()
-                    )
+                    ),
+                    if extra.len() == 1 { "protects" } else { "protect" }
                 )
             })
         }
