@@ -24,6 +24,9 @@ pub struct AdmissionRecord<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub dry_run: bool,
+    /// What the connection proved about the sender: `client-certificate:<subject>` with mutual
+    /// TLS, else `unauthenticated` (anyone who reached the port could have sent the review).
+    pub peer: &'a str,
     pub decision: &'a Decision,
 }
 
@@ -41,6 +44,7 @@ impl AdmissionRecord<'_> {
             namespace: self.namespace.to_owned(),
             name: self.name.to_owned(),
             dry_run: self.dry_run,
+            peer: self.peer.to_owned(),
             decision: d.outcome.as_str().to_owned(),
             allowed: Some(d.allowed),
             policies: d.policies.join(","),

@@ -68,6 +68,24 @@ pub struct IdentityArgs {
     /// enforced with this much slack. Keep the clocks in sync (NTP) and this small.
     #[arg(long, env = "STEPUP_MAX_CLOCK_SKEW", default_value = "10s")]
     pub max_clock_skew: Duration,
+
+    /// Treat service accounts whose credential is not bound to a pod (impersonated with
+    /// `--as`, or a token from `kubectl create token`) as the people wearing them: policies
+    /// without subjects apply. `false` restores the old behaviour (every service account is
+    /// a workload).
+    #[arg(long, env = "STEPUP_SERVICE_ACCOUNT_MASKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub service_account_masks: bool,
+
+    /// Namespaces whose service accounts stay workloads without a pod-bound credential: the
+    /// control plane mints such tokens for its own controllers (kube-system). Whoever may mint
+    /// tokens or impersonate there can skip people's policies.
+    #[arg(
+        long = "trusted-service-account-namespace",
+        env = "STEPUP_TRUSTED_SERVICE_ACCOUNT_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system"
+    )]
+    pub trusted_service_account_namespaces: Vec<String>,
 }
 
 /// Per-user limits on challenges, shared by the webhook (which refuses at admission) and the
@@ -99,6 +117,13 @@ impl ChallengeLimitArgs {
 impl IdentityArgs {
     pub fn webhook_user(&self) -> String {
         self.webhook_user.clone().unwrap_or_else(|| format!("system:serviceaccount:{}:stepup-webhook", self.namespace))
+    }
+
+    pub fn masks(&self) -> crate::policy::Masks {
+        crate::policy::Masks {
+            enabled: self.service_account_masks,
+            trusted_namespaces: self.trusted_service_account_namespaces.clone(),
+        }
     }
 
     pub fn controller_user(&self) -> String {
@@ -153,9 +178,28 @@ pub struct WebhookArgs {
     #[arg(long, env = "STEPUP_PROTECT_POLICIES", default_value = "15m")]
     pub protect_policies: Duration,
 
+    /// PEM CA(s) that sign the API server's client certificate. When set, the webhook requires
+    /// mutual TLS: a client without such a certificate fails the handshake, so only the API
+    /// server can send reviews (configure its AdmissionConfiguration kubeconfig to present one).
+    #[arg(long, env = "STEPUP_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
+
     /// Largest AdmissionReview accepted, in bytes.
     #[arg(long, env = "STEPUP_MAX_BODY_BYTES", default_value_t = 6 * 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Bytes of review bodies held at once across all connections; beyond that, reviews are
+    /// answered 503 at once. Keeps memory bounded against many large or slow bodies.
+    #[arg(long, env = "STEPUP_MAX_BODY_BYTES_IN_FLIGHT", default_value_t = 64 * 1024 * 1024)]
+    pub max_body_bytes_in_flight: usize,
+
+    /// How long a client may take to send a review's body after its headers.
+    #[arg(long, env = "STEPUP_BODY_READ_TIMEOUT", default_value = "5s")]
+    pub body_read_timeout: Duration,
+
+    /// Open TLS connections at most; further clients wait in the listen backlog.
+    #[arg(long, env = "STEPUP_MAX_CONNECTIONS", default_value_t = 256)]
+    pub max_connections: usize,
 
     /// Upper bound of the direct grant lookup made before denying on a cache miss.
     #[arg(long, env = "STEPUP_LOOKUP_TIMEOUT", default_value = "1500ms")]
@@ -331,6 +375,11 @@ pub struct ControllerArgs {
     /// API server (see README for the etcd cost).
     #[arg(long, env = "STEPUP_AUDIT_RETENTION", default_value = "2160h")]
     pub audit_retention: Duration,
+
+    /// The chart's ValidatingAdmissionPolicies (each bound by a binding of the same name): the
+    /// controller reports loudly when one is removed, since no admission can protect them.
+    #[arg(long = "admission-policy", env = "STEPUP_ADMISSION_POLICIES", value_delimiter = ',')]
+    pub admission_policies: Vec<String>,
 
     /// Test hook: exit right after recording a code's use, before issuing the grant.
     #[arg(long, hide = true)]

@@ -63,6 +63,9 @@ pub struct Metrics {
     pub reconcile_errors: IntCounterVec,
     /// 1 while this replica holds the controller Lease.
     pub leader: IntGauge,
+    /// 1 while an object stepup's protection rests on exists (CRDs, webhook configuration,
+    /// admission policies and bindings), by `Kind/name`.
+    pub protection_intact: IntGaugeVec,
     build_info: IntGaugeVec,
 }
 
@@ -194,6 +197,14 @@ impl Metrics {
         .expect("valid metric");
         let leader =
             IntGauge::new("stepup_leader", "1 while this replica holds the controller lease.").expect("valid metric");
+        let protection_intact = IntGaugeVec::new(
+            Opts::new(
+                "stepup_protection_intact",
+                "1 while an object kube-stepup's protection rests on exists, 0 when it has been removed.",
+            ),
+            &["object"],
+        )
+        .expect("valid metric");
         let build_info = IntGaugeVec::new(Opts::new("stepup_build_info", "Build information; always 1."), &["version"])
             .expect("valid metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -222,6 +233,7 @@ impl Metrics {
             challenge_limit_refusals,
             reconcile_errors,
             leader,
+            protection_intact,
             build_info,
         }
     }
@@ -263,6 +275,7 @@ impl Metrics {
                 Box::new(self.factor_steps.clone()),
                 Box::new(self.reconcile_errors.clone()),
                 Box::new(self.leader.clone()),
+                Box::new(self.protection_intact.clone()),
             ],
         };
         both.extend(own);
@@ -338,6 +351,7 @@ mod tests {
         m.audit_segment_writes.with_label_values(&["success"]).inc();
         m.reconcile_errors.with_label_values(&["challenge", "kube"]).inc();
         m.leader.set(1);
+        m.protection_intact.with_label_values(&["CustomResourceDefinition/stepuppolicies.stepup.dev"]).set(1);
     }
 
     fn type_name(t: MetricType) -> &'static str {

@@ -76,6 +76,29 @@ impl CertificateAuthority {
     }
 }
 
+impl CertificateAuthority {
+    /// A client certificate for `common_name` (the API server's, for mutual TLS with the webhook).
+    pub fn issue_client(
+        &self,
+        common_name: &str,
+        now: Timestamp,
+        lifetime: SignedDuration,
+    ) -> Result<ServingCertificate, PkiError> {
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, ca_key)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        params.distinguished_name = dn;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        validity(&mut params, now, lifetime);
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(ServingCertificate { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    }
+}
+
 /// Not-after of the first certificate in a PEM string.
 pub fn not_after(pem: &str) -> Option<Timestamp> {
     let der = CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()?;

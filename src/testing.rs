@@ -232,6 +232,10 @@ pub struct RequestBuilder {
     pub uid: String,
     pub groups: Vec<String>,
     pub labels: Option<BTreeMap<String, String>>,
+    /// For a Namespace UPDATE: the labels before the change.
+    pub previous_labels: Option<BTreeMap<String, String>>,
+    /// Whether the requester's credential is a pod-bound service-account token.
+    pub pod_bound: bool,
     pub dry_run: bool,
 }
 
@@ -250,6 +254,8 @@ pub fn request(operation: Operation, resource: &str) -> RequestBuilder {
         uid: String::new(),
         groups: vec!["developers".to_owned(), "system:authenticated".to_owned()],
         labels: None,
+        previous_labels: None,
+        pod_bound: false,
         dry_run: false,
     }
 }
@@ -274,6 +280,18 @@ impl RequestBuilder {
 
     pub fn labels(mut self, labels: &[(&str, &str)]) -> Self {
         self.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        self
+    }
+
+    /// A Namespace UPDATE's labels before the change.
+    pub fn previous_labels(mut self, labels: &[(&str, &str)]) -> Self {
+        self.previous_labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        self
+    }
+
+    /// The requester's credential is a service-account token bound to a pod.
+    pub fn pod_bound(mut self) -> Self {
+        self.pod_bound = true;
         self
     }
 
@@ -307,8 +325,10 @@ impl RequestBuilder {
             subresource: &self.subresource,
             namespace: &self.namespace,
             name: &self.name,
-            user: User { username: &self.username, uid: &self.uid, groups: &self.groups },
+            user: User::new(&self.username, &self.uid, &self.groups)
+                .with_credential(self.pod_bound, &crate::policy::Masks::default()),
             namespace_labels,
+            previous_labels: self.previous_labels.as_ref(),
             dry_run: self.dry_run,
         }
     }
@@ -325,6 +345,12 @@ impl RequestBuilder {
             "dryRun": self.dry_run,
         });
         let r = request.as_object_mut().expect("object");
+        if self.pod_bound {
+            r["userInfo"]["extra"] = json!({
+                "authentication.kubernetes.io/pod-name": ["web-0"],
+                "authentication.kubernetes.io/pod-uid": ["0b6b3c8e-0000-4000-8000-000000000002"],
+            });
+        }
         if !self.uid.is_empty() {
             r["userInfo"]["uid"] = json!(self.uid);
         }

@@ -14,7 +14,7 @@ use kube_stepup::{
     decision::{self, DecisionConfig, Grants, Inputs, Requirement},
     grant::GrantIndex,
     plugin::{terminal::normalize_code, trailer},
-    policy::{CompiledPolicy, NamespaceLabels, PolicyIndex},
+    policy::{CompiledPolicy, Masks, NamespaceLabels, PolicyIndex},
     testing::{grant, policy, t0},
     verify::{Verifier, totp::TotpVerifier},
 };
@@ -73,7 +73,9 @@ fn review_and_decide(body: &[u8]) {
         Some(l) => NamespaceLabels::Known(l),
         None => NamespaceLabels::Unknown,
     };
-    let request = review.request(ns_labels);
+    let previous_labels = review.namespace_object_previous_labels();
+    let masks = Masks { enabled: true, trusted_namespaces: vec!["kube-system".into()] };
+    let request = review.request(ns_labels, previous_labels.as_ref(), &masks);
     let grants = GrantIndex::new([grant("g", request.user.username).record()]);
     let config = config();
     let inputs = Inputs { policies: &POLICIES, grants: Grants::Cached(&grants), config: &config, now: t0() };

@@ -33,6 +33,8 @@ HOST=127.0.0.1
 ETCD_CLIENT_PORT=${STEPUP_ETCD_CLIENT_PORT:-23790}
 ETCD_PEER_PORT=${STEPUP_ETCD_PEER_PORT:-23800}
 APISERVER_PORT=${STEPUP_APISERVER_PORT:-16443}
+# The stepup webhook's port (stepup.sh): the API server's admission kubeconfig is keyed by it.
+WEBHOOK_PORT=${STEPUP_WEBHOOK_PORT:-18443}
 READY_TIMEOUT=${STEPUP_READY_TIMEOUT:-120}
 SA_TOKEN_DURATION=${STEPUP_SA_TOKEN_DURATION:-48h}
 API_AUDIENCES=${STEPUP_API_AUDIENCES:-https://kubernetes.default.svc}
@@ -190,7 +192,8 @@ fresh_state() {
 		rm -rf "$LOGS.previous"
 		mv "$LOGS" "$LOGS.previous"
 	fi
-	rm -rf "$PKI" "$DIR/etcd-data" "$PIDS" "$KCFG" "$TOKENS" "$ENV_FILE" "$DIR/audit-policy.yaml"
+	rm -rf "$PKI" "$DIR/etcd-data" "$PIDS" "$KCFG" "$TOKENS" "$ENV_FILE" "$DIR/audit-policy.yaml" \
+		"$DIR/admission-config.yaml" "$DIR/admission-kubeconfig.yaml"
 	mkdir -p "$PKI" "$LOGS" "$PIDS" "$KCFG" "$TOKENS"
 	chmod 700 "$DIR" "$PKI" "$TOKENS" "$KCFG"
 }
@@ -219,7 +222,52 @@ gen_pki() {
 		-out "$PKI/apiserver.crt" 2>/dev/null
 	"${ossl[@]}" genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key" 2>/dev/null
 	"${ossl[@]}" pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
+	# Mutual TLS between the API server and admission webhooks: a CA of its own (the webhook
+	# trusts nothing else) and the client certificate the API server presents to the webhook.
+	"${ossl[@]}" req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 \
+		-keyout "$PKI/admission-client-ca.key" -out "$PKI/admission-client-ca.crt" \
+		-subj "/CN=kube-stepup-e2e-admission-client-ca" \
+		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+	"${ossl[@]}" req -newkey rsa:2048 -nodes -sha256 -keyout "$PKI/admission-client.key" \
+		-out "$PKI/admission-client.csr" -subj "/CN=kube-apiserver-admission" 2>/dev/null
+	cat >"$PKI/admission-client.ext" <<-EOF
+		basicConstraints=critical,CA:FALSE
+		keyUsage=critical,digitalSignature,keyEncipherment
+		extendedKeyUsage=clientAuth
+	EOF
+	"${ossl[@]}" x509 -req -sha256 -days 30 -in "$PKI/admission-client.csr" -CA "$PKI/admission-client-ca.crt" \
+		-CAkey "$PKI/admission-client-ca.key" -CAcreateserial -extfile "$PKI/admission-client.ext" \
+		-out "$PKI/admission-client.crt" 2>/dev/null
 	chmod 600 "$PKI"/*.key
+}
+
+# The AdmissionConfiguration that makes the API server present its client certificate to the
+# stepup webhook (registered by URL: the kubeconfig user is named after the URL's host:port).
+write_admission_config() {
+	cat >"$DIR/admission-kubeconfig.yaml" <<-EOF
+		apiVersion: v1
+		kind: Config
+		users:
+		- name: "$HOST:$WEBHOOK_PORT"
+		  user:
+		    client-certificate: $PKI/admission-client.crt
+		    client-key: $PKI/admission-client.key
+	EOF
+	cat >"$DIR/admission-config.yaml" <<-EOF
+		apiVersion: apiserver.config.k8s.io/v1
+		kind: AdmissionConfiguration
+		plugins:
+		- name: ValidatingAdmissionWebhook
+		  configuration:
+		    apiVersion: apiserver.config.k8s.io/v1
+		    kind: WebhookAdmissionConfiguration
+		    kubeConfigFile: $DIR/admission-kubeconfig.yaml
+		- name: MutatingAdmissionWebhook
+		  configuration:
+		    apiVersion: apiserver.config.k8s.io/v1
+		    kind: WebhookAdmissionConfiguration
+		    kubeConfigFile: $DIR/admission-kubeconfig.yaml
+	EOF
 }
 
 gen_tokens() {
@@ -285,6 +333,9 @@ write_env() {
 		printf 'export KUBE_CA_FILE=%q\n' "$PKI/ca.crt"
 		printf 'export KUBE_CA_KEY_FILE=%q\n' "$PKI/ca.key"
 		printf 'export KUBE_AUDIT_LOG=%q\n' "$LOGS/audit.log"
+		printf 'export KUBE_ADMISSION_CLIENT_CA_FILE=%q\n' "$PKI/admission-client-ca.crt"
+		printf 'export KUBE_ADMISSION_CLIENT_CERT_FILE=%q\n' "$PKI/admission-client.crt"
+		printf 'export KUBE_ADMISSION_CLIENT_KEY_FILE=%q\n' "$PKI/admission-client.key"
 		printf 'export ETCD_URL=%q\n' "$ETCD_URL"
 		printf 'export STEPUP_E2E_TOKEN_DIR=%q\n' "$TOKENS"
 		printf 'export KUBECTL=%q\n' "$BIN_DIR/kubectl"
@@ -331,6 +382,7 @@ start_apiserver() {
 		--endpoint-reconciler-type=none \
 		--allow-privileged=true \
 		--audit-policy-file="$DIR/audit-policy.yaml" \
+		--admission-control-config-file="$DIR/admission-config.yaml" \
 		--audit-log-path="$LOGS/audit.log" \
 		--cert-dir="$PKI/generated"
 	wait_for kube-apiserver "$READY_TIMEOUT" "kube-apiserver /readyz" apiserver_ready
@@ -441,10 +493,25 @@ aggregate_cluster_roles() {
 	done
 }
 
+# stepup's processes run as they would in their pods: with tokens bound to a Pod object of
+# their service account (Pending forever without a kubelet), so the API server reports the
+# pod-name and pod-uid extras a real pod's token carries.
 issue_sa_tokens() {
-	local sa token
+	local sa token uid
 	for sa in "${SERVICE_ACCOUNTS[@]}"; do
-		token=$(kc create token "$sa" -n stepup-system --duration="$SA_TOKEN_DURATION")
+		kc apply -f - >/dev/null <<-EOF
+			apiVersion: v1
+			kind: Pod
+			metadata: {name: $sa-0, namespace: stepup-system, labels: {app.kubernetes.io/name: $sa}}
+			spec:
+			  serviceAccountName: $sa
+			  automountServiceAccountToken: false
+			  containers:
+			  - {name: stepup, image: kube-stepup/stepup:e2e}
+		EOF
+		uid=$(kc -n stepup-system get pod "$sa-0" -o 'jsonpath={.metadata.uid}')
+		token=$(kc create token "$sa" -n stepup-system --duration="$SA_TOKEN_DURATION" \
+			--bound-object-kind Pod --bound-object-name "$sa-0" --bound-object-uid "$uid")
 		echo "$token" >"$TOKENS/$sa.token"
 		chmod 600 "$TOKENS/$sa.token"
 		write_kubeconfig "$sa" "$token"
@@ -499,6 +566,7 @@ cmd_up() {
 	gen_pki
 	gen_tokens
 	write_audit_policy
+	write_admission_config
 	start_etcd
 	start_apiserver
 	bootstrap

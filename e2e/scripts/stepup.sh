@@ -41,6 +41,15 @@ load_cluster_env() {
 
 kc() { "$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
 
+# The admin as an installer: the chart's admission policy refuses cluster-admins changes to
+# stepup's registration and CRDs unless they name the installer group.
+INSTALLER_GROUP=stepup:installers
+kc_installer() { kc --as admin --as-group system:masters --as-group "$INSTALLER_GROUP" "$@"; }
+
+# The chart's ValidatingAdmissionPolicies, as `helm install` would create them for this setup.
+ADMISSION_POLICIES=(stepup-protect-webhook-configuration stepup-protect-crds stepup-protect-controller-rbac
+	stepup-protect-grants)
+
 # The binaries this run uses: copied out of cargo's target directory right after the build,
 # so that a later build (another checkout sharing the target directory, an edit while the
 # suite runs) cannot swap them under running scenarios.
@@ -109,12 +118,23 @@ make_master_key() {
 
 install_api() {
 	log "installing CRDs and RBAC"
-	kc apply -f "$REPO/crds/stepup.dev.yaml" >/dev/null
+	kc_installer apply -f "$REPO/crds/stepup.dev.yaml" >/dev/null
 	kc wait --for=condition=Established --timeout=60s \
 		crd/stepuppolicies.stepup.dev crd/stepupgrants.stepup.dev \
 		crd/stepupchallenges.stepup.dev crd/stepupenrollments.stepup.dev >/dev/null
 	kc apply -f "$REPO/e2e/manifests/rbac.yaml" >/dev/null
 	write_sa_kubeconfig policy-writer
+}
+
+# The chart's own admission policies (templates/admission-policy.yaml), rendered for the
+# processes this script runs: the e2e suite attacks stepup with them in place.
+install_admission_policy() {
+	log "installing the chart's admission policies"
+	"$HELM" template stepup "$REPO/charts/stepup" --namespace stepup-system \
+		--show-only templates/admission-policy.yaml \
+		--set fullnameOverride=stepup --set webhookConfigurationName=stepup.dev \
+		--set "breakGlassGroups={stepup:break-glass}" --set "admissionPolicy.installerGroups={$INSTALLER_GROUP}" |
+		kc_installer apply -f - >/dev/null
 }
 
 write_sa_kubeconfig() { # service-account
@@ -181,6 +201,7 @@ start_webhook() {
 		--namespace stepup-system --break-glass-group stepup:break-glass \
 		--admin-group stepup:admins,system:masters \
 		--exempt-user system:serviceaccount:stepup-system:policy-writer \
+		--client-ca-file "$KUBE_ADMISSION_CLIENT_CA_FILE" \
 		--drain-period 0s --shutdown-grace 2s --event-interval 1s --cert-reload-interval 1s \
 		--audit-flush-interval 1s \
 		"${CHALLENGE_LIMITS[@]}" \
@@ -204,6 +225,8 @@ CONTROLLER_FLAGS=(
 	--webhook-url "https://$HOST:$WEBHOOK_PORT/validate" --webhook-dns-names "$HOST,localhost"
 	--tls-secret stepup-webhook-tls
 	--audit-flush-interval 1s
+	--owner-cluster-role stepup-controller
+	--admission-policy "$(IFS=,; echo "${ADMISSION_POLICIES[*]}")"
 )
 
 start_controller() {
@@ -230,6 +253,7 @@ write_env() {
 		export STEPUP_CONTROLLER_FLAGS="${CONTROLLER_FLAGS[*]} --key-file $STEPUP_PKI/master.key"
 		export STEPUP_LOGS_DIR=$LOGS
 		export STEPUP_KEY_FILE=$STEPUP_PKI/master.key
+		export STEPUP_INSTALLER_GROUP=$INSTALLER_GROUP
 	EOF
 }
 
@@ -238,6 +262,7 @@ cmd_up() {
 	build
 	make_master_key
 	install_api
+	install_admission_policy
 	# The controller registers the webhook and makes its certificate; the webhook then
 	# serves that certificate, kept on disk by the sync loop as kubelet would.
 	start_controller
@@ -252,7 +277,7 @@ cmd_down() {
 	# Stop the controller (it would re-register), then unregister: the API server would
 	# otherwise keep calling a dead webhook.
 	stop_process stepup-controller
-	kc delete validatingwebhookconfiguration stepup.dev --ignore-not-found >/dev/null 2>&1 || true
+	kc_installer delete validatingwebhookconfiguration stepup.dev --ignore-not-found >/dev/null 2>&1 || true
 	stop_process stepup-certsync
 	stop_process stepup-webhook
 }

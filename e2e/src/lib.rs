@@ -15,6 +15,7 @@ use kube::{
 use kube_stepup::api::{StepUpGrant, StepUpPolicy};
 use serde_json::Value;
 
+pub mod attack;
 pub mod faults;
 
 /// Everything the scripts exported about the running control plane and stepup.

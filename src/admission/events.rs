@@ -317,6 +317,7 @@ fn reason_of(outcome: Outcome) -> (&'static str, &'static str) {
         Outcome::Audited => ("Normal", "StepUpAudited"),
         Outcome::BreakGlass => ("Warning", "BreakGlassUsed"),
         Outcome::Unavailable => ("Warning", "GrantsUnavailable"),
+        Outcome::ForgedGrant => ("Warning", "GrantForged"),
         _ => ("Warning", "RequestRefused"),
     }
 }

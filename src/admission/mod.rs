@@ -11,4 +11,6 @@ pub mod tls;
 pub mod watch;
 
 pub use cache::{CacheKind, Caches};
-pub use server::{AppState, Readiness, Settings, Webhook, admin_router, router, serve_tls};
+pub use server::{
+    AppState, BodyBudget, ConnectionLimits, Peer, Readiness, Settings, Webhook, admin_router, router, serve_tls,
+};

@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::{
-    api::{GROUP, Operation},
+    api::{GROUP, Operation, POD_NAME_EXTRA, POD_UID_EXTRA},
     decision::{Decision, StepUpObjects},
-    policy::{NamespaceLabels, Request, User},
+    policy::{Masks, NamespaceLabels, Request, User},
 };
 
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
@@ -86,6 +86,103 @@ struct UserInfo<'a> {
     uid: Cow<'a, str>,
     #[serde(default)]
     groups: Vec<String>,
+    #[serde(default)]
+    extra: PodBinding,
+}
+
+/// Which of the pod-binding extras `userInfo.extra` carries (with a non-empty value). Read
+/// without allocating: other keys and their values are skipped.
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+struct PodBinding {
+    name: bool,
+    uid: bool,
+}
+
+impl PodBinding {
+    fn is_bound(self) -> bool {
+        self.name && self.uid
+    }
+}
+
+impl<'de> Deserialize<'de> for PodBinding {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Extras;
+        impl<'de> serde::de::Visitor<'de> for Extras {
+            type Value = PodBinding;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of string lists")
+            }
+            fn visit_unit<E>(self) -> Result<PodBinding, E> {
+                Ok(PodBinding::default())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PodBinding, A::Error> {
+                let mut found = PodBinding::default();
+                while let Some(key) = map.next_key::<ExtraKey>()? {
+                    match key {
+                        ExtraKey::PodName => found.name |= map.next_value::<NonEmpty>()?.0,
+                        ExtraKey::PodUid => found.uid |= map.next_value::<NonEmpty>()?.0,
+                        ExtraKey::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(found)
+            }
+        }
+        deserializer.deserialize_any(Extras)
+    }
+}
+
+enum ExtraKey {
+    PodName,
+    PodUid,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for ExtraKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Key;
+        impl serde::de::Visitor<'_> for Key {
+            type Value = ExtraKey;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an extra's name")
+            }
+            fn visit_str<E>(self, key: &str) -> Result<ExtraKey, E> {
+                Ok(match key {
+                    POD_NAME_EXTRA => ExtraKey::PodName,
+                    POD_UID_EXTRA => ExtraKey::PodUid,
+                    _ => ExtraKey::Other,
+                })
+            }
+        }
+        deserializer.deserialize_str(Key)
+    }
+}
+
+/// Whether a list of strings holds a non-empty one.
+struct NonEmpty(bool);
+
+impl<'de> Deserialize<'de> for NonEmpty {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Values;
+        impl<'de> serde::de::Visitor<'de> for Values {
+            type Value = NonEmpty;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of strings")
+            }
+            fn visit_unit<E>(self) -> Result<NonEmpty, E> {
+                Ok(NonEmpty(false))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<NonEmpty, A::Error> {
+                let mut any = false;
+                while let Some(value) = seq.next_element::<Cow<'de, str>>()? {
+                    any |= !value.is_empty();
+                }
+                Ok(NonEmpty(any))
+            }
+        }
+        deserializer.deserialize_any(Values)
+    }
 }
 
 #[derive(Deserialize)]
@@ -119,6 +216,25 @@ struct RawRequest<'a> {
 pub struct Review<'a> {
     raw: RawRequest<'a>,
     operation: Operation,
+    /// The object's real name: `request.name`, or for a collection delete (empty name) the old
+    /// object's, for a `generateName` create the object's.
+    name: Cow<'a, str>,
+}
+
+/// `metadata.name` of an object, borrowed when it needs no unescaping.
+fn object_name(raw: Option<&RawValue>) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Object<'a> {
+        #[serde(borrow)]
+        metadata: Meta<'a>,
+    }
+    #[derive(Deserialize)]
+    struct Meta<'a> {
+        #[serde(borrow, default)]
+        name: Cow<'a, str>,
+    }
+    let raw = raw?;
+    serde_json::from_str::<Object<'_>>(raw.get()).ok().map(|o| o.metadata.name).filter(|n| !n.is_empty())
 }
 
 /// Only the uid of a review, for answering one whose request is otherwise unusable.
@@ -157,7 +273,14 @@ impl<'a> Review<'a> {
             "CONNECT" => Operation::Connect,
             other => return Err(ReviewError::UnknownOperation(other.to_owned())),
         };
-        Ok(Self { raw, operation })
+        // Only when the name is empty, so the common case pays nothing.
+        let name = match operation {
+            _ if !raw.name.is_empty() => raw.name.clone(),
+            Operation::Delete => object_name(raw.old_object).unwrap_or_default(),
+            Operation::Create => object_name(raw.object).unwrap_or_default(),
+            _ => Cow::Borrowed(""),
+        };
+        Ok(Self { raw, operation, name })
     }
 
     pub fn uid(&self) -> &str {
@@ -173,7 +296,12 @@ impl<'a> Review<'a> {
     }
 
     pub fn name(&self) -> &str {
-        &self.raw.name
+        &self.name
+    }
+
+    /// Whether the requester's credential is a service-account token bound to a pod.
+    pub fn pod_bound(&self) -> bool {
+        self.raw.user_info.extra.is_bound()
     }
 
     pub fn operation(&self) -> Operation {
@@ -221,13 +349,35 @@ impl<'a> Review<'a> {
         serde_json::from_str::<Meta>(raw.get()).ok().map(|m| m.metadata.labels)
     }
 
+    /// For an UPDATE of a Namespace, its labels before the change.
+    pub fn namespace_object_previous_labels(&self) -> Option<BTreeMap<String, String>> {
+        if !self.is_namespace_object() || self.operation != Operation::Update {
+            return None;
+        }
+        #[derive(Deserialize)]
+        struct Meta {
+            #[serde(default)]
+            metadata: Labels,
+        }
+        #[derive(Deserialize, Default)]
+        struct Labels {
+            #[serde(default)]
+            labels: BTreeMap<String, String>,
+        }
+        let raw = self.raw.old_object?;
+        serde_json::from_str::<Meta>(raw.get()).ok().map(|m| m.metadata.labels)
+    }
+
     /// The request as the decision sees it. For a Namespace object, `namespace` is its name.
-    pub fn request<'r>(&'r self, namespace_labels: NamespaceLabels<'r>) -> Request<'r> {
-        let namespace: &str = if self.is_namespace_object() && self.raw.namespace.is_empty() {
-            &self.raw.name
-        } else {
-            &self.raw.namespace
-        };
+    /// The requester is classified by `masks`.
+    pub fn request<'r>(
+        &'r self,
+        namespace_labels: NamespaceLabels<'r>,
+        previous_labels: Option<&'r BTreeMap<String, String>>,
+        masks: &Masks,
+    ) -> Request<'r> {
+        let namespace: &str =
+            if self.is_namespace_object() && self.raw.namespace.is_empty() { &self.name } else { &self.raw.namespace };
         Request {
             operation: self.operation,
             group: &self.raw.resource.group,
@@ -235,13 +385,11 @@ impl<'a> Review<'a> {
             resource: &self.raw.resource.resource,
             subresource: &self.raw.sub_resource,
             namespace,
-            name: &self.raw.name,
-            user: User {
-                username: &self.raw.user_info.username,
-                uid: &self.raw.user_info.uid,
-                groups: &self.raw.user_info.groups,
-            },
+            name: &self.name,
+            user: User::new(&self.raw.user_info.username, &self.raw.user_info.uid, &self.raw.user_info.groups)
+                .with_credential(self.pod_bound(), masks),
             namespace_labels,
+            previous_labels,
             dry_run: self.raw.dry_run,
         }
     }
@@ -377,7 +525,7 @@ mod tests {
         let review = Review::parse(body.as_bytes()).unwrap();
         assert_eq!(review.uid(), "r-1");
         assert_eq!(review.kind(), "Secret");
-        let req = review.request(NamespaceLabels::Unknown);
+        let req = review.request(NamespaceLabels::Unknown, None, &Masks::default());
         assert_eq!((req.operation, req.resource, req.namespace, req.name), (Delete, "secrets", "prod", "db"));
         assert_eq!((req.user.username, req.user.uid), ("alice", "uid-alice-1"));
         assert!(matches!(review.stepup_objects().unwrap(), StepUpObjects::None));
@@ -434,6 +582,90 @@ mod tests {
         let review = Review::parse(body.as_bytes()).unwrap();
         let labels = review.namespace_object_labels().unwrap();
         assert_eq!(labels.get("env").map(String::as_str), Some("prod"));
-        assert_eq!(review.request(NamespaceLabels::Known(&labels)).namespace, "prod");
+        assert_eq!(review.request(NamespaceLabels::Known(&labels), None, &Masks::default()).namespace, "prod");
+    }
+
+    fn with_extra(extra: serde_json::Value) -> String {
+        let mut review = request(Delete, "secrets").namespace("prod").name("db").review("r-4", None, None);
+        review["request"]["userInfo"]["username"] = serde_json::json!("system:serviceaccount:prod:default");
+        review["request"]["userInfo"]["extra"] = extra;
+        review.to_string()
+    }
+
+    #[test]
+    fn a_service_account_is_a_workload_only_with_both_pod_binding_extras() {
+        use crate::policy::Requester::*;
+        let cases = [
+            ("no extra", serde_json::json!(null), Person),
+            (
+                "unrelated extras",
+                serde_json::json!({"scopes": ["a"], "authentication.kubernetes.io/credential-id": ["JTI=x"]}),
+                Person,
+            ),
+            ("pod name only", serde_json::json!({POD_NAME_EXTRA: ["web-0"]}), Person),
+            ("empty values", serde_json::json!({POD_NAME_EXTRA: [""], POD_UID_EXTRA: []}), Person),
+            (
+                "pod-bound token",
+                serde_json::json!({POD_NAME_EXTRA: ["web-0"], POD_UID_EXTRA: ["u-1"], "authentication.kubernetes.io/node-name": ["n1"]}),
+                Workload,
+            ),
+            // JSON escapes do not hide a key: it is the same extra.
+            (
+                "escaped key",
+                serde_json::json!({"authentication.kubernetes.io\\u002fpod-name": ["web-0"], POD_UID_EXTRA: ["u-1"]}),
+                Workload,
+            ),
+        ];
+        for (what, extra, expected) in cases {
+            let body = with_extra(extra).replace("\\\\u002f", "\\u002f");
+            let review = Review::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let req = review.request(NamespaceLabels::Unknown, None, &Masks::default());
+            assert_eq!(req.user.kind, expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn malformed_extras_are_a_named_error_not_a_panic() {
+        for extra in [
+            serde_json::json!({POD_NAME_EXTRA: "web-0"}),
+            serde_json::json!([1]),
+            serde_json::json!({POD_NAME_EXTRA: [7]}),
+        ] {
+            let body = with_extra(extra.clone());
+            assert_eq!(Review::parse(body.as_bytes()).err().map(|e| e.label()), Some("not_json"), "{extra}");
+        }
+    }
+
+    #[test]
+    fn collection_deletes_and_generate_name_creates_use_the_objects_real_name() {
+        // deletecollection: the API server reviews each object with an empty name.
+        let body = request(Delete, "secrets")
+            .namespace("prod")
+            .review("r-5", None, Some(crate::testing::secret_object("prod", "db")))
+            .to_string();
+        let review = Review::parse(body.as_bytes()).unwrap();
+        assert_eq!(review.request(NamespaceLabels::Unknown, None, &Masks::default()).name, "db");
+        // generateName: the name is generated before validating admission.
+        let object = serde_json::json!({"metadata": {"generateName": "db-", "name": "db-x7k2p"}});
+        let body = request(Create, "secrets").namespace("prod").review("r-6", Some(object), None).to_string();
+        let review = Review::parse(body.as_bytes()).unwrap();
+        assert_eq!(review.name(), "db-x7k2p");
+        // A given name is never replaced by the object's.
+        let body = request(Delete, "secrets")
+            .namespace("prod")
+            .name("db")
+            .review("r-7", None, Some(crate::testing::secret_object("prod", "other")))
+            .to_string();
+        assert_eq!(Review::parse(body.as_bytes()).unwrap().name(), "db");
+    }
+
+    #[test]
+    fn a_namespace_update_carries_its_labels_before_and_after() {
+        let new = serde_json::json!({"metadata": {"name": "prod", "labels": {"team": "a"}}});
+        let old = serde_json::json!({"metadata": {"name": "prod", "labels": {"env": "prod", "team": "a"}}});
+        let body = request(Update, "namespaces").name("prod").review("r-8", Some(new), Some(old)).to_string();
+        let review = Review::parse(body.as_bytes()).unwrap();
+        assert_eq!(review.namespace_object_labels().unwrap().get("env"), None);
+        assert_eq!(review.namespace_object_previous_labels().unwrap().get("env").map(String::as_str), Some("prod"));
     }
 }

@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Caches, Readiness, Settings, Webhook, admin_router, challenges,
+    BodyBudget, Caches, ConnectionLimits, Readiness, Settings, Webhook, admin_router, challenges,
     events::EventReporter,
     lookup::{ApiGrantSource, Bounded},
     router, serve_tls,
@@ -15,11 +15,16 @@ use super::{
     watch,
 };
 use crate::{
-    config::WebhookArgs, decision::DecisionConfig, error::RunError, keys::MasterKey, limits::ChallengeView,
-    metrics::Metrics, policy,
+    config::WebhookArgs,
+    decision::DecisionConfig,
+    error::RunError,
+    keys::{GrantVerifier, MasterKey},
+    limits::ChallengeView,
+    metrics::Metrics,
+    policy,
 };
 
-pub fn settings(args: &WebhookArgs) -> Settings {
+pub fn settings(args: &WebhookArgs, verifier: Option<GrantVerifier>) -> Settings {
     let id = &args.identity;
     let mut exempt_namespaces = vec!["kube-system".to_owned(), id.namespace.clone()];
     exempt_namespaces.extend(args.exempt_namespaces.iter().cloned());
@@ -32,9 +37,14 @@ pub fn settings(args: &WebhookArgs) -> Settings {
             exempt_users: args.exempt_users.clone(),
             exempt_groups: args.exempt_groups.clone(),
             exempt_namespaces,
+            grant_verifier: verifier,
+            max_clock_skew: id.max_clock_skew.as_signed(),
             ..DecisionConfig::default()
         },
+        masks: id.masks(),
         max_body_bytes: args.max_body_bytes,
+        body_read_timeout: args.body_read_timeout.as_std(),
+        max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         lookup_timeout: args.lookup_timeout.as_std(),
         grant_staleness_bound: args.grant_staleness_bound.as_std(),
         default_review_timeout: Duration::from_secs(10),
@@ -67,16 +77,26 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     watch::spawn_all(client.clone(), caches.clone(), metrics.clone(), verifier.clone(), timing, stop_watches.clone());
     let challenge_view = Arc::new(ChallengeView::new(args.challenge_limits.limits()));
     challenges::spawn(client.clone(), challenge_view.clone(), stop_watches.clone());
-    let mut settings = settings(&args);
+
+    let readiness = Arc::new(Readiness::default());
+    let tls_config = match &args.client_ca_file {
+        Some(path) => tls::mutual_server_config(certificate.clone(), &tls::read_client_ca(path)?, path)?,
+        None => {
+            tracing::warn!(
+                "no --client-ca-file: the webhook answers any client that reaches its port; reviews are recorded as unauthenticated"
+            );
+            tls::server_config(certificate.clone())
+        }
+    };
+    let mut settings = settings(&args, Some(verifier.clone()));
     if !args.protect_policies.is_zero() {
         settings.decision.admin_acts = Some(Arc::new(policy::builtin::admin_acts(args.protect_policies)));
     }
     settings.decision.challenges = Some(challenge_view);
     settings.decision.challenge_refusals = Some(metrics.challenge_limit_refusals.clone());
-
-    let readiness = Arc::new(Readiness::default());
     let state = Arc::new(Webhook {
         caches,
+        bodies: BodyBudget::new(settings.max_body_bytes_in_flight),
         settings,
         metrics: metrics.clone(),
         lookup: Some(Arc::new(Bounded::new(
@@ -114,10 +134,11 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     });
     let tls_task = tokio::spawn(serve_tls(
         listener,
-        tls::server_config(certificate),
+        tls_config,
         router(state),
         stop_serving.clone(),
         args.shutdown_grace.as_std(),
+        ConnectionLimits { max_connections: args.max_connections, ..ConnectionLimits::default() },
     ));
     readiness.set_listening();
     tracing::info!(listen = %args.listen, admin = %args.admin_listen, "webhook serving");

@@ -13,19 +13,24 @@ use std::{
 use axum::{
     Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, RawQuery, State, rejection::BytesRejection},
+    extract::{DefaultBodyLimit, RawQuery, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use futures::StreamExt;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 use tracing::{Instrument, field::Empty};
 
 use super::{
@@ -40,7 +45,7 @@ use crate::{
     decision::{self, Decision, DecisionConfig, Grants, Inputs, Outcome},
     grant::GrantRecord,
     metrics::Metrics,
-    policy::NamespaceLabels,
+    policy::{Masks, NamespaceLabels},
 };
 
 /// Tunables of the webhook server.
@@ -56,6 +61,14 @@ pub struct Settings {
     pub grant_staleness_bound: Duration,
     /// Used when the API server sends no `?timeout=`.
     pub default_review_timeout: Duration,
+    /// How service accounts without a pod-bound credential are treated.
+    pub masks: Masks,
+    /// How long a client may take to send a review's body once its headers are in: the API
+    /// server sends it at once, a slow-POST attacker trickles it.
+    pub body_read_timeout: Duration,
+    /// Bytes of review bodies held at once, across all connections: what keeps memory bounded
+    /// when many clients send large bodies together. Beyond it, reviews get 503 at once.
+    pub max_body_bytes_in_flight: usize,
 }
 
 impl Default for Settings {
@@ -66,6 +79,65 @@ impl Default for Settings {
             lookup_timeout: Duration::from_millis(1500),
             grant_staleness_bound: Duration::from_secs(60),
             default_review_timeout: Duration::from_secs(10),
+            masks: Masks::default(),
+            body_read_timeout: Duration::from_secs(5),
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The byte budget for review bodies being read or decided (see
+/// [`Settings::max_body_bytes_in_flight`]).
+#[derive(Clone, Debug)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+}
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> Self {
+        Self { bytes: Arc::new(Semaphore::new(bytes.min(Semaphore::MAX_PERMITS))) }
+    }
+
+    fn reserve(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        let bytes = u32::try_from(bytes).ok()?;
+        self.bytes.clone().try_acquire_many_owned(bytes).ok()
+    }
+}
+
+/// What the connection a review arrived on proves about its sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// A client certificate signed by `--client-ca-file` (the API server), with its subject.
+    Verified(String),
+    /// No client certificate was asked for: anyone who can reach the port could have sent it.
+    Unauthenticated,
+}
+
+impl Peer {
+    /// For audit lines: `client-certificate:<subject>` or `unauthenticated`.
+    pub fn describe(&self) -> String {
+        match self {
+            Peer::Verified(subject) => format!("client-certificate:{subject}"),
+            Peer::Unauthenticated => "unauthenticated".to_owned(),
+        }
+    }
+}
+
+/// Limits of the TLS listener.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    /// Open connections at most; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub header_read_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            handshake_timeout: Duration::from_secs(5),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -91,6 +163,7 @@ impl Readiness {
 pub struct Webhook {
     pub caches: Arc<Caches>,
     pub settings: Settings,
+    pub bodies: BodyBudget,
     pub metrics: Metrics,
     pub lookup: Option<Arc<dyn GrantSource>>,
     pub events: Option<EventReporter>,
@@ -101,8 +174,8 @@ pub type AppState = Arc<Webhook>;
 
 /// The API server-facing routes. Public so tests can drive them in-process or over TLS.
 pub fn router(state: AppState) -> Router {
-    let limit = state.settings.max_body_bytes;
-    Router::new().route("/validate", post(validate)).layer(DefaultBodyLimit::max(limit)).with_state(state)
+    // Bodies are read by `read_body`, under the byte budget and a deadline.
+    Router::new().route("/validate", post(validate)).layer(DefaultBodyLimit::disable()).with_state(state)
 }
 
 /// The admin routes, served on a separate plain-HTTP port.
@@ -167,7 +240,7 @@ fn review_response(uid: &str, decision: &Decision) -> Response {
 async fn validate(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
     let started = Instant::now();
     let span = tracing::info_span!(
@@ -177,33 +250,119 @@ async fn validate(
         namespace = Empty,
         operation = Empty,
         user = Empty,
+        peer = Empty,
         decision = Empty
     );
-    handle(&state, query.as_deref(), body, started).instrument(span).await
+    async move {
+        let (parts, body) = request.into_parts();
+        let peer = parts.extensions.get::<Peer>().cloned().unwrap_or(Peer::Unauthenticated);
+        tracing::Span::current().record("peer", peer.describe());
+        let body = match read_body(&state, &parts.headers, body).await {
+            Ok(b) => b,
+            Err(refusal) => return refusal.answer(&state),
+        };
+        handle(&state, query.as_deref(), &body.bytes, &peer, started).await
+    }
+    .instrument(span)
+    .await
 }
 
-async fn handle(
+/// A body and the share of the byte budget it holds until the answer is written.
+struct Body {
+    bytes: Bytes,
+    _reserved: OwnedSemaphorePermit,
+}
+
+/// Why a body was not read.
+enum BodyRefusal {
+    TooLarge,
+    Busy,
+    Slow,
+    Unreadable(String),
+}
+
+impl BodyRefusal {
+    fn answer(self, state: &Webhook) -> Response {
+        let max = state.settings.max_body_bytes;
+        let (status, reason, message) = match self {
+            BodyRefusal::TooLarge => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("AdmissionReview larger than {max} bytes refused"))
+            }
+            BodyRefusal::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "kube-stepup webhook is reading too many review bodies at once; retry".to_owned(),
+            ),
+            BodyRefusal::Slow => (
+                StatusCode::REQUEST_TIMEOUT,
+                "slow_body",
+                format!(
+                    "AdmissionReview body not received within {}",
+                    crate::grant::human(
+                        jiff::SignedDuration::try_from(state.settings.body_read_timeout).unwrap_or_default()
+                    )
+                ),
+            ),
+            BodyRefusal::Unreadable(why) => {
+                (StatusCode::BAD_REQUEST, "unreadable_body", format!("cannot read request body: {why}"))
+            }
+        };
+        state.metrics.review_errors.with_label_values(&[reason]).inc();
+        tracing::warn!(%status, reason, "admission request body refused");
+        http_error(status, message)
+    }
+}
+
+/// Reads a review body within the size limit, the byte budget and the read timeout. The
+/// declared length is reserved before a byte is read, so a crowd of slow clients cannot
+/// together hold more than the budget.
+async fn read_body(
     state: &Webhook,
-    query: Option<&str>,
-    body: Result<Bytes, BytesRejection>,
-    started: Instant,
-) -> Response {
-    let metrics = &state.metrics;
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) => {
-            let status = rejection.status();
-            let reason = if status == StatusCode::PAYLOAD_TOO_LARGE { "too_large" } else { "unreadable_body" };
-            metrics.review_errors.with_label_values(&[reason]).inc();
-            tracing::warn!(%status, error = %rejection.body_text(), "unreadable admission request");
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!("AdmissionReview larger than {} bytes refused", state.settings.max_body_bytes)
-            } else {
-                format!("cannot read request body: {}", rejection.body_text())
-            };
-            return http_error(status, message);
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Result<Body, BodyRefusal> {
+    let max = state.settings.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .ok_or(BodyRefusal::Unreadable("bad content-length".into()))
+        })
+        .transpose()?;
+    if declared.is_some_and(|n| n > max) {
+        return Err(BodyRefusal::TooLarge);
+    }
+    // Without a length (chunked), assume the largest body.
+    let reserve = declared.unwrap_or(max).max(1);
+    let reserved = state.bodies.reserve(reserve).ok_or(BodyRefusal::Busy)?;
+    let limit = declared.unwrap_or(max);
+    let read = async {
+        let mut buf = Vec::with_capacity(limit.min(64 * 1024));
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| BodyRefusal::Unreadable(e.to_string()))?;
+            if buf.len() + chunk.len() > limit {
+                return Err(if declared.is_some() {
+                    BodyRefusal::Unreadable("body longer than its content-length".into())
+                } else {
+                    BodyRefusal::TooLarge
+                });
+            }
+            buf.extend_from_slice(&chunk);
         }
+        Ok(Bytes::from(buf))
     };
+    match tokio::time::timeout(state.settings.body_read_timeout, read).await {
+        Ok(Ok(bytes)) => Ok(Body { bytes, _reserved: reserved }),
+        Ok(Err(refusal)) => Err(refusal),
+        Err(_) => Err(BodyRefusal::Slow),
+    }
+}
+
+async fn handle(state: &Webhook, query: Option<&str>, body: &[u8], peer: &Peer, started: Instant) -> Response {
+    let metrics = &state.metrics;
     if !state.caches.is_synced(CacheKind::Policies) {
         metrics.review_errors.with_label_values(&["not_ready"]).inc();
         return http_error(
@@ -212,9 +371,9 @@ async fn handle(
         );
     }
     let deadline = started + review_timeout(query, state.settings.default_review_timeout);
-    let review = match Review::parse(&body) {
+    let review = match Review::parse(body) {
         Ok(r) => r,
-        Err(error) => return malformed(state, &body, &error),
+        Err(error) => return malformed(state, body, &error),
     };
     let span = tracing::Span::current();
     span.record("uid", review.uid());
@@ -225,7 +384,7 @@ async fn handle(
 
     let objects = match review.stepup_objects() {
         Ok(o) => o,
-        Err(error) => return malformed(state, &body, &error),
+        Err(error) => return malformed(state, body, &error),
     };
     let own_labels = review.is_namespace_object().then(|| review.namespace_object_labels()).flatten();
     let cached_labels = if own_labels.is_none() && !review.namespace().is_empty() {
@@ -241,7 +400,8 @@ async fn handle(
         }
         (None, None) => NamespaceLabels::Unknown,
     };
-    let request = review.request(labels);
+    let previous_labels = review.namespace_object_previous_labels();
+    let request = review.request(labels, previous_labels.as_ref(), &state.settings.masks);
     let policies = state.caches.policy_index();
     let now = jiff::Timestamp::now();
     let stale = state.caches.grants_stale_beyond(state.settings.grant_staleness_bound);
@@ -284,6 +444,10 @@ async fn handle(
     let policy_label = decision.policies.first().map(String::as_str).unwrap_or("none");
     metrics.reviews.with_label_values(&[decision.outcome.as_str(), policy_label]).inc();
     metrics.review_duration.with_label_values(&[decision.outcome.as_str()]).observe(started.elapsed().as_secs_f64());
+    if decision.outcome == Outcome::ForgedGrant {
+        metrics.forged_grants.inc();
+        tracing::warn!(user = request.user.username, name = request.name, "forged grant refused at admission");
+    }
     if decision.outcome == Outcome::BreakGlass {
         metrics.break_glass.inc();
         tracing::warn!(user = request.user.username, policies = %decision.policies.join(","), "break-glass access used");
@@ -300,13 +464,19 @@ async fn handle(
             namespace: request.namespace,
             name: request.name,
             dry_run: request.dry_run,
+            peer: &peer.describe(),
             decision: &decision,
         });
     }
     if let Some(events) = &state.events
         && !request.dry_run
     {
-        events.report(&decision, request.user.username, &decision::describe(&request));
+        let mut what = decision::describe(&request);
+        if *peer == Peer::Unauthenticated {
+            // Anyone who can reach the port could have sent this review: say so.
+            what.push_str(" (review from an unauthenticated connection: mutual TLS is off)");
+        }
+        events.report(&decision, request.user.username, &what);
     }
     tracing::debug!(allowed = decision.allowed, "review answered");
     review_response(review.uid(), &decision)
@@ -373,20 +543,36 @@ fn review_timeout(query: Option<&str>, default: Duration) -> Duration {
 }
 
 /// Serves `app` over TLS on `listener` until `stop` fires, then lets open connections finish
-/// (bounded by `grace`).
+/// (bounded by `grace`). With a client-verifying `tls` config, each request carries the
+/// [`Peer`] its connection proved.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
     stop: CancellationToken,
     grace: Duration,
+    limits: ConnectionLimits,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // Bound the time a client may take to send headers (slowloris); keep-alive stays on.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).max_buf_size(64 * 1024);
+    // Small HTTP/2 windows and few streams: what a connection can make us buffer stays small.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(16)
+        .initial_stream_window_size(64 * 1024)
+        .initial_connection_window_size(256 * 1024)
+        .max_header_list_size(64 * 1024);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
+        // At the limit, stop accepting: clients wait in the kernel's backlog, costing nothing.
+        let slot = tokio::select! {
+            _ = stop.cancelled() => break,
+            slot = slots.clone().acquire_owned() => match slot { Ok(s) => s, Err(_) => break },
+        };
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
@@ -402,11 +588,12 @@ pub async fn serve_tls(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(error)) => {
                     tracing::debug!(%peer, %error, "TLS handshake failed");
@@ -417,6 +604,15 @@ pub async fn serve_tls(
                     return;
                 }
             };
+            let client = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                Some(cert) => Peer::Verified(subject_of(cert)),
+                None => Peer::Unauthenticated,
+            };
+            let app = app.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(client.clone());
+                req
+            });
+            let service = TowerToHyperService::new(app);
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).into_owned();
             if let Err(error) = watcher.watch(conn).await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
@@ -427,6 +623,11 @@ pub async fn serve_tls(
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after the grace period; closing them");
     }
+}
+
+/// The subject of a (verified) client certificate, for evidence.
+fn subject_of(cert: &rustls_pki_types::CertificateDer<'_>) -> String {
+    x509_parser::parse_x509_certificate(cert).map(|(_, c)| c.subject().to_string()).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -87,6 +87,12 @@ pub fn enrollment_name(username: &str) -> String {
 }
 
 /// `system:serviceaccount:<namespace>:<name>` split into its parts.
+/// The `userInfo.extra` keys kube-apiserver sets for a service-account token bound to a pod.
+/// A cluster-admin can impersonate them; they tell a workload from a mask, not a pod from a
+/// forger.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
 pub fn parse_service_account(username: &str) -> Option<(&str, &str)> {
     let rest = username.strip_prefix(SERVICE_ACCOUNT_PREFIX)?;
     let (namespace, name) = rest.split_once(':')?;

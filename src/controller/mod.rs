@@ -10,6 +10,7 @@ pub mod factor;
 pub mod grant;
 pub mod leader;
 pub mod policy_status;
+pub mod protection;
 pub mod records;
 pub mod registration;
 pub mod run;

@@ -3,9 +3,12 @@
 //! A CA rotation publishes the new caBundle (holding old and new CA) before the new leaf is
 //! written, so no request fails during the change.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use futures::StreamExt;
@@ -13,6 +16,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::{
     api::{admissionregistration::v1::ValidatingWebhookConfiguration, core::v1::Secret, rbac::v1::ClusterRole},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     apimachinery::pkg::apis::meta::v1::OwnerReference,
 };
 use kube::{
@@ -30,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Context, Error, Result,
     certs::{self, CertSettings, Plan, TlsMaterial},
+    protection,
     webhook_config::{self, ConfigSettings},
 };
 use crate::{api::StepUpPolicy, audit};
@@ -42,10 +47,16 @@ pub struct RegistrationSettings {
     /// The chart's controller ClusterRole: owner of the configuration, so uninstalling the
     /// chart garbage-collects it.
     pub owner_cluster_role: Option<String>,
+    /// The chart's ValidatingAdmissionPolicies (each with a binding of the same name), watched
+    /// over with the CRDs and the configuration.
+    pub admission_policies: Vec<String>,
 }
 
 /// Re-applies the configuration at least this often, repairing manual drift.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often the objects stepup relies on are looked up.
+const PROTECTION_CHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub async fn run(ctx: Arc<Context>, settings: RegistrationSettings, work: CancellationToken) {
     let mut state = State::default();
@@ -62,24 +73,55 @@ pub async fn run(ctx: Arc<Context>, settings: RegistrationSettings, work: Cancel
         }
     });
     let feed = tokio::spawn(feed);
+    let guarded = protection::guarded(&settings.config.name, &settings.admission_policies);
+    let mut seen = BTreeMap::new();
+    let mut checked_at: Option<std::time::Instant> = None;
+    let mut tried = false;
     loop {
-        // Reconcile only with a complete policy cache, or a restart would briefly drop rules.
-        if !synced.load(Ordering::Acquire) {
-            tokio::select! {
-                _ = work.cancelled() => break,
-                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => continue,
+        // Reconcile with a complete policy cache, or a restart would briefly drop rules;
+        // without the policy CRD there are no policies, and the stepup kinds must still be
+        // routed (the policy watch never syncs then).
+        let snapshot = if synced.load(Ordering::Acquire) {
+            Some(sorted(&policies))
+        } else {
+            match policy_crd_exists(&ctx).await {
+                Ok(false) => Some(Vec::new()),
+                Ok(true) | Err(_) => None,
             }
-        }
-        if let Err(error) = tick(&ctx, &settings, &policies, &mut state).await {
-            ctx.metrics.reconcile_errors.with_label_values(&["registration", error.metric_label()]).inc();
-            tracing::warn!(%error, "webhook registration not reconciled; retrying");
+        };
+        let pause = match snapshot {
+            None => std::time::Duration::from_millis(200),
+            Some(snapshot) => {
+                tried = true;
+                if let Err(error) = tick(&ctx, &settings, &snapshot, &mut state).await {
+                    ctx.metrics.reconcile_errors.with_label_values(&["registration", error.metric_label()]).inc();
+                    tracing::warn!(%error, "webhook registration not reconciled; retrying");
+                }
+                std::time::Duration::from_secs(2)
+            }
+        };
+        // After the first apply: the configuration a fresh start creates is no news.
+        if tried && checked_at.is_none_or(|t| t.elapsed() >= PROTECTION_CHECK) {
+            protection::check(&ctx, &guarded, &mut seen).await;
+            checked_at = Some(std::time::Instant::now());
         }
         tokio::select! {
             _ = work.cancelled() => break,
-            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
     feed.abort();
+}
+
+fn sorted(policies: &Store<StepUpPolicy>) -> Vec<StepUpPolicy> {
+    let mut snapshot: Vec<StepUpPolicy> = policies.state().iter().map(|p| (**p).clone()).collect();
+    snapshot.sort_by_key(|p| p.name_any());
+    snapshot
+}
+
+async fn policy_crd_exists(ctx: &Context) -> Result<bool> {
+    let crds: Api<CustomResourceDefinition> = Api::all(ctx.client.clone());
+    Ok(crds.get_metadata_opt(protection::CRDS[0]).await?.is_some())
 }
 
 #[derive(Default)]
@@ -91,12 +133,7 @@ struct State {
     owner: Option<OwnerReference>,
 }
 
-async fn tick(
-    ctx: &Context,
-    s: &RegistrationSettings,
-    policies: &Store<StepUpPolicy>,
-    state: &mut State,
-) -> Result<()> {
+async fn tick(ctx: &Context, s: &RegistrationSettings, snapshot: &[StepUpPolicy], state: &mut State) -> Result<()> {
     if state.owner.is_none()
         && let Some(role) = &s.owner_cluster_role
     {
@@ -113,11 +150,9 @@ async fn tick(
     }
     let mut config = s.config.clone();
     config.owner = state.owner.clone();
-    let mut snapshot: Vec<StepUpPolicy> = policies.state().iter().map(|p| (**p).clone()).collect();
-    snapshot.sort_by_key(|p| p.name_any());
 
     let Some(cert_settings) = &s.certs else {
-        return apply(ctx, &config, &snapshot, None, state).await;
+        return apply(ctx, &config, snapshot, None, state).await;
     };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let current = secrets.get_opt(&cert_settings.secret_name).await?;
@@ -127,11 +162,11 @@ async fn tick(
     let plan = certs::plan(material.as_ref(), requested.as_deref(), now, cert_settings);
     if plan == Plan::Keep {
         let bundle = material.as_ref().map(|m| m.ca_bundle());
-        return apply(ctx, &config, &snapshot, bundle.as_deref(), state).await;
+        return apply(ctx, &config, snapshot, bundle.as_deref(), state).await;
     }
     let next = certs::execute(plan, material.as_ref(), now, cert_settings)?;
     // Trust first, then serve: the caBundle with the new CA goes out before the new leaf.
-    apply(ctx, &config, &snapshot, Some(&next.ca_bundle()), state).await?;
+    apply(ctx, &config, snapshot, Some(&next.ca_bundle()), state).await?;
     let mut secret = current.clone().unwrap_or_else(|| Secret {
         metadata: ObjectMeta {
             name: Some(cert_settings.secret_name.clone()),

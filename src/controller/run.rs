@@ -84,6 +84,7 @@ pub fn registration_settings(args: &ControllerArgs) -> Option<RegistrationSettin
             target,
             timeout_seconds: args.webhook_timeout.as_std().as_secs().clamp(1, 30) as i32,
             own_users: vec![args.identity.controller_user(), webhook_user],
+            masks: args.identity.masks(),
             inject_ca_from: cert_manager.then(|| format!("{ns}/{}", args.cert_manager_certificate)),
             owner: None,
         },
@@ -94,6 +95,7 @@ pub fn registration_settings(args: &ControllerArgs) -> Option<RegistrationSettin
             leaf_validity: args.cert_validity.as_signed(),
         }),
         owner_cluster_role: args.owner_cluster_role.clone(),
+        admission_policies: args.admission_policies.clone(),
     })
 }
 

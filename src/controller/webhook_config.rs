@@ -16,8 +16,8 @@ use k8s_openapi::{
 };
 
 use crate::{
-    api::{GROUP, StepUpPolicy},
-    policy::{CompiledPolicy, OperationSet},
+    api::{GROUP, POD_NAME_EXTRA, POD_UID_EXTRA, StepUpPolicy},
+    policy::{CompiledPolicy, Masks, OperationSet},
 };
 
 /// Name of the one webhook in the configuration; the API server prefixes audit annotation
@@ -39,8 +39,12 @@ pub struct ConfigSettings {
     pub namespace: String,
     pub target: Target,
     pub timeout_seconds: i32,
-    /// Usernames whose requests never go to the webhook (stepup's own service accounts).
+    /// Usernames whose requests never go to the webhook (stepup's own service accounts) when
+    /// they come with a pod-bound credential, except on stepup kinds.
     pub own_users: Vec<String>,
+    /// Service accounts without a pod-bound credential are people (the webhook's `Masks`):
+    /// their requests must reach the webhook.
+    pub masks: Masks,
     /// With cert-manager, `<namespace>/<certificate>`: the injector fills the caBundle.
     pub inject_ca_from: Option<String>,
     pub owner: Option<OwnerReference>,
@@ -144,6 +148,39 @@ fn stepup_rule() -> RuleWithOperations {
     }
 }
 
+/// Namespace UPDATE when a policy selects namespaces by label (a label change can take a
+/// namespace out of it), and DELETE when a policy protects deleting something that lives in
+/// namespaces (deleting the namespace deletes it all). Subresources too: labels travel with
+/// any update of the object.
+fn namespace_rule(policies: &[StepUpPolicy]) -> Option<RuleWithOperations> {
+    let compiled: Vec<CompiledPolicy> = policies.iter().filter_map(|p| CompiledPolicy::compile(p).ok()).collect();
+    let mut operations = Vec::new();
+    if compiled.iter().any(CompiledPolicy::has_namespace_selector) {
+        operations.push("UPDATE".to_owned());
+    }
+    if compiled.iter().any(CompiledPolicy::protects_namespaced_deletes) {
+        operations.push("DELETE".to_owned());
+    }
+    (!operations.is_empty()).then(|| RuleWithOperations {
+        api_groups: Some(vec![String::new()]),
+        api_versions: Some(vec!["v1".into()]),
+        operations: Some(operations),
+        resources: Some(vec!["namespaces".into(), "namespaces/status".into(), "namespaces/finalize".into()]),
+        scope: Some("Cluster".into()),
+    })
+}
+
+/// CEL: the request's credential is a service-account token bound to a pod.
+fn pod_bound_cel() -> String {
+    format!(
+        "(has(request.userInfo.extra) && '{POD_NAME_EXTRA}' in request.userInfo.extra && '{POD_UID_EXTRA}' in request.userInfo.extra)"
+    )
+}
+
+fn cel_string(s: &str) -> String {
+    format!("'{}'", s.replace(['\\', '\''], ""))
+}
+
 fn condition(name: &str, expression: String) -> MatchCondition {
     MatchCondition { name: name.into(), expression }
 }
@@ -162,9 +199,19 @@ pub fn desired(
 ) -> ValidatingWebhookConfiguration {
     let mut rules = vec![stepup_rule()];
     rules.extend(policy_rules(policies));
-    let own: Vec<String> = s.own_users.iter().map(|u| format!("'{}'", u.replace('\'', ""))).collect();
+    rules.extend(namespace_rule(policies));
+    let own: Vec<String> = s.own_users.iter().map(|u| cel_string(u)).collect();
+    let pod_bound = pod_bound_cel();
     let mut conditions = vec![
-        condition("not-stepup-itself", format!("!(request.userInfo.username in [{}])", own.join(", "))),
+        // Only stepup's own pods skip review, and never on stepup kinds: wearing their names
+        // (impersonation, a bare token) is a mask like any other.
+        condition(
+            "not-stepup-itself",
+            format!(
+                "request.resource.group == '{GROUP}' || !(request.userInfo.username in [{}] && {pod_bound})",
+                own.join(", ")
+            ),
+        ),
         condition("not-nodes", "!request.userInfo.username.startsWith('system:node:')".into()),
         condition(
             "not-leases",
@@ -173,11 +220,31 @@ pub fn desired(
         condition("not-events", "request.resource.resource != 'events'".into()),
     ];
     if !names_subjects(policies) {
-        // Policies without subjects apply to people only; control-plane identities need
-        // not be asked about anything but the stepup kinds.
+        // Policies without subjects apply to people only; control-plane identities and
+        // workloads need not be asked about anything but the stepup kinds. A service account
+        // without a pod-bound credential is a person's mask, unless its namespace is trusted.
+        let person = if s.masks.enabled {
+            let trusted: Vec<String> = s
+                .masks
+                .trusted_namespaces
+                .iter()
+                .map(|ns| {
+                    format!(
+                        " && !request.userInfo.username.startsWith({})",
+                        cel_string(&format!("system:serviceaccount:{ns}:"))
+                    )
+                })
+                .collect();
+            format!(
+                " || (request.userInfo.username.startsWith('system:serviceaccount:'){} && !{pod_bound})",
+                trusted.concat()
+            )
+        } else {
+            String::new()
+        };
         conditions.push(condition(
             "people-only",
-            format!("request.resource.group == '{GROUP}' || !request.userInfo.username.startsWith('system:')"),
+            format!("request.resource.group == '{GROUP}' || !request.userInfo.username.startsWith('system:'){person}"),
         ));
     }
     let client_config = match &s.target {
@@ -259,6 +326,7 @@ mod tests {
             target: Target::Service { name: "stepup-webhook".into() },
             timeout_seconds: 5,
             own_users: vec!["system:serviceaccount:stepup-system:stepup-controller".into()],
+            masks: Masks::default(),
             inject_ca_from: None,
             owner: None,
         }
@@ -342,5 +410,64 @@ mod tests {
         assert_eq!(excluded, vec!["kube-system", "stepup-system"]);
         assert_eq!(w.client_config.service.as_ref().unwrap().path.as_deref(), Some("/validate"));
         assert_eq!(c.metadata.annotations.unwrap()["cert-manager.io/inject-ca-from"], "stepup-system/stepup-webhook");
+    }
+
+    fn expression(c: &ValidatingWebhookConfiguration, name: &str) -> String {
+        let w = &c.webhooks.as_ref().unwrap()[0];
+        w.match_conditions.as_ref().unwrap().iter().find(|m| m.name == name).map(|m| m.expression.clone()).unwrap()
+    }
+
+    #[test]
+    fn masked_service_accounts_reach_the_webhook_and_stepups_own_pods_only_skip_it_elsewhere() {
+        let c = desired(&[policy("p").rule(&[Delete], "", &["secrets"]).build()], &settings(), None);
+        let bound = "(has(request.userInfo.extra) && 'authentication.kubernetes.io/pod-name' in request.userInfo.extra && 'authentication.kubernetes.io/pod-uid' in request.userInfo.extra)";
+        assert_eq!(
+            expression(&c, "people-only"),
+            format!(
+                "request.resource.group == 'stepup.dev' || !request.userInfo.username.startsWith('system:') || (request.userInfo.username.startsWith('system:serviceaccount:') && !request.userInfo.username.startsWith('system:serviceaccount:kube-system:') && !{bound})"
+            )
+        );
+        assert_eq!(
+            expression(&c, "not-stepup-itself"),
+            format!(
+                "request.resource.group == 'stepup.dev' || !(request.userInfo.username in ['system:serviceaccount:stepup-system:stepup-controller'] && {bound})"
+            )
+        );
+        let mut off = settings();
+        off.masks.enabled = false;
+        let c = desired(&[policy("p").rule(&[Delete], "", &["secrets"]).build()], &off, None);
+        assert_eq!(
+            expression(&c, "people-only"),
+            "request.resource.group == 'stepup.dev' || !request.userInfo.username.startsWith('system:')"
+        );
+        // Quotes cannot break out of a CEL string.
+        let mut odd = settings();
+        odd.masks.trusted_namespaces = vec!["x') || true || ('".into()];
+        let c = desired(&[policy("p").rule(&[Delete], "", &["secrets"]).build()], &odd, None);
+        assert!(expression(&c, "people-only").contains("startsWith('system:serviceaccount:x) || true || (:')"));
+    }
+
+    #[test]
+    fn namespaces_are_routed_when_a_label_change_or_a_delete_could_remove_protection() {
+        let namespace_rule = |policies: &[StepUpPolicy]| {
+            let c = desired(policies, &settings(), None);
+            c.webhooks.unwrap()[0]
+                .rules
+                .clone()
+                .unwrap()
+                .into_iter()
+                .find(|r| r.resources.as_deref().is_some_and(|rs| rs.contains(&"namespaces/status".to_owned())))
+                .map(|r| r.operations.unwrap())
+        };
+        let exec = policy("exec").rule(&[Connect], "", &["pods/exec"]).namespaces(&["prod"]).build();
+        assert_eq!(namespace_rule(std::slice::from_ref(&exec)), None);
+        let by_label = policy("l").rule(&[Connect], "", &["pods/exec"]).namespace_labels(&[("env", "prod")]).build();
+        assert_eq!(namespace_rule(&[exec.clone(), by_label]), Some(vec!["UPDATE".to_owned()]));
+        let deletes = policy("d").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build();
+        assert_eq!(namespace_rule(&[exec.clone(), deletes.clone()]), Some(vec!["DELETE".to_owned()]));
+        let cluster_only = policy("c").rule(&[Delete], "rbac.authorization.k8s.io", &["clusterroles"]).build();
+        assert_eq!(namespace_rule(&[cluster_only]), None);
+        let both = policy("b").rule(&[Delete], "", &["secrets"]).namespace_labels(&[("env", "prod")]).build();
+        assert_eq!(namespace_rule(&[both]), Some(vec!["UPDATE".to_owned(), "DELETE".to_owned()]));
     }
 }

@@ -46,13 +46,15 @@ pub(super) fn decide(
     now: jiff::Timestamp,
 ) -> Option<Decision> {
     let user = &req.user;
-    let is_controller = config.controller_users.iter().any(|u| u == user.username);
+    // The controller's name alone is a mask anyone allowed to impersonate can wear: only its
+    // pod-bound credential counts.
+    let is_controller = user.pod_bound && config.controller_users.iter().any(|u| u == user.username);
     let is_admin = user.in_any_group(&config.admin_groups);
     match objects {
         StepUpObjects::None => None,
         StepUpObjects::Policy { object } => policy(req, object.as_deref(), is_controller),
         StepUpObjects::Grant { object, old } => {
-            Some(grant(req, object.as_deref(), old.as_deref(), is_controller, is_admin))
+            Some(grant(req, object.as_deref(), old.as_deref(), is_controller, is_admin, config))
         }
         StepUpObjects::Challenge { object, old } => {
             Some(challenge(req, object.as_deref(), old.as_deref(), is_controller, is_admin, config, now))
@@ -60,7 +62,10 @@ pub(super) fn decide(
         StepUpObjects::Enrollment { object, old } => {
             Some(enrollment(req, object.as_deref(), old.as_deref(), is_controller, is_admin, config))
         }
-        StepUpObjects::Log => Some(log(req, is_controller || config.webhook_users.iter().any(|u| u == user.username))),
+        StepUpObjects::Log => {
+            let is_webhook = user.pod_bound && config.webhook_users.iter().any(|u| u == user.username);
+            Some(log(req, is_controller || is_webhook))
+        }
     }
 }
 
@@ -91,18 +96,30 @@ fn grant(
     old: Option<&StepUpGrant>,
     is_controller: bool,
     is_admin: bool,
+    config: &DecisionConfig,
 ) -> Decision {
     let me = req.user.username;
     match req.operation {
         Create | Update if is_controller => match object {
-            Some(g) if req.subresource.is_empty() => match check_user_label(g.labels(), &g.spec.user, true) {
-                Ok(()) => Decision::builtin_allowed(),
-                Err(e) => Decision::invalid_object(e),
-            },
+            Some(g) if req.subresource.is_empty() => {
+                // Even the controller's identity can be forged by a cluster-admin (impersonated
+                // pod extras); its signing key cannot.
+                if !config.grant_verifier.as_ref().is_some_and(|v| v.verifies(g)) {
+                    return Decision::forged_grant(format!(
+                        "StepUpGrant {:?} is not signed by the stepup controller: only grants signed by the stepup controller are accepted, whoever writes them. This attempt is recorded.",
+                        g.name_any()
+                    ));
+                }
+                match check_user_label(g.labels(), &g.spec.user, true) {
+                    Ok(()) => Decision::builtin_allowed(),
+                    Err(e) => Decision::invalid_object(e),
+                }
+            }
+            // Status only: it cannot make a grant usable (the webhook reads the signed spec).
             _ => Decision::builtin_allowed(),
         },
         Create | Update => Decision::builtin_denied(format!(
-            "only the stepup controller may create or change StepUpGrants, and {me:?} is not it; get a grant with `kubectl stepup request`"
+            "only the stepup controller may create or change StepUpGrants, and {me:?} is not it (not its pod-bound credential); get a grant with `kubectl stepup request`"
         )),
         Delete if is_controller || is_admin => Decision::builtin_allowed(),
         Delete => match old {
@@ -124,7 +141,9 @@ fn grant(
 /// included, edits or deletes the evidence of what they did.
 fn log(req: &Request<'_>, is_recorder: bool) -> Decision {
     if is_recorder {
-        return Decision::builtin_allowed();
+        // Not itself recorded: a record of each segment write would be written by the next
+        // one, and so on forever.
+        return Decision::exempt();
     }
     Decision::builtin_denied(format!(
         "StepUpLogs are stepup's audit trail: only its webhook and controller write them, and {:?} may not {}",

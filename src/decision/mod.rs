@@ -12,8 +12,9 @@ pub use builtin::StepUpObjects;
 pub use outcome::{Decision, Outcome, ParseRequirementError, Requirement, describe};
 
 use crate::{
-    api::{Enforcement, GROUP},
-    grant::{self, GrantIndex, GrantRecord},
+    api::{Enforcement, GROUP, Operation},
+    grant::{self, Clock, GrantIndex, GrantRecord},
+    keys::GrantVerifier,
     policy::{CompiledPolicy, PolicyIndex, Request},
 };
 
@@ -42,6 +43,11 @@ pub struct DecisionConfig {
     /// The built-in policy an admin's acts on another user's enrollment must satisfy
     /// ([`crate::policy::builtin::admin_acts`]); `None` turns it off.
     pub admin_acts: Option<std::sync::Arc<CompiledPolicy>>,
+    /// The controller's public grant key: a grant is admitted only with its valid signature.
+    /// `None` only in tests that do not exercise grant writes.
+    pub grant_verifier: Option<GrantVerifier>,
+    /// How far in the future a grant's `issuedAt` may lie (clock skew between processes).
+    pub max_clock_skew: SignedDuration,
 }
 
 /// What the decision knows about grants.
@@ -90,21 +96,87 @@ pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -
             if req.user.in_any_group(&inputs.config.break_glass_groups) {
                 return Decision::break_glass(req, &matched);
             }
-            return evaluate(req, &matched, inputs);
+            return evaluate(req, &matched, inputs, None);
         }
         return decision;
     }
     if is_exempt(req, inputs.config) {
         return Decision::exempt();
     }
-    let matched = inputs.policies.matching(req);
+    let mut matched = inputs.policies.matching(req);
+    // Namespaces are rare and special: a label change or a delete can remove what other
+    // policies protect, so those policies come along.
+    let mut note = None;
+    if req.is_namespace_object() {
+        note = namespace_side_effects(req, inputs.policies, &mut matched);
+    }
     if matched.is_empty() {
         return Decision::not_matched();
     }
     if req.user.in_any_group(&inputs.config.break_glass_groups) {
         return Decision::break_glass(req, &matched);
     }
-    evaluate(req, &matched, inputs)
+    evaluate(req, &matched, inputs, note.as_deref())
+}
+
+/// Adds the policies a Namespace UPDATE or DELETE would weaken: for an UPDATE, those its old
+/// labels matched (as the request itself, or by a selector the new labels no longer meet);
+/// for a DELETE, every policy that protects deleting something in it. Returns the sentence
+/// that tells the user why.
+fn namespace_side_effects<'p>(
+    req: &Request<'_>,
+    policies: &'p PolicyIndex,
+    matched: &mut crate::policy::Matches<'p>,
+) -> Option<String> {
+    let add = |p: &'p CompiledPolicy, matched: &mut crate::policy::Matches<'p>| {
+        if !matched.iter().any(|m| m.name == p.name) {
+            matched.push(p);
+        }
+    };
+    let mut extra: Vec<&str> = Vec::new();
+    match req.operation {
+        Operation::Update => {
+            let old = req.previous_labels?;
+            let before = Request { namespace_labels: crate::policy::NamespaceLabels::Known(old), ..*req };
+            for p in policies.matching(&before) {
+                add(p, matched);
+            }
+            for p in policies.policies().filter(|p| p.released_by_relabel(req)) {
+                if p.enforcement == Enforcement::Deny {
+                    extra.push(&p.name);
+                }
+                add(p, matched);
+            }
+            matched.sort_by(|a, b| a.name.cmp(&b.name));
+            (!extra.is_empty()).then(|| {
+                format!(
+                    "the label change takes namespace \"{}\" out of the namespaceSelector of {}, so it needs what that protection needs",
+                    req.namespace,
+                    outcome::quoted_list("policy", "policies", &extra.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                )
+            })
+        }
+        Operation::Delete => {
+            for p in policies.policies().filter(|p| p.protects_deletes_in(req)) {
+                extra.push(&p.name);
+                add(p, matched);
+            }
+            matched.sort_by(|a, b| a.name.cmp(&b.name));
+            (!extra.is_empty()).then(|| {
+                format!(
+                    "deleting namespace \"{}\" deletes everything in it, including what {} {}",
+                    req.namespace,
+                    outcome::quoted_list(
+                        "policy",
+                        "policies",
+                        &extra.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+                    ),
+                    if extra.len() == 1 { "protects" } else { "protect" }
+                )
+            })
+        }
+        _ => None,
+    }
 }
 
 /// Requests no policy may touch: control-plane plumbing, stepup's own namespace and kinds,
@@ -122,13 +194,14 @@ fn is_exempt(req: &Request<'_>, config: &DecisionConfig) -> bool {
     plumbing
         || stepup_kind
         || exempt_namespace
-        || config.controller_users.iter().any(|u| u == user.username)
+        // Only the controller's own pod-bound credential; wearing its name is a mask.
+        || (user.pod_bound && config.controller_users.iter().any(|u| u == user.username))
         || config.exempt_users.iter().any(|u| u == user.username)
         || user.in_any_group(&config.exempt_groups)
 }
 
-fn evaluate(req: &Request<'_>, matched: &[&CompiledPolicy], inputs: &Inputs<'_>) -> Decision {
-    let now = inputs.now;
+fn evaluate(req: &Request<'_>, matched: &[&CompiledPolicy], inputs: &Inputs<'_>, note: Option<&str>) -> Decision {
+    let now = Clock { now: inputs.now, max_skew: inputs.config.max_clock_skew };
     let mine = inputs.grants.of_user(req.user.username);
     let enforcing: Vec<&CompiledPolicy> =
         matched.iter().copied().filter(|p| p.enforcement == Enforcement::Deny).collect();
@@ -147,7 +220,7 @@ fn evaluate(req: &Request<'_>, matched: &[&CompiledPolicy], inputs: &Inputs<'_>)
             None => {
                 let why = grant::explain(mine.iter().copied(), &enforcing, req, now);
                 let lookup_may_help = matches!(inputs.grants, Grants::Cached(_));
-                return Decision::denied(req, matched, &enforcing, why, lookup_may_help);
+                return Decision::denied(req, matched, &enforcing, why, lookup_may_help, note);
             }
             Some(g) => {
                 let unsatisfied = unsatisfied_by(matched, g, req, now);
@@ -165,7 +238,7 @@ fn unsatisfied_by<'p>(
     policies: &[&'p CompiledPolicy],
     g: &GrantRecord,
     req: &Request<'_>,
-    now: Timestamp,
+    now: Clock,
 ) -> Vec<&'p CompiledPolicy> {
     policies.iter().copied().filter(|p| grant::check(g, p, req, now).is_err()).collect()
 }

@@ -35,6 +35,8 @@ pub enum Outcome {
     BuiltinDenied,
     /// The object could not be read (e.g. an invalid StepUpPolicy).
     Invalid,
+    /// A grant written without the controller's signature: refused, and loud.
+    ForgedGrant,
 }
 
 impl Outcome {
@@ -51,10 +53,11 @@ impl Outcome {
             Outcome::BuiltinAllowed => "builtin-allowed",
             Outcome::BuiltinDenied => "builtin-denied",
             Outcome::Invalid => "invalid",
+            Outcome::ForgedGrant => "forged-grant",
         }
     }
 
-    pub const ALL: [Outcome; 11] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::NotMatched,
         Outcome::Exempt,
         Outcome::Granted,
@@ -66,6 +69,7 @@ impl Outcome {
         Outcome::BuiltinAllowed,
         Outcome::BuiltinDenied,
         Outcome::Invalid,
+        Outcome::ForgedGrant,
     ];
 }
 
@@ -225,6 +229,10 @@ impl Decision {
         Self::refuse(Outcome::BuiltinDenied, 403, "Forbidden", format!("kube-stepup: {message}"))
     }
 
+    pub(crate) fn forged_grant(message: String) -> Self {
+        Self::refuse(Outcome::ForgedGrant, 403, "Forbidden", format!("kube-stepup: {message}"))
+    }
+
     /// The object in the request cannot be read; names the problem.
     pub fn invalid(message: impl fmt::Display) -> Self {
         Self::refuse(Outcome::Invalid, 400, "BadRequest", format!("kube-stepup: {message}"))
@@ -277,6 +285,7 @@ impl Decision {
         enforcing: &[&CompiledPolicy],
         why: Option<(&GrantRecord, Unsatisfied)>,
         lookup_may_help: bool,
+        note: Option<&str>,
     ) -> Self {
         let requirement = Requirement::of(enforcing);
         let mut message = format!(
@@ -284,6 +293,9 @@ impl Decision {
             describe(req),
             quoted_list("policy", "policies", &requirement.policies)
         );
+        if let Some(note) = note {
+            let _ = write!(message, "{note}: ");
+        }
         if requirement.methods.is_empty() {
             message.push_str("the matching policies accept no common verification method, so no single grant can satisfy them; ask an operator to review them.");
         } else {
@@ -370,6 +382,7 @@ impl Decision {
                 | Outcome::BreakGlass
                 | Outcome::Unavailable
                 | Outcome::BuiltinDenied
+                | Outcome::ForgedGrant
         )
     }
 
@@ -394,7 +407,7 @@ fn names(policies: &[&CompiledPolicy]) -> Vec<String> {
     policies.iter().map(|p| p.name.clone()).collect()
 }
 
-fn quoted_list(singular: &str, plural: &str, names: &[String]) -> String {
+pub(super) fn quoted_list(singular: &str, plural: &str, names: &[String]) -> String {
     let quoted: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
     let noun = if names.len() == 1 { singular } else { plural };
     format!("{noun} {}", quoted.join(", "))

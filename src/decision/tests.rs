@@ -22,8 +22,15 @@ fn config() -> DecisionConfig {
         exempt_users: vec!["flux".into()],
         exempt_groups: vec!["gitops".into()],
         exempt_namespaces: vec!["kube-system".into(), "stepup-system".into()],
+        grant_verifier: Some(signer().verifier()),
+        max_clock_skew: jiff::SignedDuration::from_secs(10),
         ..Default::default()
     }
+}
+
+/// The controller's grant key in these tests.
+fn signer() -> crate::keys::GrantSigner {
+    crate::keys::MasterKey::from_bytes([7; 32]).grant_signer()
 }
 
 fn policies() -> PolicyIndex {
@@ -147,7 +154,13 @@ fn outcomes_for_ordinary_requests() {
         ("exempt namespace kube-system", request(Delete, "secrets").namespace("kube-system"), vec![], Outcome::Exempt),
         ("exempt user", delete_prod_secret().by("flux", &[]), vec![], Outcome::Exempt),
         ("exempt group", delete_prod_secret().by("argo", &["gitops"]), vec![], Outcome::Exempt),
-        ("controller is exempt", delete_prod_secret().by(CONTROLLER, &[]), vec![], Outcome::Exempt),
+        ("controller is exempt", delete_prod_secret().by(CONTROLLER, &[]).pod_bound(), vec![], Outcome::Exempt),
+        (
+            "the controller's name without its pod is a mask",
+            delete_prod_secret().by(CONTROLLER, &[]),
+            vec![],
+            Outcome::Denied,
+        ),
         (
             "break-glass group passes loudly",
             delete_prod_secret().by("carol", &["stepup:break-glass"]),
@@ -155,8 +168,26 @@ fn outcomes_for_ordinary_requests() {
             Outcome::BreakGlass,
         ),
         (
-            "service accounts are not people",
-            delete_prod_secret().by("system:serviceaccount:ci:deploy", &[]),
+            "a service account running in a pod is a workload, not a person",
+            delete_prod_secret().by("system:serviceaccount:ci:deploy", &[]).pod_bound(),
+            vec![],
+            Outcome::NotMatched,
+        ),
+        (
+            "a service account without a pod-bound credential is a person's mask",
+            delete_prod_secret().by("system:serviceaccount:prod:default", &["system:serviceaccounts"]),
+            vec![],
+            Outcome::Denied,
+        ),
+        (
+            "kube-system's service accounts stay control plane workloads",
+            delete_prod_secret().by("system:serviceaccount:kube-system:namespace-controller", &[]),
+            vec![],
+            Outcome::NotMatched,
+        ),
+        (
+            "nodes are control plane",
+            delete_prod_secret().by("system:node:n1", &["system:nodes"]),
             vec![],
             Outcome::NotMatched,
         ),
@@ -354,6 +385,13 @@ fn enrollment_for(user: &str, name: Option<&str>, annotations: &[(&str, &str)]) 
 }
 
 fn grant_objects(user: &str) -> StepUpObjects {
+    let mut g = grant("g1", user).build();
+    signer().sign_grant(&mut g);
+    let g = Box::new(g);
+    StepUpObjects::Grant { object: Some(g.clone()), old: Some(g) }
+}
+
+fn unsigned_grant_objects(user: &str) -> StepUpObjects {
     let g = Box::new(grant("g1", user).build());
     StepUpObjects::Grant { object: Some(g.clone()), old: Some(g) }
 }
@@ -408,9 +446,15 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "the controller updates challenges",
-            RequestBuilder { operation: Update, ..on("stepupchallenges").by(CONTROLLER, &[]) },
+            RequestBuilder { operation: Update, ..on("stepupchallenges").by(CONTROLLER, &[]).pod_bound() },
             challenge_for("alice", None),
             true,
+        ),
+        (
+            "the controller's name without its pod cannot update challenges",
+            RequestBuilder { operation: Update, ..on("stepupchallenges").by(CONTROLLER, &[]) },
+            challenge_for("alice", None),
+            false,
         ),
         ("alice cannot create a grant", on("stepupgrants"), grant_objects("alice"), false),
         ("an admin cannot create a grant either", on("stepupgrants").by("root", admin), grant_objects("alice"), false),
@@ -420,7 +464,34 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
             grant_objects("carol"),
             false,
         ),
-        ("the controller creates grants", on("stepupgrants").by(CONTROLLER, &[]), grant_objects("alice"), true),
+        (
+            "the controller creates grants",
+            on("stepupgrants").by(CONTROLLER, &[]).pod_bound(),
+            grant_objects("alice"),
+            true,
+        ),
+        (
+            "an impersonated controller cannot create grants",
+            on("stepupgrants").by(CONTROLLER, &["system:serviceaccounts"]),
+            grant_objects("alice"),
+            false,
+        ),
+        (
+            "forged pod extras do not sign a grant",
+            on("stepupgrants").by(CONTROLLER, &[]).pod_bound(),
+            unsigned_grant_objects("alice"),
+            false,
+        ),
+        (
+            "the controller writes a grant's status without re-signing",
+            RequestBuilder {
+                operation: Update,
+                subresource: "status".into(),
+                ..on("stepupgrants").by(CONTROLLER, &[]).pod_bound()
+            },
+            unsigned_grant_objects("alice"),
+            true,
+        ),
         (
             "alice cannot edit a grant",
             RequestBuilder { operation: Update, ..on("stepupgrants") },
@@ -635,7 +706,11 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         let expected = if allowed { Outcome::BuiltinAllowed } else { d.outcome };
         assert_eq!(d.outcome, expected, "{name}");
         if !allowed {
-            assert!(matches!(d.outcome, Outcome::BuiltinDenied | Outcome::Invalid), "{name}: {:?}", d.outcome);
+            assert!(
+                matches!(d.outcome, Outcome::BuiltinDenied | Outcome::Invalid | Outcome::ForgedGrant),
+                "{name}: {:?}",
+                d.outcome
+            );
         }
     }
 }
@@ -720,9 +795,10 @@ fn a_user_over_the_challenge_limits_is_refused_with_429_and_others_are_not() {
 #[test]
 fn grants_without_the_user_label_are_refused_even_from_the_controller() {
     let mut g = grant("g1", "alice").build();
+    signer().sign_grant(&mut g);
     g.metadata.labels = None;
     let objects = StepUpObjects::Grant { object: Some(Box::new(g)), old: None };
-    let d = world(vec![]).decide_with(&on("stepupgrants").by(CONTROLLER, &[]), &objects);
+    let d = world(vec![]).decide_with(&on("stepupgrants").by(CONTROLLER, &[]).pod_bound(), &objects);
     assert_eq!(d.outcome, Outcome::Invalid, "{}", d.message);
 }
 
@@ -762,7 +838,12 @@ fn only_stepups_own_processes_write_or_delete_the_audit_trail() {
             ..on("stepuplogs").name("seg").by(who, groups)
         };
         for recorder in [CONTROLLER, WEBHOOK] {
-            assert_eq!(w.decide_with(&req(recorder, &[]), &StepUpObjects::Log).outcome, Outcome::BuiltinAllowed);
+            // Allowed, and not recorded (the record would be the next segment write's).
+            let d = w.decide_with(&req(recorder, &[]).pod_bound(), &StepUpObjects::Log);
+            assert_eq!((d.outcome, d.allowed, d.is_audited()), (Outcome::Exempt, true, false), "{recorder} {op:?}");
+            // Their names without their pod-bound credentials are masks.
+            let d = w.decide_with(&req(recorder, &[]), &StepUpObjects::Log);
+            assert_eq!(d.outcome, Outcome::BuiltinDenied, "{recorder} {op:?} without pod binding");
         }
         for (who, groups) in [
             ("alice", &[][..]),
@@ -774,4 +855,178 @@ fn only_stepups_own_processes_write_or_delete_the_audit_trail() {
             assert!(d.message.contains("StepUpLogs are stepup's audit trail"), "{}", d.message);
         }
     }
+}
+
+#[test]
+fn a_grant_the_controller_did_not_sign_is_refused_loudly_even_with_its_pod_extras() {
+    let d = world(vec![])
+        .decide_with(&on("stepupgrants").by(CONTROLLER, &[]).pod_bound(), &unsigned_grant_objects("alice"));
+    assert_eq!((d.outcome, d.allowed, d.code), (Outcome::ForgedGrant, false, 403));
+    assert!(d.is_eventful() && d.is_audited());
+    assert_eq!(
+        d.message,
+        "kube-stepup: StepUpGrant \"g1\" is not signed by the stepup controller: only grants signed by the stepup controller are accepted, whoever writes them. This attempt is recorded."
+    );
+    // A grant signed with another key is just as forged.
+    let mut other = grant("g1", "alice").build();
+    crate::keys::MasterKey::from_bytes([8; 32]).grant_signer().sign_grant(&mut other);
+    let objects = StepUpObjects::Grant { object: Some(Box::new(other)), old: None };
+    let d = world(vec![]).decide_with(&on("stepupgrants").by(CONTROLLER, &[]).pod_bound(), &objects);
+    assert_eq!(d.outcome, Outcome::ForgedGrant);
+}
+
+#[test]
+fn a_grant_issued_in_the_future_does_not_satisfy_max_age() {
+    let future = grant("g1", "alice").issued(t0() + minutes(65)).expires(t0() + minutes(600)).record();
+    let d = world(vec![future]).decide(&delete_prod_secret());
+    assert_eq!(d.outcome, Outcome::Denied);
+    assert!(d.message.contains("Your latest grant g1 does not count: its issuedAt lies 1h in the future, beyond the 10s clock skew allowed."), "{}", d.message);
+}
+
+fn namespaces_world() -> World {
+    let policies = PolicyIndex::new(
+        [
+            policy("env-prod-secrets")
+                .rule(&[Delete], "", &["secrets"])
+                .namespace_labels(&[("env", "prod")])
+                .compiled(),
+            policy("prod-exec").rule(&[Connect], "", &["pods/exec"]).namespaces(&["prod"]).compiled(),
+            policy("cluster-roles").rule(&[Delete], "rbac.authorization.k8s.io", &["clusterroles"]).compiled(),
+            policy("ns-labels")
+                .rule(&[Update], "", &["namespaces"])
+                .namespace_labels(&[("env", "prod")])
+                .enforcement(Enforcement::Warn)
+                .compiled(),
+        ]
+        .into_iter()
+        .map(Arc::new),
+    );
+    World { policies, ..world(vec![]) }
+}
+
+fn relabel(old: &[(&str, &str)], new: &[(&str, &str)]) -> RequestBuilder {
+    request(Update, "namespaces").name("prod").namespace("prod").labels(new).previous_labels(old)
+}
+
+#[test]
+fn a_namespace_label_change_is_judged_by_the_policies_its_old_labels_matched() {
+    let prod = [("env", "prod"), ("team", "a")];
+    type Case<'a> = (&'a str, RequestBuilder, Vec<crate::grant::GrantRecord>, Outcome, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "removing env=prod needs what env-prod-secrets needs",
+            relabel(&prod, &[("team", "a")]),
+            vec![],
+            Outcome::Denied,
+            vec!["env-prod-secrets", "ns-labels"],
+        ),
+        (
+            "changing env=prod to dev too",
+            relabel(&prod, &[("env", "dev")]),
+            vec![],
+            Outcome::Denied,
+            vec!["env-prod-secrets", "ns-labels"],
+        ),
+        (
+            "with a grant it passes",
+            relabel(&prod, &[("team", "a")]),
+            vec![grant("g1", "alice").record()],
+            Outcome::Granted,
+            vec!["env-prod-secrets", "ns-labels"],
+        ),
+        (
+            "a label that no selector reads only meets the namespace's own policies",
+            relabel(&prod, &[("env", "prod"), ("team", "b")]),
+            vec![],
+            Outcome::Warned,
+            vec!["ns-labels"],
+        ),
+        (
+            "adding protection is free",
+            relabel(&[("team", "a")], &[("env", "prod")]),
+            vec![],
+            Outcome::Warned,
+            vec!["ns-labels"],
+        ),
+        (
+            "an unprotected namespace changes freely",
+            relabel(&[("env", "dev")], &[]),
+            vec![],
+            Outcome::NotMatched,
+            vec![],
+        ),
+        (
+            "a pod-bound workload is not subject to people's policies",
+            relabel(&prod, &[]).by("system:serviceaccount:ci:deploy", &[]).pod_bound(),
+            vec![],
+            Outcome::NotMatched,
+            vec![],
+        ),
+        (
+            "a masked service account is",
+            relabel(&prod, &[]).by("system:serviceaccount:prod:default", &[]),
+            vec![],
+            Outcome::Denied,
+            vec!["env-prod-secrets", "ns-labels"],
+        ),
+    ];
+    for (name, req, grants, expected, policies) in cases {
+        let w = World { grants: GrantIndex::new(grants), ..namespaces_world() };
+        let d = w.decide(&req);
+        assert_eq!(
+            (d.outcome, d.policies.iter().map(String::as_str).collect::<Vec<_>>()),
+            (expected, policies),
+            "{name}: {}",
+            d.message
+        );
+    }
+    let d = namespaces_world().decide(&relabel(&prod, &[("team", "a")]));
+    assert!(
+        d.message.starts_with("kube-stepup: update namespaces \"prod\" requires step-up (policy \"env-prod-secrets\"): the label change takes namespace \"prod\" out of the namespaceSelector of policy \"env-prod-secrets\", so it needs what that protection needs: a TOTP grant issued within the last 15m."),
+        "{}",
+        d.message
+    );
+}
+
+#[test]
+fn deleting_a_namespace_needs_what_deleting_its_contents_needs() {
+    let delete_ns =
+        |name: &str, labels: &[(&str, &str)]| request(Delete, "namespaces").name(name).namespace(name).labels(labels);
+    let cases: Vec<(&str, RequestBuilder, Outcome, Vec<&str>)> = vec![
+        ("prod by label", delete_ns("prod", &[("env", "prod")]), Outcome::Denied, vec!["env-prod-secrets"]),
+        ("a namespace no delete policy covers", delete_ns("dev", &[("env", "dev")]), Outcome::NotMatched, vec![]),
+        ("exec policies protect no deletes", delete_ns("prod", &[]), Outcome::NotMatched, vec![]),
+        ("cluster-scoped deletes do not live in namespaces", delete_ns("scratch", &[]), Outcome::NotMatched, vec![]),
+        (
+            "the namespace controller deleting the contents is control plane",
+            delete_ns("prod", &[("env", "prod")]).by("system:serviceaccount:kube-system:namespace-controller", &[]),
+            Outcome::NotMatched,
+            vec![],
+        ),
+    ];
+    for (name, req, expected, policies) in cases {
+        let d = namespaces_world().decide(&req);
+        assert_eq!(
+            (d.outcome, d.policies.iter().map(String::as_str).collect::<Vec<_>>()),
+            (expected, policies),
+            "{name}: {}",
+            d.message
+        );
+    }
+    let d = namespaces_world().decide(&delete_ns("prod", &[("env", "prod")]));
+    assert!(
+        d.message.starts_with("kube-stepup: delete namespaces \"prod\" requires step-up (policy \"env-prod-secrets\"): deleting namespace \"prod\" deletes everything in it, including what policy \"env-prod-secrets\" protects: a TOTP grant"),
+        "{}",
+        d.message
+    );
+    // A policy on every namespace's secrets makes every namespace delete a step-up operation;
+    // namespace-name globs and exclusions narrow it as they narrow the secrets.
+    let everywhere = PolicyIndex::new([
+        Arc::new(policy("all-secrets").rule(&[Delete], "", &["secrets"]).exclude_namespaces(&["scratch-*"]).compiled()),
+        Arc::new(policy("crs").rule(&[All], "example.com", &["widgets"]).namespaces(&["team-*"]).compiled()),
+    ]);
+    let w = World { policies: everywhere, ..world(vec![]) };
+    assert_eq!(w.decide(&delete_ns("dev", &[])).policies, vec!["all-secrets"]);
+    assert_eq!(w.decide(&delete_ns("team-a", &[])).policies, vec!["all-secrets", "crs"]);
+    assert_eq!(w.decide(&delete_ns("scratch-1", &[])).outcome, Outcome::NotMatched);
 }

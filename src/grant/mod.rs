@@ -44,6 +44,23 @@ impl GrantRecord {
     }
 }
 
+/// The time a decision is made at, and how far a grant's `issuedAt` may lie ahead of it
+/// (clock skew between the controller and the webhook; `--max-clock-skew`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Clock {
+    pub now: Timestamp,
+    pub max_skew: SignedDuration,
+}
+
+impl Clock {
+    /// The default of `--max-clock-skew`.
+    pub const DEFAULT_MAX_SKEW: SignedDuration = SignedDuration::from_secs(10);
+
+    pub fn at(now: Timestamp) -> Self {
+        Self { now, max_skew: Self::DEFAULT_MAX_SKEW }
+    }
+}
+
 /// Why a grant does not satisfy a policy: said to the user in the denial.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Unsatisfied {
@@ -53,6 +70,12 @@ pub enum Unsatisfied {
     TooOld {
         age: SignedDuration,
         max_age: SignedDuration,
+    },
+    /// Issued further in the future than the allowed clock skew: a clock game, or a broken
+    /// clock; either way it would stay "fresh" for longer than the policy allows.
+    IssuedInFuture {
+        ahead: SignedDuration,
+        max_skew: SignedDuration,
     },
     MethodNotAccepted(Method),
     /// Issued to an account with another UID (deleted and re-created).
@@ -70,6 +93,12 @@ impl fmt::Display for Unsatisfied {
             Unsatisfied::TooOld { age, max_age } => {
                 write!(f, "it was issued {} ago and the policy accepts at most {}", human(*age), human(*max_age))
             }
+            Unsatisfied::IssuedInFuture { ahead, max_skew } => write!(
+                f,
+                "its issuedAt lies {} in the future, beyond the {} clock skew allowed",
+                human(*ahead),
+                human(*max_skew)
+            ),
             Unsatisfied::MethodNotAccepted(m) => write!(f, "the policy does not accept method {m}"),
             Unsatisfied::OtherAccount => f.write_str("it was issued to an account with another UID"),
             Unsatisfied::PolicyOutOfScope => f.write_str("it is limited to other policies"),
@@ -85,14 +114,11 @@ pub fn human(d: SignedDuration) -> String {
     crate::api::Duration::from_secs(secs).to_string()
 }
 
-/// Whether `grant` satisfies `policy` for `req` at `now`. The single definition of an
-/// acceptable grant: method, account, freshness (`issuedAt >= now - maxAge`), expiry, scope.
-pub fn check(
-    grant: &GrantRecord,
-    policy: &CompiledPolicy,
-    req: &Request<'_>,
-    now: Timestamp,
-) -> Result<(), Unsatisfied> {
+/// Whether `grant` satisfies `policy` for `req` at `clock`. The single definition of an
+/// acceptable grant: method, account, freshness (`now - maxAge <= issuedAt <= now + skew`),
+/// expiry, scope.
+pub fn check(grant: &GrantRecord, policy: &CompiledPolicy, req: &Request<'_>, clock: Clock) -> Result<(), Unsatisfied> {
+    let now = clock.now;
     if grant.revoked {
         return Err(Unsatisfied::Revoked);
     }
@@ -107,6 +133,9 @@ pub fn check(
         return Err(Unsatisfied::Expired);
     }
     let age = now.duration_since(grant.issued_at);
+    if -age > clock.max_skew {
+        return Err(Unsatisfied::IssuedInFuture { ahead: -age, max_skew: clock.max_skew });
+    }
     if age > policy.max_age {
         return Err(Unsatisfied::TooOld { age, max_age: policy.max_age });
     }
@@ -130,7 +159,7 @@ pub fn satisfying<'g>(
     grants: impl IntoIterator<Item = &'g GrantRecord>,
     policies: &[&CompiledPolicy],
     req: &Request<'_>,
-    now: Timestamp,
+    now: Clock,
 ) -> Option<&'g GrantRecord> {
     grants
         .into_iter()
@@ -143,7 +172,7 @@ pub fn explain<'g>(
     grants: impl IntoIterator<Item = &'g GrantRecord>,
     policies: &[&CompiledPolicy],
     req: &Request<'_>,
-    now: Timestamp,
+    now: Clock,
 ) -> Option<(&'g GrantRecord, Unsatisfied)> {
     let newest = grants.into_iter().filter(|g| !g.revoked).max_by_key(|g| (g.issued_at, g.name.as_str()))?;
     policies.iter().find_map(|p| check(newest, p, req, now).err()).map(|why| (newest, why))

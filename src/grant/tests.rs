@@ -69,8 +69,39 @@ fn a_grant_satisfies_a_policy_only_when_every_condition_holds() {
         ("reason required and given", grant("g", "alice").reason("INC-42").record(), &reasoned, &req, Ok(())),
     ];
     for (name, g, p, req, expected) in cases {
-        assert_eq!(check(&g, p, &req.view(), now), expected, "{name}");
+        assert_eq!(check(&g, p, &req.view(), Clock::at(now)), expected, "{name}");
     }
+}
+
+#[test]
+fn a_grant_issued_in_the_future_beyond_the_clock_skew_is_refused() {
+    let p = prod_secrets();
+    let req = request(Delete, "secrets").namespace("prod").name("db");
+    let clock = Clock { now: t0(), max_skew: SignedDuration::from_secs(10) };
+    let at = |offset: i64| grant("g", "alice").issued(t0() + SignedDuration::from_secs(offset)).record();
+    let cases = [
+        ("within the skew", at(10), Ok(())),
+        ("just past now", at(1), Ok(())),
+        (
+            "beyond the skew",
+            at(11),
+            Err(Unsatisfied::IssuedInFuture {
+                ahead: SignedDuration::from_secs(11),
+                max_skew: SignedDuration::from_secs(10),
+            }),
+        ),
+        (
+            // Without the bound, this one would satisfy maxAge for five hours.
+            "hours ahead",
+            grant("g", "alice").issued(t0() + minutes(300)).expires(t0() + minutes(600)).record(),
+            Err(Unsatisfied::IssuedInFuture { ahead: minutes(300), max_skew: SignedDuration::from_secs(10) }),
+        ),
+    ];
+    for (name, g, expected) in cases {
+        assert_eq!(check(&g, &p, &req.view(), clock), expected, "{name}");
+    }
+    let why = check(&at(3600), &p, &req.view(), clock).unwrap_err();
+    assert_eq!(why.to_string(), "its issuedAt lies 1h in the future, beyond the 10s clock skew allowed");
 }
 
 #[test]
@@ -78,14 +109,14 @@ fn namespace_scoped_grants_never_satisfy_cluster_scoped_requests() {
     let p = policy("rbac").rule(&[Delete], "rbac.authorization.k8s.io", &["clusterroles"]).compiled();
     let req = request(Delete, "clusterroles").group("rbac.authorization.k8s.io", "v1").name("admin");
     let g = grant("g", "alice").scope_namespaces(&["prod"]).record();
-    assert_eq!(check(&g, &p, &req.view(), t0()), Err(Unsatisfied::NamespaceOutOfScope));
+    assert_eq!(check(&g, &p, &req.view(), Clock::at(t0())), Err(Unsatisfied::NamespaceOutOfScope));
 }
 
 #[test]
 fn satisfying_picks_the_newest_grant_that_satisfies_every_policy() {
     let a = prod_secrets();
     let b = policy("exec").rule(&[Delete], "", &["secrets"]).max_age("5m").compiled();
-    let now = t0() + minutes(10);
+    let now = Clock::at(t0() + minutes(10));
     let grants = [
         grant("old", "alice").issued(t0()).record(),
         grant("scoped", "alice").issued(t0() + minutes(8)).scope_policies(&["prod-secrets"]).record(),
@@ -104,7 +135,7 @@ fn explain_reports_why_the_newest_grant_does_not_count() {
     let p = prod_secrets();
     let grants = [grant("g1", "alice").issued(t0()).record()];
     let req = request(Delete, "secrets").namespace("prod");
-    let (g, why) = explain(grants.iter(), &[&p], &req.view(), t0() + minutes(40)).unwrap();
+    let (g, why) = explain(grants.iter(), &[&p], &req.view(), Clock::at(t0() + minutes(40))).unwrap();
     assert_eq!(g.name, "g1");
     assert_eq!(why.to_string(), "it was issued 40m ago and the policy accepts at most 15m");
 }

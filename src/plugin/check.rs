@@ -288,6 +288,7 @@ impl Evaluation<'_> {
             name: &target.name,
             user: self.me.user(),
             namespace_labels: labels,
+            previous_labels: None,
             dry_run: false,
         };
         let inputs = Inputs {
@@ -317,10 +318,10 @@ impl Evaluation<'_> {
     }
 
     fn verdict(&self, p: &CompiledPolicy, req: &Request<'_>) -> PolicyVerdict {
-        let satisfying = grant::satisfying(self.grants, &[p], req, self.now);
+        let satisfying = grant::satisfying(self.grants, &[p], req, grant::Clock::at(self.now));
         let why = match satisfying {
             Some(_) => None,
-            None => Some(match grant::explain(self.grants, &[p], req, self.now) {
+            None => Some(match grant::explain(self.grants, &[p], req, grant::Clock::at(self.now)) {
                 Some((g, why)) => format!("your latest grant {} does not count: {why}", g.name),
                 None => "you hold no grant".to_owned(),
             }),

@@ -28,7 +28,7 @@ pub struct Identity {
 
 impl Identity {
     pub fn user(&self) -> User<'_> {
-        User { username: &self.username, uid: &self.uid, groups: &self.groups }
+        User::new(&self.username, &self.uid, &self.groups)
     }
 
     /// The `stepup.dev/user` label selector of this user's objects.

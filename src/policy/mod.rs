@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use jiff::SignedDuration;
 
 pub use glob::Glob;
-pub use index::PolicyIndex;
+pub use index::{Matches, PolicyIndex};
 pub use selector::Selector;
 
 use crate::api::{self, Enforcement, Method, Operation, StepUpPolicy, StepUpPolicySpec};
@@ -31,6 +31,52 @@ impl PolicyError {
     }
 }
 
+/// Who is asking, as policies see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Requester {
+    /// A person, or a service account worn as a mask (impersonated, or a token not bound to a
+    /// pod): policies without `subjects` apply.
+    Person,
+    /// A service account whose credential is bound to a pod (or of a trusted namespace):
+    /// subject only to policies that name it.
+    Workload,
+    /// Other `system:` identities (nodes, control-plane components, anonymous).
+    ControlPlane,
+}
+
+/// How service accounts without a pod-bound credential are treated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Masks {
+    /// Treat them as people (the default): whoever may impersonate a service account or mint
+    /// a token for it is a person wearing a mask.
+    pub enabled: bool,
+    /// Namespaces whose service accounts stay workloads without a pod binding: the control
+    /// plane mints such tokens for its own controllers (kube-system).
+    pub trusted_namespaces: Vec<String>,
+}
+
+impl Default for Masks {
+    fn default() -> Self {
+        Self { enabled: true, trusted_namespaces: vec!["kube-system".to_owned()] }
+    }
+}
+
+/// Classifies a requester from the username and whether `userInfo.extra` carries the pod
+/// binding (`authentication.kubernetes.io/pod-name` and `pod-uid`).
+pub fn classify(username: &str, pod_bound: bool, masks: &Masks) -> Requester {
+    match api::parse_service_account(username) {
+        Some((namespace, _)) => {
+            if pod_bound || !masks.enabled || masks.trusted_namespaces.iter().any(|t| t == namespace) {
+                Requester::Workload
+            } else {
+                Requester::Person
+            }
+        }
+        None if username.starts_with("system:") => Requester::ControlPlane,
+        None => Requester::Person,
+    }
+}
+
 /// The authenticated requester, as the API server reports it in `request.userInfo`.
 #[derive(Clone, Copy, Debug)]
 pub struct User<'a> {
@@ -38,9 +84,22 @@ pub struct User<'a> {
     /// Empty when the authenticator supplies no UID.
     pub uid: &'a str,
     pub groups: &'a [String],
+    /// Whether the credential is a service-account token bound to a pod.
+    pub pod_bound: bool,
+    pub kind: Requester,
 }
 
-impl User<'_> {
+impl<'a> User<'a> {
+    /// A requester without a pod-bound credential, classified with the default [`Masks`].
+    pub fn new(username: &'a str, uid: &'a str, groups: &'a [String]) -> Self {
+        Self { username, uid, groups, pod_bound: false, kind: classify(username, false, &Masks::default()) }
+    }
+
+    /// The same requester with the credential the API server reported, classified by `masks`.
+    pub fn with_credential(self, pod_bound: bool, masks: &Masks) -> Self {
+        Self { pod_bound, kind: classify(self.username, pod_bound, masks), ..self }
+    }
+
     pub fn in_any_group(&self, groups: &[String]) -> bool {
         self.groups.iter().any(|g| groups.contains(g))
     }
@@ -76,6 +135,9 @@ pub struct Request<'a> {
     pub name: &'a str,
     pub user: User<'a>,
     pub namespace_labels: NamespaceLabels<'a>,
+    /// For an UPDATE of a Namespace: its labels before the change (`namespace_labels` holds
+    /// the new ones).
+    pub previous_labels: Option<&'a BTreeMap<String, String>>,
     pub dry_run: bool,
 }
 
@@ -315,16 +377,27 @@ impl CompiledPolicy {
     /// Whether the policy's non-rule constraints (namespace, name, subjects, exclusions) hold.
     /// The index has already established that one of its rules matches.
     pub fn applies_to(&self, req: &Request<'_>) -> bool {
-        let subject = match &self.subjects {
-            None => !req.user.is_system(),
-            Some(p) => p.matches(&req.user),
-        };
-        if !subject || self.exclude.matches(&req.user) {
+        if !self.applies_to_user(&req.user) {
             return false;
         }
         if !self.resource_names.is_empty() && !self.resource_names.iter().any(|n| n == req.name) {
             return false;
         }
+        self.covers_namespace(req, req.namespace_labels)
+    }
+
+    /// Subjects and exclusions: a policy without subjects applies to people (masks included).
+    pub fn applies_to_user(&self, user: &User<'_>) -> bool {
+        let subject = match &self.subjects {
+            None => user.kind == Requester::Person,
+            Some(p) => p.matches(user),
+        };
+        subject && !self.exclude.matches(user)
+    }
+
+    /// Whether this is a namespace the policy looks at (globs, exclusions, selector), judged
+    /// with `labels`.
+    fn covers_namespace(&self, req: &Request<'_>, labels: NamespaceLabels<'_>) -> bool {
         if !self.exclude_namespaces.is_empty()
             && req.has_namespace()
             && glob::any_matches(&self.exclude_namespaces, req.namespace)
@@ -336,7 +409,7 @@ impl CompiledPolicy {
             return false;
         }
         if let Some(selector) = &self.namespace_selector {
-            match req.namespace_labels {
+            match labels {
                 NamespaceLabels::NotApplicable => return false,
                 NamespaceLabels::Unknown => {}
                 NamespaceLabels::Known(labels) => {
@@ -363,6 +436,83 @@ impl CompiledPolicy {
     pub fn accepts_method(&self, method: Method) -> bool {
         self.methods.contains(&method)
     }
+
+    /// For an UPDATE of a Namespace: whether the change takes the namespace out of this
+    /// policy's namespaceSelector (its old labels matched, its new ones do not) for a
+    /// requester the policy applies to. Removing a label must not quietly remove protection.
+    pub fn released_by_relabel(&self, req: &Request<'_>) -> bool {
+        let (Some(selector), Some(old)) = (&self.namespace_selector, req.previous_labels) else {
+            return false;
+        };
+        let still_selected = match req.namespace_labels {
+            NamespaceLabels::Known(new) => selector.matches(new),
+            NamespaceLabels::Unknown | NamespaceLabels::NotApplicable => true,
+        };
+        req.is_namespace_object()
+            && selector.matches(old)
+            && !still_selected
+            && self.applies_to_user(&req.user)
+            && self.covers_namespace(req, NamespaceLabels::Known(old))
+    }
+
+    /// For a DELETE of a Namespace: whether the policy protects deleting something that can
+    /// live in it. Deleting the namespace deletes all of it (through the namespace
+    /// controller, a control-plane identity), so it needs what the policy needs.
+    pub fn protects_deletes_in(&self, req: &Request<'_>) -> bool {
+        req.is_namespace_object()
+            && req.operation == Operation::Delete
+            && self.protects_namespaced_deletes()
+            && self.applies_to_user(&req.user)
+            && self.covers_namespace(req, req.namespace_labels)
+    }
+
+    pub fn has_namespace_selector(&self) -> bool {
+        self.namespace_selector.is_some()
+    }
+
+    /// Whether some rule protects DELETE of a resource that can live in a namespace.
+    pub fn protects_namespaced_deletes(&self) -> bool {
+        self.rules.iter().any(|r| {
+            r.operations.contains(Operation::Delete)
+                && r.resources.iter().any(|(res, _)| res == "*" || !is_cluster_scoped(res))
+        })
+    }
+}
+
+/// Built-in resources that never live in a namespace; anything else (custom resources
+/// included) might, so a namespace delete is judged as if it did.
+pub fn is_cluster_scoped(resource: &str) -> bool {
+    matches!(
+        resource,
+        "namespaces"
+            | "nodes"
+            | "persistentvolumes"
+            | "clusterroles"
+            | "clusterrolebindings"
+            | "customresourcedefinitions"
+            | "apiservices"
+            | "storageclasses"
+            | "csidrivers"
+            | "csinodes"
+            | "volumeattachments"
+            | "priorityclasses"
+            | "runtimeclasses"
+            | "ingressclasses"
+            | "certificatesigningrequests"
+            | "validatingwebhookconfigurations"
+            | "mutatingwebhookconfigurations"
+            | "validatingadmissionpolicies"
+            | "validatingadmissionpolicybindings"
+            | "mutatingadmissionpolicies"
+            | "mutatingadmissionpolicybindings"
+            | "flowschemas"
+            | "prioritylevelconfigurations"
+            | "componentstatuses"
+            | "stepuppolicies"
+            | "stepupgrants"
+            | "stepupchallenges"
+            | "stepupenrollments"
+    )
 }
 
 fn compile_rule(rule: &api::ResourceRule, path: &str) -> Result<CompiledRule, PolicyError> {

@@ -106,7 +106,7 @@ fn subjects_default_to_people_only() {
         .compiled();
     let cases = [
         ("a person", &people, "alice", vec!["developers"], true),
-        ("a service account is not a person", &people, "system:serviceaccount:ci:deployer", vec![], false),
+        ("a masked service account is a person", &people, "system:serviceaccount:ci:deployer", vec![], true),
         ("a node is not a person", &people, "system:node:worker-1", vec!["system:nodes"], false),
         ("user glob", &named, "bob@contractor.example.com", vec![], true),
         ("group", &named, "carol", vec!["oncall"], true),
@@ -118,6 +118,44 @@ fn subjects_default_to_people_only() {
     for (name, p, user, groups, expected) in cases {
         let req = request(Delete, "secrets").namespace("prod").by(user, &groups);
         assert_eq!(p.matches(&req.view()), expected, "{name}");
+    }
+    let workload =
+        request(Delete, "secrets").namespace("prod").by("system:serviceaccount:ci:deployer", &[]).pod_bound();
+    assert!(!people.matches(&workload.view()), "a service account running in a pod is not a person");
+    assert!(named.matches(&workload.view()), "a policy naming it still applies");
+}
+
+#[test]
+fn service_accounts_are_people_unless_bound_to_a_pod_or_trusted() {
+    use crate::policy::{Masks, Requester::*, classify};
+    let masks = Masks::default();
+    let off = Masks { enabled: false, ..Masks::default() };
+    let cases = [
+        ("impersonated or bare token", "system:serviceaccount:prod:default", false, &masks, Person),
+        ("pod-bound token", "system:serviceaccount:prod:default", true, &masks, Workload),
+        (
+            "kube-system's controllers",
+            "system:serviceaccount:kube-system:namespace-controller",
+            false,
+            &masks,
+            Workload,
+        ),
+        ("masks turned off", "system:serviceaccount:prod:default", false, &off, Workload),
+        ("a person", "alice", false, &masks, Person),
+        ("pod extras on a person change nothing", "alice", true, &masks, Person),
+        ("a node", "system:node:n1", false, &masks, ControlPlane),
+        ("the scheduler", "system:kube-scheduler", false, &masks, ControlPlane),
+        ("anonymous", "system:anonymous", false, &masks, ControlPlane),
+        (
+            "a malformed service-account name is control plane",
+            "system:serviceaccount:prod",
+            false,
+            &masks,
+            ControlPlane,
+        ),
+    ];
+    for (name, user, pod_bound, masks, expected) in cases {
+        assert_eq!(classify(user, pod_bound, masks), expected, "{name}");
     }
 }
 

@@ -58,6 +58,10 @@ pub struct Record {
     pub name: String,
     #[serde(default, skip_serializing_if = "is_false")]
     pub dry_run: bool,
+    /// What the webhook's connection proved about who sent the review:
+    /// `client-certificate:<subject>` with mutual TLS, else `unauthenticated`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer: String,
     /// The decision (`denied`, `granted`, `warned`, `audited`, `break-glass`, ...).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub decision: String,
@@ -137,6 +141,7 @@ mod tests {
             namespace: "n".into(),
             name: "n".into(),
             dry_run: true,
+            peer: "unauthenticated".into(),
             decision: "denied".into(),
             allowed: Some(false),
             policies: "p".into(),

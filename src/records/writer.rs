@@ -39,9 +39,21 @@ struct Sink {
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
+type Observer = Box<dyn Fn(&Record) + Send + Sync>;
+static OBSERVER: OnceLock<Observer> = OnceLock::new();
+
+/// Also hands every record to `f`, before it is written: for tests that run the webhook or
+/// the controller in-process and read what they recorded. Only the first call counts.
+pub fn observe(f: impl Fn(&Record) + Send + Sync + 'static) {
+    let _ = OBSERVER.set(Box::new(f));
+}
+
 /// Records one fact. Never blocks and never fails: without an installed writer (tests,
 /// tools) the line goes straight to stdout.
 pub fn emit(mut record: Record) {
+    if let Some(observe) = OBSERVER.get() {
+        observe(&record);
+    }
     let Some(sink) = SINK.get() else {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{}", record.to_line());

@@ -64,11 +64,18 @@ pub struct Options {
     pub lookup: Option<Arc<dyn GrantSource>>,
     /// Mark every cache synced at start, as a running webhook would be.
     pub synced: bool,
+    /// Require client certificates signed by this CA (mutual TLS).
+    pub client_ca: Option<CertificateAuthority>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { settings: Settings { decision: decision_config(), ..Settings::default() }, lookup: None, synced: true }
+        Self {
+            settings: Settings { decision: decision_config(), ..Settings::default() },
+            lookup: None,
+            synced: true,
+            client_ca: None,
+        }
     }
 }
 
@@ -99,6 +106,7 @@ impl TestServer {
         let readiness = Arc::new(Readiness::default());
         let state = Arc::new(Webhook {
             caches: caches.clone(),
+            bodies: admission::BodyBudget::new(options.settings.max_body_bytes_in_flight),
             settings: options.settings,
             metrics: metrics.clone(),
             lookup: options.lookup,
@@ -110,12 +118,22 @@ impl TestServer {
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_addr = admin.local_addr().unwrap();
         let stop = CancellationToken::new();
+        let tls = match &options.client_ca {
+            Some(ca) => admission::tls::mutual_server_config(
+                certificate.clone(),
+                ca.cert_pem.as_bytes(),
+                std::path::Path::new("client-ca.crt"),
+            )
+            .expect("client CA"),
+            None => admission::tls::server_config(certificate.clone()),
+        };
         let served = tokio::spawn(admission::serve_tls(
             listener,
-            admission::tls::server_config(certificate.clone()),
+            tls,
             admission::router(state.clone()),
             stop.clone(),
             Duration::from_secs(5),
+            admission::ConnectionLimits::default(),
         ));
         tokio::spawn({
             let app = admission::admin_router(state);
@@ -174,24 +192,66 @@ pub struct Connection {
 }
 
 pub fn client_config(cas: &[&CertificateAuthority], alpn: &[&[u8]]) -> Arc<ClientConfig> {
+    client_config_with(cas, alpn, None)
+}
+
+/// A client trusting `cas`, presenting `identity` (certificate and key PEM) when given.
+pub fn client_config_with(
+    cas: &[&CertificateAuthority],
+    alpn: &[&[u8]],
+    identity: Option<&ServingCertificate>,
+) -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     for ca in cas {
         roots.add(CertificateDer::from_pem_slice(ca.cert_pem.as_bytes()).unwrap()).unwrap();
     }
-    let mut config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    let builder = ClientConfig::builder().with_root_certificates(roots);
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let chain = vec![CertificateDer::from_pem_slice(id.cert_pem.as_bytes()).unwrap()];
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).unwrap();
+            builder.with_client_auth_cert(chain, key).expect("client certificate")
+        }
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(config)
 }
 
 impl Connection {
     pub async fn open(addr: SocketAddr, cas: &[&CertificateAuthority]) -> Self {
-        let connector = TlsConnector::from(client_config(cas, &[b"http/1.1"]));
+        Self::try_open(addr, cas, None).await.expect("TLS handshake")
+    }
+
+    /// Opens a connection presenting `identity`; `Err` when the handshake (or the first
+    /// exchange, where TLS 1.3 reports a refused client certificate) fails.
+    pub async fn try_open(
+        addr: SocketAddr,
+        cas: &[&CertificateAuthority],
+        identity: Option<&ServingCertificate>,
+    ) -> Result<Self, String> {
+        let connector = TlsConnector::from(client_config_with(cas, &[b"http/1.1"], identity));
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.expect("TLS handshake");
+        let tls =
+            connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.map_err(|e| e.to_string())?;
         let server_cert = tls.get_ref().1.peer_certificates().unwrap()[0].clone().into_owned();
-        let (sender, conn) = http1::handshake(TokioIo::new(tls)).await.unwrap();
+        let (sender, conn) = http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
         tokio::spawn(conn);
-        Self { sender, server_cert }
+        Ok(Self { sender, server_cert })
+    }
+
+    /// Like [`Self::post`], but a failure to get a response is an `Err` (the connection was
+    /// refused or closed), not a panic.
+    pub async fn try_post(&mut self, path: &str, body: impl Into<Bytes>) -> Result<(StatusCode, Bytes), String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let req = Request::post(path)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(body.into()))
+            .unwrap();
+        let resp = self.sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        Ok((status, resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes()))
     }
 
     pub async fn post(&mut self, path: &str, body: impl Into<Bytes>) -> (StatusCode, Bytes) {

@@ -1,0 +1,880 @@
+//! Issue-10 scenarios: no side doors. Each attack of the issue, and the variants a careful
+//! attacker would try next, run the way an attacker runs them (kubectl with impersonation
+//! flags, raw API calls with `Impersonate-*` headers, minted tokens, collection deletes), with
+//! the chart's admission policies in place as `stepup.sh` installs them. Each checks the exact
+//! refusal and that nothing happened.
+//!
+//! Attackers: alice and bob, developers with the built-in `edit` role in prod and dev (which
+//! grants `impersonate` on service accounts and `serviceaccounts/token`); the admin, a stolen
+//! cluster-admin (system:masters) credential without anyone's second factor.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use k8s_openapi::{
+    api::{
+        admissionregistration::v1::{ValidatingAdmissionPolicyBinding, ValidatingWebhookConfiguration},
+        core::v1::{Namespace, Secret},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, PostParams},
+};
+use kube_stepup::{
+    api::{self as stepup_api, Method, Operation::*, StepUpEnrollment, StepUpEnrollmentSpec, StepUpPolicy},
+    testing::policy,
+};
+use stepup_e2e::{
+    ControllerProcess, ScriptControllerPaused, World,
+    attack::{refused, step_up_required, text, webhook_denial},
+    eventually, extra_port, grant_for,
+};
+
+const CONTROLLER: &str = "system:serviceaccount:stepup-system:stepup-controller";
+
+fn prod_secrets() -> StepUpPolicy {
+    policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build()
+}
+
+async fn secret_exists(world: &World, namespace: &str, name: &str) -> bool {
+    let api: Api<Secret> = Api::namespaced(world.admin.clone(), namespace);
+    api.get_opt(name).await.expect("secret lookup").is_some_and(|s| s.metadata.deletion_timestamp.is_none())
+}
+
+fn delete_db_refusal() -> String {
+    webhook_denial(&step_up_required("delete secrets \"db\" in namespace \"prod\"", &["prod-secrets"]))
+}
+
+// ---------------------------------------------------------------- 1. service-account masks
+
+#[tokio::test]
+async fn a_namespace_editor_wearing_a_service_account_is_still_asked_for_step_up() {
+    let world = World::new().await;
+    world.service_account_may_edit("prod", "default").await;
+    world.apply_policies(&[prod_secrets()]).await;
+    world.secret("prod", "db").await;
+
+    let out = world
+        .env
+        .kubectl("alice", &["-n", "prod", "--as=system:serviceaccount:prod:default", "delete", "secret", "db"]);
+    assert_eq!(refused(&out), delete_db_refusal());
+    assert!(secret_exists(&world, "prod", "db").await, "the secret survived");
+
+    // The same mask through raw impersonation headers.
+    let (status, body) = world.env.raw(
+        &world.env.token("alice"),
+        "DELETE",
+        "/api/v1/namespaces/prod/secrets/db",
+        &[("Impersonate-User", "system:serviceaccount:prod:default")],
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("requires step-up (policy \\\"prod-secrets\\\")"), "{body}");
+    assert!(secret_exists(&world, "prod", "db").await);
+}
+
+#[tokio::test]
+async fn a_token_minted_with_kubectl_create_token_is_a_mask_too() {
+    let world = World::new().await;
+    world.service_account_may_edit("prod", "default").await;
+    world.apply_policies(&[prod_secrets()]).await;
+    world.secret("prod", "db").await;
+
+    let out = world.env.kubectl("alice", &["-n", "prod", "create", "token", "default", "--duration=10m"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = world.env.kubectl("alice", &["--token", &token, "-n", "prod", "delete", "secret", "db"]);
+    assert_eq!(refused(&out), delete_db_refusal());
+    assert!(secret_exists(&world, "prod", "db").await, "the secret survived");
+}
+
+/// Today's behaviour for workloads: a token bound to a Pod object is a workload's, subject only
+/// to policies that name it. (A Pending Pod is enough to bind one; README's Limits say so.)
+#[tokio::test]
+async fn a_token_bound_to_a_pod_is_a_workload_as_before() {
+    let world = World::new().await;
+    world.service_account_may_edit("prod", "default").await;
+    world.apply_policies(&[prod_secrets()]).await;
+    world.secret("prod", "db").await;
+    let uid = world.pending_pod("alice", "prod", "sa-probe", "default").await;
+
+    let out = world.env.kubectl(
+        "alice",
+        &[
+            "-n",
+            "prod",
+            "create",
+            "token",
+            "default",
+            "--duration=10m",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=sa-probe",
+            &format!("--bound-object-uid={uid}"),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = world.env.kubectl("alice", &["--token", &token, "-n", "prod", "delete", "secret", "db"]);
+    assert!(out.status.success(), "a workload is not asked for step-up: {}", text(&out));
+    assert!(!secret_exists(&world, "prod", "db").await);
+
+    // A policy naming the account covers its workloads too.
+    let named = policy("prod-default-sa")
+        .rule(&[Delete], "", &["secrets"])
+        .namespaces(&["prod"])
+        .subjects(&[], &[], &[("prod", "default")])
+        .build();
+    world.apply_policies(&[named]).await;
+    world.secret("prod", "db").await;
+    let out = world.env.kubectl("alice", &["--token", &token, "-n", "prod", "delete", "secret", "db"]);
+    assert!(refused(&out).contains("requires step-up (policy \"prod-default-sa\")"), "{}", text(&out));
+    assert!(secret_exists(&world, "prod", "db").await);
+    let _ = world.env.kubectl("admin", &["-n", "prod", "delete", "pod", "sa-probe", "--wait=false"]);
+}
+
+#[tokio::test]
+async fn impersonated_groups_uids_and_extras_get_a_namespace_editor_nothing() {
+    let world = World::new().await;
+    world.service_account_may_edit("prod", "default").await;
+    world.apply_policies(&[prod_secrets()]).await;
+    world.secret("prod", "db").await;
+    let sa = "--as=system:serviceaccount:prod:default";
+    let cases: [(&str, Vec<&str>, &str); 4] = [
+        (
+            "a group",
+            vec![sa, "--as-group=system:masters"],
+            "Error from server (Forbidden): groups \"system:masters\" is forbidden: User \"alice\" cannot impersonate resource \"groups\" in API group \"\" at the cluster scope",
+        ),
+        (
+            "a uid",
+            vec![sa, "--as-uid=0b6b3c8e-0000-4000-8000-000000000002"],
+            "Error from server (Forbidden): uids.authentication.k8s.io \"0b6b3c8e-0000-4000-8000-000000000002\" is forbidden: User \"alice\" cannot impersonate resource \"uids\" in API group \"authentication.k8s.io\" at the cluster scope",
+        ),
+        (
+            "the pod-binding extras",
+            vec![
+                sa,
+                "--as-user-extra=authentication.kubernetes.io/pod-name=web-0",
+                "--as-user-extra=authentication.kubernetes.io/pod-uid=u",
+            ],
+            "Error from server (Forbidden): userextras.authentication.k8s.io \"web-0\" is forbidden: User \"alice\" cannot impersonate resource \"userextras/authentication.kubernetes.io/pod-name\" in API group \"authentication.k8s.io\" at the cluster scope",
+        ),
+        (
+            "another user",
+            vec!["--as=carol"],
+            "Error from server (Forbidden): users \"carol\" is forbidden: User \"alice\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope",
+        ),
+    ];
+    for (what, flags, expected) in cases {
+        let mut args = vec!["-n", "prod"];
+        args.extend(flags);
+        args.extend(["delete", "secret", "db"]);
+        let out = world.env.kubectl("alice", &args);
+        assert_eq!(refused(&out), expected, "impersonating {what}");
+    }
+    // Raw headers: the extras percent-encoded as the API server reads them.
+    let (status, body) = world.env.raw(
+        &world.env.token("alice"),
+        "DELETE",
+        "/api/v1/namespaces/prod/secrets/db",
+        &[
+            ("Impersonate-User", "system:serviceaccount:prod:default"),
+            ("Impersonate-Extra-authentication.kubernetes.io%2Fpod-name", "web-0"),
+            ("Impersonate-Extra-authentication.kubernetes.io%2Fpod-uid", "u"),
+        ],
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("cannot impersonate resource \\\"userextras/authentication.kubernetes.io/pod-name\\\""),
+        "{body}"
+    );
+    assert!(secret_exists(&world, "prod", "db").await, "the secret survived every mask");
+}
+
+// ---------------------------------------------------------------- 2. the controller's identity
+
+fn grant_manifest(name: &str, user: &str) -> String {
+    let now = jiff::Timestamp::now();
+    format!(
+        "apiVersion: stepup.dev/v1alpha1\nkind: StepUpGrant\nmetadata:\n  name: {name}\n  labels: {{{}: {}}}\nspec:\n  user: {user}\n  method: TOTP\n  issuedAt: \"{}\"\n  expiresAt: \"{}\"\n",
+        stepup_api::USER_LABEL,
+        stepup_api::user_label_value(user),
+        now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        (now + jiff::SignedDuration::from_hours(1)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+}
+
+async fn grant_exists(world: &World, name: &str) -> bool {
+    world.controller_grants().get_opt(name).await.expect("grant lookup").is_some()
+}
+
+#[tokio::test]
+async fn a_cluster_admin_wearing_the_controllers_name_cannot_create_a_grant() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    world.secret("prod", "db").await;
+    let out = world.env.kubectl_stdin(
+        "admin",
+        &[&format!("--as={CONTROLLER}"), "create", "-f", "-"],
+        &grant_manifest("admin-forged", "admin"),
+    );
+    assert_eq!(
+        refused(&out),
+        format!(
+            "Error from server (Forbidden): error when creating \"STDIN\": stepupgrants.stepup.dev \"admin-forged\" is forbidden: ValidatingAdmissionPolicy 'stepup-protect-grants' with binding 'stepup-protect-grants' denied request: kube-stepup: only the stepup controller (its pod-bound credential) writes StepUpGrants; {CONTROLLER} may not. Get a grant with `kubectl stepup request`."
+        )
+    );
+    assert!(!grant_exists(&world, "admin-forged").await);
+    // And the admin's delete is still refused.
+    let out = world.env.kubectl("admin", &["-n", "prod", "delete", "secret", "db"]);
+    assert_eq!(refused(&out), delete_db_refusal());
+    assert!(secret_exists(&world, "prod", "db").await);
+}
+
+#[tokio::test]
+async fn forged_pod_extras_make_no_grant_and_are_loud() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(world.admin.clone(), "stepup-system");
+    let pod_uid = pods.get("stepup-controller-0").await.expect("the controller's Pod object").uid().unwrap();
+    let forged_before = world.env.metric_sum("stepup_forged_grants_total").await;
+
+    // kube-apiserver accepts reserved extras from system:masters: the admission policy sees
+    // the controller's pod-bound credential, and only the signature tells the truth.
+    let pod_name = "--as-user-extra=authentication.kubernetes.io/pod-name=stepup-controller-0".to_owned();
+    let pod_uid_flag = format!("--as-user-extra=authentication.kubernetes.io/pod-uid={pod_uid}");
+    let out = world.env.kubectl_stdin(
+        "admin",
+        &[&format!("--as={CONTROLLER}"), &pod_name, &pod_uid_flag, "create", "-f", "-"],
+        &grant_manifest("extras-forged", "admin"),
+    );
+    assert_eq!(
+        refused(&out),
+        "Error from server (Forbidden): error when creating \"STDIN\": admission webhook \"validate.stepup.dev\" denied the request: kube-stepup: StepUpGrant \"extras-forged\" is not signed by the stepup controller: only grants signed by the stepup controller are accepted, whoever writes them. This attempt is recorded."
+    );
+    assert!(!grant_exists(&world, "extras-forged").await);
+
+    // The same with raw headers, and with a real signature copied from another grant.
+    let signed = grant_for("signed-original", "admin", jiff::SignedDuration::ZERO, jiff::SignedDuration::from_hours(1));
+    let mut copy = signed.build();
+    world.env.grant_signer().sign_grant(&mut copy);
+    copy.metadata.name = Some("signature-copied".into());
+    let (status, body) = world.env.raw(
+        &world.env.token("admin"),
+        "POST",
+        "/apis/stepup.dev/v1alpha1/stepupgrants",
+        &[
+            ("Impersonate-User", CONTROLLER),
+            ("Impersonate-Extra-authentication.kubernetes.io%2Fpod-name", "stepup-controller-0"),
+            ("Impersonate-Extra-authentication.kubernetes.io%2Fpod-uid", &pod_uid),
+        ],
+        Some(&serde_json::to_string(&copy).unwrap()),
+    );
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("StepUpGrant \\\"signature-copied\\\" is not signed by the stepup controller"), "{body}");
+    assert!(!grant_exists(&world, "signature-copied").await);
+
+    // Loud: metric, Event, audit line.
+    let forged_after = eventually(Duration::from_secs(5), || async {
+        let n = world.env.metric_sum("stepup_forged_grants_total").await;
+        if n >= forged_before + 2.0 { Ok(n) } else { bail!("forged grants counted: {n}") }
+    })
+    .await
+    .expect("forged grants are counted");
+    assert!(forged_after >= forged_before + 2.0);
+    world.wait_event_within("GrantForged", "create stepupgrants \"extras-forged\"", Duration::from_secs(10)).await;
+    let audit = world.env.audit_of(world.env.var("STEPUP_WEBHOOK_LOG"));
+    let line = audit
+        .iter()
+        .rev()
+        .find(|l| l["name"] == "extras-forged" && l["decision"] == "forged-grant")
+        .unwrap_or_else(|| panic!("no audit line for the forged grant"));
+    assert_eq!(line["user"], CONTROLLER);
+    assert_eq!(line["allowed"], false);
+    assert!(line["peer"].as_str().unwrap().starts_with("client-certificate:"), "{line}");
+}
+
+#[tokio::test]
+async fn the_controllers_name_no_longer_passes_the_admission_policys_exception() {
+    let world = World::new().await;
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(world.admin.clone());
+    let before = configs.get("stepup.dev").await.unwrap().uid();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(world.admin.clone(), "stepup-system");
+    let pod_uid = pods.get("stepup-controller-0").await.unwrap().uid().unwrap();
+    let expected = format!(
+        "Error from server (Forbidden): validatingwebhookconfigurations.admissionregistration.k8s.io \"stepup.dev\" is forbidden: ValidatingAdmissionPolicy 'stepup-protect-webhook-configuration' with binding 'stepup-protect-webhook-configuration' denied request: kube-stepup: delete of ValidatingWebhookConfiguration stepup.dev refused for {CONTROLLER}: the stepup controller manages it. Also allowed: members of stepup:break-glass, stepup:installers."
+    );
+    let as_controller = format!("--as={CONTROLLER}");
+    let out = world.env.kubectl("admin", &[&as_controller, "delete", "validatingwebhookconfiguration", "stepup.dev"]);
+    assert_eq!(refused(&out), expected);
+    // Forged pod extras do not help: the controller never deletes its configuration.
+    let out = world.env.kubectl(
+        "admin",
+        &[
+            &as_controller,
+            "--as-user-extra=authentication.kubernetes.io/pod-name=stepup-controller-0",
+            &format!("--as-user-extra=authentication.kubernetes.io/pod-uid={pod_uid}"),
+            "delete",
+            "validatingwebhookconfiguration",
+            "stepup.dev",
+        ],
+    );
+    assert_eq!(refused(&out), expected);
+    assert_eq!(configs.get("stepup.dev").await.unwrap().uid(), before, "the same configuration is still there");
+}
+
+// ---------------------------------------------------------------- 3. collection deletes and the registration
+
+#[tokio::test]
+async fn deleting_the_webhook_configuration_by_collection_or_replacing_it_is_refused() {
+    let world = World::new().await;
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(world.admin.clone());
+    let before = configs.get("stepup.dev").await.unwrap();
+    let refusal = |verb: &str| {
+        format!(
+            "kube-stepup: {verb} of ValidatingWebhookConfiguration stepup.dev refused for admin: the stepup controller manages it. Also allowed: members of stepup:break-glass, stepup:installers."
+        )
+    };
+
+    let out = world.env.kubectl(
+        "admin",
+        &["delete", "--raw", "/apis/admissionregistration.k8s.io/v1/validatingwebhookconfigurations?fieldSelector=metadata.name%3Dstepup.dev"],
+    );
+    assert!(refused(&out).ends_with(&refusal("delete")), "{}", text(&out));
+    let out = world
+        .env
+        .kubectl("admin", &["delete", "validatingwebhookconfigurations", "--field-selector=metadata.name=stepup.dev"]);
+    assert!(refused(&out).contains(&refusal("delete")), "{}", text(&out));
+
+    // `kubectl replace --force` deletes first; server-side apply and patches are updates.
+    let mut emptied = before.clone();
+    emptied.metadata.managed_fields = None;
+    emptied.metadata.resource_version = None;
+    emptied.webhooks = Some(vec![]);
+    let manifest = serde_json::to_string(&emptied).unwrap();
+    let out = world.env.kubectl_stdin("admin", &["replace", "--force", "-f", "-"], &manifest);
+    assert!(refused(&out).contains(&refusal("delete")), "{}", text(&out));
+    let out = world.env.kubectl_stdin("admin", &["apply", "--server-side", "--force-conflicts", "-f", "-"], &manifest);
+    assert!(refused(&out).contains(&refusal("update")), "{}", text(&out));
+    let out = world.env.kubectl(
+        "admin",
+        &[
+            "patch",
+            "validatingwebhookconfiguration",
+            "stepup.dev",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/webhooks/0/rules"}]"#,
+        ],
+    );
+    assert!(refused(&out).contains(&refusal("update")), "{}", text(&out));
+
+    let after = configs.get("stepup.dev").await.unwrap();
+    assert_eq!(after.uid(), before.uid(), "not deleted");
+    assert_eq!(after.webhooks, before.webhooks, "not changed");
+}
+
+#[tokio::test]
+async fn deleting_or_rewriting_the_crds_by_any_verb_is_refused() {
+    let world = World::new().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(world.admin.clone());
+    let before = crds.get("stepupgrants.stepup.dev").await.unwrap();
+    let refusal = |verb: &str, what: &str| {
+        format!(
+            "kube-stepup: {verb} of CustomResourceDefinition {what} refused for admin: it defines the stepup API, and deleting it deletes every object of its kind. Allowed: members of stepup:break-glass, stepup:installers."
+        )
+    };
+    let out = world.env.kubectl(
+        "admin",
+        &["delete", "--raw", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions?fieldSelector=metadata.name%3Dstepupgrants.stepup.dev"],
+    );
+    assert!(refused(&out).ends_with(&refusal("delete", "stepupgrants.stepup.dev")), "{}", text(&out));
+    let out = world
+        .env
+        .kubectl("admin", &["delete", "crd", "--field-selector=metadata.name=stepupgrants.stepup.dev", "--wait=false"]);
+    assert!(refused(&out).contains(&refusal("delete", "stepupgrants.stepup.dev")), "{}", text(&out));
+
+    let mut manifest = before.clone();
+    manifest.metadata.managed_fields = None;
+    manifest.metadata.resource_version = None;
+    manifest.status = None;
+    let manifest = serde_json::to_string(&manifest).unwrap();
+    let out = world.env.kubectl_stdin("admin", &["replace", "--force", "-f", "-"], &manifest);
+    assert!(refused(&out).contains(&refusal("delete", "stepupgrants.stepup.dev")), "{}", text(&out));
+    let out = world.env.kubectl(
+        "admin",
+        &[
+            "patch",
+            "crd",
+            "stepupgrants.stepup.dev",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/versions/0/served","value":false}]"#,
+        ],
+    );
+    assert!(refused(&out).contains(&refusal("update", "stepupgrants.stepup.dev")), "{}", text(&out));
+    // Marking it not Established would make the API server stop serving grants.
+    let out = world.env.kubectl(
+        "admin",
+        &[
+            "patch",
+            "crd",
+            "stepupgrants.stepup.dev",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"conditions":[{"type":"Established","status":"False","reason":"Mallory","message":"x","lastTransitionTime":"2026-01-01T00:00:00Z"}]}}"#,
+        ],
+    );
+    assert!(refused(&out).contains(&refusal("update", "stepupgrants.stepup.dev/status")), "{}", text(&out));
+
+    let after = crds.get("stepupgrants.stepup.dev").await.unwrap();
+    assert_eq!(after.uid(), before.uid(), "not deleted");
+    assert_eq!(after.spec, before.spec, "not changed");
+    assert_eq!(after.status, before.status, "status not changed");
+}
+
+#[tokio::test]
+async fn the_garbage_collector_path_through_the_controllers_cluster_role_is_closed() {
+    let world = World::new().await;
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(world.admin.clone());
+    let config = configs.get("stepup.dev").await.unwrap();
+    let owners = config.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(
+        owners.iter().map(|o| (o.kind.as_str(), o.name.as_str())).collect::<Vec<_>>(),
+        vec![("ClusterRole", "stepup-controller")]
+    );
+    let refusal = |kind: &str| {
+        format!(
+            "kube-stepup: delete of {kind} stepup-controller refused for admin: the stepup controller needs it, and it owns the webhook configuration (deleting it would have the garbage collector delete that). Allowed: members of stepup:break-glass, stepup:installers."
+        )
+    };
+    for (kind, resource) in [("ClusterRole", "clusterroles"), ("ClusterRoleBinding", "clusterrolebindings")] {
+        let out = world.env.kubectl("admin", &["delete", resource, "stepup-controller"]);
+        assert!(refused(&out).ends_with(&refusal(kind)), "{}", text(&out));
+        let out = world.env.kubectl(
+            "admin",
+            &[
+                "delete",
+                "--raw",
+                &format!(
+                    "/apis/rbac.authorization.k8s.io/v1/{resource}?fieldSelector=metadata.name%3Dstepup-controller"
+                ),
+            ],
+        );
+        assert!(refused(&out).ends_with(&refusal(kind)), "{}", text(&out));
+    }
+    let out = world.env.kubectl(
+        "admin",
+        &[
+            "patch",
+            "clusterrole",
+            "stepup-controller",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/rules","value":[]}]"#,
+        ],
+    );
+    assert!(
+        refused(&out).contains("kube-stepup: update of ClusterRole stepup-controller refused for admin"),
+        "{}",
+        text(&out)
+    );
+    let roles: Api<k8s_openapi::api::rbac::v1::ClusterRole> = Api::all(world.admin.clone());
+    let role = roles.get("stepup-controller").await.unwrap();
+    assert_eq!(Some(role.uid().unwrap()), owners.first().map(|o| o.uid.clone()), "the owner is the same object");
+    assert!(!role.rules.unwrap_or_default().is_empty());
+    assert_eq!(configs.get("stepup.dev").await.unwrap().uid(), config.uid(), "the configuration was not collected");
+}
+
+#[tokio::test]
+async fn a_collection_delete_of_protected_secrets_still_needs_step_up() {
+    let world = World::new().await;
+    // resourceNames: the policy the issue found bypassed by an empty request name.
+    let named =
+        policy("prod-db").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).resource_names(&["db"]).build();
+    world.apply_policies(&[named]).await;
+    world.secret("prod", "db").await;
+    let refusal = webhook_denial(&step_up_required("delete secrets \"db\" in namespace \"prod\"", &["prod-db"]));
+
+    let out = world
+        .env
+        .kubectl("alice", &["delete", "--raw", "/api/v1/namespaces/prod/secrets?fieldSelector=metadata.name%3Ddb"]);
+    assert!(refused(&out).ends_with(&refusal["Error from server (Forbidden): ".len()..]), "{}", text(&out));
+    let out = world.env.kubectl("alice", &["-n", "prod", "delete", "secrets", "--all"]);
+    assert!(text(&out).contains(&refusal["Error from server (Forbidden): ".len()..]), "{}", text(&out));
+    let out = world.env.kubectl("alice", &["-n", "prod", "delete", "secrets", "--field-selector", "metadata.name=db"]);
+    assert!(text(&out).contains(&refusal["Error from server (Forbidden): ".len()..]), "{}", text(&out));
+    assert!(secret_exists(&world, "prod", "db").await, "the secret survived");
+}
+
+#[tokio::test]
+async fn a_generate_name_create_is_judged_by_its_real_name() {
+    let world = World::new().await;
+    let configmaps = policy("prod-configmaps").rule(&[Create], "", &["configmaps"]).namespaces(&["prod"]).build();
+    world.apply_policies(&[configmaps]).await;
+    let out = world.env.kubectl_stdin(
+        "alice",
+        &["create", "-f", "-"],
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {generateName: mallory-, namespace: prod}\ndata: {a: b}\n",
+    );
+    let said = refused(&out);
+    let prefix = "Error from server (Forbidden): error when creating \"STDIN\": admission webhook \"validate.stepup.dev\" denied the request: kube-stepup: create configmaps \"mallory-";
+    assert!(said.starts_with(prefix), "{said}");
+    let generated = &said[prefix.len() - "mallory-".len()..];
+    let name = &generated[..generated.find('"').unwrap()];
+    assert!(name.len() > "mallory-".len(), "the generated name is in the message: {said}");
+    assert!(said.contains("in namespace \"prod\" requires step-up (policy \"prod-configmaps\")"), "{said}");
+    let audit = world.env.audit_of(world.env.var("STEPUP_WEBHOOK_LOG"));
+    assert!(audit.iter().any(|l| l["name"] == name && l["decision"] == "denied"), "the audit line names {name}");
+    let out = world.env.kubectl("admin", &["-n", "prod", "get", "configmaps", "-o", "name"]);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("mallory-"), "nothing was created: {}", text(&out));
+}
+
+#[tokio::test]
+async fn deleting_grants_policies_and_enrollments_by_collection_hits_the_same_rules() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    let alices =
+        grant_for("alice-collection", "alice", jiff::SignedDuration::ZERO, jiff::SignedDuration::from_hours(1))
+            .uid("uid-alice-1")
+            .build();
+    world.issue_grant(&alices).await.expect("grant issued");
+    // An enrollment of alice's, created as alice (it need not be confirmed for this).
+    let enrollments: Api<StepUpEnrollment> = Api::all(world.admin.clone());
+    let name = stepup_api::enrollment_name("alice");
+    let _ = enrollments.delete(&name, &DeleteParams::default()).await;
+    eventually(Duration::from_secs(10), || async {
+        if enrollments.get_opt(&name).await?.is_some() { bail!("old enrollment still there") } else { Ok(()) }
+    })
+    .await
+    .unwrap();
+    let mut enrollment = StepUpEnrollment::new(
+        &name,
+        StepUpEnrollmentSpec {
+            user: "alice".into(),
+            method: Method::Totp,
+            public_key: "A".repeat(43) + "=",
+            confirmation: None,
+            bootstrap: false,
+        },
+    );
+    enrollment.metadata.labels =
+        Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value("alice"))].into_iter().collect());
+    Api::<StepUpEnrollment>::all(world.env.client("alice").await)
+        .create(&PostParams::default(), &enrollment)
+        .await
+        .expect("alice enrolls");
+
+    let out = world.env.kubectl("bob", &["delete", "stepupgrants", "--all"]);
+    assert!(
+        text(&out)
+            .contains("kube-stepup: grant alice-collection belongs to \"alice\"; you may only revoke your own grants"),
+        "{}",
+        text(&out)
+    );
+    let out = world.env.kubectl("alice", &["delete", "stepuppolicies", "--all"]);
+    assert!(
+        text(&out).contains("kube-stepup: delete stepuppolicies \"prod-secrets\" requires step-up (policy \"stepup-builtin-policy-changes\")"),
+        "{}",
+        text(&out)
+    );
+    let out = world.env.kubectl("bob", &["delete", "stepupenrollments", "--all"]);
+    assert!(
+        text(&out).contains(
+            "kube-stepup: an enrollment can only be removed by an admin (group stepup:admins or system:masters)"
+        ),
+        "{}",
+        text(&out)
+    );
+
+    assert!(grant_exists(&world, "alice-collection").await, "alice's grant survived bob");
+    assert!(
+        Api::<StepUpPolicy>::all(world.admin.clone()).get_opt("prod-secrets").await.unwrap().is_some(),
+        "the policy survived alice"
+    );
+    assert!(enrollments.get_opt(&name).await.unwrap().is_some(), "alice's enrollment survived bob");
+    let _ = enrollments.delete(&name, &DeleteParams::default()).await;
+}
+
+/// The registration comes back whether or not the CRDs exist when the controller starts, and
+/// what is missing is said loudly.
+#[tokio::test]
+async fn the_controller_restores_its_registration_without_the_crds_and_says_what_is_missing() {
+    let world = World::new().await;
+    let env = &world.env;
+    let crd_file = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/stepup.dev.yaml");
+    let paused = ScriptControllerPaused::new();
+    // As an installer (the admission policy refuses anyone else, see above).
+    let out = env.kubectl_installer(&["delete", "crd", "stepuppolicies.stepup.dev"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env.kubectl_installer(&["delete", "validatingwebhookconfiguration", "stepup.dev"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    let mut controller = ControllerProcess::spawn(env, "no-crds", extra_port(7), &[]);
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(world.admin.clone());
+    eventually(Duration::from_secs(30), || async {
+        let c = configs.get("stepup.dev").await?;
+        let routed = kube_stepup::controller::webhook_config::routed_resources(&c);
+        if routed.contains("stepupgrants") { Ok(()) } else { bail!("stepup kinds not routed yet") }
+    })
+    .await
+    .expect("the registration is restored without the policy CRD");
+
+    let gauge = "stepup_protection_intact{object=\"CustomResourceDefinition/stepuppolicies.stepup.dev\"}";
+    let missing = eventually(Duration::from_secs(20), || async {
+        match env.metric_at(&controller.admin_url, gauge).await {
+            Some(v) if v == 0.0 => Ok(v),
+            other => bail!("{gauge} is {other:?}"),
+        }
+    })
+    .await;
+    world
+        .wait_event_within(
+            "ProtectionMissing",
+            "CustomResourceDefinition/stepuppolicies.stepup.dev is gone",
+            Duration::from_secs(20),
+        )
+        .await;
+    let log = env.logs_dir().join("stepup-controller-no-crds.log");
+    let audited = env.audit_of(log.to_str().unwrap()).into_iter().any(|l| {
+        l["event"] == "protection.missing" && l["object"] == "CustomResourceDefinition/stepuppolicies.stepup.dev"
+    });
+
+    // Put the CRD back (as an installer) whatever happened above, then judge.
+    let out = env.kubectl_installer(&["apply", "-f", crd_file]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = env
+        .kubectl("admin", &["wait", "--for=condition=Established", "--timeout=60s", "crd/stepuppolicies.stepup.dev"]);
+    assert!(out.status.success(), "{}", text(&out));
+    missing.expect("the gauge says the CRD is missing");
+    assert!(audited, "an audit line says the CRD is missing");
+    eventually(Duration::from_secs(30), || async {
+        match env.metric_at(&controller.admin_url, gauge).await {
+            Some(1.0) => Ok(()),
+            other => bail!("{gauge} is {other:?}"),
+        }
+    })
+    .await
+    .expect("the gauge says it is back");
+    world
+        .wait_event_within(
+            "ProtectionRestored",
+            "CustomResourceDefinition/stepuppolicies.stepup.dev is back",
+            Duration::from_secs(20),
+        )
+        .await;
+    controller.kill();
+    drop(paused);
+    world.wait_webhook_ready(Duration::from_secs(90)).await;
+}
+
+/// Restores a removed admission-policy binding when the scenario ends, also on failure.
+struct Rebind {
+    client: kube::Client,
+    binding: ValidatingAdmissionPolicyBinding,
+}
+
+impl Drop for Rebind {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let mut binding = self.binding.clone();
+        binding.metadata = kube::api::ObjectMeta {
+            name: binding.metadata.name.clone(),
+            labels: binding.metadata.labels.clone(),
+            ..Default::default()
+        };
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client);
+                let _ = api.create(&PostParams::default(), &binding).await;
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// The one door Kubernetes cannot close: the API server exempts admission policies from all
+/// admission, so a cluster-admin can remove them. It is loud.
+#[tokio::test]
+async fn removing_the_admission_policies_is_the_one_open_door_and_it_is_loud() {
+    let world = World::new().await;
+    let env = &world.env;
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(world.admin.clone());
+    let binding = bindings.get("stepup-protect-crds").await.expect("the chart's binding");
+    let _restore = Rebind { client: world.admin.clone(), binding };
+    let out = env.kubectl("admin", &["delete", "validatingadmissionpolicybinding", "stepup-protect-crds"]);
+    assert!(out.status.success(), "a cluster-admin can remove it: {}", text(&out));
+
+    let admin_url = env.var("STEPUP_CONTROLLER_ADMIN_URL").to_owned();
+    let gauge = "stepup_protection_intact{object=\"ValidatingAdmissionPolicyBinding/stepup-protect-crds\"}";
+    eventually(Duration::from_secs(20), || async {
+        match env.metric_at(&admin_url, gauge).await {
+            Some(0.0) => Ok(()),
+            other => bail!("{gauge} is {other:?}"),
+        }
+    })
+    .await
+    .expect("the gauge drops to 0");
+    let event = world
+        .wait_event_within(
+            "ProtectionMissing",
+            "ValidatingAdmissionPolicyBinding/stepup-protect-crds is gone",
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let audit = env.audit_of(env.var("STEPUP_CONTROLLER_LOG"));
+    assert!(
+        audit.iter().any(|l| l["event"] == "protection.missing"
+            && l["object"] == "ValidatingAdmissionPolicyBinding/stepup-protect-crds"),
+        "an audit line records it"
+    );
+    drop(_restore);
+    eventually(Duration::from_secs(20), || async {
+        match env.metric_at(&admin_url, gauge).await {
+            Some(1.0) => Ok(()),
+            other => bail!("{gauge} is {other:?}"),
+        }
+    })
+    .await
+    .expect("back to 1 once restored");
+}
+
+// ---------------------------------------------------------------- 4. the namespace
+
+fn env_prod_secrets() -> StepUpPolicy {
+    policy("env-prod-secrets").rule(&[Delete], "", &["secrets"]).namespace_labels(&[("env", "prod")]).build()
+}
+
+#[tokio::test]
+async fn unlabelling_the_namespace_needs_what_its_policies_need() {
+    let world = World::new().await;
+    world.apply_policies(&[env_prod_secrets()]).await;
+    let out = world.env.kubectl("admin", &["label", "namespace", "prod", "env-"]);
+    assert_eq!(
+        refused(&out),
+        webhook_denial(
+            "kube-stepup: update namespaces \"prod\" requires step-up (policy \"env-prod-secrets\"): the label change takes namespace \"prod\" out of the namespaceSelector of policy \"env-prod-secrets\", so it needs what that protection needs: a TOTP grant issued within the last 15m. You hold no grant. Run `kubectl stepup request` and retry, or prefix your command with `kubectl stepup --`. [stepup-required: policies=env-prod-secrets methods=TOTP max-age=15m reason-required=false]"
+        )
+    );
+    let out = world.env.kubectl("admin", &["label", "namespace", "prod", "env=staging", "--overwrite"]);
+    assert!(refused(&out).contains("out of the namespaceSelector of policy \"env-prod-secrets\""), "{}", text(&out));
+    let out = world
+        .env
+        .kubectl("admin", &["patch", "namespace", "prod", "--type=merge", "-p", r#"{"metadata":{"labels":null}}"#]);
+    assert!(refused(&out).contains("out of the namespaceSelector of policy \"env-prod-secrets\""), "{}", text(&out));
+    assert_eq!(world.namespace_labels("prod").await.get("env").map(String::as_str), Some("prod"), "still labelled");
+    // A label no selector reads changes freely.
+    let out = world.env.kubectl("admin", &["label", "namespace", "prod", "side-doors-probe=1", "--overwrite"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = world.env.kubectl("admin", &["label", "namespace", "prod", "side-doors-probe-"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn deleting_the_namespace_needs_what_deleting_its_secrets_needs() {
+    let world = World::new().await;
+    world.apply_policies(&[env_prod_secrets(), prod_secrets()]).await;
+    world.secret("prod", "db").await;
+    let out = world.env.kubectl("admin", &["delete", "namespace", "prod", "--wait=false"]);
+    assert_eq!(
+        refused(&out),
+        webhook_denial(
+            "kube-stepup: delete namespaces \"prod\" requires step-up (policies \"env-prod-secrets\", \"prod-secrets\"): deleting namespace \"prod\" deletes everything in it, including what policies \"env-prod-secrets\", \"prod-secrets\" protect: a TOTP grant issued within the last 15m. You hold no grant. Run `kubectl stepup request` and retry, or prefix your command with `kubectl stepup --`. [stepup-required: policies=env-prod-secrets,prod-secrets methods=TOTP max-age=15m reason-required=false]"
+        )
+    );
+    let namespaces: Api<Namespace> = Api::all(world.admin.clone());
+    let prod = namespaces.get("prod").await.unwrap();
+    assert!(prod.metadata.deletion_timestamp.is_none(), "prod is not terminating");
+    assert!(secret_exists(&world, "prod", "db").await);
+}
+
+// ---------------------------------------------------------------- 5. the endpoint
+
+#[tokio::test]
+async fn a_forged_review_sent_to_the_webhook_directly_is_refused_at_tls() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    let env = &world.env;
+    let review = kube_stepup::testing::request(Delete, "secrets")
+        .namespace("prod")
+        .name("db")
+        .by("mallory", &["stepup:break-glass"])
+        .review("forged-review-1", None, None)
+        .to_string();
+    let break_glass_before = env.metric_sum("stepup_break_glass_total").await;
+    let curl = |extra: &[&str]| {
+        std::process::Command::new("curl")
+            .args(["-sS", "-k", "--max-time", "10", "-H", "Content-Type: application/json", "--data-binary", &review])
+            .args(extra)
+            .arg(format!("{}?timeout=5s", env.var("STEPUP_WEBHOOK_URL")))
+            .output()
+            .expect("curl runs")
+    };
+    // No client certificate, then one of the API server's CA... signing nothing: a self-made one.
+    let out = curl(&[]);
+    assert!(!out.status.success(), "answered without a client certificate: {}", text(&out));
+    let dir = std::env::temp_dir().join(format!("stepup-forged-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mallory = kube_stepup::pki::CertificateAuthority::generate(
+        "kube-apiserver-admission",
+        jiff::Timestamp::now(),
+        jiff::SignedDuration::from_hours(1),
+    )
+    .unwrap();
+    let leaf = mallory
+        .issue_client("kube-apiserver-admission", jiff::Timestamp::now(), jiff::SignedDuration::from_hours(1))
+        .unwrap();
+    std::fs::write(dir.join("c.crt"), &leaf.cert_pem).unwrap();
+    std::fs::write(dir.join("c.key"), &leaf.key_pem).unwrap();
+    let out = curl(&["--cert", dir.join("c.crt").to_str().unwrap(), "--key", dir.join("c.key").to_str().unwrap()]);
+    assert!(!out.status.success(), "answered a certificate of another CA: {}", text(&out));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Nothing happened: no break-glass use counted, no Event, no audit line.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(env.metric_sum("stepup_break_glass_total").await, break_glass_before);
+    assert!(world.events_with("BreakGlassUsed", "mallory").await.is_empty());
+    assert!(!env.audit_of(env.var("STEPUP_WEBHOOK_LOG")).iter().any(|l| l["review_uid"] == "forged-review-1"));
+
+    // The API server's own certificate is what gets through.
+    let out = curl(&[
+        "--cert",
+        env.var("KUBE_ADMISSION_CLIENT_CERT_FILE"),
+        "--key",
+        env.var("KUBE_ADMISSION_CLIENT_KEY_FILE"),
+    ]);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("\"uid\":\"forged-review-1\""),
+        "{}",
+        text(&out)
+    );
+}
+
+// ---------------------------------------------------------------- 6. clock games
+
+#[tokio::test]
+async fn a_grant_issued_in_the_future_satisfies_nothing() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    world.secret("prod", "db").await;
+    // Signed with the controller's key: the key holder's (or a broken) clock is the attack.
+    let future =
+        grant_for("alice-future", "alice", -jiff::SignedDuration::from_hours(2), jiff::SignedDuration::from_hours(4))
+            .uid("uid-alice-1")
+            .build();
+    world.issue_grant(&future).await.expect("grant written");
+    let out = world.env.kubectl("alice", &["-n", "prod", "delete", "secret", "db"]);
+    let said = refused(&out);
+    assert!(
+        said.contains("Your latest grant alice-future does not count: its issuedAt lies 2h in the future, beyond the 10s clock skew allowed."),
+        "{said}"
+    );
+    assert!(secret_exists(&world, "prod", "db").await);
+}
