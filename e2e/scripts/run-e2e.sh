@@ -31,7 +31,7 @@ start=$SECONDS
 rm -rf "$(dirname "$("$SCRIPT_DIR/cluster.sh" env-file)")/dist"
 echo "e2e: control plane and stepup up after $((SECONDS - start))s" >&2
 cd "$REPO"
-cargo test -p stepup-e2e -- --test-threads=1 "$@"
+cargo test -p stepup-e2e --no-fail-fast -- --test-threads=1 "$@"
 # Last, once every scenario has run: every audit line the processes wrote matches the schema.
 cargo test -p stepup-e2e --test report -- --test-threads=1 every_audit_line_written_matches_the_published_schema
 echo "e2e: passed in $((SECONDS - start))s" >&2

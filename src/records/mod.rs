@@ -121,6 +121,60 @@ impl Record {
 mod tests {
     use super::*;
 
+    /// Every event name the code can record (a `"<area>.<what>"` literal in `src/`) is one the
+    /// schema lists, so that a new step cannot write lines its own schema rejects.
+    #[test]
+    fn the_schema_lists_every_event_the_code_records() {
+        let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).expect("the schema is JSON");
+        let listed: Vec<&str> = schema["properties"]["event"]["enum"]
+            .as_array()
+            .expect("an event enum")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let areas = [
+            "admission",
+            "challenge",
+            "grant",
+            "enrollment",
+            "bootstrap",
+            "factor",
+            "certificate",
+            "protection",
+            "records",
+        ];
+        let mut missing = std::collections::BTreeSet::new();
+        let mut seen = 0;
+        let mut dirs = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("src is readable").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                if path.extension().is_none_or(|e| e != "rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                for literal in text.split('"').skip(1).step_by(2) {
+                    let Some((area, what)) = literal.split_once('.') else { continue };
+                    if areas.contains(&area)
+                        && !what.is_empty()
+                        && what.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    {
+                        seen += 1;
+                        if !listed.contains(&literal) {
+                            missing.insert(format!("{literal} ({})", path.display()));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(seen > 20, "the scan found the event names ({seen})");
+        assert!(missing.is_empty(), "events missing from record.schema.json: {missing:?}");
+    }
+
     /// The schema file is real JSON and names every field a record can carry, so a field added
     /// here without documenting it fails this test.
     #[test]
