@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint unit e2e crds demo demo-down controlplane bench dist help
+.PHONY: test lint unit core-deps e2e crds demo demo-down controlplane bench dist help
 
 help:
 	@echo "make demo       start the local demo (control plane + stepup + example policies)"
@@ -17,7 +17,7 @@ help:
 
 test: lint unit e2e
 
-lint: chart-lint rules-lint
+lint: chart-lint rules-lint core-deps
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) run --quiet --bin stepup -- crdgen | diff -u crds/stepup.dev.yaml - \
@@ -25,6 +25,15 @@ lint: chart-lint rules-lint
 
 unit:
 	$(CARGO) test
+
+# The decision core stays pure: no async runtime, HTTP stack, TLS or Kubernetes client in its
+# dependency tree (normal dependencies; its tests may use more).
+CORE_FORBIDDEN := tokio hyper hyper-util h2 axum tower rustls tokio-rustls kube kube-client kube-runtime reqwest
+core-deps:
+	@tree=$$($(CARGO) tree -p stepup-core -e normal --prefix none | sed 's/ .*//' | sort -u); \
+	bad=$$(for c in $(CORE_FORBIDDEN); do echo "$$tree" | grep -qx "$$c" && echo "$$c"; done; true); \
+	if [ -n "$$bad" ]; then echo "stepup-core depends on $$bad: the core must do no I/O (see core/Cargo.toml)" >&2; exit 1; fi; \
+	echo "stepup-core: $$(echo "$$tree" | wc -l) crates, none of: $(CORE_FORBIDDEN)"
 
 e2e:
 	e2e/scripts/run-e2e.sh

@@ -12,8 +12,8 @@ use kube_stepup::{
     decision::{self, DecisionConfig, Grants, Inputs, Outcome, StepUpObjects},
     grant::{GrantIndex, GrantRecord},
     policy::{CompiledPolicy, PolicyIndex},
-    testing::{RequestBuilder, request, t0},
 };
+use stepup_core::testing::{RequestBuilder, request, t0};
 
 #[path = "fleet/mod.rs"]
 mod fleet;

@@ -396,11 +396,3 @@ pub enum CaBundleSource {
     Controller,
     CertManager,
 }
-
-impl clap::builder::ValueParserFactory for Duration {
-    type Parser = clap::builder::ValueParser;
-
-    fn value_parser() -> Self::Parser {
-        clap::builder::ValueParser::new(|s: &str| s.parse::<Duration>())
-    }
-}

@@ -18,10 +18,10 @@ use kube_stepup::{
     admission::Settings,
     api::{Operation::*, StepUpPolicy},
     pki::{CertificateAuthority, ServingCertificate},
-    testing::{policy, request},
 };
 use rustls::pki_types::ServerName;
 use serde_json::Value;
+use stepup_core::testing::{policy, request};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,

@@ -15,11 +15,11 @@ use kube_stepup::{
     grant::GrantIndex,
     plugin::{terminal::normalize_code, trailer},
     policy::{CompiledPolicy, Masks, NamespaceLabels, PolicyIndex},
-    testing::{grant, policy, t0},
     verify::{Verifier, totp::TotpVerifier},
 };
 use proptest::prelude::*;
 use serde_json::Value;
+use stepup_core::testing::{grant, policy, t0};
 
 static SEEDS: LazyLock<Vec<Value>> = LazyLock::new(|| {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reviews");
@@ -236,7 +236,8 @@ fn an_object_near_the_api_servers_size_limit_is_decided() {
 
 #[test]
 fn look_alike_and_control_character_usernames_are_other_users() {
-    use kube_stepup::{api::Operation::Delete, testing::request};
+    use kube_stepup::api::Operation::Delete;
+    use stepup_core::testing::request;
     let alice = GrantIndex::new([grant("g", "alice").record()]);
     let config = config();
     let prod =
@@ -268,7 +269,8 @@ fn look_alike_and_control_character_usernames_are_other_users() {
 #[test]
 fn grants_from_the_far_future_or_past_do_not_satisfy() {
     use jiff::SignedDuration;
-    use kube_stepup::{api::Operation::Delete, testing::request};
+    use kube_stepup::api::Operation::Delete;
+    use stepup_core::testing::request;
     let config = config();
     let prod =
         PolicyIndex::new([Arc::new(policy("prod").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).compiled())]);

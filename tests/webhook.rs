@@ -14,9 +14,9 @@ use kube_stepup::{
     },
     api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy},
     grant::GrantRecord,
-    testing::{grant, policy, request, secret_object},
 };
 use serde_json::{Value, json};
+use stepup_core::testing::{grant, policy, request, secret_object};
 
 use common::{Options, TestServer, decision_config};
 

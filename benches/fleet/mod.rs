@@ -13,10 +13,8 @@
 use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
-use kube_stepup::{
-    api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy},
-    testing::{grant, policy},
-};
+use kube_stepup::api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy};
+use stepup_core::testing::{grant, policy};
 
 /// Policies per team.
 pub const POLICIES_PER_TEAM: usize = 20;

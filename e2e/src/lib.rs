@@ -290,9 +290,9 @@ pub fn grant_for(
     user: &str,
     age: SignedDuration,
     lifetime: SignedDuration,
-) -> kube_stepup::testing::GrantBuilder {
+) -> stepup_core::testing::GrantBuilder {
     let issued = Timestamp::now() - age;
-    kube_stepup::testing::grant(name, user).issued(issued).expires(issued + lifetime)
+    stepup_core::testing::grant(name, user).issued(issued).expires(issued + lifetime)
 }
 
 /// The message of an API error, or a panic when the call succeeded.

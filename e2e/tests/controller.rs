@@ -13,9 +13,9 @@ use kube_stepup::{
     api::{
         self, ChallengePhase, EnrollmentPhase, GrantPhase, Method, Operation::*, StepUpEnrollment, StepUpEnrollmentSpec,
     },
-    testing::policy,
     verify::{seal::EphemeralKey, totp},
 };
+use stepup_core::testing::policy;
 use stepup_e2e::{
     ControllerProcess, ScriptControllerPaused, World, audit_lines, eventually, refusal, sealed_confirmation,
 };

@@ -8,7 +8,8 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams},
 };
-use kube_stepup::{api::Operation::Delete, testing::policy};
+use kube_stepup::api::Operation::Delete;
+use stepup_core::testing::policy;
 use stepup_e2e::{World, eventually, refusal};
 
 async fn stepup_required_events(world: &World) -> Vec<Event> {

@@ -8,10 +8,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kube_stepup::{
     api::Operation::Delete,
-    testing::policy,
     verify::totp::{self, code_at},
 };
 use serde_json::Value;
+use stepup_core::testing::policy;
 use stepup_e2e::{Terminal, World, base32_decode, plugin, show, text};
 
 /// The authenticator app: one code per 30-second step, never the same step twice (the

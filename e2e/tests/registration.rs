@@ -20,8 +20,8 @@ use kube::{
 use kube_stepup::{
     api::{Enforcement, Operation::*, StepUpPolicy},
     controller::webhook_config::routed_resources,
-    testing::policy,
 };
+use stepup_core::testing::policy;
 use stepup_e2e::{World, eventually};
 
 async fn routed(world: &World) -> std::collections::BTreeSet<String> {

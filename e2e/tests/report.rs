@@ -16,9 +16,9 @@ use kube::{
 use kube_stepup::{
     api::{ChallengePhase, Operation::*, StepUpLog},
     records::{JSON_SCHEMA, Record, segment},
-    testing::policy,
 };
 use serde_json::Value;
+use stepup_core::testing::policy;
 use stepup_e2e::{Env, World, audit_lines, eventually, refusal};
 
 const ALICE_UID: &str = "uid-alice-1";

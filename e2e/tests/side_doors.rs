@@ -22,10 +22,10 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, PostParams},
 };
-use kube_stepup::{
-    api::{self as stepup_api, Method, Operation::*, StepUpEnrollment, StepUpEnrollmentSpec, StepUpPolicy},
-    testing::policy,
+use kube_stepup::api::{
+    self as stepup_api, Method, Operation::*, StepUpEnrollment, StepUpEnrollmentSpec, StepUpPolicy,
 };
+use stepup_core::testing::policy;
 use stepup_e2e::{
     ControllerProcess, ScriptControllerPaused, World,
     attack::{refused, step_up_required, text, webhook_denial},
@@ -802,7 +802,7 @@ async fn a_forged_review_sent_to_the_webhook_directly_is_refused_at_tls() {
     let world = World::new().await;
     world.apply_policies(&[prod_secrets()]).await;
     let env = &world.env;
-    let review = kube_stepup::testing::request(Delete, "secrets")
+    let review = stepup_core::testing::request(Delete, "secrets")
         .namespace("prod")
         .name("db")
         .by("mallory", &["stepup:break-glass"])

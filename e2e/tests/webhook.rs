@@ -9,10 +9,8 @@ use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use kube_stepup::{
-    api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy},
-    testing::policy,
-};
+use kube_stepup::api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy};
+use stepup_core::testing::policy;
 use stepup_e2e::{World, eventually, grant_for, refusal};
 
 fn prod_secrets() -> StepUpPolicy {

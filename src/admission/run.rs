@@ -93,7 +93,6 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
         settings.decision.admin_acts = Some(Arc::new(policy::builtin::admin_acts(args.protect_policies)));
     }
     settings.decision.challenges = Some(challenge_view);
-    settings.decision.challenge_refusals = Some(metrics.challenge_limit_refusals.clone());
     let state = Arc::new(Webhook {
         caches,
         bodies: BodyBudget::new(settings.max_body_bytes_in_flight),

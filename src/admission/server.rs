@@ -444,6 +444,9 @@ async fn handle(state: &Webhook, query: Option<&str>, body: &[u8], peer: &Peer, 
     let policy_label = decision.policies.first().map(String::as_str).unwrap_or("none");
     metrics.reviews.with_label_values(&[decision.outcome.as_str(), policy_label]).inc();
     metrics.review_duration.with_label_values(&[decision.outcome.as_str()]).observe(started.elapsed().as_secs_f64());
+    if let Some(limit) = decision.limit {
+        metrics.challenge_limit_refusals.with_label_values(&[limit]).inc();
+    }
     if decision.outcome == Outcome::ForgedGrant {
         metrics.forged_grants.inc();
         tracing::warn!(user = request.user.username, name = request.name, "forged grant refused at admission");

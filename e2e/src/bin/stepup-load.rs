@@ -39,14 +39,12 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},
 };
-use kube_stepup::{
-    api::{Operation, StepUpGrant, StepUpPolicy},
-    testing::{grant, policy},
-};
+use kube_stepup::api::{Operation, StepUpGrant, StepUpPolicy};
 use rustls::{
     ClientConfig, RootCertStore, pki_types::CertificateDer, pki_types::ServerName, pki_types::pem::PemObject,
 };
 use serde_json::{Value, json};
+use stepup_core::testing::{grant, policy};
 use stepup_e2e::{Env, eventually};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;

@@ -1,7 +1,7 @@
 //! `StepUpEnrollment`: one per user, binding them to a second factor. No I/O.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +14,7 @@ use super::{Condition, Method};
 /// confirms with a first code. Its name is derived from the username, one per user.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
     group = "stepup.dev",
     version = "v1alpha1",
     kind = "StepUpEnrollment",

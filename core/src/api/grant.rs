@@ -1,7 +1,7 @@
 //! `StepUpGrant`: evidence that a user verified a second factor, and the permission it carries.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +13,7 @@ use super::{Condition, GrantScope, Method};
 /// their own grants to revoke them. Expired grants are kept for a while as audit evidence.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
     group = "stepup.dev",
     version = "v1alpha1",
     kind = "StepUpGrant",

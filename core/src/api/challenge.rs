@@ -2,7 +2,7 @@
 //! controller's key. No I/O.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -15,6 +15,7 @@ use super::{Condition, Duration, GrantScope, Method};
 /// challenge withdraws it: no grant is issued for it afterwards.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
     group = "stepup.dev",
     version = "v1alpha1",
     kind = "StepUpChallenge",

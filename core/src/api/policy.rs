@@ -1,7 +1,7 @@
 //! `StepUpPolicy`: which operations need a fresh second factor, and how fresh.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,7 @@ use super::{Condition, Duration, Method};
 /// recent StepUpGrant, obtained with `kubectl stepup request`.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
     group = "stepup.dev",
     version = "v1alpha1",
     kind = "StepUpPolicy",

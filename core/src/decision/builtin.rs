@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kube::ResourceExt;
+use kube_core::ResourceExt;
 
 use super::{Decision, DecisionConfig};
 use crate::api::Operation::{Connect, Create, Delete, Update};
@@ -206,15 +206,15 @@ fn challenge(
             if let Some(view) = &config.challenges
                 && let Err(refusal) = view.admit(me.username, &c.name_any(), now, !req.dry_run)
             {
-                if let Some(counter) = &config.challenge_refusals {
-                    counter.with_label_values(&[refusal.label()]).inc();
-                }
-                return Decision::refuse(
-                    super::Outcome::BuiltinDenied,
-                    429,
-                    "TooManyRequests",
-                    format!("kube-stepup: {refusal}"),
-                );
+                return Decision {
+                    limit: Some(refusal.label()),
+                    ..Decision::refuse(
+                        super::Outcome::BuiltinDenied,
+                        429,
+                        "TooManyRequests",
+                        format!("kube-stepup: {refusal}"),
+                    )
+                };
             }
             Decision::builtin_allowed()
         }

@@ -38,8 +38,6 @@ pub struct DecisionConfig {
     /// Everyone's challenges, for the per-user limits on creating more (`None`: not enforced
     /// here; the controller still enforces them).
     pub challenges: Option<std::sync::Arc<crate::limits::ChallengeView>>,
-    /// Counts the challenges those limits refuse, by limit.
-    pub challenge_refusals: Option<prometheus::IntCounterVec>,
     /// The built-in policy an admin's acts on another user's enrollment must satisfy
     /// ([`crate::policy::builtin::admin_acts`]); `None` turns it off.
     pub admin_acts: Option<std::sync::Arc<CompiledPolicy>>,

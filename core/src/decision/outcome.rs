@@ -190,6 +190,9 @@ pub struct Decision {
     /// Denied from the cache alone: a direct lookup of the user's grants may still find a
     /// grant issued a moment ago, so the shell asks the API server and decides again.
     pub lookup_may_help: bool,
+    /// For a challenge refused by the per-user limits: which limit (`too_many_pending`,
+    /// `creation_rate`), for the shell's metric.
+    pub limit: Option<&'static str>,
 }
 
 impl Decision {
@@ -206,6 +209,7 @@ impl Decision {
             grant_reason: None,
             requirement: None,
             lookup_may_help: false,
+            limit: None,
         }
     }
 

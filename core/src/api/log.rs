@@ -1,6 +1,6 @@
 //! `StepUpLog`: one segment of stepup's durable audit trail, written by its own processes.
 
-use kube::CustomResource;
+use kube_derive::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 /// `kubectl stepup report` reads them.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
+    crates(kube_core = "::kube_core", kube = "::kube_derive"),
     group = "stepup.dev",
     version = "v1alpha1",
     kind = "StepUpLog",

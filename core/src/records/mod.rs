@@ -1,0 +1,176 @@
+//! The audit trail's one record shape, `stepup.dev/audit/v1`, documented by
+//! `record.schema.json`: every JSON audit line a SIEM ships and every record in the durable
+//! segments (`StepUpLog`) that `kubectl stepup report` reads. Pure: the shell's
+//! `records::writer` writes the lines and segments.
+
+pub mod report;
+pub mod segment;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// The schema identifier every record carries. A breaking change gets a new version.
+pub const SCHEMA: &str = "stepup.dev/audit/v1";
+/// The log target audit lines have always carried, kept so existing SIEM filters still match.
+pub const TARGET: &str = "stepup::audit";
+/// The JSON Schema of a record (draft 2020-12), as shipped to SIEM pipelines.
+pub const JSON_SCHEMA: &str = include_str!("record.schema.json");
+
+/// One audited fact: an admission decision that involved a policy or a built-in rule, or a
+/// step of the controller. Fields that do not apply are left out of the JSON.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    pub schema: String,
+    pub target: String,
+    pub time: Timestamp,
+    /// What happened: `admission.decision`, `challenge.verified`, `grant.issued`, ...
+    pub event: String,
+    /// The process that recorded it: `stepup-webhook/<pod>`, `stepup-controller/<pod>`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub writer: String,
+    /// The user the record is about (the requester of an admission request).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_uid: String,
+    /// Who acted, when not the user: the admin who reset, approved or revoked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub by: String,
+    /// Ties a prompt, the challenge it led to, the grant and the operations it let through.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub correlation: String,
+
+    // Admission decisions.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub review_uid: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operation: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub subresource: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
+    /// What the webhook's connection proved about who sent the review:
+    /// `client-certificate:<subject>` with mutual TLS, else `unauthenticated`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer: String,
+    /// The decision (`denied`, `granted`, `warned`, `audited`, `break-glass`, ...).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub decision: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<bool>,
+    /// Policies the request matched, comma-separated.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub policies: String,
+    /// What would satisfy a denial (`policies=... methods=... max-age=...`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub requirement: String,
+
+    // Controller steps, and the grant of either.
+    /// The object the step concerns: `StepUpChallenge/alice-x7k2p`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub object: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub result: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub method: String,
+    /// The reason given for stepping up (an incident or ticket).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub grant: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Record {
+    /// A record of `event` at `time`, to be filled in.
+    pub fn new(event: &str, time: Timestamp) -> Self {
+        Self { schema: SCHEMA.to_owned(), target: TARGET.to_owned(), time, event: event.to_owned(), ..Self::default() }
+    }
+
+    /// The JSON line (without the newline).
+    pub fn to_line(&self) -> String {
+        // A struct of strings, booleans and a timestamp always serializes.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn is_admission(&self) -> bool {
+        self.event == "admission.decision"
+    }
+
+    /// The policies as a list.
+    pub fn policy_list(&self) -> impl Iterator<Item = &str> {
+        self.policies.split(',').filter(|p| !p.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema file is real JSON and names every field a record can carry, so a field added
+    /// here without documenting it fails this test.
+    #[test]
+    fn the_schema_documents_every_field() {
+        let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).expect("the schema is JSON");
+        let documented = schema["properties"].as_object().expect("properties");
+        let full = Record {
+            user: "u".into(),
+            user_uid: "u".into(),
+            writer: "w".into(),
+            by: "b".into(),
+            correlation: "c".into(),
+            review_uid: "r".into(),
+            operation: "DELETE".into(),
+            group: "g".into(),
+            resource: "r".into(),
+            subresource: "s".into(),
+            namespace: "n".into(),
+            name: "n".into(),
+            dry_run: true,
+            peer: "unauthenticated".into(),
+            decision: "denied".into(),
+            allowed: Some(false),
+            policies: "p".into(),
+            requirement: "q".into(),
+            object: "o".into(),
+            result: "r".into(),
+            method: "TOTP".into(),
+            reason: "r".into(),
+            grant: "g".into(),
+            message: "m".into(),
+            ..Record::new("admission.decision", Timestamp::UNIX_EPOCH)
+        };
+        let line: serde_json::Value = serde_json::from_str(&full.to_line()).unwrap();
+        for key in line.as_object().unwrap().keys() {
+            assert!(documented.contains_key(key), "record field {key} is not in record.schema.json");
+        }
+        for key in documented.keys() {
+            assert!(line.get(key).is_some(), "record.schema.json documents {key}, which records never carry");
+        }
+        assert_eq!(schema["properties"]["schema"]["const"], SCHEMA);
+    }
+
+    #[test]
+    fn empty_fields_stay_out_of_the_line_and_it_reads_back() {
+        let r = Record { user: "alice".into(), ..Record::new("grant.issued", "2026-12-01T10:00:00Z".parse().unwrap()) };
+        let line = r.to_line();
+        assert_eq!(
+            line,
+            r#"{"schema":"stepup.dev/audit/v1","target":"stepup::audit","time":"2026-12-01T10:00:00Z","event":"grant.issued","user":"alice"}"#
+        );
+        assert_eq!(serde_json::from_str::<Record>(&line).unwrap(), r);
+    }
+}
