@@ -17,6 +17,7 @@ pub mod evidence;
 pub mod metrics;
 pub mod pki;
 pub mod plugin;
+pub mod process;
 pub mod records;
 pub mod telemetry;
 

@@ -21,7 +21,7 @@ use crate::{
     keys::{GrantVerifier, MasterKey},
     limits::ChallengeView,
     metrics::Metrics,
-    policy,
+    policy, process,
 };
 
 pub fn settings(args: &WebhookArgs, verifier: Option<GrantVerifier>) -> Settings {
@@ -63,7 +63,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
         vec![policy::builtin::policy_changes(args.protect_policies)]
     };
     let stop_records = CancellationToken::new();
-    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    let instance = process::instance(None);
     crate::records::writer::install(
         format!("stepup-webhook/{instance}"),
         metrics.clone(),
@@ -122,15 +122,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let stop_serving = CancellationToken::new();
     certificate.clone().watch(args.cert_reload_interval.as_std(), metrics.clone(), stop_serving.clone());
 
-    let admin_task = tokio::spawn({
-        let app = admin_router(state.clone());
-        let stop = stop_serving.clone();
-        async move {
-            if let Err(error) = axum::serve(admin, app).with_graceful_shutdown(stop.cancelled_owned()).await {
-                tracing::error!(%error, "admin server failed");
-            }
-        }
-    });
+    let admin_task = process::spawn_admin(admin, admin_router(state.clone()), stop_serving.clone());
     let tls_task = tokio::spawn(serve_tls(
         listener,
         tls_config,
@@ -142,7 +134,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     readiness.set_listening();
     tracing::info!(listen = %args.listen, admin = %args.admin_listen, "webhook serving");
 
-    shutdown_signal().await;
+    process::shutdown_signal().await;
     readiness.set_draining();
     tracing::info!(drain = %args.drain_period, "shutdown requested; draining");
     tokio::time::sleep(args.drain_period.as_std()).await;
@@ -150,30 +142,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let _ = tls_task.await;
     let _ = admin_task.await;
     stop_watches.cancel();
-    stop_records.cancel();
-    // The last audit records go out before the process ends.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    process::flush_records(&stop_records).await;
     tracing::info!("webhook stopped");
     Ok(())
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM; only Ctrl-C stops the process");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
 }

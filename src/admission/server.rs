@@ -16,7 +16,7 @@ use axum::{
     extract::{DefaultBodyLimit, RawQuery, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::post,
 };
 use futures::StreamExt;
 use hyper_util::{
@@ -180,44 +180,37 @@ pub fn router(state: AppState) -> Router {
 
 /// The admin routes, served on a separate plain-HTTP port.
 pub fn admin_router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    crate::process::admin_router(state.metrics.clone(), state)
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    let r = &state.readiness;
-    let mut problems = Vec::new();
-    if !r.listening.load(Ordering::Acquire) {
-        problems.push("listener not up".to_owned());
-    }
-    if r.draining.load(Ordering::Acquire) {
-        problems.push("shutting down".to_owned());
-    }
-    for kind in CacheKind::ALL {
-        if !state.caches.is_synced(kind) {
-            problems.push(format!("{} not synced", kind.as_str()));
+impl crate::process::Health for Webhook {
+    fn problems(&self) -> Vec<String> {
+        let r = &self.readiness;
+        let mut problems = Vec::new();
+        if !r.listening.load(Ordering::Acquire) {
+            problems.push("listener not up".to_owned());
         }
+        if r.draining.load(Ordering::Acquire) {
+            problems.push("shutting down".to_owned());
+        }
+        for kind in CacheKind::ALL {
+            if !self.caches.is_synced(kind) {
+                problems.push(format!("{} not synced", kind.as_str()));
+            }
+        }
+        // Out of touch past the bound, grant decisions fail closed: say so, so that a rollout
+        // or the Service stops sending reviews here while another replica may still be in touch.
+        if self.caches.is_synced(CacheKind::Grants)
+            && let Some(stale) = self.caches.grants_stale_beyond(self.settings.grant_staleness_bound)
+        {
+            problems.push(format!("grants out of touch with the API server for {}s", stale.as_secs()));
+        }
+        problems
     }
-    // Out of touch past the bound, grant decisions fail closed: say so, so that a rollout or
-    // the Service stops sending reviews here while another replica may still be in touch.
-    if state.caches.is_synced(CacheKind::Grants)
-        && let Some(stale) = state.caches.grants_stale_beyond(state.settings.grant_staleness_bound)
-    {
-        problems.push(format!("grants out of touch with the API server for {}s", stale.as_secs()));
-    }
-    if problems.is_empty() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, problems.join(", ")).into_response()
-    }
-}
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    state.metrics.grants_active.set(state.caches.with_grants(|g| g.active(jiff::Timestamp::now())) as i64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    fn before_scrape(&self) {
+        self.metrics.grants_active.set(self.caches.with_grants(|g| g.active(jiff::Timestamp::now())) as i64);
+    }
 }
 
 /// A failure that is not an answer to a review: plain HTTP error with a JSON Status body,

@@ -26,13 +26,13 @@ use super::{
     webhook_config::{ConfigSettings, Target},
 };
 use crate::{
-    admission::run::shutdown_signal,
     api::{self, StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
     config::{CaBundleSource, ControllerArgs},
     error::RunError,
     evidence::Evidence,
     keys::MasterKey,
     metrics::Metrics,
+    process,
     verify::totp::TotpVerifier,
 };
 
@@ -99,18 +99,11 @@ pub fn registration_settings(args: &ControllerArgs) -> Option<RegistrationSettin
     })
 }
 
-fn instance(args: &ControllerArgs) -> String {
-    args.instance.clone().or_else(|| std::env::var("POD_NAME").ok()).unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "stepup".into());
-        format!("{}-{}", host.trim(), std::process::id())
-    })
-}
-
 pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     let metrics = Metrics::controller();
     let master = MasterKey::from_file(&args.identity.key_file)?;
     let client = Client::try_default().await?;
-    let identity = instance(&args);
+    let identity = process::instance(args.instance.as_deref());
     let stop_records = CancellationToken::new();
     crate::records::writer::install(
         format!("stepup-controller/{identity}"),
@@ -142,15 +135,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         .await
         .map_err(|source| RunError::Listen { addr: args.admin_listen, source })?;
     let stop = CancellationToken::new();
-    tokio::spawn({
-        let app = admin_router(metrics.clone());
-        let stop = stop.clone();
-        async move {
-            if let Err(error) = axum::serve(admin, app).with_graceful_shutdown(stop.cancelled_owned()).await {
-                tracing::error!(%error, "admin server failed");
-            }
-        }
-    });
+    let app = process::admin_router(metrics.clone(), Arc::new(process::AlwaysReady));
+    let admin_task = process::spawn_admin(admin, app, stop.clone());
 
     let registration = registration_settings(&args);
     let elector = Elector::new(
@@ -168,7 +154,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     let election = tokio::spawn(elector.run(leading_tx, stop_election.clone()));
     tracing::info!(%identity, "controller started; waiting for the lease");
 
-    let shutdown = shutdown_signal();
+    let shutdown = process::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         // Standby until we lead.
@@ -197,22 +183,10 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     stop_election.cancel();
     let _ = election.await;
     stop.cancel();
-    stop_records.cancel();
-    // The last audit records go out before the process ends.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = admin_task.await;
+    process::flush_records(&stop_records).await;
     tracing::info!("controller stopped");
     Ok(())
-}
-
-fn admin_router(metrics: Metrics) -> axum::Router {
-    use axum::{http::header, routing::get};
-    axum::Router::new().route("/healthz", get(|| async { "ok" })).route("/readyz", get(|| async { "ready" })).route(
-        "/metrics",
-        get(move || {
-            let metrics = metrics.clone();
-            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics.render()) }
-        }),
-    )
 }
 
 fn error_policy<K, C>(controller: &'static str, metrics: Metrics) -> impl Fn(Arc<K>, &Error, Arc<C>) -> Action {
