@@ -7,6 +7,6 @@ fn committed_crds_match_the_rust_types() {
     let committed = std::fs::read_to_string(path).expect("crds/stepup.dev.yaml exists");
     assert!(
         generated == committed,
-        "crds/stepup.dev.yaml is out of date with src/api: run `make crds` and commit the result"
+        "crds/stepup.dev.yaml is out of date with core/src/api: run `make crds` and commit the result"
     );
 }
