@@ -347,7 +347,8 @@ pub(super) fn is_admin_act(req: &Request<'_>, objects: &StepUpObjects, config: &
         && req.subresource.is_empty()
         && old.spec.user != req.user.username
         && req.user.in_any_group(&config.admin_groups)
-        && !config.controller_users.iter().any(|u| u == req.user.username)
+        // Only the controller's pod-bound credential is the controller; its name alone is a mask.
+        && !(req.user.pod_bound && config.controller_users.iter().any(|u| u == req.user.username))
         && admin_marks(new.annotations()) != admin_marks(old.annotations())
         && api::ADMIN_ANNOTATIONS.iter().any(|k| new.annotations().contains_key(*k))
 }

@@ -761,6 +761,55 @@ fn an_admins_approval_of_another_users_key_needs_the_admins_own_fresh_grant() {
 }
 
 #[test]
+fn wearing_the_controllers_name_does_not_skip_the_admin_acts_step_up() {
+    // Attack (review of issue 10/11): a cluster-admin impersonates the controller's username
+    // with the admins group (no pod-bound credential) to approve its own key for alice.
+    let fp = crate::verify::seal::fingerprint(ALICE_KEY);
+    let now = crate::testing::t0().to_string();
+    let approval = [
+        (api::APPROVED_BY_ANNOTATION, CONTROLLER),
+        (api::APPROVED_KEY_ANNOTATION, fp.as_str()),
+        (api::APPROVED_AT_ANNOTATION, now.as_str()),
+    ];
+    let objects = StepUpObjects::Enrollment {
+        object: Some(enrollment_for("alice", None, &approval)),
+        old: Some(enrollment_for("alice", None, &[])),
+    };
+    let masked = RequestBuilder { operation: Update, ..on("stepupenrollments").by(CONTROLLER, &["stepup:admins"]) };
+    let mut w = world(vec![]);
+    w.config.admin_acts = Some(Arc::new(crate::policy::builtin::admin_acts(api::Duration::from_secs(15 * 60))));
+    let d = w.decide_with(&masked, &objects);
+    assert_eq!(d.outcome, Outcome::Denied, "{}", d.message);
+    assert_eq!(d.policies, vec!["stepup-builtin-admin-acts"], "{}", d.message);
+}
+
+#[test]
+fn policy_changes_need_step_up_whoever_asks_even_a_system_or_workload_name() {
+    // Attack (review of issue 10): a cluster-admin impersonates a made-up `system:` identity,
+    // or a workload, to delete every StepUpPolicy; policies without subjects skip both.
+    let policies =
+        PolicyIndex::new([Arc::new(crate::policy::builtin::policy_changes(api::Duration::from_secs(15 * 60)))]);
+    let w = World { policies, ..world(vec![]) };
+    let delete = |who: &str, groups: &[&str]| RequestBuilder {
+        operation: Delete,
+        ..on("stepuppolicies").name("prod-secrets").namespace("").by(who, groups)
+    };
+    for (who, req) in [
+        ("a made-up system: name", delete("system:x", &["system:masters"])),
+        ("a control-plane name", delete("system:kube-controller-manager", &[])),
+        ("a pod-bound workload", delete("system:serviceaccount:ci:deploy", &[]).pod_bound()),
+        ("a person", delete("alice", &["developers"])),
+    ] {
+        let d = w.decide_with(&req, &StepUpObjects::Policy { object: None });
+        assert_eq!(d.outcome, Outcome::Denied, "{who}: {}", d.message);
+        assert_eq!(d.policies, vec![crate::policy::builtin::POLICY_CHANGES], "{who}");
+    }
+    // The controller's own pod-bound credential is exempt, as for everything.
+    let d = w.decide_with(&delete(CONTROLLER, &[]).pod_bound(), &StepUpObjects::Policy { object: None });
+    assert_eq!(d.outcome, Outcome::Exempt, "{}", d.message);
+}
+
+#[test]
 fn a_user_over_the_challenge_limits_is_refused_with_429_and_others_are_not() {
     let view = Arc::new(crate::limits::ChallengeView::new(crate::limits::ChallengeLimits {
         max_pending: 1,

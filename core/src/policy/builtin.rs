@@ -1,7 +1,7 @@
 //! Built-in policies the chart turns on with flags.
 
 use crate::{
-    api::{Duration, Enforcement, Method, Operation, PolicyMatch, ResourceRule, StepUpPolicySpec},
+    api::{Duration, Enforcement, Method, Operation, PolicyMatch, ResourceRule, StepUpPolicySpec, Subjects},
     policy::CompiledPolicy,
 };
 
@@ -23,6 +23,9 @@ pub fn policy_changes(max_age: Duration) -> CompiledPolicy {
                 api_versions: vec!["*".to_owned()],
                 resources: vec!["stepuppolicies".to_owned()],
             }],
+            // Everyone, not only people: a made-up `system:` name or a workload's is as good a
+            // mask for deleting the policies as any (the controller's pod is exempt anyway).
+            subjects: Some(Subjects { users: vec!["*".to_owned()], ..Default::default() }),
             ..Default::default()
         },
         enforcement: Enforcement::Deny,
