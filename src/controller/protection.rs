@@ -18,12 +18,13 @@ use kube::{Api, runtime::events::EventType};
 use super::Context;
 use crate::audit;
 
-/// The stepup.dev CRDs: deleting one deletes every object of its kind.
-pub const CRDS: [&str; 4] = [
+/// The stepup.dev CRDs, the audit trail's included: deleting one deletes every object of its kind.
+pub const CRDS: [&str; 5] = [
     "stepuppolicies.stepup.dev",
     "stepupgrants.stepup.dev",
     "stepupchallenges.stepup.dev",
     "stepupenrollments.stepup.dev",
+    "stepuplogs.stepup.dev",
 ];
 
 /// One object stepup relies on.
