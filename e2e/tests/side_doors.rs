@@ -396,6 +396,13 @@ async fn deleting_or_rewriting_the_crds_by_any_verb_is_refused() {
         .env
         .kubectl("admin", &["delete", "crd", "--field-selector=metadata.name=stepupgrants.stepup.dev", "--wait=false"]);
     assert!(refused(&out).contains(&refusal("delete", "stepupgrants.stepup.dev")), "{}", text(&out));
+    // Every stepup CRD, the audit trail's included: deleting it would delete every StepUpLog.
+    for crd in ["stepuppolicies", "stepupchallenges", "stepupenrollments", "stepuplogs"] {
+        let name = format!("{crd}.stepup.dev");
+        let out = world.env.kubectl("admin", &["delete", "crd", &name, "--wait=false"]);
+        assert!(refused(&out).contains(&refusal("delete", &name)), "{}", text(&out));
+        assert!(crds.get_opt(&name).await.unwrap().is_some_and(|c| c.metadata.deletion_timestamp.is_none()), "{name}");
+    }
 
     let mut manifest = before.clone();
     manifest.metadata.managed_fields = None;
@@ -602,6 +609,27 @@ async fn deleting_grants_policies_and_enrollments_by_collection_hits_the_same_ru
 
 /// The registration comes back whether or not the CRDs exist when the controller starts, and
 /// what is missing is said loudly.
+#[tokio::test]
+async fn a_made_up_system_name_or_a_workloads_name_deletes_no_policy_without_step_up() {
+    // Attack (review of issue 10): policies without subjects apply to people only, and a
+    // cluster-admin may impersonate any name: `system:x`, or a kube-system controller.
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    let policies: Api<StepUpPolicy> = Api::all(world.admin.clone());
+    for mask in ["system:x", "system:serviceaccount:kube-system:generic-garbage-collector"] {
+        let as_mask = format!("--as={mask}");
+        let out =
+            world.env.kubectl("admin", &[&as_mask, "--as-group=system:masters", "delete", "stepuppolicies", "--all"]);
+        assert!(
+            text(&out).contains("kube-stepup: delete stepuppolicies \"prod-secrets\" requires step-up (policy \"stepup-builtin-policy-changes\")"),
+            "{mask}: {}",
+            text(&out)
+        );
+        let left = policies.get_opt("prod-secrets").await.unwrap();
+        assert!(left.is_some_and(|p| p.metadata.deletion_timestamp.is_none()), "{mask}: the policy survived");
+    }
+}
+
 #[tokio::test]
 async fn the_controller_restores_its_registration_without_the_crds_and_says_what_is_missing() {
     let world = World::new().await;
@@ -877,4 +905,154 @@ async fn a_grant_issued_in_the_future_satisfies_nothing() {
         "{said}"
     );
     assert!(secret_exists(&world, "prod", "db").await);
+}
+
+// ---------------------------------------------------------------- the release namespace
+
+/// The chart's optional policy on the release namespace (`admissionPolicy.releaseNamespace`),
+/// installed as the chart renders it for this scenario only, and removed again on drop.
+struct ReleaseNamespacePolicy {
+    env: stepup_e2e::Env,
+}
+
+const RELEASE_POLICY: &str = "stepup-protect-release-namespace";
+
+impl ReleaseNamespacePolicy {
+    fn install(env: &stepup_e2e::Env) -> Self {
+        let rendered = std::process::Command::new(env.var("HELM"))
+            .args(["template", "stepup", concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/stepup")])
+            .args(["--namespace", "stepup-system", "--show-only", "templates/admission-policy.yaml"])
+            .args(["--set", "fullnameOverride=stepup", "--set", "webhookConfigurationName=stepup.dev"])
+            .args(["--set", "breakGlassGroups={stepup:break-glass}"])
+            .arg("--set")
+            .arg(format!("admissionPolicy.installerGroups={{{}}}", env.var("STEPUP_INSTALLER_GROUP")))
+            .args(["--set", "admissionPolicy.releaseNamespace.enabled=true"])
+            .output()
+            .expect("helm runs");
+        assert!(rendered.status.success(), "{}", text(&rendered));
+        let manifest = String::from_utf8(rendered.stdout).unwrap();
+        assert!(manifest.contains(RELEASE_POLICY), "the chart renders the release-namespace policy");
+        let flags = stepup_e2e::attack::installer_flags(env);
+        let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        args.extend(["apply", "-f", "-"]);
+        let out = env.kubectl_stdin("admin", &args, &manifest);
+        assert!(out.status.success(), "{}", text(&out));
+        Self { env: env.clone() }
+    }
+}
+
+impl Drop for ReleaseNamespacePolicy {
+    fn drop(&mut self) {
+        let _ = self.env.kubectl_installer(&[
+            "delete",
+            "--ignore-not-found",
+            &format!("validatingadmissionpolicybinding/{RELEASE_POLICY}"),
+            &format!("validatingadmissionpolicy/{RELEASE_POLICY}"),
+        ]);
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_admin_cannot_change_stepups_namespace_or_enter_its_pods_with_the_release_policy() {
+    // Attack (review of issue 10): with a stolen cluster-admin credential, edit stepup's own
+    // Deployment (add --exempt-user), mint a token bound to the controller's pod (which *is*
+    // the controller), exec into it for the master key, or bind oneself a role there.
+    let world = World::new().await;
+    let env = &world.env;
+    // A Deployment standing in for the webhook's, created as the installer would.
+    let deployment = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"stepup-webhook","namespace":"stepup-system"},
+        "spec":{"replicas":0,"selector":{"matchLabels":{"app":"stepup-webhook"}},
+        "template":{"metadata":{"labels":{"app":"stepup-webhook"}},"spec":{"containers":[{"name":"webhook","image":"stepup:e2e","args":["webhook"]}]}}}}"#;
+    let flags = stepup_e2e::attack::installer_flags(env);
+    let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    args.extend(["apply", "-f", "-"]);
+    let out = env.kubectl_stdin("admin", &args, deployment);
+    assert!(out.status.success(), "{}", text(&out));
+    let _policy = ReleaseNamespacePolicy::install(env);
+
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(world.admin.clone(), "stepup-system");
+    let pod_uid = pods.get("stepup-controller-0").await.expect("the controller's Pod object").uid().unwrap();
+    let refusal = |operation: &str, what: &str| {
+        format!(
+            "kube-stepup: {operation} of {what} in stepup-system refused for admin: this namespace runs kube-stepup, and changing it or entering its pods would switch step-up off. Allowed: members of stepup:break-glass, stepup:installers."
+        )
+    };
+    let uid_flag = format!("--bound-object-uid={pod_uid}");
+    let attacks: Vec<(&str, Vec<&str>, String)> = vec![
+        (
+            "add an exempt user to the webhook",
+            vec!["-n", "stepup-system", "set", "env", "deployment/stepup-webhook", "STEPUP_EXEMPT_USERS=admin"],
+            refusal("update", "deployments stepup-webhook"),
+        ),
+        (
+            "mint a token bound to the controller's pod",
+            vec![
+                "-n",
+                "stepup-system",
+                "create",
+                "token",
+                "stepup-controller",
+                "--bound-object-kind=Pod",
+                "--bound-object-name=stepup-controller-0",
+                &uid_flag,
+            ],
+            refusal("create", "serviceaccounts/token stepup-controller"),
+        ),
+        (
+            "exec into the controller for its key",
+            vec!["-n", "stepup-system", "exec", "stepup-controller-0", "--", "cat", "/etc/stepup/keys/master.key"],
+            refusal("connect", "pods/exec stepup-controller-0"),
+        ),
+        (
+            "replace the serving certificate",
+            vec!["-n", "stepup-system", "annotate", "secret", "stepup-webhook-tls", "mallory=1"],
+            refusal("update", "secrets stepup-webhook-tls"),
+        ),
+        (
+            "bind oneself a role there",
+            vec!["-n", "stepup-system", "create", "rolebinding", "mallory", "--clusterrole=admin", "--user=alice"],
+            refusal("create", "rolebindings mallory"),
+        ),
+    ];
+    for (i, (what, args, expected)) in attacks.iter().enumerate() {
+        // The API server picks a new policy up within a second or so.
+        let out = if i == 0 {
+            eventually(Duration::from_secs(15), || async {
+                let out = env.kubectl("admin", args);
+                if out.status.success() { bail!("not in force yet: {}", text(&out)) } else { Ok(out) }
+            })
+            .await
+            .expect("the policy takes effect")
+        } else {
+            env.kubectl("admin", args)
+        };
+        assert!(refused(&out).contains(expected.as_str()), "{what}: {}", text(&out));
+    }
+    let webhook: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(world.admin.clone(), "stepup-system");
+    let env_vars =
+        webhook.get("stepup-webhook").await.unwrap().spec.unwrap().template.spec.unwrap().containers[0].env.clone();
+    assert!(env_vars.is_none(), "the Deployment is unchanged: {env_vars:?}");
+
+    // The controller's own pod-bound credential still writes its Secrets: a rotation asked by
+    // the installer is carried out.
+    let secrets: Api<Secret> = Api::namespaced(world.admin.clone(), "stepup-system");
+    let before = secrets.get("stepup-webhook-tls").await.unwrap();
+    let out = env.kubectl_installer(&[
+        "-n",
+        "stepup-system",
+        "annotate",
+        "secret",
+        "stepup-webhook-tls",
+        "stepup.dev/rotate=leaf",
+    ]);
+    assert!(out.status.success(), "the installer may: {}", text(&out));
+    eventually(Duration::from_secs(30), || async {
+        let s = secrets.get("stepup-webhook-tls").await?;
+        let asked = s.metadata.annotations.as_ref().is_some_and(|a| a.contains_key("stepup.dev/rotate"));
+        if asked || s.data == before.data { bail!("not rotated yet") } else { Ok(()) }
+    })
+    .await
+    .expect("the controller rotates the leaf with the policy in force");
+    let out = env.kubectl_installer(&["-n", "stepup-system", "delete", "deployment", "stepup-webhook"]);
+    assert!(out.status.success(), "{}", text(&out));
 }
