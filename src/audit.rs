@@ -7,6 +7,7 @@ use jiff::Timestamp;
 
 use crate::{
     decision::Decision,
+    policy::Request,
     records::{Record, writer},
 };
 
@@ -14,16 +15,10 @@ pub use crate::records::TARGET;
 
 /// What an auditor asks of an admission decision: who, what, which policy, which grant, result.
 pub struct AdmissionRecord<'a> {
+    /// The review's UID.
     pub uid: &'a str,
-    pub user: &'a str,
-    pub user_uid: &'a str,
-    pub operation: &'a str,
-    pub group: &'a str,
-    pub resource: &'a str,
-    pub subresource: &'a str,
-    pub namespace: &'a str,
-    pub name: &'a str,
-    pub dry_run: bool,
+    /// The request as the decision saw it.
+    pub request: &'a Request<'a>,
     /// What the connection proved about the sender: `client-certificate:<subject>` with mutual
     /// TLS, else `unauthenticated` (anyone who reached the port could have sent the review).
     pub peer: &'a str,
@@ -32,18 +27,18 @@ pub struct AdmissionRecord<'a> {
 
 impl AdmissionRecord<'_> {
     pub fn to_record(&self, time: Timestamp) -> Record {
-        let d = self.decision;
+        let (d, r) = (self.decision, self.request);
         Record {
             review_uid: self.uid.to_owned(),
-            user: self.user.to_owned(),
-            user_uid: self.user_uid.to_owned(),
-            operation: self.operation.to_owned(),
-            group: self.group.to_owned(),
-            resource: self.resource.to_owned(),
-            subresource: self.subresource.to_owned(),
-            namespace: self.namespace.to_owned(),
-            name: self.name.to_owned(),
-            dry_run: self.dry_run,
+            user: r.user.username.to_owned(),
+            user_uid: r.user.uid.to_owned(),
+            operation: r.operation.as_str().to_owned(),
+            group: r.group.to_owned(),
+            resource: r.resource.to_owned(),
+            subresource: r.subresource.to_owned(),
+            namespace: r.namespace.to_owned(),
+            name: r.name.to_owned(),
+            dry_run: r.dry_run,
             peer: self.peer.to_owned(),
             decision: d.outcome.as_str().to_owned(),
             allowed: Some(d.allowed),

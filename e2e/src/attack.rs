@@ -142,12 +142,7 @@ impl Env {
 
     /// JSON lines on the audit target of a log file.
     pub fn audit_of(&self, log: &str) -> Vec<Value> {
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|v| v["target"] == "stepup::audit")
-            .collect()
+        crate::audit_lines(log)
     }
 
     pub fn logs_dir(&self) -> PathBuf {

@@ -53,18 +53,7 @@ fn helm(env: &Env, args: &[&str]) -> Output {
 
 /// kubectl as the admin, with stdin.
 fn kubectl_stdin(env: &Env, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(env.var("KUBECTL"))
-        .arg("--kubeconfig")
-        .arg(env.kubeconfig("admin"))
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("kubectl runs");
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().expect("kubectl output")
+    env.kubectl_stdin("admin", args, stdin)
 }
 
 fn values() -> String {

@@ -451,15 +451,7 @@ async fn handle(state: &Webhook, query: Option<&str>, body: &[u8], peer: &Peer, 
     if decision.is_audited() {
         audit::admission(&audit::AdmissionRecord {
             uid: review.uid(),
-            user: request.user.username,
-            user_uid: request.user.uid,
-            operation: request.operation.as_str(),
-            group: request.group,
-            resource: request.resource,
-            subresource: request.subresource,
-            namespace: request.namespace,
-            name: request.name,
-            dry_run: request.dry_run,
+            request: &request,
             peer: &peer.describe(),
             decision: &decision,
         });
