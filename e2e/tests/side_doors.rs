@@ -702,28 +702,25 @@ async fn the_controller_restores_its_registration_without_the_crds_and_says_what
 
 /// Restores a removed admission-policy binding when the scenario ends, also on failure.
 struct Rebind {
-    client: kube::Client,
+    env: stepup_e2e::Env,
     binding: ValidatingAdmissionPolicyBinding,
 }
 
 impl Drop for Rebind {
     fn drop(&mut self) {
-        let client = self.client.clone();
+        // kubectl, not the test's client: a kube Client cannot be driven from a drop while the
+        // (single-threaded) test runtime that runs its connection task is blocked here.
         let mut binding = self.binding.clone();
         binding.metadata = kube::api::ObjectMeta {
             name: binding.metadata.name.clone(),
             labels: binding.metadata.labels.clone(),
             ..Default::default()
         };
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
-                let api: Api<ValidatingAdmissionPolicyBinding> = Api::all(client);
-                let _ = api.create(&PostParams::default(), &binding).await;
-            });
-        })
-        .join()
-        .unwrap();
+        let manifest = serde_json::to_string(&binding).expect("a binding serializes");
+        let out = self.env.kubectl_stdin("admin", &["create", "-f", "-"], &manifest);
+        if !out.status.success() {
+            eprintln!("restoring {:?} failed: {}", binding.metadata.name, text(&out));
+        }
     }
 }
 
@@ -735,7 +732,7 @@ async fn removing_the_admission_policies_is_the_one_open_door_and_it_is_loud() {
     let env = &world.env;
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(world.admin.clone());
     let binding = bindings.get("stepup-protect-crds").await.expect("the chart's binding");
-    let _restore = Rebind { client: world.admin.clone(), binding };
+    let _restore = Rebind { env: env.clone(), binding };
     let out = env.kubectl("admin", &["delete", "validatingadmissionpolicybinding", "stepup-protect-crds"]);
     assert!(out.status.success(), "a cluster-admin can remove it: {}", text(&out));
 
