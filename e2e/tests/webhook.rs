@@ -201,7 +201,8 @@ async fn nobody_but_the_controller_creates_or_edits_grants() {
     let grants_as_alice: Api<StepUpGrant> = Api::all(world.env.client("alice").await);
     let status = refusal(grants_as_alice.create(&PostParams::default(), &forged).await);
     assert_eq!(status.code, 403);
-    // The webhook stops anyone RBAC lets through, even cluster-admins and break-glass.
+    // The chart's admission policy (and behind it the webhook) stops anyone RBAC lets through,
+    // even cluster-admins and break-glass.
     for who in ["admin", "carol"] {
         let mut g = forged.clone();
         g.metadata.name = Some(format!("forged-by-{who}"));
@@ -209,7 +210,7 @@ async fn nobody_but_the_controller_creates_or_edits_grants() {
         let status = refusal(api.create(&PostParams::default(), &g).await);
         if who == "admin" {
             assert!(
-                status.message.contains("only the stepup controller may create or change StepUpGrants"),
+                status.message.contains("only the stepup controller (its pod-bound credential) writes StepUpGrants"),
                 "{}",
                 status.message
             );
