@@ -175,7 +175,7 @@ pub struct WebhookArgs {
 
     /// Require step-up for changes to StepUpPolicy objects themselves, with this maximum
     /// grant age; `0` turns the built-in rule off.
-    #[arg(long, env = "STEPUP_PROTECT_POLICIES", default_value = "15m")]
+    #[arg(long, env = "STEPUP_PROTECT_POLICIES", default_value = "15m", value_parser = builtin_max_age)]
     pub protect_policies: Duration,
 
     /// PEM CA(s) that sign the API server's client certificate. When set, the webhook requires
@@ -395,4 +395,36 @@ pub struct ControllerArgs {
 pub enum CaBundleSource {
     Controller,
     CertManager,
+}
+
+/// A maximum grant age for a built-in policy: `0` (off) or within the range policies allow.
+fn builtin_max_age(s: &str) -> Result<Duration, String> {
+    let age: Duration = s.parse().map_err(|e: crate::api::ParseDurationError| e.to_string())?;
+    if age.is_zero() {
+        return Ok(age);
+    }
+    crate::policy::check_max_age(age)?;
+    Ok(age)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Webhook {
+        #[command(flatten)]
+        args: WebhookArgs,
+    }
+
+    #[test]
+    fn a_built_in_max_age_outside_the_policy_range_is_refused_at_startup_not_clamped() {
+        let parse = |age: &str| Webhook::try_parse_from(["stepup", "--protect-policies", age]).map(|w| w.args);
+        assert_eq!(parse("30m").expect("in range").protect_policies, Duration::from_secs(30 * 60));
+        assert!(parse("0").expect("off").protect_policies.is_zero());
+        let error = parse("48h").expect_err("48h is refused").to_string();
+        assert!(error.contains("48h is outside the allowed range 1s..24h"), "{error}");
+    }
 }

@@ -34,11 +34,7 @@ pub fn policy_changes(max_age: Duration) -> CompiledPolicy {
         message: Some("StepUpPolicy changes are themselves step-up operations.".to_owned()),
         require_reason: false,
     };
-    // The spec above is fixed and valid, so this only fails for an out-of-range max_age,
-    // which is clamped into range first.
-    let mut spec = spec;
-    spec.max_age = spec.max_age.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600));
-    CompiledPolicy::compile_spec(POLICY_CHANGES.to_owned(), &spec).expect("built-in policy compiles")
+    compile(POLICY_CHANGES, &spec)
 }
 
 /// Approving, resetting or unlocking another user's enrollment requires a grant of the admin no
@@ -58,7 +54,7 @@ pub fn admin_acts(max_age: Duration) -> CompiledPolicy {
             ..Default::default()
         },
         enforcement: Enforcement::Deny,
-        max_age: max_age.clamp(Duration::from_secs(1), Duration::from_secs(24 * 3600)),
+        max_age,
         methods: vec![Method::Totp],
         message: Some(
             "Approving, resetting and unlocking another user's enrollment are themselves step-up operations."
@@ -66,6 +62,18 @@ pub fn admin_acts(max_age: Duration) -> CompiledPolicy {
         ),
         require_reason: false,
     };
-    // The spec above is fixed and valid (max_age clamped into range).
-    CompiledPolicy::compile_spec(ADMIN_ACTS.to_owned(), &spec).expect("built-in policy compiles")
+    compile(ADMIN_ACTS, &spec)
+}
+
+/// The specs above are fixed and valid; only a `max_age` outside
+/// [`super::MAX_AGE_RANGE`] could fail, and the flag that sets it is checked with
+/// [`super::check_max_age`] when it is parsed. Should one slip through, the nearest valid age
+/// is used rather than stopping the webhook.
+fn compile(name: &str, spec: &StepUpPolicySpec) -> CompiledPolicy {
+    CompiledPolicy::compile_spec(name.to_owned(), spec).unwrap_or_else(|_| {
+        let (min, max) = (super::MAX_AGE_RANGE.start(), super::MAX_AGE_RANGE.end());
+        let max_age = Duration::from_secs(spec.max_age.as_std().clamp(*min, *max).as_secs());
+        let spec = StepUpPolicySpec { max_age, ..spec.clone() };
+        CompiledPolicy::compile_spec(name.to_owned(), &spec).expect("a built-in policy in range compiles")
+    })
 }

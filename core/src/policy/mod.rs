@@ -273,6 +273,20 @@ impl Principals {
     }
 }
 
+/// The range a grant's maximum age may take, in policies and in the built-in ones alike
+/// (the CRD's CEL rule on `maxAge` says the same).
+pub const MAX_AGE_RANGE: std::ops::RangeInclusive<std::time::Duration> =
+    std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(24 * 3600);
+
+/// Whether `max_age` lies in [`MAX_AGE_RANGE`]; the sentence says why not.
+pub fn check_max_age(max_age: api::Duration) -> Result<(), String> {
+    if MAX_AGE_RANGE.contains(&max_age.as_std()) {
+        Ok(())
+    } else {
+        Err(format!("{max_age} is outside the allowed range 1s..24h"))
+    }
+}
+
 /// A StepUpPolicy in the form the decision path uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledPolicy {
@@ -345,11 +359,7 @@ impl CompiledPolicy {
             }
         };
         let max_age = spec.max_age;
-        if max_age.as_std() < std::time::Duration::from_secs(1)
-            || max_age.as_std() > std::time::Duration::from_secs(24 * 3600)
-        {
-            return Err(PolicyError::new("spec.maxAge", format!("{max_age} is outside the allowed range 1s..24h")));
-        }
+        check_max_age(max_age).map_err(|why| PolicyError::new("spec.maxAge", why))?;
         if spec.methods.is_empty() {
             return Err(PolicyError::new("spec.methods", "at least one method is required"));
         }
