@@ -195,6 +195,7 @@ mod tests {
                 "CustomResourceDefinition/stepupgrants.stepup.dev",
                 "CustomResourceDefinition/stepupchallenges.stepup.dev",
                 "CustomResourceDefinition/stepupenrollments.stepup.dev",
+                "CustomResourceDefinition/stepuplogs.stepup.dev",
                 "ValidatingWebhookConfiguration/stepup.dev",
                 "ValidatingAdmissionPolicy/stepup-protect-crds",
                 "ValidatingAdmissionPolicyBinding/stepup-protect-crds",
