@@ -243,14 +243,6 @@ impl Caches {
         self.health[kind.slot()].synced.load(Ordering::Acquire)
     }
 
-    pub fn is_healthy(&self, kind: CacheKind) -> bool {
-        self.is_synced(kind) && lock(&self.health[kind.slot()].broken_since).is_none()
-    }
-
-    pub fn all_synced(&self) -> bool {
-        CacheKind::ALL.iter().all(|k| self.is_synced(*k))
-    }
-
     /// How long the grant cache has been out of touch, if it has been for longer than
     /// `bound` (or has never synced): then grant decisions must fail closed.
     pub fn grants_stale_beyond(&self, bound: Duration) -> Option<Duration> {

@@ -312,22 +312,6 @@ impl<'a> Review<'a> {
         &self.raw.user_info.username
     }
 
-    pub fn dry_run(&self) -> bool {
-        self.raw.dry_run
-    }
-
-    pub fn group(&self) -> &str {
-        &self.raw.resource.group
-    }
-
-    pub fn resource(&self) -> &str {
-        &self.raw.resource.resource
-    }
-
-    pub fn subresource(&self) -> &str {
-        &self.raw.sub_resource
-    }
-
     pub fn is_namespace_object(&self) -> bool {
         self.raw.resource.group.is_empty() && self.raw.resource.resource == "namespaces"
     }
