@@ -120,7 +120,7 @@ async fn write_status(ctx: &Context, e: &StepUpEnrollment, d: &Desired, factor: 
         Sealed::Clear => None,
         Sealed::Keep if current.sealed_secret.is_some() => current.sealed_secret.clone(),
         Sealed::Keep | Sealed::Fresh => {
-            let pending = factor.and_then(|f| f.pending.as_ref()).map(|p| p.seed.to_vec()).unwrap_or_default();
+            let pending = factor.and_then(|f| f.pending.as_ref()).map(|p| p.seed.clone()).unwrap_or_default();
             Some(seal::seal(&e.spec.public_key, &pending)?)
         }
     };
