@@ -42,10 +42,10 @@ use super::{
 use crate::{
     api::Duration as ApiDuration,
     audit,
-    decision::{self, Decision, DecisionConfig, Grants, Inputs, Outcome},
+    decision::{self, Decision, DecisionConfig, Grants, Inputs, Outcome, StepUpObjects},
     grant::GrantRecord,
     metrics::Metrics,
-    policy::{Masks, NamespaceLabels},
+    policy::{Masks, NamespaceLabels, PolicyIndex, Request},
 };
 
 /// Tunables of the webhook server.
@@ -396,44 +396,44 @@ async fn handle(state: &Webhook, query: Option<&str>, body: &[u8], peer: &Peer, 
     let previous_labels = review.namespace_object_previous_labels();
     let request = review.request(labels, previous_labels.as_ref(), &state.settings.masks);
     let policies = state.caches.policy_index();
-    let now = jiff::Timestamp::now();
-    let stale = state.caches.grants_stale_beyond(state.settings.grant_staleness_bound);
-
-    let mut decision = match stale {
-        Some(stale_for) => {
-            let grants =
-                Grants::Unavailable { stale_for: jiff::SignedDuration::try_from(stale_for).unwrap_or_default() };
-            decision::decide(
-                &request,
-                &objects,
-                &Inputs { policies: &policies, grants, config: &state.settings.decision, now },
-            )
-        }
-        None => state.caches.with_grants(|index| {
-            decision::decide(
-                &request,
-                &objects,
-                &Inputs { policies: &policies, grants: Grants::Cached(index), config: &state.settings.decision, now },
-            )
-        }),
-    };
-
+    let mut decision = decide_cached(state, &request, &objects, &policies);
     if decision.lookup_may_help
         && let Some(fetched) = lookup(state, request.user.username, deadline).await
     {
-        decision = decision::decide(
-            &request,
-            &objects,
-            &Inputs {
-                policies: &policies,
-                grants: Grants::Fetched(&fetched),
-                config: &state.settings.decision,
-                now: jiff::Timestamp::now(),
-            },
-        );
+        let inputs = Inputs {
+            policies: &policies,
+            grants: Grants::Fetched(&fetched),
+            config: &state.settings.decision,
+            now: jiff::Timestamp::now(),
+        };
+        decision = decision::decide(&request, &objects, &inputs);
     }
+    record(state, review.uid(), &request, &decision, peer, started);
+    tracing::debug!(allowed = decision.allowed, "review answered");
+    review_response(review.uid(), &decision)
+}
 
-    span.record("decision", decision.outcome.as_str());
+/// Decides from the caches, or with grants unavailable when the grant watch has been out of
+/// touch for longer than the bound (decisions that need a grant then fail closed).
+fn decide_cached(state: &Webhook, request: &Request<'_>, objects: &StepUpObjects, policies: &PolicyIndex) -> Decision {
+    let now = jiff::Timestamp::now();
+    let config = &state.settings.decision;
+    match state.caches.grants_stale_beyond(state.settings.grant_staleness_bound) {
+        Some(stale_for) => {
+            let stale_for = jiff::SignedDuration::try_from(stale_for).unwrap_or_default();
+            let grants = Grants::Unavailable { stale_for };
+            decision::decide(request, objects, &Inputs { policies, grants, config, now })
+        }
+        None => state.caches.with_grants(|index| {
+            decision::decide(request, objects, &Inputs { policies, grants: Grants::Cached(index), config, now })
+        }),
+    }
+}
+
+/// Everything one answered review leaves behind: metrics, the audit record, the Event.
+fn record(state: &Webhook, uid: &str, request: &Request<'_>, decision: &Decision, peer: &Peer, started: Instant) {
+    let metrics = &state.metrics;
+    tracing::Span::current().record("decision", decision.outcome.as_str());
     let policy_label = decision.policies.first().map(String::as_str).unwrap_or("none");
     metrics.reviews.with_label_values(&[decision.outcome.as_str(), policy_label]).inc();
     metrics.review_duration.with_label_values(&[decision.outcome.as_str()]).observe(started.elapsed().as_secs_f64());
@@ -449,25 +449,18 @@ async fn handle(state: &Webhook, query: Option<&str>, body: &[u8], peer: &Peer, 
         tracing::warn!(user = request.user.username, policies = %decision.policies.join(","), "break-glass access used");
     }
     if decision.is_audited() {
-        audit::admission(&audit::AdmissionRecord {
-            uid: review.uid(),
-            request: &request,
-            peer: &peer.describe(),
-            decision: &decision,
-        });
+        audit::admission(&audit::AdmissionRecord { uid, request, peer: &peer.describe(), decision });
     }
     if let Some(events) = &state.events
         && !request.dry_run
     {
-        let mut what = decision::describe(&request);
+        let mut what = decision::describe(request);
         if *peer == Peer::Unauthenticated {
             // Anyone who can reach the port could have sent this review: say so.
             what.push_str(" (review from an unauthenticated connection: mutual TLS is off)");
         }
-        events.report(&decision, request.user.username, &what);
+        events.report(decision, request.user.username, &what);
     }
-    tracing::debug!(allowed = decision.allowed, "review answered");
-    review_response(review.uid(), &decision)
 }
 
 /// Answers a body that is not a usable review: as an AdmissionReview denial when its uid can
