@@ -248,8 +248,9 @@ pub struct TargetVerdict {
     #[serde(skip_serializing_if = "String::is_empty")]
     pub name: String,
     pub description: String,
-    /// The webhook's decision word: `no-policy`, `exempt`, `granted`, `denied`, `warned`, `audited`.
-    pub decision: &'static str,
+    /// The webhook's decision, written as its word: `no-policy`, `exempt`, `granted`, `denied`,
+    /// `warned`, `audited`.
+    pub decision: Outcome,
     pub allowed: bool,
     pub policies: Vec<PolicyVerdict>,
     /// For a denial: the `[stepup-required: ...]` text.
@@ -309,7 +310,7 @@ impl Evaluation<'_> {
             namespace: target.namespace.clone(),
             name: target.name.clone(),
             description: decision::describe(&req),
-            decision: decision.outcome.as_str(),
+            decision: decision.outcome,
             allowed: decision.allowed,
             policies,
             requirement: decision.requirement.as_ref().map(|r| r.to_string()),
@@ -345,13 +346,13 @@ impl Evaluation<'_> {
 }
 
 fn headline(v: &TargetVerdict) -> &'static str {
-    match Outcome::ALL.into_iter().find(|o| o.as_str() == v.decision) {
-        Some(Outcome::NotMatched) => "allowed, no policy applies",
-        Some(Outcome::Exempt) => "allowed, exempt from step-up",
-        Some(Outcome::Granted) => "allowed, your grant satisfies every policy",
-        Some(Outcome::Warned) => "allowed with a warning",
-        Some(Outcome::Audited) => "allowed and recorded",
-        Some(Outcome::BreakGlass) => "allowed by break-glass",
+    match v.decision {
+        Outcome::NotMatched => "allowed, no policy applies",
+        Outcome::Exempt => "allowed, exempt from step-up",
+        Outcome::Granted => "allowed, your grant satisfies every policy",
+        Outcome::Warned => "allowed with a warning",
+        Outcome::Audited => "allowed and recorded",
+        Outcome::BreakGlass => "allowed by break-glass",
         _ if v.allowed => "allowed",
         _ => "step-up required",
     }
@@ -646,7 +647,7 @@ items:
     fn a_prod_secret_delete_needs_a_grant_and_says_which_command_gets_one() {
         let v = check(&[prod_secrets()], &[], &target(Delete, "", "secrets", "", "prod", "db"));
         assert!(!v.allowed);
-        assert_eq!(v.decision, "denied");
+        assert_eq!(v.decision, Outcome::Denied);
         assert_eq!(
             v.requirement.as_deref(),
             Some("policies=prod-secrets methods=TOTP max-age=15m reason-required=false")
@@ -668,7 +669,7 @@ items:
             grant("alice-1", "alice").uid("uid-alice-1").issued(now - minutes(5)).expires(now + minutes(55)).record();
         let v = check(&[prod_secrets()], &[fresh], &target(Delete, "", "secrets", "", "prod", "db"));
         assert!(v.allowed);
-        assert_eq!(v.decision, "granted");
+        assert_eq!(v.decision, Outcome::Granted);
         assert_eq!(v.policies[0].grant.as_deref(), Some("alice-1"));
         assert_eq!(v.policies[0].valid_for_seconds, Some(600), "max age, not expiry, ends it first");
 
@@ -691,9 +692,9 @@ items:
             .build();
         let policies = [prod_secrets(), warn];
         let cases = [
-            (target(Delete, "", "secrets", "", "staging", "db"), "no-policy"),
-            (target(Delete, "", "secrets", "", "kube-system", "db"), "exempt"),
-            (target(Delete, "", "secrets", "", "dev", "db"), "warned"),
+            (target(Delete, "", "secrets", "", "staging", "db"), Outcome::NotMatched),
+            (target(Delete, "", "secrets", "", "kube-system", "db"), Outcome::Exempt),
+            (target(Delete, "", "secrets", "", "dev", "db"), Outcome::Warned),
         ];
         for (t, decision) in cases {
             let v = check(&policies, &[], &t);

@@ -8,6 +8,18 @@ pub mod writer;
 
 #[cfg(test)]
 mod tests {
+    /// Every decision word the webhook can record is one the schema lists.
+    #[test]
+    fn the_schema_lists_every_decision() {
+        let schema: serde_json::Value =
+            serde_json::from_str(stepup_core::records::JSON_SCHEMA).expect("the schema is JSON");
+        let listed = schema["properties"]["decision"]["enum"].as_array().expect("a decision enum").clone();
+        for outcome in stepup_core::decision::Outcome::ALL {
+            assert!(listed.iter().any(|v| v == outcome.as_str()), "{outcome} is missing from record.schema.json");
+        }
+        assert_eq!(listed.len(), stepup_core::decision::Outcome::ALL.len(), "the schema lists no other decision");
+    }
+
     /// Every event name the code can record (a `"<area>.<what>"` literal in `src/`) is one the
     /// schema lists, so that a new step cannot write lines its own schema rejects.
     #[test]

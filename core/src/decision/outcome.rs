@@ -80,6 +80,14 @@ impl fmt::Display for Outcome {
 }
 
 /// What would satisfy a denied request, in the spirit of RFC 9470: stable and machine-readable.
+/// Serialized as its decision word (`denied`, `granted`, ...), as the audit trail and the
+/// audit annotations write it.
+impl serde::Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Requirement {
     pub policies: Vec<String>,
