@@ -2,18 +2,35 @@
 //! `e2e/scripts/cluster.sh` and `e2e/scripts/stepup.sh`, users that authenticate for real,
 //! and small helpers to act as them and to read the evidence (metrics, audit log, Events).
 
-use std::{collections::HashMap, path::PathBuf, process::Output, time::Duration};
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    process::{Output, Stdio},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
-    Api, Client, Config,
+    Api, Client, Config, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use kube_stepup::api::{StepUpGrant, StepUpPolicy};
+use kube_stepup::{
+    api::{
+        self as stepup_api, ChallengePhase, EnrollmentPhase, GrantScope, Method, StepUpChallenge, StepUpChallengeSpec,
+        StepUpEnrollment, StepUpEnrollmentSpec, StepUpGrant, StepUpPolicy,
+    },
+    verify::{
+        response::{self, EnrollmentPurpose},
+        seal::{EphemeralKey, fingerprint},
+        totp,
+    },
+};
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod attack;
 pub mod faults;
@@ -304,19 +321,6 @@ pub fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> kube::core
 }
 
 // ---------------------------------------------------------------- second factor
-
-use kube::ResourceExt;
-use kube_stepup::{
-    api::{
-        self as stepup_api, ChallengePhase, EnrollmentPhase, GrantScope, Method, StepUpChallenge, StepUpChallengeSpec,
-        StepUpEnrollment, StepUpEnrollmentSpec,
-    },
-    verify::{
-        response::{self, EnrollmentPurpose},
-        seal::{EphemeralKey, fingerprint},
-        totp,
-    },
-};
 
 /// The test's authenticator app: holds the seed it unsealed and hands out codes, one per
 /// 30-second step (a step's code is accepted only once).
@@ -848,12 +852,6 @@ impl Drop for ScriptControllerPaused {
 }
 
 // ---------------------------------------------------------------- the plugin, as a person runs it
-
-use std::{
-    process::Stdio,
-    sync::{Arc, Mutex},
-};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Runs `kubectl stepup` as `who`, with `stdin` as standard input (none when `None`).
 pub async fn plugin(env: &Env, who: &str, args: &[&str], stdin: Option<&str>) -> Output {
