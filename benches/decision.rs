@@ -1,5 +1,5 @@
 //! The decision path with a large cluster's worth of state: 10,000 policies and 100,000 grants
-//! (4,000 users with 25 grants each, as kept for evidence), from `benches/fleet`.
+//! (4,000 users with 25 grants each, as kept for evidence), from `stepup_core::testing::fleet`.
 //!
 //! `cargo bench --bench decision` (BENCHMARKS.md has the figures and how to read them).
 
@@ -13,10 +13,7 @@ use kube_stepup::{
     grant::{GrantIndex, GrantRecord},
     policy::{CompiledPolicy, PolicyIndex},
 };
-use stepup_core::testing::{RequestBuilder, request, t0};
-
-#[path = "fleet/mod.rs"]
-mod fleet;
+use stepup_core::testing::{RequestBuilder, fleet, request, t0};
 
 const POLICIES: usize = 10_000;
 const GRANTS: usize = 100_000;

@@ -44,13 +44,10 @@ use rustls::{
     ClientConfig, RootCertStore, pki_types::CertificateDer, pki_types::ServerName, pki_types::pem::PemObject,
 };
 use serde_json::{Value, json};
-use stepup_core::testing::{grant, policy};
+use stepup_core::testing::{fleet, grant, policy};
 use stepup_e2e::{Env, eventually};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-
-#[path = "../../../benches/fleet/mod.rs"]
-mod fleet;
 
 #[derive(Parser)]
 #[command(name = "stepup-load", about = "Load and latency benchmarks of kube-stepup against the e2e control plane")]

@@ -8,13 +8,11 @@
 //! Deny, Warn and Audit enforcement. Grants: a history per user, as kept for evidence (most
 //! expired, some scoped, half with a reason), the newest issued `newest_age` before `now`.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 
+use super::{grant, policy};
+use crate::api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy};
 use jiff::{SignedDuration, Timestamp};
-use kube_stepup::api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy};
-use stepup_core::testing::{grant, policy};
 
 /// Policies per team.
 pub const POLICIES_PER_TEAM: usize = 20;

@@ -1,6 +1,8 @@
 //! Small builders for policies, grants and requests, shared by unit tests, integration tests
 //! and benchmarks. Not used by the binaries.
 
+pub mod fleet;
+
 use std::collections::BTreeMap;
 
 use jiff::{SignedDuration, Timestamp};
