@@ -2,13 +2,13 @@
 //! say why in a form the API server, the user, the plugin and the auditor can each read.
 //! Pure: no I/O, no clock; the admission server is a shell around [`decide`].
 
-mod builtin;
+mod own_kinds;
 mod outcome;
 
 use jiff::{SignedDuration, Timestamp};
 use smallvec::SmallVec;
 
-pub use builtin::StepUpObjects;
+pub use own_kinds::StepUpObjects;
 pub use outcome::{Decision, Outcome, ParseRequirementError, Requirement, describe};
 
 use crate::{
@@ -83,12 +83,12 @@ pub struct Inputs<'a> {
 /// Decides one admission request. `objects` carries the parsed objects for `stepup.dev` kinds.
 pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -> Decision {
     if req.group == GROUP
-        && let Some(decision) = builtin::decide(req, objects, inputs.config, inputs.now)
+        && let Some(decision) = own_kinds::decide(req, objects, inputs.config, inputs.now)
     {
         // An allowed admin act still needs the admin's own fresh second factor.
         if decision.allowed
             && let Some(policy) = &inputs.config.admin_acts
-            && builtin::is_admin_act(req, objects, inputs.config)
+            && own_kinds::is_admin_act(req, objects, inputs.config)
         {
             let matched = [policy.as_ref()];
             if req.user.in_any_group(&inputs.config.break_glass_groups) {

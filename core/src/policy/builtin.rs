@@ -40,7 +40,7 @@ pub fn policy_changes(max_age: Duration) -> CompiledPolicy {
 /// Approving, resetting or unlocking another user's enrollment requires a grant of the admin no
 /// older than `max_age`: otherwise a stolen admin credential, with the power to impersonate,
 /// could approve its own key for anyone's enrollment and so obtain their second factor. The
-/// webhook applies it only to those acts (see `decision::builtin`), never to a user's own
+/// webhook applies it only to those acts (see `decision::own_kinds`), never to a user's own
 /// enrollment, so the first admin can always enroll (through the bootstrap).
 pub fn admin_acts(max_age: Duration) -> CompiledPolicy {
     let spec = StepUpPolicySpec {
