@@ -50,17 +50,6 @@ pub struct ConfigSettings {
     pub owner: Option<OwnerReference>,
 }
 
-fn op_names(bits: u8) -> Vec<String> {
-    if bits == 15 {
-        return vec!["*".into()];
-    }
-    [(1, "CREATE"), (2, "UPDATE"), (4, "DELETE"), (8, "CONNECT")]
-        .iter()
-        .filter(|(b, _)| bits & b != 0)
-        .map(|(_, n)| (*n).to_owned())
-        .collect()
-}
-
 /// The admission rules covering every valid policy, merged: one rule per (group, version,
 /// operations), listing its resources. Deterministic order.
 pub fn policy_rules(policies: &[StepUpPolicy]) -> Vec<RuleWithOperations> {
@@ -89,7 +78,7 @@ pub fn policy_rules(policies: &[StepUpPolicy]) -> Vec<RuleWithOperations> {
         .map(|((group, version, bits), resources)| RuleWithOperations {
             api_groups: Some(vec![group]),
             api_versions: Some(vec![version]),
-            operations: Some(op_names(bits)),
+            operations: Some(OperationSet::from_bits(bits).admission_names().into_iter().map(String::from).collect()),
             resources: Some(normalize_resources(resources)),
             scope: Some("*".into()),
         })

@@ -2,14 +2,14 @@
 //! say why in a form the API server, the user, the plugin and the auditor can each read.
 //! Pure: no I/O, no clock; the admission server is a shell around [`decide`].
 
-mod own_kinds;
 mod outcome;
+mod own_kinds;
 
 use jiff::{SignedDuration, Timestamp};
 use smallvec::SmallVec;
 
-pub use own_kinds::StepUpObjects;
 pub use outcome::{Decision, Outcome, ParseRequirementError, Requirement, describe};
+pub use own_kinds::StepUpObjects;
 
 use crate::{
     api::{Enforcement, GROUP, Operation},

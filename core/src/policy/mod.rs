@@ -180,6 +180,23 @@ impl OperationSet {
     pub fn contains(self, op: Operation) -> bool {
         self.0 & Self::bit(op) == Self::bit(op)
     }
+
+    /// The set [`OperationSet::bits`] returned.
+    pub const fn from_bits(bits: u8) -> Self {
+        Self(bits & Self::bit(Operation::All))
+    }
+
+    /// The operations as an admission rule lists them: `*` for all four.
+    pub fn admission_names(self) -> Vec<&'static str> {
+        if self.contains(Operation::All) {
+            return vec![Operation::All.as_str()];
+        }
+        [Operation::Create, Operation::Update, Operation::Delete, Operation::Connect]
+            .into_iter()
+            .filter(|op| self.contains(*op))
+            .map(Operation::as_str)
+            .collect()
+    }
 }
 
 /// A matcher for API groups or versions: `*` or a list.
