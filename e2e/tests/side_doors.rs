@@ -660,7 +660,7 @@ async fn a_made_up_system_name_or_a_workloads_name_deletes_no_policy_without_ste
     let world = World::new().await;
     world.apply_policies(&[prod_secrets()]).await;
     let policies: Api<StepUpPolicy> = Api::all(world.admin.clone());
-    for mask in ["system:x", "system:serviceaccount:kube-system:generic-garbage-collector"] {
+    for mask in ["system:x", "system:node:x", "system:serviceaccount:kube-system:generic-garbage-collector"] {
         let as_mask = format!("--as={mask}");
         let out =
             world.env.kubectl("admin", &[&as_mask, "--as-group=system:masters", "delete", "stepuppolicies", "--all"]);
@@ -975,8 +975,15 @@ impl ReleaseNamespacePolicy {
             .output()
             .expect("helm runs");
         assert!(rendered.status.success(), "{}", text(&rendered));
-        let manifest = String::from_utf8(rendered.stdout).unwrap();
-        assert!(manifest.contains(RELEASE_POLICY), "the chart renders the release-namespace policy");
+        // Only the release-namespace policy and its binding: the suite's others stay as installed.
+        let manifest: Vec<String> = String::from_utf8(rendered.stdout)
+            .unwrap()
+            .split("\n---")
+            .filter(|doc| doc.contains(&format!("name: {RELEASE_POLICY}")))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(manifest.len(), 2, "the chart renders the release-namespace policy and its binding");
+        let manifest = manifest.join("\n---\n");
         let flags = stepup_e2e::attack::installer_flags(env);
         let mut args: Vec<&str> = flags.iter().map(String::as_str).collect();
         args.extend(["apply", "-f", "-"]);
@@ -1052,6 +1059,38 @@ async fn a_cluster_admin_cannot_change_stepups_namespace_or_enter_its_pods_with_
             "replace the serving certificate",
             vec!["-n", "stepup-system", "annotate", "secret", "stepup-webhook-tls", "mallory=1"],
             refusal("update", "secrets stepup-webhook-tls"),
+        ),
+        (
+            "wear a kube-system controller's name with system:masters",
+            vec![
+                "--as=system:serviceaccount:kube-system:deployment-controller",
+                "--as-group=system:masters",
+                "-n",
+                "stepup-system",
+                "set",
+                "env",
+                "deployment/stepup-webhook",
+                "STEPUP_EXEMPT_USERS=admin",
+            ],
+            "refused for system:serviceaccount:kube-system:deployment-controller".to_owned(),
+        ),
+        (
+            "delete the whole namespace (a server-side dry run)",
+            vec!["delete", "namespace", "stepup-system", "--dry-run=server"],
+            "kube-stepup: delete of namespaces stepup-system in".to_owned(),
+        ),
+        (
+            "point the webhook's Service elsewhere",
+            vec![
+                "-n",
+                "stepup-system",
+                "create",
+                "service",
+                "externalname",
+                "stepup-webhook",
+                "--external-name=mallory.example.com",
+            ],
+            refusal("create", "services stepup-webhook"),
         ),
         (
             "bind oneself a role there",

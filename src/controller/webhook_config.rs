@@ -201,7 +201,11 @@ pub fn desired(
                 own.join(", ")
             ),
         ),
-        condition("not-nodes", "!request.userInfo.username.startsWith('system:node:')".into()),
+        // Nodes skip review, but never on stepup kinds: a node's name is a mask too.
+        condition(
+            "not-nodes",
+            format!("request.resource.group == '{GROUP}' || !request.userInfo.username.startsWith('system:node:')"),
+        ),
         condition(
             "not-leases",
             "!(request.resource.group == 'coordination.k8s.io' && request.resource.resource == 'leases')".into(),

@@ -192,8 +192,12 @@ fn is_exempt(req: &Request<'_>, config: &DecisionConfig) -> bool {
     plumbing
         || stepup_kind
         || exempt_namespace
-        // Only the controller's own pod-bound credential; wearing its name is a mask.
-        || (user.pod_bound && config.controller_users.iter().any(|u| u == user.username))
+        // Only the controller's own pod-bound credential; wearing its name is a mask. Never
+        // for the policies themselves: the controller writes only their status, and pod extras
+        // can be forged by whoever may impersonate.
+        || (user.pod_bound
+            && config.controller_users.iter().any(|u| u == user.username)
+            && !(req.group == GROUP && req.resource == "stepuppolicies" && req.subresource.is_empty()))
         || config.exempt_users.iter().any(|u| u == user.username)
         || user.in_any_group(&config.exempt_groups)
 }

@@ -240,7 +240,7 @@ fn enrollment(
     config: &DecisionConfig,
 ) -> Decision {
     if is_controller {
-        return Decision::builtin_allowed();
+        return controller_enrollment_write(req, object, old);
     }
     let me = req.user.username;
     let admins = if config.admin_groups.is_empty() {
@@ -336,6 +336,40 @@ fn enrollment(
             "an enrollment can only be removed by {admins}: deleting it would let anyone holding your credentials enroll their own authenticator"
         )),
         Connect | api::Operation::All => Decision::builtin_allowed(),
+    }
+}
+
+/// What the controller writes to an enrollment: its status, and the removal of what it
+/// consumed (a confirmation, admin marks). Nothing else, even with its pod-bound credential:
+/// pod extras can be forged by whoever may impersonate.
+fn controller_enrollment_write(
+    req: &Request<'_>,
+    object: Option<&StepUpEnrollment>,
+    old: Option<&StepUpEnrollment>,
+) -> Decision {
+    if !req.subresource.is_empty() {
+        return Decision::builtin_allowed();
+    }
+    let (Update, Some(new), Some(old)) = (req.operation, object, old) else {
+        return Decision::builtin_denied(
+            "the stepup controller only updates enrollments (their status, and what it consumed)".into(),
+        );
+    };
+    let spec_kept = new.spec.user == old.spec.user
+        && new.spec.method == old.spec.method
+        && new.spec.public_key == old.spec.public_key
+        && new.spec.bootstrap == old.spec.bootstrap
+        && (new.spec.confirmation == old.spec.confirmation || new.spec.confirmation.is_none());
+    let marks_only_removed = api::ADMIN_ANNOTATIONS
+        .iter()
+        .all(|k| new.annotations().get(*k).is_none_or(|v| old.annotations().get(*k) == Some(v)));
+    if spec_kept && marks_only_removed {
+        Decision::builtin_allowed()
+    } else {
+        Decision::builtin_denied(
+            "the stepup controller only clears a consumed confirmation or admin marks of an enrollment; this changes more"
+                .into(),
+        )
     }
 }
 

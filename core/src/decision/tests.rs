@@ -784,6 +784,56 @@ fn wearing_the_controllers_name_does_not_skip_the_admin_acts_step_up() {
 }
 
 #[test]
+fn forged_pod_extras_on_the_controllers_name_change_no_policy_and_no_enrollment() {
+    // Attack (second review): a cluster-admin impersonates the controller *with* forged pod
+    // extras (kube-apiserver accepts them from system:masters), so it looks pod-bound.
+    let policies =
+        PolicyIndex::new([Arc::new(crate::policy::builtin::policy_changes(api::Duration::from_secs(15 * 60)))]);
+    let mut w = World { policies, ..world(vec![]) };
+    let forged = |op| RequestBuilder {
+        operation: op,
+        ..on("stepuppolicies").name("prod-secrets").namespace("").by(CONTROLLER, &["system:masters"]).pod_bound()
+    };
+    let d = w.decide_with(&forged(Delete), &StepUpObjects::Policy { object: None });
+    assert_eq!(d.outcome, Outcome::Denied, "deleting a policy: {}", d.message);
+    // The controller's real writes to policies go to their status, still exempt.
+    let status = RequestBuilder { subresource: "status".into(), ..forged(Update) };
+    assert!(w.decide_with(&status, &StepUpObjects::Policy { object: None }).allowed);
+
+    // Enrollments: the controller only clears what it consumed (a confirmation, admin marks)
+    // and writes status; approving a key or swapping it in its name is refused.
+    w.config.admin_acts = Some(Arc::new(crate::policy::builtin::admin_acts(api::Duration::from_secs(15 * 60))));
+    let fp = crate::verify::seal::fingerprint(ALICE_KEY);
+    let now = crate::testing::t0().to_string();
+    let approval = [
+        (api::APPROVED_BY_ANNOTATION, "root"),
+        (api::APPROVED_KEY_ANNOTATION, fp.as_str()),
+        (api::APPROVED_AT_ANNOTATION, now.as_str()),
+    ];
+    let as_controller =
+        RequestBuilder { operation: Update, ..on("stepupenrollments").by(CONTROLLER, &["stepup:admins"]).pod_bound() };
+    let approve = StepUpObjects::Enrollment {
+        object: Some(enrollment_for("alice", None, &approval)),
+        old: Some(enrollment_for("alice", None, &[])),
+    };
+    let d = w.decide_with(&as_controller, &approve);
+    assert!(!d.allowed, "an approval in the controller's name: {:?} {}", d.outcome, d.message);
+    let swap = StepUpObjects::Enrollment {
+        object: Some(enrollment_changed("alice", |e| e.spec.public_key = "B".repeat(43) + "=")),
+        old: Some(enrollment_for("alice", None, &[])),
+    };
+    let d = w.decide_with(&as_controller, &swap);
+    assert_eq!(d.outcome, Outcome::BuiltinDenied, "a key swapped in the controller's name: {}", d.message);
+    let consumed = StepUpObjects::Enrollment {
+        object: Some(enrollment_for("alice", None, &[])),
+        old: Some(enrollment_for("alice", None, &approval)),
+    };
+    assert!(w.decide_with(&as_controller, &consumed).allowed, "clearing consumed marks");
+    let status = RequestBuilder { subresource: "status".into(), ..as_controller.clone() };
+    assert!(w.decide_with(&status, &swap).allowed, "status writes");
+}
+
+#[test]
 fn policy_changes_need_step_up_whoever_asks_even_a_system_or_workload_name() {
     // Attack (review of issue 10): a cluster-admin impersonates a made-up `system:` identity,
     // or a workload, to delete every StepUpPolicy; policies without subjects skip both.
@@ -804,9 +854,10 @@ fn policy_changes_need_step_up_whoever_asks_even_a_system_or_workload_name() {
         assert_eq!(d.outcome, Outcome::Denied, "{who}: {}", d.message);
         assert_eq!(d.policies, vec![crate::policy::builtin::POLICY_CHANGES], "{who}");
     }
-    // The controller's own pod-bound credential is exempt, as for everything.
+    // Not even the controller's pod-bound credential (it writes only policies' status, and pod
+    // extras can be forged).
     let d = w.decide_with(&delete(CONTROLLER, &[]).pod_bound(), &StepUpObjects::Policy { object: None });
-    assert_eq!(d.outcome, Outcome::Exempt, "{}", d.message);
+    assert_eq!(d.outcome, Outcome::Denied, "{}", d.message);
 }
 
 #[test]
