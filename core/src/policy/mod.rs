@@ -61,6 +61,14 @@ impl Default for Masks {
     }
 }
 
+impl Masks {
+    /// The defaults, built once: classifying a requester must not allocate.
+    pub fn defaults() -> &'static Masks {
+        static DEFAULTS: std::sync::LazyLock<Masks> = std::sync::LazyLock::new(Masks::default);
+        &DEFAULTS
+    }
+}
+
 /// Classifies a requester from the username and whether `userInfo.extra` carries the pod
 /// binding (`authentication.kubernetes.io/pod-name` and `pod-uid`).
 pub fn classify(username: &str, pod_bound: bool, masks: &Masks) -> Requester {
@@ -92,7 +100,7 @@ pub struct User<'a> {
 impl<'a> User<'a> {
     /// A requester without a pod-bound credential, classified with the default [`Masks`].
     pub fn new(username: &'a str, uid: &'a str, groups: &'a [String]) -> Self {
-        Self { username, uid, groups, pod_bound: false, kind: classify(username, false, &Masks::default()) }
+        Self { username, uid, groups, pod_bound: false, kind: classify(username, false, Masks::defaults()) }
     }
 
     /// The same requester with the credential the API server reported, classified by `masks`.

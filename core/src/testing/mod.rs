@@ -220,13 +220,6 @@ impl GrantBuilder {
     }
 }
 
-/// The default [`crate::policy::Masks`], built once: a view must not allocate, or the
-/// benchmarks would time the allocation instead of the decision.
-fn default_masks() -> &'static crate::policy::Masks {
-    static MASKS: std::sync::LazyLock<crate::policy::Masks> = std::sync::LazyLock::new(Default::default);
-    &MASKS
-}
-
 /// An owned request, viewed as a [`Request`] by the decision.
 #[derive(Clone, Debug)]
 pub struct RequestBuilder {
@@ -334,7 +327,8 @@ impl RequestBuilder {
             subresource: &self.subresource,
             namespace: &self.namespace,
             name: &self.name,
-            user: User::new(&self.username, &self.uid, &self.groups).with_credential(self.pod_bound, default_masks()),
+            user: User::new(&self.username, &self.uid, &self.groups)
+                .with_credential(self.pod_bound, crate::policy::Masks::defaults()),
             namespace_labels,
             previous_labels: self.previous_labels.as_ref(),
             dry_run: self.dry_run,
