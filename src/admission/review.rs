@@ -370,8 +370,13 @@ impl<'a> Review<'a> {
             subresource: &self.raw.sub_resource,
             namespace,
             name: &self.name,
-            user: User::new(&self.raw.user_info.username, &self.raw.user_info.uid, &self.raw.user_info.groups)
-                .with_credential(self.pod_bound(), masks),
+            user: User::reported(
+                &self.raw.user_info.username,
+                &self.raw.user_info.uid,
+                &self.raw.user_info.groups,
+                self.pod_bound(),
+                masks,
+            ),
             namespace_labels,
             previous_labels,
             dry_run: self.raw.dry_run,

@@ -103,6 +103,12 @@ impl<'a> User<'a> {
         Self { username, uid, groups, pod_bound: false, kind: classify(username, false, Masks::defaults()) }
     }
 
+    /// A requester as the API server reported it, classified once by `masks` (the webhook's
+    /// path: no default classification to redo).
+    pub fn reported(username: &'a str, uid: &'a str, groups: &'a [String], pod_bound: bool, masks: &Masks) -> Self {
+        Self { username, uid, groups, pod_bound, kind: classify(username, pod_bound, masks) }
+    }
+
     /// The same requester with the credential the API server reported, classified by `masks`.
     pub fn with_credential(self, pod_bound: bool, masks: &Masks) -> Self {
         Self { pod_bound, kind: classify(self.username, pod_bound, masks), ..self }
