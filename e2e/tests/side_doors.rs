@@ -193,6 +193,11 @@ async fn impersonated_groups_uids_and_extras_get_a_namespace_editor_nothing() {
                 .replace("\"web-0\"", "\"u\"")
                 .replace("authentication.kubernetes.io/pod-name", "authentication.kubernetes.io/pod-uid");
             assert!(said == expected || said == other, "impersonating {what}: {said}");
+        } else if what == "another user" {
+            // kube-apiserver 1.36 answers through its constrained-impersonation check or the
+            // classic one, in no fixed order: either refusal names alice's missing right.
+            let constrained = "Error from server (Forbidden): secrets \"db\" is forbidden: User \"alice\" cannot impersonate-on:user-info:delete resource \"secrets\" in API group \"\" in the namespace \"prod\"";
+            assert!(said == expected || said == constrained, "impersonating {what}: {said}");
         } else {
             assert_eq!(said, expected, "impersonating {what}");
         }
