@@ -133,10 +133,54 @@ impl IdentityArgs {
     }
 }
 
+/// What the decision is configured with beyond identities. The webhook decides with it; the
+/// controller receives the same flags (the chart renders them once for both) and publishes
+/// the result, so that `kubectl stepup check` decides as the webhook does.
+#[derive(Args, Debug, Clone)]
+pub struct DecisionArgs {
+    /// Users no policy applies to (e.g. a GitOps controller's service account).
+    #[arg(long = "exempt-user", env = "STEPUP_EXEMPT_USERS", value_delimiter = ',')]
+    pub exempt_users: Vec<String>,
+
+    /// Groups no policy applies to.
+    #[arg(long = "exempt-group", env = "STEPUP_EXEMPT_GROUPS", value_delimiter = ',')]
+    pub exempt_groups: Vec<String>,
+
+    /// Namespaces whose objects no policy applies to, besides kube-system and stepup's own.
+    #[arg(long = "exempt-namespace", env = "STEPUP_EXEMPT_NAMESPACES", value_delimiter = ',')]
+    pub exempt_namespaces: Vec<String>,
+
+    /// Require step-up for changes to StepUpPolicy objects themselves, with this maximum
+    /// grant age; `0` turns the built-in rule off.
+    #[arg(long, env = "STEPUP_PROTECT_POLICIES", default_value = "15m", value_parser = builtin_max_age)]
+    pub protect_policies: Duration,
+}
+
+/// The decision's settings from the flags: the one function both processes build them with.
+pub fn decision_settings(identity: &IdentityArgs, decision: &DecisionArgs) -> crate::decision::DecisionSettings {
+    crate::decision::DecisionSettings {
+        namespace: identity.namespace.clone(),
+        controller_users: vec![identity.controller_user()],
+        webhook_users: vec![identity.webhook_user()],
+        admin_groups: identity.admin_groups.clone(),
+        break_glass_groups: identity.break_glass_groups.clone(),
+        exempt_users: decision.exempt_users.clone(),
+        exempt_groups: decision.exempt_groups.clone(),
+        exempt_namespaces: crate::decision::exempt_namespaces(&identity.namespace, &decision.exempt_namespaces),
+        protect_policies: (!decision.protect_policies.is_zero()).then_some(decision.protect_policies),
+        service_account_masks: identity.service_account_masks,
+        trusted_service_account_namespaces: identity.trusted_service_account_namespaces.clone(),
+        max_clock_skew: identity.max_clock_skew,
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct WebhookArgs {
     #[command(flatten)]
     pub identity: IdentityArgs,
+
+    #[command(flatten)]
+    pub decision: DecisionArgs,
 
     #[command(flatten)]
     pub challenge_limits: ChallengeLimitArgs,
@@ -160,23 +204,6 @@ pub struct WebhookArgs {
     /// How often to check the certificate files for changes.
     #[arg(long, env = "STEPUP_CERT_RELOAD_INTERVAL", default_value = "10s")]
     pub cert_reload_interval: Duration,
-
-    /// Users no policy applies to (e.g. a GitOps controller's service account).
-    #[arg(long = "exempt-user", env = "STEPUP_EXEMPT_USERS", value_delimiter = ',')]
-    pub exempt_users: Vec<String>,
-
-    /// Groups no policy applies to.
-    #[arg(long = "exempt-group", env = "STEPUP_EXEMPT_GROUPS", value_delimiter = ',')]
-    pub exempt_groups: Vec<String>,
-
-    /// Namespaces whose objects no policy applies to, besides kube-system and stepup's own.
-    #[arg(long = "exempt-namespace", env = "STEPUP_EXEMPT_NAMESPACES", value_delimiter = ',')]
-    pub exempt_namespaces: Vec<String>,
-
-    /// Require step-up for changes to StepUpPolicy objects themselves, with this maximum
-    /// grant age; `0` turns the built-in rule off.
-    #[arg(long, env = "STEPUP_PROTECT_POLICIES", default_value = "15m", value_parser = builtin_max_age)]
-    pub protect_policies: Duration,
 
     /// PEM CA(s) that sign the API server's client certificate. When set, the webhook requires
     /// mutual TLS: a client without such a certificate fails the handshake, so only the API
@@ -247,6 +274,10 @@ pub struct WebhookArgs {
 pub struct ControllerArgs {
     #[command(flatten)]
     pub identity: IdentityArgs,
+
+    /// What the webhook decides with: the controller publishes it for `kubectl stepup check`.
+    #[command(flatten)]
+    pub decision: DecisionArgs,
 
     #[command(flatten)]
     pub challenge_limits: ChallengeLimitArgs,
@@ -422,9 +453,42 @@ mod tests {
     #[test]
     fn a_built_in_max_age_outside_the_policy_range_is_refused_at_startup_not_clamped() {
         let parse = |age: &str| Webhook::try_parse_from(["stepup", "--protect-policies", age]).map(|w| w.args);
-        assert_eq!(parse("30m").expect("in range").protect_policies, Duration::from_secs(30 * 60));
-        assert!(parse("0").expect("off").protect_policies.is_zero());
+        assert_eq!(parse("30m").expect("in range").decision.protect_policies, Duration::from_secs(30 * 60));
+        assert!(parse("0").expect("off").decision.protect_policies.is_zero());
         let error = parse("48h").expect_err("48h is refused").to_string();
         assert!(error.contains("48h is outside the allowed range 1s..24h"), "{error}");
+    }
+
+    #[derive(Parser)]
+    struct Controller {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    /// The chart renders the decision flags once for both processes: given them, the controller
+    /// publishes exactly what the webhook decides with.
+    #[test]
+    fn the_controller_publishes_what_the_webhook_decides_with() {
+        let flags = [
+            "--namespace=stepup",
+            "--admin-group=ops,sre",
+            "--break-glass-group=glass",
+            "--exempt-user=system:serviceaccount:argocd:argocd-application-controller",
+            "--exempt-group=robots",
+            "--exempt-namespace=sandbox,stepup",
+            "--protect-policies=5m",
+            "--service-account-masks=false",
+            "--trusted-service-account-namespace=kube-system,flux-system",
+            "--max-clock-skew=3s",
+        ];
+        let webhook = Webhook::try_parse_from(std::iter::once("stepup").chain(flags)).unwrap().args;
+        let controller = Controller::try_parse_from(std::iter::once("stepup").chain(flags)).unwrap().args;
+        let published = decision_settings(&controller.identity, &controller.decision);
+        assert_eq!(decision_settings(&webhook.identity, &webhook.decision), published);
+        assert_eq!(published.exempt_namespaces, ["kube-system", "stepup", "sandbox"]);
+        assert_eq!(published.protect_policies, Some(Duration::from_secs(300)));
+        assert_eq!(published.controller_users, ["system:serviceaccount:stepup:stepup-controller"]);
+        assert!(!published.service_account_masks);
+        assert_ne!(published, crate::decision::DecisionSettings::defaults("stepup"));
     }
 }

@@ -198,9 +198,7 @@ start_webhook() {
 		--listen "$HOST:$WEBHOOK_PORT" --admin-listen "$HOST:$WEBHOOK_ADMIN_PORT" \
 		--tls-cert-file "$STEPUP_PKI/tls.crt" --tls-key-file "$STEPUP_PKI/tls.key" \
 		--key-file "$STEPUP_PKI/master.key" \
-		--namespace stepup-system --break-glass-group stepup:break-glass \
-		--admin-group stepup:admins,system:masters \
-		--exempt-user system:serviceaccount:stepup-system:policy-writer \
+		"${DECISION_FLAGS[@]}" \
 		--client-ca-file "$KUBE_ADMISSION_CLIENT_CA_FILE" \
 		--drain-period 0s --shutdown-grace 2s --event-interval 1s --cert-reload-interval 1s \
 		--audit-flush-interval 1s \
@@ -210,6 +208,14 @@ start_webhook() {
 	wait_ready stepup-webhook "http://$HOST:$WEBHOOK_ADMIN_PORT/readyz" 60
 }
 
+# What the webhook decides with, given to the controller too: it publishes them for
+# `kubectl stepup check` (as the chart renders them once for both processes).
+DECISION_FLAGS=(
+	--namespace stepup-system --break-glass-group stepup:break-glass
+	--admin-group stepup:admins,system:masters
+	--exempt-user system:serviceaccount:stepup-system:policy-writer
+)
+
 # Per-user challenge limits, the same for the webhook and the controller: a short window so
 # that the flood scenario does not slow the scenarios after it.
 CHALLENGE_LIMITS=(--max-pending-challenges 3 --max-challenges-per-window 10 --challenge-rate-window 20s)
@@ -218,7 +224,7 @@ CHALLENGE_LIMITS=(--max-pending-challenges 3 --max-challenges-per-window 10 --ch
 # lifecycle scenarios finish in seconds.
 CONTROLLER_FLAGS=(
 	"${CHALLENGE_LIMITS[@]}"
-	--namespace stepup-system --admin-group stepup:admins
+	"${DECISION_FLAGS[@]}"
 	--lease-duration 4s --lease-retry 1s
 	--challenge-timeout 2m --challenge-ttl 30s --grant-retention 60s
 	--max-failures 3 --failure-window 20s --lockout-threshold 5

@@ -163,6 +163,33 @@ async fn request_status_check_and_revoke() {
     assert_eq!(gone.status.code(), Some(3), "a revoked grant no longer counts: {}", show(&gone));
 }
 
+/// `check` decides with the settings the webhook runs with (published by the controller), not
+/// a default install's: the e2e webhook makes `stepup:break-glass` a break-glass group, and
+/// `policy-writer` exempt. A default install would answer "step-up required" to both.
+#[tokio::test]
+async fn check_decides_with_the_webhooks_own_settings() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    world.secret("prod", "db").await;
+    let published = world.env.kubectl("admin", &["-n", "stepup-system", "get", "configmap", "stepup-decision", "-o", "jsonpath={.data.decision\\.json}"]);
+    assert!(published.status.success(), "{}", show(&published));
+    let settings: Value = serde_json::from_slice(&published.stdout).expect("published settings");
+    assert_eq!(settings["breakGlassGroups"], serde_json::json!(["stepup:break-glass"]), "{settings}");
+    assert_eq!(settings["exemptUsers"], serde_json::json!(["system:serviceaccount:stepup-system:policy-writer"]));
+
+    let carol = plugin(&world.env, "carol", &["check", "delete", "secret", "db", "-n", "prod"], None).await;
+    assert_eq!(carol.status.code(), Some(0), "{}", show(&carol));
+    assert!(text(&carol.stdout).contains("allowed by break-glass"), "{}", show(&carol));
+    assert!(!text(&carol.stderr).contains("cannot read the webhook's settings"), "{}", show(&carol));
+    // The webhook agrees: carol's delete passes, as break-glass.
+    let out = world.env.kubectl("carol", &["-n", "prod", "delete", "secret", "db"]);
+    assert!(out.status.success(), "{}", show(&out));
+
+    // Users may read the publication, and nothing else in stepup's namespace.
+    let others = world.env.kubectl("alice", &["-n", "stepup-system", "get", "configmaps"]);
+    assert!(!others.status.success(), "{}", show(&others));
+}
+
 #[tokio::test]
 async fn check_answers_like_auth_can_i() {
     let world = World::new().await;

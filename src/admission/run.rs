@@ -15,33 +15,19 @@ use super::{
     watch,
 };
 use crate::{
-    config::WebhookArgs,
-    decision::DecisionConfig,
+    config::{self, WebhookArgs},
+    decision::DecisionSettings,
     error::RunError,
     keys::{GrantVerifier, MasterKey},
     limits::ChallengeView,
     metrics::Metrics,
-    policy, process,
+    process,
 };
 
-pub fn settings(args: &WebhookArgs, verifier: Option<GrantVerifier>) -> Settings {
-    let id = &args.identity;
-    let mut exempt_namespaces = vec!["kube-system".to_owned(), id.namespace.clone()];
-    exempt_namespaces.extend(args.exempt_namespaces.iter().cloned());
+fn settings(args: &WebhookArgs, decision: &DecisionSettings, verifier: Option<GrantVerifier>) -> Settings {
     Settings {
-        decision: DecisionConfig {
-            controller_users: vec![id.controller_user()],
-            webhook_users: vec![id.webhook_user()],
-            admin_groups: id.admin_groups.clone(),
-            break_glass_groups: id.break_glass_groups.clone(),
-            exempt_users: args.exempt_users.clone(),
-            exempt_groups: args.exempt_groups.clone(),
-            exempt_namespaces,
-            grant_verifier: verifier,
-            max_clock_skew: id.max_clock_skew.as_signed(),
-            ..DecisionConfig::default()
-        },
-        masks: id.masks(),
+        decision: decision.config(verifier, None),
+        masks: decision.masks(),
         max_body_bytes: args.max_body_bytes,
         body_read_timeout: args.body_read_timeout.as_std(),
         max_body_bytes_in_flight: args.max_body_bytes_in_flight,
@@ -57,11 +43,8 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let verifier = MasterKey::from_file(&args.identity.key_file)?.grant_verifier();
     let certificate = ReloadingCertificate::load(&args.tls_cert_file, &args.tls_key_file)?;
     let client = Client::try_default().await?;
-    let builtin = if args.protect_policies.is_zero() {
-        vec![]
-    } else {
-        vec![policy::builtin::policy_changes(args.protect_policies)]
-    };
+    let decision = config::decision_settings(&args.identity, &args.decision);
+    let builtin = decision.builtin_policies();
     let stop_records = CancellationToken::new();
     let instance = process::instance(None);
     crate::records::writer::install(
@@ -88,10 +71,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
             tls::server_config(certificate.clone())
         }
     };
-    let mut settings = settings(&args, Some(verifier.clone()));
-    if !args.protect_policies.is_zero() {
-        settings.decision.admin_acts = Some(Arc::new(policy::builtin::admin_acts(args.protect_policies)));
-    }
+    let mut settings = settings(&args, &decision, Some(verifier.clone()));
     settings.decision.challenges = Some(challenge_view);
     let state = Arc::new(Webhook {
         caches,

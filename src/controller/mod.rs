@@ -11,6 +11,7 @@ pub mod grant;
 pub mod leader;
 pub mod policy_status;
 pub mod protection;
+pub mod publish;
 pub mod records;
 pub mod registration;
 pub mod run;

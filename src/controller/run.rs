@@ -139,6 +139,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     let admin_task = process::spawn_admin(admin, app, stop.clone());
 
     let registration = registration_settings(&args);
+    let decision = crate::config::decision_settings(&args.identity, &args.decision);
     let elector = Elector::new(
         client,
         LeaseConfig {
@@ -164,7 +165,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         }
         metrics.leader.set(1);
         let work = CancellationToken::new();
-        let tasks = start(ctx.clone(), registration.clone(), work.clone());
+        let tasks = start(ctx.clone(), registration.clone(), decision.clone(), work.clone());
         tokio::select! {
             _ = &mut shutdown => {
                 work.cancel();
@@ -207,6 +208,7 @@ fn error_policy<K, C>(controller: &'static str, metrics: Metrics) -> impl Fn(Arc
 fn start(
     ctx: Arc<Context>,
     registration: Option<RegistrationSettings>,
+    decision: crate::decision::DecisionSettings,
     work: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let client = ctx.client.clone();
@@ -290,6 +292,7 @@ fn start(
         policies.run(policy_status::reconcile, error_policy("policy", metrics), ctx.clone()).for_each(|_| async {}),
     ));
     tasks.push(tokio::spawn(super::records::run(ctx.clone(), work.clone())));
+    tasks.push(tokio::spawn(super::publish::run(ctx.clone(), decision, work.clone())));
     if let Some(settings) = registration {
         tasks.push(tokio::spawn(registration::run(ctx, settings, work)));
     }

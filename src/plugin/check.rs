@@ -7,7 +7,7 @@ use std::{
 };
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::Api;
 use serde::{Deserialize, Serialize};
 
@@ -19,10 +19,10 @@ use super::{
     resources::{Catalog, ResourceInfo},
 };
 use crate::{
-    api::{Duration, Operation, StepUpGrant, StepUpPolicy},
-    decision::{self, DecisionConfig, Grants, Inputs, Outcome, StepUpObjects},
+    api::{Operation, StepUpGrant, StepUpPolicy},
+    decision::{self, DecisionConfig, DecisionSettings, Grants, Inputs, Outcome, StepUpObjects},
     grant::{self, GrantRecord},
-    policy::{self, CompiledPolicy, NamespaceLabels, PolicyIndex, Request},
+    policy::{CompiledPolicy, Masks, NamespaceLabels, PolicyIndex, Request},
 };
 
 /// What a kubectl verb becomes at admission.
@@ -271,6 +271,8 @@ pub struct CheckReport {
 /// What the decision reads besides the request.
 pub struct Evaluation<'a> {
     pub me: &'a Identity,
+    /// How the webhook classifies requesters.
+    pub masks: &'a Masks,
     pub policies: &'a PolicyIndex,
     pub grants: &'a [GrantRecord],
     pub config: &'a DecisionConfig,
@@ -287,7 +289,7 @@ impl Evaluation<'_> {
             subresource: &target.subresource,
             namespace: &target.namespace,
             name: &target.name,
-            user: self.me.user(),
+            user: self.me.user_as_classified(self.masks),
             namespace_labels: labels,
             previous_labels: None,
             dry_run: false,
@@ -387,21 +389,35 @@ impl CheckReport {
     }
 }
 
-/// Policies as the webhook sees them: the cluster's valid ones plus the built-in rule for
-/// policy changes (on unless the webhook runs with `--protect-policies 0`).
-pub fn policy_index(policies: &[StepUpPolicy]) -> PolicyIndex {
-    let mut compiled: Vec<Arc<CompiledPolicy>> =
-        policies.iter().filter_map(|p| CompiledPolicy::compile(p).ok()).map(Arc::new).collect();
-    compiled.push(Arc::new(policy::builtin::policy_changes(Duration::from_secs(15 * 60))));
-    PolicyIndex::new(compiled)
+/// Policies as the webhook sees them: the cluster's valid ones plus the built-in ones its
+/// settings turn on.
+pub fn policy_index(policies: &[StepUpPolicy], settings: &DecisionSettings) -> PolicyIndex {
+    let compiled = policies.iter().filter_map(|p| CompiledPolicy::compile(p).ok());
+    PolicyIndex::new(compiled.chain(settings.builtin_policies()).map(Arc::new))
 }
 
-/// What the plugin knows of the webhook's configuration: the namespaces it never looks at.
-pub fn decision_config() -> DecisionConfig {
-    DecisionConfig {
-        exempt_namespaces: vec!["kube-system".to_owned(), "stepup-system".to_owned()],
-        ..DecisionConfig::default()
-    }
+/// What the webhook decides with, as the controller publishes it (the same flags, the same
+/// function); when that cannot be read, the defaults, and a warning that says so.
+async fn webhook_settings(session: &Session) -> DecisionSettings {
+    let api: Api<ConfigMap> = Api::namespaced(session.client.clone(), &session.stepup_namespace);
+    let published = match api.get_opt(decision::PUBLISHED_CONFIGMAP).await {
+        Ok(Some(cm)) => cm
+            .data
+            .as_ref()
+            .and_then(|d| d.get(decision::PUBLISHED_KEY))
+            .ok_or_else(|| format!("it has no {}", decision::PUBLISHED_KEY))
+            .and_then(|json| serde_json::from_str::<DecisionSettings>(json).map_err(|e| e.to_string())),
+        Ok(None) => Err("it does not exist (is the stepup controller running?)".to_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    published.unwrap_or_else(|why| {
+        errln!(
+            "warning: cannot read the webhook's settings (configmap {}/{}: {why}); assuming a default install's.",
+            session.stepup_namespace,
+            decision::PUBLISHED_CONFIGMAP
+        );
+        DecisionSettings::defaults(&session.stepup_namespace)
+    })
 }
 
 pub async fn run(session: &Session, args: &CheckArgs) -> Result<Exit> {
@@ -444,12 +460,15 @@ pub async fn run(session: &Session, args: &CheckArgs) -> Result<Exit> {
     let me = session.whoami().await?;
     let policies: Api<StepUpPolicy> = session.all();
     let policies = policies.list(&Default::default()).await.map_err(session.kube_error("list the step-up policies"))?;
-    let index = policy_index(&policies.items);
+    let settings = webhook_settings(session).await;
+    let index = policy_index(&policies.items, &settings);
     let grants: Vec<StepUpGrant> = session.list_mine(&me, "grants").await?;
     let records: Vec<GrantRecord> = grants.iter().filter_map(GrantRecord::from_grant).collect();
     let labels = namespace_labels(session, &targets).await;
-    let config = decision_config();
-    let evaluation = Evaluation { me: &me, policies: &index, grants: &records, config: &config, now: Timestamp::now() };
+    let config = settings.config(None, None);
+    let masks = settings.masks();
+    let evaluation =
+        Evaluation { me: &me, masks: &masks, policies: &index, grants: &records, config: &config, now: Timestamp::now() };
     let results: Vec<TargetVerdict> = targets
         .iter()
         .map(|t| {
@@ -624,7 +643,7 @@ items:
     }
 
     fn alice() -> Identity {
-        Identity { username: "alice".into(), uid: "uid-alice-1".into(), groups: vec!["developers".into()] }
+        Identity { username: "alice".into(), uid: "uid-alice-1".into(), groups: vec!["developers".into()], pod_bound: false }
     }
 
     fn prod_secrets() -> StepUpPolicy {
@@ -632,15 +651,58 @@ items:
     }
 
     fn check(policies: &[StepUpPolicy], grants: &[GrantRecord], t: &Target) -> TargetVerdict {
-        let index = policy_index(policies);
-        let config = decision_config();
-        let me = alice();
-        let evaluation = Evaluation { me: &me, policies: &index, grants, config: &config, now: t0() };
+        check_with(&DecisionSettings::defaults("stepup-system"), &alice(), policies, grants, t)
+    }
+
+    fn check_with(
+        settings: &DecisionSettings,
+        me: &Identity,
+        policies: &[StepUpPolicy],
+        grants: &[GrantRecord],
+        t: &Target,
+    ) -> TargetVerdict {
+        let index = policy_index(policies, settings);
+        let config = settings.config(None, None);
+        let masks = settings.masks();
+        let evaluation = Evaluation { me, masks: &masks, policies: &index, grants, config: &config, now: t0() };
         let labels = BTreeMap::new();
         evaluation.evaluate(
             t,
             if t.namespace.is_empty() { NamespaceLabels::NotApplicable } else { NamespaceLabels::Known(&labels) },
         )
+    }
+
+    /// `check` answers with the webhook's settings, not the defaults: each non-default setting
+    /// below turns the default install's "step-up required" into what the webhook would say.
+    #[test]
+    fn the_published_settings_decide_as_the_webhook_does() {
+        let defaults = DecisionSettings::defaults("stepup");
+        let delete_db = target(Delete, "", "secrets", "", "prod", "db");
+        assert_eq!(check_with(&defaults, &alice(), &[prod_secrets()], &[], &delete_db).decision, Outcome::Denied);
+
+        let exempt_user = DecisionSettings { exempt_users: vec!["alice".into()], ..defaults.clone() };
+        assert_eq!(check_with(&exempt_user, &alice(), &[prod_secrets()], &[], &delete_db).decision, Outcome::Exempt);
+
+        let exempt_ns =
+            DecisionSettings { exempt_namespaces: decision::exempt_namespaces("stepup", &["prod".into()]), ..defaults.clone() };
+        assert!(check_with(&exempt_ns, &alice(), &[prod_secrets()], &[], &delete_db).allowed);
+
+        let glass = DecisionSettings { break_glass_groups: vec!["developers".into()], ..defaults.clone() };
+        assert_eq!(check_with(&glass, &alice(), &[prod_secrets()], &[], &delete_db).decision, Outcome::BreakGlass);
+
+        let policy_delete = target(Delete, "stepup.dev", "stepuppolicies", "", "", "prod-secrets");
+        assert!(!check_with(&defaults, &alice(), &[], &[], &policy_delete).allowed);
+        let unprotected = DecisionSettings { protect_policies: None, ..defaults.clone() };
+        assert!(check_with(&unprotected, &alice(), &[], &[], &policy_delete).allowed);
+
+        // A token minted for a service account is a mask by default; without masks it is a
+        // workload, which a policy without subjects leaves alone.
+        let sa = Identity { username: "system:serviceaccount:prod:default".into(), ..alice() };
+        assert!(!check_with(&defaults, &sa, &[prod_secrets()], &[], &delete_db).allowed);
+        let no_masks = DecisionSettings { service_account_masks: false, ..defaults.clone() };
+        assert!(check_with(&no_masks, &sa, &[prod_secrets()], &[], &delete_db).allowed);
+        let bound = Identity { pod_bound: true, ..sa };
+        assert!(check_with(&defaults, &bound, &[prod_secrets()], &[], &delete_db).allowed);
     }
 
     #[test]
@@ -708,7 +770,7 @@ items:
         let t = target(Delete, "stepup.dev", "stepuppolicies", "", "", "prod-secrets");
         let v = check(&[], &[], &Target { version: "v1alpha1".into(), ..t });
         assert!(!v.allowed);
-        assert_eq!(v.policies[0].name, policy::builtin::POLICY_CHANGES);
+        assert_eq!(v.policies[0].name, crate::policy::builtin::POLICY_CHANGES);
     }
 
     #[test]

@@ -89,6 +89,17 @@ pub struct ClusterArgs {
     /// Show the underlying error after the one-line explanation.
     #[arg(short, long, global = true, help_heading = "Global options")]
     pub verbose: bool,
+
+    /// The namespace stepup is installed in (where `check` reads the webhook's settings).
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAMESPACE",
+        env = "KUBECTL_STEPUP_NAMESPACE",
+        default_value = "stepup-system",
+        help_heading = "Global options"
+    )]
+    pub stepup_namespace: String,
 }
 
 /// `kubectl stepup [--reason ..] -- <kubectl command>`.

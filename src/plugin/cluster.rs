@@ -14,7 +14,10 @@ use super::{
     cli::ClusterArgs,
     error::{Error, Result},
 };
-use crate::{api, policy::User};
+use crate::{
+    api,
+    policy::{Masks, User},
+};
 
 /// The authenticated user, as the API server reports it. The plugin never takes identity from
 /// flags: the webhook binds every challenge and enrollment to this same identity.
@@ -24,11 +27,19 @@ pub struct Identity {
     /// Empty when the authenticator supplies none.
     pub uid: String,
     pub groups: Vec<String>,
+    /// Whether the credential is a service-account token bound to a pod (its `userInfo.extra`
+    /// names the pod): the webhook treats other service-account credentials as masks.
+    pub pod_bound: bool,
 }
 
 impl Identity {
     pub fn user(&self) -> User<'_> {
         User::new(&self.username, &self.uid, &self.groups)
+    }
+
+    /// This user as the webhook classifies it with `masks`.
+    pub fn user_as_classified(&self, masks: &Masks) -> User<'_> {
+        User::reported(&self.username, &self.uid, &self.groups, self.pod_bound, masks)
     }
 
     /// The `stepup.dev/user` label selector of this user's objects.
@@ -42,6 +53,8 @@ pub struct Session {
     pub client: Client,
     pub server: String,
     pub namespace: String,
+    /// The namespace stepup runs in (`--stepup-namespace`).
+    pub stepup_namespace: String,
 }
 
 impl Session {
@@ -66,7 +79,7 @@ impl Session {
         let server = config.cluster_url.to_string().trim_end_matches('/').to_owned();
         let namespace = config.default_namespace.clone();
         let client = Client::try_from(config).map_err(|e| Error::from_kube(e, "connect", &server))?;
-        Ok(Self { client, server, namespace })
+        Ok(Self { client, server, namespace, stepup_namespace: args.stepup_namespace.clone() })
     }
 
     pub fn kube_error(&self, action: &str) -> impl Fn(kube::Error) -> Error + '_ {
@@ -96,7 +109,10 @@ impl Session {
                 "Check that your credentials authenticate you (anonymous requests cannot step up).",
             )
         })?;
-        Ok(Identity { username, uid: info.uid.unwrap_or_default(), groups: info.groups.unwrap_or_default() })
+        let extra = info.extra.unwrap_or_default();
+        let names = |key: &str| extra.get(key).is_some_and(|v| v.iter().any(|s| !s.is_empty()));
+        let pod_bound = names(api::POD_NAME_EXTRA) && names(api::POD_UID_EXTRA);
+        Ok(Identity { username, uid: info.uid.unwrap_or_default(), groups: info.groups.unwrap_or_default(), pod_bound })
     }
 
     /// `kind` objects labelled as belonging to `who`.

@@ -212,7 +212,7 @@ mod tests {
     };
 
     fn alice() -> Identity {
-        Identity { username: "alice".into(), uid: "uid-alice-1".into(), groups: vec!["developers".into()] }
+        Identity { username: "alice".into(), uid: "uid-alice-1".into(), groups: vec!["developers".into()], pod_bound: false }
     }
 
     fn enrollment(phase: EnrollmentPhase, failures: i32) -> StepUpEnrollment {

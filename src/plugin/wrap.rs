@@ -222,13 +222,13 @@ mod tests {
 
     #[test]
     fn plugin_and_kubectl_use_the_same_cluster() {
-        let plugin = ClusterArgs { kubeconfig: Some("/k".into()), context: None, verbose: false };
+        let plugin = ClusterArgs { kubeconfig: Some("/k".into()), context: None, verbose: false, ..Default::default() };
         let (cluster, args) = align_cluster(&plugin, &strings("--context prod delete secret db"));
         assert_eq!(cluster.context.as_deref(), Some("prod"));
         assert_eq!(cluster.kubeconfig, Some(PathBuf::from("/k")));
         assert_eq!(args, strings("--kubeconfig=/k --context prod delete secret db"));
 
-        let plugin = ClusterArgs { kubeconfig: None, context: Some("dev".into()), verbose: false };
+        let plugin = ClusterArgs { kubeconfig: None, context: Some("dev".into()), verbose: false, ..Default::default() };
         let (cluster, args) = align_cluster(&plugin, &strings("--kubeconfig=/other get pods"));
         assert_eq!(cluster.kubeconfig, Some(PathBuf::from("/other")));
         assert_eq!(args, strings("--context=dev --kubeconfig=/other get pods"));

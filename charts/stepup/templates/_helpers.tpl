@@ -172,3 +172,34 @@ minAvailable: {{ .minAvailable }}
   mountPath: /etc/stepup/keys
   readOnly: true
 {{- end }}
+
+{{/*
+The flags that decide admission, rendered once and given to both processes: the webhook decides
+with them, the controller publishes them (ConfigMap stepup-decision) for `kubectl stepup check`.
+*/}}
+{{- define "stepup.decisionArgs" -}}
+{{- $v := .Values.webhook -}}
+- --namespace={{ .Release.Namespace }}
+- --controller-user={{ include "stepup.controller.user" . }}
+# The webhook's own requests never reach the webhook.
+- --webhook-user=system:serviceaccount:{{ .Release.Namespace }}:{{ include "stepup.webhook.serviceAccount" . }}
+{{- with .Values.rbac.adminGroups }}
+- --admin-group={{ join "," . }}
+{{- end }}
+{{- with .Values.breakGlassGroups }}
+- --break-glass-group={{ join "," . }}
+{{- end }}
+{{- with $v.exemptUsers }}
+- --exempt-user={{ join "," . }}
+{{- end }}
+{{- with $v.exemptGroups }}
+- --exempt-group={{ join "," . }}
+{{- end }}
+{{- with $v.exemptNamespaces }}
+- --exempt-namespace={{ join "," . }}
+{{- end }}
+- --protect-policies={{ $v.protectPolicies }}
+- --max-clock-skew={{ .Values.maxClockSkew }}
+- --service-account-masks={{ .Values.serviceAccountMasks.enabled }}
+- --trusted-service-account-namespace={{ join "," .Values.serviceAccountMasks.trustedNamespaces }}
+{{- end }}

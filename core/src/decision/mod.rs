@@ -4,12 +4,14 @@
 
 mod outcome;
 mod own_kinds;
+mod settings;
 
 use jiff::{SignedDuration, Timestamp};
 use smallvec::SmallVec;
 
 pub use outcome::{Decision, Outcome, ParseRequirementError, Requirement, describe};
 pub use own_kinds::StepUpObjects;
+pub use settings::{DecisionSettings, PUBLISHED_CONFIGMAP, PUBLISHED_KEY, exempt_namespaces};
 
 use crate::{
     api::{Enforcement, GROUP, Operation},

@@ -1,0 +1,84 @@
+//! Publishes what the webhook decides with (the decision settings both processes build from the
+//! same flags) as a ConfigMap in stepup's namespace, for `kubectl stepup check`. I/O: writes
+//! that one ConfigMap while leading, and again every few minutes in case someone edited it.
+//!
+//! The webhook never reads it: an edit can mislead `check`, never change a decision.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api,
+    api::{ObjectMeta, Patch, PatchParams},
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{Context, Result};
+use crate::decision::{DecisionSettings, PUBLISHED_CONFIGMAP, PUBLISHED_KEY};
+
+const REASSERT_EVERY: Duration = Duration::from_secs(300);
+
+/// The ConfigMap for `settings`.
+pub fn configmap(settings: &DecisionSettings) -> ConfigMap {
+    let json = serde_json::to_string_pretty(settings).expect("decision settings serialise");
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(PUBLISHED_CONFIGMAP.to_owned()),
+            namespace: Some(settings.namespace.clone()),
+            labels: Some(BTreeMap::from([
+                ("app.kubernetes.io/managed-by".to_owned(), "stepup".to_owned()),
+                ("app.kubernetes.io/component".to_owned(), "decision-settings".to_owned()),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                "stepup.dev/description".to_owned(),
+                "What the stepup webhook decides with, for `kubectl stepup check`. Written by the stepup controller; \
+                 the webhook does not read it."
+                    .to_owned(),
+            )])),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(PUBLISHED_KEY.to_owned(), json)])),
+        ..Default::default()
+    }
+}
+
+async fn apply(ctx: &Context, settings: &DecisionSettings) -> Result<()> {
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &settings.namespace);
+    api.patch(PUBLISHED_CONFIGMAP, &PatchParams::apply("stepup-controller").force(), &Patch::Apply(&configmap(settings)))
+        .await?;
+    Ok(())
+}
+
+/// Runs while leading: publish now, then re-assert; a failure is counted and retried.
+pub async fn run(ctx: std::sync::Arc<Context>, settings: DecisionSettings, work: CancellationToken) {
+    loop {
+        let wait = match apply(&ctx, &settings).await {
+            Ok(()) => REASSERT_EVERY,
+            Err(error) => {
+                ctx.metrics.reconcile_errors.with_label_values(&["publish", error.metric_label()]).inc();
+                tracing::warn!(%error, "cannot publish the decision settings for `kubectl stepup check`; retrying");
+                Duration::from_secs(10)
+            }
+        };
+        tokio::select! {
+            _ = work.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configmap_holds_the_settings_as_the_plugin_reads_them() {
+        let mut settings = DecisionSettings::defaults("stepup");
+        settings.exempt_groups = vec!["robots".into()];
+        let cm = configmap(&settings);
+        assert_eq!(cm.metadata.name.as_deref(), Some(PUBLISHED_CONFIGMAP));
+        assert_eq!(cm.metadata.namespace.as_deref(), Some("stepup"));
+        let read: DecisionSettings = serde_json::from_str(&cm.data.unwrap()[PUBLISHED_KEY]).unwrap();
+        assert_eq!(read, settings);
+    }
+}
