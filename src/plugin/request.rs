@@ -62,7 +62,27 @@ pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
             outln!("It {}; each policy accepts it only up to its own max age.", view.expiry(now, &TimeZone::system()));
         }
     }
+    if let Some(notice) = cap_notice(args.duration, &grant) {
+        // With -o json, stdout stays one JSON document.
+        match args.output {
+            Output::Json => errln!("{notice}."),
+            Output::Text => outln!("Note: {notice}."),
+        }
+    }
     Ok(())
+}
+
+/// One line when the grant the controller issued is shorter than the one asked for (it caps
+/// every grant at its configured maximum); `None` when it gave what was asked, or nothing was.
+pub fn cap_notice(requested: Option<Duration>, grant: &StepUpGrant) -> Option<String> {
+    let requested = requested?;
+    let issued = grant.spec.expires_at.0.duration_since(grant.spec.issued_at.0);
+    // The API server keeps timestamps to the second: a 90.5s request comes back as 90s.
+    if issued.as_secs() >= i64::try_from(requested.as_std().as_secs()).unwrap_or(i64::MAX) {
+        return None;
+    }
+    let issued = Duration::from(std::time::Duration::try_from(issued).unwrap_or_default());
+    Some(format!("the controller capped the grant at {issued} (its maximum); you asked for {requested}"))
 }
 
 /// Fails early, before a code is typed, when the enrollment cannot verify one. Returns the
@@ -299,7 +319,7 @@ pub async fn obtain_grant(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::policy;
+    use crate::testing::{grant, policy};
 
     #[test]
     fn challenges_are_for_the_authenticated_user_only() {
@@ -363,6 +383,29 @@ mod tests {
         ];
         assert_eq!(reason_requirers(&policies, &[]), ["a"]);
         assert_eq!(reason_requirers(&policies, &["b".into()]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_grant_shorter_than_requested_is_said_in_one_line() {
+        let now = crate::testing::t0();
+        let issued_for =
+            |lifetime: SignedDuration| grant("alice-1", "alice").issued(now).expires(now + lifetime).build();
+        let hours = SignedDuration::from_hours;
+        let cases = [
+            (Some("1000h"), hours(8), Some("the controller capped the grant at 8h (its maximum); you asked for 1000h")),
+            (
+                Some("30m"),
+                crate::testing::minutes(20),
+                Some("the controller capped the grant at 20m (its maximum); you asked for 30m"),
+            ),
+            (Some("2h"), hours(2), None),
+            (Some("1m30.5s"), SignedDuration::from_secs(90), None),
+            (None, hours(1), None),
+        ];
+        for (requested, lifetime, notice) in cases {
+            let requested = requested.map(|r| r.parse::<Duration>().unwrap());
+            assert_eq!(cap_notice(requested, &issued_for(lifetime)).as_deref(), notice, "{requested:?} {lifetime}");
+        }
     }
 
     #[test]

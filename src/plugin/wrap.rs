@@ -179,6 +179,9 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
     let grant = request::obtain_grant(&session, &me, &response_key, ask, args.timeout).await?;
     let now = Timestamp::now();
     let view = GrantView::new(&grant, now);
+    if let Some(notice) = request::cap_notice(args.duration, &grant) {
+        errln!("kube-stepup: {notice}.");
+    }
     errln!(
         "kube-stepup: granted {}, {}; running the command again.\n",
         view.name,
