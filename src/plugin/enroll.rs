@@ -243,7 +243,7 @@ fn show_secret(seed: &[u8], username: &str) {
     let key = Zeroizing::new(base32_encode(seed));
     let grouped: Vec<&str> = key.as_bytes().chunks(4).filter_map(|c| std::str::from_utf8(c).ok()).collect();
     outln!("Scan this QR code with your authenticator app (any TOTP app: Google Authenticator, 1Password, ...):\n");
-    if let Some(qr) = terminal::qr_code(&uri) {
+    if let Some(qr) = terminal::qr_code(&uri, terminal::QrStyle::for_stdout()) {
         outln!("{qr}");
     }
     outln!("Or add it by hand: key {} (time-based, 6 digits, 30 s).", grouped.join(" "));
