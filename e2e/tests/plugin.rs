@@ -63,7 +63,9 @@ async fn enroll_alice(world: &World, typo: bool) -> Authenticator {
     assert!(text(&approved.stdout).contains(&format!("asks to enroll key {fingerprint}")), "{}", show(&approved));
     assert!(text(&approved.stdout).contains("for alice's enrollment"), "{}", show(&approved));
 
-    let at = term.expect("URI: otpauth://totp/kube-stepup:alice?secret=", at, Duration::from_secs(30)).await;
+    let at = term
+        .expect("URI: otpauth://totp/kube-stepup%20%28stepup-e2e%29:alice?secret=", at, Duration::from_secs(30))
+        .await;
     let screen = term.screen();
     let secret: String = screen[at..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
     // Drawn in colours on a terminal (dark modules as blocks), plain otherwise (light ones).
