@@ -239,7 +239,7 @@ async fn failures_are_one_sentence_a_hint_and_an_exit_code() {
     assert_eq!(
         text(&not_enrolled.stderr),
         "error: you are not enrolled for step-up authentication.\n\
-         hint: Run `kubectl stepup enroll` once to set up your authenticator app.\n"
+         hint: Run `kubectl stepup enroll` once to set up your authenticator app; an admin may need to approve it (they run `kubectl stepup approve bob`). Then run this command again.\n"
     );
 
     let pending = plugin(&world.env, "bob", &["enroll", "--timeout", "3s"], None).await;

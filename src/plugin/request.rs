@@ -91,7 +91,12 @@ pub async fn ensure_enrolled(session: &Session, me: &Identity) -> Result<String>
     let api: Api<StepUpEnrollment> = session.all();
     let enrollment =
         api.get_opt(&api::enrollment_name(&me.username)).await.map_err(session.kube_error("read your enrollment"))?;
-    let Some(enrollment) = enrollment else { return Err(Error::NotEnrolled) };
+    usable(enrollment, me)
+}
+
+/// The response key of an enrollment that can verify a code now, or why it cannot.
+fn usable(enrollment: Option<StepUpEnrollment>, me: &Identity) -> Result<String> {
+    let Some(enrollment) = enrollment else { return Err(Error::NotEnrolled { user: me.username.clone() }) };
     let status = enrollment.status.unwrap_or_default();
     match status.phase {
         Some(EnrollmentPhase::Locked) => {
@@ -319,7 +324,10 @@ pub async fn obtain_grant(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{grant, policy};
+    use crate::{
+        plugin::{Exit, Report},
+        testing::{grant, policy},
+    };
 
     #[test]
     fn challenges_are_for_the_authenticated_user_only() {
@@ -406,6 +414,18 @@ mod tests {
             let requested = requested.map(|r| r.parse::<Duration>().unwrap());
             assert_eq!(cap_notice(requested, &issued_for(lifetime)).as_deref(), notice, "{requested:?} {lifetime}");
         }
+    }
+
+    #[test]
+    fn an_unenrolled_user_is_told_what_to_run_and_that_an_admin_may_approve() {
+        let me = Identity { username: "oidc:bob@example.com".into(), ..Identity::default() };
+        let error = usable(None, &me).unwrap_err();
+        assert_eq!(error.exit(), Exit::NotEnrolled);
+        assert_eq!(
+            Report { error: &error, verbose: false }.to_string(),
+            "error: you are not enrolled for step-up authentication.\n\
+             hint: Run `kubectl stepup enroll` once to set up your authenticator app; an admin may need to approve it (they run `kubectl stepup approve oidc:bob@example.com`). Then run this command again.\n"
+        );
     }
 
     #[test]
