@@ -562,7 +562,9 @@ async fn one_admin_installs_enrolls_and_changes_policies_by_following_the_notes(
     let mut term = Terminal::spawn(env, "admin", &["enroll", "--bootstrap"]);
     let at = term.expect("Your enrollment key fingerprint: ", 0, Duration::from_secs(30)).await;
     let fp: String = term.screen()[at..].chars().take(29).collect();
-    let at = term.expect("URI: otpauth://totp/kube-stepup:admin?secret=", at, Duration::from_secs(30)).await;
+    let at = term
+        .expect("URI: otpauth://totp/kube-stepup%20%28stepup-e2e%29:admin?secret=", at, Duration::from_secs(30))
+        .await;
     let secret: String = term.screen()[at..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
     let mut admin = Authenticator::new(base32_decode(&secret));
     let at = term.expect("Enter the 6-digit code", at, Duration::from_secs(10)).await;

@@ -63,10 +63,14 @@ async fn enroll_alice(world: &World, typo: bool) -> Authenticator {
     assert!(text(&approved.stdout).contains(&format!("asks to enroll key {fingerprint}")), "{}", show(&approved));
     assert!(text(&approved.stdout).contains("for alice's enrollment"), "{}", show(&approved));
 
-    let at = term.expect("URI: otpauth://totp/kube-stepup:alice?secret=", at, Duration::from_secs(30)).await;
+    let at = term
+        .expect("URI: otpauth://totp/kube-stepup%20%28stepup-e2e%29:alice?secret=", at, Duration::from_secs(30))
+        .await;
     let screen = term.screen();
     let secret: String = screen[at..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
-    assert!(screen[..at].contains("██████"), "a QR code is drawn:\n{screen}");
+    // Drawn in colours on a terminal (dark modules as blocks), plain otherwise (light ones).
+    let blocks = screen[..at].chars().filter(|c| matches!(c, '█' | '▀' | '▄')).count();
+    assert!(blocks > 200, "a QR code is drawn:\n{screen}");
     let mut auth = Authenticator { seed: base32_decode(&secret), last_step: None };
     assert_eq!(auth.seed.len(), 20, "160-bit seed");
 
@@ -171,7 +175,10 @@ async fn check_decides_with_the_webhooks_own_settings() {
     let world = World::new().await;
     world.apply_policies(&[prod_secrets()]).await;
     world.secret("prod", "db").await;
-    let published = world.env.kubectl("admin", &["-n", "stepup-system", "get", "configmap", "stepup-decision", "-o", "jsonpath={.data.decision\\.json}"]);
+    let published = world.env.kubectl(
+        "admin",
+        &["-n", "stepup-system", "get", "configmap", "stepup-decision", "-o", "jsonpath={.data.decision\\.json}"],
+    );
     assert!(published.status.success(), "{}", show(&published));
     let settings: Value = serde_json::from_slice(&published.stdout).expect("published settings");
     assert_eq!(settings["breakGlassGroups"], serde_json::json!(["stepup:break-glass"]), "{settings}");
@@ -262,7 +269,7 @@ async fn failures_are_one_sentence_a_hint_and_an_exit_code() {
     assert_eq!(
         text(&not_enrolled.stderr),
         "error: you are not enrolled for step-up authentication.\n\
-         hint: Run `kubectl stepup enroll` once to set up your authenticator app.\n"
+         hint: Run `kubectl stepup enroll` once to set up your authenticator app; an admin may need to approve it (they run `kubectl stepup approve bob`). Then run this command again.\n"
     );
 
     let pending = plugin(&world.env, "bob", &["enroll", "--timeout", "3s"], None).await;

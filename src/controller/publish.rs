@@ -44,8 +44,12 @@ pub fn configmap(settings: &DecisionSettings) -> ConfigMap {
 
 async fn apply(ctx: &Context, settings: &DecisionSettings) -> Result<()> {
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &settings.namespace);
-    api.patch(PUBLISHED_CONFIGMAP, &PatchParams::apply("stepup-controller").force(), &Patch::Apply(&configmap(settings)))
-        .await?;
+    api.patch(
+        PUBLISHED_CONFIGMAP,
+        &PatchParams::apply("stepup-controller").force(),
+        &Patch::Apply(&configmap(settings)),
+    )
+    .await?;
     Ok(())
 }
 

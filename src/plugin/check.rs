@@ -467,8 +467,14 @@ pub async fn run(session: &Session, args: &CheckArgs) -> Result<Exit> {
     let labels = namespace_labels(session, &targets).await;
     let config = settings.config(None, None);
     let masks = settings.masks();
-    let evaluation =
-        Evaluation { me: &me, masks: &masks, policies: &index, grants: &records, config: &config, now: Timestamp::now() };
+    let evaluation = Evaluation {
+        me: &me,
+        masks: &masks,
+        policies: &index,
+        grants: &records,
+        config: &config,
+        now: Timestamp::now(),
+    };
     let results: Vec<TargetVerdict> = targets
         .iter()
         .map(|t| {
@@ -643,7 +649,12 @@ items:
     }
 
     fn alice() -> Identity {
-        Identity { username: "alice".into(), uid: "uid-alice-1".into(), groups: vec!["developers".into()], pod_bound: false }
+        Identity {
+            username: "alice".into(),
+            uid: "uid-alice-1".into(),
+            groups: vec!["developers".into()],
+            pod_bound: false,
+        }
     }
 
     fn prod_secrets() -> StepUpPolicy {
@@ -683,8 +694,10 @@ items:
         let exempt_user = DecisionSettings { exempt_users: vec!["alice".into()], ..defaults.clone() };
         assert_eq!(check_with(&exempt_user, &alice(), &[prod_secrets()], &[], &delete_db).decision, Outcome::Exempt);
 
-        let exempt_ns =
-            DecisionSettings { exempt_namespaces: decision::exempt_namespaces("stepup", &["prod".into()]), ..defaults.clone() };
+        let exempt_ns = DecisionSettings {
+            exempt_namespaces: decision::exempt_namespaces("stepup", &["prod".into()]),
+            ..defaults.clone()
+        };
         assert!(check_with(&exempt_ns, &alice(), &[prod_secrets()], &[], &delete_db).allowed);
 
         let glass = DecisionSettings { break_glass_groups: vec!["developers".into()], ..defaults.clone() };

@@ -109,8 +109,8 @@ pub struct WrapArgs {
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
 
-    /// Requested lifetime of a grant obtained for the wrapped command (e.g. 30m).
-    #[arg(long, value_name = "DURATION")]
+    /// Requested lifetime of a grant obtained for the wrapped command (e.g. 30m); at least 1m.
+    #[arg(long, value_name = "DURATION", value_parser = grant_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
 
     /// How long to wait for the stepup controller.
@@ -260,8 +260,8 @@ pub struct RequestArgs {
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
 
-    /// Requested lifetime of the grant (e.g. 15m, 1h); the controller caps it.
-    #[arg(long, value_name = "DURATION")]
+    /// Requested lifetime of the grant (e.g. 15m, 1h); at least 1m, and the controller caps it.
+    #[arg(long, value_name = "DURATION", value_parser = grant_duration, allow_hyphen_values = true)]
     pub duration: Option<Duration>,
 
     /// Limit the grant to these namespaces (repeatable).
@@ -287,6 +287,34 @@ pub struct RequestArgs {
     /// Output format: text for people, json for scripts.
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+/// The shortest grant worth asking for: a shorter one expires before the command that needs it
+/// has run (and `0` or `1ns` used to come back as a grant already expired).
+pub const MIN_GRANT_DURATION: Duration = Duration::from_secs(60);
+
+/// `--duration`: a grant's requested lifetime. Negative values are taken as values
+/// (`allow_hyphen_values`) so that `-5m` is refused with this sentence, not as an unknown flag.
+fn grant_duration(value: &str) -> Result<Duration, String> {
+    if let Some(magnitude) = value.strip_prefix('-') {
+        return Err(match magnitude.parse::<Duration>() {
+            Ok(d) => format!(
+                "a grant's duration cannot be negative; give how long it should last, e.g. {}",
+                d.max(MIN_GRANT_DURATION)
+            ),
+            // `--duration --code-stdin`: the value was forgotten.
+            Err(_) => {
+                format!("{value} is a flag, not a duration: give one such as 15m (at least {MIN_GRANT_DURATION})")
+            }
+        });
+    }
+    let duration = value.parse::<Duration>().map_err(|e| e.to_string())?;
+    if duration < MIN_GRANT_DURATION {
+        return Err(format!(
+            "a grant lasts at least {MIN_GRANT_DURATION}: a shorter one would expire before the command that needs it runs"
+        ));
+    }
+    Ok(duration)
 }
 
 #[derive(Args, Debug, Clone)]
@@ -371,6 +399,7 @@ pub enum Output {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plugin::Exit;
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
@@ -410,6 +439,31 @@ mod tests {
         assert_eq!(r.duration.unwrap().to_string(), "30m");
         assert!(r.code_stdin);
         assert!(parse(&["request", "--duration", "soon"]).is_err());
+    }
+
+    #[test]
+    fn grants_shorter_than_a_minute_or_negative_are_refused_naming_the_flag_and_the_minimum() {
+        let request = |value: &str| parse(&["request", "--duration", value]).map(|_| ());
+        let wrapper = |value: &str| parse(&["--duration", value, "--", "kubectl", "get", "pods"]).map(|_| ());
+        for command in [&request as &dyn Fn(&str) -> Result<(), clap::Error>, &wrapper] {
+            for (value, says) in [
+                ("0", "at least 1m"),
+                ("0s", "at least 1m"),
+                ("1ns", "at least 1m"),
+                ("59.9s", "at least 1m"),
+                ("-5m", "cannot be negative"),
+                ("-1h", "cannot be negative"),
+            ] {
+                let error = command(value).unwrap_err();
+                assert_eq!(error.exit_code(), Exit::Usage as i32, "{value}");
+                let text = error.to_string();
+                assert!(text.contains("--duration") && text.contains(says), "{value}: {text}");
+                assert!(!text.contains("unexpected argument"), "{value}: {text}");
+            }
+            let forgotten = command("--code-stdin").unwrap_err().to_string();
+            assert!(forgotten.contains("is a flag, not a duration"), "{forgotten}");
+            assert!(command("1m").is_ok() && command("1000h").is_ok());
+        }
     }
 
     #[test]

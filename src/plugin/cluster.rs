@@ -48,13 +48,28 @@ impl Identity {
     }
 }
 
-/// A client, the server it talks to (for messages) and the context's default namespace.
+/// A client, the server it talks to (for messages), the context's default namespace and the
+/// cluster's name as people know it.
 pub struct Session {
     pub client: Client,
     pub server: String,
     pub namespace: String,
     /// The namespace stepup runs in (`--stepup-namespace`).
     pub stepup_namespace: String,
+    /// See [`cluster_name`].
+    pub cluster: String,
+}
+
+/// The name people know a cluster by, so that one authenticator can hold entries for several:
+/// the cluster of the kubeconfig context in use (`--context`, else the current one), else
+/// (in a pod, or a context without one) the API server's host.
+pub fn cluster_name(kubeconfig: Option<&Kubeconfig>, context: Option<&str>, server_host: &str) -> String {
+    let named = kubeconfig.and_then(|k| {
+        let context = context.or(k.current_context.as_deref())?;
+        let cluster = &k.contexts.iter().find(|c| c.name == context)?.context.as_ref()?.cluster;
+        Some(cluster.trim().to_owned()).filter(|c| !c.is_empty())
+    });
+    named.unwrap_or_else(|| server_host.to_owned())
 }
 
 impl Session {
@@ -63,14 +78,21 @@ impl Session {
     pub async fn connect(args: &ClusterArgs) -> Result<Self> {
         let options = KubeConfigOptions { context: args.context.clone(), ..KubeConfigOptions::default() };
         let kubeconfig_error = |e: kube::config::KubeconfigError| Error::Kubeconfig { detail: e.to_string() };
-        let mut config = match &args.kubeconfig {
-            Some(path) => {
-                let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
-                Config::from_custom_kubeconfig(kubeconfig, &options).await.map_err(kubeconfig_error)?
+        let kubeconfig = match &args.kubeconfig {
+            Some(path) => Some(Kubeconfig::read_from(path).map_err(kubeconfig_error)?),
+            None => None,
+        };
+        let mut config = match &kubeconfig {
+            Some(kubeconfig) => {
+                Config::from_custom_kubeconfig(kubeconfig.clone(), &options).await.map_err(kubeconfig_error)?
             }
             None if args.context.is_some() => Config::from_kubeconfig(&options).await.map_err(kubeconfig_error)?,
             None => Config::infer().await.map_err(|e| Error::Kubeconfig { detail: e.to_string() })?,
         };
+        // Without --kubeconfig, the file kube read ($KUBECONFIG or ~/.kube/config); none in a pod.
+        let kubeconfig = kubeconfig.or_else(|| Kubeconfig::read().ok());
+        let cluster =
+            cluster_name(kubeconfig.as_ref(), args.context.as_deref(), config.cluster_url.host().unwrap_or_default());
         // Fail fast on an unreachable server; watches are not used, so reads may stay unbounded.
         config.connect_timeout = Some(Duration::from_secs(10));
         // A refusal by the per-user challenge limits (429) is said to the person at once,
@@ -79,7 +101,7 @@ impl Session {
         let server = config.cluster_url.to_string().trim_end_matches('/').to_owned();
         let namespace = config.default_namespace.clone();
         let client = Client::try_from(config).map_err(|e| Error::from_kube(e, "connect", &server))?;
-        Ok(Self { client, server, namespace, stepup_namespace: args.stepup_namespace.clone() })
+        Ok(Self { client, server, namespace, stepup_namespace: args.stepup_namespace.clone(), cluster })
     }
 
     pub fn kube_error(&self, action: &str) -> impl Fn(kube::Error) -> Error + '_ {
@@ -127,5 +149,40 @@ impl Session {
             .await
             .map_err(self.kube_error(&format!("list your {what}")))?;
         Ok(list.items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KUBECONFIG: &str = "
+apiVersion: v1
+kind: Config
+current-context: alice@prod
+clusters:
+- {name: prod-eu, cluster: {server: 'https://prod.example.com:6443'}}
+- {name: staging, cluster: {server: 'https://10.0.0.1'}}
+contexts:
+- {name: alice@prod, context: {cluster: prod-eu, user: alice}}
+- {name: alice@staging, context: {cluster: staging, user: alice}}
+- {name: nameless, context: {cluster: '', user: alice}}
+users:
+- {name: alice, user: {token: t}}
+";
+
+    #[test]
+    fn a_cluster_is_named_by_its_kubeconfig_cluster_or_else_its_host() {
+        let kubeconfig = Kubeconfig::from_yaml(KUBECONFIG).unwrap();
+        let cases = [
+            (Some(&kubeconfig), None, "prod-eu"),
+            (Some(&kubeconfig), Some("alice@staging"), "staging"),
+            (Some(&kubeconfig), Some("nameless"), "api.example.com"),
+            (Some(&kubeconfig), Some("missing"), "api.example.com"),
+            (None, None, "api.example.com"),
+        ];
+        for (kubeconfig, context, name) in cases {
+            assert_eq!(cluster_name(kubeconfig, context, "api.example.com"), name, "{context:?}");
+        }
     }
 }

@@ -29,8 +29,23 @@ use crate::{
     },
 };
 
-/// The issuer authenticator apps show next to the account name.
+/// What authenticator apps show as the issuer, before the cluster's name.
 pub const ISSUER: &str = "kube-stepup";
+
+/// The issuer of one cluster's entry, `kube-stepup (prod-eu)`: a person enrolled in several
+/// clusters tells their entries apart, and apps that key entries by issuer and account keep
+/// them all.
+pub fn issuer(cluster: &str) -> String {
+    match cluster.trim() {
+        "" => ISSUER.to_owned(),
+        name => format!("{ISSUER} ({name})"),
+    }
+}
+
+/// The `otpauth://` URI of the QR code: issuer with the cluster's name, the username as account.
+pub fn enrollment_uri(seed: &[u8], cluster: &str, username: &str) -> Zeroizing<String> {
+    Zeroizing::new(otpauth_uri(seed, &issuer(cluster), username))
+}
 const ATTEMPTS: usize = 3;
 
 fn status_of(e: &StepUpEnrollment) -> StepUpEnrollmentStatus {
@@ -149,12 +164,13 @@ pub async fn run(session: &Session, args: &EnrollArgs) -> Result<()> {
     outln!("(An admin who approves your enrollment is shown this fingerprint: compare it with theirs.)\n");
 
     let seed = receive_seed(session, &api, &me, &key, args, old_code_sent, reenrolling).await?;
-    show_secret(&seed, &me.username);
+    show_secret(&enrollment_uri(&seed, &session.cluster, &me.username), &issuer(&session.cluster), &seed);
     drop(seed);
     confirm(session, &api, &me, &key, args).await?;
     outln!(
-        "\nEnrolled: {ISSUER} now asks your authenticator app when a policy requires step-up.\n\
-         When a command is refused, run `kubectl stepup request`, or prefix the command with `kubectl stepup --`."
+        "\nEnrolled: {} now asks your authenticator app when a policy requires step-up.\n\
+         When a command is refused, run `kubectl stepup request`, or prefix the command with `kubectl stepup --`.",
+        issuer(&session.cluster)
     );
     Ok(())
 }
@@ -238,16 +254,15 @@ async fn receive_seed(
     result
 }
 
-fn show_secret(seed: &[u8], username: &str) {
-    let uri = Zeroizing::new(otpauth_uri(seed, ISSUER, username));
+fn show_secret(uri: &str, issuer: &str, seed: &[u8]) {
     let key = Zeroizing::new(base32_encode(seed));
     let grouped: Vec<&str> = key.as_bytes().chunks(4).filter_map(|c| std::str::from_utf8(c).ok()).collect();
     outln!("Scan this QR code with your authenticator app (any TOTP app: Google Authenticator, 1Password, ...):\n");
-    if let Some(qr) = terminal::qr_code(&uri) {
+    if let Some(qr) = terminal::qr_code(uri, terminal::QrStyle::for_stdout()) {
         outln!("{qr}");
     }
-    outln!("Or add it by hand: key {} (time-based, 6 digits, 30 s).", grouped.join(" "));
-    outln!("URI: {}\n", uri.as_str());
+    outln!("Or add it by hand as {issuer:?}: key {} (time-based, 6 digits, 30 s).", grouped.join(" "));
+    outln!("URI: {uri}\n");
 }
 
 /// Asks for the first code until the controller accepts one, locks the enrollment, or the
@@ -302,4 +317,57 @@ async fn confirm(
         }
     }
     Err(Error::CodeRefused { message: "no code was accepted".into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `%28` → `(`; panics on anything an otpauth URI may not carry unencoded.
+    fn decoded(text: &str) -> String {
+        let mut bytes = Vec::new();
+        let mut rest = text.as_bytes();
+        while let Some((&b, tail)) = rest.split_first() {
+            if b == b'%' {
+                let hex = std::str::from_utf8(&tail[..2]).unwrap();
+                bytes.push(u8::from_str_radix(hex, 16).unwrap());
+                rest = &tail[2..];
+            } else {
+                assert!(b.is_ascii_alphanumeric() || b"-._~@".contains(&b), "{:?} unencoded in {text}", b as char);
+                bytes.push(b);
+                rest = tail;
+            }
+        }
+        String::from_utf8(bytes).unwrap()
+    }
+
+    /// The label's issuer and account, and the `issuer` parameter, as an authenticator app reads them.
+    fn entry(uri: &str) -> (String, String, String) {
+        let rest = uri.strip_prefix("otpauth://totp/").unwrap();
+        let (label, query) = rest.split_once('?').unwrap();
+        let (label_issuer, account) = label.split_once(':').unwrap();
+        let issuer = query.split('&').find_map(|p| p.strip_prefix("issuer=")).unwrap();
+        (decoded(label_issuer), decoded(account), decoded(issuer))
+    }
+
+    #[test]
+    fn each_cluster_gets_its_own_authenticator_entry_in_a_valid_uri() {
+        let seed = b"12345678901234567890";
+        let cases = [
+            ("prod-eu", "alice", "kube-stepup (prod-eu)", "alice"),
+            ("staging", "alice", "kube-stepup (staging)", "alice"),
+            ("api.example.com", "oidc:alice@example.com", "kube-stepup (api.example.com)", "oidc_alice@example.com"),
+            ("Prod EU: München/1", "alice", "kube-stepup (Prod EU_ München/1)", "alice"),
+            ("", "alice", "kube-stepup", "alice"),
+        ];
+        for (cluster, username, shown_issuer, shown_account) in cases {
+            let uri = enrollment_uri(seed, cluster, username);
+            let uri = uri.as_str();
+            let (label_issuer, account, issuer_parameter) = entry(uri);
+            assert_eq!(label_issuer, shown_issuer, "{uri:?}");
+            assert_eq!(issuer_parameter, shown_issuer, "the label and the parameter agree: {uri:?}");
+            assert_eq!(account, shown_account, "{uri:?}");
+            assert!(uri.contains("secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&"), "{uri:?}");
+        }
+    }
 }

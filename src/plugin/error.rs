@@ -29,7 +29,7 @@ pub enum Error {
     #[error("{message}")]
     Usage { message: String, hint: String },
     #[error("you are not enrolled for step-up authentication")]
-    NotEnrolled,
+    NotEnrolled { user: String },
     #[error("your enrollment is waiting for an admin's approval{}", suffix(.message))]
     PendingApproval { user: String, message: Option<String> },
     #[error("your enrollment is not confirmed yet")]
@@ -90,7 +90,7 @@ impl Error {
         match self {
             Error::Usage { .. } => Exit::Usage,
             Error::CodeRefused { .. } | Error::ChallengeExpired => Exit::StepUp,
-            Error::NotEnrolled | Error::PendingApproval { .. } | Error::Unconfirmed => Exit::NotEnrolled,
+            Error::NotEnrolled { .. } | Error::PendingApproval { .. } | Error::Unconfirmed => Exit::NotEnrolled,
             Error::Locked { .. } => Exit::Locked,
             Error::Unreachable { .. } => Exit::Unreachable,
             Error::WebhookDown { .. } | Error::ControllerTimeout { .. } | Error::Withdrawn { .. } => Exit::Unavailable,
@@ -102,7 +102,11 @@ impl Error {
     pub fn hint(&self) -> String {
         match self {
             Error::Usage { hint, .. } | Error::Other { hint, .. } => hint.clone(),
-            Error::NotEnrolled => "Run `kubectl stepup enroll` once to set up your authenticator app.".into(),
+            // Whether this cluster wants an admin's approval is the controller's setting, which
+            // nobody can read before enrolling: say what to run either way.
+            Error::NotEnrolled { user } => format!(
+                "Run `kubectl stepup enroll` once to set up your authenticator app; an admin may need to approve it (they run `kubectl stepup approve {user}`). Then run this command again."
+            ),
             Error::PendingApproval { user, .. } => format!(
                 "Ask a stepup admin to run `kubectl stepup approve {user}`, then run `kubectl stepup enroll` again."
             ),
@@ -256,7 +260,7 @@ mod tests {
         let cases = [
             (Error::usage("x", "y"), Exit::Usage),
             (Error::CodeRefused { message: "wrong".into() }, Exit::StepUp),
-            (Error::NotEnrolled, Exit::NotEnrolled),
+            (Error::NotEnrolled { user: "alice".into() }, Exit::NotEnrolled),
             (Error::PendingApproval { user: "alice".into(), message: None }, Exit::NotEnrolled),
             (Error::Locked { user: "alice".into(), message: None }, Exit::Locked),
             (

@@ -62,7 +62,27 @@ pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
             outln!("It {}; each policy accepts it only up to its own max age.", view.expiry(now, &TimeZone::system()));
         }
     }
+    if let Some(notice) = cap_notice(args.duration, &grant) {
+        // With -o json, stdout stays one JSON document.
+        match args.output {
+            Output::Json => errln!("{notice}."),
+            Output::Text => outln!("Note: {notice}."),
+        }
+    }
     Ok(())
+}
+
+/// One line when the grant the controller issued is shorter than the one asked for (it caps
+/// every grant at its configured maximum); `None` when it gave what was asked, or nothing was.
+pub fn cap_notice(requested: Option<Duration>, grant: &StepUpGrant) -> Option<String> {
+    let requested = requested?;
+    let issued = grant.spec.expires_at.0.duration_since(grant.spec.issued_at.0);
+    // The API server keeps timestamps to the second: a 90.5s request comes back as 90s.
+    if issued.as_secs() >= i64::try_from(requested.as_std().as_secs()).unwrap_or(i64::MAX) {
+        return None;
+    }
+    let issued = Duration::from(std::time::Duration::try_from(issued).unwrap_or_default());
+    Some(format!("the controller capped the grant at {issued} (its maximum); you asked for {requested}"))
 }
 
 /// Fails early, before a code is typed, when the enrollment cannot verify one. Returns the
@@ -71,7 +91,12 @@ pub async fn ensure_enrolled(session: &Session, me: &Identity) -> Result<String>
     let api: Api<StepUpEnrollment> = session.all();
     let enrollment =
         api.get_opt(&api::enrollment_name(&me.username)).await.map_err(session.kube_error("read your enrollment"))?;
-    let Some(enrollment) = enrollment else { return Err(Error::NotEnrolled) };
+    usable(enrollment, me)
+}
+
+/// The response key of an enrollment that can verify a code now, or why it cannot.
+fn usable(enrollment: Option<StepUpEnrollment>, me: &Identity) -> Result<String> {
+    let Some(enrollment) = enrollment else { return Err(Error::NotEnrolled { user: me.username.clone() }) };
     let status = enrollment.status.unwrap_or_default();
     match status.phase {
         Some(EnrollmentPhase::Locked) => {
@@ -299,11 +324,15 @@ pub async fn obtain_grant(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::policy;
+    use crate::{
+        plugin::{Exit, Report},
+        testing::{grant, policy},
+    };
 
     #[test]
     fn challenges_are_for_the_authenticated_user_only() {
-        let me = Identity { username: "oidc:Alice@example.com".into(), uid: "u-1".into(), groups: vec![], pod_bound: false };
+        let me =
+            Identity { username: "oidc:Alice@example.com".into(), uid: "u-1".into(), groups: vec![], pod_bound: false };
         let request = GrantRequest {
             code: "123456".into(),
             reason: Some("INC-42".into()),
@@ -363,6 +392,41 @@ mod tests {
         ];
         assert_eq!(reason_requirers(&policies, &[]), ["a"]);
         assert_eq!(reason_requirers(&policies, &["b".into()]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_grant_shorter_than_requested_is_said_in_one_line() {
+        let now = crate::testing::t0();
+        let issued_for =
+            |lifetime: SignedDuration| grant("alice-1", "alice").issued(now).expires(now + lifetime).build();
+        let hours = SignedDuration::from_hours;
+        let cases = [
+            (Some("1000h"), hours(8), Some("the controller capped the grant at 8h (its maximum); you asked for 1000h")),
+            (
+                Some("30m"),
+                crate::testing::minutes(20),
+                Some("the controller capped the grant at 20m (its maximum); you asked for 30m"),
+            ),
+            (Some("2h"), hours(2), None),
+            (Some("1m30.5s"), SignedDuration::from_secs(90), None),
+            (None, hours(1), None),
+        ];
+        for (requested, lifetime, notice) in cases {
+            let requested = requested.map(|r| r.parse::<Duration>().unwrap());
+            assert_eq!(cap_notice(requested, &issued_for(lifetime)).as_deref(), notice, "{requested:?} {lifetime}");
+        }
+    }
+
+    #[test]
+    fn an_unenrolled_user_is_told_what_to_run_and_that_an_admin_may_approve() {
+        let me = Identity { username: "oidc:bob@example.com".into(), ..Identity::default() };
+        let error = usable(None, &me).unwrap_err();
+        assert_eq!(error.exit(), Exit::NotEnrolled);
+        assert_eq!(
+            Report { error: &error, verbose: false }.to_string(),
+            "error: you are not enrolled for step-up authentication.\n\
+             hint: Run `kubectl stepup enroll` once to set up your authenticator app; an admin may need to approve it (they run `kubectl stepup approve oidc:bob@example.com`). Then run this command again.\n"
+        );
     }
 
     #[test]

@@ -212,7 +212,12 @@ mod tests {
     };
 
     fn alice() -> Identity {
-        Identity { username: "alice".into(), uid: "uid-alice-1".into(), groups: vec!["developers".into()], pod_bound: false }
+        Identity {
+            username: "alice".into(),
+            uid: "uid-alice-1".into(),
+            groups: vec!["developers".into()],
+            pod_bound: false,
+        }
     }
 
     fn enrollment(phase: EnrollmentPhase, failures: i32) -> StepUpEnrollment {

@@ -179,6 +179,9 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
     let grant = request::obtain_grant(&session, &me, &response_key, ask, args.timeout).await?;
     let now = Timestamp::now();
     let view = GrantView::new(&grant, now);
+    if let Some(notice) = request::cap_notice(args.duration, &grant) {
+        errln!("kube-stepup: {notice}.");
+    }
     errln!(
         "kube-stepup: granted {}, {}; running the command again.\n",
         view.name,
@@ -228,7 +231,8 @@ mod tests {
         assert_eq!(cluster.kubeconfig, Some(PathBuf::from("/k")));
         assert_eq!(args, strings("--kubeconfig=/k --context prod delete secret db"));
 
-        let plugin = ClusterArgs { kubeconfig: None, context: Some("dev".into()), verbose: false, ..Default::default() };
+        let plugin =
+            ClusterArgs { kubeconfig: None, context: Some("dev".into()), verbose: false, ..Default::default() };
         let (cluster, args) = align_cluster(&plugin, &strings("--kubeconfig=/other get pods"));
         assert_eq!(cluster.kubeconfig, Some(PathBuf::from("/other")));
         assert_eq!(args, strings("--context=dev --kubeconfig=/other get pods"));
