@@ -1119,6 +1119,11 @@ async fn a_cluster_admin_cannot_change_stepups_namespace_or_enter_its_pods_with_
             refusal("create", "services stepup-webhook"),
         ),
         (
+            "rewrite the settings `kubectl stepup check` reads",
+            vec!["-n", "stepup-system", "annotate", "configmap", "stepup-decision", "mallory=1"],
+            refusal("update", "configmaps stepup-decision"),
+        ),
+        (
             "bind oneself a role there",
             vec!["-n", "stepup-system", "create", "rolebinding", "mallory", "--clusterrole=admin", "--user=alice"],
             refusal("create", "rolebindings mallory"),
@@ -1176,6 +1181,18 @@ async fn a_cluster_admin_cannot_change_stepups_namespace_or_enter_its_pods_with_
     })
     .await
     .expect("the controller rotates the leaf with the policy in force");
+    // And it still publishes the webhook's settings: deleted by the installer, they are back.
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(world.admin.clone(), "stepup-system");
+    let out = env.kubectl_installer(&["-n", "stepup-system", "delete", "configmap", "stepup-decision"]);
+    assert!(out.status.success(), "the installer may: {}", text(&out));
+    eventually(Duration::from_secs(60), || async {
+        match configmaps.get_opt("stepup-decision").await? {
+            Some(_) => Ok(()),
+            None => bail!("not published again yet"),
+        }
+    })
+    .await
+    .expect("the controller publishes its settings with the policy in force");
     let out = env.kubectl_installer(&["-n", "stepup-system", "delete", "deployment", "stepup-webhook"]);
     assert!(out.status.success(), "{}", text(&out));
 }
