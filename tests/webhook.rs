@@ -93,6 +93,29 @@ async fn answers_allowed_denied_warned_and_audited_reviews() {
     assert_eq!(server.metric("stepup_admission_reviews_total{decision=\"no-policy\",policy=\"none\"}"), Some(1.0));
 }
 
+/// The registration's two entries differ only in how the API server fails; the webhook
+/// answers both alike, with every policy. So a request the entry that fails open still routes
+/// while the controller moves a rule that just became `Deny` is refused there too.
+#[tokio::test]
+async fn both_entries_answer_alike_so_a_rule_that_just_became_deny_is_enforced_on_either() {
+    let server = TestServer::start(policies(), vec![]).await;
+    let mut conn = server.connect().await;
+    for namespace in ["prod", "dev", "staging", "test"] {
+        let review = delete_secret(namespace).to_string();
+        let (s1, validate) = conn.post("/validate?timeout=10s", review.clone()).await;
+        let (s2, advise) = conn.post("/advise?timeout=10s", review).await;
+        assert_eq!((s1, s2), (StatusCode::OK, StatusCode::OK));
+        let (validate, advise): (Value, Value) =
+            (serde_json::from_slice(&validate).unwrap(), serde_json::from_slice(&advise).unwrap());
+        assert_eq!(validate, advise, "{namespace}");
+    }
+    let (_, body) = conn.post("/advise", delete_secret("prod").to_string()).await;
+    let refused: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(refused["response"]["allowed"], false, "{refused}");
+    let (status, _) = conn.post("/elsewhere", delete_secret("prod").to_string()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 #[tokio::test]
 async fn a_fresh_grant_lets_the_same_request_through() {
     let server = TestServer::start(policies(), vec![fresh_grant("g-alice", "alice")]).await;

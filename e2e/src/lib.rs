@@ -248,17 +248,32 @@ impl World {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    /// Waits until the controller has added the policies' resources to the webhook's rules.
+    /// Waits until the controller has added the policies' resources to the webhook's rules:
+    /// a `Deny` policy's to the entry that fails closed, the others' to either.
     pub async fn wait_routed(&self, policies: &[StepUpPolicy]) {
         use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-        let wanted: Vec<String> =
-            policies.iter().flat_map(|p| p.spec.match_.rules.iter().flat_map(|r| r.resources.clone())).collect();
+        use kube_stepup::{api::Enforcement, controller::webhook_config::routed_resources};
+        let wanted = |deny: bool| -> Vec<String> {
+            policies
+                .iter()
+                .filter(|p| !deny || p.spec.enforcement == Enforcement::Deny)
+                .flat_map(|p| p.spec.match_.rules.iter().flat_map(|r| r.resources.clone()))
+                .collect()
+        };
         let api: Api<ValidatingWebhookConfiguration> = Api::all(self.admin.clone());
         eventually(Duration::from_secs(20), || async {
             let config = api.get("stepup.dev").await?;
-            let routed = kube_stepup::controller::webhook_config::routed_resources(&config);
-            let missing: Vec<&String> = wanted.iter().filter(|r| !routed.contains(*r)).collect();
-            if missing.is_empty() { Ok(()) } else { bail!("not routed yet: {missing:?}") }
+            let routed = routed_resources(&config);
+            let mut failing_closed = config.clone();
+            failing_closed.webhooks.get_or_insert_default().retain(|w| w.failure_policy.as_deref() == Some("Fail"));
+            let closed = routed_resources(&failing_closed);
+            let missing: Vec<String> = wanted(false).into_iter().filter(|r| !routed.contains(r)).collect();
+            let open: Vec<String> = wanted(true).into_iter().filter(|r| !closed.contains(r)).collect();
+            if missing.is_empty() && open.is_empty() {
+                Ok(())
+            } else {
+                bail!("not routed yet: {missing:?}; Deny rules not failing closed yet: {open:?}")
+            }
         })
         .await
         .expect("the controller routes the policies' resources to the webhook");

@@ -11,7 +11,7 @@ use std::{
 
 use k8s_openapi::api::{
     admissionregistration::v1::ValidatingWebhookConfiguration,
-    core::v1::{ConfigMap, Secret},
+    core::v1::{ConfigMap, PersistentVolumeClaim, Secret},
 };
 use kube::{
     Api,
@@ -180,9 +180,75 @@ async fn certificates_rotate_while_requests_flow_without_a_failed_request() {
 async fn a_down_webhook_fails_closed_but_cannot_lock_out_the_cluster_or_stepup() {
     let world = World::new().await;
     world
-        .apply_policies(&[policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build()])
+        .apply_policies(&[
+            policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build(),
+            // Rolling out in Audit or Warn first must not put the cluster at the webhook's mercy.
+            policy("claims-audit")
+                .rule(&[Create], "", &["persistentvolumeclaims"])
+                .namespaces(&["dev"])
+                .enforcement(Enforcement::Audit)
+                .build(),
+            policy("claims-warn")
+                .rule(&[Delete], "", &["persistentvolumeclaims"])
+                .namespaces(&["dev"])
+                .enforcement(Enforcement::Warn)
+                .build(),
+        ])
         .await;
     world.secret("prod", "db").await;
+    // Their rules are the entry's that fails open; the Deny rule stays with the one that fails
+    // closed.
+    let configs: Api<ValidatingWebhookConfiguration> = Api::all(world.admin.clone());
+    eventually(Duration::from_secs(20), || async {
+        let config = configs.get("stepup.dev").await?;
+        let entry = |name: &str| config.webhooks.iter().flatten().find(|w| w.name == name).cloned();
+        let routes = |w: &Option<k8s_openapi::api::admissionregistration::v1::ValidatingWebhook>, r: &str| {
+            w.iter().flat_map(|w| w.rules.iter().flatten()).any(|rule| rule.resources.iter().flatten().any(|x| x == r))
+        };
+        let (closed, open) = (entry("validate.stepup.dev"), entry("advise.stepup.dev"));
+        anyhow::ensure!(
+            open.as_ref().and_then(|w| w.failure_policy.as_deref()) == Some("Ignore")
+                && routes(&open, "persistentvolumeclaims")
+                && !routes(&closed, "persistentvolumeclaims"),
+            "claims not yet with the entry that fails open: {:?}",
+            config.webhooks
+        );
+        anyhow::ensure!(
+            closed.as_ref().and_then(|w| w.failure_policy.as_deref()) == Some("Fail") && routes(&closed, "secrets"),
+            "secrets not with the entry that fails closed"
+        );
+        Ok(())
+    })
+    .await
+    .unwrap();
+    let claim = |name: &str| -> PersistentVolumeClaim {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}}
+        }))
+        .unwrap()
+    };
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(world.env.client("alice").await, "dev");
+    // Up: the entry that fails open reviews and records them.
+    let probe = format!("audited-claim-{}", std::process::id());
+    let _ = claims.delete(&probe, &DeleteParams::default()).await;
+    claims.create(&PostParams::default(), &claim(&probe)).await.expect("Audit allows");
+    let annotations = eventually(Duration::from_secs(10), || async {
+        world
+            .env
+            .audit_events()
+            .into_iter()
+            .find(|e| {
+                e["verb"] == "create" && e["objectRef"]["name"] == probe.as_str() && e["stage"] == "ResponseComplete"
+            })
+            .map(|e| e["annotations"].clone())
+            .ok_or_else(|| anyhow::anyhow!("no audit event yet"))
+    })
+    .await
+    .unwrap();
+    assert_eq!(annotations["advise.stepup.dev/decision"], "audited", "{annotations}");
+    assert!(annotations.get("validate.stepup.dev/decision").is_none(), "reviewed once: {annotations}");
+    claims.delete(&probe, &DeleteParams::default()).await.expect("Warn allows");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stepup.sh");
     let run = |arg: &str| {
         let out = std::process::Command::new(script).arg(arg).output().unwrap();
@@ -195,6 +261,11 @@ async fn a_down_webhook_fails_closed_but_cannot_lock_out_the_cluster_or_stepup()
         let err = alice.delete("db", &DeleteParams::default()).await.expect_err("fails closed");
         let message = format!("{err}");
         assert!(message.contains("failed calling webhook"), "{message}");
+        // ...while writes only Audit and Warn policies cover pass, unreviewed.
+        let during = format!("outage-claim-{}", std::process::id());
+        let _ = claims.delete(&during, &DeleteParams::default()).await;
+        claims.create(&PostParams::default(), &claim(&during)).await.expect("Audit-only write fails open");
+        claims.delete(&during, &DeleteParams::default()).await.expect("Warn-only write fails open");
         // ...while kube-system, stepup's own namespace and leases carry on.
         for ns in ["kube-system", "stepup-system"] {
             let admin: Api<ConfigMap> = Api::namespaced(world.admin.clone(), ns);

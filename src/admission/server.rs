@@ -1,4 +1,4 @@
-//! The HTTP side: `POST /validate` over TLS for the API server, and a plain-HTTP admin port
+//! The HTTP side: `POST /validate` and `POST /advise` over TLS for the API server, and a plain-HTTP admin port
 //! with `/healthz`, `/readyz` and `/metrics`. Handlers are thin: parse, call the decision,
 //! answer, record.
 
@@ -175,7 +175,13 @@ pub type AppState = Arc<Webhook>;
 /// The API server-facing routes. Public so tests can drive them in-process or over TLS.
 pub fn router(state: AppState) -> Router {
     // Bodies are read by `read_body`, under the byte budget and a deadline.
-    Router::new().route("/validate", post(validate)).layer(DefaultBodyLimit::disable()).with_state(state)
+    // Both entries of the registration, served alike: they differ only in how the API server
+    // fails when no answer comes (`/validate` closed, `/advise` open).
+    Router::new()
+        .route(crate::api::ENFORCING_PATH, post(validate))
+        .route(crate::api::ADVISORY_PATH, post(validate))
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
 }
 
 /// The admin routes, served on a separate plain-HTTP port.

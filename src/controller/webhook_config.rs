@@ -16,13 +16,15 @@ use k8s_openapi::{
 };
 
 use crate::{
-    api::{GROUP, POD_NAME_EXTRA, POD_UID_EXTRA, StepUpPolicy},
+    api::{
+        ADVISORY_PATH, ADVISORY_WEBHOOK, ENFORCING_PATH, ENFORCING_WEBHOOK, Enforcement, GROUP, Operation,
+        POD_NAME_EXTRA, POD_UID_EXTRA, StepUpPolicy,
+    },
     policy::{CompiledPolicy, Masks, OperationSet},
 };
 
-/// Name of the one webhook in the configuration; the API server prefixes audit annotation
-/// keys with it (`validate.stepup.dev/decision`).
-pub const WEBHOOK_NAME: &str = "validate.stepup.dev";
+/// Name of the entry that fails closed (see [`crate::api::ENFORCING_WEBHOOK`]).
+pub const WEBHOOK_NAME: &str = ENFORCING_WEBHOOK;
 
 /// Where the API server sends reviews.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,39 +52,135 @@ pub struct ConfigSettings {
     pub owner: Option<OwnerReference>,
 }
 
-/// The admission rules covering every valid policy, merged: one rule per (group, version,
-/// operations), listing its resources. Deterministic order.
-pub fn policy_rules(policies: &[StepUpPolicy]) -> Vec<RuleWithOperations> {
-    let mut by_target: BTreeMap<(String, String), BTreeMap<String, u8>> = BTreeMap::new();
-    for p in policies.iter().filter(|p| CompiledPolicy::compile(p).is_ok()) {
+/// One routed (group, version, resource, scope) and the operations sent for it: CREATE 1,
+/// UPDATE 2, DELETE 4, CONNECT 8 ([`OperationSet::bits`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Route {
+    group: String,
+    version: String,
+    resource: String,
+    scope: &'static str,
+    bits: u8,
+}
+
+impl Route {
+    /// Whether some request could match both: conservative (a `*` overlaps everything, and
+    /// `x/*` overlaps `x`), so doubt sends a request to the entry that fails closed.
+    fn overlaps(&self, other: &Route) -> bool {
+        let names = |a: &str, b: &str| a == b || a == "*" || b == "*";
+        let resources = |a: &str, b: &str| {
+            let (main_a, sub_a) = a.split_once('/').map_or((a, None), |(m, s)| (m, Some(s)));
+            let (main_b, sub_b) = b.split_once('/').map_or((b, None), |(m, s)| (m, Some(s)));
+            names(main_a, main_b)
+                && match (sub_a, sub_b) {
+                    (None, None) => true,
+                    (Some(x), Some(y)) => names(x, y),
+                    (None, Some(s)) | (Some(s), None) => s == "*",
+                }
+        };
+        self.bits & other.bits != 0
+            && names(self.group.as_str(), other.group.as_str())
+            && names(self.version.as_str(), other.version.as_str())
+            && resources(&self.resource, &other.resource)
+            && (self.scope == other.scope || self.scope == "*" || other.scope == "*")
+    }
+}
+
+/// The routes of the policies' rules.
+fn policy_routes<'p>(policies: impl IntoIterator<Item = &'p StepUpPolicy>) -> Vec<Route> {
+    let mut routes = Vec::new();
+    for p in policies {
         for rule in &p.spec.match_.rules {
             let bits = OperationSet::from_operations(&rule.operations).bits();
             for group in &rule.api_groups {
                 for version in &rule.api_versions {
-                    let resources = by_target.entry((group.clone(), version.clone())).or_default();
-                    for r in &rule.resources {
-                        *resources.entry(r.clone()).or_default() |= bits;
+                    for resource in &rule.resources {
+                        routes.push(Route {
+                            group: group.clone(),
+                            version: version.clone(),
+                            resource: resource.clone(),
+                            scope: "*",
+                            bits,
+                        });
                     }
                 }
             }
         }
     }
-    let mut grouped: BTreeMap<(String, String, u8), Vec<String>> = BTreeMap::new();
-    for ((group, version), resources) in by_target {
+    routes
+}
+
+/// The admission rules of one entry, merged: one rule per (group, version, scope,
+/// operations), listing its resources. Deterministic order.
+fn merged_rules(routes: &[Route]) -> Vec<RuleWithOperations> {
+    let mut by_target: BTreeMap<(String, String, &'static str), BTreeMap<String, u8>> = BTreeMap::new();
+    for r in routes {
+        *by_target
+            .entry((r.group.clone(), r.version.clone(), r.scope))
+            .or_default()
+            .entry(r.resource.clone())
+            .or_default() |= r.bits;
+    }
+    let mut grouped: BTreeMap<(String, String, &'static str, u8), Vec<String>> = BTreeMap::new();
+    for ((group, version, scope), resources) in by_target {
         for (resource, bits) in resources {
-            grouped.entry((group.clone(), version.clone(), bits)).or_default().push(resource);
+            grouped.entry((group.clone(), version.clone(), scope, bits)).or_default().push(resource);
         }
     }
     grouped
         .into_iter()
-        .map(|((group, version, bits), resources)| RuleWithOperations {
+        .map(|((group, version, scope, bits), resources)| RuleWithOperations {
             api_groups: Some(vec![group]),
             api_versions: Some(vec![version]),
             operations: Some(OperationSet::from_bits(bits).admission_names().into_iter().map(String::from).collect()),
             resources: Some(normalize_resources(resources)),
-            scope: Some("*".into()),
+            scope: Some(scope.into()),
         })
         .collect()
+}
+
+/// The rules of the two webhook entries. `enforcing` fails closed: the stepup kinds and
+/// everything a `Deny` policy needs. `advisory` fails open: what only `Audit` and `Warn`
+/// policies need. No request can match both (an advisory rule that overlaps an enforcing one
+/// is enforcing), so every request is reviewed once, by one entry, with every policy: the
+/// webhook serves both paths alike, and a policy that just became `Deny` is enforced on either.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rules {
+    pub enforcing: Vec<RuleWithOperations>,
+    pub advisory: Vec<RuleWithOperations>,
+}
+
+/// Splits the valid policies' rules between the two entries.
+pub fn rules(policies: &[StepUpPolicy]) -> Rules {
+    let valid: Vec<(&StepUpPolicy, CompiledPolicy)> =
+        policies.iter().filter_map(|p| CompiledPolicy::compile(p).ok().map(|c| (p, c))).collect();
+    let (deny, advise): (Vec<_>, Vec<_>) = valid.iter().partition(|(_, c)| c.enforcement == Enforcement::Deny);
+    let mut closed = policy_routes(deny.iter().map(|(p, _)| *p));
+    closed.extend(namespace_routes(deny.iter().map(|(_, c)| c)));
+    // The advisory entry never sees the stepup kinds (a match condition says so), which are
+    // the enforcing entry's whatever a policy says.
+    let mut open = policy_routes(advise.iter().map(|(p, _)| *p));
+    open.retain(|r| r.group != GROUP);
+    open.extend(namespace_routes(advise.iter().map(|(_, c)| c)));
+    // Until no advisory route overlaps an enforcing one, the overlapping operations of each
+    // move over (what moved may overlap further advisory routes).
+    loop {
+        let mut moved = false;
+        for route in &mut open {
+            let overlapping = closed.iter().filter(|c| route.overlaps(c)).fold(0, |acc, c| acc | c.bits) & route.bits;
+            if overlapping != 0 {
+                closed.push(Route { bits: overlapping, ..route.clone() });
+                route.bits &= !overlapping;
+                moved = true;
+            }
+        }
+        open.retain(|r| r.bits != 0);
+        if !moved {
+            break;
+        }
+    }
+    closed.extend(stepup_routes());
+    Rules { enforcing: merged_rules(&closed), advisory: merged_rules(&open) }
 }
 
 /// Drops resources a wildcard in the same rule already covers. kube-apiserver refuses a rule
@@ -120,43 +218,43 @@ pub fn normalize_resources(resources: Vec<String>) -> Vec<String> {
     out
 }
 
-/// The stepup kinds always go to the webhook: the built-in identity rules live there.
-fn stepup_rule() -> RuleWithOperations {
+/// The stepup kinds always go to the webhook, failing closed: the built-in identity rules
+/// live there.
+fn stepup_routes() -> Vec<Route> {
     let mut resources: Vec<String> = ["stepuppolicies", "stepupgrants", "stepupchallenges", "stepupenrollments"]
         .iter()
         .flat_map(|r| [r.to_string(), format!("{r}/status")])
         .filter(|r| r != "stepuppolicies/status")
         .collect();
     resources.push("stepuplogs".into());
-    RuleWithOperations {
-        api_groups: Some(vec![GROUP.into()]),
-        api_versions: Some(vec!["*".into()]),
-        operations: Some(vec!["CREATE".into(), "UPDATE".into(), "DELETE".into()]),
-        resources: Some(resources),
-        scope: Some("Cluster".into()),
-    }
+    let bits = OperationSet::from_operations(&[Operation::Create, Operation::Update, Operation::Delete]).bits();
+    resources
+        .into_iter()
+        .map(|resource| Route { group: GROUP.into(), version: "*".into(), resource, scope: "Cluster", bits })
+        .collect()
 }
 
 /// Namespace UPDATE when a policy selects namespaces by label (a label change can take a
 /// namespace out of it), and DELETE when a policy protects deleting something that lives in
 /// namespaces (deleting the namespace deletes it all). Subresources too: labels travel with
 /// any update of the object.
-fn namespace_rule(policies: &[StepUpPolicy]) -> Option<RuleWithOperations> {
-    let compiled: Vec<CompiledPolicy> = policies.iter().filter_map(|p| CompiledPolicy::compile(p).ok()).collect();
-    let mut operations = Vec::new();
-    if compiled.iter().any(CompiledPolicy::has_namespace_selector) {
-        operations.push("UPDATE".to_owned());
+fn namespace_routes<'p>(policies: impl IntoIterator<Item = &'p CompiledPolicy>) -> Vec<Route> {
+    let mut bits = 0;
+    for p in policies {
+        if p.has_namespace_selector() {
+            bits |= OperationSet::from_operations(&[Operation::Update]).bits();
+        }
+        if p.protects_namespaced_deletes() {
+            bits |= OperationSet::from_operations(&[Operation::Delete]).bits();
+        }
     }
-    if compiled.iter().any(CompiledPolicy::protects_namespaced_deletes) {
-        operations.push("DELETE".to_owned());
+    if bits == 0 {
+        return Vec::new();
     }
-    (!operations.is_empty()).then(|| RuleWithOperations {
-        api_groups: Some(vec![String::new()]),
-        api_versions: Some(vec!["v1".into()]),
-        operations: Some(operations),
-        resources: Some(vec!["namespaces".into(), "namespaces/status".into(), "namespaces/finalize".into()]),
-        scope: Some("Cluster".into()),
-    })
+    ["namespaces", "namespaces/status", "namespaces/finalize"]
+        .into_iter()
+        .map(|r| Route { group: String::new(), version: "v1".into(), resource: r.into(), scope: "Cluster", bits })
+        .collect()
 }
 
 /// CEL: the request's credential is a service-account token bound to a pod.
@@ -186,9 +284,7 @@ pub fn desired(
     s: &ConfigSettings,
     ca_bundle: Option<&[u8]>,
 ) -> ValidatingWebhookConfiguration {
-    let mut rules = vec![stepup_rule()];
-    rules.extend(policy_rules(policies));
-    rules.extend(namespace_rule(policies));
+    let Rules { enforcing, advisory } = rules(policies);
     let own: Vec<String> = s.own_users.iter().map(|u| cel_string(u)).collect();
     let pod_bound = pod_bound_cel();
     let mut conditions = vec![
@@ -240,12 +336,12 @@ pub fn desired(
             format!("request.resource.group == '{GROUP}' || !request.userInfo.username.startsWith('system:'){person}"),
         ));
     }
-    let client_config = match &s.target {
+    let client_config = |path: &str| match &s.target {
         Target::Service { name } => WebhookClientConfig {
             service: Some(ServiceReference {
                 namespace: s.namespace.clone(),
                 name: name.clone(),
-                path: Some("/validate".into()),
+                path: Some(path.into()),
                 port: Some(443),
             }),
             url: None,
@@ -253,17 +349,17 @@ pub fn desired(
         },
         Target::Url(url) => WebhookClientConfig {
             service: None,
-            url: Some(url.clone()),
+            url: Some(url_for(url, path)),
             ca_bundle: ca_bundle.map(|b| ByteString(b.to_vec())),
         },
     };
-    let webhook = ValidatingWebhook {
-        name: WEBHOOK_NAME.into(),
+    let entry = |name: &str, path: &str, failure_policy: &str, rules: Vec<RuleWithOperations>| ValidatingWebhook {
+        name: name.into(),
         admission_review_versions: vec!["v1".into()],
-        client_config,
-        failure_policy: Some("Fail".into()),
+        client_config: client_config(path),
+        failure_policy: Some(failure_policy.into()),
         match_policy: Some("Equivalent".into()),
-        match_conditions: Some(conditions),
+        match_conditions: Some(conditions.clone()),
         namespace_selector: Some(LabelSelector {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: "kubernetes.io/metadata.name".into(),
@@ -277,6 +373,15 @@ pub fn desired(
         side_effects: "NoneOnDryRun".into(),
         timeout_seconds: Some(s.timeout_seconds),
     };
+    let mut webhooks = vec![entry(WEBHOOK_NAME, ENFORCING_PATH, "Fail", enforcing)];
+    if !advisory.is_empty() {
+        let mut advise = entry(ADVISORY_WEBHOOK, ADVISORY_PATH, "Ignore", advisory);
+        advise
+            .match_conditions
+            .get_or_insert_default()
+            .push(condition("not-stepup-kinds", format!("request.resource.group != '{GROUP}'")));
+        webhooks.push(advise);
+    }
     let mut annotations = BTreeMap::new();
     if let Some(from) = &s.inject_ca_from {
         annotations.insert("cert-manager.io/inject-ca-from".to_owned(), from.clone());
@@ -289,8 +394,18 @@ pub fn desired(
             owner_references: s.owner.clone().map(|o| vec![o]),
             ..Default::default()
         },
-        webhooks: Some(vec![webhook]),
+        webhooks: Some(webhooks),
     }
+}
+
+/// The URL of an entry for a webhook registered by URL: the given one is the enforcing
+/// entry's (`…/validate`); the advisory entry's is its sibling (`…/advise`).
+fn url_for(url: &str, path: &str) -> String {
+    if path == ENFORCING_PATH {
+        return url.to_owned();
+    }
+    let base = url.strip_suffix(ENFORCING_PATH).unwrap_or(url.trim_end_matches('/'));
+    format!("{base}{path}")
 }
 
 /// Resources the configuration sends to the webhook (for tests and the plugin's `check`).
@@ -325,15 +440,19 @@ mod tests {
         }
     }
 
+    fn enforcing(policies: &[StepUpPolicy]) -> Vec<RuleWithOperations> {
+        rules(policies).enforcing.into_iter().filter(|r| r.api_groups.as_deref() != Some(&[GROUP.to_owned()])).collect()
+    }
+
     #[test]
     fn rules_are_the_union_of_policies_merged_by_target() {
         let policies = vec![
             policy("a").rule(&[Delete], "", &["secrets"]).build(),
-            policy("b").rule(&[Update], "", &["secrets", "configmaps"]).enforcement(Enforcement::Warn).build(),
+            policy("b").rule(&[Update], "", &["secrets", "configmaps"]).build(),
             policy("c").rule(&[Connect], "", &["pods/exec"]).build(),
             policy("d").rule(&[All], "rbac.authorization.k8s.io", &["*"]).build(),
         ];
-        let rules = policy_rules(&policies);
+        let rules = enforcing(&policies);
         let find = |res: &str| {
             rules.iter().find(|r| r.resources.as_ref().unwrap().contains(&res.to_owned())).cloned().unwrap()
         };
@@ -358,9 +477,193 @@ mod tests {
             policy("everything").rule(&[Delete], "", &["*/*"]).build(),
             policy("one").rule(&[Delete], "", &["secrets"]).build(),
         ];
-        let rules = policy_rules(&policies);
+        let rules = enforcing(&policies);
         let core_delete = rules.iter().find(|r| r.api_groups.as_deref() == Some(&["".to_owned()][..])).unwrap();
         assert_eq!(core_delete.resources.as_deref(), Some(&["*/*".to_owned()][..]));
+    }
+
+    fn entries(c: &ValidatingWebhookConfiguration) -> Vec<(String, String, String)> {
+        c.webhooks
+            .iter()
+            .flatten()
+            .map(|w| {
+                let path = w.client_config.service.as_ref().and_then(|s| s.path.clone());
+                (w.name.clone(), w.failure_policy.clone().unwrap(), path.or(w.client_config.url.clone()).unwrap())
+            })
+            .collect()
+    }
+
+    fn routed_by(c: &ValidatingWebhookConfiguration, entry: &str) -> BTreeSet<String> {
+        c.webhooks
+            .iter()
+            .flatten()
+            .filter(|w| w.name == entry)
+            .flat_map(|w| w.rules.iter().flatten())
+            .flat_map(|r| r.resources.iter().flatten().cloned())
+            .collect()
+    }
+
+    #[test]
+    fn deny_rules_fail_closed_and_rules_only_audit_or_warn_need_fail_open() {
+        let deny = policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build();
+        let audit = policy("cm-audit").rule(&[Delete], "", &["configmaps"]).enforcement(Enforcement::Audit).build();
+        let warn = policy("exec-warn").rule(&[Connect], "", &["pods/exec"]).enforcement(Enforcement::Warn).build();
+        let c = desired(&[deny.clone(), audit.clone(), warn], &settings(), None);
+        assert_eq!(
+            entries(&c),
+            vec![
+                ("validate.stepup.dev".into(), "Fail".into(), "/validate".into()),
+                ("advise.stepup.dev".into(), "Ignore".into(), "/advise".into()),
+            ]
+        );
+        assert!(routed_by(&c, "validate.stepup.dev").contains("secrets"));
+        assert!(routed_by(&c, "validate.stepup.dev").contains("stepupgrants"));
+        assert_eq!(routed_by(&c, "advise.stepup.dev"), BTreeSet::from(["configmaps".into(), "pods/exec".into()]));
+        // Only Deny policies: no entry that fails open at all.
+        let c = desired(std::slice::from_ref(&deny), &settings(), None);
+        assert_eq!(entries(&c).len(), 1);
+        // The split follows the mode: the same policy switched to Deny fails closed.
+        let mut now_deny = audit.clone();
+        now_deny.spec.enforcement = Enforcement::Deny;
+        let c = desired(&[deny, now_deny], &settings(), None);
+        assert_eq!(entries(&c).len(), 1);
+        assert!(routed_by(&c, "validate.stepup.dev").contains("configmaps"));
+        // By URL, the advisory entry is the sibling path.
+        let mut by_url = settings();
+        by_url.target = Target::Url("https://10.0.0.1:8443/validate".into());
+        let c = desired(&[audit], &by_url, None);
+        assert_eq!(
+            entries(&c).into_iter().map(|(_, _, u)| u).collect::<Vec<_>>(),
+            vec!["https://10.0.0.1:8443/validate", "https://10.0.0.1:8443/advise"]
+        );
+    }
+
+    #[test]
+    fn an_advisory_rule_that_overlaps_a_deny_rule_fails_closed_not_the_other_way() {
+        // The attack: an Audit policy over everything must not carry Deny-protected requests
+        // into the entry that fails open (the API server calls every matching entry, and an
+        // unreachable webhook on the Ignore entry would be shrugged off, but the Fail entry
+        // still has to answer).
+        let deny = policy("prod-secrets").rule(&[Delete], "", &["secrets"]).build();
+        let audit_all = policy("audit-all").rule(&[All], "*", &["*/*"]).enforcement(Enforcement::Audit).build();
+        let Rules { enforcing, advisory } = rules(&[deny, audit_all]);
+        let ops = |rs: &[RuleWithOperations]| -> Vec<(Vec<String>, Vec<String>)> {
+            rs.iter()
+                .filter(|r| r.api_groups.as_deref() != Some(&[GROUP.to_owned()]))
+                .map(|r| (r.operations.clone().unwrap(), r.resources.clone().unwrap()))
+                .collect()
+        };
+        // DELETE of anything overlaps the Deny rule: it fails closed; the other operations
+        // of the Audit policy fail open.
+        assert!(ops(&enforcing).contains(&(vec!["DELETE".into()], vec!["*/*".into()])), "{:?}", ops(&enforcing));
+        assert_eq!(
+            ops(&advisory),
+            vec![(vec!["CREATE".into(), "UPDATE".into(), "CONNECT".into()], vec!["*/*".into()])]
+        );
+        // The stepup kinds never fail open, whatever an advisory policy says about them.
+        let audit_stepup = policy("audit-stepup").rule(&[All], GROUP, &["*"]).enforcement(Enforcement::Warn).build();
+        let c = desired(&[audit_stepup], &settings(), None);
+        let advise = c.webhooks.as_ref().unwrap().iter().find(|w| w.name == "advise.stepup.dev");
+        assert!(
+            advise
+                .iter()
+                .flat_map(|w| w.rules.iter().flatten())
+                .all(|r| r.api_groups.as_deref() != Some(&[GROUP.to_owned()])),
+            "{advise:?}"
+        );
+        let audit_all = policy("audit-all").rule(&[All], "*", &["*"]).enforcement(Enforcement::Audit).build();
+        let c = desired(&[audit_all], &settings(), None);
+        let advise = c.webhooks.as_ref().unwrap().iter().find(|w| w.name == "advise.stepup.dev").unwrap();
+        assert!(
+            advise.match_conditions.iter().flatten().any(|m| m.expression == "request.resource.group != 'stepup.dev'"),
+            "{advise:?}"
+        );
+    }
+
+    /// The API server's own matching of a rule (apiserver's `rules.Matcher`): `x/*` matches
+    /// `x` and its subresources, `*` only main resources, `*/y` every `y` subresource.
+    fn rule_matches(r: &RuleWithOperations, (group, version, resource, sub, op, cluster): &Probe) -> bool {
+        let listed = |l: &Option<Vec<String>>, v: &str| l.iter().flatten().any(|x| x == "*" || x == v);
+        let ops = r.operations.iter().flatten().any(|o| o == "*" || o == op.as_str());
+        let resources = r.resources.iter().flatten().any(|rr| {
+            let (res, rsub) = rr.split_once('/').unwrap_or((rr, ""));
+            (res == "*" || res == *resource) && (rsub == "*" || rsub == *sub)
+        });
+        let scope = match r.scope.as_deref() {
+            Some("Cluster") => *cluster,
+            Some("Namespaced") => !*cluster,
+            _ => true,
+        };
+        listed(&r.api_groups, group) && listed(&r.api_versions, version) && ops && resources && scope
+    }
+
+    type Probe = (&'static str, &'static str, &'static str, &'static str, crate::api::Operation, bool);
+
+    use proptest::prelude::*;
+
+    const GROUPS: &[&str] = &["", "apps", "*", "stepup.dev"];
+    const RESOURCES: &[&str] =
+        &["secrets", "configmaps", "pods/exec", "pods/*", "pods", "*", "*/*", "*/scale", "deployments", "namespaces"];
+    const OPS: &[crate::api::Operation] = &[Create, Update, Delete, Connect, All];
+
+    fn arb_policy() -> impl Strategy<Value = StepUpPolicy> {
+        (
+            prop::sample::select(GROUPS),
+            prop::sample::subsequence(RESOURCES, 1..3),
+            prop::sample::subsequence(OPS, 1..3),
+            prop::sample::select(&[Enforcement::Deny, Enforcement::Warn, Enforcement::Audit][..]),
+            any::<bool>(),
+            any::<u32>(),
+        )
+            .prop_map(|(group, resources, ops, enforcement, by_label, n)| {
+                let p = policy(&format!("p{n}")).rule(&ops, group, &resources).enforcement(enforcement);
+                if by_label { p.namespace_labels(&[("env", "prod")]) } else { p.namespaces(&["prod"]) }.build()
+            })
+    }
+
+    fn arb_probe() -> impl Strategy<Value = Probe> {
+        (
+            prop::sample::select(&["", "apps", "stepup.dev"][..]),
+            prop::sample::select(&["v1", "v1alpha1"][..]),
+            prop::sample::select(
+                &["secrets", "configmaps", "pods", "deployments", "namespaces", "stepupgrants", "stepuppolicies"][..],
+            ),
+            prop::sample::select(&["", "exec", "scale", "status", "finalize"][..]),
+            prop::sample::select(&[Create, Update, Delete, Connect][..]),
+            any::<bool>(),
+        )
+    }
+
+    proptest! {
+        /// Whatever the policies, no request is reviewed by both entries, and every request a
+        /// Deny policy's rules (or the stepup kinds, or a namespace relabel or delete that
+        /// could weaken a Deny policy) route is sent to the entry that fails closed.
+        #[test]
+        fn no_request_is_in_both_entries_and_deny_traffic_always_fails_closed(
+            policies in prop::collection::vec(arb_policy(), 0..6),
+            probes in prop::collection::vec(arb_probe(), 1..40),
+        ) {
+            let Rules { enforcing, advisory } = rules(&policies);
+            let closed = desired(&policies.iter().filter(|p| p.spec.enforcement == Enforcement::Deny).cloned().collect::<Vec<_>>(), &settings(), None);
+            for probe in &probes {
+                let in_closed = enforcing.iter().any(|r| rule_matches(r, probe));
+                // The advisory entry's match condition keeps the stepup kinds out.
+                let in_open = probe.0 != GROUP && advisory.iter().any(|r| rule_matches(r, probe));
+                prop_assert!(!(in_closed && in_open), "{probe:?} in both: {enforcing:?} / {advisory:?}");
+                // What the Deny policies alone would route is still routed, failing closed.
+                let deny_routes = closed.webhooks.iter().flatten().flat_map(|w| w.rules.iter().flatten()).any(|r| rule_matches(r, probe));
+                prop_assert!(!deny_routes || in_closed, "{probe:?} routed by Deny rules but not failing closed");
+                // And nothing any policy routes is lost.
+                let any_route = policy_routes(policies.iter()).iter().any(|route| {
+                    let rule = merged_rules(std::slice::from_ref(route));
+                    rule.iter().any(|r| rule_matches(r, probe))
+                });
+                // (The stepup group holds only stepup's kinds, which are the enforcing entry's.)
+                prop_assert!(!any_route || in_closed || in_open || probe.0 == GROUP, "{probe:?} lost");
+                let stepup_kind = probe.0 == GROUP && probe.2.starts_with("stepup") && probe.5 && matches!(probe.3, "" | "status") && (probe.2, probe.3) != ("stepuppolicies", "status") && matches!(probe.4, Create | Update | Delete);
+                prop_assert!(!stepup_kind || in_closed, "{probe:?}: a stepup kind not failing closed");
+            }
+        }
     }
 
     #[test]
@@ -444,7 +747,11 @@ mod tests {
     fn namespaces_are_routed_when_a_label_change_or_a_delete_could_remove_protection() {
         let namespace_rule = |policies: &[StepUpPolicy]| {
             let c = desired(policies, &settings(), None);
-            c.webhooks.unwrap()[0]
+            c.webhooks
+                .unwrap()
+                .into_iter()
+                .find(|w| w.name == WEBHOOK_NAME)
+                .unwrap()
                 .rules
                 .clone()
                 .unwrap()

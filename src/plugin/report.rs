@@ -49,7 +49,8 @@ pub struct ReportArgs {
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
     pub format: Format,
     /// A kube-apiserver audit log (JSON lines) to take every reviewed request from, by its
-    /// `validate.stepup.dev/*` annotations, instead of the webhook's own records.
+    /// `validate.stepup.dev/*` and `advise.stepup.dev/*` annotations, instead of the webhook's
+    /// own records.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<std::path::PathBuf>,
 }
@@ -158,7 +159,8 @@ async fn fetch(session: &Session, since: Timestamp, until: Timestamp) -> Result<
 }
 
 /// Admission decisions from a kube-apiserver audit log: one per request that the webhook
-/// reviewed (it carries `validate.stepup.dev/decision`), at its ResponseComplete stage.
+/// reviewed (it carries `validate.stepup.dev/decision`, or `advise.stepup.dev/decision` from
+/// the entry that fails open), at its ResponseComplete stage.
 pub fn from_audit_log(text: &str) -> Vec<Record> {
     let mut out = Vec::new();
     for line in text.lines() {
@@ -167,7 +169,14 @@ pub fn from_audit_log(text: &str) -> Vec<Record> {
             continue;
         }
         let annotations = &event["annotations"];
-        let Some(decision) = annotations["validate.stepup.dev/decision"].as_str() else { continue };
+        // Exactly one entry reviews a request (their rules never overlap).
+        let Some((entry, decision)) = [crate::api::ENFORCING_WEBHOOK, crate::api::ADVISORY_WEBHOOK]
+            .into_iter()
+            .find_map(|entry| annotations[format!("{entry}/decision")].as_str().map(|d| (entry, d)))
+        else {
+            continue;
+        };
+        let annotation = |key: &str| annotations[format!("{entry}/{key}")].as_str().unwrap_or_default().to_owned();
         let time = event["stageTimestamp"].as_str().and_then(|t| t.parse().ok()).unwrap_or(Timestamp::UNIX_EPOCH);
         let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
         // Admission sees the impersonated user; so does the report.
@@ -193,10 +202,10 @@ pub fn from_audit_log(text: &str) -> Vec<Record> {
             name: text(&o["name"]),
             decision: decision.into(),
             allowed: event["responseStatus"]["code"].as_u64().map(|c| c < 400),
-            policies: text(&annotations["validate.stepup.dev/policy"]),
-            grant: text(&annotations["validate.stepup.dev/grant"]),
-            reason: text(&annotations["validate.stepup.dev/reason"]),
-            correlation: text(&annotations["validate.stepup.dev/correlation"]),
+            policies: annotation("policy"),
+            grant: annotation("grant"),
+            reason: annotation("reason"),
+            correlation: annotation("correlation"),
             ..Record::new("admission.decision", time)
         });
     }
@@ -497,9 +506,13 @@ mod tests {
         let log = r#"{"stage":"ResponseStarted","annotations":{"validate.stepup.dev/decision":"denied"}}
 {"stage":"ResponseComplete","auditID":"a1","verb":"delete","user":{"username":"admin"},"impersonatedUser":{"username":"alice","uid":"u1"},"objectRef":{"resource":"secrets","namespace":"prod","name":"db","apiGroup":""},"responseStatus":{"code":403},"stageTimestamp":"2026-11-10T10:00:00.123456Z","annotations":{"validate.stepup.dev/decision":"denied","validate.stepup.dev/policy":"prod-secrets"}}
 {"stage":"ResponseComplete","verb":"get","annotations":{}}
+{"stage":"ResponseComplete","auditID":"a2","verb":"create","user":{"username":"bob"},"objectRef":{"resource":"limitranges","namespace":"dev","name":"l","apiGroup":""},"responseStatus":{"code":201},"stageTimestamp":"2026-11-10T10:01:00Z","annotations":{"advise.stepup.dev/decision":"audited","advise.stepup.dev/policy":"dev-audit"}}
 not json"#;
         let records = from_audit_log(log);
-        assert_eq!(records.len(), 1);
+        assert_eq!(records.len(), 2);
+        let audited = &records[1];
+        assert_eq!((audited.user.as_str(), audited.decision.as_str()), ("bob", "audited"));
+        assert_eq!((audited.policies.as_str(), audited.allowed), ("dev-audit", Some(true)));
         let r = &records[0];
         assert_eq!((r.user.as_str(), r.operation.as_str(), r.decision.as_str()), ("alice", "DELETE", "denied"));
         assert_eq!((r.namespace.as_str(), r.name.as_str(), r.policies.as_str()), ("prod", "db", "prod-secrets"));

@@ -31,6 +31,16 @@ pub const GROUP: &str = "stepup.dev";
 pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "stepup.dev/v1alpha1";
 
+/// The two entries of the webhook registration. The enforcing one fails closed and carries
+/// the stepup kinds and every rule a `Deny` policy needs; the advisory one fails open and
+/// carries what only `Audit` and `Warn` policies need. The API server prefixes audit
+/// annotation keys with the entry's name (`validate.stepup.dev/decision`).
+pub const ENFORCING_WEBHOOK: &str = "validate.stepup.dev";
+pub const ADVISORY_WEBHOOK: &str = "advise.stepup.dev";
+/// The webhook's paths for the two entries; it serves both alike.
+pub const ENFORCING_PATH: &str = "/validate";
+pub const ADVISORY_PATH: &str = "/advise";
+
 /// The verification methods a policy can accept and a grant can record.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
 pub enum Method {
