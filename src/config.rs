@@ -356,11 +356,14 @@ pub struct ControllerArgs {
     #[arg(long, env = "STEPUP_WEBHOOK_CONFIG_NAME", default_value = "stepup.dev")]
     pub webhook_config_name: String,
 
-    /// The webhook's Service (port 443, path /validate) in the stepup namespace.
+    /// The webhook's Service (port 443) in the stepup namespace: path /validate for the entry
+    /// that fails closed, /advise for the one that fails open.
     #[arg(long, env = "STEPUP_WEBHOOK_SERVICE", default_value = "stepup-webhook")]
     pub webhook_service: String,
 
-    /// Register the webhook by URL instead of by Service (a webhook outside the cluster).
+    /// Register the webhook by URL instead of by Service (a webhook outside the cluster): the
+    /// URL of the entry that fails closed (`https://host/validate`); the one that fails open is
+    /// registered at its sibling `/advise`.
     #[arg(long, env = "STEPUP_WEBHOOK_URL")]
     pub webhook_url: Option<String>,
 
@@ -412,9 +415,10 @@ pub struct ControllerArgs {
     #[arg(long = "admission-policy", env = "STEPUP_ADMISSION_POLICIES", value_delimiter = ',')]
     pub admission_policies: Vec<String>,
 
-    /// Test hook: exit right after recording a code's use, before issuing the grant.
-    #[arg(long, hide = true)]
-    pub crash_after_recording: bool,
+    /// Test hook: exit (status 86) right after this step of answering a challenge that earns
+    /// a grant. Ignored by release builds.
+    #[arg(long, hide = true, value_enum)]
+    pub crash_at: Option<crate::controller::CrashPoint>,
 
     /// Test hook: wait this long after the last deadline check before issuing a grant (a slow
     /// controller, caught in the worst moment).

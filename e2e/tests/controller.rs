@@ -422,28 +422,101 @@ async fn grants_expire_are_kept_as_evidence_then_collected_and_challenges_cleane
     .expect("challenge cleaned up after its TTL");
 }
 
+/// Starts a controller that stops itself at `point` and waits until it leads, so that it is
+/// the one that answers the next challenge.
+async fn crashing_controller(world: &World, point: &str) -> ControllerProcess {
+    let crashing = ControllerProcess::spawn(
+        &world.env,
+        &format!("e2e-crash-{point}"),
+        stepup_e2e::extra_port(0),
+        &["--crash-at", point],
+    );
+    eventually(Duration::from_secs(30), || async {
+        if crashing.is_leader().await { Ok(()) } else { anyhow::bail!("the crashing controller does not lead yet") }
+    })
+    .await
+    .expect("the crashing controller leads");
+    crashing
+}
+
+/// The grants named after challenge `c`.
+async fn grants_of_challenge(world: &World, c: &kube_stepup::api::StepUpChallenge) -> usize {
+    let uid = c.metadata.uid.clone().unwrap();
+    world
+        .grants_of("alice")
+        .await
+        .iter()
+        .filter(|g| g.spec.challenge_ref.as_ref().is_some_and(|r| r.uid == uid))
+        .count()
+}
+
 #[tokio::test]
-async fn a_crash_between_recording_the_code_and_issuing_the_grant_yields_exactly_one_grant() {
+async fn a_crash_at_any_step_of_issuing_yields_one_grant_a_spent_step_and_a_true_verdict() {
     let world = World::new().await;
     let mut auth = world.enroll("alice", "alice").await;
     let paused = ScriptControllerPaused::new();
-    let mut crashing =
-        ControllerProcess::spawn(&world.env, "e2e-crashing", stepup_e2e::extra_port(0), &["--crash-after-recording"]);
-    let c = world.create_challenge("alice", "alice", ALICE_UID, &auth.code().await, None, None).await.unwrap();
-    assert_eq!(
-        crashing.wait_exit(Duration::from_secs(30)).await,
-        Some(86),
-        "the controller died after recording the step"
+    let challenges: Api<kube_stepup::api::StepUpChallenge> = Api::all(world.admin.clone());
+    for point in ["claimed", "recorded", "issued", "answered", "scrubbed"] {
+        let mut crashing = crashing_controller(&world, point).await;
+        let code = auth.code().await;
+        let key = world.response_key_for("alice").await;
+        let mut challenge = stepup_e2e::sealed_challenge("alice", ALICE_UID, &code, None, None, &key);
+        if point == "claimed" {
+            // Without the plugin's finalizer the controller adds it first (a step of its own).
+            challenge.metadata.finalizers = None;
+        }
+        let c = world.create_raw_challenge("alice", &challenge).await.unwrap();
+        assert_eq!(crashing.wait_exit(Duration::from_secs(30)).await, Some(86), "{point}: stopped there");
+        let early = matches!(point, "claimed" | "recorded");
+        assert_eq!(grants_of_challenge(&world, &c).await, usize::from(!early), "{point}: grants before the handover");
+        // A fresh controller takes over once the crashed one's lease runs out.
+        let fresh = ControllerProcess::spawn(&world.env, &format!("e2e-after-{point}"), stepup_e2e::extra_port(1), &[]);
+        let done = world.verdict(&c.name_any()).await;
+        assert_eq!(phase(&done), ChallengePhase::Verified, "{point}: {}", message(&done));
+        eventually(Duration::from_secs(15), || async {
+            let now = challenges.get(&c.name_any()).await?;
+            if now.spec.response.is_some() { anyhow::bail!("sealed code still there") } else { Ok(()) }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{point}: the sealed code is scrubbed: {e}"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(grants_of_challenge(&world, &c).await, 1, "{point}: exactly one grant");
+        // The step is spent, whichever life recorded it: the same code again is a replay.
+        let again = world.challenge("alice", "alice", ALICE_UID, &code, None).await;
+        assert_eq!(phase(&again), ChallengePhase::Denied, "{point}: {}", message(&again));
+        assert!(message(&again).contains("already used"), "{point}: {}", message(&again));
+        assert_eq!(grants_of_challenge(&world, &again).await, 0, "{point}: the replay earns nothing");
+        drop(fresh);
+        drop(crashing);
+    }
+
+    // The worst moment: the grant exists, the verdict is not written, and the deadline passes
+    // before another controller looks. The user was told nothing but "waiting", and then
+    // gives up; the challenge must end Expired with no grant standing.
+    let mut crashing = crashing_controller(&world, "issued").await;
+    let code = auth.code().await;
+    let key = world.response_key_for("alice").await;
+    let mut late = stepup_e2e::sealed_challenge("alice", ALICE_UID, &code, None, None, &key);
+    let deadline =
+        jiff::Timestamp::from_second((jiff::Timestamp::now() + jiff::SignedDuration::from_secs(20)).as_second())
+            .unwrap();
+    late.spec.deadline = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(deadline));
+    late.spec.response = Some(
+        kube_stepup::verify::response::seal_code(&key, &code, kube_stepup::verify::response::challenge_binding(&late))
+            .unwrap(),
     );
-    assert!(world.grants_of("alice").await.is_empty(), "no grant yet");
-    // The crashed replica still holds the lease for its duration; a fresh one takes over.
-    let _fresh = ControllerProcess::spawn(&world.env, "e2e-fresh", stepup_e2e::extra_port(1), &[]);
-    let done = world.verdict(&c.name_any()).await;
-    assert_eq!(phase(&done), ChallengePhase::Verified, "{}", message(&done));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let grants = world.grants_of("alice").await;
-    assert_eq!(grants.len(), 1, "exactly one grant");
-    assert_eq!(grants[0].name_any(), api::grant_name("alice", &c.metadata.uid.clone().unwrap()));
+    let late = world.create_raw_challenge("alice", &late).await.unwrap();
+    assert_eq!(crashing.wait_exit(Duration::from_secs(30)).await, Some(86), "stopped after issuing");
+    assert_eq!(grants_of_challenge(&world, &late).await, 1, "the grant was issued");
+    let wait = deadline.duration_since(jiff::Timestamp::now()).as_secs_f64().max(0.0) + 1.0;
+    tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+    let fresh = ControllerProcess::spawn(&world.env, "e2e-after-deadline", stepup_e2e::extra_port(1), &[]);
+    let done = world.verdict(&late.name_any()).await;
+    assert_eq!(phase(&done), ChallengePhase::Expired, "{}", message(&done));
+    assert_eq!(grants_of_challenge(&world, &late).await, 0, "no grant stands when the verdict says none");
+    let note = world.wait_event("GrantWithdrawn", "expired before its verdict was written").await;
+    assert!(note.contains(&late.name_any()), "{note}");
+    drop(fresh);
     drop(paused);
 }
 

@@ -15,7 +15,7 @@ use kube::{
 use serde_json::json;
 
 use super::{
-    Context, Error, Result, Settings, condition,
+    Context, CrashPoint, Error, Result, Settings, condition,
     factor::FactorRead,
     merge_condition,
     steps::{
@@ -138,7 +138,12 @@ async fn claim(ctx: &Context, c: &StepUpChallenge) -> Result<Action> {
     let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": c.metadata.resource_version}});
     let api: Api<StepUpChallenge> = Api::all(ctx.client.clone());
     match api.patch(&c.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-        Ok(_) => Ok(Action::await_change()),
+        Ok(_) => {
+            if c.spec.response.is_some() {
+                ctx.settings.crash_point(CrashPoint::Claimed, &c.name_any());
+            }
+            Ok(Action::await_change())
+        }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(Action::await_change()),
         Err(kube::Error::Api(s)) if s.code == 409 => Err(Error::Conflict(format!("challenge {}", c.name_any()))),
         Err(e) => Err(e.into()),
@@ -164,20 +169,33 @@ async fn release(ctx: &Context, c: &StepUpChallenge) -> Result<()> {
     }
 }
 
-/// Revokes the grant a raced issuing left, then lets the deletion finish.
-async fn revoke_grant(ctx: &Context, c: &StepUpChallenge) -> Result<bool> {
+/// Why a grant named after a challenge must not stand.
+#[derive(Clone, Copy)]
+enum Leftover {
+    /// The user withdrew the challenge while the grant was being issued.
+    Withdrawn,
+    /// An earlier life of the controller issued it and stopped before writing the verdict;
+    /// the deadline has passed since, so the user is told no grant.
+    Expired,
+}
+
+/// Revokes the grant a raced (or interrupted) issuing left, so that what the challenge says
+/// is true; `false` if there was none.
+async fn revoke_grant(ctx: &Context, c: &StepUpChallenge, why: Leftover) -> Result<bool> {
     let grants: Api<StepUpGrant> = Api::all(ctx.client.clone());
     match grants.delete(&grant_name(c), &DeleteParams::default()).await {
         Ok(_) => {
+            let why = match why {
+                Leftover::Withdrawn => "was withdrawn before the verdict reached it",
+                Leftover::Expired => {
+                    "expired before its verdict was written (an earlier controller issued the grant and stopped), so the user is told no grant"
+                }
+            };
             let record = Record::warning(
                 "GrantWithdrawn",
                 "grant.withdrawn",
                 "revoked",
-                format!(
-                    "grant {} revoked: its challenge {} was withdrawn before the verdict reached it",
-                    grant_name(c),
-                    c.name_any()
-                ),
+                format!("grant {} revoked: its challenge {} {why}", grant_name(c), c.name_any()),
             );
             ctx.record(c, &c.spec.user, c.spec.method.as_str(), &record).await;
             Ok(true)
@@ -189,7 +207,7 @@ async fn revoke_grant(ctx: &Context, c: &StepUpChallenge) -> Result<bool> {
 
 async fn withdrawn(ctx: &Context, c: &StepUpChallenge, revoke: bool, record: Option<Record>) -> Result<Action> {
     if revoke {
-        revoke_grant(ctx, c).await?;
+        revoke_grant(ctx, c, Leftover::Withdrawn).await?;
     }
     if let Some(record) = record {
         ctx.metrics.challenges.with_label_values(&[c.spec.method.as_str(), "withdrawn"]).inc();
@@ -226,10 +244,8 @@ async fn verdict(
     if let (Some(state), Some(mut next)) = (v.state.take(), factor) {
         next.state = state;
         ctx.store_factor(user, secret, &next).await?;
-        // A test hook (hidden flag): compiled out of release builds.
-        if cfg!(debug_assertions) && ctx.settings.crash_after_recording && v.issue {
-            tracing::error!(challenge = %name, "test hook: exiting after recording the code's use");
-            std::process::exit(86);
+        if v.issue {
+            ctx.settings.crash_point(CrashPoint::Recorded, &name);
         }
     }
     let mut grant = None;
@@ -247,7 +263,14 @@ async fn verdict(
                 tokio::time::sleep(pause).await;
             }
             grant = Some(issue(ctx, c, Timestamp::now()).await?);
+            ctx.settings.crash_point(CrashPoint::Issued, &name);
         }
+    }
+    if v.phase == ChallengePhase::Expired {
+        // An earlier life may have issued the grant and stopped before saying so: the user
+        // must not be told "no grant" while one stands. Revoked before the verdict is written,
+        // so a crash in between only repeats this.
+        revoke_grant(ctx, c, Leftover::Expired).await?;
     }
     if v.phase == ChallengePhase::Verified {
         let g = grant.as_ref().map(|g| g.name_any()).unwrap_or_default();
@@ -261,7 +284,7 @@ async fn verdict(
             let api: Api<StepUpChallenge> = Api::all(ctx.client.clone());
             let now = api.get_opt(&name).await?;
             if now.as_ref().is_none_or(|n| n.metadata.deletion_timestamp.is_some()) {
-                revoke_grant(ctx, c).await?;
+                revoke_grant(ctx, c, Leftover::Withdrawn).await?;
                 // Look again soon: the withdrawal itself is then recorded and released.
                 return Ok(Action::requeue(std::time::Duration::from_secs(1)));
             }
@@ -269,9 +292,15 @@ async fn verdict(
         }
         Err(e) => return Err(e),
     }
+    if grant.is_some() {
+        ctx.settings.crash_point(CrashPoint::Answered, &name);
+    }
     let api: Api<StepUpChallenge> = Api::all(ctx.client.clone());
     if c.spec.response.is_some() {
         scrub(&api, &name).await?;
+    }
+    if grant.is_some() {
+        ctx.settings.crash_point(CrashPoint::Scrubbed, &name);
     }
     ctx.metrics.challenges.with_label_values(&[c.spec.method.as_str(), v.result]).inc();
     report(c, &v, grant.as_ref());

@@ -64,10 +64,38 @@ pub struct Settings {
     /// The clock difference tolerated between the plugin, the controller and the webhook:
     /// deadlines are enforced this much early.
     pub max_clock_skew: SignedDuration,
-    /// Test hook: exit right after recording a code's use, before issuing the grant.
-    pub crash_after_recording: bool,
+    /// Test hook: exit right after this step of answering a challenge that earns a grant.
+    pub crash_at: Option<CrashPoint>,
     /// Test hook: wait this long between the last deadline check and issuing the grant.
     pub pause_before_issuing: Option<std::time::Duration>,
+}
+
+/// The steps of answering a challenge that earns a grant, in order: where the test hook
+/// `--crash-at` stops the controller, to show that a crash at any of them yields exactly one
+/// grant, a spent time step, and a verdict that tells the truth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrashPoint {
+    /// The withdrawal finalizer is on the challenge; nothing verified yet.
+    Claimed,
+    /// The code's time step is recorded as spent; no grant yet.
+    Recorded,
+    /// The grant exists; the challenge does not say so yet.
+    Issued,
+    /// The verdict is written; the sealed code is still on the challenge.
+    Answered,
+    /// The sealed code is scrubbed; the Events and records are not written yet.
+    Scrubbed,
+}
+
+impl Settings {
+    /// The test hook: exits if the controller was told to stop at `point`. Compiled out of
+    /// release builds.
+    pub(crate) fn crash_point(&self, point: CrashPoint, challenge: &str) {
+        if cfg!(debug_assertions) && self.crash_at == Some(point) {
+            tracing::error!(challenge, ?point, "test hook: exiting");
+            std::process::exit(86);
+        }
+    }
 }
 
 impl Default for Settings {
@@ -86,7 +114,7 @@ impl Default for Settings {
             approval_window: SignedDuration::from_mins(15),
             bootstrap_window: SignedDuration::from_hours(1),
             max_clock_skew: SignedDuration::from_secs(10),
-            crash_after_recording: false,
+            crash_at: None,
             pause_before_issuing: None,
         }
     }

@@ -55,7 +55,7 @@ pub fn settings(args: &ControllerArgs) -> Settings {
         approval_window: args.approval_window.as_signed(),
         bootstrap_window: args.bootstrap_window.as_signed(),
         max_clock_skew: args.identity.max_clock_skew.as_signed(),
-        crash_after_recording: args.crash_after_recording,
+        crash_at: args.crash_at,
         pause_before_issuing: args.pause_before_issuing.map(|d| d.as_std()),
     }
 }
