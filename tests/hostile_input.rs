@@ -286,3 +286,33 @@ fn grants_from_the_far_future_or_past_do_not_satisfy() {
         assert!(!d.allowed, "issued {issued}, expires {expires}");
     }
 }
+
+#[test]
+fn conflicting_modes_on_one_request_deny_until_a_grant_satisfies_the_deny_policy() {
+    use kube_stepup::api::{Enforcement, Operation::Delete};
+    use stepup_core::testing::request;
+    let config = config();
+    let same_rule = |name: &str, mode| {
+        Arc::new(policy(name).rule(&[Delete], "", &["secrets"]).enforcement(mode).max_age("5m").compiled())
+    };
+    // The same request under Deny, Warn and Audit at once, the Deny one the strictest.
+    let modes = PolicyIndex::new([
+        same_rule("audit", Enforcement::Audit),
+        same_rule("warn", Enforcement::Warn),
+        Arc::new(policy("deny").rule(&[Delete], "", &["secrets"]).max_age("1m").compiled()),
+    ]);
+    let req = request(Delete, "secrets").namespace("prod").name("db");
+    let none = GrantIndex::new([]);
+    let inputs = Inputs { policies: &modes, grants: Grants::Cached(&none), config: &config, now: t0() };
+    let d = decision::decide(&req.view(), &Default::default(), &inputs);
+    assert!(!d.allowed, "Deny wins over Warn and Audit: {d:?}");
+    // A grant fresh enough for Warn and Audit (3 minutes) but not for Deny (1 minute) is not enough.
+    let stale = GrantIndex::new([grant("g", "alice").issued(t0() - jiff::SignedDuration::from_mins(3)).record()]);
+    let inputs = Inputs { grants: Grants::Cached(&stale), ..inputs };
+    assert!(!decision::decide(&req.view(), &Default::default(), &inputs).allowed);
+    // A fresh one satisfies all three: allowed, and nothing to warn about.
+    let fresh = GrantIndex::new([grant("g", "alice").issued(t0()).record()]);
+    let inputs = Inputs { grants: Grants::Cached(&fresh), ..inputs };
+    let d = decision::decide(&req.view(), &Default::default(), &inputs);
+    assert!(d.allowed && d.warnings.is_empty(), "{d:?}");
+}
