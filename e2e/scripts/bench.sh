@@ -4,7 +4,7 @@
 # `make e2e`) with the release webhook, 10,000 policies and 100,000 grants, load runs
 # against the webhook over TLS, memory, and write latency through kube-apiserver.
 #
-# Usage: bench.sh [all|decision|up|seed|memory|load|e2e|churn|down]...   (default: all)
+# Usage: bench.sh [all|decision|up|seed|memory|load|e2e|churn|soak|down]...   (default: all)
 #   all       decision, up, seed, memory, load, e2e, churn, memory, down
 #   decision  cargo bench --bench decision
 #   up        control plane + release webhook (cluster.sh, stepup.sh)
@@ -14,6 +14,9 @@
 #   e2e       ConfigMap update latency: no admission, kube-stepup, ValidatingAdmissionPolicy
 #             (after seed: it edits the webhook registration, which the controller would revert)
 #   churn     update / delete / re-create 30% of policies and grants
+#   soak      every body at SOAK_RATE [200/s] for SOAK_DURATION [10m] while unrelated policies
+#             and grants churn; per minute: wrong answers, latency, webhook RSS (RELIABILITY.md).
+#             Seeds SOAK_SEED_POLICIES [1000] policies (0 after `seed`). Not part of `all`.
 #   down      unregister and stop everything this script started
 #
 # Results (text and JSON lines) go to $BENCH_OUT [target/bench/<UTC date-time>].
@@ -77,7 +80,7 @@ cmd_up() {
 
 webhook_rules_cover() { # resource: the controller has derived the registration from the policies
 	"$KUBECTL" --kubeconfig "$KUBECONFIG_ADMIN" get validatingwebhookconfiguration stepup.dev \
-		-o 'jsonpath={.webhooks[0].rules[*].resources}' 2>/dev/null | grep -q "\"$1\""
+		-o 'jsonpath={.webhooks[*].rules[*].resources}' 2>/dev/null | grep -q "\"$1\""
 }
 
 cmd_seed() {
@@ -147,6 +150,15 @@ cmd_churn() {
 	cmd_memory "after churning 30% of policies and grants"
 }
 
+cmd_soak() { # a steady rate under churn for SOAK_DURATION (10m); seeds 1,000 policies unless `seed` ran
+	# shellcheck disable=SC1090
+	source "$("$SCRIPT_DIR/cluster.sh" env-file)"
+	local seed=${SOAK_SEED_POLICIES:-1000}
+	note "soak: stepup-load soak --duration ${SOAK_DURATION:-10m} --window 1m --rate ${SOAK_RATE:-200} --seed-policies $seed"
+	"$LOAD" soak --duration "${SOAK_DURATION:-10m}" --window 1m --rate "${SOAK_RATE:-200}" --connections 2 \
+		--seed-policies "$seed" --json "$JSON" 2>&1 | tee -a "$OUT/summary.txt"
+}
+
 cmd_down() {
 	"$SCRIPT_DIR/stepup.sh" down || true
 	"$SCRIPT_DIR/cluster.sh" down
@@ -169,7 +181,7 @@ main() {
 			cmd_churn
 			[[ ${BENCH_KEEP_UP:-0} == 1 ]] || cmd_down
 			;;
-		decision | up | seed | memory | load | e2e | churn | down) "cmd_$step" ;;
+		decision | up | seed | memory | load | e2e | churn | soak | down) "cmd_$step" ;;
 		*)
 			sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
 			exit 2

@@ -102,6 +102,12 @@ impl Env {
     }
 
     /// Runs the real kubectl as `who`.
+    /// The script-started webhook's pid (its pid file sits beside the logs directory).
+    pub fn webhook_pid(&self) -> Option<u32> {
+        let logs = PathBuf::from(self.vars.get("STEPUP_LOGS_DIR")?);
+        std::fs::read_to_string(logs.parent()?.join("pids/stepup-webhook.pid")).ok()?.trim().parse().ok()
+    }
+
     pub fn kubectl(&self, who: &str, args: &[&str]) -> Output {
         std::process::Command::new(self.var("KUBECTL"))
             .arg("--kubeconfig")
@@ -992,4 +998,12 @@ impl Terminal {
         tokio::time::sleep(Duration::from_millis(200)).await;
         (status.code().unwrap_or(-1), self.screen())
     }
+}
+
+/// Resident memory (VmRSS) of a process, in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kib / 1024.0)
 }

@@ -66,6 +66,7 @@ async fn a_denial_storm_from_many_users_stays_within_the_event_rate() {
         .await;
     world.secret("prod", &probe).await;
     let before = stepup_required_events(&world).await.len();
+    let rss_before = webhook_rss_mib(&world);
     // 60 distinct people (the admin impersonating them), each refused once, as fast as they come.
     let started = Instant::now();
     let users: Vec<String> = (0..60).map(|i| format!("storm-user-{i}")).collect();
@@ -89,9 +90,18 @@ async fn a_denial_storm_from_many_users_stays_within_the_event_rate() {
     let written = stepup_required_events(&world).await.len() - before;
     // The webhook writes at most 5 Events per second after a burst of 20.
     let bound = 20 + (5.0 * (elapsed.as_secs_f64() + 2.0)).ceil() as usize;
-    eprintln!("60 users refused in {elapsed:?}: {written} Events written (bound {bound})");
+    eprintln!(
+        "60 users refused in {elapsed:?}: {written} Events written (bound {bound}); webhook RSS {:.1} → {:.1} MiB",
+        rss_before,
+        webhook_rss_mib(&world)
+    );
     assert!(written <= bound, "{written} Events for 60 refusals in {elapsed:?}");
     assert!(written >= 20, "the storm is still evidenced: {written}");
     let held = world.env.metric_sum("stepup_events_total{result=\"rate_limited\"}").await;
     assert!(held > 0.0 || written == 60, "what the rate held back is counted");
+}
+
+/// The script-started webhook's resident memory, in MiB; printed, never asserted.
+fn webhook_rss_mib(world: &World) -> f64 {
+    world.env.webhook_pid().and_then(stepup_e2e::rss_mib).unwrap_or(0.0)
 }

@@ -45,7 +45,7 @@ use rustls::{
 };
 use serde_json::{Value, json};
 use stepup_core::testing::{fleet, grant, policy};
-use stepup_e2e::{Env, eventually};
+use stepup_e2e::{Env, eventually, rss_mib};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
@@ -71,6 +71,44 @@ enum Command {
     /// Latency of a ConfigMap update through kube-apiserver: no admission, kube-stepup, and
     /// a ValidatingAdmissionPolicy, interleaved in one run.
     E2e(E2eArgs),
+    /// A steady rate of every body for a long time while unrelated policies and grants churn:
+    /// per window, wrong answers, errors, latency percentiles and the webhook's RSS. Fails on
+    /// any wrong answer or error.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    #[arg(long, default_value = "10m")]
+    duration: humantime_lite::Dur,
+    /// Figures are reported per window of this length.
+    #[arg(long, default_value = "1m")]
+    window: humantime_lite::Dur,
+    /// Reviews per second, over all connections.
+    #[arg(long, default_value_t = 200.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 2)]
+    connections: usize,
+    /// Create this many fleet policies (and the namespaces) first; 0 when `seed` ran before.
+    /// The bodies need at least 1,000 (teams 42 and 43).
+    #[arg(long, default_value_t = 0)]
+    seed_policies: usize,
+    /// Of those, only the cluster-wide ones and these teams' (42 and 43 are the bodies'): a
+    /// quick seed for a short run.
+    #[arg(long, value_delimiter = ',')]
+    seed_teams: Vec<usize>,
+    /// Policies and grants created and deleted over and over while the load runs. They
+    /// concern other namespaces and users, so the right answer to every body stays the same.
+    #[arg(long, default_value_t = 50)]
+    churn_policies: usize,
+    #[arg(long, default_value_t = 500)]
+    churn_grants: usize,
+    /// Webhook process to read RSS from [default: from the pid file].
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Append a JSON line per window and one for the whole run to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -206,6 +244,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Soak(args) => soak(args),
         other => {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(async {
@@ -214,7 +253,7 @@ fn main() -> Result<()> {
                     Command::Churn(a) => churn(a).await,
                     Command::Wait(a) => wait_for_caches(&Env::load(), a.policies, a.grants).await,
                     Command::E2e(a) => e2e(a).await,
-                    Command::Run(_) => unreachable!(),
+                    Command::Run(_) | Command::Soak(_) => unreachable!(),
                 }
             })
         }
@@ -588,7 +627,21 @@ impl Target {
         for cert in CertificateDer::pem_slice_iter(ca_bundle) {
             roots.add(cert?)?;
         }
-        let mut config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        // The webhook asks for the API server's client certificate (mutual TLS): present the
+        // one the e2e control plane gives kube-apiserver for admission.
+        let builder = ClientConfig::builder().with_root_certificates(roots);
+        let mut config =
+            match (env.var_opt("KUBE_ADMISSION_CLIENT_CERT_FILE"), env.var_opt("KUBE_ADMISSION_CLIENT_KEY_FILE")) {
+                (Some(cert), Some(key)) => {
+                    let chain = CertificateDer::pem_file_iter(cert)
+                        .with_context(|| format!("reading {cert}"))?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                        .with_context(|| format!("reading {key}"))?;
+                    builder.with_client_auth_cert(chain, key)?
+                }
+                _ => builder.with_no_client_auth(),
+            };
         // kube-apiserver speaks HTTP/1.1 to webhooks and Go's TLS client caches no sessions.
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         if mode == Mode::NewConnection {
@@ -628,16 +681,22 @@ impl Target {
         if !status.is_success() {
             bail!("HTTP {status}: {}", String::from_utf8_lossy(&body));
         }
-        let needle: &[u8] = if expect_allowed { b"\"allowed\":true" } else { b"\"allowed\":false" };
-        if !body.windows(needle.len()).any(|w| w == needle) {
-            bail!("unexpected answer: {}", String::from_utf8_lossy(&body));
+        // The answer, parsed: an AdmissionReview whose response says what it should.
+        let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if answer["kind"] != "AdmissionReview" || answer["response"]["allowed"] != expect_allowed {
+            bail!("{WRONG_ANSWER}: {}", String::from_utf8_lossy(&body));
         }
         Ok(())
     }
 }
 
+/// How an answer that says the wrong thing is told from a failed request.
+const WRONG_ANSWER: &str = "unexpected answer";
+
 struct ThreadResult {
     latency: Histogram<u64>,
+    /// Answers that said the wrong thing (also counted in `errors`).
+    wrong: u64,
     lag: Histogram<u64>,
     ok: u64,
     errors: u64,
@@ -665,6 +724,7 @@ fn drive(
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let mut out = ThreadResult {
         latency: histogram(),
+        wrong: 0,
         lag: histogram(),
         ok: 0,
         errors: 0,
@@ -721,6 +781,9 @@ fn drive(
                 }
                 Err(e) => {
                     out.errors += 1;
+                    if e.to_string().starts_with(WRONG_ANSWER) {
+                        out.wrong += 1;
+                    }
                     out.first_error.get_or_insert_with(|| format!("{e:#}"));
                 }
             }
@@ -744,10 +807,7 @@ fn run(args: RunArgs) -> Result<()> {
     let env = Env::load();
     let setup = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let target = Target::new(&env, args.mode, &setup.block_on(webhook_ca_bundle(&env))?)?;
-    let server_pid = args.server_pid.or_else(|| {
-        let dir = std::env::var("STEPUP_E2E_DIR").ok()?;
-        std::fs::read_to_string(format!("{dir}/pids/stepup-webhook.pid")).ok()?.trim().parse().ok()
-    });
+    let server_pid = args.server_pid.or_else(|| env.webhook_pid());
     setup.block_on(async {
         // user-42's fresh grant: what lets the allowed bodies through.
         let name = format!("g-load-fresh-{}", Timestamp::now().as_second());
@@ -1039,6 +1099,235 @@ async fn e2e(args: E2eArgs) -> Result<()> {
             path,
             &json!({"label": "e2e", "date": Timestamp::now().to_string(), "loadavg": loadavg(), "iterations": args.iterations, "arms": arms, "webhook_reviews": reviews}),
         )?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ the soak
+
+/// Creates and deletes the churn objects until `stop`: policies on ConfigMaps in a namespace
+/// no body touches, grants of users no body is. Returns (writes, failed writes).
+async fn churn_loop(env: &Env, policies: usize, grants: usize, stop: &std::sync::atomic::AtomicBool) -> (u64, u64) {
+    use std::sync::atomic::Ordering;
+    let writer: Api<StepUpPolicy> = Api::all(env.client("policy-writer").await);
+    let controller: Api<StepUpGrant> = Api::all(env.client("stepup-controller").await);
+    let (mut writes, mut failed) = (0u64, 0u64);
+    let mut round = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        round += 1;
+        let ps: Vec<StepUpPolicy> = (0..policies)
+            .map(|k| {
+                policy(&format!("soak-churn-{k}"))
+                    .rule(&[Operation::Delete], "", &["configmaps"])
+                    .namespaces(&[&format!("soak-churn-{k}")])
+                    .message(&format!("round {round}"))
+                    .build()
+            })
+            .collect();
+        let now = Timestamp::now();
+        let gs = signed(
+            env,
+            (0..grants)
+                .map(|k| {
+                    grant(&format!("g-soak-churn-{k}"), &format!("soak-user-{}", k % 97))
+                        .issued(now)
+                        .expires(now + SignedDuration::from_mins(10))
+                        .build()
+                })
+                .collect(),
+        );
+        for r in stream::iter(ps.iter().cloned())
+            .map(|p| {
+                let w = writer.clone();
+                async move { w.create(&PostParams::default(), &p).await.map(|_| ()) }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await
+        {
+            writes += 1;
+            failed += u64::from(r.is_err());
+        }
+        for r in stream::iter(gs.iter().cloned())
+            .map(|g| {
+                let c = controller.clone();
+                async move { c.create(&PostParams::default(), &g).await.map(|_| ()) }
+            })
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await
+        {
+            writes += 1;
+            failed += u64::from(r.is_err());
+        }
+        let policy_names: Vec<String> = ps.iter().filter_map(|p| p.metadata.name.clone()).collect();
+        let grant_names: Vec<String> = gs.iter().filter_map(|g| g.metadata.name.clone()).collect();
+        for name in policy_names {
+            writes += 1;
+            failed += u64::from(writer.delete(&name, &Default::default()).await.is_err());
+        }
+        for name in grant_names {
+            writes += 1;
+            failed += u64::from(controller.delete(&name, &Default::default()).await.is_err());
+        }
+    }
+    (writes, failed)
+}
+
+fn soak(args: SoakArgs) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::load();
+    let setup = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    if args.seed_policies > 0 {
+        setup.block_on(async {
+            ensure_namespaces(&env.client("admin").await).await?;
+            let mut policies = fleet::policies(args.seed_policies);
+            if !args.seed_teams.is_empty() {
+                let prefixes: Vec<String> = args.seed_teams.iter().map(|t| format!("{}-", fleet::team(*t))).collect();
+                policies.retain(|p| {
+                    let name = p.metadata.name.as_deref().unwrap_or_default();
+                    name.starts_with("global-") || prefixes.iter().any(|t| name.starts_with(t.as_str()))
+                });
+            }
+            let n = policies.len();
+            create_all(Api::all(env.client("policy-writer").await), policies, 16, "policies").await?;
+            wait_for_caches(&env, n, 0).await
+        })?;
+    }
+    let target = Target::new(&env, Mode::KeepAlive, &setup.block_on(webhook_ca_bundle(&env))?)?;
+    let server_pid = args.server_pid.or_else(|| env.webhook_pid());
+    setup.block_on(async {
+        let name = format!("g-soak-fresh-{}", Timestamp::now().as_second());
+        issue_fresh_grant(&env, &name, &fleet::user(42), &fleet::user_uid(42)).await
+    })?;
+    // Each denial asks the API server for the user's grants first: one body in 21 is one,
+    // as in a cluster where most protected writes come with a grant.
+    let allowed = [Body::SecretDelete, Body::DeploymentUpdate, Body::Exec, Body::SecretUpdateDev];
+    let kinds: Vec<Body> = (0..5).flat_map(|_| allowed).chain([Body::SecretDenied]).collect();
+    let bodies: Vec<(Bytes, bool)> = kinds
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let (v, allowed) = review(*b, i as u64);
+            (Bytes::from(serde_json::to_vec(&v).expect("JSON")), allowed)
+        })
+        .collect();
+    setup.block_on(async {
+        let mut s = target.connect().await?;
+        for (b, allowed) in &bodies {
+            target.post(&mut s, b.clone(), *allowed).await.context("a body before the soak")?;
+        }
+        anyhow::Ok(())
+    })?;
+
+    let stop = AtomicBool::new(false);
+    let windows = (args.duration.0.as_secs_f64() / args.window.0.as_secs_f64()).ceil().max(1.0) as usize;
+    let run_args = RunArgs {
+        rate: args.rate,
+        connections: args.connections,
+        duration: args.window,
+        warmup: humantime_lite::Dur(Duration::ZERO),
+        body: kinds.clone(),
+        mode: Mode::KeepAlive,
+        server_pid,
+        json: None,
+        label: String::new(),
+    };
+    let rss_start = server_pid.and_then(rss_mib);
+    println!(
+        "soak: {windows} × {:?} at {:.0}/s over {} connections, every body kind (1 in 21 denied), churning {} policies and {} grants; webhook RSS at start {}",
+        args.window.0,
+        args.rate,
+        args.connections,
+        args.churn_policies,
+        args.churn_grants,
+        rss_start.map_or("unknown".into(), |r| format!("{r:.1} MiB")),
+    );
+    let (rows, churned) = std::thread::scope(|scope| {
+        let churner = scope.spawn(|| setup.block_on(churn_loop(&env, args.churn_policies, args.churn_grants, &stop)));
+        let mut rows = Vec::new();
+        for w in 0..windows {
+            let start = Instant::now() + Duration::from_millis(20);
+            let end = start + args.window.0;
+            let results: Vec<ThreadResult> = std::thread::scope(|inner| {
+                let handles: Vec<_> = (0..args.connections)
+                    .map(|k| {
+                        let (a, t, b) = (&run_args, &target, &bodies);
+                        inner.spawn(move || drive(k, a, t, b, start, start, end))
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().expect("driver thread")).collect()
+            });
+            let mut latency = histogram();
+            let (mut ok, mut errors, mut wrong, mut unsent) = (0, 0, 0, 0);
+            let mut first_error = None;
+            for r in results {
+                latency.add(&r.latency).expect("same bounds");
+                ok += r.ok;
+                errors += r.errors;
+                wrong += r.wrong;
+                unsent += r.unsent;
+                first_error = first_error.or(r.first_error);
+            }
+            let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1e6;
+            let rss = server_pid.and_then(rss_mib);
+            println!(
+                "window {:>2}/{windows}: ok={ok} wrong={wrong} errors={errors} unsent={unsent} latency ms p50={:.3} p99={:.3} p99.9={:.3} max={:.3} webhook RSS {}",
+                w + 1,
+                ms(0.5),
+                ms(0.99),
+                ms(0.999),
+                latency.max() as f64 / 1e6,
+                rss.map_or("unknown".into(), |r| format!("{r:.1} MiB")),
+            );
+            if let Some(e) = &first_error {
+                println!("  first error: {e}");
+            }
+            rows.push(json!({
+                "window": w + 1, "ok": ok, "wrong": wrong, "errors": errors, "unsent": unsent,
+                "latency_ms": {"p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999), "max": latency.max() as f64 / 1e6},
+                "rss_mib": rss, "first_error": first_error,
+            }));
+        }
+        stop.store(true, Ordering::Relaxed);
+        (rows, churner.join().expect("churn thread"))
+    });
+    let total = |k: &str| rows.iter().map(|r| r[k].as_u64().unwrap_or(0)).sum::<u64>();
+    let (ok, wrong, errors) = (total("ok"), total("wrong"), total("errors"));
+    let rss_end = server_pid.and_then(rss_mib);
+    let p99 = |r: &Value| r["latency_ms"]["p99"].as_f64().unwrap_or(0.0);
+    println!(
+        "soak done: {ok} answered, {wrong} wrong, {errors} errors; churn {} writes ({} failed); webhook RSS {} → {} MiB; p99 first window {:.3} ms, last {:.3} ms",
+        churned.0,
+        churned.1,
+        rss_start.map_or("?".into(), |r| format!("{r:.1}")),
+        rss_end.map_or("?".into(), |r| format!("{r:.1}")),
+        rows.first().map(p99).unwrap_or(0.0),
+        rows.last().map(p99).unwrap_or(0.0),
+    );
+    if let Some(path) = &args.json {
+        for r in &rows {
+            append_json(path, r)?;
+        }
+        append_json(
+            path,
+            &json!({
+                "summary": true, "date": Timestamp::now().to_string(), "loadavg": loadavg(),
+                "duration_s": args.duration.0.as_secs_f64(), "rate": args.rate, "ok": ok, "wrong": wrong,
+                "errors": errors, "churn_writes": churned.0, "churn_failed": churned.1,
+                "rss_start_mib": rss_start, "rss_end_mib": rss_end,
+            }),
+        )?;
+    }
+    // Leave nothing behind.
+    setup.block_on(async {
+        let writer: Api<StepUpPolicy> = Api::all(env.client("policy-writer").await);
+        for k in 0..args.churn_policies {
+            let _ = writer.delete(&format!("soak-churn-{k}"), &Default::default()).await;
+        }
+    });
+    if wrong > 0 || errors > 0 || ok == 0 {
+        bail!("the soak saw {wrong} wrong answers and {errors} errors in {ok} answers");
     }
     Ok(())
 }
