@@ -1196,10 +1196,16 @@ fn soak(args: SoakArgs) -> Result<()> {
     }
     let target = Target::new(&env, Mode::KeepAlive, &setup.block_on(webhook_ca_bundle(&env))?)?;
     let server_pid = args.server_pid.or_else(|| env.webhook_pid());
-    setup.block_on(async {
-        let name = format!("g-soak-fresh-{}", Timestamp::now().as_second());
-        issue_fresh_grant(&env, &name, &fleet::user(42), &fleet::user_uid(42)).await
-    })?;
+    // user-42's grant lets the allowed bodies through; the strictest policy they meet
+    // (exec) accepts grants up to 5 minutes old, so a new one (a new name: the old one stays
+    // until it is replaced, no gap) is issued every 2 minutes, as a user would step up again.
+    let refresh = |n: u32| {
+        setup.block_on(async {
+            let name = format!("g-soak-fresh-{}-{n}", Timestamp::now().as_second());
+            issue_fresh_grant(&env, &name, &fleet::user(42), &fleet::user_uid(42)).await
+        })
+    };
+    refresh(0)?;
     // Each denial asks the API server for the user's grants first: one body in 21 is one,
     // as in a cluster where most protected writes come with a grant.
     let allowed = [Body::SecretDelete, Body::DeploymentUpdate, Body::Exec, Body::SecretUpdateDev];
@@ -1246,9 +1252,12 @@ fn soak(args: SoakArgs) -> Result<()> {
     let (rows, churned) = std::thread::scope(|scope| {
         let churner = scope.spawn(|| setup.block_on(churn_loop(&env, args.churn_policies, args.churn_grants, &stop)));
         let mut rows = Vec::new();
+        let mut issued = Instant::now();
+        let mut refreshes = 0;
         for w in 0..windows {
             let start = Instant::now() + Duration::from_millis(20);
             let end = start + args.window.0;
+            let (refresher_setup, refresh_every) = (&refresh, Duration::from_secs(120));
             let results: Vec<ThreadResult> = std::thread::scope(|inner| {
                 let handles: Vec<_> = (0..args.connections)
                     .map(|k| {
@@ -1256,6 +1265,17 @@ fn soak(args: SoakArgs) -> Result<()> {
                         inner.spawn(move || drive(k, a, t, b, start, start, end))
                     })
                     .collect();
+                // Re-issue while the load runs, whenever the grant turns 2 minutes old.
+                while Instant::now() < end {
+                    if issued.elapsed() >= refresh_every {
+                        refreshes += 1;
+                        if let Err(e) = refresher_setup(refreshes) {
+                            eprintln!("  could not re-issue the grant: {e:#}");
+                        }
+                        issued = Instant::now();
+                    }
+                    std::thread::sleep(Duration::from_millis(200).min(end.saturating_duration_since(Instant::now())));
+                }
                 handles.into_iter().map(|h| h.join().expect("driver thread")).collect()
             });
             let mut latency = histogram();
