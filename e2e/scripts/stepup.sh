@@ -95,13 +95,24 @@ show_log() { # name
 	tail -n 40 "$LOGS/$1.log" >&2 || true
 }
 
+# Whether the process just started under this name is still alive (not exited, not a
+# zombie). Not `running_pid`: its /proc/PID/cmdline check can read an empty command line while
+# the process is in execve, which once made a healthy start look like an exit.
+alive() { # name
+	local pid state
+	pid=$(cat "$PIDS/$1.pid" 2>/dev/null) || return 1
+	[[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+	state=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
+	[[ $state != Z ]]
+}
+
 wait_ready() { # name url timeout-seconds
 	local i
 	for ((i = 0; i < $3 * 10; i++)); do
 		if curl -fsS "$2" >/dev/null 2>&1; then
 			return 0
 		fi
-		running_pid "$1" >/dev/null || { show_log "$1"; die "$1 exited during startup"; }
+		alive "$1" || { show_log "$1"; die "$1 exited during startup"; }
 		sleep 0.1
 	done
 	show_log "$1"
