@@ -142,6 +142,21 @@ impl Env {
         let text = std::fs::read_to_string(self.var("KUBE_AUDIT_LOG")).unwrap_or_default();
         text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
+
+    /// Waits (up to 10 s) for the newest ResponseComplete audit event that `wanted` accepts;
+    /// returns its annotations (what the webhook entries told the API server).
+    pub async fn audit_annotations(&self, wanted: impl Fn(&Value) -> bool) -> Value {
+        eventually(Duration::from_secs(10), || async {
+            self.audit_events()
+                .into_iter()
+                .rev()
+                .find(|e| e["stage"] == "ResponseComplete" && wanted(e))
+                .map(|e| e["annotations"].clone())
+                .ok_or_else(|| anyhow::anyhow!("no audit event yet"))
+        })
+        .await
+        .expect("the API server's audit event")
+    }
 }
 
 /// The `n`th port for extra processes a scenario starts (controllers in the crash and leader

@@ -69,24 +69,15 @@ async fn alice_enrolls_steps_up_and_the_refused_delete_passes_with_evidence() {
 
     delete_secret_as(&world, "alice", "db").await.expect("the grant lets the delete through");
     // The reason reaches the API server's audit log with the decision, policy and grant.
-    let annotations = eventually(Duration::from_secs(10), || async {
-        world
-            .env
-            .audit_events()
-            .into_iter()
-            .rev()
-            .find(|e| {
-                e["verb"] == "delete"
-                    && e["user"]["username"] == "alice"
-                    && e["objectRef"]["name"] == "db"
-                    && e["stage"] == "ResponseComplete"
-                    && e["annotations"]["validate.stepup.dev/decision"] == "granted"
-            })
-            .map(|e| e["annotations"].clone())
-            .ok_or_else(|| anyhow::anyhow!("no audit event yet"))
-    })
-    .await
-    .unwrap();
+    let annotations = world
+        .env
+        .audit_annotations(|e| {
+            e["verb"] == "delete"
+                && e["user"]["username"] == "alice"
+                && e["objectRef"]["name"] == "db"
+                && e["annotations"]["validate.stepup.dev/decision"] == "granted"
+        })
+        .await;
     assert_eq!(annotations["validate.stepup.dev/grant"], grant_name.as_str(), "{annotations}");
     assert_eq!(annotations["validate.stepup.dev/reason"], "INC-42", "{annotations}");
     assert_eq!(annotations["validate.stepup.dev/policy"], "prod-secrets", "{annotations}");

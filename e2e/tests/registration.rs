@@ -233,19 +233,8 @@ async fn a_down_webhook_fails_closed_but_cannot_lock_out_the_cluster_or_stepup()
     let probe = format!("audited-claim-{}", std::process::id());
     let _ = claims.delete(&probe, &DeleteParams::default()).await;
     claims.create(&PostParams::default(), &claim(&probe)).await.expect("Audit allows");
-    let annotations = eventually(Duration::from_secs(10), || async {
-        world
-            .env
-            .audit_events()
-            .into_iter()
-            .find(|e| {
-                e["verb"] == "create" && e["objectRef"]["name"] == probe.as_str() && e["stage"] == "ResponseComplete"
-            })
-            .map(|e| e["annotations"].clone())
-            .ok_or_else(|| anyhow::anyhow!("no audit event yet"))
-    })
-    .await
-    .unwrap();
+    let annotations =
+        world.env.audit_annotations(|e| e["verb"] == "create" && e["objectRef"]["name"] == probe.as_str()).await;
     assert_eq!(annotations["advise.stepup.dev/decision"], "audited", "{annotations}");
     assert!(annotations.get("validate.stepup.dev/decision").is_none(), "reviewed once: {annotations}");
     claims.delete(&probe, &DeleteParams::default()).await.expect("Warn allows");

@@ -90,22 +90,12 @@ async fn audit_policies_pass_and_leave_an_audit_annotation() {
     let name = format!("audited-{}", std::process::id());
     world.secret("dev", &name).await;
     delete_secret_as(&world, "alice", "dev", &name).await.expect("audit mode allows");
-    let annotations = eventually(Duration::from_secs(10), || async {
-        world
-            .env
-            .audit_events()
-            .into_iter()
-            .find(|e| {
-                e["verb"] == "delete"
-                    && e["user"]["username"] == "alice"
-                    && e["objectRef"]["name"] == name.as_str()
-                    && e["stage"] == "ResponseComplete"
-            })
-            .map(|e| e["annotations"].clone())
-            .ok_or_else(|| anyhow::anyhow!("no audit event yet"))
-    })
-    .await
-    .expect("audit event");
+    let annotations = world
+        .env
+        .audit_annotations(|e| {
+            e["verb"] == "delete" && e["user"]["username"] == "alice" && e["objectRef"]["name"] == name.as_str()
+        })
+        .await;
     // Reviewed by the entry that fails closed (other scenarios' Deny policies route secret
     // deletes there) or by the one that fails open: exactly one of them.
     let entries: Vec<&str> = ["validate.stepup.dev", "advise.stepup.dev"]

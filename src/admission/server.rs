@@ -1,6 +1,6 @@
-//! The HTTP side: `POST /validate` and `POST /advise` over TLS for the API server, and a plain-HTTP admin port
-//! with `/healthz`, `/readyz` and `/metrics`. Handlers are thin: parse, call the decision,
-//! answer, record.
+//! The HTTP side: `POST /validate` and `POST /advise` over TLS for the API server, and a
+//! plain-HTTP admin port with `/healthz`, `/readyz` and `/metrics`. Handlers are thin: parse,
+//! call the decision, answer, record.
 
 use std::{
     sync::{

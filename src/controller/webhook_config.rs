@@ -1,6 +1,7 @@
 //! The ValidatingWebhookConfiguration, managed by the controller: its rules are the union of
-//! what the policies match (plus the stepup kinds), so requests no policy cares about never
-//! leave the API server; match conditions and a namespace selector keep control-plane
+//! what the policies match (plus the stepup kinds), split between an entry that fails closed
+//! and one that fails open ([`rules`]), so requests no policy cares about never leave the API
+//! server; match conditions and a namespace selector keep control-plane
 //! traffic, kube-system and stepup itself away from the webhook; the caBundle comes from the
 //! certificates below (or from cert-manager's injector).
 
@@ -22,9 +23,6 @@ use crate::{
     },
     policy::{CompiledPolicy, Masks, OperationSet},
 };
-
-/// Name of the entry that fails closed (see [`crate::api::ENFORCING_WEBHOOK`]).
-pub const WEBHOOK_NAME: &str = ENFORCING_WEBHOOK;
 
 /// Where the API server sends reviews.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -373,7 +371,7 @@ pub fn desired(
         side_effects: "NoneOnDryRun".into(),
         timeout_seconds: Some(s.timeout_seconds),
     };
-    let mut webhooks = vec![entry(WEBHOOK_NAME, ENFORCING_PATH, "Fail", enforcing)];
+    let mut webhooks = vec![entry(ENFORCING_WEBHOOK, ENFORCING_PATH, "Fail", enforcing)];
     if !advisory.is_empty() {
         let mut advise = entry(ADVISORY_WEBHOOK, ADVISORY_PATH, "Ignore", advisory);
         advise
@@ -750,7 +748,7 @@ mod tests {
             c.webhooks
                 .unwrap()
                 .into_iter()
-                .find(|w| w.name == WEBHOOK_NAME)
+                .find(|w| w.name == ENFORCING_WEBHOOK)
                 .unwrap()
                 .rules
                 .clone()

@@ -1105,6 +1105,26 @@ async fn e2e(args: E2eArgs) -> Result<()> {
 
 // ------------------------------------------------------------------ the soak
 
+/// Creates the objects (8 at a time), then deletes them; returns (writes, failed writes).
+/// Failures are counted, not fatal: the soak judges the webhook's answers, not the churn.
+async fn create_then_delete<K>(api: &Api<K>, objects: Vec<K>) -> (u64, u64)
+where
+    K: kube::Resource + Clone + serde::Serialize + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let names: Vec<String> = objects.iter().filter_map(|o| o.meta().name.clone()).collect();
+    let created: Vec<bool> = stream::iter(objects)
+        .map(|o| async move { api.create(&PostParams::default(), &o).await.is_ok() })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut deleted = Vec::with_capacity(names.len());
+    for name in &names {
+        deleted.push(api.delete(name, &Default::default()).await.is_ok());
+    }
+    let writes = (created.len() + deleted.len()) as u64;
+    (writes, created.iter().chain(&deleted).filter(|ok| !**ok).count() as u64)
+}
+
 /// Creates and deletes the churn objects until `stop`: policies on ConfigMaps in a namespace
 /// no body touches, grants of users no body is. Returns (writes, failed writes).
 async fn churn_loop(env: &Env, policies: usize, grants: usize, stop: &std::sync::atomic::AtomicBool) -> (u64, u64) {
@@ -1136,39 +1156,9 @@ async fn churn_loop(env: &Env, policies: usize, grants: usize, stop: &std::sync:
                 })
                 .collect(),
         );
-        for r in stream::iter(ps.iter().cloned())
-            .map(|p| {
-                let w = writer.clone();
-                async move { w.create(&PostParams::default(), &p).await.map(|_| ()) }
-            })
-            .buffer_unordered(8)
-            .collect::<Vec<_>>()
-            .await
-        {
-            writes += 1;
-            failed += u64::from(r.is_err());
-        }
-        for r in stream::iter(gs.iter().cloned())
-            .map(|g| {
-                let c = controller.clone();
-                async move { c.create(&PostParams::default(), &g).await.map(|_| ()) }
-            })
-            .buffer_unordered(8)
-            .collect::<Vec<_>>()
-            .await
-        {
-            writes += 1;
-            failed += u64::from(r.is_err());
-        }
-        let policy_names: Vec<String> = ps.iter().filter_map(|p| p.metadata.name.clone()).collect();
-        let grant_names: Vec<String> = gs.iter().filter_map(|g| g.metadata.name.clone()).collect();
-        for name in policy_names {
-            writes += 1;
-            failed += u64::from(writer.delete(&name, &Default::default()).await.is_err());
-        }
-        for name in grant_names {
-            writes += 1;
-            failed += u64::from(controller.delete(&name, &Default::default()).await.is_err());
+        for (w, f) in [create_then_delete(&writer, ps).await, create_then_delete(&controller, gs).await] {
+            writes += w;
+            failed += f;
         }
     }
     (writes, failed)
@@ -1257,7 +1247,6 @@ fn soak(args: SoakArgs) -> Result<()> {
         for w in 0..windows {
             let start = Instant::now() + Duration::from_millis(20);
             let end = start + args.window.0;
-            let (refresher_setup, refresh_every) = (&refresh, Duration::from_secs(120));
             let results: Vec<ThreadResult> = std::thread::scope(|inner| {
                 let handles: Vec<_> = (0..args.connections)
                     .map(|k| {
@@ -1267,9 +1256,9 @@ fn soak(args: SoakArgs) -> Result<()> {
                     .collect();
                 // Re-issue while the load runs, whenever the grant turns 2 minutes old.
                 while Instant::now() < end {
-                    if issued.elapsed() >= refresh_every {
+                    if issued.elapsed() >= Duration::from_secs(120) {
                         refreshes += 1;
-                        if let Err(e) = refresher_setup(refreshes) {
+                        if let Err(e) = refresh(refreshes) {
                             eprintln!("  could not re-issue the grant: {e:#}");
                         }
                         issued = Instant::now();
