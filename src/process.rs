@@ -1,8 +1,8 @@
 //! Process plumbing both long-running processes share (I/O: signals, a listener, the
 //! environment): the shutdown signal, the instance name, the plain-HTTP admin server
-//! (`/healthz`, `/readyz`, `/metrics`) and the last flush of the audit trail.
+//! (`/healthz`, `/readyz`, `/metrics`).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -79,13 +79,6 @@ pub fn instance(explicit: Option<&str>) -> String {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "stepup".into());
         format!("{}-{}", host.trim(), std::process::id())
     })
-}
-
-/// Stops the audit writer and gives it a moment to send its last records before the
-/// process ends.
-pub async fn flush_records(stop_records: &CancellationToken) {
-    stop_records.cancel();
-    tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
 /// SIGTERM (Kubernetes) or Ctrl-C.

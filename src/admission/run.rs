@@ -47,7 +47,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let builtin = decision.builtin_policies();
     let stop_records = CancellationToken::new();
     let instance = process::instance(None);
-    crate::records::writer::install(
+    let records = crate::records::writer::install(
         format!("stepup-webhook/{instance}"),
         metrics.clone(),
         Some(client.clone()),
@@ -122,7 +122,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let _ = tls_task.await;
     let _ = admin_task.await;
     stop_watches.cancel();
-    process::flush_records(&stop_records).await;
+    crate::records::writer::finish(&stop_records, records).await;
     tracing::info!("webhook stopped");
     Ok(())
 }

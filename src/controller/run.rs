@@ -105,7 +105,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     let client = Client::try_default().await?;
     let identity = process::instance(args.instance.as_deref());
     let stop_records = CancellationToken::new();
-    crate::records::writer::install(
+    let records = crate::records::writer::install(
         format!("stepup-controller/{identity}"),
         metrics.clone(),
         Some(client.clone()),
@@ -185,7 +185,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     let _ = election.await;
     stop.cancel();
     let _ = admin_task.await;
-    process::flush_records(&stop_records).await;
+    crate::records::writer::finish(&stop_records, records).await;
     tracing::info!("controller stopped");
     Ok(())
 }

@@ -4,8 +4,15 @@
 //! to the API server as a `StepUpLog` every few seconds. Does I/O. A record that does not fit
 //! in the queue, or that the API server cannot take for too long, is dropped and counted:
 //! in `stepup_audit_records_dropped_total`, in the segment's `dropped`, and in a log line.
+//!
+//! No lock here is ever held while another is taken, while logging, or across I/O other than
+//! the one write it guards: the stdout thread holds stdout's lock only to write lines, then
+//! the segment's lock only to append them; the segment task copies what it needs under the
+//! segment's lock and logs, encodes and writes after releasing it. (Holding stdout while
+//! waiting for the segment, and the segment while logging to stdout, once froze the webhook.)
 
 use std::{
+    collections::VecDeque,
     io::Write,
     sync::{
         Arc, Mutex, OnceLock,
@@ -27,11 +34,27 @@ use crate::{api::StepUpLog, metrics::Metrics};
 
 /// Records queued for the writer thread before [`emit`] starts dropping them.
 const QUEUE: usize = 16 * 1024;
-/// Lines kept while the API server is out of reach; older ones are dropped beyond this.
+/// Lines, and bytes of them, kept while the API server is out of reach or slower than the
+/// records; newer ones are dropped (and counted) beyond this, so that nothing already in a
+/// written segment is given up. Bounds the writer's memory.
 const MAX_PENDING_LINES: usize = 50_000;
+const MAX_PENDING_BYTES: usize = 32 * 1024 * 1024;
+/// Lines the stdout thread writes under one lock of stdout before it hands them to the segment.
+const BATCH: usize = 256;
+/// How long the last flush at shutdown may take: well inside the chart's margin between the
+/// drain and the kubelet's kill (terminationGracePeriodSeconds).
+pub const LAST_FLUSH: Duration = Duration::from_secs(5);
+
+/// What the stdout thread receives: a record, or a request to say when everything queued
+/// before it is in the segment. Records travel by value: boxing would allocate once per record.
+#[allow(clippy::large_enum_variant)]
+enum Item {
+    Record(Record),
+    HandedOver(tokio::sync::oneshot::Sender<()>),
+}
 
 struct Sink {
-    tx: mpsc::SyncSender<Record>,
+    tx: mpsc::SyncSender<Item>,
     writer: String,
     dropped: Arc<AtomicU64>,
     metrics: Metrics,
@@ -48,9 +71,10 @@ pub fn observe(f: impl Fn(&Record) + Send + Sync + 'static) {
     let _ = OBSERVER.set(Box::new(f));
 }
 
-/// Records one fact. Never blocks and never fails: without an installed writer (tests,
-/// tools) the line goes straight to stdout.
+/// Records one fact, each field cut to its bound. Never blocks and never fails: without an
+/// installed writer (tests, tools) the line goes straight to stdout.
 pub fn emit(mut record: Record) {
+    record.bound();
     if let Some(observe) = OBSERVER.get() {
         observe(&record);
     }
@@ -62,36 +86,48 @@ pub fn emit(mut record: Record) {
     if record.writer.is_empty() {
         record.writer.clone_from(&sink.writer);
     }
-    if sink.tx.try_send(record).is_err() {
+    if sink.tx.try_send(Item::Record(record)).is_err() {
         sink.dropped.fetch_add(1, Ordering::Relaxed);
         sink.metrics.audit_records_dropped.inc();
     }
 }
 
 /// The current segment: lines since the last roll, and what the API server holds of them.
+/// Lines are shared, so that the segment task copies pointers, not text, under the lock.
 #[derive(Default)]
 struct Segment {
-    lines: Vec<String>,
-    from: Option<Timestamp>,
-    to: Option<Timestamp>,
+    /// Lines not yet in a finished segment, oldest first, with their record's time.
+    lines: VecDeque<(Timestamp, Arc<str>)>,
+    /// Their size in bytes.
+    bytes: usize,
     /// Lines not yet written to the API server.
     dirty: bool,
     /// The object's name and resourceVersion once created.
     name: Option<String>,
     resource_version: Option<String>,
+    /// The previous segment's name: the next one must differ even when its first record
+    /// carries the same millisecond.
+    previous: Option<String>,
     dropped: u64,
 }
 
 impl Segment {
-    fn push(&mut self, record: &Record, line: String) {
-        self.from.get_or_insert(record.time);
-        self.to = Some(record.time);
-        self.lines.push(line);
-        self.dirty = true;
-        if self.lines.len() > MAX_PENDING_LINES {
-            let excess = self.lines.len() - MAX_PENDING_LINES;
-            self.lines.drain(..excess);
-            self.dropped += excess as u64;
+    fn extend(&mut self, batch: impl IntoIterator<Item = (Timestamp, Arc<str>)>) {
+        for (time, line) in batch {
+            if self.lines.len() >= MAX_PENDING_LINES || self.bytes + line.len() > MAX_PENDING_BYTES {
+                self.dropped += 1;
+            } else {
+                self.bytes += line.len();
+                self.lines.push_back((time, line));
+            }
+            self.dirty = true;
+        }
+    }
+
+    /// Forgets the first `n` lines: they are in a finished segment.
+    fn finish(&mut self, n: usize) {
+        for (_, line) in self.lines.drain(..n.min(self.lines.len())) {
+            self.bytes -= line.len();
         }
     }
 }
@@ -105,50 +141,93 @@ pub struct Writer {
 }
 
 /// Starts the writer for this process (`stepup-webhook/<pod>`): the stdout thread, and with
-/// `client` the task that writes segments every `flush` until `stop`. Call once, early.
-pub fn install(writer: String, metrics: Metrics, client: Option<Client>, flush: Duration, stop: CancellationToken) {
-    let (tx, rx) = mpsc::sync_channel::<Record>(QUEUE);
+/// `client` the task that writes segments every `flush` until `stop`. Call once, early. Await
+/// the returned task (bounded by [`LAST_FLUSH`], see [`finish`]) after cancelling `stop`.
+pub fn install(
+    writer: String,
+    metrics: Metrics,
+    client: Option<Client>,
+    flush: Duration,
+    stop: CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let (tx, rx) = mpsc::sync_channel::<Item>(QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
     let segment = Arc::new(Mutex::new(Segment::default()));
     let keep = client.is_some();
     {
         let segment = segment.clone();
-        let spawned = std::thread::Builder::new().name("stepup-audit".into()).spawn(move || {
-            let stdout = std::io::stdout();
-            while let Ok(record) = rx.recv() {
-                let mut out = stdout.lock();
-                let mut write = |record: Record| {
-                    let line = record.to_line();
-                    let _ = writeln!(out, "{line}");
-                    if keep {
-                        lock(&segment).push(&record, line);
-                    }
-                };
-                write(record);
-                // Drain what is queued under one lock of stdout.
-                while let Ok(record) = rx.try_recv() {
-                    write(record);
-                }
-                let _ = out.flush();
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("stepup-audit".into())
+            .spawn(move || write_lines(&rx, &mut std::io::stdout(), keep.then_some(&*segment)));
         if let Err(error) = spawned {
             tracing::error!(%error, "cannot start the audit writer thread; audit lines go out synchronously");
-            return;
+            return None;
         }
     }
     let handle = Writer { segment, api: client.map(Api::all), writer: writer.clone(), dropped: dropped.clone() };
     if SINK.set(Sink { tx, writer, dropped, metrics: metrics.clone() }).is_err() {
         tracing::warn!("audit writer installed twice; keeping the first");
-        return;
+        return None;
     }
-    if handle.api.is_some() {
-        tokio::spawn(handle.run(flush, metrics, stop));
+    handle.api.is_some().then(|| tokio::spawn(handle.run(flush, metrics, stop)))
+}
+
+/// The stdout thread: writes each record's line to `out` and appends it to `segment`, until
+/// every sender is gone. Takes stdout's lock and the segment's lock one after the other, never
+/// one inside the other.
+fn write_lines(rx: &mpsc::Receiver<Item>, out: &mut impl Write, segment: Option<&Mutex<Segment>>) {
+    let mut batch: Vec<(Timestamp, Arc<str>)> = Vec::with_capacity(BATCH);
+    let mut waiting = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(item) = next.take().or_else(|| if written < BATCH { rx.try_recv().ok() } else { None }) {
+            match item {
+                Item::Record(record) => {
+                    let line = record.to_line();
+                    let _ = writeln!(out, "{line}");
+                    if segment.is_some() {
+                        batch.push((record.time, Arc::from(line)));
+                    }
+                    written += 1;
+                }
+                Item::HandedOver(done) => waiting.push(done),
+            }
+        }
+        let _ = out.flush();
+        if let Some(segment) = segment {
+            lock(segment).extend(batch.drain(..));
+        }
+        for done in waiting.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Stops the writer: cancels `stop`, then waits (at most [`LAST_FLUSH`]) until what was
+/// recorded before is written to the API server.
+pub async fn finish(stop: &CancellationToken, task: Option<tokio::task::JoinHandle<()>>) {
+    stop.cancel();
+    let Some(task) = task else { return };
+    if tokio::time::timeout(LAST_FLUSH, task).await.is_err() {
+        tracing::warn!(bound = ?LAST_FLUSH, "the audit trail's last write did not finish in time; its records are only in the audit lines");
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits until the stdout thread has appended everything queued so far to the segment. The
+/// queue may be full, so the request waits for room on a blocking thread.
+async fn handed_over() {
+    let Some(sink) = SINK.get() else { return };
+    let (done, handed) = tokio::sync::oneshot::channel();
+    let tx = sink.tx.clone();
+    let queued = tokio::task::spawn_blocking(move || tx.send(Item::HandedOver(done)).is_ok()).await;
+    if matches!(queued, Ok(true)) {
+        let _ = handed.await;
+    }
 }
 
 impl Writer {
@@ -161,8 +240,7 @@ impl Writer {
                 _ = tick.tick() => false,
             };
             if stopping {
-                // Give the stdout thread a moment to hand over what was queued last.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                handed_over().await;
             }
             if let Err(error) = self.persist(&metrics).await {
                 metrics.audit_segment_writes.with_label_values(&["failure"]).inc();
@@ -174,27 +252,42 @@ impl Writer {
         }
     }
 
-    /// Writes the current segment when it changed; starts a new one when it is full or the
-    /// hour turned.
+    /// Writes the current segment when it changed: as many of its lines as fit in one object.
+    /// Starts a new one when that object is full (lines were left over) or the hour turned.
     async fn persist(&self, metrics: &Metrics) -> Result<(), kube::Error> {
         let Some(api) = &self.api else { return Ok(()) };
-        let (object, existing) = {
+        let lost = self.dropped.swap(0, Ordering::Relaxed);
+        // Copy what the object needs under the lock; log and encode after releasing it.
+        let snapshot = {
             let mut s = lock(&self.segment);
-            let lost = self.dropped.swap(0, Ordering::Relaxed);
-            if lost > 0 {
-                s.dropped += lost;
-                s.dirty = true;
-                tracing::warn!(lost, "audit records dropped: the writer's queue was full");
+            s.dropped += lost;
+            s.dirty |= lost > 0;
+            match s.lines.front() {
+                Some(&(from, _)) if s.dirty => {
+                    let mut name = segment::name(&self.writer, from);
+                    if s.previous.as_ref() == Some(&name) {
+                        name = segment::name(&self.writer, from + jiff::SignedDuration::from_millis(1));
+                    }
+                    let name = s.name.get_or_insert(name).clone();
+                    let lines: Vec<(Timestamp, Arc<str>)> = s.lines.iter().cloned().collect();
+                    Some((name, lines, s.dropped, s.resource_version.clone()))
+                }
+                _ => None,
             }
-            let (Some(from), Some(to)) = (s.from, s.to) else { return Ok(()) };
-            if !s.dirty {
-                return Ok(());
-            }
-            let name = s.name.get_or_insert_with(|| segment::name(&self.writer, from)).clone();
-            let mut object = segment::object(&name, &self.writer, from, to, &s.lines, s.dropped);
-            object.metadata.resource_version = s.resource_version.clone();
-            (object, s.resource_version.is_some())
         };
+        if lost > 0 {
+            tracing::warn!(lost, "audit records dropped: the writer's queue was full");
+        }
+        let Some((name, lines, dropped, resource_version)) = snapshot else { return Ok(()) };
+        let existing = resource_version.is_some();
+        let writer = self.writer.clone();
+        let pending = lines.len();
+        // Compressing a large segment is CPU work: off the runtime's workers.
+        let built = tokio::task::spawn_blocking(move || segment::object_within(&name, &writer, &lines, dropped))
+            .await
+            .map_err(|e| kube::Error::Service(e.into()))?;
+        let Some(mut object) = built else { return Ok(()) };
+        object.metadata.resource_version = resource_version;
         let result = if existing {
             api.replace(&object.name_any(), &PostParams::default(), &object).await
         } else {
@@ -205,30 +298,29 @@ impl Writer {
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
                 // Someone else deleted or changed this writer's segment: the audit trail was
                 // tampered with. Say so, and write it again from what this process holds.
-                tracing::error!(segment = %object.name_any(), code = e.code, "audit segment changed or deleted by someone else; writing it again");
                 let current = api.get_opt(&object.name_any()).await?;
                 lock(&self.segment).resource_version = current.and_then(|c| c.metadata.resource_version);
+                tracing::error!(segment = %object.name_any(), code = e.code, "audit segment changed or deleted by someone else; writing it again");
                 return Err(kube::Error::Api(e));
             }
             Err(e) => return Err(e),
         };
         metrics.audit_segment_writes.with_label_values(&["success"]).inc();
-        let mut s = lock(&self.segment);
         let written_lines = object.spec.records as usize;
-        let full = object.spec.data.len() >= segment::MAX_ENCODED_BYTES;
-        let hour_turned = s.from.map(hour) != Some(hour(Timestamp::now()));
+        let full = written_lines < pending;
+        let hour_turned = hour(object.spec.from.0) != hour(Timestamp::now());
+        let mut s = lock(&self.segment);
+        // Lines only ever leave from the front, here: the first `written_lines` are the ones written.
         if full || hour_turned {
-            // Start afresh, keeping what arrived while this one was being written.
-            let keep_from = written_lines.min(s.lines.len());
-            let rest: Vec<String> = s.lines.split_off(keep_from);
-            let next_from = rest.first().map(|_| s.to.unwrap_or_else(Timestamp::now));
-            *s = Segment { dirty: !rest.is_empty(), from: next_from, to: s.to, lines: rest, ..Segment::default() };
-            if s.lines.is_empty() {
-                s.to = None;
-            }
+            // Start afresh with what this object did not hold.
+            s.finish(written_lines);
+            s.previous = s.name.take();
+            s.resource_version = None;
+            s.dropped -= dropped.min(s.dropped);
+            s.dirty = !s.lines.is_empty() || s.dropped > 0;
         } else {
             s.resource_version = written.metadata.resource_version.clone();
-            s.dirty = s.lines.len() != written_lines;
+            s.dirty = s.lines.len() != written_lines || s.dropped != dropped;
         }
         Ok(())
     }
@@ -236,4 +328,85 @@ impl Writer {
 
 fn hour(t: Timestamp) -> i64 {
     t.as_second().div_euclid(3600)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::sync_channel;
+
+    use super::*;
+
+    fn record(n: u64) -> Record {
+        let mut r = Record::new("admission.decision", Timestamp::from_second(1_800_000_000 + n as i64).unwrap());
+        r.user = format!("user-{n}");
+        r
+    }
+
+    /// The freeze found under load: the stdout thread held stdout's lock while it waited for
+    /// the segment, and the segment task held the segment while it logged to stdout. Here the
+    /// segment is held (the task, busy) while the thread writes a record; stdout must stay free
+    /// for everyone else, again and again, until the segment is let go.
+    #[test]
+    fn stdout_is_never_held_while_waiting_for_the_segment() {
+        let (tx, rx) = sync_channel(0);
+        let segment = Arc::new(Mutex::new(Segment::default()));
+        let busy = segment.lock().unwrap();
+        let thread = {
+            let segment = segment.clone();
+            std::thread::spawn(move || write_lines(&rx, &mut std::io::stdout(), Some(&segment)))
+        };
+        // A rendezvous: once `send` returns, the thread holds the record and is writing it.
+        tx.send(Item::Record(record(1))).unwrap();
+        for _ in 0..50 {
+            let (took, got) = sync_channel(1);
+            std::thread::spawn(move || {
+                drop(std::io::stdout().lock());
+                let _ = took.send(());
+            });
+            got.recv_timeout(Duration::from_secs(10)).expect("stdout is free while the segment is busy");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        drop(busy);
+        drop(tx);
+        thread.join().unwrap();
+        let s = segment.lock().unwrap();
+        assert_eq!(s.lines.len(), 1);
+        assert!(s.dirty);
+    }
+
+    /// A request to hand over is answered only after every record queued before it is in the
+    /// segment: the last flush at shutdown waits for exactly that.
+    #[test]
+    fn handing_over_follows_every_record_queued_before_it() {
+        let (tx, rx) = sync_channel(16);
+        let segment = Arc::new(Mutex::new(Segment::default()));
+        for n in 0..5 {
+            tx.send(Item::Record(record(n))).unwrap();
+        }
+        let (done, mut handed) = tokio::sync::oneshot::channel();
+        tx.send(Item::HandedOver(done)).unwrap();
+        drop(tx);
+        write_lines(&rx, &mut Vec::new(), Some(&segment));
+        handed.try_recv().expect("handed over");
+        assert_eq!(segment.lock().unwrap().lines.len(), 5);
+    }
+
+    /// Beyond the pending bounds new lines are dropped and counted; what is held (and may be
+    /// in a written segment already) stays.
+    #[test]
+    fn a_segment_past_its_bounds_drops_new_lines_and_counts_them() {
+        let mut s = Segment::default();
+        s.extend((0..MAX_PENDING_LINES as u64 + 3).map(|n| (record(n).time, Arc::from(format!("{n}")))));
+        assert_eq!(s.lines.len(), MAX_PENDING_LINES);
+        assert_eq!(s.dropped, 3);
+        assert_eq!(&*s.lines[0].1, "0");
+
+        let mut s = Segment::default();
+        let big: Arc<str> = Arc::from("x".repeat(1024 * 1024));
+        s.extend((0..40).map(|n| (record(n).time, big.clone())));
+        assert!(s.bytes <= MAX_PENDING_BYTES);
+        assert_eq!(s.dropped, 40 - (MAX_PENDING_BYTES / big.len()) as u64);
+        s.finish(5);
+        assert_eq!(s.bytes, (MAX_PENDING_BYTES / big.len() - 5) * big.len());
+    }
 }

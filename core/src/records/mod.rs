@@ -114,6 +114,59 @@ impl Record {
     pub fn policy_list(&self) -> impl Iterator<Item = &str> {
         self.policies.split(',').filter(|p| !p.is_empty())
     }
+
+    /// Cuts every field to its bound ([`Record::fields`]): whatever a request carries (a pod
+    /// name of 900 kB), a record stays a few kilobytes. A cut value ends in `…`.
+    pub fn bound(&mut self) {
+        for (_, value, max) in self.fields() {
+            cut(value, max);
+        }
+    }
+
+    /// Each free-text field with its name in the JSON and its bound in bytes (the schema's
+    /// `maxLength` says the same in characters).
+    pub fn fields(&mut self) -> [(&'static str, &mut String, usize); 25] {
+        [
+            ("schema", &mut self.schema, 32),
+            ("target", &mut self.target, 32),
+            ("event", &mut self.event, 64),
+            ("writer", &mut self.writer, 128),
+            ("user", &mut self.user, 256),
+            ("user_uid", &mut self.user_uid, 128),
+            ("by", &mut self.by, 256),
+            ("correlation", &mut self.correlation, 128),
+            ("review_uid", &mut self.review_uid, 64),
+            ("operation", &mut self.operation, 16),
+            ("group", &mut self.group, 253),
+            ("resource", &mut self.resource, 253),
+            ("subresource", &mut self.subresource, 63),
+            ("namespace", &mut self.namespace, 63),
+            ("name", &mut self.name, 253),
+            ("peer", &mut self.peer, 512),
+            ("decision", &mut self.decision, 32),
+            ("policies", &mut self.policies, 1024),
+            ("requirement", &mut self.requirement, 1024),
+            ("object", &mut self.object, 320),
+            ("result", &mut self.result, 64),
+            ("method", &mut self.method, 32),
+            ("reason", &mut self.reason, 1024),
+            ("grant", &mut self.grant, 253),
+            ("message", &mut self.message, 2048),
+        ]
+    }
+}
+
+/// Cuts `value` to at most `max` bytes at a character boundary, ending in `…` when cut.
+pub fn cut(value: &mut String, max: usize) {
+    if value.len() <= max {
+        return;
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    value.truncate(end);
+    value.push('…');
 }
 
 #[cfg(test)]
@@ -161,6 +214,35 @@ mod tests {
             assert!(line.get(key).is_some(), "record.schema.json documents {key}, which records never carry");
         }
         assert_eq!(schema["properties"]["schema"]["const"], SCHEMA);
+    }
+
+    /// The schema states each field's bound, and it is the one [`Record::bound`] applies.
+    #[test]
+    fn the_schema_states_every_bound() {
+        let schema: serde_json::Value = serde_json::from_str(JSON_SCHEMA).expect("the schema is JSON");
+        for (name, _, max) in Record::default().fields() {
+            let field = &schema["properties"][name];
+            if field.get("const").is_some() || field.get("enum").is_some() {
+                continue;
+            }
+            assert_eq!(field["maxLength"], max, "maxLength of {name} in record.schema.json");
+        }
+    }
+
+    /// A 900 kB pod name, a megabyte of reason: the record stays small, each cut visible.
+    #[test]
+    fn a_huge_field_is_cut_to_its_bound_at_a_character_boundary() {
+        let mut r = Record {
+            name: "é".repeat(450_000),
+            reason: "x".repeat(1 << 20),
+            user: "alice".into(),
+            ..Record::new("admission.decision", Timestamp::UNIX_EPOCH)
+        };
+        r.bound();
+        assert!(r.name.len() <= 253 && r.name.ends_with('…'), "{}", r.name.len());
+        assert!(r.reason.len() <= 1024 && r.reason.ends_with('…'));
+        assert_eq!(r.user, "alice", "short fields are untouched");
+        assert!(r.to_line().len() < 8 * 1024);
     }
 
     #[test]

@@ -28,15 +28,48 @@ pub enum SegmentError {
 }
 
 /// Gzip-compressed JSON lines, base64.
-pub fn encode(lines: &[String]) -> String {
+pub fn encode<L: AsRef<str>>(lines: &[L]) -> String {
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     for line in lines {
         // Writing to a Vec cannot fail.
-        let _ = gz.write_all(line.as_bytes());
+        let _ = gz.write_all(line.as_ref().as_bytes());
         let _ = gz.write_all(b"\n");
     }
     STANDARD.encode(gz.finish().unwrap_or_default())
 }
+
+/// Encodes lines from the first while the result stays within `max` bytes; returns it and how
+/// many lines it holds. The deflate stream is flushed every [`FLUSH_EVERY`] bytes of input, so
+/// its size is known exactly there, and a line is added only when even an incompressible rest
+/// would still fit. Some lines fit in any `max` above 64 KiB, since a record is at most a few
+/// kilobytes ([`Record::bound`]).
+pub fn encode_within<L: AsRef<str>>(lines: &[L], max: usize) -> (String, usize) {
+    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+    let mut unflushed = 0;
+    let mut taken = 0;
+    for line in lines {
+        let line = line.as_ref().as_bytes();
+        // Worst case: what is flushed, what is not yet, this line uncompressed, the gzip
+        // trailer and deflate's per-block overhead; then base64's 4/3.
+        let worst = gz.get_ref().len() + unflushed + line.len() + 1 + 64;
+        if taken > 0 && worst.div_ceil(3) * 4 > max {
+            break;
+        }
+        let _ = gz.write_all(line);
+        let _ = gz.write_all(b"\n");
+        taken += 1;
+        unflushed += line.len() + 1;
+        if unflushed >= FLUSH_EVERY {
+            let _ = gz.flush();
+            unflushed = 0;
+        }
+    }
+    (STANDARD.encode(gz.finish().unwrap_or_default()), taken)
+}
+
+/// Input bytes between deflate flushes in [`encode_within`]: a flush costs a few bytes of
+/// compression, and bounds how far the estimate can run ahead of the output.
+const FLUSH_EVERY: usize = 32 * 1024;
 
 /// What a segment holds: its records, and the lines that were not records (counted, so a
 /// report can say the trail was damaged instead of skipping silently).
@@ -75,17 +108,49 @@ pub fn day(t: Timestamp) -> String {
 }
 
 /// The segment object for `lines`, whose first and last records are at `from` and `to`.
-pub fn object(name: &str, writer: &str, from: Timestamp, to: Timestamp, lines: &[String], dropped: u64) -> StepUpLog {
+pub fn object<L: AsRef<str>>(
+    name: &str,
+    writer: &str,
+    from: Timestamp,
+    to: Timestamp,
+    lines: &[L],
+    dropped: u64,
+) -> StepUpLog {
+    build(name, writer, (from, to), lines.len(), dropped, encode(lines))
+}
+
+/// The segment object for as many of `lines` (oldest first, each with its record's time) as
+/// encode within [`MAX_ENCODED_BYTES`]; its `records` says how many that is. `None` for no lines.
+pub fn object_within<L: AsRef<str>>(
+    name: &str,
+    writer: &str,
+    lines: &[(Timestamp, L)],
+    dropped: u64,
+) -> Option<StepUpLog> {
+    let texts: Vec<&str> = lines.iter().map(|(_, l)| l.as_ref()).collect();
+    let (data, taken) = encode_within(&texts, MAX_ENCODED_BYTES);
+    let (from, to) = (lines.first()?.0, lines.get(taken.checked_sub(1)?)?.0);
+    Some(build(name, writer, (from, to), taken, dropped, data))
+}
+
+fn build(
+    name: &str,
+    writer: &str,
+    (from, to): (Timestamp, Timestamp),
+    records: usize,
+    dropped: u64,
+    data: String,
+) -> StepUpLog {
     let mut log = StepUpLog::new(
         name,
         StepUpLogSpec {
             writer: writer.to_owned(),
             from: Time(from),
             to: Time(to),
-            records: lines.len() as i64,
+            records: records as i64,
             dropped: dropped as i64,
             encoding: ENCODING.to_owned(),
-            data: encode(lines),
+            data,
         },
     );
     log.metadata.labels = Some(
@@ -133,11 +198,50 @@ mod tests {
 
     #[test]
     fn damaged_segments_are_named_errors() {
-        let mut log = object("s", "w", at("2026-12-01T10:00:00Z"), at("2026-12-01T10:00:00Z"), &[], 0);
+        let mut log = object::<String>("s", "w", at("2026-12-01T10:00:00Z"), at("2026-12-01T10:00:00Z"), &[], 0);
         log.spec.data = "%%%".into();
         assert!(matches!(decode(&log), Err(SegmentError::Data { .. })));
         log.spec.encoding = "zstd".into();
         assert!(matches!(decode(&log), Err(SegmentError::Encoding { .. })));
+    }
+
+    /// Lines that do not compress (random names, as an attacker sends) stop at the bound; the
+    /// rest is left for the next segment, and what was taken reads back whole.
+    #[test]
+    fn a_segment_never_encodes_past_its_bound() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut noise = |n: usize| -> String {
+            (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    char::from(b'a' + (seed % 26) as u8)
+                })
+                .collect()
+        };
+        let t = at("2026-12-01T10:00:00Z");
+        let lines: Vec<(Timestamp, String)> = (0..2000)
+            .map(|i| {
+                let mut r =
+                    Record { user: format!("user-{i}"), name: noise(400), ..Record::new("admission.decision", t) };
+                r.message = noise(2000);
+                r.bound();
+                (t + jiff::SignedDuration::from_millis(i), r.to_line())
+            })
+            .collect();
+        let log = object_within("s", "w", &lines, 0).expect("some lines");
+        let taken = log.spec.records as usize;
+        assert!(log.spec.data.len() <= MAX_ENCODED_BYTES, "{} bytes", log.spec.data.len());
+        assert!(taken > 100 && taken < lines.len(), "took {taken} of {}", lines.len());
+        assert!(
+            log.spec.data.len() > MAX_ENCODED_BYTES * 3 / 4,
+            "the bound is used, not wasted: {}",
+            log.spec.data.len()
+        );
+        assert_eq!(log.spec.to.0, lines[taken - 1].0);
+        assert_eq!(decode(&log).unwrap().records.len(), taken);
+        assert!(object_within::<String>("s", "w", &[], 0).is_none());
     }
 
     #[test]
