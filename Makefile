@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint unit core-deps e2e crds demo demo-down controlplane bench dist help
+.PHONY: test lint unit core-deps e2e e2e-up e2e-one e2e-restart e2e-down crds demo demo-down controlplane bench dist help
 
 help:
 	@echo "make demo       start the local demo (control plane + stepup + example policies)"
@@ -10,6 +10,10 @@ help:
 	@echo "make test       every check and test: lint, unit, integration, e2e"
 	@echo "make unit       unit and integration tests (no cluster)"
 	@echo "make e2e        end-to-end scenarios against a real kube-apiserver"
+	@echo "make e2e-up     start the e2e control plane and stepup, and keep them running"
+	@echo "make e2e-one T=evidence [F=test_name]  one scenario file (or test) against e2e-up"
+	@echo "make e2e-restart  rebuild stepup and restart only its processes"
+	@echo "make e2e-down   stop what e2e-up started"
 	@echo "make lint       rustfmt, clippy, CRD drift, helm lint, manifest drift, alert rules (promtool)"
 	@echo "make crds       regenerate crds/ from the Rust types"
 	@echo "make bench      every benchmark of BENCHMARKS.md (about 30 minutes; own control plane)"
@@ -37,6 +41,23 @@ core-deps:
 
 e2e:
 	e2e/scripts/run-e2e.sh
+
+# The inner loop: bring everything up once, then rebuild and restart only stepup after a change,
+# and run one scenario file (or one test of it) against what is running.
+e2e-up:
+	e2e/scripts/cluster.sh up
+	e2e/scripts/stepup.sh up
+
+T ?= $(error name a scenario file of e2e/tests: make e2e-one T=evidence)
+e2e-one:
+	timeout 1800 $(CARGO) test -p stepup-e2e --test $(T) -- --test-threads=1 $(F)
+
+e2e-restart:
+	e2e/scripts/stepup.sh restart
+
+e2e-down:
+	e2e/scripts/stepup.sh down
+	e2e/scripts/cluster.sh down
 
 crds:
 	$(CARGO) run --quiet --bin stepup -- crdgen > crds/stepup.dev.yaml

@@ -289,6 +289,17 @@ cmd_up() {
 	log "webhook registered; env in $DIR/stepup.env"
 }
 
+# After a code change: rebuild, then restart the controller and the webhook on the running
+# control plane (the registration, the key and the admission policies stay).
+cmd_restart() {
+	load_cluster_env
+	build
+	start_controller
+	start_webhook
+	write_env
+	log "stepup restarted"
+}
+
 cmd_down() {
 	load_cluster_env
 	# Stop the controller (it would re-register), then unregister: the API server would
@@ -318,6 +329,7 @@ cmd_status() {
 main() {
 	case ${1:-} in
 	up) cmd_up ;;
+	restart) cmd_restart ;;
 	down) cmd_down ;;
 	status) cmd_status ;;
 	logs) load_cluster_env && tail -n "${3:-100}" "$LOGS/stepup-${2:-webhook}.log" ;;
@@ -327,7 +339,7 @@ main() {
 	webhook-stop) load_cluster_env && stop_process stepup-webhook ;;
 	webhook-restart) load_cluster_env && start_webhook ;;
 	cert-sync) load_cluster_env && cert_sync_loop ;;
-	*) die "usage: $0 up|down|status|logs [webhook|controller] [lines]|controller-start|controller-stop" ;;
+	*) die "usage: $0 up|restart|down|status|logs [webhook|controller] [lines]|controller-start|controller-stop" ;;
 	esac
 }
 

@@ -184,8 +184,16 @@ pub fn dist(env: &Env) -> PathBuf {
     dir
 }
 
-/// A minimal HTTP/1.0 GET for the webhook's plain-HTTP admin port.
+/// A minimal HTTP/1.0 GET for the webhook's plain-HTTP admin port; fails unless the answer is 200.
 pub async fn http_get(url: &str) -> Result<String> {
+    match http_get_status(url).await? {
+        (200, body) => Ok(body),
+        (code, body) => bail!("GET {url}: {code} {}", body.trim()),
+    }
+}
+
+/// A minimal HTTP/1.0 GET: the status code and the body.
+pub async fn http_get_status(url: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("http URL")?;
     let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
@@ -194,10 +202,13 @@ pub async fn http_get(url: &str) -> Result<String> {
     let mut buf = String::new();
     stream.read_to_string(&mut buf).await?;
     let (head, body) = buf.split_once("\r\n\r\n").context("HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        bail!("GET {url}: {}", head.lines().next().unwrap_or_default());
-    }
-    Ok(body.to_owned())
+    let code = head
+        .lines()
+        .next()
+        .and_then(|status| status.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .context("HTTP status line")?;
+    Ok((code, body.to_owned()))
 }
 
 /// Retries `check` until it returns `Ok` or `timeout` passes (then returns the last error).
@@ -244,6 +255,17 @@ impl World {
     pub async fn reset(&self) {
         let policies: Api<StepUpPolicy> = Api::all(self.policy_writer.clone());
         let grants: Api<StepUpGrant> = Api::all(self.controller.clone());
+        // What the webhook must forget before the next scenario starts.
+        let had_policies: Vec<String> = policies
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.iter().map(|p| p.name_any()).collect())
+            .unwrap_or_default();
+        let had_grants: Vec<String> = grants
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.iter().map(|g| g.name_any()).collect())
+            .unwrap_or_default();
         let _ = policies.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
         let _ = grants.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
         eventually(Duration::from_secs(10), || async {
@@ -253,20 +275,58 @@ impl World {
         })
         .await
         .expect("clean slate");
+        for name in &had_policies {
+            self.webhook_holds("policies", name, None).await;
+        }
+        for name in &had_grants {
+            self.webhook_holds("grants", name, None).await;
+        }
     }
 
-    /// Applies policies as the GitOps identity and waits until the webhook enforces them.
+    /// Waits until the webhook decides with `version` of the policy or grant `name` (`kind`:
+    /// `policies` or `grants`) or a later one, or, with `None`, with no object of that name: the condition
+    /// that proves a change reached its cache (its admin port says what it holds).
+    pub async fn webhook_holds(&self, kind: &str, name: &str, version: Option<&str>) {
+        let url = format!("{}/cache/{kind}/{name}", self.env.var("STEPUP_WEBHOOK_ADMIN_URL"));
+        eventually(Duration::from_secs(20), || async {
+            let held = match http_get_status(&url).await? {
+                (200, body) => Some(body),
+                (404, _) => None,
+                (code, body) => bail!("GET {url}: {code} {body}"),
+            };
+            // The controller may have written the object since (a policy's status): a later
+            // version holds the change too. resourceVersions are comparable integers (KEP-5504).
+            let caught_up = match (held.as_deref(), version) {
+                (None, None) => true,
+                (Some(held), Some(wanted)) => match (held.parse::<u64>(), wanted.parse::<u64>()) {
+                    (Ok(held), Ok(wanted)) => held >= wanted,
+                    _ => held == wanted,
+                },
+                _ => false,
+            };
+            if caught_up { Ok(()) } else { bail!("the webhook holds {kind}/{name} at {held:?}, not {version:?}") }
+        })
+        .await
+        .expect("the webhook's cache catches up");
+    }
+
+    /// Applies policies as the GitOps identity and waits until the webhook enforces them: the
+    /// registration routes their resources, and the webhook's cache holds the applied versions.
     pub async fn apply_policies(&self, policies: &[StepUpPolicy]) {
         let api: Api<StepUpPolicy> = Api::all(self.policy_writer.clone());
+        let mut applied = Vec::new();
         for p in policies {
             let name = p.metadata.name.clone().expect("named policy");
-            api.patch(&name, &PatchParams::apply("stepup-e2e").force(), &Patch::Apply(p))
+            let written = api
+                .patch(&name, &PatchParams::apply("stepup-e2e").force(), &Patch::Apply(p))
                 .await
                 .expect("policy applied");
+            applied.push((name, written.resource_version().expect("a written object has a version")));
         }
         self.wait_routed(policies).await;
-        // The webhook's cache follows a watch too; give it a moment (milliseconds in practice).
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        for (name, version) in &applied {
+            self.webhook_holds("policies", name, Some(version)).await;
+        }
     }
 
     /// Waits until the controller has added the policies' resources to the webhook's rules:
@@ -307,7 +367,7 @@ impl World {
         self.env.grant_signer().sign_grant(&mut grant);
         let api: Api<StepUpGrant> = Api::all(self.controller.clone());
         let created = api.create(&PostParams::default(), &grant).await?;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.webhook_holds("grants", &created.name_any(), created.resource_version().as_deref()).await;
         Ok(created)
     }
 
@@ -943,6 +1003,8 @@ pub struct Terminal {
     child: tokio::process::Child,
     input: tokio::process::ChildStdin,
     screen: Arc<Mutex<String>>,
+    /// The tasks copying stdout and stderr to the screen; they end at end of file.
+    readers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Terminal {
@@ -965,12 +1027,13 @@ impl Terminal {
             .expect("script(1) from util-linux runs");
         let input = child.stdin.take().expect("stdin");
         let screen = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for mut pipe in [
             Box::new(child.stdout.take().expect("stdout")) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
             Box::new(child.stderr.take().expect("stderr")),
         ] {
             let screen = screen.clone();
-            tokio::spawn(async move {
+            readers.push(tokio::spawn(async move {
                 let mut buffer = [0u8; 4096];
                 while let Ok(n) = pipe.read(&mut buffer).await {
                     if n == 0 {
@@ -978,9 +1041,9 @@ impl Terminal {
                     }
                     screen.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..n]));
                 }
-            });
+            }));
         }
-        Self { child, input, screen }
+        Self { child, input, screen, readers }
     }
 
     pub fn screen(&self) -> String {
@@ -1010,7 +1073,10 @@ impl Terminal {
             .await
             .expect("the plugin exits")
             .expect("exit status");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Everything the plugin printed is on the screen once both pipes reach end of file.
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), reader).await;
+        }
         (status.code().unwrap_or(-1), self.screen())
     }
 }

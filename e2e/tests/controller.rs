@@ -159,6 +159,7 @@ async fn failures_are_rate_limited_then_lock_the_user_until_an_admin_resets() {
     let limited = world.challenge("alice", "alice", ALICE_UID, &right, None).await;
     assert!(message(&limited).starts_with("too many failed attempts; try again in"), "{}", message(&limited));
 
+    // The e2e rate window is 20 s: only time ends it.
     tokio::time::sleep(Duration::from_secs(21)).await;
     for _ in 0..2 {
         world.challenge("alice", "alice", ALICE_UID, &auth.wrong_code(), None).await;
@@ -470,6 +471,8 @@ async fn a_crash_at_any_step_of_issuing_yields_one_grant_a_spent_step_and_a_true
         })
         .await
         .unwrap_or_else(|e| panic!("{point}: the sealed code is scrubbed: {e}"));
+        // A second grant would come from a later reconcile, and nothing marks its absence: give
+        // one the time to appear before counting.
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(grants_of_challenge(&world, &c).await, 1, "{point}: exactly one grant");
         // The step is spent, whichever life recorded it: the same code again is a replay.
@@ -499,6 +502,7 @@ async fn a_crash_at_any_step_of_issuing_yields_one_grant_a_spent_step_and_a_true
     let late = world.create_raw_challenge("alice", &late).await.unwrap();
     assert_eq!(crashing.wait_exit(Duration::from_secs(30)).await, Some(86), "stopped after issuing");
     assert_eq!(grants_of_challenge(&world, &late).await, 1, "the grant was issued");
+    // What is tested is the deadline passing while no controller runs: only time does that.
     let wait = deadline.duration_since(jiff::Timestamp::now()).as_secs_f64().max(0.0) + 1.0;
     tokio::time::sleep(Duration::from_secs_f64(wait)).await;
     let fresh = ControllerProcess::spawn(&world.env, "e2e-after-deadline", stepup_e2e::extra_port(1), &[]);

@@ -85,6 +85,7 @@ async fn lock_out(world: &World, who: &str, user: &str, uid: &str, auth: &Authen
         let c = world.challenge(who, user, uid, &auth.wrong_code(), None).await;
         assert_eq!(phase_of(&c), ChallengePhase::Denied);
     }
+    // The e2e rate window is 20 s: only time ends it.
     tokio::time::sleep(Duration::from_secs(21)).await;
     for _ in 0..2 {
         world.challenge(who, user, uid, &auth.wrong_code(), None).await;
@@ -223,6 +224,7 @@ async fn an_approval_binds_to_the_key_the_admin_was_shown_and_any_swap_voids_it(
     nothing_sealed_to(&world, "alice", &attacker, Duration::from_secs(3)).await;
     // Alice's key back once more: the approval was consumed, it does not come back.
     swap_key(&world, &alices, None).await;
+    // That the approval does not come back is an absence: give the controller time to act.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let e = enrollment(&world, "alice").await;
     assert_eq!(e.status.as_ref().and_then(|s| s.phase), Some(EnrollmentPhase::PendingApproval));
@@ -302,6 +304,7 @@ async fn a_request_that_failed_while_the_controller_was_down_never_grants_later(
     })
     .await
     .expect("the controller finishes the withdrawal");
+    // "No grant, ever" is an absence: give a late grant the time to appear.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(world.grants_of("alice").await.is_empty(), "no grant, ever");
     world.wait_event("ChallengeWithdrawn", "no grant was issued").await;
@@ -335,6 +338,7 @@ async fn a_slow_controller_never_leaves_a_grant_the_plugin_gave_up_on() {
         // The slow controller issues after its pause, notices the withdrawal, and revokes.
         let revoked = world.wait_event("GrantWithdrawn", "was withdrawn before the verdict").await;
         eprintln!("slow controller: plugin gave up after {:?}; {revoked}", started.elapsed());
+        // An absence again: no later reconcile may bring a usable grant back.
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(live_grants(&world, "alice").await.is_empty(), "no usable grant is left");
     }
@@ -392,6 +396,7 @@ async fn a_plugin_killed_mid_wait_leaves_a_challenge_that_expires_at_its_deadlin
     let _ = child.wait().await;
     let deadline = pending.spec.deadline.clone().expect("a deadline").0;
     eprintln!("plugin killed; challenge {} has deadline {deadline}", pending.name_any());
+    // The deadline must pass while the controller is paused: only time does that.
     tokio::time::sleep(Duration::from_secs(7)).await;
     drop(paused);
     let done = world.verdict(&pending.name_any()).await;
@@ -449,6 +454,7 @@ async fn a_flood_of_challenges_is_refused_early_and_barely_delays_another_user()
             (admitted, refused, failed)
         }));
     }
+    // The load runs for a while before it is measured: a duration, not a guess.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut during = Vec::new();
     for _ in 0..2 {

@@ -244,6 +244,7 @@ async fn restarting_the_webhook_under_load_lets_no_ungranted_write_through() {
             }
         }));
     }
+    // Load runs before and after the restart: these waits are its duration.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = counters[0].load(Ordering::Relaxed);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stepup.sh");

@@ -30,6 +30,7 @@ impl Authenticator {
                 self.last_step = Some(step);
                 return code_at(&self.seed, now);
             }
+            // The next TOTP step comes only with time.
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }

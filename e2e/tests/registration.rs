@@ -131,6 +131,8 @@ async fn certificates_rotate_while_requests_flow_without_a_failed_request() {
     let configs: Api<ValidatingWebhookConfiguration> = Api::all(world.admin.clone());
     let secrets: Api<Secret> = Api::namespaced(world.admin.clone(), "stepup-system");
     let before = secrets.get("stepup-webhook-tls").await.unwrap();
+    // Reviews flow for a while before, between and after the rotations: the load is what is
+    // measured, so these waits are its duration, not a guess at when something is done.
     tokio::time::sleep(Duration::from_secs(2)).await;
     for rotate in ["leaf", "ca"] {
         let ask = serde_json::json!({"metadata": {"annotations": {"stepup.dev/rotate": rotate}}});

@@ -22,6 +22,9 @@ use crate::{
 
 pub type Labels = BTreeMap<String, String>;
 
+/// Compiled policies by name, each with the resourceVersion it was compiled from.
+type Compiled = BTreeMap<String, (Option<String>, Arc<CompiledPolicy>)>;
+
 /// One change to the policies, as a watch reports it.
 #[derive(Clone, Copy, Debug)]
 pub enum PolicyChange<'a> {
@@ -70,8 +73,9 @@ impl Health {
 pub struct Caches {
     started: Instant,
     policies: ArcSwap<PolicyIndex>,
-    /// Compiled policies by name, from which the index is rebuilt on change.
-    compiled: Mutex<BTreeMap<String, Arc<CompiledPolicy>>>,
+    /// Compiled policies by name, with the resourceVersion each was compiled from; the index
+    /// is rebuilt from them on change.
+    compiled: Mutex<Compiled>,
     /// Built-in policies the chart enables (e.g. step-up for policy changes).
     builtin: Vec<Arc<CompiledPolicy>>,
     grants: RwLock<GrantIndex>,
@@ -107,7 +111,7 @@ impl Caches {
             let name = p.metadata.name.clone().unwrap_or_default();
             match CompiledPolicy::compile(&p) {
                 Ok(c) => {
-                    compiled.insert(name, Arc::new(c));
+                    compiled.insert(name, (p.metadata.resource_version.clone(), Arc::new(c)));
                 }
                 Err(e) => errors.push((name, e)),
             }
@@ -147,7 +151,7 @@ impl Caches {
                     let name = policy.metadata.name.clone().unwrap_or_default();
                     match CompiledPolicy::compile(policy) {
                         Ok(c) => {
-                            guard.insert(name, Arc::new(c));
+                            guard.insert(name, (policy.metadata.resource_version.clone(), Arc::new(c)));
                         }
                         Err(error) => {
                             guard.remove(&name);
@@ -165,9 +169,15 @@ impl Caches {
         errors
     }
 
-    fn rebuild(&self, compiled: &BTreeMap<String, Arc<CompiledPolicy>>) {
-        let all = self.builtin.iter().cloned().chain(compiled.values().cloned());
+    fn rebuild(&self, compiled: &Compiled) {
+        let all = self.builtin.iter().cloned().chain(compiled.values().map(|(_, c)| c.clone()));
         self.policies.store(Arc::new(PolicyIndex::new(all)));
+    }
+
+    /// The resourceVersion of the policy named `name` that this cache enforces; `None` when
+    /// it enforces no policy of that name (never seen, deleted, or invalid).
+    pub fn policy_version(&self, name: &str) -> Option<String> {
+        lock(&self.compiled).get(name).map(|(version, _)| version.clone().unwrap_or_default())
     }
 
     // --- grants
@@ -193,6 +203,11 @@ impl Caches {
 
     pub fn delete_grant(&self, name: &str) {
         write(&self.grants).remove(name);
+    }
+
+    /// The resourceVersion of the grant named `name` in this cache; `None` when absent.
+    pub fn grant_version(&self, name: &str) -> Option<String> {
+        self.with_grants(|g| g.get(name).map(|r| r.resource_version.clone().unwrap_or_default()))
     }
 
     /// Runs `f` with the grant index under a read lock. Keep `f` short and synchronous.

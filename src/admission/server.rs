@@ -1,5 +1,5 @@
 //! The HTTP side: `POST /validate` and `POST /advise` over TLS for the API server, and a
-//! plain-HTTP admin port with `/healthz`, `/readyz` and `/metrics`. Handlers are thin: parse,
+//! plain-HTTP admin port with `/healthz`, `/readyz`, `/metrics` and `/cache/<kind>/<name>`. Handlers are thin: parse,
 //! call the decision, answer, record.
 
 use std::{
@@ -13,10 +13,10 @@ use std::{
 use axum::{
     Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, RawQuery, State},
+    extract::{DefaultBodyLimit, Path, RawQuery, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{get, post},
 };
 use futures::StreamExt;
 use hyper_util::{
@@ -186,7 +186,24 @@ pub fn router(state: AppState) -> Router {
 
 /// The admin routes, served on a separate plain-HTTP port.
 pub fn admin_router(state: AppState) -> Router {
-    crate::process::admin_router(state.metrics.clone(), state)
+    crate::process::admin_router(state.metrics.clone(), state.clone())
+        .merge(Router::new().route("/cache/{kind}/{name}", get(cached_version)).with_state(state))
+}
+
+/// `GET /cache/policies/<name>` or `/cache/grants/<name>`: the resourceVersion of that object
+/// this replica decides with (200, plain text), or 404 when it holds none. How a test, or an
+/// operator after a change, tells without a sleep that this replica has caught up. Answers
+/// about one named object only, never a listing.
+async fn cached_version(State(webhook): State<AppState>, Path((kind, name)): Path<(String, String)>) -> Response {
+    let version = match kind.as_str() {
+        "policies" => webhook.caches.policy_version(&name),
+        "grants" => webhook.caches.grant_version(&name),
+        _ => return (StatusCode::NOT_FOUND, "kinds: policies, grants\n").into_response(),
+    };
+    match version {
+        Some(version) => (StatusCode::OK, version).into_response(),
+        None => (StatusCode::NOT_FOUND, format!("no {kind} named {name:?} in this replica's cache\n")).into_response(),
+    }
 }
 
 impl crate::process::Health for Webhook {

@@ -16,7 +16,11 @@ use crate::{api::StepUpPolicy, policy::CompiledPolicy};
 
 pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<Action> {
     let (ok, reason, message) = match CompiledPolicy::compile(&policy) {
-        Ok(_) => (true, "Compiled", "enforced by the stepup webhook".to_owned()),
+        // Ready says the policy can be enforced; each webhook replica enforces it once its own
+        // watch delivers it (README, "When a policy takes effect").
+        Ok(_) => {
+            (true, "Compiled", "valid; each webhook replica enforces it as soon as its watch delivers it".to_owned())
+        }
         Err(e) => (false, "Invalid", e.to_string()),
     };
     let generation = policy.metadata.generation;

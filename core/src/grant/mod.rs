@@ -24,6 +24,9 @@ pub struct GrantRecord {
     pub scope: GrantScope,
     /// Being deleted (revoked); no longer usable even before it disappears.
     pub revoked: bool,
+    /// The object's version this record was made from: how a caller tells whether a cache
+    /// holds a change yet.
+    pub resource_version: Option<String>,
 }
 
 impl GrantRecord {
@@ -40,6 +43,7 @@ impl GrantRecord {
             expires_at: spec.expires_at.0,
             scope: spec.scope.clone(),
             revoked: grant.metadata.deletion_timestamp.is_some(),
+            resource_version: grant.metadata.resource_version.clone(),
         })
     }
 }
@@ -217,6 +221,12 @@ impl GrantIndex {
             self.by_user.remove(&user);
         }
         Some(removed)
+    }
+
+    /// The grant named `name`.
+    pub fn get(&self, name: &str) -> Option<&GrantRecord> {
+        let user = self.user_of.get(name)?;
+        self.by_user.get(user)?.iter().find(|g| g.name == name).map(|g| g.as_ref())
     }
 
     pub fn for_user(&self, user: &str) -> impl Iterator<Item = &GrantRecord> {
