@@ -489,7 +489,7 @@ pub async fn run(session: &Session, args: &CheckArgs) -> Result<Exit> {
     let report = CheckReport { user: me.username.clone(), allowed: results.iter().all(|r| r.allowed), results };
     match args.output {
         Output::Json => out!("{}", format::json(&report)),
-        Output::Text => out!("{}", report.text()),
+        Output::Text => out!("{}", format::printable_lines(&report.text())),
     }
     Ok(if report.allowed { Exit::Ok } else { Exit::StepUp })
 }

@@ -211,17 +211,18 @@ pub struct Report<'a> {
 
 impl fmt::Display for Report<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sentence = self.error.to_string();
+        // Sentences carry what the API server said, and a policy's message is anyone's text.
+        let sentence = super::format::printable_lines(&self.error.to_string());
         let sentence = sentence.trim_end_matches('.');
         writeln!(f, "error: {sentence}.")?;
-        let hint = self.error.hint();
+        let hint = super::format::printable_lines(&self.error.hint());
         if !hint.is_empty() {
             writeln!(f, "hint: {hint}")?;
         }
         if self.verbose
             && let Some(detail) = self.error.detail()
         {
-            writeln!(f, "detail: {detail}")?;
+            writeln!(f, "detail: {}", super::format::printable_lines(detail))?;
         }
         Ok(())
     }

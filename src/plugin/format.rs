@@ -102,10 +102,38 @@ impl GrantView {
     }
 }
 
-/// Plain columns, padded to the widest cell: the layout of `kubectl get`.
+/// Text from the cluster (a reason, a user name, a message), made safe to print: control
+/// characters (escape sequences that clear a screen or move the cursor, carriage returns that
+/// overwrite a line) and bidirectional overrides (which reorder what a reader sees) are shown
+/// as visible escapes, `\u{1b}`, instead of acting on the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&c.escape_unicode().to_string());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Lines of text from the cluster, each made [`printable`]; the line breaks stay.
+pub fn printable_lines(text: &str) -> String {
+    text.split('\n').map(printable).collect::<Vec<_>>().join("\n")
+}
+
+/// Plain columns, padded to the widest cell: the layout of `kubectl get`. Cells are made
+/// [`printable`].
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> =
+        rows.iter().map(|row| row.iter().map(|cell| printable(cell).into_owned()).collect()).collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -122,7 +150,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push('\n');
     };
     line(header.to_vec(), &mut out);
-    for row in rows {
+    for row in &rows {
         line(row.iter().map(String::as_str).collect(), &mut out);
     }
     out
@@ -213,5 +241,16 @@ mod tests {
             &[vec!["a-long-name".into(), "Active".into()], vec!["b".into(), "Expired".into()]],
         );
         assert_eq!(text, "NAME          STATE\na-long-name   Active\nb             Expired\n");
+    }
+
+    /// A reason that would clear the screen and print a fake line is shown for what it is.
+    #[test]
+    fn control_characters_and_bidi_overrides_are_shown_not_obeyed() {
+        let attack = "\u{1b}[2J\u{1b}[HNo step-up activity.\r\nok \u{202e}txt.exe";
+        let shown = printable(attack);
+        assert!(!shown.chars().any(|c| c.is_control()), "{shown}");
+        assert_eq!(shown, "\\u{1b}[2J\\u{1b}[HNo step-up activity.\\u{d}\\u{a}ok \\u{202e}txt.exe");
+        assert!(matches!(printable("INC-42 fix db"), std::borrow::Cow::Borrowed(_)), "plain text is not copied");
+        assert!(!table(&["REASON"], &[vec![attack.into()]]).contains('\u{1b}'));
     }
 }

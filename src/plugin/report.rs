@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::{
     cluster::Session,
     error::{Error, Result},
+    format::printable,
 };
 use crate::{
     api::StepUpLog,
@@ -251,7 +252,7 @@ fn text_table(out: &mut String, first: &str, rows: &BTreeMap<String, Figures>, c
         std::iter::once(first.to_uppercase()).chain(COLUMNS[..columns].iter().map(|c| c.to_uppercase())).collect(),
     ];
     for (name, f) in rows {
-        grid.push(std::iter::once(name.clone()).chain(cells(f).into_iter().take(columns)).collect());
+        grid.push(std::iter::once(printable(name).into_owned()).chain(cells(f).into_iter().take(columns)).collect());
     }
     let widths: Vec<usize> =
         (0..=columns).map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
@@ -276,8 +277,13 @@ fn table(s: &Summary, meta: &Meta) -> String {
         text_table(&mut out, "user", &s.users, 9);
         let _ = writeln!(out, "\nTrail ({} entries):", s.trail.len());
         for t in &s.trail {
-            let mut line =
-                format!("{}  {:<24} {:<12} {}", t.time.strftime("%Y-%m-%d %H:%M:%S"), t.event, t.user, t.what);
+            let mut line = format!(
+                "{}  {:<24} {:<12} {}",
+                t.time.strftime("%Y-%m-%d %H:%M:%S"),
+                printable(&t.event),
+                printable(&t.user),
+                printable(&t.what)
+            );
             for (k, v) in [
                 ("by", &t.by),
                 ("policy", &t.policies),
@@ -286,7 +292,7 @@ fn table(s: &Summary, meta: &Meta) -> String {
                 ("id", &t.correlation),
             ] {
                 if !v.is_empty() {
-                    let _ = write!(line, "  {k}={v}");
+                    let _ = write!(line, "  {k}={}", printable(v));
                 }
             }
             let _ = writeln!(out, "{line}");
@@ -308,8 +314,14 @@ fn health_note(h: &TrailHealth) -> String {
     if notes.is_empty() { String::new() } else { format!("; WARNING: {}", notes.join(", ")) }
 }
 
+/// One CSV cell (RFC 4180 quoting), made [`printable`]. A cell a spreadsheet would read as a
+/// formula (`=`, `+`, `-`, `@` first; OWASP's CSV injection guard) is prefixed with `'`.
 fn csv_field(v: &str) -> String {
-    if v.contains([',', '"', '\n']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v.to_owned() }
+    let mut v = printable(v).into_owned();
+    if v.starts_with(['=', '+', '-', '@']) {
+        v.insert(0, '\'');
+    }
+    if v.contains([',', '"', '\n']) { format!("\"{}\"", v.replace('"', "\"\"")) } else { v }
 }
 
 /// The trail, one row per entry: what spreadsheets and SIEM imports take.
@@ -568,6 +580,42 @@ not json"#;
             !page.contains("src=") && !page.contains("<link") && !page.contains("url("),
             "nothing is loaded from elsewhere"
         );
+    }
+
+    /// A challenge reason that clears the screen and prints "nothing happened" would hide the
+    /// real trail from an auditor; a user named like a formula would run in a spreadsheet.
+    #[test]
+    fn what_users_wrote_cannot_drive_the_terminal_or_the_spreadsheet() {
+        let wipe = "\u{1b}[2J\u{1b}[HNo step-up activity was recorded in this period.\r\n";
+        let records = vec![
+            Record {
+                user: "=HYPERLINK(\"http://evil\",\"x\")".into(),
+                reason: wipe.into(),
+                by: "\u{1b}]0;owned\u{7}".into(),
+                grant: "g-1".into(),
+                ..Record::new("grant.issued", at("2026-11-10T10:00:31Z"))
+            },
+            Record {
+                user: "-2+3".into(),
+                policies: "@SUM(1)".into(),
+                ..Record::new("grant.revoked", at("2026-11-10T10:01:00Z"))
+            },
+        ];
+        let s = report::summarize(
+            &records,
+            &Scope { since: at("2026-11-01T00:00:00Z"), until: at("2026-12-01T00:00:00Z"), ..Scope::default() },
+        );
+        let text = table(&s, &meta());
+        assert!(!text.chars().any(|c| c.is_control() && c != '\n'), "{text:?}");
+        assert!(text.contains("\\u{1b}[2J"), "the attempt stays visible: {text}");
+        let csv = csv(&s);
+        assert!(!csv.chars().any(|c| c.is_control() && c != '\n'), "{csv:?}");
+        for row in csv.lines().skip(1) {
+            for cell in row.split(',') {
+                let cell = cell.trim_start_matches('"');
+                assert!(!cell.starts_with(['=', '+', '-', '@']), "a formula cell: {row}");
+            }
+        }
     }
 
     #[test]

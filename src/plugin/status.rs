@@ -150,7 +150,7 @@ pub async fn status(session: &Session, args: &StatusArgs) -> Result<()> {
     let view = StatusView::new(&me, enrollment.as_ref(), &grants, args.all, now);
     match args.output {
         Output::Json => out!("{}", format::json(&view)),
-        Output::Text => out!("{}", view.text(now, &TimeZone::system())),
+        Output::Text => out!("{}", format::printable_lines(&view.text(now, &TimeZone::system()))),
     }
     Ok(())
 }
