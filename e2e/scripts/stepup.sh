@@ -148,9 +148,24 @@ install_admission_policy() {
 		kc_installer apply -f - >/dev/null
 }
 
+# A workload's credential, as a GitOps controller in its pod holds one: a token bound to a
+# Pod object of the service account (Pending without a kubelet). Exemptions count only with
+# such a credential; the same name without it is a mask.
 write_sa_kubeconfig() { # service-account
-	local token
-	token=$(kc -n stepup-system create token "$1" --duration=48h)
+	local token uid
+	kc apply -f - >/dev/null <<-EOF
+		apiVersion: v1
+		kind: Pod
+		metadata: {name: $1-0, namespace: stepup-system, labels: {app.kubernetes.io/name: $1}}
+		spec:
+		  serviceAccountName: $1
+		  automountServiceAccountToken: false
+		  containers:
+		  - {name: gitops, image: kube-stepup/gitops:e2e}
+	EOF
+	uid=$(kc -n stepup-system get pod "$1-0" -o 'jsonpath={.metadata.uid}')
+	token=$(kc -n stepup-system create token "$1" --duration=48h \
+		--bound-object-kind Pod --bound-object-name "$1-0" --bound-object-uid "$uid")
 	cat >"$DIR/kubeconfig/$1.yaml" <<-YAML
 		apiVersion: v1
 		kind: Config

@@ -151,6 +151,24 @@ impl Env {
 }
 
 impl World {
+    /// Waits until the registration sends service accounts' requests to the webhook: the
+    /// controller drops its `people-only` match condition once a policy names a subject.
+    pub async fn wait_service_accounts_routed(&self) {
+        use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+        let configs: Api<ValidatingWebhookConfiguration> = Api::all(self.admin.clone());
+        eventually(Duration::from_secs(20), || async {
+            let config = configs.get("stepup.dev").await?;
+            let people_only = config
+                .webhooks
+                .iter()
+                .flatten()
+                .any(|w| w.match_conditions.iter().flatten().any(|c| c.name == "people-only"));
+            if people_only { bail!("still people-only") } else { Ok(()) }
+        })
+        .await
+        .expect("the configuration routes service accounts");
+    }
+
     /// Lets service account `namespace:name` edit its namespace (as many an application's
     /// account may): the rights a namespace editor borrows by wearing it.
     pub async fn service_account_may_edit(&self, namespace: &str, name: &str) {

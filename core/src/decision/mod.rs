@@ -31,7 +31,9 @@ pub struct DecisionConfig {
     pub admin_groups: Vec<String>,
     /// Groups that bypass policies, loudly (warning, Event, metric, audit line).
     pub break_glass_groups: Vec<String>,
-    /// Users and groups no policy applies to, quietly (e.g. a GitOps controller).
+    /// Users and groups no policy applies to (e.g. a GitOps controller): allowed without an
+    /// Event, but recorded in the trail when a policy matched. A service account's name counts
+    /// only with its pod-bound credential.
     pub exempt_users: Vec<String>,
     pub exempt_groups: Vec<String>,
     /// Namespaces whose objects no policy applies to (kube-system and stepup's own), so that
@@ -93,7 +95,7 @@ pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -
             && own_kinds::is_admin_act(req, objects, inputs.config)
         {
             let matched = [policy.as_ref()];
-            if req.user.in_any_group(&inputs.config.break_glass_groups) {
+            if is_break_glass(req, inputs.config) {
                 return Decision::break_glass(req, &matched);
             }
             return evaluate(req, &matched, inputs, None);
@@ -113,7 +115,10 @@ pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -
     if matched.is_empty() {
         return Decision::not_matched();
     }
-    if req.user.in_any_group(&inputs.config.break_glass_groups) {
+    if is_configured_exempt(req, inputs.config) {
+        return Decision::exempt_from(&matched);
+    }
+    if is_break_glass(req, inputs.config) {
         return Decision::break_glass(req, &matched);
     }
     evaluate(req, &matched, inputs, note.as_deref())
@@ -180,7 +185,7 @@ fn namespace_side_effects<'p>(
 }
 
 /// Requests no policy may touch: control-plane plumbing, stepup's own namespace and kinds,
-/// configured exemptions.
+/// the controller.
 fn is_exempt(req: &Request<'_>, config: &DecisionConfig) -> bool {
     let user = &req.user;
     let plumbing = matches!(
@@ -200,8 +205,19 @@ fn is_exempt(req: &Request<'_>, config: &DecisionConfig) -> bool {
         || (user.pod_bound
             && config.controller_users.iter().any(|u| u == user.username)
             && !(req.group == GROUP && req.resource == "stepuppolicies" && req.subresource.is_empty()))
-        || config.exempt_users.iter().any(|u| u == user.username)
-        || user.in_any_group(&config.exempt_groups)
+}
+
+/// The operator's exemptions. Masks are people: a service account's name or groups count
+/// only with its pod-bound credential.
+fn is_configured_exempt(req: &Request<'_>, config: &DecisionConfig) -> bool {
+    let user = &req.user;
+    !user.is_mask()
+        && (config.exempt_users.iter().any(|u| u == user.username) || user.in_any_group(&config.exempt_groups))
+}
+
+/// Members of a break-glass group pass, loudly; not a mask holding the group.
+fn is_break_glass(req: &Request<'_>, config: &DecisionConfig) -> bool {
+    !req.user.is_mask() && req.user.in_any_group(&config.break_glass_groups)
 }
 
 fn evaluate(req: &Request<'_>, matched: &[&CompiledPolicy], inputs: &Inputs<'_>, note: Option<&str>) -> Decision {

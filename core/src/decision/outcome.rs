@@ -233,6 +233,11 @@ impl Decision {
         Self::allow(Outcome::Exempt)
     }
 
+    /// An exempt requester on an operation `matched` protect: allowed, and recorded.
+    pub(crate) fn exempt_from(matched: &[&CompiledPolicy]) -> Self {
+        Self { policies: names(matched), ..Self::allow(Outcome::Exempt) }
+    }
+
     pub(crate) fn builtin_allowed() -> Self {
         Self::allow(Outcome::BuiltinAllowed)
     }
@@ -379,9 +384,13 @@ impl Decision {
     }
 
     /// Whether this decision goes into the audit trail: every decision that involved a policy
-    /// or a built-in rule.
+    /// or a built-in rule, an exemption from a policy included.
     pub fn is_audited(&self) -> bool {
-        !matches!(self.outcome, Outcome::NotMatched | Outcome::Exempt)
+        match self.outcome {
+            Outcome::NotMatched => false,
+            Outcome::Exempt => !self.policies.is_empty(),
+            _ => true,
+        }
     }
 
     /// Whether an Event is worth recording (before dry-run and rate limiting are considered).

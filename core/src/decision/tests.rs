@@ -19,8 +19,8 @@ fn config() -> DecisionConfig {
         webhook_users: vec![WEBHOOK.into()],
         admin_groups: vec!["stepup:admins".into()],
         break_glass_groups: vec!["stepup:break-glass".into()],
-        exempt_users: vec!["flux".into()],
-        exempt_groups: vec!["gitops".into()],
+        exempt_users: vec!["flux".into(), "system:serviceaccount:gitops:deployer".into()],
+        exempt_groups: vec!["gitops".into(), "system:serviceaccounts:argocd".into()],
         exempt_namespaces: vec!["kube-system".into(), "stepup-system".into()],
         grant_verifier: Some(signer().verifier()),
         max_clock_skew: jiff::SignedDuration::from_secs(10),
@@ -155,6 +155,31 @@ fn outcomes_for_ordinary_requests() {
         ("exempt user", delete_prod_secret().by("flux", &[]), vec![], Outcome::Exempt),
         ("exempt group", delete_prod_secret().by("argo", &["gitops"]), vec![], Outcome::Exempt),
         ("controller is exempt", delete_prod_secret().by(CONTROLLER, &[]).pod_bound(), vec![], Outcome::Exempt),
+        (
+            "an exempt service account running in its pod passes (a workload: no policy names it)",
+            delete_prod_secret().by("system:serviceaccount:gitops:deployer", &[]).pod_bound(),
+            vec![],
+            Outcome::NotMatched,
+        ),
+        (
+            "an exempt service account's name without its pod is a mask (--as, or a minted token)",
+            delete_prod_secret().by("system:serviceaccount:gitops:deployer", &["system:serviceaccounts"]),
+            vec![],
+            Outcome::Denied,
+        ),
+        (
+            "the groups that come with a service account's name exempt no mask either",
+            delete_prod_secret()
+                .by("system:serviceaccount:argocd:app", &["system:serviceaccounts", "system:serviceaccounts:argocd"]),
+            vec![],
+            Outcome::Denied,
+        ),
+        (
+            "a mask holding the break-glass group does not break glass",
+            delete_prod_secret().by("system:serviceaccount:prod:default", &["stepup:break-glass"]),
+            vec![],
+            Outcome::Denied,
+        ),
         (
             "the controller's name without its pod is a mask",
             delete_prod_secret().by(CONTROLLER, &[]),
@@ -293,6 +318,22 @@ fn break_glass_warns_and_is_audited() {
     assert!(d.warnings[0].contains("break-glass"), "{:?}", d.warnings);
 }
 
+/// An exemption is quiet (no Event) but never silent: on an operation a policy protects it
+/// leaves an audit record naming the policy. Off protected ground it records nothing.
+#[test]
+fn an_exempt_requester_on_a_protected_operation_is_recorded() {
+    let w = world(vec![]);
+    let d = w.decide(&delete_prod_secret().by("flux", &[]));
+    assert_eq!(d.outcome, Outcome::Exempt);
+    assert!(d.allowed && d.is_audited() && !d.is_eventful());
+    assert_eq!(d.policies, ["prod-secrets"]);
+    let elsewhere = w.decide(&request(Delete, "configmaps").namespace("dev").name("x").by("flux", &[]));
+    assert_eq!(elsewhere.outcome, Outcome::NotMatched);
+    assert!(!elsewhere.is_audited());
+    let plumbing = w.decide(&request(Delete, "secrets").namespace("kube-system").by("flux", &[]));
+    assert!(plumbing.outcome == Outcome::Exempt && !plumbing.is_audited());
+}
+
 #[test]
 fn dry_run_is_decided_the_same() {
     let d = world(vec![]).decide(&delete_prod_secret().dry_run());
@@ -376,6 +417,7 @@ fn enrollment_for(user: &str, name: Option<&str>, annotations: &[(&str, &str)]) 
             public_key: ALICE_KEY.into(),
             confirmation: None,
             bootstrap: false,
+            bootstrap_proof: None,
         },
     );
     if !annotations.is_empty() {

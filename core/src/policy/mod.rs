@@ -118,6 +118,13 @@ impl<'a> User<'a> {
         self.groups.iter().any(|g| groups.contains(g))
     }
 
+    /// A service account's name without its pod-bound credential: a person wearing it. Its
+    /// name and groups (`system:serviceaccounts:<ns>` come with it) earn no exemption,
+    /// exclusion or bypass.
+    pub fn is_mask(&self) -> bool {
+        self.kind == Requester::Person && api::parse_service_account(self.username).is_some()
+    }
+
     /// `system:` identities (nodes, control-plane components, service accounts, anonymous).
     pub fn is_system(&self) -> bool {
         self.username.starts_with("system:")
@@ -428,12 +435,14 @@ impl CompiledPolicy {
     }
 
     /// Subjects and exclusions: a policy without subjects applies to people (masks included).
+    /// An exclusion never lets a mask out: whoever wears an excluded service account's name
+    /// (impersonating it, or with a token minted for it) is still a person.
     pub fn applies_to_user(&self, user: &User<'_>) -> bool {
         let subject = match &self.subjects {
             None => user.kind == Requester::Person,
             Some(p) => p.matches(user),
         };
-        subject && !self.exclude.matches(user)
+        subject && (user.is_mask() || !self.exclude.matches(user))
     }
 
     /// Whether this is a namespace the policy looks at (globs, exclusions, selector), judged

@@ -180,6 +180,35 @@ fn exclusions_and_resource_names_win() {
     }
 }
 
+/// An exclusion names a workload; whoever wears its name without its pod-bound credential
+/// (impersonating it, or with a token minted for it) is a person, and the policy applies.
+#[test]
+fn exclusions_never_let_a_mask_out() {
+    let p = policy("p")
+        .rule(&[Delete], "", &["secrets"])
+        .subjects(&["alice"], &[], &[("gitops", "*"), ("argocd", "*")])
+        .exclude_users(&["system:serviceaccount:gitops:deployer"])
+        .exclude_groups(&["system:serviceaccounts:argocd"])
+        .compiled();
+    let sa = |name: &str, ns: &str| {
+        let groups = ["system:serviceaccounts".to_owned(), format!("system:serviceaccounts:{ns}")];
+        let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
+        request(Delete, "secrets")
+            .namespace("prod")
+            .name("db")
+            .by(&format!("system:serviceaccount:{ns}:{name}"), &groups)
+    };
+    let cases = [
+        ("excluded service account in its pod", sa("deployer", "gitops").pod_bound(), false),
+        ("its name worn as a mask", sa("deployer", "gitops"), true),
+        ("excluded service-account group in its pod", sa("app", "argocd").pod_bound(), false),
+        ("that group worn with a mask", sa("app", "argocd"), true),
+    ];
+    for (name, req, expected) in cases {
+        assert_eq!(p.matches(&req.view()), expected, "{name}");
+    }
+}
+
 #[test]
 fn request_matching_no_policy_finds_none_among_many() {
     let policies: Vec<CompiledPolicy> = (0..500)
