@@ -304,7 +304,12 @@ pub fn desired(
             "not-leases",
             "!(request.resource.group == 'coordination.k8s.io' && request.resource.resource == 'leases')".into(),
         ),
-        condition("not-events", "request.resource.resource != 'events'".into()),
+        // Kubernetes' own Events only: a CRD whose plural is `events` in another group is
+        // reviewed like anything else.
+        condition(
+            "not-events",
+            "!(request.resource.resource == 'events' && request.resource.group in ['', 'events.k8s.io'])".into(),
+        ),
     ];
     if !names_subjects(policies) {
         // Policies without subjects apply to people only; control-plane identities and
