@@ -14,10 +14,14 @@
 
 use std::path::Path;
 
-use base64::{Engine, engine::general_purpose::STANDARD};
+use base64::{
+    Engine,
+    engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
+};
 use crypto_secretbox::{KeyInit, XSalsa20Poly1305, aead::Aead};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -113,6 +117,52 @@ impl MasterKey {
     pub fn factor_cipher(&self) -> FactorCipher {
         FactorCipher(self.derive("factor-encryption/v1"))
     }
+
+    pub fn bootstrap_key(&self) -> BootstrapKey {
+        BootstrapKey(self.derive("bootstrap-token/v1"))
+    }
+}
+
+// ---------------------------------------------------------------- the bootstrap token
+
+/// Makes the one-time bootstrap's token. The controller publishes the token in a Secret of its
+/// namespace that only installers can read; an enrollment proves it was made by someone who read
+/// it ([`bootstrap_proof`]), so a user who races the webhook's registration during installation
+/// cannot take the bootstrap.
+pub struct BootstrapKey(Zeroizing<[u8; 32]>);
+
+/// The Secret (in stepup's namespace) the controller publishes the token in, while the
+/// bootstrap is open; empty once it closes.
+pub const BOOTSTRAP_TOKEN_SECRET: &str = "stepup-bootstrap-token";
+/// Its one key.
+pub const BOOTSTRAP_TOKEN_KEY: &str = "token";
+
+impl BootstrapKey {
+    /// The token of the bootstrap window opened at `opened_at` (base64url, no padding): derived,
+    /// so the controller keeps no copy, and a new window has a new token.
+    pub fn token(&self, opened_at: jiff::Timestamp) -> Zeroizing<String> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_ref()).expect("HMAC takes any key length");
+        mac.update(format!("stepup.dev/bootstrap/v1\n{}", opened_at.as_millisecond()).as_bytes());
+        Zeroizing::new(URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+    }
+}
+
+/// What an enrollment carries to use the bootstrap: HMAC-SHA256 under the token of the user
+/// and the public key it enrolls (base64url), so a proof seen in one enrollment proves nothing
+/// for another user or key.
+pub fn bootstrap_proof(token: &str, user: &str, public_key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(bootstrap_mac(token, user, public_key).finalize().into_bytes())
+}
+
+/// Whether `proof` is [`bootstrap_proof`] of `token`, `user` and `public_key` (constant time).
+pub fn verify_bootstrap_proof(token: &str, user: &str, public_key: &str, proof: &str) -> bool {
+    URL_SAFE_NO_PAD.decode(proof).is_ok_and(|bytes| bootstrap_mac(token, user, public_key).verify_slice(&bytes).is_ok())
+}
+
+fn bootstrap_mac(token: &str, user: &str, public_key: &str) -> Hmac<Sha256> {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(token.as_bytes()).expect("HMAC takes any key length");
+    mac.update(format!("stepup.dev/bootstrap-proof/v1\n{user}\n{public_key}").as_bytes());
+    mac
 }
 
 // ---------------------------------------------------------------- grant signatures

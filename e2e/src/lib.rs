@@ -540,6 +540,7 @@ impl World {
                 public_key: key.public_key_b64(),
                 confirmation: None,
                 bootstrap: false,
+                bootstrap_proof: None,
             },
         );
         enrollment.metadata.labels =
@@ -632,6 +633,8 @@ impl World {
         }
         let key = EphemeralKey::generate();
         let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
+        // An installer may read the window's token; the enrollment proves it did.
+        let token = self.bootstrap_token().await;
         let mut e = StepUpEnrollment::new(
             &stepup_api::enrollment_name("admin"),
             StepUpEnrollmentSpec {
@@ -640,6 +643,7 @@ impl World {
                 public_key: key.public_key_b64(),
                 confirmation: None,
                 bootstrap: true,
+                bootstrap_proof: Some(kube_stepup::keys::bootstrap_proof(&token, "admin", &key.public_key_b64())),
             },
         );
         e.metadata.labels =
@@ -649,6 +653,24 @@ impl World {
             .expect("the admin's enrollment");
         let auth = self.finish_enrollment("admin", "admin", &key).await;
         (auth, fingerprint(&key.public_key_b64()))
+    }
+
+    /// The open bootstrap window's token, once the controller has published it (as an installer
+    /// reads it).
+    pub async fn bootstrap_token(&self) -> String {
+        let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), "stepup-system");
+        eventually(Duration::from_secs(30), || async {
+            let secret = secrets.get(kube_stepup::keys::BOOTSTRAP_TOKEN_SECRET).await?;
+            let token = secret
+                .data
+                .and_then(|d| {
+                    d.get(kube_stepup::keys::BOOTSTRAP_TOKEN_KEY).map(|t| String::from_utf8_lossy(&t.0).into_owned())
+                })
+                .unwrap_or_default();
+            if token.is_empty() { bail!("the bootstrap token is not published") } else { Ok(token) }
+        })
+        .await
+        .expect("the controller publishes the bootstrap token")
     }
 
     /// Removes every enrollment, factor and the bootstrap record (while the controller is stopped).

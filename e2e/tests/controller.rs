@@ -198,6 +198,7 @@ async fn nobody_creates_challenges_or_enrollments_for_someone_else() {
             public_key: EphemeralKey::generate().public_key_b64(),
             confirmation: None,
             bootstrap: false,
+            bootstrap_proof: None,
         },
     );
     for_bob.metadata.labels = None;
@@ -258,6 +259,7 @@ async fn first_enrollment_needs_an_admin_and_nobody_approves_themselves() {
             public_key: key.public_key_b64(),
             confirmation: None,
             bootstrap: false,
+            bootstrap_proof: None,
         },
     );
     e.metadata.labels = None;

@@ -527,6 +527,74 @@ async fn the_enrollment_shows_locked_whatever_locked_it_and_what_lifts_it() {
     assert!(text(&out.stderr).contains("kubectl stepup unlock alice"), "{}", show(&out));
 }
 
+/// Attack (third round): between `helm install` creating the CRDs and the user role and the
+/// controller registering the webhook, alice asked for the bootstrap, and the controller, once
+/// started, enrolled her through it. Whatever order the chart's objects appear in, only someone
+/// who can read the window's token (an installer) takes the bootstrap.
+#[tokio::test]
+async fn a_user_racing_the_installation_cannot_take_the_bootstrap() {
+    let world = World::new().await;
+    let env = &world.env;
+    let as_alice: Api<StepUpEnrollment> = Api::all(env.client("alice").await);
+    let alices = EphemeralKey::generate();
+    {
+        let _paused = ScriptControllerPaused::new();
+        world.forget_everyone().await;
+        // As during installation: no webhook registered yet, nothing refuses her spec.bootstrap.
+        let mut flags = stepup_e2e::attack::installer_flags(env);
+        flags.extend(["delete", "validatingwebhookconfiguration", "stepup.dev"].map(String::from));
+        let out = env.kubectl("admin", &flags.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(out.status.success(), "{}", show(&out));
+        let mut e = StepUpEnrollment::new(
+            &api::enrollment_name("alice"),
+            api::StepUpEnrollmentSpec {
+                user: "alice".into(),
+                method: api::Method::Totp,
+                public_key: alices.public_key_b64(),
+                confirmation: None,
+                bootstrap: true,
+                // A guess is all she has: the token is not even published yet.
+                bootstrap_proof: Some(kube_stepup::keys::bootstrap_proof("guess", "alice", &alices.public_key_b64())),
+            },
+        );
+        e.metadata.labels = Some([(api::USER_LABEL.to_owned(), api::user_label_value("alice"))].into());
+        as_alice.create(&PostParams::default(), &e).await.expect("nothing refuses it before the webhook is registered");
+    }
+    // The controller starts, registers the webhook, opens the bootstrap and reads hers.
+    world.wait_event("BootstrapOpened", "nobody is enrolled").await;
+    let e = world.wait_enrollment("alice", EnrollmentPhase::PendingApproval).await;
+    let message = e.status.unwrap_or_default().message.unwrap_or_default();
+    assert!(message.contains("does not prove it was made by someone who can read the bootstrap token"), "{message}");
+    assert!(world.events_with("BootstrapUsed", "alice").await.is_empty(), "alice did not take the bootstrap");
+    // Nor can she read the token to try again.
+    let out = plugin(env, "alice", &["enroll", "--bootstrap"], None).await;
+    assert!(!out.status.success(), "{}", show(&out));
+    assert!(text(&out.stderr).contains("you may not read its token"), "{}", show(&out));
+    assert!(world.events_with("BootstrapUsed", "alice").await.is_empty());
+
+    // The installer still can, in the same window.
+    let key = EphemeralKey::generate();
+    let token = world.bootstrap_token().await;
+    let mut mine = StepUpEnrollment::new(
+        &api::enrollment_name("admin"),
+        api::StepUpEnrollmentSpec {
+            user: "admin".into(),
+            method: api::Method::Totp,
+            public_key: key.public_key_b64(),
+            confirmation: None,
+            bootstrap: true,
+            bootstrap_proof: Some(kube_stepup::keys::bootstrap_proof(&token, "admin", &key.public_key_b64())),
+        },
+    );
+    mine.metadata.labels = Some([(api::USER_LABEL.to_owned(), api::user_label_value("admin"))].into());
+    Api::<StepUpEnrollment>::all(world.admin.clone()).create(&PostParams::default(), &mine).await.unwrap();
+    let admin = world.finish_enrollment("admin", "admin", &key).await;
+    let fp = fingerprint(&key.public_key_b64());
+    world.remember_admin(&admin, &fp);
+    world.wait_event("BootstrapUsed", &fp).await;
+    world.unenroll("alice").await;
+}
+
 #[tokio::test]
 async fn one_admin_installs_enrolls_and_changes_policies_by_following_the_notes() {
     // Issue 11, attack 6: a lone cluster-admin following README and NOTES could not apply the

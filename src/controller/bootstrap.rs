@@ -1,6 +1,8 @@
 //! The bootstrap record's shell: read (or, the first time, written) when a replica starts
 //! leading; claimed and completed by the enrollment executor, with optimistic concurrency on
-//! the Secret so two replicas cannot both hand it out. I/O.
+//! the Secret so two replicas cannot both hand it out. While the window is open, its token is
+//! published in Secret `stepup-bootstrap-token` for installers (who alone can read Secrets in
+//! stepup's namespace); emptied once the bootstrap is used. I/O.
 
 use std::collections::BTreeMap;
 
@@ -10,6 +12,7 @@ use kube::{
     Api,
     api::{ListParams, ObjectMeta, PostParams},
 };
+use stepup_core::keys::{BOOTSTRAP_TOKEN_KEY, BOOTSTRAP_TOKEN_SECRET};
 
 use super::{
     Context, Error, Result, USERNAME_ANNOTATION,
@@ -51,6 +54,54 @@ async fn enrolled(ctx: &Context) -> Result<usize> {
 /// Reads the record, writing the first one if there is none. A record this controller cannot
 /// open keeps the bootstrap closed, loudly.
 pub async fn load(ctx: &Context) -> Result<()> {
+    read_record(ctx).await?;
+    publish_token(ctx).await
+}
+
+/// Keeps Secret `stepup-bootstrap-token` in step with the record: the token while the window
+/// is open and unused, empty after. Without it, nobody can prove an installer made the
+/// enrollment that asks for the bootstrap.
+async fn publish_token(ctx: &Context) -> Result<()> {
+    let token = match view(ctx) {
+        // Claimed but not confirmed, it stays: the claimant's plugin may need it again.
+        Bootstrap::Open { token, until, .. } if Timestamp::now() < until => token,
+        _ => String::new(),
+    };
+    let api = secrets(ctx);
+    let data = BTreeMap::from([(BOOTSTRAP_TOKEN_KEY.to_owned(), ByteString(token.clone().into_bytes()))]);
+    match api.get_opt(BOOTSTRAP_TOKEN_SECRET).await? {
+        Some(current)
+            if current.data.as_ref().and_then(|d| d.get(BOOTSTRAP_TOKEN_KEY)).map(|t| &t.0[..])
+                == Some(token.as_bytes()) => {}
+        Some(mut current) => {
+            current.data = Some(data);
+            api.replace(BOOTSTRAP_TOKEN_SECRET, &PostParams::default(), &current).await?;
+        }
+        None if token.is_empty() => {}
+        None => {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(BOOTSTRAP_TOKEN_SECRET.to_owned()),
+                    namespace: Some(ctx.settings.namespace.clone()),
+                    labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_owned(), "stepup".to_owned())])),
+                    ..Default::default()
+                },
+                type_: Some("Opaque".into()),
+                data: Some(data),
+                ..Default::default()
+            };
+            match api.create(&PostParams::default(), &secret).await {
+                Ok(_) => {}
+                // Another replica published it first.
+                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn read_record(ctx: &Context) -> Result<()> {
     let api = secrets(ctx);
     let existing = match api.get_opt(SECRET_NAME).await? {
         Some(s) => s,
@@ -123,7 +174,7 @@ fn rolled_back(known: Option<&BootstrapRecord>, read: &BootstrapRecord) -> bool 
 /// Whether the bootstrap can be used, as last read.
 pub fn view(ctx: &Context) -> Bootstrap {
     match lock(&ctx.bootstrap).as_ref() {
-        Some((_, record)) => record.view(),
+        Some((_, record)) => record.view(&ctx.keys.bootstrap),
         None => Bootstrap::Closed { why: "the bootstrap record is missing or corrupt".into() },
     }
 }
@@ -142,6 +193,9 @@ pub async fn apply(ctx: &Context, change: &BootstrapUse, user: &str) -> Result<(
     match secrets(ctx).replace(SECRET_NAME, &PostParams::default(), &updated).await {
         Ok(written) => {
             *lock(&ctx.bootstrap) = Some((written, next));
+            if matches!(change, BootstrapUse::Complete) {
+                publish_token(ctx).await?;
+            }
             Ok(())
         }
         Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {

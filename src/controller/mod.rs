@@ -141,6 +141,7 @@ pub struct Keys {
     pub grant_verifier: keys::GrantVerifier,
     pub responses: keys::ResponseOpener,
     pub factors: keys::FactorCipher,
+    pub bootstrap: keys::BootstrapKey,
 }
 
 impl Keys {
@@ -150,6 +151,7 @@ impl Keys {
             grant_verifier: master.grant_verifier(),
             responses: master.response_opener(),
             factors: master.factor_cipher(),
+            bootstrap: master.bootstrap_key(),
         }
     }
 }

@@ -260,6 +260,7 @@ mod tests {
                 public_key: key,
                 confirmation: None,
                 bootstrap: false,
+                bootstrap_proof: None,
             },
         );
         e.status = Some(StepUpEnrollmentStatus {

@@ -81,12 +81,46 @@ fn seal_for(e: &StepUpEnrollment, code: &str, purpose: EnrollmentPurpose) -> Res
     })
 }
 
+/// With `--bootstrap`: proof that this run can read the bootstrap token, which only installers
+/// can. The controller honours the bootstrap only with it.
+async fn bootstrap_proof(session: &Session, user: &str, key: &EphemeralKey) -> Result<String> {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(session.client.clone(), &session.stepup_namespace);
+    let unreadable = |why: String| {
+        Error::other(
+            format!(
+                "cannot use the bootstrap: {why} (Secret {} in namespace {:?}, which only whoever installed stepup can read)",
+                crate::keys::BOOTSTRAP_TOKEN_SECRET,
+                session.stepup_namespace
+            ),
+            "Ask whoever installed stepup to enroll first with --bootstrap, then to approve you (`kubectl stepup enroll` without --bootstrap).",
+        )
+    };
+    let secret = match secrets.get_opt(crate::keys::BOOTSTRAP_TOKEN_SECRET).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => return Err(unreadable("the bootstrap is not open".into())),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            return Err(unreadable("you may not read its token".into()));
+        }
+        Err(e) => return Err(session.kube_error("read the bootstrap token")(e)),
+    };
+    let token = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(crate::keys::BOOTSTRAP_TOKEN_KEY))
+        .and_then(|t| String::from_utf8(t.0.clone()).ok())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unreadable("the bootstrap is closed".into()))?;
+    Ok(crate::keys::bootstrap_proof(&token, user, &key.public_key_b64()))
+}
+
 pub async fn run(session: &Session, args: &EnrollArgs) -> Result<()> {
     let me = session.whoami().await?;
     let api: Api<StepUpEnrollment> = session.all();
     let name = api::enrollment_name(&me.username);
     let key = EphemeralKey::generate();
     let fp = fingerprint(&key.public_key_b64());
+    let proof = if args.bootstrap { Some(bootstrap_proof(session, &me.username, &key).await?) } else { None };
     let existing = api.get_opt(&name).await.map_err(session.kube_error("read your enrollment"))?;
 
     // For a re-enrollment with a code of the current device: the generation that carries it.
@@ -104,6 +138,7 @@ pub async fn run(session: &Session, args: &EnrollArgs) -> Result<()> {
                     public_key: key.public_key_b64(),
                     confirmation: None,
                     bootstrap: args.bootstrap,
+                    bootstrap_proof: proof.clone(),
                 },
             );
             enrollment.metadata.labels =
@@ -154,7 +189,12 @@ pub async fn run(session: &Session, args: &EnrollArgs) -> Result<()> {
                     session,
                     &api,
                     &name,
-                    json!({"publicKey": key.public_key_b64(), "confirmation": null, "bootstrap": args.bootstrap}),
+                    json!({
+                        "publicKey": key.public_key_b64(),
+                        "confirmation": null,
+                        "bootstrap": args.bootstrap,
+                        "bootstrapProof": proof,
+                    }),
                 )
                 .await?;
             }

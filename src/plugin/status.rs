@@ -229,6 +229,7 @@ mod tests {
                 public_key: String::new(),
                 confirmation: None,
                 bootstrap: false,
+                bootstrap_proof: None,
             },
         );
         e.status =

@@ -63,6 +63,15 @@ pub struct StepUpEnrollmentSpec {
     /// members of stepup's admin groups may set it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bootstrap: bool,
+
+    /// With `bootstrap`: proof that whoever made this enrollment can read the bootstrap token
+    /// (Secret `stepup-bootstrap-token` in stepup's namespace, which only installers can read):
+    /// HMAC-SHA256 under the token of the user and `publicKey`, base64url. `kubectl stepup
+    /// enroll --bootstrap` fills it in. Without it the bootstrap is refused, whatever order the
+    /// installation's objects appeared in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub bootstrap_proof: Option<String>,
 }
 
 fn default_method() -> Method {

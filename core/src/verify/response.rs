@@ -178,6 +178,7 @@ mod tests {
                 public_key: "A".repeat(43) + "=",
                 confirmation: None,
                 bootstrap: false,
+                bootstrap_proof: None,
             },
         );
         let both = |e: &StepUpEnrollment| {

@@ -1,7 +1,9 @@
 //! The one-time bootstrap of the first admin, as data. A team with one admin cannot get a
 //! second admin's approval for its first enrollment; instead, within a window after
 //! installation, the first enrollment that asks for the bootstrap (`spec.bootstrap`, which only
-//! admin-group members may set) needs no approval. The record of it is kept encrypted and
+//! admin-group members may set) and proves its maker read the window's token (published in a
+//! Secret only installers can read; the webhook may not be registered yet while the chart
+//! installs, so its check alone is not enough) needs no approval. The record of it is kept encrypted and
 //! authenticated like a factor, so it cannot be edited to reopen the window; it opens only when
 //! the controller first starts with nobody enrolled, and says so loudly. Pure.
 
@@ -9,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::{Record, clock};
-use crate::keys::FactorCipher;
+use crate::keys::{BOOTSTRAP_TOKEN_SECRET, BootstrapKey, FactorCipher, verify_bootstrap_proof};
 
 /// The Secret (in the controller's namespace) that holds the record.
 pub const SECRET_NAME: &str = "stepup-bootstrap";
@@ -43,17 +45,41 @@ pub struct BootstrapRecord {
 /// Whether the bootstrap can be used now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Bootstrap {
-    Closed { why: String },
-    Open { until: Timestamp, claimed_by: Option<String> },
+    Closed {
+        why: String,
+    },
+    /// `token` is what the controller publishes for installers, and what proofs are made with.
+    Open {
+        until: Timestamp,
+        claimed_by: Option<String>,
+        token: String,
+    },
 }
 
 impl Bootstrap {
     /// Whether `user` may enroll through it at `now`.
     pub fn admits(&self, user: &str, now: Timestamp) -> bool {
         match self {
-            Bootstrap::Open { until, claimed_by } => now < *until && claimed_by.as_deref().is_none_or(|c| c == user),
+            Bootstrap::Open { until, claimed_by, .. } => {
+                now < *until && claimed_by.as_deref().is_none_or(|c| c == user)
+            }
             Bootstrap::Closed { .. } => false,
         }
+    }
+
+    /// Whether `proof` shows that whoever made `user`'s enrollment of `public_key` read the token.
+    pub fn proven(&self, user: &str, public_key: &str, proof: Option<&str>) -> bool {
+        match (self, proof) {
+            (Bootstrap::Open { token, .. }, Some(proof)) => verify_bootstrap_proof(token, user, public_key, proof),
+            _ => false,
+        }
+    }
+
+    /// Why an enrollment without a valid proof is not let through an open bootstrap.
+    pub fn unproven() -> String {
+        format!(
+            "the enrollment does not prove it was made by someone who can read the bootstrap token (Secret {BOOTSTRAP_TOKEN_SECRET} in stepup's namespace, readable only by installers): an installer runs `kubectl stepup enroll --bootstrap`"
+        )
     }
 
     /// Why `user` may not use it at `now`, in words.
@@ -112,14 +138,20 @@ impl BootstrapRecord {
         )
     }
 
-    pub fn view(&self) -> Bootstrap {
+    /// The bootstrap as the record says it stands; an open one carries its token, derived from
+    /// `key` and the time it opened.
+    pub fn view(&self, key: &BootstrapKey) -> Bootstrap {
         if let Some(why) = &self.not_opened {
             return Bootstrap::Closed { why: format!("the bootstrap never opened: {why}") };
         }
         if let Some(by) = &self.completed_by {
             return Bootstrap::Closed { why: format!("the bootstrap was used by {by}") };
         }
-        Bootstrap::Open { until: self.closes_at, claimed_by: self.claimed_by.clone() }
+        Bootstrap::Open {
+            until: self.closes_at,
+            claimed_by: self.claimed_by.clone(),
+            token: key.token(self.opened_at).to_string(),
+        }
     }
 
     pub fn claimed(&self, user: &str, fingerprint: &str) -> Self {
@@ -148,32 +180,60 @@ mod tests {
     use super::*;
     use crate::testing::{minutes, t0};
 
+    fn key() -> BootstrapKey {
+        crate::keys::MasterKey::from_bytes([5; 32]).bootstrap_key()
+    }
+
     #[test]
     fn the_bootstrap_opens_only_when_nobody_is_enrolled_and_ends_by_itself() {
         let (open, record) = BootstrapRecord::first(t0(), minutes(60), 0);
         assert_eq!(record.reason, "BootstrapOpened");
         assert!(record.warning, "opening the bootstrap is loud");
-        let view = open.view();
+        let view = open.view(&key());
         assert!(view.admits("root", t0() + minutes(59)));
         assert!(!view.admits("root", t0() + minutes(60)), "it ends by itself");
 
         let (closed, record) = BootstrapRecord::first(t0(), minutes(60), 2);
         assert_eq!(record.reason, "BootstrapClosed");
-        assert!(!closed.view().admits("root", t0()));
-        assert!(closed.view().refusal("root", t0()).contains("2 user(s) were already enrolled"));
+        assert!(!closed.view(&key()).admits("root", t0()));
+        assert!(closed.view(&key()).refusal("root", t0()).contains("2 user(s) were already enrolled"));
         let (off, _) = BootstrapRecord::first(t0(), SignedDuration::ZERO, 0);
-        assert!(!off.view().admits("root", t0()));
+        assert!(!off.view(&key()).admits("root", t0()));
     }
 
     #[test]
     fn once_claimed_only_the_claimant_may_retry_and_once_completed_nobody() {
         let (open, _) = BootstrapRecord::first(t0(), minutes(60), 0);
         let claimed = open.claimed("root", "aaaa-bbbb-cccc-dddd-eeee-ffff");
-        assert!(claimed.view().admits("root", t0()));
-        assert!(!claimed.view().admits("mallory", t0()));
-        assert_eq!(claimed.view().refusal("mallory", t0()), "the bootstrap was used by root");
+        assert!(claimed.view(&key()).admits("root", t0()));
+        assert!(!claimed.view(&key()).admits("mallory", t0()));
+        assert_eq!(claimed.view(&key()).refusal("mallory", t0()), "the bootstrap was used by root");
         let done = claimed.completed("root", t0());
-        assert!(!done.view().admits("root", t0()));
+        assert!(!done.view(&key()).admits("root", t0()));
+    }
+
+    /// Attack (third round): alice raced the webhook's registration during installation and
+    /// asked for the bootstrap first. Without the token only installers can read, nothing she
+    /// writes proves anything; a proof for one user or key proves nothing for another.
+    #[test]
+    fn only_a_proof_made_with_the_windows_token_counts() {
+        let (open, _) = BootstrapRecord::first(t0(), minutes(60), 0);
+        let view = open.view(&key());
+        let Bootstrap::Open { token, .. } = &view else { panic!("open") };
+        let proof = crate::keys::bootstrap_proof(token, "root", "KEY-A");
+        assert!(view.proven("root", "KEY-A", Some(&proof)));
+        assert!(!view.proven("root", "KEY-A", None), "no proof");
+        assert!(!view.proven("alice", "KEY-A", Some(&proof)), "another user");
+        assert!(!view.proven("root", "KEY-B", Some(&proof)), "another key");
+        assert!(!view.proven("root", "KEY-A", Some("bm90IGEgcHJvb2Y")), "made up");
+        let guessed = crate::keys::bootstrap_proof("", "root", "KEY-A");
+        assert!(!view.proven("root", "KEY-A", Some(&guessed)), "an empty token");
+        // Another window (a reinstall) has another token.
+        let (later, _) = BootstrapRecord::first(t0() + minutes(1), minutes(60), 0);
+        assert!(!later.view(&key()).proven("root", "KEY-A", Some(&proof)));
+        let other_key = crate::keys::MasterKey::from_bytes([6; 32]).bootstrap_key();
+        assert!(!open.view(&other_key).proven("root", "KEY-A", Some(&proof)), "another installation's key");
+        assert!(!Bootstrap::Closed { why: "x".into() }.proven("root", "KEY-A", Some(&proof)));
     }
 
     #[test]

@@ -440,7 +440,10 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>) -> Step {
                     clock(now + window)
                 ),
             ));
-        } else if e.spec.bootstrap && f.bootstrap.admits(user, now) {
+        } else if e.spec.bootstrap
+            && f.bootstrap.admits(user, now)
+            && f.bootstrap.proven(user, &e.spec.public_key, e.spec.bootstrap_proof.as_deref())
+        {
             factor.pending = Some(new_pending(Allowance::Bootstrap));
             sealed_fresh = true;
             bootstrap = Some(BootstrapUse::Claim { fingerprint: fp.clone() });
@@ -633,7 +636,8 @@ fn desired(
     }
     let approve = format!("`kubectl stepup approve {user} --key {fp}`");
     d.message = if e.spec.bootstrap && !s.self_service {
-        format!("waiting for an admin to approve key {fp} ({approve}): {}", f.bootstrap.refusal(user, now))
+        let why = if f.bootstrap.admits(user, now) { Bootstrap::unproven() } else { f.bootstrap.refusal(user, now) };
+        format!("waiting for an admin to approve key {fp} ({approve}): {why}")
     } else {
         format!("waiting for an admin to approve key {fp}: {approve}")
     };

@@ -42,6 +42,7 @@ fn case(key: &str) -> Case {
             public_key: key.into(),
             confirmation: None,
             bootstrap: false,
+            bootstrap_proof: None,
         },
     );
     Case {
@@ -98,9 +99,20 @@ impl Case {
         self
     }
 
+    /// Asks for the bootstrap (with the proof an installer's plugin makes) or not.
     fn bootstrap(mut self, asked: bool, b: Bootstrap) -> Self {
         self.enrollment.spec.bootstrap = asked;
+        if let Bootstrap::Open { token, .. } = &b {
+            let spec = &self.enrollment.spec;
+            self.enrollment.spec.bootstrap_proof =
+                asked.then(|| crate::keys::bootstrap_proof(token, &spec.user, &spec.public_key));
+        }
         self.bootstrap = b;
+        self
+    }
+
+    fn proof(mut self, proof: Option<&str>) -> Self {
+        self.enrollment.spec.bootstrap_proof = proof.map(str::to_owned);
         self
     }
 
@@ -361,7 +373,7 @@ fn a_pending_seed_must_be_confirmed_within_the_window() {
 
 #[test]
 fn the_bootstrap_lets_the_first_admin_enroll_once_without_a_second_admin() {
-    let open = Bootstrap::Open { until: t0() + minutes(30), claimed_by: None };
+    let open = Bootstrap::Open { until: t0() + minutes(30), claimed_by: None, token: "t0ken".into() };
     let step = case(KEY_A).bootstrap(true, open.clone()).step();
     let p = written(&step).pending.clone().unwrap();
     assert_eq!((p.key.as_str(), &p.allowed), (KEY_A, &Allowance::Bootstrap));
@@ -382,13 +394,27 @@ fn the_bootstrap_lets_the_first_admin_enroll_once_without_a_second_admin() {
         ("window over", case(KEY_A).bootstrap(true, open.clone()).at(t0() + minutes(30))),
         (
             "claimed by another",
-            case(KEY_A).bootstrap(true, Bootstrap::Open { until: t0() + minutes(30), claimed_by: Some("root".into()) }),
+            case(KEY_A).bootstrap(
+                true,
+                Bootstrap::Open { until: t0() + minutes(30), claimed_by: Some("root".into()), token: "t0ken".into() },
+            ),
+        ),
+        (
+            "asked without a proof (the webhook was not there yet)",
+            case(KEY_A).bootstrap(true, open.clone()).proof(None),
+        ),
+        (
+            "asked with a proof made without the token",
+            case(KEY_A)
+                .bootstrap(true, open.clone())
+                .proof(Some(&crate::keys::bootstrap_proof("guess", "root", KEY_A))),
         ),
         ("closed", case(KEY_A).bootstrap(true, Bootstrap::Closed { why: "used".into() })),
     ];
     for (what, c) in closed {
         let step = c.step();
         assert_eq!(step.factor, None, "{what}");
+        assert!(!reasons(&step).contains(&"BootstrapUsed"), "{what}");
         assert_eq!(step.bootstrap, None, "{what}");
         assert_eq!(step.status.phase, EnrollmentPhase::PendingApproval, "{what}");
     }
