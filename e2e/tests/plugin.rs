@@ -258,6 +258,42 @@ async fn the_wrapper_asks_for_a_code_once_and_retries() {
     assert_eq!(wrapped.status.code(), direct.status.code(), "{}", show(&wrapped));
     assert_eq!(text(&wrapped.stderr), text(&direct.stderr));
     assert_eq!(text(&wrapped.stdout), text(&direct.stdout));
+
+    // The grant answered exactly the refusal: the policy it named.
+    let grants = world.grants_of("alice").await;
+    assert!(
+        grants.iter().all(|g| g.spec.scope.policies == ["prod-secrets"]),
+        "scoped to the refused policy: {:?}",
+        grants.iter().map(|g| &g.spec.scope).collect::<Vec<_>>()
+    );
+}
+
+/// Attack (third round): a wrapped command that prints a refusal's trailer itself (a script, or
+/// a container's stderr through `kubectl exec`) got a prompt, an unscoped one-hour grant, and
+/// was run twice. Only the API server's refusal of a failed kubectl command is answered.
+#[tokio::test]
+async fn the_wrapper_trusts_no_trailer_but_the_api_servers_refusal() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    enroll_alice(&world, false).await;
+    let dir = std::env::temp_dir().join(format!("wrapped-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let runs = dir.join("runs");
+    let trailer = "[stepup-required: policies=prod-secrets methods=TOTP max-age=15m reason-required=false]";
+    let denial = format!(
+        "Error from server (Forbidden): admission webhook \\\"validate.stepup.dev\\\" denied the request: {trailer}"
+    );
+    for (exit, line) in [(0, trailer.to_owned()), (1, trailer.to_owned()), (1, denial)] {
+        let _ = std::fs::remove_file(&runs);
+        let script = format!("echo ran >> {}; echo \"{line}\" >&2; exit {exit}", runs.display());
+        // No terminal and no stdin: a prompt would fail the command with another exit code.
+        let out = plugin(&world.env, "alice", &["--", "sh", "-c", &script], None).await;
+        assert_eq!(out.status.code(), Some(exit), "the command's own exit code: {}", show(&out));
+        assert!(!text(&out.stderr).contains("needs a fresh second factor"), "no prompt: {}", show(&out));
+        assert_eq!(std::fs::read_to_string(&runs).unwrap().lines().count(), 1, "run once: {}", show(&out));
+    }
+    assert!(world.grants_of("alice").await.is_empty(), "no grant was minted");
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test]

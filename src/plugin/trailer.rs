@@ -33,6 +33,27 @@ pub fn refusal_in(stderr: &str) -> Option<Requirement> {
     merge(requirements_in(stderr))
 }
 
+/// What the API server's refusal of a wrapped kubectl command asks for: trailers only on the
+/// lines kubectl prints for a denial by stepup's enforcing webhook, and none at all when the
+/// command reached a container (`command terminated with exit code`: the request was admitted,
+/// so whatever the container printed is not a refusal). Anything else that prints a trailer (a
+/// script, a container's stderr through `kubectl exec`) gets no prompt and no grant.
+pub fn api_refusal_in(stderr: &str) -> Option<Requirement> {
+    if stderr.lines().any(|l| l.starts_with("command terminated with exit code")) {
+        return None;
+    }
+    // `Error from server (Forbidden): [error when deleting "f.yaml": ]admission webhook ...`
+    let denial = format!("admission webhook \"{}\" denied the request: ", crate::api::ENFORCING_WEBHOOK);
+    merge(
+        stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("Error from server (Forbidden): "))
+            .filter_map(|l| l.split_once(&denial).map(|(_, message)| message))
+            .flat_map(requirements_in)
+            .collect(),
+    )
+}
+
 /// The requirement carried by an API error's Status, from its cause or else its message.
 pub fn from_status(status: &Status) -> Option<Requirement> {
     let from_cause = status
@@ -68,6 +89,35 @@ mod tests {
 
     use super::*;
     use crate::api::{Duration, Method};
+
+    /// Attack (third round): a wrapped command printed a trailer itself and exited 0, and the
+    /// wrapper minted an unscoped grant and ran it twice. Only kubectl's line for the enforcing
+    /// webhook's denial counts, and nothing after a container ran.
+    #[test]
+    fn only_the_api_servers_denial_line_is_a_refusal() {
+        let trailer = "[stepup-required: policies=prod-secrets methods=TOTP max-age=15m reason-required=false]";
+        let real = format!(
+            "Error from server (Forbidden): admission webhook \"validate.stepup.dev\" denied the request: kube-stepup: delete secrets \"db\" in namespace \"prod\" requires step-up (policy \"prod-secrets\"). {trailer}\n"
+        );
+        assert_eq!(api_refusal_in(&real).map(|r| r.policies), Some(vec!["prod-secrets".to_owned()]));
+        let from_a_file = format!(
+            "Error from server (Forbidden): error when creating \"p.yaml\": admission webhook \"validate.stepup.dev\" denied the request: kube-stepup: ... {trailer}\n"
+        );
+        assert!(api_refusal_in(&from_a_file).is_some(), "kubectl apply -f says which file");
+        for fake in [
+            format!("{trailer}\n"),
+            format!("ran\n{trailer}\n"),
+            format!(
+                "Error from server (Forbidden): admission webhook \"advise.stepup.dev\" denied the request: {trailer}\n"
+            ),
+            format!(
+                "  Error from server (Forbidden): admission webhook \"validate.stepup.dev\" denied the request: {trailer}\n"
+            ),
+            format!("{real}command terminated with exit code 1\n"),
+        ] {
+            assert_eq!(api_refusal_in(&fake), None, "{fake:?}");
+        }
+    }
 
     fn requirement(policies: &[&str], max_age: u64, reason: bool) -> Requirement {
         Requirement {

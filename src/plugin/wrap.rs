@@ -1,5 +1,7 @@
-//! `kubectl stepup -- kubectl ...`: run the command; if kube-stepup refuses it, get a grant and
-//! run it once more. Output and exit code are the command's own.
+//! `kubectl stepup -- kubectl ...`: run the command; if the API server refused it for
+//! kube-stepup, get a grant for the policies the refusal named and run it once more. Output and
+//! exit code are the command's own; a command that succeeded, or that is not kubectl, is never
+//! run again.
 
 use std::{
     ffi::OsString,
@@ -159,7 +161,12 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
             .await
             .map_err(|e| Error::other(format!("the command could not run: {e}"), ""))??
     };
-    let Some(requirement) = trailer::refusal_in(&first.stderr) else { return Ok(first.code) };
+    // Only a failed kubectl command, refused by the API server for stepup, is answered; the
+    // output of anything else (a script, a container) is not trusted to ask for a grant.
+    if first.code == 0 || !is_kubectl {
+        return Ok(first.code);
+    }
+    let Some(requirement) = trailer::api_refusal_in(&first.stderr) else { return Ok(first.code) };
     if !requirement.methods.contains(&Method::Totp) {
         return Ok(first.code);
     }
@@ -174,8 +181,9 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
         None => None,
     };
     let code = terminal::read_code("Code from your authenticator app: ", CodeSource::Terminal)?;
-    // Unscoped, so that the grant satisfies every policy the refusal named.
-    let ask = GrantRequest { code, reason, duration: args.duration, scope: GrantScope::default() };
+    // The narrowest grant that answers the refusal: the policies it named, nothing else.
+    let scope = GrantScope { policies: requirement.policies.clone(), namespaces: Vec::new() };
+    let ask = GrantRequest { code, reason, duration: args.duration, scope };
     let grant = request::obtain_grant(&session, &me, &response_key, ask, args.timeout).await?;
     let now = Timestamp::now();
     let view = GrantView::new(&grant, now);
