@@ -92,7 +92,8 @@ fi
 	--target x86_64-unknown-linux-gnu --override-filename "kube-stepup.cdx" >/dev/null 2>&1) ||
 	{ log "cargo cyclonedx failed"; exit 1; }
 mv "$REPO/kube-stepup.cdx.json" "$OUT/kube-stepup_${VERSION}.cdx.json"
-rm -f "$REPO"/e2e/kube-stepup.cdx.json "$REPO"/e2e/*.cdx.json
+# cargo cyclonedx writes one file per workspace member; only the root's is the release's.
+rm -f "$REPO"/e2e/*.cdx.json "$REPO"/core/*.cdx.json
 
 # ---------------------------------------------------------------- notes and sums
 awk -v v="$VERSION" '

@@ -51,6 +51,12 @@ fn the_release_verifies_and_the_plugin_installs_from_its_archive_through_krew() 
         assert!(names.contains(&required), "{required} missing from the SBOM");
     }
 
+    // Building the release leaves the checkout as it was: no SBOM of a workspace member behind.
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let left =
+        run(Command::new("git").args(["status", "--porcelain", "--ignored", "--", "*.cdx.json"]).current_dir(repo));
+    assert!(left.trim().is_empty(), "make dist changed the checkout: {left}");
+
     let notes = std::fs::read_to_string(dir.join("RELEASE_NOTES.md")).unwrap();
     assert!(notes.starts_with("## [") && notes.contains("### Upgrade notes"), "{notes}");
 
