@@ -234,6 +234,65 @@ fn tempfile_dir() -> std::path::PathBuf {
 
 /// Every audit line the e2e processes wrote so far (run-e2e.sh runs this once more after all
 /// scenarios) is valid against the published JSON Schema.
+/// Attack (third round): four CONNECTs to pods with 900,000-character names made 900 kB audit
+/// records; the next segment was larger than the API server takes, was retried forever, and
+/// bob's later denial never reached the trail while the webhook grew past its memory limit.
+/// Every field is cut to its bound, and the trail keeps going.
+#[tokio::test]
+async fn a_huge_pod_name_cannot_stall_the_trail() {
+    let world = World::new().await;
+    let env = &world.env;
+    world
+        .apply_policies(&[
+            policy("prod-exec").rule(&[Connect], "", &["pods/exec"]).namespaces(&["prod"]).build(),
+            policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build(),
+        ])
+        .await;
+    world.secret("prod", "db").await;
+    let failed_writes = || async {
+        let text = env.webhook_metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix("stepup_audit_segment_writes_total{result=\"failure\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let failures_before = failed_writes().await;
+    let rss_before = env.webhook_pid().and_then(stepup_e2e::rss_mib).unwrap_or(0.0);
+    let huge: String = (0..900_000).map(|i| char::from(b'a' + (i * 7 % 26) as u8)).collect();
+    for _ in 0..4 {
+        let path = format!("/api/v1/namespaces/prod/pods/{huge}/exec?command=sh");
+        let (status, body) = env.raw(&env.token("alice"), "POST", &path, &[], None);
+        assert_eq!(status, 403, "refused by the webhook: {}", &body[..body.len().min(300)]);
+    }
+    refusal(Api::<Secret>::namespaced(env.client("bob").await, "prod").delete("db", &DeleteParams::default()).await);
+
+    // bob's denial reaches the durable trail, and alice's records are a few hundred bytes each.
+    let logs: Api<StepUpLog> = Api::all(world.controller.clone());
+    let records = eventually(Duration::from_secs(60), || async {
+        let mut records = Vec::new();
+        for log in logs.list(&ListParams::default()).await?.items {
+            if log.spec.writer.starts_with("stepup-webhook/") {
+                records.extend(segment::decode(&log)?.records);
+            }
+        }
+        let bobs = records.iter().any(|r| r.user == "bob" && r.name == "db" && r.decision == "denied");
+        if bobs { Ok(records) } else { anyhow::bail!("bob's denial is not in the trail yet") }
+    })
+    .await
+    .expect("the trail keeps going after the huge requests");
+    let alices: Vec<&Record> = records.iter().filter(|r| r.user == "alice" && r.subresource == "exec").collect();
+    assert!(!alices.is_empty(), "alice's refusals are recorded");
+    for r in alices {
+        assert!(r.name.len() <= 253 && r.name.ends_with('…'), "the name is cut: {} bytes", r.name.len());
+        assert!(r.to_line().len() < 8 * 1024);
+    }
+    let failures = failed_writes().await;
+    assert_eq!(failures, failures_before, "no segment write failed");
+    let rss = env.webhook_pid().and_then(stepup_e2e::rss_mib).unwrap_or(0.0);
+    eprintln!("webhook RSS {rss_before:.0} MiB before, {rss:.0} MiB after four 900 kB names");
+    assert!(rss < 200.0, "the webhook stays far under the chart's 256 Mi limit: {rss:.0} MiB");
+}
+
 #[tokio::test]
 async fn every_audit_line_written_matches_the_published_schema() {
     let env = Env::load();

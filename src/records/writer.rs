@@ -12,7 +12,7 @@
 //! waiting for the segment, and the segment while logging to stdout, once froze the webhook.)
 
 use std::{
-    collections::VecDeque,
+    collections::{BTreeMap, HashMap, VecDeque},
     io::Write,
     sync::{
         Arc, Mutex, OnceLock,
@@ -39,6 +39,10 @@ const QUEUE: usize = 16 * 1024;
 /// written segment is given up. Bounds the writer's memory.
 const MAX_PENDING_LINES: usize = 50_000;
 const MAX_PENDING_BYTES: usize = 32 * 1024 * 1024;
+/// Records about one user a segment keeps; the rest are counted in one `records.dropped`
+/// record per user. Well above what a person's work produces in a segment's life (an hour at
+/// most), far below what a script can.
+const USER_SHARE: u32 = 2_000;
 /// Lines the stdout thread writes under one lock of stdout before it hands them to the segment.
 const BATCH: usize = 256;
 /// How long the last flush at shutdown may take: well inside the chart's margin between the
@@ -109,19 +113,66 @@ struct Segment {
     /// carries the same millisecond.
     previous: Option<String>,
     dropped: u64,
+    /// Records kept per user since the segment started, and those beyond [`USER_SHARE`],
+    /// counted instead of kept: one user's flood cannot fill the trail.
+    shares: HashMap<String, u32>,
+    over_share: BTreeMap<String, u64>,
 }
 
 impl Segment {
-    fn extend(&mut self, batch: impl IntoIterator<Item = (Timestamp, Arc<str>)>) {
-        for (time, line) in batch {
+    fn extend(&mut self, batch: impl IntoIterator<Item = (Timestamp, String, Arc<str>)>) {
+        for (time, user, line) in batch {
+            self.dirty = true;
             if self.lines.len() >= MAX_PENDING_LINES || self.bytes + line.len() > MAX_PENDING_BYTES {
                 self.dropped += 1;
-            } else {
-                self.bytes += line.len();
-                self.lines.push_back((time, line));
+                continue;
             }
-            self.dirty = true;
+            match self.shares.get_mut(&user) {
+                Some(kept) if *kept >= USER_SHARE => {
+                    // Only users past their share are named here, so this map stays small.
+                    *self.over_share.entry(user).or_default() += 1;
+                    continue;
+                }
+                Some(kept) => *kept += 1,
+                None => {
+                    self.shares.insert(user, 1);
+                }
+            }
+            self.bytes += line.len();
+            self.lines.push_back((time, line));
         }
+    }
+
+    /// The one record of a segment whose every record was dropped.
+    fn loss_record(&self, writer: &str, now: Timestamp) -> Record {
+        Record {
+            writer: writer.to_owned(),
+            result: "writer".to_owned(),
+            message: format!(
+                "{} records were dropped: the writer's queue was full, or the API server out of reach too long",
+                self.dropped
+            ),
+            ..Record::new("records.dropped", now)
+        }
+    }
+
+    /// One record per user past their share: how many of theirs were counted, not kept.
+    fn share_records(&self, writer: &str, now: Timestamp) -> Vec<(Timestamp, Arc<str>)> {
+        self.over_share
+            .iter()
+            .map(|(user, n)| {
+                let record = Record {
+                    writer: writer.to_owned(),
+                    user: user.clone(),
+                    result: "user_share".to_owned(),
+                    message: format!(
+                        "{n} more records about this user were counted, not kept: each user's share of a segment is {USER_SHARE} records"
+                    ),
+                    ..Record::new("records.dropped", now)
+                };
+                (now, Arc::from(record.to_line()))
+            })
+            .collect()
     }
 
     /// Forgets the first `n` lines: they are in a finished segment.
@@ -176,7 +227,7 @@ pub fn install(
 /// every sender is gone. Takes stdout's lock and the segment's lock one after the other, never
 /// one inside the other.
 fn write_lines(rx: &mpsc::Receiver<Item>, out: &mut impl Write, segment: Option<&Mutex<Segment>>) {
-    let mut batch: Vec<(Timestamp, Arc<str>)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<(Timestamp, String, Arc<str>)> = Vec::with_capacity(BATCH);
     let mut waiting = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -187,7 +238,7 @@ fn write_lines(rx: &mpsc::Receiver<Item>, out: &mut impl Write, segment: Option<
                     let line = record.to_line();
                     let _ = writeln!(out, "{line}");
                     if segment.is_some() {
-                        batch.push((record.time, Arc::from(line)));
+                        batch.push((record.time, record.user, Arc::from(line)));
                     }
                     written += 1;
                 }
@@ -262,15 +313,26 @@ impl Writer {
             let mut s = lock(&self.segment);
             s.dropped += lost;
             s.dirty |= lost > 0;
-            match s.lines.front() {
-                Some(&(from, _)) if s.dirty => {
+            let now = Timestamp::now();
+            // A segment of nothing but counts (every record of it dropped, or past a share)
+            // is written too: a loss is never silent.
+            let from =
+                s.lines.front().map(|&(t, _)| t).or_else(|| (s.dropped > 0 || !s.over_share.is_empty()).then_some(now));
+            match from {
+                Some(from) if s.dirty => {
                     let mut name = segment::name(&self.writer, from);
                     if s.previous.as_ref() == Some(&name) {
                         name = segment::name(&self.writer, from + jiff::SignedDuration::from_millis(1));
                     }
                     let name = s.name.get_or_insert(name).clone();
-                    let lines: Vec<(Timestamp, Arc<str>)> = s.lines.iter().cloned().collect();
-                    Some((name, lines, s.dropped, s.resource_version.clone()))
+                    let mut lines: Vec<(Timestamp, Arc<str>)> = s.lines.iter().cloned().collect();
+                    let real = lines.len();
+                    lines.extend(s.share_records(&self.writer, now));
+                    if lines.is_empty() {
+                        lines.push((now, Arc::from(s.loss_record(&self.writer, now).to_line())));
+                    }
+                    let counted: u64 = s.over_share.values().sum();
+                    Some((name, lines, real, s.dropped, counted, s.resource_version.clone()))
                 }
                 _ => None,
             }
@@ -278,14 +340,15 @@ impl Writer {
         if lost > 0 {
             tracing::warn!(lost, "audit records dropped: the writer's queue was full");
         }
-        let Some((name, lines, dropped, resource_version)) = snapshot else { return Ok(()) };
+        let Some((name, lines, real, dropped, counted, resource_version)) = snapshot else { return Ok(()) };
         let existing = resource_version.is_some();
         let writer = self.writer.clone();
         let pending = lines.len();
         // Compressing a large segment is CPU work: off the runtime's workers.
-        let built = tokio::task::spawn_blocking(move || segment::object_within(&name, &writer, &lines, dropped))
-            .await
-            .map_err(|e| kube::Error::Service(e.into()))?;
+        let built =
+            tokio::task::spawn_blocking(move || segment::object_within(&name, &writer, &lines, dropped + counted))
+                .await
+                .map_err(|e| kube::Error::Service(e.into()))?;
         let Some(mut object) = built else { return Ok(()) };
         object.metadata.resource_version = resource_version;
         let result = if existing {
@@ -310,17 +373,25 @@ impl Writer {
         let full = written_lines < pending;
         let hour_turned = hour(object.spec.from.0) != hour(Timestamp::now());
         let mut s = lock(&self.segment);
-        // Lines only ever leave from the front, here: the first `written_lines` are the ones written.
+        // Lines only ever leave from the front, here: the first `written_lines` are the ones
+        // written (the share records come after them, and are made again until written).
+        let real_written = written_lines.min(real);
+        let shares_written = written_lines == pending;
         if full || hour_turned {
             // Start afresh with what this object did not hold.
-            s.finish(written_lines);
+            s.finish(real_written);
             s.previous = s.name.take();
             s.resource_version = None;
             s.dropped -= dropped.min(s.dropped);
-            s.dirty = !s.lines.is_empty() || s.dropped > 0;
+            s.shares.clear();
+            if shares_written {
+                s.over_share.clear();
+            }
+            s.dirty = !s.lines.is_empty() || s.dropped > 0 || !s.over_share.is_empty();
         } else {
             s.resource_version = written.metadata.resource_version.clone();
-            s.dirty = s.lines.len() != written_lines || s.dropped != dropped;
+            s.dirty =
+                s.lines.len() != real_written || s.dropped != dropped || s.over_share.values().sum::<u64>() != counted;
         }
         Ok(())
     }
@@ -396,17 +467,39 @@ mod tests {
     #[test]
     fn a_segment_past_its_bounds_drops_new_lines_and_counts_them() {
         let mut s = Segment::default();
-        s.extend((0..MAX_PENDING_LINES as u64 + 3).map(|n| (record(n).time, Arc::from(format!("{n}")))));
+        s.extend(
+            (0..MAX_PENDING_LINES as u64 + 3)
+                .map(|n| (record(n).time, format!("u{}", n % 100), Arc::from(format!("{n}")))),
+        );
         assert_eq!(s.lines.len(), MAX_PENDING_LINES);
         assert_eq!(s.dropped, 3);
         assert_eq!(&*s.lines[0].1, "0");
 
         let mut s = Segment::default();
         let big: Arc<str> = Arc::from("x".repeat(1024 * 1024));
-        s.extend((0..40).map(|n| (record(n).time, big.clone())));
+        s.extend((0..40).map(|n| (record(n).time, format!("u{n}"), big.clone())));
         assert!(s.bytes <= MAX_PENDING_BYTES);
         assert_eq!(s.dropped, 40 - (MAX_PENDING_BYTES / big.len()) as u64);
         s.finish(5);
         assert_eq!(s.bytes, (MAX_PENDING_BYTES / big.len() - 5) * big.len());
+    }
+
+    /// Attack (third round): bob's 13,830 refused challenge creations in 30 s went into the
+    /// trail one by one. A user's records beyond their share of a segment are counted in one
+    /// record that names them; everyone else's are kept.
+    #[test]
+    fn one_users_flood_is_counted_not_kept() {
+        let mut s = Segment::default();
+        let line = |n: u64| Arc::from(format!("{n}"));
+        s.extend((0..USER_SHARE as u64 + 500).map(|n| (record(n).time, "bob".to_owned(), line(n))));
+        s.extend((0..10).map(|n| (record(n).time, "alice".to_owned(), line(n))));
+        assert_eq!(s.lines.len(), USER_SHARE as usize + 10);
+        assert_eq!(s.over_share.get("bob"), Some(&500));
+        assert!(!s.over_share.contains_key("alice"));
+        let counts = s.share_records("stepup-webhook/w", record(0).time);
+        assert_eq!(counts.len(), 1);
+        let counted: Record = serde_json::from_str(&counts[0].1).unwrap();
+        assert_eq!((counted.event.as_str(), counted.user.as_str()), ("records.dropped", "bob"));
+        assert!(counted.message.starts_with("500 more records"), "{}", counted.message);
     }
 }
