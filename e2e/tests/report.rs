@@ -234,6 +234,31 @@ fn tempfile_dir() -> std::path::PathBuf {
 
 /// Every audit line the e2e processes wrote so far (run-e2e.sh runs this once more after all
 /// scenarios) is valid against the published JSON Schema.
+/// A trail with a gap says so: a warning on stderr, and with `--strict` (a scheduled evidence
+/// job) exit 1, so a partial trail never passes quietly.
+#[tokio::test]
+async fn an_incomplete_trail_is_a_warning_and_with_strict_a_failure() {
+    let world = World::new().await;
+    let env = &world.env;
+    let logs: Api<StepUpLog> = Api::all(world.controller.clone());
+    let writer = "stepup-controller/e2e-gap";
+    let day = Timestamp::now() - SignedDuration::from_hours(2);
+    let line = Record { user: "dave".into(), ..Record::new("grant.issued", day) }.to_line();
+    let log = segment::object(&segment::name(writer, day), writer, day, day, &[line], 2);
+    let _ = logs.delete(&log.metadata.name.clone().unwrap(), &DeleteParams::default()).await;
+    logs.create(&PostParams::default(), &log).await.expect("the controller writes audit segments");
+
+    let out = run_plugin(env, "auditor", &["report", "--since", "1d"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("WARNING: "), "the table says it");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("warning: the audit trail is incomplete: "), "{stderr}");
+    let strict = run_plugin(env, "auditor", &["report", "--since", "1d", "-o", "csv", "--strict"]);
+    assert_eq!(strict.status.code(), Some(1), "{}", String::from_utf8_lossy(&strict.stderr));
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("error: the audit trail is incomplete: "));
+    let _ = logs.delete(&log.metadata.name.unwrap(), &DeleteParams::default()).await;
+}
+
 /// Attack (third round): four CONNECTs to pods with 900,000-character names made 900 kB audit
 /// records; the next segment was larger than the API server takes, was retried forever, and
 /// bob's later denial never reached the trail while the webhook grew past its memory limit.

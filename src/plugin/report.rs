@@ -54,6 +54,10 @@ pub struct ReportArgs {
     /// own records.
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<std::path::PathBuf>,
+    /// Exit 1 when the trail is incomplete (records dropped by their writers, or unreadable):
+    /// for a scheduled evidence job that must not pass on a partial trail.
+    #[arg(long)]
+    pub strict: bool,
 }
 
 /// `30d`, `12h`, `2026-11-01`, `2026-11-01T10:00:00Z` → a time, relative to `now`.
@@ -105,7 +109,31 @@ pub async fn run(session: &Session, args: &ReportArgs) -> Result<()> {
         Format::Html => html(&summary, &meta),
     };
     out!("{rendered}");
+    let gaps = health_gaps(&meta.health);
+    if gaps.is_empty() {
+        return Ok(());
+    }
+    let sentence = format!("the audit trail is incomplete: {}", gaps.join(", "));
+    if args.strict {
+        return Err(Error::other(
+            sentence,
+            "The writers' logs and stepup_audit_records_dropped_total say when; the audit lines on their stdout still hold what the segments lost.",
+        ));
+    }
+    errln!("warning: {sentence}.");
     Ok(())
+}
+
+/// What is missing from the trail, in words; empty when nothing is.
+fn health_gaps(h: &TrailHealth) -> Vec<String> {
+    let mut gaps = Vec::new();
+    if h.dropped > 0 {
+        gaps.push(format!("{} records were dropped by their writers", h.dropped));
+    }
+    if h.unreadable > 0 {
+        gaps.push(format!("{} could not be read", h.unreadable));
+    }
+    gaps
 }
 
 /// What the report can say about the trail itself.
@@ -304,13 +332,7 @@ fn table(s: &Summary, meta: &Meta) -> String {
 }
 
 fn health_note(h: &TrailHealth) -> String {
-    let mut notes = Vec::new();
-    if h.dropped > 0 {
-        notes.push(format!("{} records were dropped by their writers", h.dropped));
-    }
-    if h.unreadable > 0 {
-        notes.push(format!("{} could not be read", h.unreadable));
-    }
+    let notes = health_gaps(h);
     if notes.is_empty() { String::new() } else { format!("; WARNING: {}", notes.join(", ")) }
 }
 
