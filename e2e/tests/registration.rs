@@ -29,6 +29,30 @@ async fn routed(world: &World) -> std::collections::BTreeSet<String> {
     routed_resources(&api.get("stepup.dev").await.expect("the controller registered the webhook"))
 }
 
+/// A newcomer's slip (issue 30): `resources: [configmap]` was accepted and shown Ready while it
+/// matched nothing. The controller checks a policy against the API server's discovery: one
+/// that names a resource nobody serves is not Ready, says which field, and what was meant.
+#[tokio::test]
+async fn a_policy_on_a_resource_nobody_serves_is_not_ready_and_says_what_was_meant() {
+    let world = World::new().await;
+    let api: Api<StepUpPolicy> = Api::all(world.policy_writer.clone());
+    let p = policy("typo").rule(&[Delete], "", &["configmap"]).namespaces(&["prod"]).build();
+    api.create(&Default::default(), &p).await.expect("the API server takes it: the schema cannot know");
+    let message = eventually(Duration::from_secs(30), || async {
+        let status = api.get("typo").await?.status.unwrap_or_default();
+        match status.conditions.iter().find(|c| c.type_ == "Ready") {
+            Some(c) if c.status == "False" && c.reason == "NothingToMatch" => Ok(c.message.clone()),
+            other => anyhow::bail!("Ready condition: {other:?}"),
+        }
+    })
+    .await
+    .expect("Ready=False, NothingToMatch");
+    assert!(message.contains(r#"spec.match.rules[0].resources[0]: "configmap""#), "{message}");
+    assert!(message.contains(r#"did you mean "configmaps"?"#), "{message}");
+    world.wait_event("PolicyMatchesNothing", "configmap").await;
+    api.delete("typo", &DeleteParams::default()).await.unwrap();
+}
+
 #[tokio::test]
 async fn the_managed_configuration_follows_policy_changes() {
     let world = World::new().await;

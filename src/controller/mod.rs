@@ -133,6 +133,9 @@ pub struct Context {
     pub factor_versions: Mutex<HashMap<String, (String, u64)>>,
     /// The bootstrap record and the Secret it was read from (for its resourceVersion).
     pub bootstrap: Mutex<Option<(Secret, BootstrapRecord)>>,
+    /// What the API server served at the last discovery, and when: policies are checked
+    /// against it (a policy on a resource nobody serves never matches).
+    pub served: Mutex<Option<(std::time::Instant, Arc<crate::policy::served::Served>)>>,
 }
 
 /// The controller's keys, derived from its master key file.

@@ -1,5 +1,7 @@
 //! StepUpPolicy status: `Ready` says whether the webhook can enforce the policy, with the
 //! compile error (naming the field) when it cannot. Same compile function as the webhook.
+//! A policy that compiles but names a resource the API server does not serve (`configmap`,
+//! a CRD not installed) is not Ready either: it would protect nothing.
 
 use std::sync::Arc;
 
@@ -12,17 +14,31 @@ use kube::{
 use serde_json::json;
 
 use super::{Context, Result, condition, merge_condition};
-use crate::{api::StepUpPolicy, policy::CompiledPolicy};
+use crate::{
+    api::StepUpPolicy,
+    policy::{CompiledPolicy, served::Served},
+};
 
 pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let unserved = match served(&ctx).await {
+        Ok(served) => crate::policy::served::unserved(&policy.spec, &served),
+        Err(error) => {
+            // Discovery failing says nothing about the policy: judge it without, look again soon.
+            tracing::warn!(%error, "API discovery failed; policies are not checked against served resources");
+            Vec::new()
+        }
+    };
     let (ok, reason, message) = match CompiledPolicy::compile(&policy) {
+        Err(e) => (false, "Invalid", e.to_string()),
+        Ok(_) if !unserved.is_empty() => (false, "NothingToMatch", unserved.join("; ")),
         // Ready says the policy can be enforced; each webhook replica enforces it once its own
         // watch delivers it (README, "When a policy takes effect").
         Ok(_) => {
             (true, "Compiled", "valid; each webhook replica enforces it as soon as its watch delivers it".to_owned())
         }
-        Err(e) => (false, "Invalid", e.to_string()),
     };
+    // A CRD installed later makes the policy match after all: look again.
+    let next = if unserved.is_empty() { Action::await_change() } else { Action::requeue(RECHECK) };
     let generation = policy.metadata.generation;
     let status = policy.status.clone().unwrap_or_default();
     let current = status.conditions.iter().find(|c| c.type_ == "Ready");
@@ -30,7 +46,7 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
         .is_some_and(|c| c.status == if ok { "True" } else { "False" } && c.reason == reason && c.message == message)
         && status.observed_generation == generation;
     if unchanged {
-        return Ok(Action::await_change());
+        return Ok(next);
     }
     let ready = condition("Ready", ok, reason, &message, generation, Timestamp::now());
     let patch =
@@ -38,7 +54,36 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
     let api: Api<StepUpPolicy> = Api::all(ctx.client.clone());
     api.patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     if !ok {
-        ctx.evidence.event(policy.as_ref(), EventType::Warning, "PolicyInvalid", message, None).await;
+        let event = if reason == "Invalid" { "PolicyInvalid" } else { "PolicyMatchesNothing" };
+        ctx.evidence.event(policy.as_ref(), EventType::Warning, event, message, None).await;
     }
-    Ok(Action::await_change())
+    Ok(next)
+}
+
+/// How long discovery is reused, and how soon a policy that matches nothing is looked at again.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// What the API server serves, from discovery at most [`RECHECK`] old. A group whose discovery
+/// fails (an aggregated API server that is down) counts as serving nothing.
+async fn served(ctx: &Context) -> std::result::Result<Arc<Served>, kube::Error> {
+    if let Some((at, served)) = ctx.served.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+        && at.elapsed() < RECHECK
+    {
+        return Ok(served.clone());
+    }
+    let client = &ctx.client;
+    let mut served = Served::new();
+    for r in client.list_core_api_resources("v1").await?.resources {
+        served.insert((String::new(), r.name));
+    }
+    for group in client.list_api_groups().await?.groups {
+        for version in &group.versions {
+            if let Ok(list) = client.list_api_group_resources(&version.group_version).await {
+                served.extend(list.resources.into_iter().map(|r| (group.name.clone(), r.name)));
+            }
+        }
+    }
+    let served = Arc::new(served);
+    *ctx.served.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), served.clone()));
+    Ok(served)
 }

@@ -128,6 +128,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         keys: Keys::from_master(&master),
         factor_versions: Default::default(),
         bootstrap: Default::default(),
+        served: Default::default(),
     });
     drop(master);
 

@@ -6,6 +6,7 @@ pub mod builtin;
 mod glob;
 mod index;
 mod selector;
+pub mod served;
 
 use std::collections::BTreeMap;
 
