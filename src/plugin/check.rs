@@ -258,6 +258,11 @@ pub struct TargetVerdict {
     pub requirement: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// Set when the answer depends on what you may not read (the namespace's labels, which a
+    /// policy's namespaceSelector looks at): why it is not certain. The answer given is the
+    /// webhook's for an unknown namespace (selectors assumed to match).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncertain: Option<String>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -317,7 +322,32 @@ impl Evaluation<'_> {
             policies,
             requirement: decision.requirement.as_ref().map(|r| r.to_string()),
             command: decision.requirement.as_ref().map(|r| r.command()),
+            uncertain: None,
         }
+    }
+
+    /// [`Self::evaluate`] for a namespace whose labels you may not read: the webhook's answer
+    /// (selectors assumed to match), marked uncertain when a namespace without the selected
+    /// labels would be answered otherwise.
+    pub fn evaluate_unreadable_namespace(&self, target: &Target) -> TargetVerdict {
+        let mut assumed = self.evaluate(target, NamespaceLabels::Unknown);
+        let unlabelled = BTreeMap::new();
+        let otherwise = self.evaluate(target, NamespaceLabels::Known(&unlabelled));
+        if (otherwise.decision, otherwise.allowed) != (assumed.decision, assumed.allowed) {
+            let selecting: Vec<&str> = assumed
+                .policies
+                .iter()
+                .map(|p| p.name.as_str())
+                .filter(|name| !otherwise.policies.iter().any(|o| o.name == *name))
+                .collect();
+            assumed.uncertain = Some(format!(
+                "you may not read namespace {:?}, and {} {} only namespaces with certain labels: the answer assumes it has them (whoever may read the namespace gets a certain answer)",
+                target.namespace,
+                selecting.join(", "),
+                if selecting.len() == 1 { "selects" } else { "select" }
+            ));
+        }
+        assumed
     }
 
     fn verdict(&self, p: &CompiledPolicy, req: &Request<'_>) -> PolicyVerdict {
@@ -364,7 +394,11 @@ impl CheckReport {
     pub fn text(&self) -> String {
         let mut out = String::new();
         for v in &self.results {
-            out.push_str(&format!("{}: {}\n", v.description, headline(v)));
+            let maybe = if v.uncertain.is_some() && !v.allowed { "probably " } else { "" };
+            out.push_str(&format!("{}: {maybe}{}\n", v.description, headline(v)));
+            if let Some(why) = &v.uncertain {
+                out.push_str(&format!("  Not certain: {why}.\n"));
+            }
             for p in &v.policies {
                 let reason = if p.reason_required { ", reason required" } else { "" };
                 let state = match (&p.grant, p.valid_for_seconds) {
@@ -477,13 +511,10 @@ pub async fn run(session: &Session, args: &CheckArgs) -> Result<Exit> {
     };
     let results: Vec<TargetVerdict> = targets
         .iter()
-        .map(|t| {
-            let labels = match (t.namespace.is_empty(), labels.get(&t.namespace)) {
-                (true, _) => NamespaceLabels::NotApplicable,
-                (false, Some(Some(l))) => NamespaceLabels::Known(l),
-                (false, _) => NamespaceLabels::Unknown,
-            };
-            evaluation.evaluate(t, labels)
+        .map(|t| match (t.namespace.is_empty(), labels.get(&t.namespace)) {
+            (true, _) => evaluation.evaluate(t, NamespaceLabels::NotApplicable),
+            (false, Some(Some(l))) => evaluation.evaluate(t, NamespaceLabels::Known(l)),
+            (false, _) => evaluation.evaluate_unreadable_namespace(t),
         })
         .collect();
     let report = CheckReport { user: me.username.clone(), allowed: results.iter().all(|r| r.allowed), results };
@@ -681,6 +712,38 @@ items:
             t,
             if t.namespace.is_empty() { NamespaceLabels::NotApplicable } else { NamespaceLabels::Known(&labels) },
         )
+    }
+
+    /// A newcomer's report (issue 30): alice, who may not read namespace `default`, was told
+    /// "step-up required" for a policy that selects `env=prod` namespaces, while the admin was
+    /// told "allowed". The answer now says it is not certain, and why.
+    #[test]
+    fn an_unreadable_namespace_makes_a_selector_dependent_answer_uncertain() {
+        let selecting =
+            policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespace_labels(&[("env", "prod")]).build();
+        let settings = DecisionSettings::defaults("stepup");
+        let index = policy_index(std::slice::from_ref(&selecting), &settings);
+        let config = settings.config(None, None);
+        let masks = settings.masks();
+        let me = alice();
+        let evaluation =
+            Evaluation { me: &me, masks: &masks, policies: &index, grants: &[], config: &config, now: t0() };
+        let v = evaluation.evaluate_unreadable_namespace(&target(Delete, "", "secrets", "", "default", "x"));
+        assert_eq!(v.decision, Outcome::Denied, "the webhook's answer for an unknown namespace");
+        let why = v.uncertain.clone().expect("uncertain");
+        assert!(why.contains("namespace \"default\"") && why.contains("prod-secrets selects"), "{why}");
+        let report = CheckReport { user: "alice".into(), allowed: false, results: vec![v] };
+        assert!(report.text().contains("probably step-up required\n  Not certain: "), "{}", report.text());
+
+        // Listed namespaces need no labels: the answer is certain.
+        let listed = policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build();
+        let index = policy_index(&[listed], &settings);
+        let evaluation =
+            Evaluation { me: &me, masks: &masks, policies: &index, grants: &[], config: &config, now: t0() };
+        assert_eq!(
+            evaluation.evaluate_unreadable_namespace(&target(Delete, "", "secrets", "", "prod", "x")).uncertain,
+            None
+        );
     }
 
     /// `check` answers with the webhook's settings, not the defaults: each non-default setting
