@@ -104,12 +104,14 @@ fn what(r: &Record) -> String {
 
 /// Computes the report over `records` (any order, from any number of writers).
 pub fn summarize(records: &[Record], scope: &Scope) -> Summary {
-    let mut in_scope: Vec<&Record> = records
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    sorted.sort_by_key(|r| r.time);
+    let linked = link(&sorted);
+    let in_scope: Vec<&Record> = linked
         .iter()
         .filter(|r| r.time >= scope.since && r.time < scope.until)
         .filter(|r| scope.user.as_ref().is_none_or(|u| &r.user == u))
         .collect();
-    in_scope.sort_by_key(|r| r.time);
 
     // The policies and the first time of each prompt, by correlation id.
     let mut prompted: HashMap<&str, (Timestamp, Vec<&str>)> = HashMap::new();
@@ -195,6 +197,68 @@ pub fn summarize(records: &[Record], scope: &Scope) -> Summary {
     out
 }
 
+/// How long after a prompt the same user's step-up is taken to answer it.
+pub const LINK_WINDOW: SignedDuration = SignedDuration::from_mins(15);
+
+/// `sorted` (by time) with the correlation ids no writer could know filled in. The webhook
+/// that refuses a request and the controller that later verifies a code never meet, so a
+/// prompt without an id gets `prompt:<review uid>` (a repeated refusal before the step-up, the
+/// same id); the same user's challenge outcomes and
+/// issued grant within [`LINK_WINDOW`] after the earliest prompt not yet answered carry it, and
+/// so do the operations that grant let through. Ids the writers set are kept.
+fn link(sorted: &[&Record]) -> Vec<Record> {
+    let mut open: HashMap<String, (String, Timestamp)> = HashMap::new();
+    let mut of_grant: HashMap<String, String> = HashMap::new();
+    let mut out = Vec::with_capacity(sorted.len());
+    for &r in sorted {
+        let mut r = r.clone();
+        if r.user.is_empty() {
+            out.push(r);
+            continue;
+        }
+        open.retain(|_, (_, at)| r.time.duration_since(*at) <= LINK_WINDOW);
+        let step = matches!(
+            r.event.as_str(),
+            "challenge.verified" | "challenge.denied" | "challenge.expired" | "challenge.withdrawn" | "grant.issued"
+        );
+        if is_prompt(&r) {
+            // Refused again before stepping up: the same story.
+            if r.correlation.is_empty()
+                && let Some((id, _)) = open.get(&r.user)
+            {
+                r.correlation = id.clone();
+            }
+            if r.correlation.is_empty() {
+                r.correlation = if r.review_uid.is_empty() {
+                    format!("prompt:{}:{}", r.user, r.time.as_millisecond())
+                } else {
+                    format!("prompt:{}", r.review_uid)
+                };
+            }
+            open.entry(r.user.clone()).or_insert_with(|| (r.correlation.clone(), r.time));
+        } else if step && r.correlation.is_empty() {
+            if let Some((id, _)) = open.get(&r.user) {
+                r.correlation = id.clone();
+            }
+        } else if r.is_admission() && r.correlation.is_empty() && !r.grant.is_empty() {
+            if let Some(id) = of_grant.get(&r.grant) {
+                r.correlation = id.clone();
+            }
+        }
+        if r.event == "grant.issued" && !r.correlation.is_empty() {
+            if !r.grant.is_empty() {
+                of_grant.insert(r.grant.clone(), r.correlation.clone());
+            }
+            // Answered: the next prompt starts a new story.
+            if open.get(&r.user).is_some_and(|(id, _)| *id == r.correlation) {
+                open.remove(&r.user);
+            }
+        }
+        out.push(r);
+    }
+    out
+}
+
 /// A refusal that asked for step-up (as opposed to a built-in refusal or an outage).
 fn is_prompt(r: &Record) -> bool {
     r.is_admission() && r.decision == "denied" && !r.dry_run
@@ -265,6 +329,36 @@ mod tests {
         assert_eq!(s.trail.len(), 5);
         assert!(s.trail.iter().all(|t| t.correlation == "c1"));
         assert_eq!(s.trail[0].what, "delete secrets \"db\" in prod");
+    }
+
+    /// An auditor's report (issue 30): the writers set no correlation id, so every grant sat
+    /// under "(no prompt)" and no median was computed. The report ties a prompt to the same
+    /// user's step-up that follows within the window, and the grant to what it let through.
+    #[test]
+    fn records_as_the_writers_write_them_are_tied_by_user_and_time() {
+        let mut prompt = admission("2026-11-10T10:00:00Z", "alice", "denied", "");
+        prompt.review_uid = "r-1".into();
+        let granted_by =
+            |time: &str, event: &str, user: &str| Record { grant: "g-1".into(), ..step(time, event, user, "") };
+        let records = vec![
+            prompt,
+            admission("2026-11-10T10:00:05Z", "alice", "denied", ""),
+            step("2026-11-10T10:00:10Z", "challenge.verified", "bob", ""),
+            step("2026-11-10T10:00:20Z", "challenge.denied", "alice", ""),
+            step("2026-11-10T10:00:40Z", "challenge.verified", "alice", ""),
+            granted_by("2026-11-10T10:00:41Z", "grant.issued", "alice"),
+            admission("2026-11-10T10:00:45Z", "alice", "granted", ""),
+            // Long after: a step-up of its own, answering no prompt.
+            step("2026-11-10T11:00:00Z", "challenge.verified", "alice", ""),
+        ];
+        let s = summarize(&records, &scope());
+        let p = &s.policies["prod-secrets"];
+        assert_eq!((p.prompts, p.step_ups, p.failed_step_ups, p.granted_operations), (2, 1, 1, 1));
+        assert_eq!(p.median_prompt_to_grant_seconds, Some(41.0), "from the first prompt to the grant");
+        let ids: Vec<&str> = s.trail.iter().filter(|t| t.user == "alice").map(|t| t.correlation.as_str()).collect();
+        assert_eq!(ids[..6], ["prompt:r-1"; 6], "{ids:?}");
+        assert_eq!(ids[6], "", "the later step-up answers no prompt");
+        assert_eq!(s.policies[NO_PROMPT].step_ups, 2, "bob's and alice's later one");
     }
 
     #[test]
