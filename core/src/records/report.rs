@@ -236,14 +236,16 @@ fn link(sorted: &[&Record]) -> Vec<Record> {
                 };
             }
             open.entry(r.user.clone()).or_insert_with(|| (r.correlation.clone(), r.time));
-        } else if step && r.correlation.is_empty() {
-            if let Some((id, _)) = open.get(&r.user) {
-                r.correlation = id.clone();
-            }
-        } else if r.is_admission() && r.correlation.is_empty() && !r.grant.is_empty() {
-            if let Some(id) = of_grant.get(&r.grant) {
-                r.correlation = id.clone();
-            }
+        } else if step
+            && r.correlation.is_empty()
+            && let Some((id, _)) = open.get(&r.user)
+        {
+            r.correlation = id.clone();
+        } else if r.is_admission()
+            && r.correlation.is_empty()
+            && let Some(id) = of_grant.get(&r.grant)
+        {
+            r.correlation = id.clone();
         }
         if r.event == "grant.issued" && !r.correlation.is_empty() {
             if !r.grant.is_empty() {
