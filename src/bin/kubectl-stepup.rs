@@ -19,6 +19,12 @@ fn main() -> ExitCode {
     match Cli::try_parse() {
         Ok(cli) => plugin::main(cli),
         Err(e) => {
+            if e.use_stderr()
+                && let Some(error) = plugin::kubectl_verb_misplaced(&args[1..])
+            {
+                eprint!("{}", plugin::Report { error: &error, verbose: false });
+                return error.exit().into();
+            }
             // Help and version print to stdout and exit 0; usage errors exit 2.
             let _ = e.print();
             ExitCode::from(e.exit_code() as u8)

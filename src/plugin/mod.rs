@@ -46,6 +46,54 @@ pub use error::{Error, Exit, Report};
 use cli::Command;
 use cluster::Session;
 
+/// kubectl's own commands, which people type after `kubectl stepup` by habit.
+const KUBECTL_VERBS: &[&str] = &[
+    "annotate",
+    "apply",
+    "attach",
+    "auth",
+    "cordon",
+    "cp",
+    "create",
+    "debug",
+    "delete",
+    "drain",
+    "edit",
+    "exec",
+    "expose",
+    "get",
+    "label",
+    "logs",
+    "patch",
+    "port-forward",
+    "proxy",
+    "replace",
+    "rollout",
+    "run",
+    "scale",
+    "set",
+    "taint",
+    "uncordon",
+];
+
+/// For arguments the parser refused: when the first word is a kubectl command
+/// (`kubectl stepup delete secret db`, or `kubectl stepup -- delete ...` with kubectl left out),
+/// the usage error that says how to run it with step-up, or how to check what it needs.
+pub fn kubectl_verb_misplaced(args: &[String]) -> Option<Error> {
+    let words: Vec<&str> = args.iter().map(String::as_str).skip_while(|a| *a == "--").collect();
+    let verb = *words.first()?;
+    if !KUBECTL_VERBS.contains(&verb) {
+        return None;
+    }
+    let rest = words.join(" ");
+    Some(Error::usage(
+        format!("`{verb}` is a kubectl command, not a kubectl stepup one"),
+        format!(
+            "To run it with step-up: kubectl stepup -- kubectl {rest}\nTo see what it needs: kubectl stepup check {rest}"
+        ),
+    ))
+}
+
 /// Runs the plugin and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
     let verbose = cli.cluster.verbose;
@@ -136,5 +184,25 @@ mod tests {
         let script = String::from_utf8(out).unwrap();
         assert!(script.contains("kubectl-stepup"), "{script}");
         assert!(script.contains("enroll") && script.contains("revoke"));
+    }
+
+    /// A newcomer's slips (issue 30): `kubectl stepup delete secret db -n prod` said only
+    /// "unexpected argument", and `kubectl stepup -- delete ...` said "Install kubectl".
+    #[test]
+    fn a_kubectl_command_in_the_wrong_place_is_answered_with_the_two_right_ways() {
+        let words = |text: &str| text.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert!(
+            <Cli as clap::Parser>::try_parse_from(["kubectl-stepup", "delete", "secret", "db"]).is_err(),
+            "not a subcommand"
+        );
+        for typed in ["delete secret db -n prod", "-- delete secret db -n prod"] {
+            let error = kubectl_verb_misplaced(&words(typed)).expect("recognised");
+            assert_eq!(error.exit(), Exit::Usage);
+            let text = Report { error: &error, verbose: false }.to_string();
+            assert!(text.starts_with("error: `delete` is a kubectl command, not a kubectl stepup one."), "{text}");
+            assert!(text.contains("kubectl stepup -- kubectl delete secret db -n prod"), "{text}");
+            assert!(text.contains("kubectl stepup check delete secret db -n prod"), "{text}");
+        }
+        assert!(kubectl_verb_misplaced(&words("statsu")).is_none(), "other typos keep the parser's message");
     }
 }

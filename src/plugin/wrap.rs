@@ -96,10 +96,11 @@ fn run_once(program: &OsString, args: &[String], stdin: Option<&[u8]>) -> Result
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
-            Error::usage(
-                format!("cannot run {}: {e}", program.to_string_lossy()),
-                "Install kubectl, or point $KUBECTL at it.",
-            )
+            let name = program.to_string_lossy();
+            if let Some(misplaced) = super::kubectl_verb_misplaced(&[&[name.to_string()], args].concat()) {
+                return misplaced;
+            }
+            Error::usage(format!("cannot run {name}: {e}"), "Install kubectl, or point $KUBECTL at it.")
         })?;
     let feeder = match (stdin, child.stdin.take()) {
         (Some(data), Some(mut pipe)) => {
