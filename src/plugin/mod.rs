@@ -89,7 +89,7 @@ pub fn kubectl_verb_misplaced(args: &[String]) -> Option<Error> {
     Some(Error::usage(
         format!("`{verb}` is a kubectl command, not a kubectl stepup one"),
         format!(
-            "To run it with step-up: kubectl stepup -- kubectl {rest}\nTo see what it needs: kubectl stepup check {rest}"
+            "to run it with step-up: kubectl stepup -- kubectl {rest}\n      to see what it needs:   kubectl stepup check {rest}"
         ),
     ))
 }
