@@ -114,8 +114,12 @@ impl Error {
             Error::Locked { user, .. } => format!(
                 "Wait if it says until when; otherwise ask a stepup admin to run `kubectl stepup unlock {user}` (lost device: `kubectl stepup enroll --reenroll`, then they run `kubectl stepup reset {user} --key <fingerprint>`)."
             ),
-            Error::CodeRefused { .. } => {
+            // The hint follows what the controller said: reuse and a wrong code are different slips.
+            Error::CodeRefused { message } if message.contains("already used") => {
                 "Wait for the next code in your authenticator app (a code works once) and try again.".into()
+            }
+            Error::CodeRefused { .. } => {
+                "Type the code your authenticator app shows now, from this cluster's entry. If every code fails, the device's clock may be off: authenticator apps need the correct time.".into()
             }
             Error::ChallengeExpired => "Run the command again with a fresh code.".into(),
             Error::Unreachable { .. } => {
@@ -294,6 +298,18 @@ mod tests {
         let error = Error::Unreachable { server: "https://127.0.0.1:1".into(), detail: "connection refused".into() };
         assert!(!Report { error: &error, verbose: false }.to_string().contains("refused"));
         assert!(Report { error: &error, verbose: true }.to_string().contains("detail: connection refused"));
+    }
+
+    /// A newcomer's report (issue 30): a wrong code and a reused one both got the hint about
+    /// reuse.
+    #[test]
+    fn a_wrong_code_and_a_reused_one_get_their_own_hint() {
+        let reused = Error::CodeRefused { message: "this code was already used; wait for the next code".into() };
+        assert!(reused.hint().contains("a code works once"), "{}", reused.hint());
+        let wrong = Error::CodeRefused {
+            message: "wrong code: check the code and your device's clock, then try the next code".into(),
+        };
+        assert!(wrong.hint().contains("shows now") && !wrong.hint().contains("works once"), "{}", wrong.hint());
     }
 
     #[test]
