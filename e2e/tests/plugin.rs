@@ -152,6 +152,8 @@ async fn request_status_check_and_revoke() {
     let shown = text(&status.stdout);
     assert!(shown.contains("Enrollment:  TOTP Active"), "{shown}");
     assert!(shown.lines().any(|l| l.starts_with(&name) && l.contains("Active") && l.contains("INC-42")), "{shown}");
+    // The grant lasts longer than prod-secrets accepts it: status says until when it counts.
+    assert!(shown.contains("The newest grant counts for:\n  prod-secrets (max age 15m) until "), "{shown}");
 
     let after =
         plugin(&world.env, "alice", &["check", "delete", "secret", "db", "-n", "prod", "-o", "json"], None).await;

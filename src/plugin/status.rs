@@ -57,6 +57,41 @@ pub struct StatusView {
     /// `null` when not enrolled.
     pub enrollment: Option<EnrollmentView>,
     pub grants: Vec<GrantView>,
+    /// Until when each policy in its scope accepts the newest active grant: a policy counts a
+    /// grant only up to its maxAge after issue, often well before the grant expires.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accepted_until: Vec<PolicyAcceptance>,
+}
+
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAcceptance {
+    pub policy: String,
+    pub max_age: String,
+    pub until: Timestamp,
+}
+
+/// For the newest active grant: until when each policy it may satisfy accepts it (the earlier
+/// of issue + the policy's maxAge and the grant's expiry), soonest first.
+pub fn acceptance(grant: Option<&GrantView>, policies: &[crate::api::StepUpPolicy]) -> Vec<PolicyAcceptance> {
+    let Some(g) = grant.filter(|g| g.is_active()) else { return Vec::new() };
+    let mut out: Vec<PolicyAcceptance> = policies
+        .iter()
+        .filter_map(|p| {
+            let name = p.metadata.name.clone()?;
+            if !g.scope.policies.is_empty() && !g.scope.policies.contains(&name) {
+                return None;
+            }
+            let max_age = jiff::SignedDuration::try_from(p.spec.max_age.as_std()).ok()?;
+            Some(PolicyAcceptance {
+                policy: name,
+                max_age: p.spec.max_age.to_string(),
+                until: (g.issued_at + max_age).min(g.expires_at),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.until.cmp(&b.until).then_with(|| a.policy.cmp(&b.policy)));
+    out
 }
 
 impl StatusView {
@@ -77,6 +112,7 @@ impl StatusView {
             groups: me.groups.clone(),
             enrollment: enrollment.map(EnrollmentView::new),
             grants: views,
+            accepted_until: Vec::new(),
         }
     }
 
@@ -134,6 +170,28 @@ impl StatusView {
             })
             .collect();
         out.push_str(&format::table(&["GRANT", "STATE", "EXPIRES", "REMAINING", "REASON", "SCOPE"], &rows));
+        if !self.accepted_until.is_empty() {
+            let each: Vec<String> = self
+                .accepted_until
+                .iter()
+                .map(|a| {
+                    let left = if a.until > now {
+                        format!(
+                            "until {} (in {})",
+                            format::local_time(a.until, now, tz),
+                            format::remaining(a.until.duration_since(now))
+                        )
+                    } else {
+                        "no longer".to_owned()
+                    };
+                    format!("{} (max age {}) {left}", a.policy, a.max_age)
+                })
+                .collect();
+            out.push_str(&format!(
+                "\nA policy accepts a grant only up to its max age after issue. The newest grant counts for:\n  {}\n",
+                each.join("\n  ")
+            ));
+        }
         out
     }
 }
@@ -147,7 +205,13 @@ pub async fn status(session: &Session, args: &StatusArgs) -> Result<()> {
         .map_err(session.kube_error("read your enrollment"))?;
     let grants: Vec<StepUpGrant> = session.list_mine(&me, "grants").await?;
     let now = Timestamp::now();
-    let view = StatusView::new(&me, enrollment.as_ref(), &grants, args.all, now);
+    let mut view = StatusView::new(&me, enrollment.as_ref(), &grants, args.all, now);
+    // Who may not list policies still sees their grants.
+    let policies: Api<crate::api::StepUpPolicy> = session.all();
+    if let Ok(list) = policies.list(&Default::default()).await {
+        let newest = view.grants.iter().find(|g| g.is_active());
+        view.accepted_until = acceptance(newest, &list.items);
+    }
     match args.output {
         Output::Json => out!("{}", format::json(&view)),
         Output::Text => out!("{}", format::printable_lines(&view.text(now, &TimeZone::system()))),
@@ -208,8 +272,37 @@ mod tests {
     use super::*;
     use crate::{
         api::{StepUpEnrollmentSpec, StepUpEnrollmentStatus},
-        testing::{grant, minutes, t0},
+        testing::{grant, minutes, policy, t0},
     };
+
+    /// A newcomer's report (issue 30): status showed "59m 53s remaining" for a grant
+    /// prod-secrets accepts for 15 minutes only. It now says until when each policy counts it.
+    #[test]
+    fn status_says_until_when_each_policy_accepts_the_grant() {
+        use crate::api::Operation::Delete;
+        let now = t0() + minutes(2);
+        let g = grant("g-1", "alice").issued(t0()).expires(t0() + minutes(60)).build();
+        let policies = [
+            policy("prod-secrets").rule(&[Delete], "", &["secrets"]).max_age("15m").build(),
+            policy("prod-exec").rule(&[Delete], "", &["pods"]).max_age("1m").build(),
+            policy("long").rule(&[Delete], "", &["configmaps"]).max_age("2h").build(),
+        ];
+        let mut view = StatusView::new(&alice(), None, std::slice::from_ref(&g), false, now);
+        view.accepted_until = acceptance(view.grants.first(), &policies);
+        let until: Vec<(&str, Timestamp)> = view.accepted_until.iter().map(|a| (a.policy.as_str(), a.until)).collect();
+        assert_eq!(
+            until,
+            [("prod-exec", t0() + minutes(1)), ("prod-secrets", t0() + minutes(15)), ("long", t0() + minutes(60))]
+        );
+        let text = view.text(now, &TimeZone::UTC);
+        assert!(text.contains("prod-secrets (max age 15m) until 12:15:00 UTC (in 13m)"), "{text}");
+        assert!(text.contains("prod-exec (max age 1m) no longer"), "{text}");
+
+        let scoped = grant("g-2", "alice").issued(t0()).expires(t0() + minutes(60)).scope_policies(&["long"]).build();
+        let view = StatusView::new(&alice(), None, &[scoped], false, now);
+        let only: Vec<String> = acceptance(view.grants.first(), &policies).into_iter().map(|a| a.policy).collect();
+        assert_eq!(only, ["long"], "a scoped grant counts only for its policies");
+    }
 
     fn alice() -> Identity {
         Identity {
