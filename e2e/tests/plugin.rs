@@ -233,6 +233,23 @@ async fn check_answers_like_auth_can_i() {
         report["results"][0]["requirement"],
         "policies=prod-secrets methods=TOTP max-age=15m reason-required=false"
     );
+
+    // A policy that selects namespaces by label, and a namespace alice may not read: her answer
+    // is the webhook's for an unknown namespace, and says it is not certain; the admin's is.
+    let selecting =
+        policy("env-secrets").rule(&[Delete], "", &["secrets"]).namespace_labels(&[("env", "prod")]).build();
+    world.apply_policies(&[prod_secrets(), selecting]).await;
+    let alices = plugin(&world.env, "alice", &["check", "delete", "secret", "x", "-n", "default"], None).await;
+    assert_eq!(alices.status.code(), Some(3), "{}", show(&alices));
+    assert!(
+        text(&alices.stdout)
+            .contains("probably step-up required\n  Not certain: you may not read namespace \"default\""),
+        "{}",
+        show(&alices)
+    );
+    let admins = plugin(&world.env, "admin", &["check", "delete", "secret", "x", "-n", "default"], None).await;
+    assert_eq!(admins.status.code(), Some(0), "{}", show(&admins));
+    assert!(!text(&admins.stdout).contains("Not certain"), "{}", show(&admins));
 }
 
 #[tokio::test]
