@@ -34,7 +34,7 @@ pub enum Error {
     PendingApproval { user: String, message: Option<String> },
     #[error("your enrollment is not confirmed yet")]
     Unconfirmed,
-    #[error("your step-up enrollment is locked{}", suffix(.message))]
+    #[error("{}", locked(.message))]
     Locked { user: String, message: Option<String> },
     #[error("the code was not accepted: {message}")]
     CodeRefused { message: String },
@@ -69,6 +69,22 @@ pub enum Error {
     Api { action: String, message: String },
     #[error("{message}")]
     Other { message: String, hint: String },
+}
+
+/// The failure rate limit pauses codes for a while and lifts by itself; a lockout lasts until
+/// an admin unlocks. The controller's sentence says which; so does the plugin's.
+fn is_rate_limit(message: &Option<String>) -> bool {
+    message
+        .as_deref()
+        .is_some_and(|m| m.contains("try again in") || m.contains("unlocks by itself") || m.contains("checked again"))
+}
+
+fn locked(message: &Option<String>) -> String {
+    if is_rate_limit(message) {
+        format!("your codes are paused after too many failed ones{}", suffix(message))
+    } else {
+        format!("your step-up enrollment is locked{}", suffix(message))
+    }
 }
 
 fn suffix(message: &Option<String>) -> String {
@@ -111,6 +127,9 @@ impl Error {
                 "Ask a stepup admin to run `kubectl stepup approve {user}`, then run `kubectl stepup enroll` again."
             ),
             Error::Unconfirmed => "Run `kubectl stepup enroll` to finish enrolling.".into(),
+            Error::Locked { message, .. } if is_rate_limit(message) => {
+                "Wait until then: it lifts by itself, nobody needs to do anything.".into()
+            }
             Error::Locked { user, .. } => format!(
                 "Wait if it says until when; otherwise ask a stepup admin to run `kubectl stepup unlock {user}` (lost device: `kubectl stepup enroll --reenroll`, then they run `kubectl stepup reset {user} --key <fingerprint>`)."
             ),
@@ -310,6 +329,22 @@ mod tests {
             message: "wrong code: check the code and your device's clock, then try the next code".into(),
         };
         assert!(wrong.hint().contains("shows now") && !wrong.hint().contains("works once"), "{}", wrong.hint());
+    }
+
+    /// A newcomer's report (issue 30): the rate limit that lifts by itself and the lockout
+    /// that needs an admin were both "locked".
+    #[test]
+    fn a_pause_that_lifts_by_itself_is_not_called_a_lockout() {
+        let paused =
+            Error::Locked { user: "alice".into(), message: Some("too many failed codes; try again in 4m".into()) };
+        assert!(paused.to_string().starts_with("your codes are paused"), "{paused}");
+        assert!(paused.hint().contains("lifts by itself") && !paused.hint().contains("unlock"), "{}", paused.hint());
+        let locked = Error::Locked {
+            user: "alice".into(),
+            message: Some("locked after too many failed codes; an admin must unlock it".into()),
+        };
+        assert!(locked.to_string().starts_with("your step-up enrollment is locked"), "{locked}");
+        assert!(locked.hint().contains("kubectl stepup unlock alice"));
     }
 
     #[test]
