@@ -39,9 +39,10 @@ const QUEUE: usize = 16 * 1024;
 /// written segment is given up. Bounds the writer's memory.
 const MAX_PENDING_LINES: usize = 50_000;
 const MAX_PENDING_BYTES: usize = 32 * 1024 * 1024;
-/// Records about one user a segment keeps; the rest are counted in one `records.dropped`
-/// record per user. Well above what a person's work produces in a segment's life (an hour at
-/// most), far below what a script can.
+/// Refusals of one user a segment keeps; the rest are counted in one `records.dropped`
+/// record per user. Refusals cost an attacker nothing (no grant, no RBAC), so they are what a
+/// flood is made of; what was allowed is always kept. Well above what a person's slips produce
+/// in a segment's life (an hour at most), far below what a script can.
 const USER_SHARE: u32 = 2_000;
 /// Lines the stdout thread writes under one lock of stdout before it hands them to the segment.
 const BATCH: usize = 256;
@@ -113,21 +114,24 @@ struct Segment {
     /// carries the same millisecond.
     previous: Option<String>,
     dropped: u64,
-    /// Records kept per user since the segment started, and those beyond [`USER_SHARE`],
+    /// Refusals kept per user since the segment started, and those beyond [`USER_SHARE`],
     /// counted instead of kept: one user's flood cannot fill the trail.
     shares: HashMap<String, u32>,
     over_share: BTreeMap<String, u64>,
 }
 
 impl Segment {
-    fn extend(&mut self, batch: impl IntoIterator<Item = (Timestamp, String, Arc<str>)>) {
-        for (time, user, line) in batch {
+    /// Appends records: their time, user, whether the API server was told to refuse them,
+    /// and their line.
+    fn extend(&mut self, batch: impl IntoIterator<Item = (Timestamp, String, bool, Arc<str>)>) {
+        for (time, user, refused, line) in batch {
             self.dirty = true;
             if self.lines.len() >= MAX_PENDING_LINES || self.bytes + line.len() > MAX_PENDING_BYTES {
                 self.dropped += 1;
                 continue;
             }
             match self.shares.get_mut(&user) {
+                _ if !refused => {}
                 Some(kept) if *kept >= USER_SHARE => {
                     // Only users past their share are named here, so this map stays small.
                     *self.over_share.entry(user).or_default() += 1;
@@ -166,7 +170,7 @@ impl Segment {
                     user: user.clone(),
                     result: "user_share".to_owned(),
                     message: format!(
-                        "{n} more records about this user were counted, not kept: each user's share of a segment is {USER_SHARE} records"
+                        "{n} more refusals of this user were counted, not kept: each user's share of a segment is {USER_SHARE} refusals"
                     ),
                     ..Record::new("records.dropped", now)
                 };
@@ -227,7 +231,7 @@ pub fn install(
 /// every sender is gone. Takes stdout's lock and the segment's lock one after the other, never
 /// one inside the other.
 fn write_lines(rx: &mpsc::Receiver<Item>, out: &mut impl Write, segment: Option<&Mutex<Segment>>) {
-    let mut batch: Vec<(Timestamp, String, Arc<str>)> = Vec::with_capacity(BATCH);
+    let mut batch: Vec<(Timestamp, String, bool, Arc<str>)> = Vec::with_capacity(BATCH);
     let mut waiting = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -238,7 +242,7 @@ fn write_lines(rx: &mpsc::Receiver<Item>, out: &mut impl Write, segment: Option<
                     let line = record.to_line();
                     let _ = writeln!(out, "{line}");
                     if segment.is_some() {
-                        batch.push((record.time, record.user, Arc::from(line)));
+                        batch.push((record.time, record.user, record.allowed == Some(false), Arc::from(line)));
                     }
                     written += 1;
                 }
@@ -469,7 +473,7 @@ mod tests {
         let mut s = Segment::default();
         s.extend(
             (0..MAX_PENDING_LINES as u64 + 3)
-                .map(|n| (record(n).time, format!("u{}", n % 100), Arc::from(format!("{n}")))),
+                .map(|n| (record(n).time, format!("u{}", n % 100), false, Arc::from(format!("{n}")))),
         );
         assert_eq!(s.lines.len(), MAX_PENDING_LINES);
         assert_eq!(s.dropped, 3);
@@ -477,7 +481,7 @@ mod tests {
 
         let mut s = Segment::default();
         let big: Arc<str> = Arc::from("x".repeat(1024 * 1024));
-        s.extend((0..40).map(|n| (record(n).time, format!("u{n}"), big.clone())));
+        s.extend((0..40).map(|n| (record(n).time, format!("u{n}"), false, big.clone())));
         assert!(s.bytes <= MAX_PENDING_BYTES);
         assert_eq!(s.dropped, 40 - (MAX_PENDING_BYTES / big.len()) as u64);
         s.finish(5);
@@ -485,21 +489,23 @@ mod tests {
     }
 
     /// Attack (third round): bob's 13,830 refused challenge creations in 30 s went into the
-    /// trail one by one. A user's records beyond their share of a segment are counted in one
-    /// record that names them; everyone else's are kept.
+    /// trail one by one. A user's refusals beyond their share of a segment are counted in one
+    /// record that names them; everyone else's, and whatever was allowed, are kept.
     #[test]
     fn one_users_flood_is_counted_not_kept() {
         let mut s = Segment::default();
         let line = |n: u64| Arc::from(format!("{n}"));
-        s.extend((0..USER_SHARE as u64 + 500).map(|n| (record(n).time, "bob".to_owned(), line(n))));
-        s.extend((0..10).map(|n| (record(n).time, "alice".to_owned(), line(n))));
-        assert_eq!(s.lines.len(), USER_SHARE as usize + 10);
+        s.extend((0..USER_SHARE as u64 + 500).map(|n| (record(n).time, "bob".to_owned(), true, line(n))));
+        s.extend((0..10).map(|n| (record(n).time, "alice".to_owned(), true, line(n))));
+        // What was allowed is never counted against anyone: it is kept, however much.
+        s.extend((0..100).map(|n| (record(n).time, "bob".to_owned(), false, line(n))));
+        assert_eq!(s.lines.len(), USER_SHARE as usize + 10 + 100);
         assert_eq!(s.over_share.get("bob"), Some(&500));
         assert!(!s.over_share.contains_key("alice"));
         let counts = s.share_records("stepup-webhook/w", record(0).time);
         assert_eq!(counts.len(), 1);
         let counted: Record = serde_json::from_str(&counts[0].1).unwrap();
         assert_eq!((counted.event.as_str(), counted.user.as_str()), ("records.dropped", "bob"));
-        assert!(counted.message.starts_with("500 more records"), "{}", counted.message);
+        assert!(counted.message.starts_with("500 more refusals"), "{}", counted.message);
     }
 }
