@@ -549,6 +549,22 @@ async fn deleting_or_rewriting_the_crds_by_any_verb_is_refused() {
     );
     assert!(refused(&out).contains(&refusal("update", "stepupgrants.stepup.dev/status")), "{}", text(&out));
 
+    // Break-glass bypasses step-up, not the evidence: the audit trail's CRD stays, the others
+    // remain break-glass's to change (dry runs: nothing is deleted either way).
+    let glass = ["--as", "admin", "--as-group", "system:masters", "--as-group", "stepup:break-glass"];
+    let out = world
+        .env
+        .kubectl("admin", &[&glass[..], &["delete", "crd", "stepuplogs.stepup.dev", "--dry-run=server"]].concat());
+    assert!(
+        refused(&out).contains("it holds the audit trail, and break-glass does not extend to the evidence. Allowed: members of stepup:installers."),
+        "{}",
+        text(&out)
+    );
+    let out = world
+        .env
+        .kubectl("admin", &[&glass[..], &["delete", "crd", "stepupgrants.stepup.dev", "--dry-run=server"]].concat());
+    assert!(out.status.success(), "break-glass may still change the other CRDs: {}", text(&out));
+
     let after = crds.get("stepupgrants.stepup.dev").await.unwrap();
     assert_eq!(after.uid(), before.uid(), "not deleted");
     assert_eq!(after.spec, before.spec, "not changed");
