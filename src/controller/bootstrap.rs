@@ -29,6 +29,21 @@ fn secrets(ctx: &Context) -> Api<Secret> {
     Api::namespaced(ctx.client.clone(), &ctx.settings.namespace)
 }
 
+/// A Secret of stepup's namespace that the controller manages.
+fn managed_secret(ctx: &Context, name: &str, data: BTreeMap<String, ByteString>) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: Some(ctx.settings.namespace.clone()),
+            labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_owned(), "stepup".to_owned())])),
+            ..Default::default()
+        },
+        type_: Some("Opaque".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
 fn record_of(secret: &Secret, ctx: &Context) -> std::result::Result<BootstrapRecord, String> {
     let blob = secret.data.as_ref().and_then(|d| d.get(DATA_KEY)).ok_or("it holds no record")?;
     BootstrapRecord::open(&blob.0, &ctx.keys.factors)
@@ -79,18 +94,7 @@ async fn publish_token(ctx: &Context) -> Result<()> {
         }
         None if token.is_empty() => {}
         None => {
-            let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(BOOTSTRAP_TOKEN_SECRET.to_owned()),
-                    namespace: Some(ctx.settings.namespace.clone()),
-                    labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_owned(), "stepup".to_owned())])),
-                    ..Default::default()
-                },
-                type_: Some("Opaque".into()),
-                data: Some(data),
-                ..Default::default()
-            };
-            match api.create(&PostParams::default(), &secret).await {
+            match api.create(&PostParams::default(), &managed_secret(ctx, BOOTSTRAP_TOKEN_SECRET, data)).await {
                 Ok(_) => {}
                 // Another replica published it first.
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
@@ -108,17 +112,11 @@ async fn read_record(ctx: &Context) -> Result<()> {
         None => {
             let now = Timestamp::now();
             let (record, evidence) = BootstrapRecord::first(now, ctx.settings.bootstrap_window, enrolled(ctx).await?);
-            let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(SECRET_NAME.to_owned()),
-                    namespace: Some(ctx.settings.namespace.clone()),
-                    labels: Some(BTreeMap::from([("app.kubernetes.io/managed-by".to_owned(), "stepup".to_owned())])),
-                    ..Default::default()
-                },
-                type_: Some("Opaque".into()),
-                data: Some(BTreeMap::from([(DATA_KEY.to_owned(), ByteString(record.seal(&ctx.keys.factors)))])),
-                ..Default::default()
-            };
+            let secret = managed_secret(
+                ctx,
+                SECRET_NAME,
+                BTreeMap::from([(DATA_KEY.to_owned(), ByteString(record.seal(&ctx.keys.factors)))]),
+            );
             match api.create(&PostParams::default(), &secret).await {
                 Ok(created) => {
                     ctx.record(&created, "", "", &evidence).await;
