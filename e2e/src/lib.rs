@@ -635,19 +635,7 @@ impl World {
         let api: Api<StepUpEnrollment> = Api::all(self.admin.clone());
         // An installer may read the window's token; the enrollment proves it did.
         let token = self.bootstrap_token().await;
-        let mut e = StepUpEnrollment::new(
-            &stepup_api::enrollment_name("admin"),
-            StepUpEnrollmentSpec {
-                user: "admin".into(),
-                method: Method::Totp,
-                public_key: key.public_key_b64(),
-                confirmation: None,
-                bootstrap: true,
-                bootstrap_proof: Some(kube_stepup::keys::bootstrap_proof(&token, "admin", &key.public_key_b64())),
-            },
-        );
-        e.metadata.labels =
-            Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value("admin"))].into_iter().collect());
+        let e = bootstrap_enrollment("admin", &key, &token);
         eventually(Duration::from_secs(30), || async { Ok(api.create(&PostParams::default(), &e).await?) })
             .await
             .expect("the admin's enrollment");
@@ -937,6 +925,24 @@ impl Drop for ControllerProcess {
             .status();
         self.kill();
     }
+}
+
+/// `user`'s enrollment of `key` asking for the bootstrap, with the proof made with `token`
+/// (the window's, as an installer reads it; anything else, as an attacker guesses it).
+pub fn bootstrap_enrollment(user: &str, key: &EphemeralKey, token: &str) -> StepUpEnrollment {
+    let mut e = StepUpEnrollment::new(
+        &stepup_api::enrollment_name(user),
+        StepUpEnrollmentSpec {
+            user: user.into(),
+            method: Method::Totp,
+            public_key: key.public_key_b64(),
+            confirmation: None,
+            bootstrap: true,
+            bootstrap_proof: Some(kube_stepup::keys::bootstrap_proof(token, user, &key.public_key_b64())),
+        },
+    );
+    e.metadata.labels = Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value(user))].into());
+    e
 }
 
 /// Stops the controller that stepup.sh runs for the duration of a scenario and starts it

@@ -552,19 +552,8 @@ async fn a_user_racing_the_installation_cannot_take_the_bootstrap() {
         flags.extend(["delete", "validatingwebhookconfiguration", "stepup.dev"].map(String::from));
         let out = env.kubectl("admin", &flags.iter().map(String::as_str).collect::<Vec<_>>());
         assert!(out.status.success(), "{}", show(&out));
-        let mut e = StepUpEnrollment::new(
-            &api::enrollment_name("alice"),
-            api::StepUpEnrollmentSpec {
-                user: "alice".into(),
-                method: api::Method::Totp,
-                public_key: alices.public_key_b64(),
-                confirmation: None,
-                bootstrap: true,
-                // A guess is all she has: the token is not even published yet.
-                bootstrap_proof: Some(kube_stepup::keys::bootstrap_proof("guess", "alice", &alices.public_key_b64())),
-            },
-        );
-        e.metadata.labels = Some([(api::USER_LABEL.to_owned(), api::user_label_value("alice"))].into());
+        // A guess is all she has: the token is not even published yet.
+        let e = stepup_e2e::bootstrap_enrollment("alice", &alices, "guess");
         as_alice.create(&PostParams::default(), &e).await.expect("nothing refuses it before the webhook is registered");
     }
     // The controller starts, registers the webhook, opens the bootstrap and reads hers.
@@ -582,18 +571,7 @@ async fn a_user_racing_the_installation_cannot_take_the_bootstrap() {
     // The installer still can, in the same window.
     let key = EphemeralKey::generate();
     let token = world.bootstrap_token().await;
-    let mut mine = StepUpEnrollment::new(
-        &api::enrollment_name("admin"),
-        api::StepUpEnrollmentSpec {
-            user: "admin".into(),
-            method: api::Method::Totp,
-            public_key: key.public_key_b64(),
-            confirmation: None,
-            bootstrap: true,
-            bootstrap_proof: Some(kube_stepup::keys::bootstrap_proof(&token, "admin", &key.public_key_b64())),
-        },
-    );
-    mine.metadata.labels = Some([(api::USER_LABEL.to_owned(), api::user_label_value("admin"))].into());
+    let mine = stepup_e2e::bootstrap_enrollment("admin", &key, &token);
     Api::<StepUpEnrollment>::all(world.admin.clone()).create(&PostParams::default(), &mine).await.unwrap();
     let admin = world.finish_enrollment("admin", "admin", &key).await;
     let fp = fingerprint(&key.public_key_b64());
