@@ -52,3 +52,23 @@ fn with_json_output_errors_are_json_on_stdout_too() {
         .unwrap();
     assert!(out.stdout.is_empty());
 }
+
+/// `hack/totp`, which the demo offers to people without a phone, computes the codes the
+/// controller accepts.
+#[test]
+fn the_demos_totp_script_shows_the_codes_the_controller_accepts() {
+    let seed = b"a seed the controller keeps";
+    let secret = stepup_core::verify::totp::base32_encode(seed);
+    for at in [59_i64, 1_111_111_109, 1_700_000_000, 2_000_000_000] {
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/totp"))
+            .args(["--at", &at.to_string(), &secret])
+            .output()
+            .expect("python3 runs hack/totp");
+        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+        let expected = stepup_core::verify::totp::code_at(seed, jiff::Timestamp::from_second(at).unwrap());
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected, "at {at}");
+    }
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/totp")).arg("not base32!").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a base32 secret"));
+}

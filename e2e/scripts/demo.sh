@@ -35,18 +35,20 @@ cmd_up() {
 		Act as alice (group developers) in this shell:
 
 		  export PATH="$bin_dirs:\$PATH" KUBECONFIG=$KUBECONFIG_ALICE
+		  source <(kubectl completion bash)       # optional: 'kubectl stepup <TAB>' completes
 		  kubectl get stepuppolicies
 		  kubectl -n prod delete secret db        # refused: names the policy and what to run
 
 		First, in a second shell, the admin enrolls through the one-time bootstrap (admins step
 		up to approve others); scan the QR code with any TOTP app (without a phone,
-		'oathtool --totp -b <secret>' computes the codes from the secret= of the otpauth URI):
+		'hack/totp <secret>' prints the current code for the secret= of the otpauth URI):
 
 		  export PATH="$bin_dirs:\$PATH" KUBECONFIG=$KUBECONFIG_ADMIN
 		  kubectl stepup enroll --bootstrap
 
 		Then alice enrolls once; her plugin shows her key fingerprint, which the admin approves
-		(the admin's command shows it too, asks to confirm it, and asks for the admin's code):
+		(the admin's command first asks for the admin's own code, then shows the fingerprint and
+		asks to confirm it is the one alice reads out):
 
 		  kubectl stepup enroll                    # as alice: waits for the admin's approval...
 		  kubectl stepup approve alice             # ...as the admin, in the second shell

@@ -60,9 +60,14 @@ stepup_bin() {
 build() {
 	local flags=() target=${CARGO_TARGET_DIR:-$REPO/target}
 	[[ $PROFILE == release ]] && flags=(--release)
-	log "building stepup ($PROFILE)"
-	(cd "$REPO" && cargo build --quiet "${flags[@]}" --bin stepup --bin kubectl-stepup)
+	# On a terminal, cargo's own progress shows: a first build takes minutes and about 1.3 GB
+	# of $target.
+	[[ -t 2 ]] || flags+=(--quiet)
+	log "building stepup ($PROFILE, into $target)"
+	(cd "$REPO" && cargo build "${flags[@]}" --bin stepup --bin kubectl-stepup)
 	mkdir -p "$DIR/bin"
+	# kubectl runs kubectl_complete-stepup from PATH to complete `kubectl stepup ...`.
+	cp "$REPO/krew/kubectl_complete-stepup" "$DIR/bin/kubectl_complete-stepup"
 	cp "$target/$PROFILE/stepup" "$DIR/bin/stepup.new" && mv "$DIR/bin/stepup.new" "$DIR/bin/stepup"
 	cp "$target/$PROFILE/kubectl-stepup" "$DIR/bin/kubectl-stepup.new" && mv "$DIR/bin/kubectl-stepup.new" "$DIR/bin/kubectl-stepup"
 }

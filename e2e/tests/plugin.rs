@@ -360,3 +360,40 @@ async fn failures_are_one_sentence_a_hint_and_an_exit_code() {
         show(&out)
     );
 }
+
+/// A person who never enrolled, refused and prompted, is enrolled right there by the wrapper
+/// (issue: the refusal sent them to `request`, which sent them to `enroll`: two hops).
+#[tokio::test]
+async fn the_wrapper_enrolls_a_newcomer_on_the_way_to_the_grant() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secrets()]).await;
+    world.unenroll("alice").await;
+    world.admin_steps_up().await;
+    world.secret("prod", "db").await;
+
+    let mut term = Terminal::spawn(&world.env, "alice", &["--", "kubectl", "delete", "secret", "db", "-n", "prod"]);
+    let at = term.expect("[stepup-required: policies=prod-secrets", 0, Duration::from_secs(30)).await;
+    let at = term.expect("alice has no authenticator enrolled yet; enrolling one now", at, Duration::from_secs(30)).await;
+    let at = term.expect("Your enrollment key fingerprint: ", at, Duration::from_secs(30)).await;
+    let fingerprint: String = term.screen()[at..].chars().take(29).collect();
+    let at = term.expect("kubectl stepup approve alice --key", at, Duration::from_secs(30)).await;
+    let approved = plugin(&world.env, "admin", &["approve", "alice", "--key", &fingerprint], None).await;
+    assert!(approved.status.success(), "{}", show(&approved));
+    let at = term
+        .expect("URI: otpauth://totp/kube-stepup%20%28stepup-e2e%29:alice?secret=", at, Duration::from_secs(30))
+        .await;
+    let secret: String = term.screen()[at..].chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+    let mut auth = Authenticator { seed: base32_decode(&secret), last_step: None };
+    let at = term.expect("Enter the 6-digit code", at, Duration::from_secs(10)).await;
+    term.type_line(&auth.code().await).await;
+    let at = term.expect("Enrolled:", at, Duration::from_secs(30)).await;
+    let at = term.expect("Code from your authenticator app:", at, Duration::from_secs(30)).await;
+    // The enrollment's code is spent: the next one the app shows.
+    term.type_line(&auth.code().await).await;
+    term.expect("secret \"db\" deleted", at, Duration::from_secs(60)).await;
+    let (exit, screen) = term.exit_code().await;
+    eprintln!("--- the wrapper, as a newcomer saw it ---\n{screen}");
+    assert_eq!(exit, 0, "{screen}");
+    assert_eq!(screen.matches("Error from server (Forbidden)").count(), 1, "one refusal, one retry:\n{screen}");
+    assert!(!screen.contains("kubectl stepup enroll` once"), "not sent elsewhere:\n{screen}");
+}

@@ -229,11 +229,14 @@ Examples:
 Needs read access to stepup's audit trail (the <release>-auditor ClusterRole).")]
     Report(super::report::ReportArgs),
 
-    /// Print a shell completion script.
+    /// Print a shell completion script for `kubectl-stepup` called by that name.
     #[command(after_help = "\
+`kubectl stepup <TAB>` completes through kubectl's own completion instead (source <(kubectl
+completion bash)), which runs `kubectl_complete-stepup` from PATH; it ships beside kubectl-stepup.
+
 Examples:
-  source <(kubectl stepup completion bash)
-  kubectl stepup completion zsh > \"${fpath[1]}/_kubectl-stepup\"")]
+  source <(kubectl-stepup completion bash)
+  kubectl-stepup completion zsh > \"${fpath[1]}/_kubectl-stepup\"")]
     Completion(CompletionArgs),
 }
 

@@ -12,7 +12,7 @@ use kube::{
 };
 
 use super::{
-    cli::{Output, RequestArgs},
+    cli::{EnrollArgs, Output, RequestArgs},
     cluster::{Identity, Session},
     error::{Error, Result},
     format::{self, GrantView},
@@ -39,9 +39,9 @@ pub struct GrantRequest {
 
 pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
     let me = session.whoami().await?;
-    let response_key = ensure_enrolled(session, &me).await?;
-    let scope = GrantScope { policies: args.policies.clone(), namespaces: args.namespaces.clone() };
     let source = if args.code_stdin { CodeSource::Stdin } else { CodeSource::Terminal };
+    let response_key = enrolled_or_enroll(session, &me, source).await?;
+    let scope = GrantScope { policies: args.policies.clone(), namespaces: args.namespaces.clone() };
     let reason = match args.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         Some(r) => Some(r.to_owned()),
         None => {
@@ -87,6 +87,28 @@ pub fn cap_notice(requested: Option<Duration>, grant: &StepUpGrant) -> Option<St
 
 /// Fails early, before a code is typed, when the enrollment cannot verify one. Returns the
 /// controller's response key, which the enrollment's status publishes.
+/// The response key of a usable enrollment; a person at a terminal who has never enrolled is
+/// enrolled first, right here, instead of being sent to another command and back (the
+/// refusal said `request`, `request` would say `enroll`). Scripts get the error and its hint.
+pub async fn enrolled_or_enroll(session: &Session, me: &Identity, source: CodeSource) -> Result<String> {
+    match ensure_enrolled(session, me).await {
+        Err(Error::NotEnrolled { .. }) if source == CodeSource::Terminal && terminal::has_terminal() => {
+            errln!("kube-stepup: {} has no authenticator enrolled yet; enrolling one now (once).", me.username);
+            let args = EnrollArgs { reenroll: false, bootstrap: false, timeout: ENROLL_TIMEOUT };
+            super::enroll::run(session, &args).await?;
+            errln!(
+                "kube-stepup: now a code for this step-up. Each code is accepted once: wait until your app shows a new one."
+            );
+            ensure_enrolled(session, me).await
+        }
+        other => other,
+    }
+}
+
+/// How long an enrollment started by `request` or the wrapper waits for an admin's approval,
+/// as `kubectl stepup enroll` does by default.
+const ENROLL_TIMEOUT: Duration = Duration::from_secs(300);
+
 pub async fn ensure_enrolled(session: &Session, me: &Identity) -> Result<String> {
     let api: Api<StepUpEnrollment> = session.all();
     let enrollment =

@@ -54,6 +54,11 @@ pub fn read_code(prompt: &str, source: CodeSource) -> Result<String> {
     normalize_code(&input)
 }
 
+/// Whether a person can be asked something: the process has a controlling terminal.
+pub fn has_terminal() -> bool {
+    OpenOptions::new().read(true).write(true).open("/dev/tty").is_ok()
+}
+
 /// Asks for something secret on the terminal, without echo; the raw answer.
 pub fn ask_hidden(prompt: &str) -> Result<String> {
     rpassword::prompt_password(prompt).map_err(|_| no_terminal("a code"))

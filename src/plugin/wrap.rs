@@ -175,7 +175,7 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
     errln!("\nkube-stepup: this needs a fresh second factor (policy {}).", requirement.policies.join(", "));
     let session = Session::connect(&cluster).await?;
     let me = session.whoami().await?;
-    let response_key = request::ensure_enrolled(&session, &me).await?;
+    let response_key = request::enrolled_or_enroll(&session, &me, CodeSource::Terminal).await?;
     let reason = match args.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         Some(r) => Some(r.to_owned()),
         None if requirement.reason_required => request::ask_reason(&[], true, CodeSource::Terminal)?,
