@@ -453,8 +453,10 @@ impl Authenticator {
     /// A code that is certainly wrong now.
     pub fn wrong_code(&self) -> String {
         let now = Timestamp::now();
+        // Not right for any time the controller compares (±10 min), or it would say "another time".
+        let near = totp::NEAR_STEPS + 1;
         let window: Vec<String> =
-            [-30i64, 0, 30].iter().map(|o| totp::code_at(&self.seed, now + SignedDuration::from_secs(*o))).collect();
+            (-near..=near).map(|s| totp::code_at(&self.seed, now + SignedDuration::from_secs(s * 30))).collect();
         (0..1000).map(|n| format!("{:06}", 271_828 + n)).find(|c| !window.contains(c)).unwrap()
     }
 

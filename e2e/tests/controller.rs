@@ -130,6 +130,14 @@ async fn a_wrong_code_is_denied_with_a_clear_message_and_an_event() {
     })
     .await
     .unwrap();
+
+    // A five-minute-old code is refused too, and says so (a newcomer's report, issue 30).
+    let old =
+        kube_stepup::verify::totp::code_at(auth.seed(), jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5));
+    let c = world.challenge("alice", "alice", ALICE_UID, &old, None).await;
+    assert_eq!(phase(&c), ChallengePhase::Denied);
+    assert!(message(&c).starts_with("that code is right for another time"), "{}", message(&c));
+    assert!(world.grants_of("alice").await.is_empty());
 }
 
 #[tokio::test]

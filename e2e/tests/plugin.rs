@@ -37,8 +37,10 @@ impl Authenticator {
 
     fn wrong_code(&self) -> String {
         let now = Timestamp::now();
+        // Not right for any time the controller compares (±10 min), or it would say "another time".
+        let near = totp::NEAR_STEPS + 1;
         let window: Vec<String> =
-            [-30i64, 0, 30].iter().map(|s| code_at(&self.seed, now + jiff::SignedDuration::from_secs(*s))).collect();
+            (-near..=near).map(|s| code_at(&self.seed, now + jiff::SignedDuration::from_secs(s * 30))).collect();
         (0..1000).map(|n| format!("{:06}", 314_159 + n)).find(|c| !window.contains(c)).expect("a wrong code")
     }
 }
@@ -373,7 +375,8 @@ async fn the_wrapper_enrolls_a_newcomer_on_the_way_to_the_grant() {
 
     let mut term = Terminal::spawn(&world.env, "alice", &["--", "kubectl", "delete", "secret", "db", "-n", "prod"]);
     let at = term.expect("[stepup-required: policies=prod-secrets", 0, Duration::from_secs(30)).await;
-    let at = term.expect("alice has no authenticator enrolled yet; enrolling one now", at, Duration::from_secs(30)).await;
+    let at =
+        term.expect("alice has no authenticator enrolled yet; enrolling one now", at, Duration::from_secs(30)).await;
     let at = term.expect("Your enrollment key fingerprint: ", at, Duration::from_secs(30)).await;
     let fingerprint: String = term.screen()[at..].chars().take(29).collect();
     let at = term.expect("kubectl stepup approve alice --key", at, Duration::from_secs(30)).await;

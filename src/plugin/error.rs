@@ -137,6 +137,9 @@ impl Error {
             Error::CodeRefused { message } if message.contains("already used") => {
                 "Wait for the next code in your authenticator app (a code works once) and try again.".into()
             }
+            Error::CodeRefused { message } if message.contains("right for another time") => {
+                "Type the code your authenticator app shows now. If it was that one, set the device's clock to network time: authenticator apps need the correct time.".into()
+            }
             Error::CodeRefused { .. } => {
                 "Type the code your authenticator app shows now, from this cluster's entry. If every code fails, the device's clock may be off: authenticator apps need the correct time.".into()
             }
@@ -329,6 +332,10 @@ mod tests {
             message: "wrong code: check the code and your device's clock, then try the next code".into(),
         };
         assert!(wrong.hint().contains("shows now") && !wrong.hint().contains("works once"), "{}", wrong.hint());
+        let stale = Error::CodeRefused {
+            message: "that code is right for another time within 10 minutes, not now: type the code your app shows now; if you did, your device's clock is off".into(),
+        };
+        assert!(stale.hint().contains("set the device's clock to network time"), "{}", stale.hint());
     }
 
     /// A newcomer's report (issue 30): the rate limit that lifts by itself and the lockout

@@ -19,6 +19,10 @@ pub enum Rejection {
     Wrong,
     #[error("this code (or an earlier one) was already used; wait for the next code")]
     Replayed,
+    /// Right for a time within `totp::NEAR_STEPS` steps of now, not for now: an old code
+    /// (read off a note, a screenshot) or a device whose clock is off. Counts as a failure.
+    #[error("the code is right for another time, not now")]
+    OutOfWindow,
 }
 
 impl Rejection {
@@ -27,6 +31,17 @@ impl Rejection {
             Rejection::Malformed => "malformed",
             Rejection::Wrong => "wrong",
             Rejection::Replayed => "replayed",
+            Rejection::OutOfWindow => "out_of_window",
+        }
+    }
+
+    /// The condition reason written on the challenge or enrollment.
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "Malformed",
+            Rejection::Wrong => "WrongCode",
+            Rejection::Replayed => "Replayed",
+            Rejection::OutOfWindow => "CodeOutOfWindow",
         }
     }
 }

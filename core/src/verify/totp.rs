@@ -13,6 +13,9 @@ use crate::api::Method;
 pub const DIGITS: u8 = 6;
 pub const STEP_SECONDS: u64 = 30;
 pub const SKEW_STEPS: u16 = 1;
+/// How far (in steps, either way) a refused code is compared to tell "right for another time"
+/// from wrong: 10 minutes. It never accepts anything; it only picks the message.
+pub const NEAR_STEPS: i64 = 20;
 /// 160 bits, as RFC 4226 recommends and authenticator apps expect.
 pub const SEED_BYTES: usize = 20;
 
@@ -101,7 +104,7 @@ impl Verifier for TotpVerifier {
             return Err(Rejection::Malformed);
         }
         let totp = totp(seed, SKEW_STEPS).ok_or(Rejection::Wrong)?;
-        let step = totp.check(response, unix_seconds(now)).ok_or(Rejection::Wrong)?;
+        let step = totp.check(response, unix_seconds(now)).ok_or_else(|| near_miss(seed, response, now))?;
         // Strictly later than the last accepted step: a code is good once, and an older code
         // seen after a newer one is a replay too.
         match last_step {
@@ -109,6 +112,22 @@ impl Verifier for TotpVerifier {
             _ => Ok(step),
         }
     }
+}
+
+/// Why a code outside the accepted window was refused: right for a time near now, or wrong.
+/// Every step is compared (no early exit on a match), in constant time.
+fn near_miss(seed: &[u8], response: &str, now: Timestamp) -> Rejection {
+    let mut near = false;
+    for steps in (-NEAR_STEPS..=NEAR_STEPS).filter(|s| s.unsigned_abs() > u64::from(SKEW_STEPS)) {
+        let Ok(at) = now.checked_add(jiff::SignedDuration::from_secs(steps * STEP_SECONDS as i64)) else { continue };
+        let code = code_at(seed, at);
+        near |= constant_time_eq(code.as_bytes(), response.as_bytes());
+    }
+    if near { Rejection::OutOfWindow } else { Rejection::Wrong }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
@@ -134,6 +153,23 @@ mod tests {
         for (offset, ok) in [(-60, false), (-30, true), (0, true), (30, true), (60, false)] {
             let code = code_at(&seed, now + jiff::SignedDuration::from_secs(offset));
             assert_eq!(v.verify(&seed, &code, now, None).is_ok(), ok, "offset {offset}s");
+        }
+    }
+
+    /// A newcomer's report (issue 30): a five-minute-old code and a wrong one got the same
+    /// answer. Both are refused; only the reason differs. Fixed seed and time: deterministic.
+    #[test]
+    fn a_code_right_for_another_time_is_refused_as_out_of_window() {
+        let seed = b"12345678901234567890";
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let v = TotpVerifier;
+        for offset in [-600, -300, -90, 90, 300, 600] {
+            let code = code_at(seed, now + jiff::SignedDuration::from_secs(offset));
+            assert_eq!(v.verify(seed, &code, now, None), Err(Rejection::OutOfWindow), "offset {offset}s");
+        }
+        for offset in [-3600, -660, 660, 3600] {
+            let code = code_at(seed, now + jiff::SignedDuration::from_secs(offset));
+            assert_eq!(v.verify(seed, &code, now, None), Err(Rejection::Wrong), "offset {offset}s");
         }
     }
 

@@ -117,6 +117,9 @@ fn rejection_message(why: Rejection) -> &'static str {
         Rejection::Malformed => "the code must be 6 digits",
         Rejection::Wrong => "wrong code: check the code and your device's clock, then try the next code",
         Rejection::Replayed => "this code was already used; wait for the next code",
+        Rejection::OutOfWindow => {
+            "that code is right for another time within 10 minutes, not now: type the code your app shows now; if you did, your device's clock is off"
+        }
     }
 }
 
@@ -274,11 +277,7 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
             out.issue = true;
         }
         Verdict::Rejected { why, locked_now } => {
-            out.reason = match why {
-                Rejection::Malformed => "Malformed",
-                Rejection::Wrong => "WrongCode",
-                Rejection::Replayed => "Replayed",
-            };
+            out.reason = why.reason();
             out.message = rejection_message(why).to_owned();
             if locked_now {
                 out.message = format!(

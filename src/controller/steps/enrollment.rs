@@ -165,20 +165,12 @@ fn valid_approval(marks: &Marks<'_>, fp: &str, now: Timestamp, s: &EnrollmentSet
 
 fn refusal_words(verdict: &Verdict) -> (&'static str, String) {
     match verdict {
-        Verdict::Rejected { why, .. } => (rejection_reason(*why), why.to_string()),
+        Verdict::Rejected { why, .. } => (why.reason(), why.to_string()),
         Verdict::RateLimited { retry_after } => {
             ("RateLimited", format!("too many failed codes; try again in {}", crate::grant::human(*retry_after)))
         }
         Verdict::Locked => ("Locked", "locked after too many failed codes; an admin must unlock it".into()),
         Verdict::Accepted { .. } | Verdict::AlreadyAccepted => ("Accepted", "accepted".into()),
-    }
-}
-
-fn rejection_reason(why: crate::verify::Rejection) -> &'static str {
-    match why {
-        crate::verify::Rejection::Malformed => "Malformed",
-        crate::verify::Rejection::Wrong => "WrongCode",
-        crate::verify::Rejection::Replayed => "Replayed",
     }
 }
 
@@ -501,6 +493,7 @@ fn reason_label(reason: &'static str) -> &'static str {
         "NotExpected" => "not_expected",
         "WrongCode" => "wrong",
         "Replayed" => "replayed",
+        "CodeOutOfWindow" => "out_of_window",
         "Malformed" => "malformed",
         "RateLimited" => "rate_limited",
         "Locked" => "locked",
