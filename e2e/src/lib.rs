@@ -233,6 +233,9 @@ pub struct World {
     pub admin: Client,
     pub policy_writer: Client,
     pub controller: Client,
+    /// When this scenario began: a kept control plane holds earlier scenarios' (and earlier
+    /// runs') Events, which `events` leaves out.
+    pub started: Timestamp,
 }
 
 impl World {
@@ -240,7 +243,10 @@ impl World {
     /// scenario starts from the same state.
     pub async fn new() -> Self {
         let env = Env::load();
+        // Whole seconds: an Event's older timestamps are kept to the second.
+        let started = Timestamp::from_second(Timestamp::now().as_second()).expect("now");
         let world = Self {
+            started,
             admin: env.client("admin").await,
             policy_writer: env.client("policy-writer").await,
             controller: env.client("stepup-controller").await,
@@ -331,6 +337,14 @@ impl World {
 
     /// Waits until the controller has added the policies' resources to the webhook's rules:
     /// a `Deny` policy's to the entry that fails closed, the others' to either.
+    ///
+    /// What this cannot see is the API server's own informer of the registration, which picks
+    /// the stored object up a moment later (milliseconds on one local API server): Kubernetes
+    /// exposes no condition or metric for the version that informer holds, and a dry-run probe
+    /// needs a valid object of each resource (invalid ones fail before validating admission).
+    /// So this is the one wait in the harness not proven by a condition; the webhook-cache wait
+    /// that follows it in `apply_policies` gives the informer that moment. No full run has
+    /// failed on it; if one does, the probe is a per-resource dry run of a valid object.
     pub async fn wait_routed(&self, policies: &[StepUpPolicy]) {
         use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
         use kube_stepup::{api::Enforcement, controller::webhook_config::routed_resources};
@@ -815,7 +829,7 @@ impl World {
         self.controller_grants().list(&ListParams::default().labels(&selector)).await.expect("grants").items
     }
 
-    /// Events in stepup's namespace with `reason`.
+    /// Events in stepup's namespace with `reason`, last seen since this scenario began.
     pub async fn events(&self, reason: &str) -> Vec<k8s_openapi::api::events::v1::Event> {
         let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(self.admin.clone(), "stepup-system");
         api.list(&ListParams::default())
@@ -824,6 +838,7 @@ impl World {
             .items
             .into_iter()
             .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter(|e| last_seen(e).is_some_and(|at| at >= self.started))
             .collect()
     }
 
@@ -840,6 +855,19 @@ impl World {
         .await
         .unwrap_or_else(|e| panic!("{e}"))
     }
+}
+
+/// When an Event (or the last repeat folded into it) happened.
+fn last_seen(e: &k8s_openapi::api::events::v1::Event) -> Option<Timestamp> {
+    [
+        e.series.as_ref().map(|s| s.last_observed_time.0),
+        e.event_time.as_ref().map(|t| t.0),
+        e.deprecated_last_timestamp.as_ref().map(|t| t.0),
+        e.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
 }
 
 /// The controller's metrics (the process stepup.sh runs).
