@@ -53,6 +53,9 @@ pub struct Metrics {
     /// Audit records dropped because the writer's queue was full or the API server was out of
     /// reach for too long (never silent).
     pub audit_records_dropped: IntCounter,
+    /// Audit lines not printed to stdout because it could not keep up; the durable segments
+    /// hold their records.
+    pub audit_lines_unprinted: IntCounter,
     /// Writes of the durable audit segments (StepUpLog), by result.
     pub audit_segment_writes: IntCounterVec,
     /// Enrollment, approval, unlock and bootstrap steps, by step and result (controller).
@@ -169,6 +172,11 @@ impl Metrics {
             "Audit records dropped: the writer's queue was full or the API server out of reach too long.",
         )
         .expect("valid metric");
+        let audit_lines_unprinted = IntCounter::new(
+            "stepup_audit_lines_unprinted_total",
+            "Audit lines not printed to stdout because it could not keep up; the durable audit segments (StepUpLog) hold their records.",
+        )
+        .expect("valid metric");
         let audit_segment_writes = IntCounterVec::new(
             Opts::new("stepup_audit_segment_writes_total", "Writes of durable audit segments (StepUpLog), by result."),
             &["result"],
@@ -228,6 +236,7 @@ impl Metrics {
             lockouts,
             forged_grants,
             audit_records_dropped,
+            audit_lines_unprinted,
             audit_segment_writes,
             factor_steps,
             challenge_limit_refusals,
@@ -251,6 +260,7 @@ impl Metrics {
             Box::new(self.grants_active.clone()),
             Box::new(self.forged_grants.clone()),
             Box::new(self.audit_records_dropped.clone()),
+            Box::new(self.audit_lines_unprinted.clone()),
             Box::new(self.audit_segment_writes.clone()),
             Box::new(self.build_info.clone()),
         ];

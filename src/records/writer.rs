@@ -1,15 +1,17 @@
 //! The shell that writes records, off every request path: [`emit`] hands a record to a
-//! bounded queue and returns at once; a thread writes each one as a JSON line to stdout (the
-//! audit line a SIEM ships) and keeps it for the current segment; a task writes the segment
-//! to the API server as a `StepUpLog` every few seconds. Does I/O. A record that does not fit
-//! in the queue, or that the API server cannot take for too long, is dropped and counted:
-//! in `stepup_audit_records_dropped_total`, in the segment's `dropped`, and in a log line.
+//! bounded queue and returns at once; the audit thread appends each one to the current segment
+//! and hands its JSON line to the printer thread, which writes it to stdout (the audit line a
+//! SIEM ships); a task writes the segment to the API server as a `StepUpLog` every few seconds.
+//! Does I/O. A record that does not fit in the queue, or that the API server cannot take for
+//! too long, is dropped and counted: in `stepup_audit_records_dropped_total`, in the segment's
+//! `dropped`, and in a log line. A slow stdout (a log pipeline that cannot keep up) costs only
+//! printed lines, counted in `stepup_audit_lines_unprinted_total`: never a record of the trail.
 //!
 //! No lock here is ever held while another is taken, while logging, or across I/O other than
-//! the one write it guards: the stdout thread holds stdout's lock only to write lines, then
-//! the segment's lock only to append them; the segment task copies what it needs under the
-//! segment's lock and logs, encodes and writes after releasing it. (Holding stdout while
-//! waiting for the segment, and the segment while logging to stdout, once froze the webhook.)
+//! the one write it guards: the audit thread takes only the segment's lock, to append; the
+//! printer only stdout's, to write; the segment task copies what it needs under the segment's
+//! lock and logs, encodes and writes after releasing it. (Holding stdout while waiting for the
+//! segment, and the segment while logging to stdout, once froze the webhook.)
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -30,6 +32,8 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use super::{Record, segment};
+use prometheus::IntCounter;
+
 use crate::{api::StepUpLog, metrics::Metrics};
 
 /// Records queued for the writer thread before [`emit`] starts dropping them.
@@ -44,8 +48,10 @@ const MAX_PENDING_BYTES: usize = 32 * 1024 * 1024;
 /// flood is made of; what was allowed is always kept. Well above what a person's slips produce
 /// in a segment's life (an hour at most), far below what a script can.
 const USER_SHARE: u32 = 2_000;
-/// Lines the stdout thread writes under one lock of stdout before it hands them to the segment.
+/// Records the audit thread appends to the segment under one lock.
 const BATCH: usize = 256;
+/// Lines queued for the printer before new ones go unprinted (counted; the segment has them).
+const PRINT_QUEUE: usize = 16 * 1024;
 /// How long the last flush at shutdown may take: well inside the chart's margin between the
 /// drain and the kubelet's kill (terminationGracePeriodSeconds).
 pub const LAST_FLUSH: Duration = Duration::from_secs(5);
@@ -211,11 +217,18 @@ pub fn install(
     let keep = client.is_some();
     {
         let segment = segment.clone();
+        let (print_tx, print_rx) = mpsc::sync_channel::<Arc<str>>(PRINT_QUEUE);
+        let printer = Printer { tx: print_tx, unprinted: metrics.audit_lines_unprinted.clone() };
         let spawned = std::thread::Builder::new()
-            .name("stepup-audit".into())
-            .spawn(move || write_lines(&rx, &mut std::io::stdout(), keep.then_some(&*segment)));
+            .name("stepup-audit-print".into())
+            .spawn(move || print_lines(&print_rx, &mut std::io::stdout()))
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name("stepup-audit".into())
+                    .spawn(move || write_lines(&rx, &printer, keep.then_some(&*segment)))
+            });
         if let Err(error) = spawned {
-            tracing::error!(%error, "cannot start the audit writer thread; audit lines go out synchronously");
+            tracing::error!(%error, "cannot start the audit writer threads; audit lines go out synchronously");
             return None;
         }
     }
@@ -227,35 +240,70 @@ pub fn install(
     handle.api.is_some().then(|| tokio::spawn(handle.run(flush, metrics, stop)))
 }
 
-/// The stdout thread: writes each record's line to `out` and appends it to `segment`, until
-/// every sender is gone. Takes stdout's lock and the segment's lock one after the other, never
-/// one inside the other.
-fn write_lines(rx: &mpsc::Receiver<Item>, out: &mut impl Write, segment: Option<&Mutex<Segment>>) {
+/// Where the audit thread sends lines to be printed, and what counts those it cannot.
+struct Printer {
+    tx: mpsc::SyncSender<Arc<str>>,
+    unprinted: IntCounter,
+}
+
+/// The audit thread: appends each record to `segment` (memory, under its lock only), then
+/// offers its line to the printer, until every sender is gone. It never waits for stdout: a
+/// line the printer has no room for is counted and not printed; the segment has it.
+fn write_lines(rx: &mpsc::Receiver<Item>, printer: &Printer, segment: Option<&Mutex<Segment>>) {
     let mut batch: Vec<(Timestamp, String, bool, Arc<str>)> = Vec::with_capacity(BATCH);
+    let mut lines: Vec<Arc<str>> = Vec::with_capacity(BATCH);
     let mut waiting = Vec::new();
+    let mut unsaid = 0u64;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
-        let mut written = 0;
-        while let Some(item) = next.take().or_else(|| if written < BATCH { rx.try_recv().ok() } else { None }) {
+        let mut taken = 0;
+        while let Some(item) = next.take().or_else(|| if taken < BATCH { rx.try_recv().ok() } else { None }) {
             match item {
                 Item::Record(record) => {
-                    let line = record.to_line();
-                    let _ = writeln!(out, "{line}");
+                    let line: Arc<str> = Arc::from(record.to_line());
                     if segment.is_some() {
-                        batch.push((record.time, record.user, record.allowed == Some(false), Arc::from(line)));
+                        batch.push((record.time, record.user, record.allowed == Some(false), line.clone()));
                     }
-                    written += 1;
+                    lines.push(line);
+                    taken += 1;
                 }
                 Item::HandedOver(done) => waiting.push(done),
             }
         }
-        let _ = out.flush();
         if let Some(segment) = segment {
             lock(segment).extend(batch.drain(..));
+        }
+        let mut full = false;
+        for line in lines.drain(..) {
+            if let Err(mpsc::TrySendError::Full(_)) = printer.tx.try_send(line) {
+                printer.unprinted.inc();
+                unsaid += 1;
+                full = true;
+            }
+        }
+        if unsaid > 0 && !full {
+            // Through the log's own queue, which never blocks either.
+            tracing::warn!(
+                unprinted = unsaid,
+                "audit lines were not printed: stdout could not keep up; the durable audit segments hold their records"
+            );
+            unsaid = 0;
         }
         for done in waiting.drain(..) {
             let _ = done.send(());
         }
+    }
+}
+
+/// The printer thread: writes lines to `out`, flushing whenever the queue is empty, until the
+/// audit thread is gone. Holds `out`'s lock for one line at a time.
+fn print_lines(rx: &mpsc::Receiver<Arc<str>>, out: &mut impl Write) {
+    while let Ok(first) = rx.recv() {
+        let _ = writeln!(out, "{first}");
+        while let Ok(line) = rx.try_recv() {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = out.flush();
     }
 }
 
@@ -273,7 +321,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Waits until the stdout thread has appended everything queued so far to the segment. The
+/// Waits until the audit thread has appended everything queued so far to the segment. The
 /// queue may be full, so the request waits for room on a blocking thread.
 async fn handed_over() {
     let Some(sink) = SINK.get() else { return };
@@ -417,18 +465,25 @@ mod tests {
         r
     }
 
+    fn printer(capacity: usize) -> (Printer, mpsc::Receiver<Arc<str>>) {
+        let (tx, rx) = sync_channel(capacity);
+        (Printer { tx, unprinted: IntCounter::new("unprinted", "test").unwrap() }, rx)
+    }
+
     /// The freeze found under load: the stdout thread held stdout's lock while it waited for
-    /// the segment, and the segment task held the segment while it logged to stdout. Here the
-    /// segment is held (the task, busy) while the thread writes a record; stdout must stay free
-    /// for everyone else, again and again, until the segment is let go.
+    /// the segment, and the segment task held the segment while it logged to stdout. Now the
+    /// audit thread never touches stdout: with the segment held (the task, busy) stdout stays
+    /// free for everyone else, again and again, until the segment is let go.
     #[test]
     fn stdout_is_never_held_while_waiting_for_the_segment() {
         let (tx, rx) = sync_channel(0);
         let segment = Arc::new(Mutex::new(Segment::default()));
         let busy = segment.lock().unwrap();
+        let (printer, printed) = printer(16);
+        let printing = std::thread::spawn(move || print_lines(&printed, &mut std::io::stdout()));
         let thread = {
             let segment = segment.clone();
-            std::thread::spawn(move || write_lines(&rx, &mut std::io::stdout(), Some(&segment)))
+            std::thread::spawn(move || write_lines(&rx, &printer, Some(&segment)))
         };
         // A rendezvous: once `send` returns, the thread holds the record and is writing it.
         tx.send(Item::Record(record(1))).unwrap();
@@ -444,9 +499,27 @@ mod tests {
         drop(busy);
         drop(tx);
         thread.join().unwrap();
+        printing.join().unwrap();
         let s = segment.lock().unwrap();
         assert_eq!(s.lines.len(), 1);
         assert!(s.dirty);
+    }
+
+    /// A stdout that takes nothing (a stalled log pipeline) never keeps a record from the
+    /// segment: the lines it cannot take are counted, and every record is in the trail.
+    #[test]
+    fn a_stalled_stdout_costs_printed_lines_never_records() {
+        let (tx, rx) = sync_channel(1_000);
+        let segment = Arc::new(Mutex::new(Segment::default()));
+        // Nobody reads the printer's queue: stdout is stuck.
+        let (printer, _stuck) = printer(10);
+        for n in 0..1_000 {
+            tx.send(Item::Record(record(n))).unwrap();
+        }
+        drop(tx);
+        write_lines(&rx, &printer, Some(&segment));
+        assert_eq!(segment.lock().unwrap().lines.len(), 1_000, "every record in the segment");
+        assert_eq!(printer.unprinted.get(), 990, "what stdout could not take is counted");
     }
 
     /// A request to hand over is answered only after every record queued before it is in the
@@ -461,7 +534,7 @@ mod tests {
         let (done, mut handed) = tokio::sync::oneshot::channel();
         tx.send(Item::HandedOver(done)).unwrap();
         drop(tx);
-        write_lines(&rx, &mut Vec::new(), Some(&segment));
+        write_lines(&rx, &printer(16).0, Some(&segment));
         handed.try_recv().expect("handed over");
         assert_eq!(segment.lock().unwrap().lines.len(), 5);
     }
