@@ -135,7 +135,7 @@ pub struct Context {
     pub bootstrap: Mutex<Option<(Secret, BootstrapRecord)>>,
     /// What the API server served at the last discovery, and when: policies are checked
     /// against it (a policy on a resource nobody serves never matches).
-    pub served: Mutex<Option<(std::time::Instant, Arc<crate::policy::served::Served>)>>,
+    pub served: Mutex<Option<(std::time::Instant, Arc<policy_status::Discovery>)>>,
 }
 
 /// The controller's keys, derived from its master key file.

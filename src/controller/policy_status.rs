@@ -1,14 +1,15 @@
 //! StepUpPolicy status: `Ready` says whether the webhook can enforce the policy, with the
 //! compile error (naming the field) when it cannot. Same compile function as the webhook.
 //! A policy that compiles but names a resource the API server does not serve (`configmap`,
-//! a CRD not installed) is not Ready either: it would protect nothing.
+//! a CRD not installed) is not Ready either: it would protect nothing; nor is one on an API
+//! group an aggregated API server serves (admission never sees those requests).
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
-    api::{Patch, PatchParams},
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
     runtime::{controller::Action, events::EventType},
 };
 use serde_json::json;
@@ -20,8 +21,17 @@ use crate::{
 };
 
 pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<Action> {
-    let unserved = match served(&ctx).await {
-        Ok(served) => crate::policy::served::unserved(&policy.spec, &served),
+    let unserved = match discover(&ctx).await {
+        Ok(found) => {
+            // An aggregated group is not served through discovery either when its server is
+            // down: say the reason that holds whether it is up or not.
+            let unadmitted = crate::policy::served::unadmitted(&policy.spec, &found.aggregated);
+            if unadmitted.is_empty() {
+                crate::policy::served::unserved(&policy.spec, &found.served)
+            } else {
+                unadmitted
+            }
+        }
         Err(error) => {
             // Discovery failing says nothing about the policy: judge it without, look again soon.
             tracing::warn!(%error, "API discovery failed; policies are not checked against served resources");
@@ -63,13 +73,20 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
 /// How long discovery is reused, and how soon a policy that matches nothing is looked at again.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// What discovery found: the resources the API server serves, and the API groups that
+/// aggregated API servers serve (group → APIService name), whose requests admission never sees.
+pub struct Discovery {
+    pub served: Served,
+    pub aggregated: BTreeMap<String, String>,
+}
+
 /// What the API server serves, from discovery at most [`RECHECK`] old. A group whose discovery
 /// fails (an aggregated API server that is down) counts as serving nothing.
-async fn served(ctx: &Context) -> std::result::Result<Arc<Served>, kube::Error> {
-    if let Some((at, served)) = ctx.served.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
+async fn discover(ctx: &Context) -> std::result::Result<Arc<Discovery>, kube::Error> {
+    if let Some((at, found)) = ctx.served.lock().unwrap_or_else(|e| e.into_inner()).as_ref()
         && at.elapsed() < RECHECK
     {
-        return Ok(served.clone());
+        return Ok(found.clone());
     }
     let client = &ctx.client;
     let mut served = Served::new();
@@ -83,7 +100,29 @@ async fn served(ctx: &Context) -> std::result::Result<Arc<Served>, kube::Error> 
             }
         }
     }
-    let served = Arc::new(served);
-    *ctx.served.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), served.clone()));
-    Ok(served)
+    let found = Arc::new(Discovery { served, aggregated: aggregated(client).await });
+    *ctx.served.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), found.clone()));
+    Ok(found)
+}
+
+/// API groups served by an aggregated API server: an APIService with a backing service.
+/// Without permission to list APIServices (an older chart's role), none are known.
+async fn aggregated(client: &kube::Client) -> BTreeMap<String, String> {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("apiregistration.k8s.io", "v1", "APIService"),
+        "apiservices",
+    );
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    match api.list(&Default::default()).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .filter(|s| !s.data["spec"]["service"].is_null())
+            .filter_map(|s| Some((s.data["spec"]["group"].as_str()?.to_owned(), s.name_any())))
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "cannot list APIServices; policies on aggregated APIs are not recognised");
+            BTreeMap::new()
+        }
+    }
 }

@@ -3,7 +3,7 @@
 //! policy that can never match must not look like protection. Pure: the caller brings the
 //! API server's discovery.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::api::StepUpPolicySpec;
 
@@ -37,6 +37,24 @@ pub fn unserved(spec: &StepUpPolicySpec, served: &Served) -> Vec<String> {
             problems.push(format!(
                 "spec.match.rules[{i}].resources[{j}]: {resource:?} is not a resource the API server serves in {groups}{hint}, so this rule never matches"
             ));
+        }
+    }
+    problems
+}
+
+/// Each rule of `spec` whose API group an aggregated API server serves (an APIService with a
+/// backing service, e.g. `metrics.k8s.io`), as a sentence naming the field: kube-apiserver
+/// proxies those requests to the extension server without calling admission webhooks, so such
+/// a rule never matches. `aggregated` maps each such group to its APIService's name.
+pub fn unadmitted(spec: &StepUpPolicySpec, aggregated: &BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (i, rule) in spec.match_.rules.iter().enumerate() {
+        for (j, group) in rule.api_groups.iter().enumerate() {
+            if let Some(service) = aggregated.get(group) {
+                problems.push(format!(
+                    "spec.match.rules[{i}].apiGroups[{j}]: {group:?} is served by an aggregated API server (APIService {service}), whose requests never reach admission webhooks, so this rule never matches"
+                ));
+            }
         }
     }
     problems
@@ -87,6 +105,28 @@ mod tests {
         // The right name in the wrong group never matches either.
         let p = policy("p").rule(&[Delete], "apps", &["secrets"]).build();
         assert!(unserved(&p.spec, &served())[0].contains(r#"in API group "apps""#));
+    }
+
+    /// Issue 29 (read in the code): a policy on a resource of an aggregated API server was
+    /// accepted, though admission never sees those requests.
+    #[test]
+    fn a_rule_on_an_aggregated_api_group_is_named() {
+        let aggregated: BTreeMap<String, String> =
+            [("metrics.k8s.io".to_owned(), "v1beta1.metrics.k8s.io".to_owned())].into();
+        let p = policy("p").rule(&[Delete], "metrics.k8s.io", &["pods"]).build();
+        assert_eq!(
+            unadmitted(&p.spec, &aggregated),
+            [
+                r#"spec.match.rules[0].apiGroups[0]: "metrics.k8s.io" is served by an aggregated API server (APIService v1beta1.metrics.k8s.io), whose requests never reach admission webhooks, so this rule never matches"#
+            ]
+        );
+        for fine in [
+            policy("p").rule(&[Delete], "", &["pods"]).build(),
+            policy("p").rule(&[Delete], "*", &["pods"]).build(),
+            policy("p").rule(&[Delete], "apps", &["deployments"]).build(),
+        ] {
+            assert!(unadmitted(&fine.spec, &aggregated).is_empty(), "{:?}", fine.spec.match_.rules);
+        }
     }
 
     #[test]
