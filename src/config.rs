@@ -259,6 +259,12 @@ pub struct WebhookArgs {
     #[arg(long, env = "STEPUP_AUDIT_FLUSH_INTERVAL", default_value = "10s")]
     pub audit_flush_interval: Duration,
 
+    /// Refusals the durable audit trail keeps an hour from this process, in KiB of audit lines
+    /// (a quarter of it for one user); the rest are counted per user in `records.dropped`
+    /// records. Bounds what a flood of refusals costs etcd (README, "What it costs etcd").
+    #[arg(long, env = "STEPUP_AUDIT_REFUSAL_BUDGET_KIB", default_value_t = crate::records::writer::DEFAULT_REFUSAL_BUDGET_KIB)]
+    pub audit_refusal_budget_kib: u32,
+
     /// Minimum interval between two writes of one Event series (the same decision, policy,
     /// user and object); repeats in between are counted into the series.
     #[arg(long, env = "STEPUP_EVENT_INTERVAL", default_value = "60s")]
@@ -404,6 +410,12 @@ pub struct ControllerArgs {
     /// How often the durable audit trail (StepUpLog segments) is written to the API server.
     #[arg(long, env = "STEPUP_AUDIT_FLUSH_INTERVAL", default_value = "10s")]
     pub audit_flush_interval: Duration,
+
+    /// Refusals the durable audit trail keeps an hour from this process, in KiB of audit lines
+    /// (a quarter of it for one user); the rest are counted per user in `records.dropped`
+    /// records. Bounds what a flood of refusals costs etcd (README, "What it costs etcd").
+    #[arg(long, env = "STEPUP_AUDIT_REFUSAL_BUDGET_KIB", default_value_t = crate::records::writer::DEFAULT_REFUSAL_BUDGET_KIB)]
+    pub audit_refusal_budget_kib: u32,
 
     /// How long the durable audit trail (StepUpLog segments) is kept; a year is fine for the
     /// API server (see README for the etcd cost).

@@ -52,6 +52,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
         metrics.clone(),
         Some(client.clone()),
         args.audit_flush_interval.as_std(),
+        args.audit_refusal_budget_kib,
         stop_records.clone(),
     );
     let caches = Caches::new(builtin);

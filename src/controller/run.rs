@@ -110,6 +110,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         metrics.clone(),
         Some(client.clone()),
         args.audit_flush_interval.as_std(),
+        args.audit_refusal_budget_kib,
         stop_records.clone(),
     );
     let ctx = Arc::new(Context {

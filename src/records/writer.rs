@@ -43,11 +43,14 @@ const QUEUE: usize = 16 * 1024;
 /// written segment is given up. Bounds the writer's memory.
 const MAX_PENDING_LINES: usize = 50_000;
 const MAX_PENDING_BYTES: usize = 32 * 1024 * 1024;
-/// Refusals of one user a segment keeps; the rest are counted in one `records.dropped`
-/// record per user. Refusals cost an attacker nothing (no grant, no RBAC), so they are what a
-/// flood is made of; what was allowed is always kept. Well above what a person's slips produce
-/// in a segment's life (an hour at most), far below what a script can.
-const USER_SHARE: u32 = 2_000;
+/// Refusals cost an attacker nothing (no grant, no RBAC), so they are what a flood is made of:
+/// the trail keeps an hour's refusals from one writer up to a byte budget (their audit lines;
+/// `--audit-refusal-budget-kib`), one user's up to a quarter of it, and counts the rest in
+/// `records.dropped` records naming the users. What was allowed is always kept. The default
+/// is far above what people's slips produce, and bounds what etcd holds (README).
+pub const DEFAULT_REFUSAL_BUDGET_KIB: u32 = 128;
+/// Users named in the counts of a segment; refusals of any further ones are counted together.
+const NAMED_USERS: usize = 100;
 /// Records the audit thread appends to the segment under one lock.
 const BATCH: usize = 256;
 /// Lines queued for the printer before new ones go unprinted (counted; the segment has them).
@@ -120,10 +123,17 @@ struct Segment {
     /// carries the same millisecond.
     previous: Option<String>,
     dropped: u64,
-    /// Refusals kept per user since the segment started, and those beyond [`USER_SHARE`],
-    /// counted instead of kept: one user's flood cannot fill the trail.
-    shares: HashMap<String, u32>,
+    /// The hour (of the records' time) the shares count, the bytes of refusals kept per user
+    /// in it, and of all of them: a segment that rolls early (full) gives nobody a new share.
+    share_hour: i64,
+    shares: HashMap<String, usize>,
+    shared: usize,
+    /// The hour's budget for everyone's refusals, in bytes of lines.
+    budget: usize,
+    /// Refusals counted instead of kept, per user (at most [`NAMED_USERS`]) and for the rest,
+    /// until a segment holding their counts is written.
     over_share: BTreeMap<String, u64>,
+    over_share_others: u64,
 }
 
 impl Segment {
@@ -136,21 +146,47 @@ impl Segment {
                 self.dropped += 1;
                 continue;
             }
-            match self.shares.get_mut(&user) {
-                _ if !refused => {}
-                Some(kept) if *kept >= USER_SHARE => {
-                    // Only users past their share are named here, so this map stays small.
-                    *self.over_share.entry(user).or_default() += 1;
-                    continue;
-                }
-                Some(kept) => *kept += 1,
-                None => {
-                    self.shares.insert(user, 1);
-                }
+            if refused && !self.share(time, user, line.len()) {
+                continue;
             }
             self.bytes += line.len();
             self.lines.push_back((time, line));
         }
+    }
+
+    /// A segment whose writer keeps `budget_kib` KiB of refusals an hour.
+    fn new(budget_kib: u32) -> Self {
+        Segment { budget: budget_kib as usize * 1024, ..Segment::default() }
+    }
+
+    /// Whether a refusal of `user` at `time`, `bytes` long, is kept; if not, it is counted.
+    fn share(&mut self, time: Timestamp, user: String, bytes: usize) -> bool {
+        if hour(time) > self.share_hour {
+            self.share_hour = hour(time);
+            self.shares.clear();
+            self.shared = 0;
+        }
+        let kept = self.shares.get(&user).copied().unwrap_or(0);
+        if kept + bytes <= self.budget / 4 && self.shared + bytes <= self.budget {
+            // At most one entry per kept refusal: bounded by the budget.
+            *self.shares.entry(user).or_default() += bytes;
+            self.shared += bytes;
+            return true;
+        }
+        let named = self.over_share.len();
+        match self.over_share.get_mut(&user) {
+            Some(n) => *n += 1,
+            None if named < NAMED_USERS => {
+                self.over_share.insert(user, 1);
+            }
+            None => self.over_share_others += 1,
+        }
+        false
+    }
+
+    /// Refusals counted instead of kept, not yet in a written segment.
+    fn counted(&self) -> u64 {
+        self.over_share.values().sum::<u64>() + self.over_share_others
     }
 
     /// The one record of a segment whose every record was dropped.
@@ -166,18 +202,34 @@ impl Segment {
         }
     }
 
-    /// One record per user past their share: how many of theirs were counted, not kept.
+    /// One record per user past their share (and one for the unnamed rest): how many of
+    /// theirs were counted, not kept.
     fn share_records(&self, writer: &str, now: Timestamp) -> Vec<(Timestamp, Arc<str>)> {
-        self.over_share
+        let why = format!(
+            "the trail keeps {} KiB of refusals an hour from this writer, a quarter of it for one user",
+            self.budget / 1024
+        );
+        let named = self
+            .over_share
             .iter()
-            .map(|(user, n)| {
+            .map(|(user, n)| (user.clone(), format!("{n} more refusals of this user were counted, not kept: {why}")));
+        let others = (self.over_share_others > 0).then(|| {
+            (
+                String::new(),
+                format!(
+                    "{} more refusals of users beyond the {NAMED_USERS} named were counted, not kept: {why}",
+                    self.over_share_others
+                ),
+            )
+        });
+        named
+            .chain(others)
+            .map(|(user, message)| {
                 let record = Record {
                     writer: writer.to_owned(),
-                    user: user.clone(),
+                    user,
                     result: "user_share".to_owned(),
-                    message: format!(
-                        "{n} more refusals of this user were counted, not kept: each user's share of a segment is {USER_SHARE} refusals"
-                    ),
+                    message,
                     ..Record::new("records.dropped", now)
                 };
                 (now, Arc::from(record.to_line()))
@@ -201,19 +253,21 @@ pub struct Writer {
     dropped: Arc<AtomicU64>,
 }
 
-/// Starts the writer for this process (`stepup-webhook/<pod>`): the stdout thread, and with
-/// `client` the task that writes segments every `flush` until `stop`. Call once, early. Await
+/// Starts the writer for this process (`stepup-webhook/<pod>`): the audit and printer threads,
+/// and with `client` the task that writes segments every `flush` until `stop`, keeping
+/// `refusal_budget_kib` KiB of refusals an hour. Call once, early. Await
 /// the returned task (bounded by [`LAST_FLUSH`], see [`finish`]) after cancelling `stop`.
 pub fn install(
     writer: String,
     metrics: Metrics,
     client: Option<Client>,
     flush: Duration,
+    refusal_budget_kib: u32,
     stop: CancellationToken,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let (tx, rx) = mpsc::sync_channel::<Item>(QUEUE);
     let dropped = Arc::new(AtomicU64::new(0));
-    let segment = Arc::new(Mutex::new(Segment::default()));
+    let segment = Arc::new(Mutex::new(Segment::new(refusal_budget_kib)));
     let keep = client.is_some();
     {
         let segment = segment.clone();
@@ -368,8 +422,7 @@ impl Writer {
             let now = Timestamp::now();
             // A segment of nothing but counts (every record of it dropped, or past a share)
             // is written too: a loss is never silent.
-            let from =
-                s.lines.front().map(|&(t, _)| t).or_else(|| (s.dropped > 0 || !s.over_share.is_empty()).then_some(now));
+            let from = s.lines.front().map(|&(t, _)| t).or_else(|| (s.dropped > 0 || s.counted() > 0).then_some(now));
             match from {
                 Some(from) if s.dirty => {
                     let mut name = segment::name(&self.writer, from);
@@ -383,7 +436,7 @@ impl Writer {
                     if lines.is_empty() {
                         lines.push((now, Arc::from(s.loss_record(&self.writer, now).to_line())));
                     }
-                    let counted: u64 = s.over_share.values().sum();
+                    let counted = s.counted();
                     Some((name, lines, real, s.dropped, counted, s.resource_version.clone()))
                 }
                 _ => None,
@@ -435,15 +488,14 @@ impl Writer {
             s.previous = s.name.take();
             s.resource_version = None;
             s.dropped -= dropped.min(s.dropped);
-            s.shares.clear();
             if shares_written {
                 s.over_share.clear();
+                s.over_share_others = 0;
             }
-            s.dirty = !s.lines.is_empty() || s.dropped > 0 || !s.over_share.is_empty();
+            s.dirty = !s.lines.is_empty() || s.dropped > 0 || s.counted() > 0;
         } else {
             s.resource_version = written.metadata.resource_version.clone();
-            s.dirty =
-                s.lines.len() != real_written || s.dropped != dropped || s.over_share.values().sum::<u64>() != counted;
+            s.dirty = s.lines.len() != real_written || s.dropped != dropped || s.counted() != counted;
         }
         Ok(())
     }
@@ -562,17 +614,18 @@ mod tests {
     }
 
     /// Attack (third round): bob's 13,830 refused challenge creations in 30 s went into the
-    /// trail one by one. A user's refusals beyond their share of a segment are counted in one
-    /// record that names them; everyone else's, and whatever was allowed, are kept.
+    /// trail one by one. A user's refusals beyond their share of the hour's budget are counted
+    /// in one record that names them; everyone else's, and whatever was allowed, are kept.
     #[test]
     fn one_users_flood_is_counted_not_kept() {
-        let mut s = Segment::default();
-        let line = |n: u64| Arc::from(format!("{n}"));
-        s.extend((0..USER_SHARE as u64 + 500).map(|n| (record(n).time, "bob".to_owned(), true, line(n))));
-        s.extend((0..10).map(|n| (record(n).time, "alice".to_owned(), true, line(n))));
+        let mut s = Segment::new(DEFAULT_REFUSAL_BUDGET_KIB);
+        let line = |_| Arc::from("x".repeat(100));
+        let share = DEFAULT_REFUSAL_BUDGET_KIB as usize * 1024 / 4 / 100;
+        s.extend((0..share as u64 + 500).map(|n| (record(0).time, "bob".to_owned(), true, line(n))));
+        s.extend((0..10).map(|n| (record(0).time, "alice".to_owned(), true, line(n))));
         // What was allowed is never counted against anyone: it is kept, however much.
-        s.extend((0..100).map(|n| (record(n).time, "bob".to_owned(), false, line(n))));
-        assert_eq!(s.lines.len(), USER_SHARE as usize + 10 + 100);
+        s.extend((0..100).map(|n| (record(0).time, "bob".to_owned(), false, line(n))));
+        assert_eq!(s.lines.len(), share + 10 + 100);
         assert_eq!(s.over_share.get("bob"), Some(&500));
         assert!(!s.over_share.contains_key("alice"));
         let counts = s.share_records("stepup-webhook/w", record(0).time);
@@ -580,5 +633,39 @@ mod tests {
         let counted: Record = serde_json::from_str(&counts[0].1).unwrap();
         assert_eq!((counted.event.as_str(), counted.user.as_str()), ("records.dropped", "bob"));
         assert!(counted.message.starts_with("500 more refusals"), "{}", counted.message);
+    }
+
+    /// Attack (issue 29, "many users at once"): refusals as 1,000 different identities (an
+    /// admin impersonating, a pile of tokens) each stay under a user's share; together they are
+    /// bounded by the hour's budget, and the counts name at most 100 users. A segment that
+    /// rolled early (full) gives nobody a new share; the next hour does.
+    #[test]
+    fn many_identities_flooding_at_once_are_bounded_together() {
+        let mut s = Segment::new(DEFAULT_REFUSAL_BUDGET_KIB);
+        let line = |_| Arc::from("x".repeat(100));
+        let at = record(0).time;
+        for user in 0..1_000 {
+            s.extend((0..30).map(|n| (at, format!("mask-{user}"), true, line(n))));
+        }
+        let kept = DEFAULT_REFUSAL_BUDGET_KIB as usize * 1024 / 100;
+        assert_eq!(s.lines.len(), kept);
+        assert_eq!(s.counted(), 30_000 - kept as u64);
+        assert_eq!(s.over_share.len(), NAMED_USERS);
+        let counts = s.share_records("stepup-webhook/w", at);
+        assert_eq!(counts.len(), NAMED_USERS + 1);
+        let others: Record = serde_json::from_str(&counts[NAMED_USERS].1).unwrap();
+        assert!(others.message.contains("users beyond the 100 named"), "{}", others.message);
+        // Allowed operations are still kept.
+        s.extend([(at, "alice".to_owned(), false, line(1))]);
+        assert_eq!(s.lines.len(), kept + 1);
+
+        // The segment rolled (written, full): the hour's shares stand.
+        s.finish(s.lines.len());
+        s.extend([(at, "mask-1".to_owned(), true, line(1))]);
+        assert!(s.lines.is_empty(), "still counted, not kept");
+        // The next hour brings new shares.
+        let later = at + jiff::SignedDuration::from_hours(1);
+        s.extend([(later, "mask-1".to_owned(), true, line(1))]);
+        assert_eq!(s.lines.len(), 1);
     }
 }
