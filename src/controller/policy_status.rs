@@ -73,6 +73,9 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
 /// How long discovery is reused, and how soon a policy that matches nothing is looked at again.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long one group's discovery may take before the group counts as serving nothing.
+const GROUP_DISCOVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What discovery found: the resources the API server serves, and the API groups that
 /// aggregated API servers serve (group → APIService name), whose requests admission never sees.
 pub struct Discovery {
@@ -89,18 +92,22 @@ async fn discover(ctx: &Context) -> std::result::Result<Arc<Discovery>, kube::Er
         return Ok(found.clone());
     }
     let client = &ctx.client;
+    let aggregated = aggregated(client).await;
     let mut served = Served::new();
     for r in client.list_core_api_resources("v1").await?.resources {
         served.insert((String::new(), r.name));
     }
-    for group in client.list_api_groups().await?.groups {
+    // Aggregated groups are not asked: their policies are judged by `unadmitted`, and an
+    // extension server that is down answers 503, which the client retries for a minute.
+    for group in client.list_api_groups().await?.groups.into_iter().filter(|g| !aggregated.contains_key(&g.name)) {
         for version in &group.versions {
-            if let Ok(list) = client.list_api_group_resources(&version.group_version).await {
+            let asked = tokio::time::timeout(GROUP_DISCOVERY, client.list_api_group_resources(&version.group_version));
+            if let Ok(Ok(list)) = asked.await {
                 served.extend(list.resources.into_iter().map(|r| (group.name.clone(), r.name)));
             }
         }
     }
-    let found = Arc::new(Discovery { served, aggregated: aggregated(client).await });
+    let found = Arc::new(Discovery { served, aggregated });
     *ctx.served.lock().unwrap_or_else(|e| e.into_inner()) = Some((std::time::Instant::now(), found.clone()));
     Ok(found)
 }
