@@ -46,6 +46,7 @@ impl AdmissionRecord<'_> {
             grant: d.grant.clone().unwrap_or_default(),
             reason: d.grant_reason.clone().unwrap_or_default(),
             requirement: d.requirement.as_ref().map(|x| x.to_string()).unwrap_or_default(),
+            correlation: d.correlation().unwrap_or_default(),
             ..Record::new("admission.decision", time)
         }
     }
@@ -68,6 +69,8 @@ pub struct StepRecord<'a> {
     pub reason: &'a str,
     pub grant: &'a str,
     pub message: &'a str,
+    /// The refusal this step answers (`prompt:<review uid>`), or empty.
+    pub correlation: &'a str,
 }
 
 impl StepRecord<'_> {
@@ -80,6 +83,7 @@ impl StepRecord<'_> {
             reason: self.reason.to_owned(),
             grant: self.grant.to_owned(),
             message: self.message.to_owned(),
+            correlation: self.correlation.to_owned(),
             ..Record::new(self.event, time)
         }
     }

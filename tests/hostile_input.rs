@@ -168,6 +168,7 @@ proptest! {
         policies in proptest::collection::vec("[a-z0-9][-a-z0-9]{0,20}", 1..4),
         max_age in 1u64..86_400,
         reason_required in any::<bool>(),
+        reference in proptest::option::of("[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}"),
         noise in ".{0,80}",
     ) {
         let requirement = Requirement {
@@ -175,6 +176,7 @@ proptest! {
             methods: vec![Method::Totp],
             max_age: kube_stepup::api::Duration::from_secs(max_age),
             reason_required,
+            reference,
         };
         let text = format!("{noise} [stepup-required: {requirement}] {noise}");
         let found = trailer::requirements_in(&text);

@@ -305,6 +305,7 @@ mod tests {
                 duration: None,
                 scope: GrantScope::default(),
                 deadline: None,
+                correlation: None,
             },
         );
         c.metadata.creation_timestamp = Some(Time(at(created_secs)));

@@ -505,6 +505,7 @@ pub fn sealed_challenge(
             deadline: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                 Timestamp::from_second((Timestamp::now() + CHALLENGE_DEADLINE).as_second()).unwrap(),
             )),
+            correlation: None,
         },
     );
     c.metadata.labels =

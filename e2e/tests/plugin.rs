@@ -287,6 +287,43 @@ async fn the_wrapper_asks_for_a_code_once_and_retries() {
         "scoped to the refused policy: {:?}",
         grants.iter().map(|g| &g.spec.scope).collect::<Vec<_>>()
     );
+
+    // One story in the audit trail (issue 30): the refusal's review, the step-up and the
+    // retried delete carry the same correlation id, handed back through the trailer's `ref=`.
+    let grant = grants.first().expect("a grant");
+    let id = grant
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(kube_stepup::api::CORRELATION_ANNOTATION))
+        .cloned()
+        .expect("the grant names the refusal it answered");
+    let uid = id.strip_prefix("prompt:").expect("prompt:<review uid>");
+    assert!(screen.contains(&format!("ref={uid}]")), "the refusal named its review:\n{screen}");
+    let grant_name = grant.metadata.name.clone().unwrap();
+    stepup_e2e::eventually(Duration::from_secs(15), || async {
+        let webhook = stepup_e2e::audit_lines(world.env.var("STEPUP_WEBHOOK_LOG"));
+        let controller = stepup_e2e::audit_lines(world.env.var("STEPUP_CONTROLLER_LOG"));
+        let refusal = webhook
+            .iter()
+            .any(|l| l["review_uid"] == uid && l["decision"] == "denied" && l["correlation"] == id.as_str());
+        let retried = webhook.iter().any(|l| {
+            l["grant"] == grant_name.as_str() && l["decision"] == "granted" && l["correlation"] == id.as_str()
+        });
+        let issued = controller.iter().any(|l| {
+            l["event"] == "grant.issued" && l["grant"] == grant_name.as_str() && l["correlation"] == id.as_str()
+        });
+        let verified = controller.iter().any(|l| {
+            l["event"] == "challenge.verified" && l["grant"] == grant_name.as_str() && l["correlation"] == id.as_str()
+        });
+        if refusal && retried && issued && verified {
+            Ok(())
+        } else {
+            anyhow::bail!("refusal {refusal}, retried {retried}, issued {issued}, verified {verified}")
+        }
+    })
+    .await
+    .expect("every record of the story carries the refusal's id");
 }
 
 /// Attack (third round): a wrapped command that prints a refusal's trailer itself (a script, or

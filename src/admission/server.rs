@@ -431,6 +431,7 @@ async fn handle(state: &Webhook, query: Option<&str>, body: &[u8], peer: &Peer, 
         };
         decision = decision::decide(&request, &objects, &inputs);
     }
+    decision.refer(review.uid());
     record(state, review.uid(), &request, &decision, peer, started);
     tracing::debug!(allowed = decision.allowed, "review answered");
     review_response(review.uid(), &decision)

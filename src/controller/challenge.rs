@@ -41,6 +41,11 @@ pub struct ChallengeContext {
 
 /// The grant a verified challenge earns. Pure: name from the challenge UID, lifetime the
 /// requested duration capped by the maximum.
+/// The refusal the challenge answers, when the plugin named one in the only form recorded.
+fn correlation(challenge: &StepUpChallenge) -> Option<&str> {
+    challenge.spec.correlation.as_deref().filter(|id| api::is_correlation(id))
+}
+
 pub fn grant_for(challenge: &StepUpChallenge, now: Timestamp, settings: &Settings) -> StepUpGrant {
     // The API server keeps timestamps to the second; the grant says exactly what it will hold.
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
@@ -55,6 +60,8 @@ pub fn grant_for(challenge: &StepUpChallenge, now: Timestamp, settings: &Setting
                 (api::USER_LABEL.to_owned(), api::user_label_value(&spec.user)),
                 (api::CHALLENGE_LABEL.to_owned(), challenge.name_any()),
             ])),
+            annotations: correlation(challenge)
+                .map(|id| BTreeMap::from([(api::CORRELATION_ANNOTATION.to_owned(), id.to_owned())])),
             ..Default::default()
         },
         spec: StepUpGrantSpec {
@@ -336,6 +343,7 @@ fn report(c: &StepUpChallenge, v: &Verdicts, grant: Option<&StepUpGrant>) {
         reason: c.spec.reason.as_deref().unwrap_or(""),
         grant: &grant.map(|g| g.name_any()).unwrap_or_default(),
         message: &v.message,
+        correlation: correlation(c).unwrap_or_default(),
     });
 }
 
@@ -396,6 +404,7 @@ async fn issue(ctx: &Context, challenge: &StepUpChallenge, now: Timestamp) -> Re
                 reason: &reason,
                 grant: &name,
                 message: &note,
+                correlation: correlation(challenge).unwrap_or_default(),
             });
             Ok(created)
         }
@@ -434,6 +443,7 @@ mod tests {
                 duration: duration.map(|d| d.parse().unwrap()),
                 scope: GrantScope { policies: vec![], namespaces: vec!["prod".into()] },
                 deadline: None,
+                correlation: None,
             },
         );
         c.metadata.uid = Some("0c9a8d74-9cb7-44dd-b98e-09fd62def2f4".into());

@@ -294,6 +294,7 @@ impl Context {
             reason: "",
             grant: "",
             message: &record.message,
+            correlation: "",
         });
         self.metrics.factor_steps.with_label_values(&[record.event, record.result]).inc();
         if record.reason == "UserLocked" {

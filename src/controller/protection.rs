@@ -166,6 +166,7 @@ async fn report(ctx: &Context, change: &Change) {
         reason: "",
         grant: "",
         message: &message,
+        correlation: "",
     });
     let reference = ObjectReference {
         api_version: Some(g.api_version.to_owned()),

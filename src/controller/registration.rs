@@ -211,6 +211,7 @@ async fn tick(ctx: &Context, s: &RegistrationSettings, snapshot: &[StepUpPolicy]
         reason: "",
         grant: "",
         message: &note,
+        correlation: "",
     });
     Ok(())
 }

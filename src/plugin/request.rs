@@ -35,6 +35,8 @@ pub struct GrantRequest {
     pub reason: Option<String>,
     pub duration: Option<Duration>,
     pub scope: GrantScope,
+    /// The refusal this step-up answers (`prompt:<review uid>`), for the audit trail.
+    pub correlation: Option<String>,
 }
 
 pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
@@ -50,7 +52,7 @@ pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
         }
     };
     let code = terminal::read_code("Code from your authenticator app: ", source)?;
-    let request = GrantRequest { code, reason, duration: args.duration, scope };
+    let request = GrantRequest { code, reason, duration: args.duration, scope, correlation: None };
     let grant = obtain_grant(session, &me, &response_key, request, args.timeout).await?;
     let now = Timestamp::now();
     let view = GrantView::new(&grant, now);
@@ -224,6 +226,7 @@ pub fn challenge_for(
             duration: request.duration,
             scope: request.scope,
             deadline: Some(Time(Timestamp::from_second(deadline.as_second()).unwrap_or(deadline))),
+            correlation: request.correlation,
         },
         status: None,
     };
@@ -360,6 +363,7 @@ mod tests {
             reason: Some("INC-42".into()),
             duration: Some("30m".parse().unwrap()),
             scope: GrantScope { policies: vec![], namespaces: vec!["prod".into()] },
+            correlation: None,
         };
         let opener = crate::keys::MasterKey::from_bytes([9; 32]).response_opener();
         let deadline = crate::testing::t0();

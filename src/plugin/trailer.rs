@@ -125,6 +125,7 @@ mod tests {
             methods: vec![Method::Totp],
             max_age: Duration::from_secs(max_age),
             reason_required: reason,
+            reference: None,
         }
     }
 

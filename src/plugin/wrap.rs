@@ -184,7 +184,9 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
     let code = terminal::read_code("Code from your authenticator app: ", CodeSource::Terminal)?;
     // The narrowest grant that answers the refusal: the policies it named, nothing else.
     let scope = GrantScope { policies: requirement.policies.clone(), namespaces: Vec::new() };
-    let ask = GrantRequest { code, reason, duration: args.duration, scope };
+    // The refusal this answers, so that the audit trail ties the step-up to it.
+    let correlation = requirement.reference.as_ref().map(|uid| format!("prompt:{uid}"));
+    let ask = GrantRequest { code, reason, duration: args.duration, scope, correlation };
     let grant = request::obtain_grant(&session, &me, &response_key, ask, args.timeout).await?;
     let now = Timestamp::now();
     let view = GrantView::new(&grant, now);

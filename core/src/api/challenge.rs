@@ -77,6 +77,13 @@ pub struct StepUpChallengeSpec {
     /// instant less the allowed clock skew, nor after its own challenge timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Time>,
+
+    /// The refusal this step-up answers (`prompt:<review uid>`, from the `ref=` of the denial's
+    /// trailer), carried into the audit records of the challenge, the grant and what the grant
+    /// lets through. Only for the audit report; decides nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 80))]
+    pub correlation: Option<String>,
 }
 
 fn default_method() -> Method {

@@ -7,6 +7,19 @@ use serde::{Deserialize, Serialize};
 
 use super::{Condition, GrantScope, Method};
 
+/// Annotation on a grant: the correlation id of the refusal its step-up answered
+/// (`prompt:<review uid>`), which the webhook copies into the audit record of every operation
+/// the grant lets through. Set by the controller from the challenge's `spec.correlation`.
+pub const CORRELATION_ANNOTATION: &str = "stepup.dev/correlation";
+
+/// Whether `id` is a correlation id a plugin may hand in: `prompt:` and a review UID (letters,
+/// digits and `-`, at most 64). Anything else is ignored, never recorded.
+pub fn is_correlation(id: &str) -> bool {
+    id.strip_prefix("prompt:").is_some_and(|uid| {
+        !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    })
+}
+
 /// A StepUpGrant records that a user proved a second factor at `issuedAt`. While it is fresh
 /// enough for a policy (see the policy's `maxAge`) and not expired, it lets that user perform
 /// the policy's operations. Grants are written only by the stepup controller; a user may delete

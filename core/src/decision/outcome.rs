@@ -96,6 +96,9 @@ pub struct Requirement {
     /// The smallest maxAge among the policies.
     pub max_age: Duration,
     pub reason_required: bool,
+    /// The review this refusal answered (`ref=`), which the plugin hands back so that the
+    /// audit trail ties its step-up to this refusal. Set by the webhook, not by decisions.
+    pub reference: Option<String>,
 }
 
 impl Requirement {
@@ -107,6 +110,7 @@ impl Requirement {
             methods,
             max_age: policies.iter().map(|p| p.max_age_text).min().unwrap_or_default(),
             reason_required: policies.iter().any(|p| p.require_reason),
+            reference: None,
         }
     }
 
@@ -131,7 +135,11 @@ impl fmt::Display for Requirement {
             methods.join(","),
             self.max_age,
             self.reason_required
-        )
+        )?;
+        match &self.reference {
+            Some(uid) => write!(f, " ref={uid}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -151,6 +159,7 @@ impl std::str::FromStr for Requirement {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let fail = |problem: String| ParseRequirementError { text: text.to_owned(), problem };
         let (mut policies, mut methods, mut max_age, mut reason_required) = (None, Vec::new(), None, None);
+        let mut reference = None;
         for field in text.split_whitespace() {
             let (key, value) = field.split_once('=').ok_or_else(|| fail(format!("{field:?} is not key=value")))?;
             let list = || value.split(',').filter(|v| !v.is_empty()).map(str::to_owned);
@@ -163,6 +172,8 @@ impl std::str::FromStr for Requirement {
                 "reason-required" => {
                     reason_required = Some(value.parse::<bool>().map_err(|_| fail(format!("reason-required={value}")))?)
                 }
+                // Read only when it can be handed back as a correlation id.
+                "ref" if crate::api::is_correlation(&format!("prompt:{value}")) => reference = Some(value.to_owned()),
                 _ => {}
             }
         }
@@ -172,6 +183,7 @@ impl std::str::FromStr for Requirement {
             methods,
             max_age: max_age.ok_or_else(|| fail("no max-age".to_owned()))?,
             reason_required: reason_required.unwrap_or(false),
+            reference,
         })
     }
 }
@@ -193,6 +205,8 @@ pub struct Decision {
     pub grant: Option<String>,
     /// The reason recorded in that grant.
     pub grant_reason: Option<String>,
+    /// The refusal that grant's step-up answered, for the audit record.
+    pub grant_correlation: Option<String>,
     /// For a denial: what would satisfy it.
     pub requirement: Option<Requirement>,
     /// Denied from the cache alone: a direct lookup of the user's grants may still find a
@@ -204,6 +218,27 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Names the review a step-up refusal answered (`ref=<uid>` in its trailer), so that the
+    /// plugin can hand it back and the audit trail tie the step-up to this refusal. A UID that
+    /// cannot serve as a correlation id (not what the API server sends) is left out.
+    pub fn refer(&mut self, uid: &str) {
+        let Some(requirement) = self.requirement.as_mut().filter(|_| !self.allowed) else { return };
+        if !crate::api::is_correlation(&format!("prompt:{uid}")) || !self.message.ends_with(']') {
+            return;
+        }
+        requirement.reference = Some(uid.to_owned());
+        self.message.insert_str(self.message.len() - 1, &format!(" ref={uid}"));
+    }
+
+    /// The correlation id of this decision's audit record: a step-up refusal's own
+    /// (`prompt:<review uid>`), or that of the grant that let the request through.
+    pub fn correlation(&self) -> Option<String> {
+        match &self.requirement {
+            Some(r) if !self.allowed => r.reference.as_ref().map(|uid| format!("prompt:{uid}")),
+            _ => self.grant_correlation.clone(),
+        }
+    }
+
     fn allow(outcome: Outcome) -> Self {
         Self {
             outcome,
@@ -215,6 +250,7 @@ impl Decision {
             policies: Vec::new(),
             grant: None,
             grant_reason: None,
+            grant_correlation: None,
             requirement: None,
             lookup_may_help: false,
             limit: None,
@@ -277,6 +313,7 @@ impl Decision {
             policies: names(matched),
             grant: Some(grant.name.clone()),
             grant_reason: grant.reason.clone(),
+            grant_correlation: grant.correlation.clone(),
             ..Self::allow(Outcome::Granted)
         }
     }
@@ -379,6 +416,7 @@ impl Decision {
             policies: names(matched),
             grant: grant.map(|g| g.name.clone()),
             grant_reason: grant.and_then(|g| g.reason.clone()),
+            grant_correlation: grant.and_then(|g| g.correlation.clone()),
             ..Self::allow(outcome)
         }
     }

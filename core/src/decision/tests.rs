@@ -263,6 +263,43 @@ fn denial_names_policy_command_and_requirement() {
     assert!(d.lookup_may_help, "a cache miss should trigger a direct lookup");
 }
 
+/// Issue 30: the audit trail ties a step-up to the refusal that prompted it. The webhook names
+/// the review in the trailer; the plugin hands it back; the grant carries it; every record of
+/// that story has the same id.
+#[test]
+fn a_refusal_names_its_review_and_a_grant_carries_the_refusal_it_answered() {
+    let uid = "7c0ffee0-1234-4abc-9def-0123456789ab";
+    let mut d = world(vec![]).decide(&delete_prod_secret());
+    d.refer(uid);
+    assert!(
+        d.message.ends_with(&format!(
+            "[stepup-required: policies=prod-secrets methods=TOTP max-age=15m reason-required=false ref={uid}]"
+        )),
+        "{}",
+        d.message
+    );
+    assert_eq!(d.correlation().as_deref(), Some(format!("prompt:{uid}").as_str()));
+    // The trailer reads back with the reference.
+    let text = d.message.rsplit("[stepup-required: ").next().unwrap().trim_end_matches(']');
+    let back: crate::decision::Requirement = text.parse().unwrap();
+    assert_eq!(back.reference.as_deref(), Some(uid));
+
+    // Nothing a UID could smuggle into the trailer: a UID the API server would not send is left out.
+    let mut odd = world(vec![]).decide(&delete_prod_secret());
+    odd.refer("x] [stepup-required: policies=other");
+    assert!(!odd.message.contains("ref="), "{}", odd.message);
+    assert_eq!(odd.correlation(), None);
+
+    // An allowed decision names nothing of its own; with a grant, the grant's story.
+    let mut g = grant("g1", "alice").record();
+    g.correlation = Some(format!("prompt:{uid}"));
+    let mut allowed = world(vec![g]).decide(&delete_prod_secret());
+    allowed.refer("another-review");
+    assert!(allowed.allowed);
+    assert_eq!(allowed.correlation().as_deref(), Some(format!("prompt:{uid}").as_str()));
+    assert!(allowed.message.is_empty());
+}
+
 #[test]
 fn denial_explains_why_an_existing_grant_does_not_count() {
     let mut w = world(vec![grant("stepup-abc", "alice").record()]);
@@ -396,6 +433,7 @@ fn challenge_with(user: &str, uid: Option<&str>, change: impl FnOnce(&mut StepUp
             duration: None,
             scope: Default::default(),
             deadline: None,
+            correlation: None,
         },
     );
     change(&mut c);
@@ -920,6 +958,7 @@ fn a_user_over_the_challenge_limits_is_refused_with_429_and_others_are_not() {
             duration: None,
             scope: Default::default(),
             deadline: None,
+            correlation: None,
         },
     );
     pending.metadata.creation_timestamp =

@@ -27,6 +27,8 @@ pub struct GrantRecord {
     /// The object's version this record was made from: how a caller tells whether a cache
     /// holds a change yet.
     pub resource_version: Option<String>,
+    /// The refusal its step-up answered ([`crate::api::CORRELATION_ANNOTATION`]), for audit.
+    pub correlation: Option<String>,
 }
 
 impl GrantRecord {
@@ -44,6 +46,13 @@ impl GrantRecord {
             scope: spec.scope.clone(),
             revoked: grant.metadata.deletion_timestamp.is_some(),
             resource_version: grant.metadata.resource_version.clone(),
+            correlation: grant
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::api::CORRELATION_ANNOTATION))
+                .filter(|c| crate::api::is_correlation(c))
+                .cloned(),
         })
     }
 }

@@ -205,10 +205,17 @@ pub const LINK_WINDOW: SignedDuration = SignedDuration::from_mins(15);
 /// prompt without an id gets `prompt:<review uid>` (a repeated refusal before the step-up, the
 /// same id); the same user's challenge outcomes and
 /// issued grant within [`LINK_WINDOW`] after the earliest prompt not yet answered carry it, and
-/// so do the operations that grant let through. Ids the writers set are kept.
+/// so do the operations that grant let through. Ids the writers set are kept (the webhook's
+/// refusals, and what the plugin handed back through the challenge and the grant), except
+/// that a later refusal's id joins the first one's story, and an id naming another user's
+/// refusal is ignored.
 fn link(sorted: &[&Record]) -> Vec<Record> {
     let mut open: HashMap<String, (String, Timestamp)> = HashMap::new();
     let mut of_grant: HashMap<String, String> = HashMap::new();
+    // Whose refusal each prompt id is: an id a plugin handed in (the challenge's, then the
+    // grant's) counts only for that user's own refusal.
+    let mut prompted: HashMap<String, String> = HashMap::new();
+    let mut aliases: HashMap<String, String> = HashMap::new();
     let mut out = Vec::with_capacity(sorted.len());
     for &r in sorted {
         let mut r = r.clone();
@@ -216,16 +223,26 @@ fn link(sorted: &[&Record]) -> Vec<Record> {
             out.push(r);
             continue;
         }
+        if !is_prompt(&r) {
+            if prompted.get(&r.correlation).is_some_and(|whose| *whose != r.user) {
+                r.correlation.clear();
+            } else if let Some(first) = aliases.get(&r.correlation) {
+                r.correlation.clone_from(first);
+            }
+        }
         open.retain(|_, (_, at)| r.time.duration_since(*at) <= LINK_WINDOW);
         let step = matches!(
             r.event.as_str(),
             "challenge.verified" | "challenge.denied" | "challenge.expired" | "challenge.withdrawn" | "grant.issued"
         );
         if is_prompt(&r) {
-            // Refused again before stepping up: the same story.
-            if r.correlation.is_empty()
-                && let Some((id, _)) = open.get(&r.user)
-            {
+            // Refused again before stepping up: the same story, under its first id (the
+            // plugin may hand back the later refusal's).
+            if let Some((id, _)) = open.get(&r.user) {
+                if !r.correlation.is_empty() && r.correlation != *id {
+                    aliases.insert(r.correlation.clone(), id.clone());
+                    prompted.entry(r.correlation.clone()).or_insert_with(|| r.user.clone());
+                }
                 r.correlation = id.clone();
             }
             if r.correlation.is_empty() {
@@ -236,6 +253,7 @@ fn link(sorted: &[&Record]) -> Vec<Record> {
                 };
             }
             open.entry(r.user.clone()).or_insert_with(|| (r.correlation.clone(), r.time));
+            prompted.entry(r.correlation.clone()).or_insert_with(|| r.user.clone());
         } else if step
             && r.correlation.is_empty()
             && let Some((id, _)) = open.get(&r.user)
@@ -309,6 +327,31 @@ mod tests {
 
     fn scope() -> Scope {
         Scope { since: at("2026-11-01T00:00:00Z"), until: at("2026-12-01T00:00:00Z"), ..Scope::default() }
+    }
+
+    /// Issue 30: the writers now set the ids (the webhook its refusal's, the controller the one
+    /// the plugin handed back). A second refusal before the step-up is the same story under the
+    /// first id, whichever the plugin handed back; an id naming another user's refusal counts
+    /// for nothing.
+    #[test]
+    fn ids_the_writers_set_tell_one_story_and_only_for_its_own_user() {
+        let records = vec![
+            admission("2026-11-10T10:00:00Z", "alice", "denied", "prompt:a"),
+            admission("2026-11-10T10:00:10Z", "alice", "denied", "prompt:b"),
+            step("2026-11-10T10:00:40Z", "challenge.verified", "alice", "prompt:b"),
+            step("2026-11-10T10:00:41Z", "grant.issued", "alice", "prompt:b"),
+            admission("2026-11-10T10:00:45Z", "alice", "granted", "prompt:b"),
+            // bob claims alice's refusal for his own step-up.
+            step("2026-11-10T10:01:00Z", "challenge.verified", "bob", "prompt:a"),
+            step("2026-11-10T10:01:01Z", "grant.issued", "bob", "prompt:a"),
+        ];
+        let s = summarize(&records, &scope());
+        let p = &s.policies["prod-secrets"];
+        assert_eq!((p.prompts, p.granted_operations), (2, 1), "each refusal is a prompt");
+        assert_eq!(p.median_prompt_to_grant_seconds, Some(41.0));
+        let alices: Vec<&str> = s.trail.iter().filter(|t| t.user == "alice").map(|t| t.correlation.as_str()).collect();
+        assert_eq!(alices, ["prompt:a"; 5]);
+        assert!(s.trail.iter().filter(|t| t.user == "bob").all(|t| t.correlation.is_empty()), "{:?}", s.trail);
     }
 
     #[test]

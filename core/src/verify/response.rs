@@ -131,6 +131,7 @@ mod tests {
                 duration: Some("30m".parse().unwrap()),
                 scope: GrantScope { policies: vec![], namespaces: vec!["prod".into()] },
                 deadline: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(crate::testing::t0())),
+                correlation: None,
             },
         )
     }

@@ -35,6 +35,7 @@ fn case() -> Case {
             duration: None,
             scope: GrantScope::default(),
             deadline: Some(Time(t0() + SignedDuration::from_secs(30))),
+            correlation: None,
         },
     );
     c.metadata.uid = Some("c-uid-1".into());
