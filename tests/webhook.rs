@@ -70,7 +70,8 @@ async fn answers_allowed_denied_warned_and_audited_reviews() {
     assert_eq!(denied["status"]["details"]["causes"][0]["reason"], "StepUpRequired");
     assert_eq!(
         denied["status"]["details"]["causes"][0]["message"],
-        "policies=prod-secrets methods=TOTP max-age=15m reason-required=false"
+        "policies=prod-secrets methods=TOTP max-age=15m reason-required=false ref=uid-1",
+        "the review it refused is named, for the plugin to hand back"
     );
     assert_eq!(denied["auditAnnotations"]["decision"], "denied");
     assert_eq!(denied["auditAnnotations"]["policy"], "prod-secrets");

@@ -20,15 +20,36 @@ use serde_json::Value;
 
 use crate::{Env, World, eventually, http_get};
 
-/// stdout and stderr of a command, for messages.
+/// stdout and stderr of a command, for messages and comparisons (trailers without their
+/// ` ref=<uid>`, see [`refused`]).
 pub fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    without_ref(&format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
-/// The error kubectl printed for a request that must have been refused.
+/// The error kubectl printed for a request that must have been refused, without the review's
+/// UID a trailer names (` ref=<uid>`: new with every request), so it compares exactly.
 pub fn refused(out: &Output) -> String {
     assert!(!out.status.success(), "expected kubectl to be refused, it succeeded: {}", text(out));
-    String::from_utf8_lossy(&out.stderr).trim().to_owned()
+    without_ref(String::from_utf8_lossy(&out.stderr).trim())
+}
+
+/// `text` with each trailer's ` ref=<uid>` left out.
+pub fn without_ref(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(" ref=") {
+        let after = &rest[at + 5..];
+        let uid_len = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).unwrap_or(after.len());
+        out.push_str(&rest[..at]);
+        if after[uid_len..].starts_with(']') {
+            rest = &after[uid_len..];
+        } else {
+            out.push_str(" ref=");
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// kubectl's line for a denial by the stepup webhook.

@@ -47,7 +47,10 @@ async fn alice_is_refused_deleting_a_prod_secret_and_allowed_in_dev() {
     // The machine-readable requirement reaches the client unchanged.
     let causes = status.details.expect("details").causes;
     assert_eq!(causes[0].reason, "StepUpRequired");
-    assert_eq!(causes[0].message, "policies=prod-secrets methods=TOTP max-age=15m reason-required=false");
+    // (and names the review it refused, for the plugin to hand back)
+    let (requirement, reference) = causes[0].message.split_once(" ref=").expect("the review is named");
+    assert_eq!(requirement, "policies=prod-secrets methods=TOTP max-age=15m reason-required=false");
+    assert!(kube_stepup::api::is_correlation(&format!("prompt:{reference}")), "{reference}");
 
     delete_secret_as(&world, "alice", "dev", "db").await.expect("dev is not protected");
 }
