@@ -159,6 +159,26 @@ async fn a_month_of_activity_is_reported_as_it_happened() {
     })
     .await
     .expect("the report shows today's activity");
+    // Today's story is one correlation id, from the refusal to the delete its grant let through
+    // (a plain challenge, as after `kubectl stepup request`: tied by user and time).
+    let story: Vec<(&str, &str)> = after["report"]["trail"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["user"] == "alice")
+        .filter(|t| {
+            t["time"].as_str().and_then(|s| s.parse::<jiff::Timestamp>().ok()).is_some_and(|at| at >= world.started)
+        })
+        .filter(|t| {
+            t["event"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("admission.") || e.starts_with("challenge.") || e == "grant.issued")
+        })
+        .map(|t| (t["event"].as_str().unwrap(), t["correlation"].as_str().unwrap_or("")))
+        .collect();
+    assert!(story.len() >= 4, "refusal, failed and verified challenge, granted delete: {story:?}");
+    assert!(story[0].1.starts_with("prompt:"), "{story:?}");
+    assert!(story.iter().all(|(_, id)| *id == story[0].1), "one story: {story:?}");
     // The past is unchanged, and narrowing to one user shows only them.
     assert_eq!(figure(&after, "users", "dave", "prompts"), dave_prompts);
     let only_dave = report_json(env, &["--since", "30d", "--user", "dave"]);
