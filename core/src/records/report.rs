@@ -256,8 +256,9 @@ fn link(sorted: &[&Record]) -> Vec<Record> {
             prompted.entry(r.correlation.clone()).or_insert_with(|| r.user.clone());
         } else if step
             && r.correlation.is_empty()
-            && let Some((id, _)) = open.get(&r.user)
+            && let Some(id) = of_grant.get(&r.grant).or_else(|| open.get(&r.user).map(|(id, _)| id))
         {
+            // The verdict is recorded after the grant it issued (which closed the story).
             r.correlation = id.clone();
         } else if r.is_admission()
             && r.correlation.is_empty()
@@ -338,8 +339,8 @@ mod tests {
         let records = vec![
             admission("2026-11-10T10:00:00Z", "alice", "denied", "prompt:a"),
             admission("2026-11-10T10:00:10Z", "alice", "denied", "prompt:b"),
-            step("2026-11-10T10:00:40Z", "challenge.verified", "alice", "prompt:b"),
             step("2026-11-10T10:00:41Z", "grant.issued", "alice", "prompt:b"),
+            step("2026-11-10T10:00:41Z", "challenge.verified", "alice", "prompt:b"),
             admission("2026-11-10T10:00:45Z", "alice", "granted", "prompt:b"),
             // bob claims alice's refusal for his own step-up.
             step("2026-11-10T10:01:00Z", "challenge.verified", "bob", "prompt:a"),
@@ -352,6 +353,24 @@ mod tests {
         let alices: Vec<&str> = s.trail.iter().filter(|t| t.user == "alice").map(|t| t.correlation.as_str()).collect();
         assert_eq!(alices, ["prompt:a"; 5]);
         assert!(s.trail.iter().filter(|t| t.user == "bob").all(|t| t.correlation.is_empty()), "{:?}", s.trail);
+    }
+
+    /// Found by the e2e report scenario: the controller records the grant before the verdict
+    /// that issued it, and the grant closes the story; the verdict belongs to it all the same.
+    #[test]
+    fn a_verdict_recorded_after_its_grant_joins_the_story() {
+        let with_grant = |mut r: Record| {
+            r.grant = "g1".into();
+            r
+        };
+        let records = vec![
+            admission("2026-11-10T10:00:00Z", "alice", "denied", ""),
+            with_grant(step("2026-11-10T10:00:41Z", "grant.issued", "alice", "")),
+            with_grant(step("2026-11-10T10:00:41Z", "challenge.verified", "alice", "")),
+        ];
+        let s = summarize(&records, &scope());
+        let ids: Vec<&str> = s.trail.iter().map(|t| t.correlation.as_str()).collect();
+        assert!(ids[0].starts_with("prompt:") && ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     }
 
     #[test]
