@@ -169,7 +169,7 @@ impl Metrics {
         .expect("valid metric");
         let audit_records_dropped = IntCounter::new(
             "stepup_audit_records_dropped_total",
-            "Audit records dropped: the writer's queue was full or the API server out of reach too long.",
+            "Audit records dropped: the writer's queue was full, or more were pending than the API server took.",
         )
         .expect("valid metric");
         let audit_lines_unprinted = IntCounter::new(

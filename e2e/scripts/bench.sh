@@ -4,7 +4,7 @@
 # `make e2e`) with the release webhook, 10,000 policies and 100,000 grants, load runs
 # against the webhook over TLS, memory, and write latency through kube-apiserver.
 #
-# Usage: bench.sh [all|decision|up|seed|memory|load|e2e|churn|soak|down]...   (default: all)
+# Usage: bench.sh [all|decision|up|seed|memory|load|e2e|churn|soak|stall|down]...   (default: all)
 #   all       decision, up, seed, memory, load, e2e, churn, memory, down
 #   decision  cargo bench --bench decision
 #   up        control plane + release webhook (cluster.sh, stepup.sh)
@@ -17,11 +17,17 @@
 #   soak      every body at SOAK_RATE [200/s] for SOAK_DURATION [10m] while unrelated policies
 #             and grants churn; per minute: wrong answers, latency, webhook RSS (RELIABILITY.md).
 #             Seeds SOAK_SEED_POLICIES [1000] policies (0 after `seed`). Not part of `all`.
+#   stall     the webhook's stdout throttled to STALL_LINES_PER_S [20] lines/s (a log pipeline
+#             that cannot keep up), then closed-loop load on 16 connections for STALL_DURATION
+#             [3m]: /healthz must answer every 5 s throughout and a review after; how many
+#             audit lines went unprinted and records were dropped; a stack dump of every
+#             thread (gdb) if anything hangs. Seeds STALL_SEED_POLICIES [1000] policies unless
+#             `seed` ran. Restarts the webhook unthrottled at the end. Not part of `all`.
 #   down      unregister and stop everything this script started
 #
 # Results (text and JSON lines) go to $BENCH_OUT [target/bench/<UTC date-time>].
 # Environment (defaults in brackets): STEPUP_E2E_DIR [$STEPUP_CACHE/bench-run]
-#   STEPUP_APISERVER_PORT [26443] STEPUP_ETCD_CLIENT_PORT [33790] STEPUP_ETCD_PEER_PORT [33800]
+#   STEPUP_APISERVER_PORT [26443] STEPUP_ETCD_CLIENT_PORT [29790] STEPUP_ETCD_PEER_PORT [29800]
 #   STEPUP_WEBHOOK_PORT [28443] STEPUP_WEBHOOK_ADMIN_PORT [28080] STEPUP_CONTROLLER_ADMIN_PORT [28081]
 #   BENCH_DURATION [30s] measured time of each load run    BENCH_KEEP_UP [0] skip `down` in `all`
 set -euo pipefail
@@ -31,8 +37,8 @@ REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
 CACHE_ROOT=${STEPUP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kube-stepup}
 export STEPUP_E2E_DIR=${STEPUP_E2E_DIR:-$CACHE_ROOT/bench-run}
 export STEPUP_APISERVER_PORT=${STEPUP_APISERVER_PORT:-26443}
-export STEPUP_ETCD_CLIENT_PORT=${STEPUP_ETCD_CLIENT_PORT:-33790}
-export STEPUP_ETCD_PEER_PORT=${STEPUP_ETCD_PEER_PORT:-33800}
+export STEPUP_ETCD_CLIENT_PORT=${STEPUP_ETCD_CLIENT_PORT:-29790}
+export STEPUP_ETCD_PEER_PORT=${STEPUP_ETCD_PEER_PORT:-29800}
 export STEPUP_WEBHOOK_PORT=${STEPUP_WEBHOOK_PORT:-28443}
 export STEPUP_WEBHOOK_ADMIN_PORT=${STEPUP_WEBHOOK_ADMIN_PORT:-28080}
 export STEPUP_CONTROLLER_ADMIN_PORT=${STEPUP_CONTROLLER_ADMIN_PORT:-28081}
@@ -159,6 +165,61 @@ cmd_soak() { # a steady rate under churn for SOAK_DURATION (10m); seeds 1,000 po
 		--seed-policies "$seed" --json "$JSON" 2>&1 | tee -a "$OUT/summary.txt"
 }
 
+stack_dump() { # why: every thread's stack of the webhook, into the results
+	local pid
+	pid=$(webhook_pid)
+	note "stall: $1; stacks of webhook pid $pid in $OUT/stall-stacks.txt"
+	timeout 60 gdb -p "$pid" -batch -ex "thread apply all bt" >"$OUT/stall-stacks.txt" 2>&1 || true
+}
+
+metric() { # name: its value on the webhook's admin port, summed over labels
+	curl -fsS --max-time 5 "http://127.0.0.1:$STEPUP_WEBHOOK_ADMIN_PORT/metrics" |
+		awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { print s + 0 }'
+}
+
+cmd_stall() {
+	# shellcheck disable=SC1090
+	source "$("$SCRIPT_DIR/cluster.sh" env-file)"
+	local rate=${STALL_LINES_PER_S:-20} duration=${STALL_DURATION:-3m} seed=${STALL_SEED_POLICIES:-1000}
+	if ((seed > 0)); then
+		"$LOAD" seed --only policies --policies "$seed" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
+	fi
+	STEPUP_WEBHOOK_STDOUT_LINES_PER_S=$rate "$SCRIPT_DIR/stepup.sh" webhook-restart
+	note "stall: stdout at $rate lines/s; stepup-load run --rate 0 --connections 16 --duration $duration"
+	"$LOAD" run --rate 0 --connections 16 --duration "$duration" --json "$JSON" --label "stall $rate lines/s" \
+		>"$OUT/stall-load.txt" 2>&1 &
+	local load=$! hung=0 polls=0 slowest=0 t0 ms
+	while kill -0 "$load" 2>/dev/null; do
+		t0=$(date +%s%N)
+		if ! curl -fsS --max-time 5 -o /dev/null "http://127.0.0.1:$STEPUP_WEBHOOK_ADMIN_PORT/healthz"; then
+			hung=1
+			stack_dump "/healthz did not answer within 5 s under load"
+			break
+		fi
+		ms=$((($(date +%s%N) - t0) / 1000000))
+		((ms > slowest)) && slowest=$ms
+		polls=$((polls + 1))
+		sleep 5
+	done
+	if ((hung)); then
+		kill "$load" 2>/dev/null || true
+	elif ! wait "$load"; then
+		hung=1
+		stack_dump "the load run failed"
+	fi
+	tee -a "$OUT/summary.txt" <"$OUT/stall-load.txt"
+	note "stall: /healthz answered $polls polls under load, slowest $slowest ms"
+	# After the load: a review is still answered, and what was lost is counted.
+	if ! timeout 60 "$LOAD" run --rate 10 --connections 1 --duration 5s --warmup 1s >"$OUT/stall-after.txt" 2>&1; then
+		hung=1
+		stack_dump "no review answered after the load"
+	fi
+	note "stall: after the load: $(tail -1 "$OUT/stall-after.txt")"
+	note "stall: audit lines unprinted $(metric stepup_audit_lines_unprinted_total), records dropped $(metric stepup_audit_records_dropped_total), segment writes ok $(metric 'stepup_audit_segment_writes_total{result="success"}'), webhook RSS $(grep VmRSS "/proc/$(webhook_pid)/status" | tr -s ' \t' ' ')"
+	"$SCRIPT_DIR/stepup.sh" webhook-restart
+	((hung == 0)) || { log "stall: the webhook hung; see $OUT/stall-stacks.txt"; exit 1; }
+}
+
 cmd_down() {
 	"$SCRIPT_DIR/stepup.sh" down || true
 	"$SCRIPT_DIR/cluster.sh" down
@@ -181,7 +242,7 @@ main() {
 			cmd_churn
 			[[ ${BENCH_KEEP_UP:-0} == 1 ]] || cmd_down
 			;;
-		decision | up | seed | memory | load | e2e | churn | soak | down) "cmd_$step" ;;
+		decision | up | seed | memory | load | e2e | churn | soak | stall | down) "cmd_$step" ;;
 		*)
 			sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
 			exit 2

@@ -228,13 +228,15 @@ webhook_stdout() {
 	if [[ -n $rate ]]; then
 		local fifo=$DIR/stepup-webhook.stdout
 		rm -f "$fifo" && mkfifo "$fifo"
+		# stdout first: opening the FIFO blocks until the webhook opens it, and meanwhile the
+		# reader must not hold this function's output (the caller's command substitution).
 		python3 -u -c '
 import sys, time
 rate = float(sys.argv[1])
 for line in sys.stdin.buffer:
     sys.stdout.buffer.write(line)
     time.sleep(1 / rate)
-' "$rate" <"$fifo" >>"$out" 2>&1 &
+' "$rate" >>"$out" 2>&1 <"$fifo" &
 		out=$fifo
 	fi
 	echo "$out"

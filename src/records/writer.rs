@@ -139,11 +139,15 @@ struct Segment {
 impl Segment {
     /// Appends records: their time, user, whether the API server was told to refuse them,
     /// and their line.
-    fn extend(&mut self, batch: impl IntoIterator<Item = (Timestamp, String, bool, Arc<str>)>) {
+    /// Returns how many were dropped (past the pending bounds; refusals past their share are
+    /// counted, not dropped).
+    fn extend(&mut self, batch: impl IntoIterator<Item = (Timestamp, String, bool, Arc<str>)>) -> u64 {
+        let mut dropped = 0;
         for (time, user, refused, line) in batch {
             self.dirty = true;
             if self.lines.len() >= MAX_PENDING_LINES || self.bytes + line.len() > MAX_PENDING_BYTES {
                 self.dropped += 1;
+                dropped += 1;
                 continue;
             }
             if refused && !self.share(time, user, line.len()) {
@@ -152,6 +156,7 @@ impl Segment {
             self.bytes += line.len();
             self.lines.push_back((time, line));
         }
+        dropped
     }
 
     /// A segment whose writer keeps `budget_kib` KiB of refusals an hour.
@@ -272,7 +277,11 @@ pub fn install(
     {
         let segment = segment.clone();
         let (print_tx, print_rx) = mpsc::sync_channel::<Arc<str>>(PRINT_QUEUE);
-        let printer = Printer { tx: print_tx, unprinted: metrics.audit_lines_unprinted.clone() };
+        let printer = Printer {
+            tx: print_tx,
+            unprinted: metrics.audit_lines_unprinted.clone(),
+            dropped: metrics.audit_records_dropped.clone(),
+        };
         let spawned = std::thread::Builder::new()
             .name("stepup-audit-print".into())
             .spawn(move || print_lines(&print_rx, &mut std::io::stdout()))
@@ -298,6 +307,8 @@ pub fn install(
 struct Printer {
     tx: mpsc::SyncSender<Arc<str>>,
     unprinted: IntCounter,
+    /// Records the segment had no room for (counted in it too).
+    dropped: IntCounter,
 }
 
 /// The audit thread: appends each record to `segment` (memory, under its lock only), then
@@ -325,7 +336,8 @@ fn write_lines(rx: &mpsc::Receiver<Item>, printer: &Printer, segment: Option<&Mu
             }
         }
         if let Some(segment) = segment {
-            lock(segment).extend(batch.drain(..));
+            let dropped = lock(segment).extend(batch.drain(..));
+            printer.dropped.inc_by(dropped);
         }
         let mut full = false;
         for line in lines.drain(..) {
@@ -519,7 +531,8 @@ mod tests {
 
     fn printer(capacity: usize) -> (Printer, mpsc::Receiver<Arc<str>>) {
         let (tx, rx) = sync_channel(capacity);
-        (Printer { tx, unprinted: IntCounter::new("unprinted", "test").unwrap() }, rx)
+        let counter = |name| IntCounter::new(name, "test").unwrap();
+        (Printer { tx, unprinted: counter("unprinted"), dropped: counter("dropped") }, rx)
     }
 
     /// The freeze found under load: the stdout thread held stdout's lock while it waited for
@@ -596,12 +609,12 @@ mod tests {
     #[test]
     fn a_segment_past_its_bounds_drops_new_lines_and_counts_them() {
         let mut s = Segment::default();
-        s.extend(
+        let dropped = s.extend(
             (0..MAX_PENDING_LINES as u64 + 3)
                 .map(|n| (record(n).time, format!("u{}", n % 100), false, Arc::from(format!("{n}")))),
         );
         assert_eq!(s.lines.len(), MAX_PENDING_LINES);
-        assert_eq!(s.dropped, 3);
+        assert_eq!((s.dropped, dropped), (3, 3), "counted in the segment and for the metric");
         assert_eq!(&*s.lines[0].1, "0");
 
         let mut s = Segment::default();
