@@ -402,12 +402,22 @@ const PALETTE: [&str; 8] = ["#3366cc", "#dc3912", "#ff9900", "#109618", "#990099
 
 /// Step-ups per day, stacked by policy: an inline SVG, so the file needs nothing else.
 fn chart(s: &Summary) -> String {
+    // Every UTC day the period touches, the last (partial: today) included.
     let days: Vec<String> = {
         let mut d = Vec::new();
+        let last = (s.until - SignedDuration::from_micros(1)).strftime("%Y-%m-%d").to_string();
         let mut t = s.since;
         while t < s.until {
-            d.push(t.strftime("%Y-%m-%d").to_string());
+            let day = t.strftime("%Y-%m-%d").to_string();
+            let done = day == last;
+            d.push(day);
+            if done {
+                break;
+            }
             t += SignedDuration::from_hours(24);
+        }
+        if d.last().is_some_and(|l| *l != last) {
+            d.push(last);
         }
         d
     };
@@ -579,6 +589,22 @@ not json"#;
             generated: at("2026-12-01T00:00:00Z"),
             health: TrailHealth { segments: 3, dropped: 2, unreadable: 0 },
         }
+    }
+
+    /// Seen in the e2e screenshot: with `--since 30d` (a period starting and ending mid-day)
+    /// the chart stopped at yesterday, leaving out today's step-ups.
+    #[test]
+    fn the_chart_has_a_bar_slot_for_every_day_the_period_touches() {
+        let r = |event: &str, t: &str| Record { user: "alice".into(), ..Record::new(event, at(t)) };
+        let records = vec![r("challenge.verified", "2026-12-07T05:15:20Z")];
+        let scope = Scope { since: at("2026-11-07T05:15:30Z"), until: at("2026-12-07T05:15:30Z"), ..Scope::default() };
+        let svg = chart(&report::summarize(&records, &scope));
+        assert!(svg.contains("<title>2026-12-07 (no prompt): 1</title>"), "{svg}");
+        assert!(svg.contains(">11-07<"), "the first, partial day too: {svg}");
+        // A period of whole days has exactly those.
+        let whole = Scope { since: at("2026-11-01T00:00:00Z"), until: at("2026-11-03T00:00:00Z"), ..Scope::default() };
+        let svg = chart(&report::summarize(&[], &whole));
+        assert!(svg.contains(">11-01<") && !svg.contains("11-03"), "no day after the period: {svg}");
     }
 
     #[test]
