@@ -549,19 +549,7 @@ impl World {
     /// Creates `user`'s enrollment as `who` with `key`, and waits until the controller has seen it.
     pub async fn create_enrollment(&self, who: &str, user: &str, key: &EphemeralKey) -> StepUpEnrollment {
         let as_user: Api<StepUpEnrollment> = Api::all(self.env.client(who).await);
-        let mut enrollment = StepUpEnrollment::new(
-            &stepup_api::enrollment_name(user),
-            StepUpEnrollmentSpec {
-                user: user.into(),
-                method: Method::Totp,
-                public_key: key.public_key_b64(),
-                confirmation: None,
-                bootstrap: false,
-                bootstrap_proof: None,
-            },
-        );
-        enrollment.metadata.labels =
-            Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value(user))].into_iter().collect());
+        let enrollment = enrollment_of(user, key, None);
         as_user.create(&PostParams::default(), &enrollment).await.expect("enrollment created");
         self.wait_enrollment(user, EnrollmentPhase::PendingApproval).await
     }
@@ -961,6 +949,12 @@ impl Drop for ControllerProcess {
 /// `user`'s enrollment of `key` asking for the bootstrap, with the proof made with `token`
 /// (the window's, as an installer reads it; anything else, as an attacker guesses it).
 pub fn bootstrap_enrollment(user: &str, key: &EphemeralKey, token: &str) -> StepUpEnrollment {
+    enrollment_of(user, key, Some(kube_stepup::keys::bootstrap_proof(token, user, &key.public_key_b64())))
+}
+
+/// `user`'s enrollment of `key`, as the plugin writes it; with `bootstrap_proof`, one asking
+/// for the bootstrap.
+fn enrollment_of(user: &str, key: &EphemeralKey, bootstrap_proof: Option<String>) -> StepUpEnrollment {
     let mut e = StepUpEnrollment::new(
         &stepup_api::enrollment_name(user),
         StepUpEnrollmentSpec {
@@ -968,8 +962,8 @@ pub fn bootstrap_enrollment(user: &str, key: &EphemeralKey, token: &str) -> Step
             method: Method::Totp,
             public_key: key.public_key_b64(),
             confirmation: None,
-            bootstrap: true,
-            bootstrap_proof: Some(kube_stepup::keys::bootstrap_proof(token, user, &key.public_key_b64())),
+            bootstrap: bootstrap_proof.is_some(),
+            bootstrap_proof,
         },
     );
     e.metadata.labels = Some([(stepup_api::USER_LABEL.to_owned(), stepup_api::user_label_value(user))].into());

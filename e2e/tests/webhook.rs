@@ -50,7 +50,7 @@ async fn alice_is_refused_deleting_a_prod_secret_and_allowed_in_dev() {
     // (and names the review it refused, for the plugin to hand back)
     let (requirement, reference) = causes[0].message.split_once(" ref=").expect("the review is named");
     assert_eq!(requirement, "policies=prod-secrets methods=TOTP max-age=15m reason-required=false");
-    assert!(kube_stepup::api::is_correlation(&format!("prompt:{reference}")), "{reference}");
+    assert!(kube_stepup::api::is_review_ref(reference), "{reference}");
 
     delete_secret_as(&world, "alice", "dev", "db").await.expect("dev is not protected");
 }

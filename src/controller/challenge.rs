@@ -470,4 +470,23 @@ mod tests {
         // The webhook accepts exactly this grant from the controller.
         assert_eq!(grant_for(&challenge(None), now, &settings).name_any(), g.name_any(), "idempotent name");
     }
+
+    /// `spec.correlation` is the requester's input: the grant carries it only in the one form
+    /// the audit trail records (what a user writes there cannot reach an annotation otherwise).
+    #[test]
+    fn the_grant_carries_only_a_well_formed_correlation_id() {
+        let now = crate::testing::t0();
+        let with = |id: &str| {
+            let mut c = challenge(None);
+            c.spec.correlation = Some(id.to_owned());
+            crate::api::grant_correlation(&grant_for(&c, now, &Settings::default())).map(str::to_owned)
+        };
+        let id = "prompt:7c0ffee0-1234-4abc-9def-0123456789ab";
+        assert_eq!(with(id).as_deref(), Some(id));
+        for hostile in ["7c0ffee0", "prompt:", "prompt:a b", "prompt:\u{1b}[2J", &format!("prompt:{}", "a".repeat(65))]
+        {
+            assert_eq!(with(hostile), None, "{hostile:?}");
+        }
+        assert_eq!(crate::api::grant_correlation(&grant_for(&challenge(None), now, &Settings::default())), None);
+    }
 }

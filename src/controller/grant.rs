@@ -149,13 +149,7 @@ fn step(grant: &StepUpGrant, event: &str, result: &str, message: &str) {
         reason: grant.spec.reason.as_deref().unwrap_or(""),
         grant: &grant.name_any(),
         message,
-        correlation: grant
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(crate::api::CORRELATION_ANNOTATION))
-            .filter(|c| crate::api::is_correlation(c))
-            .map_or("", String::as_str),
+        correlation: crate::api::grant_correlation(grant).unwrap_or_default(),
     });
 }
 

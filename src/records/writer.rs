@@ -582,9 +582,19 @@ mod tests {
             tx.send(Item::Record(record(n))).unwrap();
         }
         drop(tx);
-        write_lines(&rx, &printer, Some(&segment));
+        // A writer that waited for stdout would never return: fail instead of hanging.
+        let (done, finished) = sync_channel(1);
+        let unprinted = printer.unprinted.clone();
+        {
+            let segment = segment.clone();
+            std::thread::spawn(move || {
+                write_lines(&rx, &printer, Some(&segment));
+                let _ = done.send(());
+            });
+        }
+        finished.recv_timeout(Duration::from_secs(10)).expect("the audit thread never waits for stdout");
         assert_eq!(segment.lock().unwrap().lines.len(), 1_000, "every record in the segment");
-        assert_eq!(printer.unprinted.get(), 990, "what stdout could not take is counted");
+        assert_eq!(unprinted.get(), 990, "what stdout could not take is counted");
     }
 
     /// A request to hand over is answered only after every record queued before it is in the

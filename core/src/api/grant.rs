@@ -15,9 +15,17 @@ pub const CORRELATION_ANNOTATION: &str = "stepup.dev/correlation";
 /// Whether `id` is a correlation id a plugin may hand in: `prompt:` and a review UID (letters,
 /// digits and `-`, at most 64). Anything else is ignored, never recorded.
 pub fn is_correlation(id: &str) -> bool {
-    id.strip_prefix("prompt:").is_some_and(|uid| {
-        !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    })
+    id.strip_prefix("prompt:").is_some_and(is_review_ref)
+}
+
+/// Whether `uid` can name a review in a correlation id (what follows `prompt:`).
+pub fn is_review_ref(uid: &str) -> bool {
+    !uid.is_empty() && uid.len() <= 64 && uid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The correlation id a grant carries ([`CORRELATION_ANNOTATION`]), when it has a valid one.
+pub fn grant_correlation(grant: &StepUpGrant) -> Option<&str> {
+    grant.metadata.annotations.as_ref()?.get(CORRELATION_ANNOTATION).map(String::as_str).filter(|c| is_correlation(c))
 }
 
 /// A StepUpGrant records that a user proved a second factor at `issuedAt`. While it is fresh

@@ -173,7 +173,7 @@ impl std::str::FromStr for Requirement {
                     reason_required = Some(value.parse::<bool>().map_err(|_| fail(format!("reason-required={value}")))?)
                 }
                 // Read only when it can be handed back as a correlation id.
-                "ref" if crate::api::is_correlation(&format!("prompt:{value}")) => reference = Some(value.to_owned()),
+                "ref" if crate::api::is_review_ref(value) => reference = Some(value.to_owned()),
                 _ => {}
             }
         }
@@ -223,7 +223,7 @@ impl Decision {
     /// cannot serve as a correlation id (not what the API server sends) is left out.
     pub fn refer(&mut self, uid: &str) {
         let Some(requirement) = self.requirement.as_mut().filter(|_| !self.allowed) else { return };
-        if !crate::api::is_correlation(&format!("prompt:{uid}")) || !self.message.ends_with(']') {
+        if !crate::api::is_review_ref(uid) || !self.message.ends_with(']') {
             return;
         }
         requirement.reference = Some(uid.to_owned());

@@ -46,13 +46,7 @@ impl GrantRecord {
             scope: spec.scope.clone(),
             revoked: grant.metadata.deletion_timestamp.is_some(),
             resource_version: grant.metadata.resource_version.clone(),
-            correlation: grant
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(crate::api::CORRELATION_ANNOTATION))
-                .filter(|c| crate::api::is_correlation(c))
-                .cloned(),
+            correlation: crate::api::grant_correlation(grant).map(str::to_owned),
         })
     }
 }
