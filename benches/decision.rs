@@ -8,12 +8,12 @@ use std::{hint::black_box, sync::Arc, time::Duration};
 use criterion::{Criterion, criterion_group, criterion_main};
 use jiff::{SignedDuration, Timestamp};
 use kube_stepup::{
-    api::Operation::{self, *},
+    api::{Operation::*, Verb},
     decision::{self, DecisionConfig, Grants, Inputs, Outcome, StepUpObjects},
     grant::{GrantIndex, GrantRecord},
-    policy::{CompiledPolicy, PolicyIndex},
+    policy::{Action, CompiledPolicy, PolicyIndex},
 };
-use stepup_core::testing::{RequestBuilder, fleet, request, t0};
+use stepup_core::testing::{RequestBuilder, fleet, read, request, t0};
 
 const POLICIES: usize = 10_000;
 const GRANTS: usize = 100_000;
@@ -37,7 +37,7 @@ fn config() -> DecisionConfig {
 /// `operation` on `resource` in `namespace` (labels as the namespace cache would know them)
 /// by user u.
 fn req(
-    operation: Operation,
+    operation: impl Into<Action>,
     group: &str,
     resource: &str,
     namespace: &str,
@@ -49,7 +49,11 @@ fn req(
     let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let groups = fleet::user_groups(u);
     let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
-    request(operation, resource)
+    let start = match operation.into() {
+        Action::Admission(op) => request(op, resource),
+        Action::Authorization(verb) => read(verb, resource),
+    };
+    start
         .group(group, "v1")
         .namespace(namespace)
         .labels(&labels)
@@ -93,7 +97,7 @@ impl World {
 fn benches(c: &mut Criterion) {
     let world = World::new();
     // user 42 (team-42) holds a fresh grant; user 43 (team-43) only old ones.
-    let cases: [(&str, RequestBuilder, Outcome, usize); 7] = [
+    let cases: [(&str, RequestBuilder, Outcome, usize); 13] = [
         (
             "unmatched/no-candidates (update services)",
             req(Update, "", "services", "team-42-prod", "prod", "web", 42),
@@ -135,6 +139,44 @@ fn benches(c: &mut Criterion) {
             req(Update, "apps", "deployments", "team-43-prod", "prod", "web", 43),
             Outcome::Warned,
             1,
+        ),
+        // Authorization (issue 31): reads, which the API server only sends when a policy
+        // names their verb and resource (matchConditions), so these are the webhook's cost.
+        (
+            "authorize/unmatched/no-candidates (get service)",
+            req(Verb::Get, "", "services", "team-42-prod", "prod", "web", 42),
+            Outcome::NotMatched,
+            0,
+        ),
+        (
+            "authorize/unmatched/write-candidates (get configmap)",
+            req(Verb::Get, "", "configmaps", "team-42-prod", "prod", "app-config", 42),
+            Outcome::NotMatched,
+            0,
+        ),
+        (
+            "authorize/unmatched/candidates (get secret in a dev namespace)",
+            req(Verb::Get, "", "secrets", "team-42-dev", "dev", "cache", 42),
+            Outcome::NotMatched,
+            0,
+        ),
+        (
+            "authorize/granted/1-policy (get prod secret)",
+            req(Verb::Get, "", "secrets", "team-42-prod", "prod", "db", 42),
+            Outcome::Granted,
+            1,
+        ),
+        (
+            "authorize/denied/1-policy (watch prod secrets, grant too old)",
+            req(Verb::Watch, "", "secrets", "team-43-prod", "prod", "", 43),
+            Outcome::Denied,
+            1,
+        ),
+        (
+            "authorize/denied/500-policies (list secrets in every namespace)",
+            req(Verb::List, "", "secrets", "", "prod", "", 43),
+            Outcome::Denied,
+            500,
         ),
     ];
 

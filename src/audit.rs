@@ -32,7 +32,7 @@ impl AdmissionRecord<'_> {
             review_uid: self.uid.to_owned(),
             user: r.user.username.to_owned(),
             user_uid: r.user.uid.to_owned(),
-            operation: r.operation.as_str().to_owned(),
+            operation: r.action.as_str().to_owned(),
             group: r.group.to_owned(),
             resource: r.resource.to_owned(),
             subresource: r.subresource.to_owned(),

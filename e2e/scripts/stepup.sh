@@ -342,6 +342,8 @@ cmd_up() {
 cmd_restart() {
 	load_cluster_env
 	build
+	# The CRDs may have changed with the code (make crds): a restart tests the new schema.
+	install_api
 	start_controller
 	start_webhook
 	write_env

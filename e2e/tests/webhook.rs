@@ -319,6 +319,23 @@ async fn invalid_policies_are_rejected_at_apply_naming_the_field() {
             "",
             "spec.match.rules[0].apiGroups[0]: Invalid value: \"Apps\": must be an API group",
         ),
+        // Issue 31: verbs are authorization's; a rule needs an operation or a verb, a verb is
+        // lower case, and a write verb on a resource admission sees goes to operations.
+        (
+            r#"{"apiGroups":[""],"resources":["secrets"]}"#,
+            "",
+            "spec.match.rules[0].operations: Invalid value: a rule needs at least one operation",
+        ),
+        (
+            r#"{"verbs":["GET"],"apiGroups":[""],"resources":["secrets"]}"#,
+            "",
+            "spec.match.rules[0].verbs[0]: Unsupported value: \"GET\"",
+        ),
+        (
+            r#"{"verbs":["get","delete"],"apiGroups":[""],"resources":["secrets"]}"#,
+            "",
+            "spec.match.rules[0].verbs[1]: \"delete\" on secrets is decided by admission, which sees the object: name it in operations (DELETE) instead",
+        ),
     ];
     for (i, (rule, extra, expected)) in cases.iter().enumerate() {
         let manifest = format!(

@@ -363,7 +363,7 @@ impl<'a> Review<'a> {
         let namespace: &str =
             if self.is_namespace_object() && self.raw.namespace.is_empty() { &self.name } else { &self.raw.namespace };
         Request {
-            operation: self.operation,
+            action: self.operation.into(),
             group: &self.raw.resource.group,
             version: &self.raw.resource.version,
             resource: &self.raw.resource.resource,
@@ -515,7 +515,7 @@ mod tests {
         assert_eq!(review.uid(), "r-1");
         assert_eq!(review.kind(), "Secret");
         let req = review.request(NamespaceLabels::Unknown, None, &Masks::default());
-        assert_eq!((req.operation, req.resource, req.namespace, req.name), (Delete, "secrets", "prod", "db"));
+        assert_eq!((req.operation(), req.resource, req.namespace, req.name), (Some(Delete), "secrets", "prod", "db"));
         assert_eq!((req.user.username, req.user.uid), ("alice", "uid-alice-1"));
         assert!(matches!(review.stepup_objects().unwrap(), StepUpObjects::None));
     }

@@ -90,6 +90,10 @@ fn policy_routes<'p>(policies: impl IntoIterator<Item = &'p StepUpPolicy>) -> Ve
     for p in policies {
         for rule in &p.spec.match_.rules {
             let bits = OperationSet::from_operations(&rule.operations).bits();
+            // A rule of verbs only is the authorizer's: admission has nothing to route.
+            if bits == 0 {
+                continue;
+            }
             for group in &rule.api_groups {
                 for version in &rule.api_versions {
                     for resource in &rule.resources {
@@ -464,6 +468,22 @@ mod tests {
         assert_eq!(find("pods/exec").operations.unwrap(), vec!["CONNECT"]);
         assert_eq!(find("*").operations.unwrap(), vec!["*"]);
         assert_eq!(find("*").api_groups.unwrap(), vec!["rbac.authorization.k8s.io"]);
+    }
+
+    /// Reads are the authorizer's: a rule of verbs routes nothing to admission, and a rule
+    /// with both routes its operations only.
+    #[test]
+    fn rules_of_verbs_route_nothing_to_admission() {
+        use crate::api::Verb;
+        let reads = [Verb::Get, Verb::List, Verb::Watch];
+        let only_reads = vec![policy("r").verbs(&reads, "", &["secrets"]).build()];
+        assert!(enforcing(&only_reads).is_empty(), "{:?}", enforcing(&only_reads));
+        let both = vec![policy("b").rule(&[Delete], "", &["secrets"]).verbs(&reads, "", &["configmaps"]).build()];
+        let rules = enforcing(&both);
+        let secrets = rules.iter().find(|r| r.resources.as_deref() == Some(&["secrets".to_owned()][..]));
+        assert_eq!(secrets.and_then(|r| r.operations.clone()), Some(vec!["DELETE".to_owned()]), "{rules:?}");
+        let routed = |res: &str| rules.iter().any(|r| r.resources.iter().flatten().any(|x| x == res));
+        assert!(!routed("configmaps"), "{rules:?}");
     }
 
     #[test]

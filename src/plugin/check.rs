@@ -287,7 +287,7 @@ pub struct Evaluation<'a> {
 impl Evaluation<'_> {
     pub fn evaluate(&self, target: &Target, labels: NamespaceLabels<'_>) -> TargetVerdict {
         let req = Request {
-            operation: target.operation,
+            action: target.operation.into(),
             group: &target.group,
             version: &target.version,
             resource: &target.resource,

@@ -75,7 +75,7 @@ fn default_methods() -> Vec<Method> {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyMatch {
-    /// Operations on resources, as in a ValidatingWebhookConfiguration. At least one.
+    /// Operations (admission) and verbs (authorization) on resources. At least one rule.
     #[schemars(length(min = 1, max = 64))]
     pub rules: Vec<ResourceRule>,
 
@@ -107,13 +107,29 @@ pub struct PolicyMatch {
     pub exclude: Option<Exclusions>,
 }
 
-/// One admission-style rule: operations on resources in API groups and versions.
+/// One rule: operations (what admission sees) and verbs (what only authorization sees, reads
+/// first) on resources in API groups and versions. At least one operation or verb.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.operations) && size(self.operations) > 0) || (has(self.verbs) && size(self.verbs) > 0)",
+    "message": "a rule needs at least one operation (CREATE, UPDATE, DELETE, CONNECT) or verb (get, list, watch, ...)",
+    "fieldPath": ".operations",
+}]))]
 pub struct ResourceRule {
-    /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT` (exec, attach, port-forward, proxy) or `*`.
-    #[schemars(length(min = 1, max = 5))]
+    /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT` (exec, attach, port-forward, proxy) or `*`:
+    /// decided by the admission webhook.
+    #[serde(default)]
+    #[schemars(length(max = 5))]
     pub operations: Vec<Operation>,
+
+    /// Verbs only authorization sees, decided by the stepup authorizer (the API server's
+    /// authorization webhook): `get`, `list`, `watch` (reading), `impersonate`, `bind`,
+    /// `escalate`, `approve`, `sign`; and any verb on a `proxy` subresource (`nodes/proxy`
+    /// reaches the kubelet without admission). `*` is not accepted: name what you mean.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 13), extend("x-kubernetes-list-type" = "set"))]
+    pub verbs: Vec<Verb>,
 
     /// API groups; `""` is the core group, `*` any group.
     #[schemars(schema_with = "api_groups")]
@@ -233,6 +249,78 @@ impl Operation {
             Operation::Connect => "CONNECT",
             Operation::All => "*",
         }
+    }
+}
+
+/// A verb of the API server's authorization (lower case, as in RBAC).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Verb {
+    Get,
+    List,
+    Watch,
+    Create,
+    Update,
+    Patch,
+    Delete,
+    Deletecollection,
+    Impersonate,
+    Bind,
+    Escalate,
+    Approve,
+    Sign,
+}
+
+impl Verb {
+    pub const ALL: [Verb; 13] = [
+        Verb::Get,
+        Verb::List,
+        Verb::Watch,
+        Verb::Create,
+        Verb::Update,
+        Verb::Patch,
+        Verb::Delete,
+        Verb::Deletecollection,
+        Verb::Impersonate,
+        Verb::Bind,
+        Verb::Escalate,
+        Verb::Approve,
+        Verb::Sign,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Verb::Get => "get",
+            Verb::List => "list",
+            Verb::Watch => "watch",
+            Verb::Create => "create",
+            Verb::Update => "update",
+            Verb::Patch => "patch",
+            Verb::Delete => "delete",
+            Verb::Deletecollection => "deletecollection",
+            Verb::Impersonate => "impersonate",
+            Verb::Bind => "bind",
+            Verb::Escalate => "escalate",
+            Verb::Approve => "approve",
+            Verb::Sign => "sign",
+        }
+    }
+
+    /// The verb a SubjectAccessReview names, if policies can name it.
+    pub fn parse(verb: &str) -> Option<Verb> {
+        Verb::ALL.into_iter().find(|v| v.as_str() == verb)
+    }
+
+    /// Verbs that change objects: admission decides them, except on `proxy` subresources
+    /// (the kubelet's API behind `nodes/proxy` never passes admission).
+    pub const fn is_write(self) -> bool {
+        matches!(self, Verb::Create | Verb::Update | Verb::Patch | Verb::Delete | Verb::Deletecollection)
+    }
+
+    /// Verbs over a collection: an empty name means every object, an empty namespace every
+    /// namespace.
+    pub const fn is_collection(self) -> bool {
+        matches!(self, Verb::List | Verb::Watch | Verb::Deletecollection)
     }
 }
 

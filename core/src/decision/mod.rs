@@ -17,7 +17,7 @@ use crate::{
     api::{Enforcement, GROUP, Operation},
     grant::{self, Clock, GrantIndex, GrantRecord},
     keys::GrantVerifier,
-    policy::{CompiledPolicy, PolicyIndex, Request},
+    policy::{Action, CompiledPolicy, PolicyIndex, Request},
 };
 
 /// Who is who, from the webhook's configuration.
@@ -85,14 +85,18 @@ pub struct Inputs<'a> {
 }
 
 /// Decides one admission request. `objects` carries the parsed objects for `stepup.dev` kinds.
+/// An authorization request is decided as [`authorize`] does.
 pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -> Decision {
+    let Action::Admission(op) = req.action else {
+        return authorize(req, inputs);
+    };
     if req.group == GROUP
-        && let Some(decision) = own_kinds::decide(req, objects, inputs.config, inputs.now)
+        && let Some(decision) = own_kinds::decide(req, op, objects, inputs.config, inputs.now)
     {
         // An allowed admin act still needs the admin's own fresh second factor.
         if decision.allowed
             && let Some(policy) = &inputs.config.admin_acts
-            && own_kinds::is_admin_act(req, objects, inputs.config)
+            && own_kinds::is_admin_act(req, op, objects, inputs.config)
         {
             let matched = [policy.as_ref()];
             if is_break_glass(req, inputs.config) {
@@ -102,6 +106,19 @@ pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -
         }
         return decision;
     }
+    by_policies(req, inputs)
+}
+
+/// Decides one authorization request (a SubjectAccessReview for a read, or a verb admission
+/// never sees) by the same policies, grants and exemptions as admission. The stepup kinds'
+/// own rules are about writes; reading them is RBAC's business. A `Decision` that is not
+/// allowed is the authorizer's Deny; an allowed one is its NoOpinion, never an Allow: RBAC
+/// still decides whether the request may happen at all.
+pub fn authorize(req: &Request<'_>, inputs: &Inputs<'_>) -> Decision {
+    by_policies(req, inputs)
+}
+
+fn by_policies(req: &Request<'_>, inputs: &Inputs<'_>) -> Decision {
     if is_exempt(req, inputs.config) {
         return Decision::exempt();
     }
@@ -139,7 +156,7 @@ fn namespace_side_effects<'p>(
         }
     };
     let mut extra: Vec<&str> = Vec::new();
-    match req.operation {
+    match req.operation()? {
         Operation::Update => {
             let old = req.previous_labels?;
             let before = Request { namespace_labels: crate::policy::NamespaceLabels::Known(old), ..*req };

@@ -7,7 +7,7 @@ use jiff::SignedDuration;
 use crate::{
     api::{Duration, Enforcement, Method, Operation},
     grant::{self, GrantRecord, Unsatisfied},
-    policy::{CompiledPolicy, Request},
+    policy::{Action, CompiledPolicy, Request},
 };
 
 /// What happened, as one stable word: the `decision` metric label and audit annotation.
@@ -472,14 +472,16 @@ pub(super) fn quoted_list(singular: &str, plural: &str, names: &[String]) -> Str
     format!("{noun} {}", quoted.join(", "))
 }
 
-/// `delete secrets "db" in namespace "prod"`, `connect to pods/exec "web" in namespace "prod"`.
+/// `delete secrets "db" in namespace "prod"`, `connect to pods/exec "web" in namespace "prod"`,
+/// `list secrets in every namespace`.
 pub fn describe(req: &Request<'_>) -> String {
-    let verb = match req.operation {
-        Operation::Create => "create",
-        Operation::Update => "update",
-        Operation::Delete => "delete",
-        Operation::Connect => "connect to",
-        Operation::All => "access",
+    let verb = match req.action {
+        Action::Admission(Operation::Create) => "create",
+        Action::Admission(Operation::Update) => "update",
+        Action::Admission(Operation::Delete) => "delete",
+        Action::Admission(Operation::Connect) => "connect to",
+        Action::Admission(Operation::All) => "access",
+        Action::Authorization(verb) => verb.as_str(),
     };
     let mut out = format!("{verb} {}", req.resource);
     if !req.subresource.is_empty() {
@@ -490,6 +492,8 @@ pub fn describe(req: &Request<'_>) -> String {
     }
     if req.has_namespace() && !req.is_namespace_object() {
         let _ = write!(out, " in namespace \"{}\"", req.namespace);
+    } else if req.spans_namespaces() {
+        out.push_str(" in every namespace");
     }
     out
 }

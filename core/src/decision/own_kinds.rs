@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use kube_core::ResourceExt;
 
 use super::{Decision, DecisionConfig};
-use crate::api::Operation::{Connect, Create, Delete, Update};
+use crate::api::Operation::{self, Connect, Create, Delete, Update};
 use crate::{
     api::{self, StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
     policy::{CompiledPolicy, Request},
@@ -41,6 +41,7 @@ pub enum StepUpObjects {
 /// themselves subject to policies).
 pub(super) fn decide(
     req: &Request<'_>,
+    op: Operation,
     objects: &StepUpObjects,
     config: &DecisionConfig,
     now: jiff::Timestamp,
@@ -52,24 +53,24 @@ pub(super) fn decide(
     let is_admin = user.in_any_group(&config.admin_groups);
     match objects {
         StepUpObjects::None => None,
-        StepUpObjects::Policy { object } => policy(req, object.as_deref(), is_controller),
+        StepUpObjects::Policy { object } => policy(req, op, object.as_deref(), is_controller),
         StepUpObjects::Grant { object, old } => {
-            Some(grant(req, object.as_deref(), old.as_deref(), is_controller, is_admin, config))
+            Some(grant(req, op, object.as_deref(), old.as_deref(), is_controller, is_admin, config))
         }
         StepUpObjects::Challenge { object, old } => {
             Some(challenge(req, object.as_deref(), old.as_deref(), is_controller, is_admin, config, now))
         }
         StepUpObjects::Enrollment { object, old } => {
-            Some(enrollment(req, object.as_deref(), old.as_deref(), is_controller, is_admin, config))
+            Some(enrollment(req, op, object.as_deref(), old.as_deref(), is_controller, is_admin, config))
         }
         StepUpObjects::Log => {
             let is_webhook = user.pod_bound && config.webhook_users.iter().any(|u| u == user.username);
-            Some(log(req, is_controller || is_webhook))
+            Some(log(req, op, is_controller || is_webhook))
         }
     }
 }
 
-fn policy(req: &Request<'_>, object: Option<&StepUpPolicy>, is_controller: bool) -> Option<Decision> {
+fn policy(req: &Request<'_>, op: Operation, object: Option<&StepUpPolicy>, is_controller: bool) -> Option<Decision> {
     if !req.subresource.is_empty() {
         return Some(if is_controller {
             Decision::builtin_allowed()
@@ -80,7 +81,7 @@ fn policy(req: &Request<'_>, object: Option<&StepUpPolicy>, is_controller: bool)
             ))
         });
     }
-    match (req.operation, object) {
+    match (op, object) {
         (Create | Update, Some(p)) => match CompiledPolicy::compile(p) {
             Ok(_) => None,
             Err(e) => Some(Decision::invalid_object(format!("StepUpPolicy \"{}\" is invalid: {e}", p.name_any()))),
@@ -92,6 +93,7 @@ fn policy(req: &Request<'_>, object: Option<&StepUpPolicy>, is_controller: bool)
 
 fn grant(
     req: &Request<'_>,
+    op: Operation,
     object: Option<&StepUpGrant>,
     old: Option<&StepUpGrant>,
     is_controller: bool,
@@ -99,7 +101,7 @@ fn grant(
     config: &DecisionConfig,
 ) -> Decision {
     let me = req.user.username;
-    match req.operation {
+    match op {
         Create | Update if is_controller => match object {
             Some(g) if req.subresource.is_empty() => {
                 // Even the controller's identity can be forged by a cluster-admin (impersonated
@@ -139,7 +141,7 @@ fn grant(
 
 /// The audit trail is written and pruned only by stepup's own processes: nobody, admins
 /// included, edits or deletes the evidence of what they did.
-fn log(req: &Request<'_>, is_recorder: bool) -> Decision {
+fn log(req: &Request<'_>, op: Operation, is_recorder: bool) -> Decision {
     if is_recorder {
         // Not itself recorded: a record of each segment write would be written by the next
         // one, and so on forever.
@@ -148,7 +150,7 @@ fn log(req: &Request<'_>, is_recorder: bool) -> Decision {
     Decision::builtin_denied(format!(
         "StepUpLogs are stepup's audit trail: only its webhook and controller write them, and {:?} may not {}",
         req.user.username,
-        match req.operation {
+        match op {
             Delete => "delete them",
             _ => "write them",
         }
@@ -167,8 +169,12 @@ fn challenge(
     if is_controller {
         return Decision::builtin_allowed();
     }
+    // Only admission writes reach the stepup kinds' rules (`decide` takes the operation).
+    let Some(op) = req.operation() else {
+        return Decision::builtin_denied("challenges are only written through admission".into());
+    };
     let me = req.user;
-    match req.operation {
+    match op {
         Create => {
             let Some(c) = object else {
                 return Decision::invalid("the request carries no StepUpChallenge object");
@@ -233,6 +239,7 @@ fn challenge(
 
 fn enrollment(
     req: &Request<'_>,
+    op: Operation,
     object: Option<&StepUpEnrollment>,
     old: Option<&StepUpEnrollment>,
     is_controller: bool,
@@ -240,7 +247,7 @@ fn enrollment(
     config: &DecisionConfig,
 ) -> Decision {
     if is_controller {
-        return controller_enrollment_write(req, object, old);
+        return controller_enrollment_write(req, op, object, old);
     }
     let me = req.user.username;
     let admins = if config.admin_groups.is_empty() {
@@ -260,7 +267,7 @@ fn enrollment(
             "only members of the stepup admin groups may enroll through the bootstrap (spec.bootstrap); ask {admins} to approve your enrollment instead"
         ))
     };
-    match req.operation {
+    match op {
         Create => {
             let Some(e) = object else {
                 return Decision::invalid("the request carries no StepUpEnrollment object");
@@ -344,13 +351,14 @@ fn enrollment(
 /// pod extras can be forged by whoever may impersonate.
 fn controller_enrollment_write(
     req: &Request<'_>,
+    op: Operation,
     object: Option<&StepUpEnrollment>,
     old: Option<&StepUpEnrollment>,
 ) -> Decision {
     if !req.subresource.is_empty() {
         return Decision::builtin_allowed();
     }
-    let (Update, Some(new), Some(old)) = (req.operation, object, old) else {
+    let (Update, Some(new), Some(old)) = (op, object, old) else {
         return Decision::builtin_denied(
             "the stepup controller only updates enrollments (their status, and what it consumed)".into(),
         );
@@ -375,9 +383,9 @@ fn controller_enrollment_write(
 
 /// Whether the request is an admin's act on another user's enrollment (an approval, a reset,
 /// an unlock), which the built-in admin-acts policy then subjects to step-up.
-pub(super) fn is_admin_act(req: &Request<'_>, objects: &StepUpObjects, config: &DecisionConfig) -> bool {
+pub(super) fn is_admin_act(req: &Request<'_>, op: Operation, objects: &StepUpObjects, config: &DecisionConfig) -> bool {
     let StepUpObjects::Enrollment { object: Some(new), old: Some(old) } = objects else { return false };
-    req.operation == Update
+    op == Update
         && req.subresource.is_empty()
         && old.spec.user != req.user.username
         && req.user.in_any_group(&config.admin_groups)

@@ -520,19 +520,19 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "alice cannot change a challenge after creation",
-            RequestBuilder { operation: Update, ..on("stepupchallenges") },
+            RequestBuilder { action: Update.into(), ..on("stepupchallenges") },
             challenge_for("alice", None),
             false,
         ),
         (
             "the controller updates challenges",
-            RequestBuilder { operation: Update, ..on("stepupchallenges").by(CONTROLLER, &[]).pod_bound() },
+            RequestBuilder { action: Update.into(), ..on("stepupchallenges").by(CONTROLLER, &[]).pod_bound() },
             challenge_for("alice", None),
             true,
         ),
         (
             "the controller's name without its pod cannot update challenges",
-            RequestBuilder { operation: Update, ..on("stepupchallenges").by(CONTROLLER, &[]) },
+            RequestBuilder { action: Update.into(), ..on("stepupchallenges").by(CONTROLLER, &[]) },
             challenge_for("alice", None),
             false,
         ),
@@ -565,7 +565,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         (
             "the controller writes a grant's status without re-signing",
             RequestBuilder {
-                operation: Update,
+                action: Update.into(),
                 subresource: "status".into(),
                 ..on("stepupgrants").by(CONTROLLER, &[]).pod_bound()
             },
@@ -574,31 +574,31 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "alice cannot edit a grant",
-            RequestBuilder { operation: Update, ..on("stepupgrants") },
+            RequestBuilder { action: Update.into(), ..on("stepupgrants") },
             grant_objects("alice"),
             false,
         ),
         (
             "alice cannot edit a grant's status",
-            RequestBuilder { operation: Update, subresource: "status".into(), ..on("stepupgrants") },
+            RequestBuilder { action: Update.into(), subresource: "status".into(), ..on("stepupgrants") },
             grant_objects("alice"),
             false,
         ),
         (
             "alice revokes her own grant",
-            RequestBuilder { operation: Delete, ..on("stepupgrants") },
+            RequestBuilder { action: Delete.into(), ..on("stepupgrants") },
             grant_objects("alice"),
             true,
         ),
         (
             "alice cannot revoke bob's grant",
-            RequestBuilder { operation: Delete, ..on("stepupgrants") },
+            RequestBuilder { action: Delete.into(), ..on("stepupgrants") },
             grant_objects("bob"),
             false,
         ),
         (
             "an admin revokes anyone's grant",
-            RequestBuilder { operation: Delete, ..on("stepupgrants").by("root", admin) },
+            RequestBuilder { action: Delete.into(), ..on("stepupgrants").by("root", admin) },
             grant_objects("bob"),
             true,
         ),
@@ -631,7 +631,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "alice cannot approve her own enrollment",
-            RequestBuilder { operation: Update, ..on("stepupenrollments") },
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments") },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &[(api::APPROVED_BY_ANNOTATION, "alice")])),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -640,7 +640,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "an admin approves alice's key in their own name",
-            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments").by("root", admin) },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &approval)),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -649,7 +649,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "an admin cannot approve a key the enrollment does not carry",
-            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments").by("root", admin) },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &other_key)),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -658,7 +658,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "an approval names the key",
-            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments").by("root", admin) },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &[(api::APPROVED_BY_ANNOTATION, "root")])),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -667,7 +667,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "an admin unlocks alice in their own name",
-            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments").by("root", admin) },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &[(api::UNLOCK_BY_ANNOTATION, "root")])),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -676,7 +676,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "alice cannot unlock herself",
-            RequestBuilder { operation: Update, ..on("stepupenrollments") },
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments") },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &[(api::UNLOCK_BY_ANNOTATION, "alice")])),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -685,7 +685,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "the old all-in-one reset annotation is refused",
-            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments").by("root", admin) },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &[(api::LEGACY_RESET_BY_ANNOTATION, "root")])),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -712,7 +712,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "alice cannot turn on the bootstrap later",
-            RequestBuilder { operation: Update, ..on("stepupenrollments") },
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments") },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_changed("alice", |e| e.spec.bootstrap = true)),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -721,7 +721,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "a confirmation in the clear is refused",
-            RequestBuilder { operation: Update, ..on("stepupenrollments") },
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments") },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_changed("alice", |e| e.spec.confirmation = Some("123456".into()))),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -748,7 +748,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "an admin cannot approve in someone else's name",
-            RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", admin) },
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments").by("root", admin) },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &[(api::APPROVED_BY_ANNOTATION, "bob")])),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -757,7 +757,7 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "bob cannot approve alice's enrollment",
-            RequestBuilder { operation: Update, ..on("stepupenrollments").by("bob", &["developers"]) },
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments").by("bob", &["developers"]) },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &[(api::APPROVED_BY_ANNOTATION, "bob")])),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -766,13 +766,13 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
         ),
         (
             "alice cannot delete her enrollment (that would bypass re-enrollment rules)",
-            RequestBuilder { operation: Delete, ..on("stepupenrollments") },
+            RequestBuilder { action: Delete.into(), ..on("stepupenrollments") },
             StepUpObjects::Enrollment { object: None, old: Some(enrollment_for("alice", None, &[])) },
             false,
         ),
         (
             "alice cannot write her enrollment's status",
-            RequestBuilder { operation: Update, subresource: "status".into(), ..on("stepupenrollments") },
+            RequestBuilder { action: Update.into(), subresource: "status".into(), ..on("stepupenrollments") },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &[])),
                 old: Some(enrollment_for("alice", None, &[])),
@@ -814,7 +814,7 @@ fn an_admins_approval_of_another_users_key_needs_the_admins_own_fresh_grant() {
         object: Some(enrollment_for("alice", None, &[(api::UNLOCK_BY_ANNOTATION, "root")])),
         old: Some(enrollment_for("alice", None, &[])),
     };
-    let req = RequestBuilder { operation: Update, ..on("stepupenrollments").by("root", &["stepup:admins"]) };
+    let req = RequestBuilder { action: Update.into(), ..on("stepupenrollments").by("root", &["stepup:admins"]) };
     let mut w = world(vec![]);
     w.config.admin_acts = Some(Arc::new(crate::policy::builtin::admin_acts(api::Duration::from_secs(15 * 60))));
     for objects in [&objects, &unlock] {
@@ -835,7 +835,7 @@ fn an_admins_approval_of_another_users_key_needs_the_admins_own_fresh_grant() {
         old: Some(enrollment_for("alice", None, &[])),
     };
     assert_eq!(
-        w.decide_with(&RequestBuilder { operation: Update, ..on("stepupenrollments") }, &own).outcome,
+        w.decide_with(&RequestBuilder { action: Update.into(), ..on("stepupenrollments") }, &own).outcome,
         Outcome::BuiltinAllowed
     );
 }
@@ -855,7 +855,7 @@ fn wearing_the_controllers_name_does_not_skip_the_admin_acts_step_up() {
         object: Some(enrollment_for("alice", None, &approval)),
         old: Some(enrollment_for("alice", None, &[])),
     };
-    let masked = RequestBuilder { operation: Update, ..on("stepupenrollments").by(CONTROLLER, &["stepup:admins"]) };
+    let masked = RequestBuilder { action: Update.into(), ..on("stepupenrollments").by(CONTROLLER, &["stepup:admins"]) };
     let mut w = world(vec![]);
     w.config.admin_acts = Some(Arc::new(crate::policy::builtin::admin_acts(api::Duration::from_secs(15 * 60))));
     let d = w.decide_with(&masked, &objects);
@@ -870,8 +870,8 @@ fn forged_pod_extras_on_the_controllers_name_change_no_policy_and_no_enrollment(
     let policies =
         PolicyIndex::new([Arc::new(crate::policy::builtin::policy_changes(api::Duration::from_secs(15 * 60)))]);
     let mut w = World { policies, ..world(vec![]) };
-    let forged = |op| RequestBuilder {
-        operation: op,
+    let forged = |op: Operation| RequestBuilder {
+        action: op.into(),
         ..on("stepuppolicies").name("prod-secrets").namespace("").by(CONTROLLER, &["system:masters"]).pod_bound()
     };
     let d = w.decide_with(&forged(Delete), &StepUpObjects::Policy { object: None });
@@ -890,8 +890,10 @@ fn forged_pod_extras_on_the_controllers_name_change_no_policy_and_no_enrollment(
         (api::APPROVED_KEY_ANNOTATION, fp.as_str()),
         (api::APPROVED_AT_ANNOTATION, now.as_str()),
     ];
-    let as_controller =
-        RequestBuilder { operation: Update, ..on("stepupenrollments").by(CONTROLLER, &["stepup:admins"]).pod_bound() };
+    let as_controller = RequestBuilder {
+        action: Update.into(),
+        ..on("stepupenrollments").by(CONTROLLER, &["stepup:admins"]).pod_bound()
+    };
     let approve = StepUpObjects::Enrollment {
         object: Some(enrollment_for("alice", None, &approval)),
         old: Some(enrollment_for("alice", None, &[])),
@@ -921,7 +923,7 @@ fn policy_changes_need_step_up_whoever_asks_even_a_system_or_workload_name() {
         PolicyIndex::new([Arc::new(crate::policy::builtin::policy_changes(api::Duration::from_secs(15 * 60)))]);
     let w = World { policies, ..world(vec![]) };
     let delete = |who: &str, groups: &[&str]| RequestBuilder {
-        operation: Delete,
+        action: Delete.into(),
         ..on("stepuppolicies").name("prod-secrets").namespace("").by(who, groups)
     };
     for (who, req) in [
@@ -1006,7 +1008,7 @@ fn policies_never_apply_to_challenges_or_revocations() {
     let w = World { policies: everything, ..world(vec![]) };
     let d = w.decide_with(&on("stepupchallenges"), &challenge_for("alice", None));
     assert_eq!(d.outcome, Outcome::BuiltinAllowed);
-    let d = w.decide_with(&RequestBuilder { operation: Delete, ..on("stepupgrants") }, &grant_objects("alice"));
+    let d = w.decide_with(&RequestBuilder { action: Delete.into(), ..on("stepupgrants") }, &grant_objects("alice"));
     assert_eq!(d.outcome, Outcome::BuiltinAllowed);
 }
 
@@ -1015,7 +1017,7 @@ fn only_stepups_own_processes_write_or_delete_the_audit_trail() {
     let w = world(vec![]);
     for op in [Create, Update, Delete] {
         let req = |who: &str, groups: &[&str]| RequestBuilder {
-            operation: op,
+            action: op.into(),
             ..on("stepuplogs").name("seg").by(who, groups)
         };
         for recorder in [CONTROLLER, WEBHOOK] {
@@ -1210,4 +1212,188 @@ fn deleting_a_namespace_needs_what_deleting_its_contents_needs() {
     assert_eq!(w.decide(&delete_ns("dev", &[])).policies, vec!["all-secrets"]);
     assert_eq!(w.decide(&delete_ns("team-a", &[])).policies, vec!["all-secrets", "crs"]);
     assert_eq!(w.decide(&delete_ns("scratch-1", &[])).outcome, Outcome::NotMatched);
+}
+
+/// Issue 31: reads (and the verbs only authorization sees) are decided by the policies that
+/// name them, with the same grants, exemptions and masks as admission; admission's policies
+/// never decide a read, nor a read policy a write.
+#[test]
+fn reads_are_decided_by_the_policies_that_name_them() {
+    use crate::{api::Verb::*, testing::read};
+    let policies = PolicyIndex::new(
+        [
+            policy("prod-secrets").rule(&[api::Operation::Delete], "", &["secrets"]).namespaces(&["prod"]).compiled(),
+            policy("prod-secrets-read").verbs(&[Get, List, Watch], "", &["secrets"]).namespaces(&["prod"]).compiled(),
+            policy("vault-token")
+                .verbs(&[Get, List, Watch], "", &["secrets"])
+                .namespace_labels(&[("team", "vault")])
+                .resource_names(&["root-token"])
+                .compiled(),
+            policy("impersonation").verbs(&[Impersonate], "", &["users", "groups", "serviceaccounts"]).compiled(),
+            policy("kubelet").verbs(&[Get, Create], "", &["nodes/proxy"]).compiled(),
+        ]
+        .into_iter()
+        .map(Arc::new),
+    );
+    let fresh = || grant("g1", "alice").record();
+    let prod_only = || grant("g2", "alice").scope_namespaces(&["prod"]).record();
+    let sa_mask = "system:serviceaccount:prod:deployer";
+    let cases: Vec<(&str, RequestBuilder, Vec<crate::grant::GrantRecord>, Outcome)> = vec![
+        (
+            "get of a prod secret without a grant",
+            read(Get, "secrets").namespace("prod").name("db"),
+            vec![],
+            Outcome::Denied,
+        ),
+        (
+            "get of a prod secret with a grant",
+            read(Get, "secrets").namespace("prod").name("db"),
+            vec![fresh()],
+            Outcome::Granted,
+        ),
+        ("list in prod", read(List, "secrets").namespace("prod"), vec![], Outcome::Denied),
+        ("watch in prod", read(Watch, "secrets").namespace("prod"), vec![], Outcome::Denied),
+        ("list across every namespace reaches prod", read(List, "secrets"), vec![], Outcome::Denied),
+        ("watch across every namespace reaches prod", read(Watch, "secrets"), vec![], Outcome::Denied),
+        (
+            "a grant scoped to prod does not open every namespace",
+            read(List, "secrets"),
+            vec![prod_only()],
+            Outcome::Denied,
+        ),
+        (
+            "a grant scoped to prod opens prod",
+            read(List, "secrets").namespace("prod"),
+            vec![prod_only()],
+            Outcome::Granted,
+        ),
+        ("get in dev", read(Get, "secrets").namespace("dev").name("db"), vec![], Outcome::NotMatched),
+        ("a verb no policy names", read(Patch, "secrets").namespace("prod").name("db"), vec![], Outcome::NotMatched),
+        ("another resource", read(Get, "configmaps").namespace("prod").name("db"), vec![], Outcome::NotMatched),
+        ("kube-system is exempt", read(List, "secrets").namespace("kube-system"), vec![], Outcome::Exempt),
+        (
+            "the controller's pod-bound credential is exempt",
+            read(List, "secrets").namespace("prod").by(CONTROLLER, &[]).pod_bound(),
+            vec![],
+            Outcome::Exempt,
+        ),
+        (
+            "the controller's name without its pod is a mask",
+            read(List, "secrets").namespace("prod").by(CONTROLLER, &[]),
+            vec![],
+            Outcome::Denied,
+        ),
+        (
+            "a service account without its pod is a person",
+            read(Get, "secrets").namespace("prod").name("db").by(sa_mask, &["system:serviceaccounts"]),
+            vec![],
+            Outcome::Denied,
+        ),
+        (
+            "a workload is not a person",
+            read(Get, "secrets").namespace("prod").name("db").by(sa_mask, &[]).pod_bound(),
+            vec![],
+            Outcome::NotMatched,
+        ),
+        (
+            "an exempt group is exempt, and recorded",
+            read(Get, "secrets").namespace("prod").name("db").by("ci", &["gitops"]),
+            vec![],
+            Outcome::Exempt,
+        ),
+        (
+            "break glass passes loudly",
+            read(Get, "secrets").namespace("prod").name("db").by("ops", &["stepup:break-glass"]),
+            vec![],
+            Outcome::BreakGlass,
+        ),
+        (
+            "a named object by name",
+            read(Get, "secrets").namespace("v").name("root-token").labels(&[("team", "vault")]),
+            vec![],
+            Outcome::Denied,
+        ),
+        (
+            "another object of that namespace",
+            read(Get, "secrets").namespace("v").name("app").labels(&[("team", "vault")]),
+            vec![],
+            Outcome::NotMatched,
+        ),
+        (
+            "a list of that namespace holds the named object",
+            read(List, "secrets").namespace("v").labels(&[("team", "vault")]),
+            vec![],
+            Outcome::Denied,
+        ),
+        (
+            "a namespace the selector does not pick",
+            read(List, "secrets").namespace("w").labels(&[("team", "web")]),
+            vec![],
+            Outcome::NotMatched,
+        ),
+        ("impersonating a user", read(Impersonate, "users").name("bob"), vec![], Outcome::Denied),
+        (
+            "impersonating a service account",
+            read(Impersonate, "serviceaccounts").namespace("prod").name("deployer"),
+            vec![],
+            Outcome::Denied,
+        ),
+        ("exec through the kubelet's API", read(Create, "nodes/proxy").name("node-1"), vec![], Outcome::Denied),
+        ("reading the kubelet's API", read(Get, "nodes/proxy").name("node-1"), vec![], Outcome::Denied),
+        ("reading a node", read(Get, "nodes").name("node-1"), vec![], Outcome::NotMatched),
+        // Admission's operations and authorization's verbs never meet.
+        (
+            "a write is admission's",
+            request(api::Operation::Delete, "secrets").namespace("prod").name("db"),
+            vec![],
+            Outcome::Denied,
+        ),
+        (
+            "a read policy never decides a write",
+            request(api::Operation::Update, "secrets").namespace("prod").name("db"),
+            vec![],
+            Outcome::NotMatched,
+        ),
+    ];
+    for (name, req, grants, expected) in cases {
+        let w = World { policies: policies.clone(), ..world(grants) };
+        let d = w.decide(&req);
+        assert_eq!(d.outcome, expected, "{name}: {}", d.message);
+        if expected == Outcome::Denied {
+            assert!(!d.allowed, "{name}");
+        }
+    }
+    // Which policy refused the write, and which the read: each names its own.
+    let w = World { policies: policies.clone(), ..world(vec![]) };
+    let write = w.decide(&request(api::Operation::Delete, "secrets").namespace("prod").name("db"));
+    assert_eq!(write.policies, vec!["prod-secrets"]);
+}
+
+#[test]
+fn a_refused_read_says_what_was_read_and_what_to_run() {
+    use crate::{api::Verb::*, testing::read};
+    let w = World {
+        policies: PolicyIndex::new([Arc::new(
+            policy("prod-secrets-read")
+                .verbs(&[Get, List, Watch], "", &["secrets"])
+                .namespaces(&["prod"])
+                .message("Reading production credentials needs a fresh second factor.")
+                .compiled(),
+        )]),
+        ..world(vec![])
+    };
+    let d = w.decide(&read(Get, "secrets").namespace("prod").name("db"));
+    assert!(
+        d.message.contains(r#"get secrets "db" in namespace "prod" requires step-up (policy "prod-secrets-read")"#),
+        "{}",
+        d.message
+    );
+    assert!(d.message.contains("kubectl stepup request"), "{}", d.message);
+    assert!(d.message.contains("Reading production credentials"), "{}", d.message);
+    let d = w.decide(&read(List, "secrets"));
+    assert!(d.message.contains("list secrets in every namespace requires step-up"), "{}", d.message);
+    // `authorize` is the same decision, without the stepup kinds' write rules.
+    let inputs = Inputs { policies: &w.policies, grants: Grants::Cached(&w.grants), config: &w.config, now: w.now };
+    let req = read(Watch, "secrets").namespace("prod");
+    assert_eq!(authorize(&req.view(), &inputs).outcome, Outcome::Denied);
 }

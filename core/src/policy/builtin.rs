@@ -22,6 +22,7 @@ pub fn policy_changes(max_age: Duration) -> CompiledPolicy {
                 api_groups: vec![crate::api::GROUP.to_owned()],
                 api_versions: vec!["*".to_owned()],
                 resources: vec!["stepuppolicies".to_owned()],
+                verbs: Vec::new(),
             }],
             // Everyone, not only people: a made-up `system:` name or a workload's is as good a
             // mask for deleting the policies as any (the controller's pod is exempt anyway).
@@ -50,6 +51,7 @@ pub fn admin_acts(max_age: Duration) -> CompiledPolicy {
                 api_groups: vec![crate::api::GROUP.to_owned()],
                 api_versions: vec!["*".to_owned()],
                 resources: vec!["stepupenrollments".to_owned()],
+                verbs: Vec::new(),
             }],
             ..Default::default()
         },

@@ -105,6 +105,12 @@ impl Candidates {
         if !self.rest.is_empty() {
             f(&self.rest);
         }
+        // A list or watch across all namespaces reads every namespace a policy names.
+        if req.spans_namespaces() {
+            self.by_prefix.values().for_each(|e| f(e));
+            self.by_label.values().flat_map(|m| m.values()).for_each(|e| f(e));
+            return;
+        }
         // Namespace globs never match cluster-scoped requests.
         if self.prefix_lengths != 0 && req.has_namespace() {
             let namespace = req.namespace.as_bytes();

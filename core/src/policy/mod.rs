@@ -16,7 +16,7 @@ pub use glob::Glob;
 pub use index::{Matches, PolicyIndex};
 pub use selector::Selector;
 
-use crate::api::{self, Enforcement, Method, Operation, StepUpPolicy, StepUpPolicySpec};
+use crate::api::{self, Enforcement, Method, Operation, StepUpPolicy, StepUpPolicySpec, Verb};
 
 /// A policy that cannot be compiled, with the path of the offending field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,10 +143,48 @@ pub enum NamespaceLabels<'a> {
     Unknown,
 }
 
-/// One admission request, reduced to what policies and grants look at.
+/// What a request does, as the API server asks about it: an admission operation (writes and
+/// connects), or an authorization verb (reads, and what admission never sees).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Admission(Operation),
+    Authorization(Verb),
+}
+
+impl Action {
+    /// The admission operation; `None` for an authorization request.
+    pub const fn operation(self) -> Option<Operation> {
+        match self {
+            Action::Admission(op) => Some(op),
+            Action::Authorization(_) => None,
+        }
+    }
+
+    /// As records and messages spell it: `DELETE`, `CONNECT`, `get`, `list`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Action::Admission(op) => op.as_str(),
+            Action::Authorization(verb) => verb.as_str(),
+        }
+    }
+}
+
+impl From<Operation> for Action {
+    fn from(op: Operation) -> Self {
+        Action::Admission(op)
+    }
+}
+
+impl From<Verb> for Action {
+    fn from(verb: Verb) -> Self {
+        Action::Authorization(verb)
+    }
+}
+
+/// One request, reduced to what policies and grants look at.
 #[derive(Clone, Copy, Debug)]
 pub struct Request<'a> {
-    pub operation: Operation,
+    pub action: Action,
     pub group: &'a str,
     pub version: &'a str,
     pub resource: &'a str,
@@ -172,6 +210,45 @@ impl Request<'_> {
     /// `namespaceSelector` constraints can talk about.
     pub fn has_namespace(&self) -> bool {
         !self.namespace.is_empty()
+    }
+
+    /// The admission operation, if this is an admission request.
+    pub fn operation(&self) -> Option<Operation> {
+        self.action.operation()
+    }
+
+    /// A list, watch or deletecollection without a namespace: it reaches every namespace, so
+    /// every namespace constraint holds (some namespace it reads is one a policy names).
+    pub fn spans_namespaces(&self) -> bool {
+        !self.has_namespace() && matches!(self.action, Action::Authorization(v) if v.is_collection())
+    }
+
+    /// A list, watch or deletecollection without a name: it reaches every object, so every
+    /// `resourceNames` constraint holds.
+    pub fn spans_names(&self) -> bool {
+        self.name.is_empty() && matches!(self.action, Action::Authorization(v) if v.is_collection())
+    }
+}
+
+/// Authorization verbs as a bit set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VerbSet(u16);
+
+impl VerbSet {
+    pub fn from_verbs(verbs: &[Verb]) -> Self {
+        Self(verbs.iter().fold(0, |acc, v| acc | (1 << *v as u16)))
+    }
+
+    pub const fn contains(self, verb: Verb) -> bool {
+        self.0 & (1 << verb as u16) != 0
+    }
+
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Verb> {
+        Verb::ALL.into_iter().filter(move |v| self.contains(*v))
     }
 }
 
@@ -250,6 +327,7 @@ impl NameSet {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CompiledRule {
     pub operations: OperationSet,
+    pub verbs: VerbSet,
     groups: NameSet,
     versions: NameSet,
     /// `(resource, subresource)` with `*` wildcards; subresource is empty for the main resource.
@@ -258,9 +336,11 @@ pub struct CompiledRule {
 
 impl CompiledRule {
     fn accepts(&self, req: &Request<'_>) -> bool {
-        self.operations.contains(req.operation)
-            && self.groups.contains(req.group)
-            && self.versions.contains(req.version)
+        let acts = match req.action {
+            Action::Admission(op) => self.operations.contains(op),
+            Action::Authorization(verb) => self.verbs.contains(verb),
+        };
+        acts && self.groups.contains(req.group) && self.versions.contains(req.version)
     }
 }
 
@@ -429,7 +509,7 @@ impl CompiledPolicy {
         if !self.applies_to_user(&req.user) {
             return false;
         }
-        if !self.resource_names.is_empty() && !self.resource_names.iter().any(|n| n == req.name) {
+        if !self.resource_names.is_empty() && !req.spans_names() && !self.resource_names.iter().any(|n| n == req.name) {
             return false;
         }
         self.covers_namespace(req, req.namespace_labels)
@@ -449,6 +529,9 @@ impl CompiledPolicy {
     /// Whether this is a namespace the policy looks at (globs, exclusions, selector), judged
     /// with `labels`.
     fn covers_namespace(&self, req: &Request<'_>, labels: NamespaceLabels<'_>) -> bool {
+        if req.spans_namespaces() {
+            return true;
+        }
         if !self.exclude_namespaces.is_empty()
             && req.has_namespace()
             && glob::any_matches(&self.exclude_namespaces, req.namespace)
@@ -511,7 +594,7 @@ impl CompiledPolicy {
     /// controller, a control-plane identity), so it needs what the policy needs.
     pub fn protects_deletes_in(&self, req: &Request<'_>) -> bool {
         req.is_namespace_object()
-            && req.operation == Operation::Delete
+            && req.operation() == Some(Operation::Delete)
             && self.protects_namespaced_deletes()
             && self.applies_to_user(&req.user)
             && self.covers_namespace(req, req.namespace_labels)
@@ -567,8 +650,11 @@ pub fn is_cluster_scoped(resource: &str) -> bool {
 }
 
 fn compile_rule(rule: &api::ResourceRule, path: &str) -> Result<CompiledRule, PolicyError> {
-    if rule.operations.is_empty() {
-        return Err(PolicyError::new(format!("{path}.operations"), "at least one operation is required"));
+    if rule.operations.is_empty() && rule.verbs.is_empty() {
+        return Err(PolicyError::new(
+            format!("{path}.operations"),
+            "a rule needs at least one operation (CREATE, UPDATE, DELETE, CONNECT) or verb (get, list, watch, ...)",
+        ));
     }
     if rule.api_groups.is_empty() {
         return Err(PolicyError::new(
@@ -601,12 +687,41 @@ fn compile_rule(rule: &api::ResourceRule, path: &str) -> Result<CompiledRule, Po
         }
         resources.push((res.to_owned(), sub.to_owned()));
     }
+    for (i, verb) in rule.verbs.iter().enumerate() {
+        check_verb(*verb, &resources, &format!("{path}.verbs[{i}]"))?;
+    }
     Ok(CompiledRule {
         operations: OperationSet::from_operations(&rule.operations),
+        verbs: VerbSet::from_verbs(&rule.verbs),
         groups: NameSet::new(&rule.api_groups),
         versions: NameSet::new(&rule.api_versions),
         resources,
     })
+}
+
+/// A write verb belongs to admission, which sees the object; authorization takes it only on a
+/// `proxy` subresource, whose requests (the kubelet's API behind `nodes/proxy`) admission
+/// never sees.
+fn check_verb(verb: Verb, resources: &[(String, String)], path: &str) -> Result<(), PolicyError> {
+    if !verb.is_write() {
+        return Ok(());
+    }
+    if let Some((res, sub)) = resources.iter().find(|(_, sub)| sub != "proxy") {
+        let named = if sub.is_empty() { res.clone() } else { format!("{res}/{sub}") };
+        let op = match verb {
+            Verb::Create => "CREATE",
+            Verb::Delete | Verb::Deletecollection => "DELETE",
+            _ => "UPDATE",
+        };
+        return Err(PolicyError::new(
+            path,
+            format!(
+                "{:?} on {named} is decided by admission, which sees the object: name it in operations ({op}) instead; verbs take reads (get, list, watch), impersonate, bind, escalate, approve, sign, and any verb on a proxy subresource such as nodes/proxy",
+                verb.as_str()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_namespace_glob(glob: &str, path: &str) -> Result<(), PolicyError> {

@@ -48,7 +48,8 @@ pub fn unserved(spec: &StepUpPolicySpec, served: &Served) -> Vec<String> {
 /// a rule never matches. `aggregated` maps each such group to its APIService's name.
 pub fn unadmitted(spec: &StepUpPolicySpec, aggregated: &BTreeMap<String, String>) -> Vec<String> {
     let mut problems = Vec::new();
-    for (i, rule) in spec.match_.rules.iter().enumerate() {
+    // Authorization sees those requests (before the proxying): a rule of verbs only is fine.
+    for (i, rule) in spec.match_.rules.iter().enumerate().filter(|(_, r)| !r.operations.is_empty()) {
         for (j, group) in rule.api_groups.iter().enumerate() {
             if let Some(service) = aggregated.get(group) {
                 problems.push(format!(

@@ -376,3 +376,89 @@ fn index_agrees_with_checking_every_policy_directly() {
     }
     assert_eq!(checked, 5 * 3 * namespaces.len() * labels.len());
 }
+
+/// Issue 31: a rule of verbs is the authorizer's. A write verb belongs to admission (which
+/// sees the object) except on a proxy subresource, whose kubelet requests admission never
+/// sees; the error names the verb's field and says where the write goes instead.
+#[test]
+fn verbs_take_reads_and_what_admission_never_sees() {
+    use crate::api::Verb;
+    let yaml = r#"
+apiVersion: stepup.dev/v1alpha1
+kind: StepUpPolicy
+metadata: {name: prod-secrets-read}
+spec:
+  match:
+    namespaces: [prod]
+    rules:
+    - {verbs: [get, list, watch], apiGroups: [""], resources: [secrets]}
+    - {verbs: [get, create], apiGroups: [""], resources: [nodes/proxy]}
+"#;
+    let p: crate::api::StepUpPolicy = serde_yaml::from_str(yaml).unwrap();
+    let c = CompiledPolicy::compile(&p).unwrap();
+    assert!(c.rules[0].operations.bits() == 0 && c.rules[0].verbs.contains(Verb::Watch));
+    assert!(c.matches(&crate::testing::read(Verb::Get, "secrets").namespace("prod").name("db").view()));
+    assert!(!c.matches(&request(Delete, "secrets").namespace("prod").name("db").view()));
+
+    let wrong_case = yaml.replace("get, list, watch", "GET");
+    let err = serde_yaml::from_str::<crate::api::StepUpPolicy>(&wrong_case).unwrap_err().to_string();
+    assert!(err.contains("GET"), "{err}");
+
+    let write = policy("w").verbs(&[Verb::Get, Verb::Delete], "", &["secrets"]).build();
+    let err = CompiledPolicy::compile(&write).unwrap_err();
+    assert_eq!(err.field, "spec.match.rules[0].verbs[1]", "{err}");
+    assert!(err.message.contains("\"delete\" on secrets is decided by admission"), "{err}");
+    assert!(err.message.contains("name it in operations (DELETE)"), "{err}");
+    let mixed = policy("m").verbs(&[Verb::Create], "", &["nodes/proxy", "pods/exec"]).build();
+    let err = CompiledPolicy::compile(&mixed).unwrap_err();
+    assert!(err.message.contains("on pods/exec"), "{err}");
+
+    let mut neither = policy("n").verbs(&[Verb::Get], "", &["secrets"]).build();
+    neither.spec.match_.rules[0].verbs.clear();
+    let err = CompiledPolicy::compile(&neither).unwrap_err();
+    assert_eq!(err.field, "spec.match.rules[0].operations", "{err}");
+    assert!(err.message.contains("operation") && err.message.contains("verb"), "{err}");
+}
+
+/// The index is a shortcut for reads too: a list or watch across every namespace visits the
+/// policies narrowed by namespace prefix or label, and a list without a name meets
+/// `resourceNames`.
+#[test]
+fn index_agrees_with_checking_every_policy_directly_for_reads() {
+    use crate::api::Verb::{self, *};
+    let reads: &[Verb] = &[Get, List, Watch];
+    let policies = vec![
+        policy("glob").verbs(reads, "", &["secrets"]).namespaces(&["prod", "prod-*"]).compiled(),
+        policy("selector").verbs(reads, "", &["secrets", "pods/log"]).namespace_labels(&[("env", "prod")]).compiled(),
+        policy("named").verbs(&[Get, List], "", &["secrets"]).resource_names(&["db"]).compiled(),
+        policy("anywhere").verbs(&[Watch], "", &["configmaps"]).compiled(),
+        policy("writes").rule(&[Operation::Delete], "", &["secrets"]).namespaces(&["prod"]).compiled(),
+        policy("both").rule(&[Operation::Delete], "", &["configmaps"]).verbs(&[Get], "", &["configmaps"]).compiled(),
+    ];
+    let idx = index(policies.clone());
+    let labels: [Option<&[(&str, &str)]>; 3] = [None, Some(&[]), Some(&[("env", "prod")])];
+    let mut checked = 0;
+    for resource in ["secrets", "pods/log", "configmaps"] {
+        for verb in [Get, List, Watch, Patch] {
+            for ns in ["", "prod", "prod-eu", "dev"] {
+                for name in ["", "db", "other"] {
+                    for l in labels {
+                        let mut r = crate::testing::read(verb, resource).namespace(ns).name(name);
+                        if let Some(l) = l {
+                            r = r.labels(l);
+                        }
+                        let mut direct: Vec<&str> =
+                            policies.iter().filter(|p| p.matches(&r.view())).map(|p| p.name.as_str()).collect();
+                        direct.sort_unstable();
+                        assert_eq!(matched_names(&idx, &r), direct, "{r:?}");
+                        checked += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 3 * 4 * 4 * 3 * labels.len());
+    // Across every namespace, each read policy on secrets is met.
+    let all = crate::testing::read(List, "secrets");
+    assert_eq!(matched_names(&idx, &all), vec!["glob", "named", "selector"]);
+}

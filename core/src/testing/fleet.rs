@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use super::{grant, policy};
-use crate::api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy};
+use crate::api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy, Verb};
 use jiff::{SignedDuration, Timestamp};
 
 /// Policies per team.
@@ -98,6 +98,11 @@ fn team_policy(k: usize, i: usize) -> StepUpPolicy {
     let ns_glob = format!("{t}-{env}-*");
     let name = |what: &str| format!("{t}-{env}-{what}");
     let p = match i % 10 {
+        0 if env == "prod" => policy(&name("secrets"))
+            .rule(&[Update, Delete], "", &["secrets"])
+            .verbs(&[Verb::Get, Verb::List, Verb::Watch], "", &["secrets"])
+            .namespaces(&[&ns, &ns_glob])
+            .message("See https://runbooks.example.com/team-secrets"),
         0 => policy(&name("secrets"))
             .rule(&[Update, Delete], "", &["secrets"])
             .namespaces(&[&ns, &ns_glob])

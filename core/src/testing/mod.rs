@@ -12,10 +12,10 @@ use serde_json::{Value, json};
 use crate::{
     api::{
         self, Enforcement, Exclusions, GrantScope, Method, Operation, PolicyMatch, ResourceRule, StepUpGrant,
-        StepUpGrantSpec, StepUpPolicy, StepUpPolicySpec, Subjects,
+        StepUpGrantSpec, StepUpPolicy, StepUpPolicySpec, Subjects, Verb,
     },
     grant::GrantRecord,
-    policy::{CompiledPolicy, NamespaceLabels, Request, User},
+    policy::{Action, CompiledPolicy, NamespaceLabels, Request, User},
 };
 
 /// A fixed instant, so tests read the same every day.
@@ -56,6 +56,19 @@ impl PolicyBuilder {
             api_groups: vec![group.to_owned()],
             api_versions: vec!["*".to_owned()],
             resources: resources.iter().map(|r| r.to_string()).collect(),
+            verbs: Vec::new(),
+        });
+        self
+    }
+
+    /// Adds a rule of authorization verbs (reads first) in the core group when `group` is empty.
+    pub fn verbs(mut self, verbs: &[Verb], group: &str, resources: &[&str]) -> Self {
+        self.spec.match_.rules.push(ResourceRule {
+            operations: Vec::new(),
+            api_groups: vec![group.to_owned()],
+            api_versions: vec!["*".to_owned()],
+            resources: resources.iter().map(|r| r.to_string()).collect(),
+            verbs: verbs.to_vec(),
         });
         self
     }
@@ -223,7 +236,7 @@ impl GrantBuilder {
 /// An owned request, viewed as a [`Request`] by the decision.
 #[derive(Clone, Debug)]
 pub struct RequestBuilder {
-    pub operation: Operation,
+    pub action: Action,
     pub group: String,
     pub version: String,
     pub resource: String,
@@ -243,9 +256,18 @@ pub struct RequestBuilder {
 
 /// `operation` on `resource` (`secrets`, `pods/exec`) in the core group, version v1, by alice.
 pub fn request(operation: Operation, resource: &str) -> RequestBuilder {
+    action(Action::Admission(operation), resource)
+}
+
+/// An authorization request: `verb` on `resource`, in the core group, version v1, by alice.
+pub fn read(verb: Verb, resource: &str) -> RequestBuilder {
+    action(Action::Authorization(verb), resource)
+}
+
+fn action(action: Action, resource: &str) -> RequestBuilder {
     let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
     RequestBuilder {
-        operation,
+        action,
         group: String::new(),
         version: "v1".to_owned(),
         resource: resource.to_owned(),
@@ -320,7 +342,7 @@ impl RequestBuilder {
             (None, false) => NamespaceLabels::Unknown,
         };
         Request {
-            operation: self.operation,
+            action: self.action,
             group: &self.group,
             version: &self.version,
             resource: &self.resource,
@@ -342,7 +364,7 @@ impl RequestBuilder {
             "uid": uid,
             "kind": {"group": self.group, "version": self.version, "kind": kind_of(&self.resource)},
             "resource": {"group": self.group, "version": self.version, "resource": self.resource},
-            "operation": self.operation.as_str(),
+            "operation": self.action.as_str(),
             "userInfo": {"username": self.username, "groups": self.groups},
             "dryRun": self.dry_run,
         });
@@ -372,6 +394,36 @@ impl RequestBuilder {
             r.insert("oldObject".into(), o);
         }
         json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})
+    }
+}
+
+impl RequestBuilder {
+    /// The same request as an `authorization.k8s.io/v1` SubjectAccessReview, as the API server's
+    /// authorization webhook sends it.
+    pub fn subject_access_review(&self) -> Value {
+        let mut attributes = json!({
+            "verb": self.action.as_str(),
+            "group": self.group,
+            "version": self.version,
+            "resource": self.resource,
+        });
+        let a = attributes.as_object_mut().expect("object");
+        for (key, value) in [("subresource", &self.subresource), ("namespace", &self.namespace), ("name", &self.name)] {
+            if !value.is_empty() {
+                a.insert(key.into(), json!(value));
+            }
+        }
+        let mut spec = json!({"resourceAttributes": attributes, "user": self.username, "groups": self.groups});
+        if !self.uid.is_empty() {
+            spec["uid"] = json!(self.uid);
+        }
+        if self.pod_bound {
+            spec["extra"] = json!({
+                "authentication.kubernetes.io/pod-name": ["web-0"],
+                "authentication.kubernetes.io/pod-uid": ["0b6b3c8e-0000-4000-8000-000000000002"],
+            });
+        }
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec})
     }
 }
 
