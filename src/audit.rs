@@ -7,7 +7,7 @@ use jiff::Timestamp;
 
 use crate::{
     decision::Decision,
-    policy::Request,
+    policy::{Action, Request},
     records::{Record, writer},
 };
 
@@ -47,7 +47,13 @@ impl AdmissionRecord<'_> {
             reason: d.grant_reason.clone().unwrap_or_default(),
             requirement: d.requirement.as_ref().map(|x| x.to_string()).unwrap_or_default(),
             correlation: d.correlation().unwrap_or_default(),
-            ..Record::new("admission.decision", time)
+            ..Record::new(
+                match r.action {
+                    Action::Admission(_) => "admission.decision",
+                    Action::Authorization(_) => "authorization.decision",
+                },
+                time,
+            )
         }
     }
 }

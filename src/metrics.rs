@@ -26,6 +26,8 @@ pub struct Metrics {
     registry: Registry,
     /// Reviews by decision (`granted`, `denied`, ...) and policy (`none` when no policy).
     pub reviews: IntCounterVec,
+    /// SubjectAccessReviews answered (policies' verbs: reads first), by decision and policy.
+    pub authorizations: IntCounterVec,
     pub review_duration: HistogramVec,
     /// Requests that could not be answered normally, by reason.
     pub review_errors: IntCounterVec,
@@ -99,6 +101,14 @@ impl Metrics {
         let registry = Registry::new();
         let reviews = IntCounterVec::new(
             Opts::new("stepup_admission_reviews_total", "Admission reviews answered, by decision and policy."),
+            &["decision", "policy"],
+        )
+        .expect("valid metric");
+        let authorizations = IntCounterVec::new(
+            Opts::new(
+                "stepup_authorization_reviews_total",
+                "SubjectAccessReviews answered (what policies name with verbs), by decision and policy.",
+            ),
             &["decision", "policy"],
         )
         .expect("valid metric");
@@ -220,6 +230,7 @@ impl Metrics {
         Self {
             registry,
             reviews,
+            authorizations,
             review_duration,
             review_errors,
             grant_lookups,
@@ -267,6 +278,7 @@ impl Metrics {
         let own: Vec<Box<dyn Collector>> = match process {
             Process::Webhook => vec![
                 Box::new(self.reviews.clone()),
+                Box::new(self.authorizations.clone()),
                 Box::new(self.review_duration.clone()),
                 Box::new(self.review_errors.clone()),
                 Box::new(self.grant_lookups.clone()),

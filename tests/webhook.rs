@@ -12,11 +12,16 @@ use kube_stepup::{
         Settings,
         lookup::{GrantSource, LookupError},
     },
-    api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy},
+    api::{
+        Enforcement,
+        Operation::*,
+        StepUpGrant, StepUpPolicy,
+        Verb::{Get, List, Watch},
+    },
     grant::GrantRecord,
 };
 use serde_json::{Value, json};
-use stepup_core::testing::{grant, policy, request, secret_object};
+use stepup_core::testing::{grant, policy, read, request, secret_object};
 
 use common::{Options, TestServer, decision_config};
 
@@ -383,4 +388,118 @@ async fn stopping_lets_the_server_finish_and_close() {
     server.stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), server.served).await.expect("server stops").unwrap();
     assert!(tokio::net::TcpStream::connect(server.addr).await.is_err(), "listener closed");
+}
+
+/// Policies that name reads of prod secrets (authorization) beside the writes of `policies()`.
+fn read_policies() -> Vec<StepUpPolicy> {
+    let mut all = policies();
+    all.push(policy("prod-secret-reads").verbs(&[Get, List, Watch], "", &["secrets"]).namespaces(&["prod"]).build());
+    all
+}
+
+/// POSTs a SubjectAccessReview to `/authorize` and returns its status.
+async fn authorize(conn: &mut common::Connection, review: &Value) -> Value {
+    let (status, body) = conn.post("/authorize", review.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    let answer: Value = serde_json::from_slice(&body).expect("JSON answer");
+    assert_eq!(
+        (answer["apiVersion"].as_str(), answer["kind"].as_str()),
+        (Some("authorization.k8s.io/v1"), Some("SubjectAccessReview"))
+    );
+    answer["status"].clone()
+}
+
+#[tokio::test]
+async fn protected_reads_are_denied_with_what_to_run_and_everything_else_has_no_opinion() {
+    let server = TestServer::start(read_policies(), vec![]).await;
+    let mut conn = server.connect().await;
+    for verb in [Get, List, Watch] {
+        let mut read = read(verb, "secrets").namespace("prod");
+        if verb == Get {
+            read = read.name("db");
+        }
+        let status = authorize(&mut conn, &read.subject_access_review()).await;
+        assert_eq!(
+            (status["allowed"].as_bool(), status["denied"].as_bool()),
+            (Some(false), Some(true)),
+            "{verb:?}: {status}"
+        );
+        let reason = status["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("policy \"prod-secret-reads\"") && reason.contains("kubectl stepup request"),
+            "{verb:?}: {reason}"
+        );
+        assert!(reason.contains("ref="), "the refusal names itself for the plugin: {reason}");
+    }
+    // Not named by any policy: NoOpinion, so that RBAC decides (never an Allow).
+    for unprotected in [
+        read(Get, "secrets").namespace("dev").name("db"),
+        read(Get, "configmaps").namespace("prod").name("settings"),
+        read(List, "pods").namespace("prod"),
+    ] {
+        let status = authorize(&mut conn, &unprotected.subject_access_review()).await;
+        assert_eq!(status, json!({"allowed": false}), "{status}");
+    }
+    // A list of secrets in every namespace spans prod: refused too.
+    let everywhere = authorize(&mut conn, &read(List, "secrets").subject_access_review()).await;
+    assert_eq!(everywhere["denied"], true, "{everywhere}");
+    assert_eq!(
+        server.metric("stepup_authorization_reviews_total{decision=\"denied\",policy=\"prod-secret-reads\"}"),
+        Some(4.0)
+    );
+    assert_eq!(server.metric("stepup_admission_reviews_total{"), None, "reads are not counted as admission reviews");
+}
+
+#[tokio::test]
+async fn a_fresh_grant_lets_the_read_through_as_no_opinion_and_bobs_stays_denied() {
+    let server = TestServer::start(read_policies(), vec![fresh_grant("g-alice", "alice")]).await;
+    let mut conn = server.connect().await;
+    let alice = read(Get, "secrets").namespace("prod").name("db").subject_access_review();
+    assert_eq!(authorize(&mut conn, &alice).await, json!({"allowed": false}), "granted: RBAC decides");
+    assert_eq!(server.metric("stepup_authorization_reviews_total{decision=\"granted\""), Some(1.0));
+    let bob = read(Get, "secrets").namespace("prod").name("db").by("bob", &["developers"]).subject_access_review();
+    assert_eq!(authorize(&mut conn, &bob).await["denied"], true, "alice's grant is not bob's");
+}
+
+#[tokio::test]
+async fn a_read_grant_not_yet_in_the_cache_is_found_by_a_direct_lookup() {
+    let just_issued = GrantRecord::from_grant(&fresh_grant("g-new", "alice")).unwrap();
+    let options = Options {
+        lookup: Some(Arc::new(SlowSource { grants: vec![just_issued], delay: Duration::ZERO })),
+        ..Options::default()
+    };
+    let server = TestServer::start_with(read_policies(), vec![], options).await;
+    let mut conn = server.connect().await;
+    let alice = read(Watch, "secrets").namespace("prod").subject_access_review();
+    assert_eq!(authorize(&mut conn, &alice).await, json!({"allowed": false}));
+    assert_eq!(server.metric("stepup_grant_lookups_total{result=\"found\"}"), Some(1.0));
+}
+
+#[tokio::test]
+async fn malformed_access_reviews_are_http_errors_and_nothing_is_decided_before_policies_load() {
+    let server = TestServer::start(read_policies(), vec![]).await;
+    let mut conn = server.connect().await;
+    for (body, needle) in [
+        ("not json", "not a JSON SubjectAccessReview"),
+        (
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{}}"#,
+            "only authorization.k8s.io/v1",
+        ),
+        (r#"{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview"}"#, "no spec"),
+    ] {
+        let (status, answer) = conn.post("/authorize", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(String::from_utf8_lossy(&answer).contains(needle), "{body}: {}", String::from_utf8_lossy(&answer));
+    }
+    // An admission review sent to /authorize (or the other way round) is not mistaken for one.
+    let (status, _) = conn.post("/authorize", delete_secret("prod").to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let sar = read(Get, "secrets").namespace("prod").name("db").subject_access_review();
+    let (status, _) = conn.post("/validate", sar.to_string()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a SubjectAccessReview is no AdmissionReview");
+
+    let starting =
+        TestServer::start_with(read_policies(), vec![], Options { synced: false, ..Options::default() }).await;
+    let (status, _) = starting.connect().await.post("/authorize", sar.to_string()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "the authorizer's failurePolicy decides until policies load");
 }

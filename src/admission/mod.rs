@@ -1,5 +1,6 @@
 //! The admission webhook: AdmissionReview in, decision out, over TLS.
 
+pub mod access_review;
 pub mod cache;
 pub mod challenges;
 pub mod events;

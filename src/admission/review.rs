@@ -93,13 +93,13 @@ struct UserInfo<'a> {
 /// Which of the pod-binding extras `userInfo.extra` carries (with a non-empty value). Read
 /// without allocating: other keys and their values are skipped.
 #[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
-struct PodBinding {
+pub(super) struct PodBinding {
     name: bool,
     uid: bool,
 }
 
 impl PodBinding {
-    fn is_bound(self) -> bool {
+    pub(super) fn is_bound(self) -> bool {
         self.name && self.uid
     }
 }

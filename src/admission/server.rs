@@ -34,6 +34,7 @@ use tower::ServiceExt;
 use tracing::{Instrument, field::Empty};
 
 use super::{
+    access_review::{self, AccessReview},
     cache::{CacheKind, Caches},
     events::EventReporter,
     lookup::{GrantSource, LookupError},
@@ -45,7 +46,7 @@ use crate::{
     decision::{self, Decision, DecisionConfig, Grants, Inputs, Outcome, StepUpObjects},
     grant::GrantRecord,
     metrics::Metrics,
-    policy::{Masks, NamespaceLabels, PolicyIndex, Request},
+    policy::{Action, Masks, NamespaceLabels, PolicyIndex, Request},
 };
 
 /// Tunables of the webhook server.
@@ -180,6 +181,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route(crate::api::ENFORCING_PATH, post(validate))
         .route(crate::api::ADVISORY_PATH, post(validate))
+        .route(crate::api::AUTHORIZE_PATH, post(authorize))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -437,6 +439,92 @@ async fn handle(state: &Webhook, query: Option<&str>, body: &[u8], peer: &Peer, 
     review_response(review.uid(), &decision)
 }
 
+/// `POST /authorize`: a SubjectAccessReview from the API server's authorization webhook.
+async fn authorize(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "access_review",
+        namespace = Empty,
+        verb = Empty,
+        user = Empty,
+        peer = Empty,
+        decision = Empty
+    );
+    async move {
+        let (parts, body) = request.into_parts();
+        let peer = parts.extensions.get::<Peer>().cloned().unwrap_or(Peer::Unauthenticated);
+        tracing::Span::current().record("peer", peer.describe());
+        let body = match read_body(&state, &parts.headers, body).await {
+            Ok(b) => b,
+            Err(refusal) => return refusal.answer(&state),
+        };
+        handle_access_review(&state, &body.bytes, &peer, started).await
+    }
+    .instrument(span)
+    .await
+}
+
+/// Decides a SubjectAccessReview like an admission review, with no objects: the answer is a
+/// Deny that says what to run, or NoOpinion. An error (starting, malformed) is an HTTP error,
+/// to which the API server applies the authorizer's failurePolicy (Deny: fail closed for
+/// what the matchConditions sent, which is only what policies name).
+async fn handle_access_review(state: &Webhook, body: &[u8], peer: &Peer, started: Instant) -> Response {
+    let metrics = &state.metrics;
+    if !state.caches.is_synced(CacheKind::Policies) {
+        metrics.review_errors.with_label_values(&["not_ready"]).inc();
+        return http_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "kube-stepup webhook is starting: policies are not loaded yet".into(),
+        );
+    }
+    let deadline = started + state.settings.default_review_timeout;
+    let review = match AccessReview::parse(body) {
+        Ok(r) => r,
+        Err(error) => {
+            metrics.review_errors.with_label_values(&[error.label()]).inc();
+            tracing::warn!(%error, "malformed SubjectAccessReview");
+            return http_error(StatusCode::BAD_REQUEST, error.to_string());
+        }
+    };
+    let span = tracing::Span::current();
+    span.record("namespace", review.namespace());
+    span.record("verb", review.verb());
+    span.record("user", review.username());
+    let cached_labels =
+        (!review.namespace().is_empty()).then(|| state.caches.namespace_labels(review.namespace())).flatten();
+    let labels = match &cached_labels {
+        Some(l) => NamespaceLabels::Known(l),
+        None if review.namespace().is_empty() => NamespaceLabels::NotApplicable,
+        None => NamespaceLabels::Unknown,
+    };
+    let Some(request) = review.request(labels, &state.settings.masks) else {
+        return access_review_response(None);
+    };
+    let policies = state.caches.policy_index();
+    let mut decision = decide_cached(state, &request, &StepUpObjects::None, &policies);
+    if decision.lookup_may_help
+        && let Some(fetched) = lookup(state, request.user.username, deadline).await
+    {
+        let inputs = Inputs {
+            policies: &policies,
+            grants: Grants::Fetched(&fetched),
+            config: &state.settings.decision,
+            now: jiff::Timestamp::now(),
+        };
+        decision = decision::authorize(&request, &inputs);
+    }
+    // A SubjectAccessReview has no uid: this answer's own names the refusal (`ref=`) and its
+    // audit record, so a grant can point back to what prompted it.
+    let uid = access_review::fresh_uid();
+    decision.refer(&uid);
+    record(state, &uid, &request, &decision, peer, started);
+    access_review_response(Some(&decision))
+}
+
+fn access_review_response(decision: Option<&Decision>) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], access_review::response_body(decision)).into_response()
+}
+
 /// Decides from the caches, or with grants unavailable when the grant watch has been out of
 /// touch for longer than the bound (decisions that need a grant then fail closed).
 fn decide_cached(state: &Webhook, request: &Request<'_>, objects: &StepUpObjects, policies: &PolicyIndex) -> Decision {
@@ -459,7 +547,11 @@ fn record(state: &Webhook, uid: &str, request: &Request<'_>, decision: &Decision
     let metrics = &state.metrics;
     tracing::Span::current().record("decision", decision.outcome.as_str());
     let policy_label = decision.policies.first().map(String::as_str).unwrap_or("none");
-    metrics.reviews.with_label_values(&[decision.outcome.as_str(), policy_label]).inc();
+    let reviews = match request.action {
+        Action::Admission(_) => &metrics.reviews,
+        Action::Authorization(_) => &metrics.authorizations,
+    };
+    reviews.with_label_values(&[decision.outcome.as_str(), policy_label]).inc();
     metrics.review_duration.with_label_values(&[decision.outcome.as_str()]).observe(started.elapsed().as_secs_f64());
     if let Some(limit) = decision.limit {
         metrics.challenge_limit_refusals.with_label_values(&[limit]).inc();

@@ -96,7 +96,7 @@ pub async fn run(session: &Session, args: &ReportArgs) -> Result<()> {
             .map_err(|e| Error::usage(format!("cannot read {}: {e}", path.display()), "Check the path."))?;
         // The API server's log is authoritative for what it reviewed; the webhook's own
         // admission records would count the same requests twice.
-        records.retain(|r| !r.is_admission());
+        records.retain(|r| !r.is_decision());
         records.extend(from_audit_log(&text));
     }
     let scope = Scope { since, until, user: args.user.clone(), policy: args.policy.clone() };

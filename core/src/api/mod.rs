@@ -40,6 +40,9 @@ pub const ADVISORY_WEBHOOK: &str = "advise.stepup.dev";
 /// The webhook's paths for the two entries; it serves both alike.
 pub const ENFORCING_PATH: &str = "/validate";
 pub const ADVISORY_PATH: &str = "/advise";
+/// The webhook's path for the API server's authorization webhook (SubjectAccessReviews of
+/// what policies name with `verbs`: reads first).
+pub const AUTHORIZE_PATH: &str = "/authorize";
 
 /// The verification methods a policy can accept and a grant can record.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]

@@ -106,8 +106,10 @@ impl Record {
         serde_json::to_string(self).unwrap_or_default()
     }
 
-    pub fn is_admission(&self) -> bool {
-        self.event == "admission.decision"
+    /// A decision of the webhook: on an admission review (writes) or a SubjectAccessReview
+    /// (reads and what only authorization sees).
+    pub fn is_decision(&self) -> bool {
+        matches!(self.event.as_str(), "admission.decision" | "authorization.decision")
     }
 
     /// The policies as a list.

@@ -84,7 +84,7 @@ pub struct Summary {
 pub const NO_PROMPT: &str = "(no prompt)";
 
 fn what(r: &Record) -> String {
-    if r.is_admission() {
+    if r.is_decision() {
         let mut s = format!("{} {}", r.operation.to_lowercase(), r.resource);
         if !r.subresource.is_empty() {
             s.push('/');
@@ -121,7 +121,7 @@ pub fn summarize(records: &[Record], scope: &Scope) -> Summary {
         }
     }
     let policies_of = |r: &Record| -> Vec<String> {
-        if r.is_admission() {
+        if r.is_decision() {
             return r.policy_list().map(str::to_owned).collect();
         }
         match prompted.get(r.correlation.as_str()) {
@@ -149,7 +149,7 @@ pub fn summarize(records: &[Record], scope: &Scope) -> Summary {
         let mut notable = true;
         match r.event.as_str() {
             "admission.decision" if r.dry_run => notable = false,
-            "admission.decision" => match r.decision.as_str() {
+            "admission.decision" | "authorization.decision" => match r.decision.as_str() {
                 "denied" if is_prompt(r) => bump(&mut |f| f.prompts += 1),
                 "granted" if !r.grant.is_empty() => bump(&mut |f| f.granted_operations += 1),
                 "break-glass" => bump(&mut |f| f.break_glass += 1),
@@ -179,7 +179,10 @@ pub fn summarize(records: &[Record], scope: &Scope) -> Summary {
         if notable {
             out.trail.push(TrailEntry {
                 time: r.time,
-                event: if r.is_admission() { format!("admission.{}", r.decision) } else { r.event.clone() },
+                event: match r.event.strip_suffix(".decision") {
+                    Some(kind) if r.is_decision() => format!("{kind}.{}", r.decision),
+                    _ => r.event.clone(),
+                },
                 user: r.user.clone(),
                 by: r.by.clone(),
                 what: what(r),
@@ -260,7 +263,7 @@ fn link(sorted: &[&Record]) -> Vec<Record> {
         {
             // The verdict is recorded after the grant it issued (which closed the story).
             r.correlation = id.clone();
-        } else if r.is_admission()
+        } else if r.is_decision()
             && r.correlation.is_empty()
             && let Some(id) = of_grant.get(&r.grant)
         {
@@ -282,7 +285,7 @@ fn link(sorted: &[&Record]) -> Vec<Record> {
 
 /// A refusal that asked for step-up (as opposed to a built-in refusal or an outage).
 fn is_prompt(r: &Record) -> bool {
-    r.is_admission() && r.decision == "denied" && !r.dry_run
+    r.is_decision() && r.decision == "denied" && !r.dry_run
 }
 
 /// The UTC days `[since, until)` touches, as `StepUpLog` day labels.
