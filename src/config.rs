@@ -28,6 +28,36 @@ pub enum Command {
     Crdgen,
     /// Print a new master key (base64) for --key-file.
     Keygen,
+    /// Render the API server's AuthorizationConfiguration (`--authorization-config`) that sends
+    /// what policies name with verbs (reads) to the webhook, before RBAC.
+    AuthorizerConfig(Box<AuthorizerConfigArgs>),
+}
+
+#[derive(Args, Debug)]
+pub struct AuthorizerConfigArgs {
+    /// Absolute path, on the API server's host, of the kubeconfig naming the webhook's
+    /// `/authorize` URL, its CA, and the client certificate the API server presents.
+    #[arg(long)]
+    pub webhook_kubeconfig: String,
+
+    /// Read the policies from these YAML files (`-` for standard input) instead of the cluster.
+    #[arg(long = "filename", short = 'f')]
+    pub filenames: Vec<PathBuf>,
+
+    /// Write the file here (atomically, and only when it changed) instead of standard output.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+
+    /// Seconds the API server waits for the webhook before its failure policy (Deny).
+    #[arg(long, default_value_t = 3)]
+    pub timeout_seconds: u32,
+
+    /// Put the Node authorizer first (clusters with kubelets; kubeadm's default chain is Node,RBAC).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub node_authorizer: bool,
+
+    #[command(flatten)]
+    pub identity: IdentityArgs,
 }
 
 /// Identities, shared by the webhook and the controller.

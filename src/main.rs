@@ -12,6 +12,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crdgen => print!("{}", api::crds_yaml()?),
+        Command::AuthorizerConfig(args) => kube_stepup::controller::authorizer_config::command(&args).await?,
         Command::Keygen => println!("{}", kube_stepup::keys::MasterKey::generate().to_base64().as_str()),
         Command::Controller(args) => {
             telemetry::init(cli.log_format);

@@ -352,6 +352,7 @@ mod tests {
     /// label sets of vectors exist and the rendering shows what a busy process exports.
     fn exercise_every_family(m: &Metrics) {
         m.reviews.with_label_values(&["denied", "p"]).inc();
+        m.authorizations.with_label_values(&["denied", "p"]).inc();
         m.review_duration.with_label_values(&["denied"]).observe(0.001);
         m.review_errors.with_label_values(&["not_json"]).inc();
         m.grant_lookups.with_label_values(&["found"]).inc();

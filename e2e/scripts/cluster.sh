@@ -193,7 +193,7 @@ fresh_state() {
 		mv "$LOGS" "$LOGS.previous"
 	fi
 	rm -rf "$PKI" "$DIR/etcd-data" "$PIDS" "$KCFG" "$TOKENS" "$ENV_FILE" "$DIR/audit-policy.yaml" \
-		"$DIR/admission-config.yaml" "$DIR/admission-kubeconfig.yaml"
+		"$DIR/admission-config.yaml" "$DIR/admission-kubeconfig.yaml" "$DIR/authorization-config.yaml"
 	mkdir -p "$PKI" "$LOGS" "$PIDS" "$KCFG" "$TOKENS"
 	chmod 700 "$DIR" "$PKI" "$TOKENS" "$KCFG"
 }
@@ -268,6 +268,17 @@ write_admission_config() {
 		    kind: WebhookAdmissionConfiguration
 		    kubeConfigFile: $DIR/admission-kubeconfig.yaml
 	EOF
+	# The authorization chain: RBAC alone until a policy names a verb (a read); then
+	# `stepup authorizer-config` puts the stepup webhook before RBAC in this file, and the API
+	# server reloads it (the e2e harness renders it after every policy change, as an operator's
+	# sync would).
+	cat >"$DIR/authorization-config.yaml" <<-EOF
+		apiVersion: apiserver.config.k8s.io/v1
+		kind: AuthorizationConfiguration
+		authorizers:
+		- type: RBAC
+		  name: rbac
+	EOF
 }
 
 gen_tokens() {
@@ -336,6 +347,7 @@ write_env() {
 		printf 'export KUBE_ADMISSION_CLIENT_CA_FILE=%q\n' "$PKI/admission-client-ca.crt"
 		printf 'export KUBE_ADMISSION_CLIENT_CERT_FILE=%q\n' "$PKI/admission-client.crt"
 		printf 'export KUBE_ADMISSION_CLIENT_KEY_FILE=%q\n' "$PKI/admission-client.key"
+		printf 'export KUBE_AUTHORIZATION_CONFIG=%q\n' "$DIR/authorization-config.yaml"
 		printf 'export ETCD_URL=%q\n' "$ETCD_URL"
 		printf 'export STEPUP_E2E_TOKEN_DIR=%q\n' "$TOKENS"
 		printf 'export KUBECTL=%q\n' "$BIN_DIR/kubectl"
@@ -373,7 +385,7 @@ start_apiserver() {
 		--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
 		--client-ca-file="$PKI/ca.crt" \
 		--token-auth-file="$PKI/tokens.csv" \
-		--authorization-mode=RBAC \
+		--authorization-config="$DIR/authorization-config.yaml" \
 		--service-account-issuer="$SA_ISSUER" \
 		--service-account-key-file="$PKI/sa.pub" \
 		--service-account-signing-key-file="$PKI/sa.key" \

@@ -190,8 +190,12 @@ write_sa_kubeconfig() { # service-account
 # What kubelet does for a pod that mounts the TLS Secret: keep tls.crt and tls.key on disk
 # in step with the Secret the controller manages (and rotates). Runs in the background.
 cert_sync_loop() {
-	local crt key
+	local crt key ca
 	while true; do
+		ca=$(kc -n stepup-system get secret stepup-webhook-tls -o 'jsonpath={.data.ca\.crt}' 2>/dev/null || true)
+		if [[ -n $ca && $ca != "$(base64 -w0 <"$STEPUP_PKI/ca.crt" 2>/dev/null)" ]]; then
+			base64 -d <<<"$ca" >"$STEPUP_PKI/ca.crt.new" && mv "$STEPUP_PKI/ca.crt.new" "$STEPUP_PKI/ca.crt"
+		fi
 		crt=$(kc -n stepup-system get secret stepup-webhook-tls -o 'jsonpath={.data.tls\.crt}' 2>/dev/null || true)
 		key=$(kc -n stepup-system get secret stepup-webhook-tls -o 'jsonpath={.data.tls\.key}' 2>/dev/null || true)
 		if [[ -n $crt && -n $key ]]; then
@@ -209,12 +213,12 @@ cert_sync_loop() {
 
 start_cert_sync() {
 	stop_process stepup-certsync
-	rm -f "$STEPUP_PKI/tls.crt" "$STEPUP_PKI/tls.key"
+	rm -f "$STEPUP_PKI/tls.crt" "$STEPUP_PKI/tls.key" "$STEPUP_PKI/ca.crt"
 	"$0" cert-sync </dev/null >>"$LOGS/stepup-certsync.log" 2>&1 &
 	echo $! >"$PIDS/stepup-certsync.pid"
 	local i
 	for ((i = 0; i < 600; i++)); do
-		[[ -s $STEPUP_PKI/tls.crt && -s $STEPUP_PKI/tls.key ]] && return 0
+		[[ -s $STEPUP_PKI/tls.crt && -s $STEPUP_PKI/tls.key && -s $STEPUP_PKI/ca.crt ]] && return 0
 		sleep 0.1
 	done
 	show_log stepup-controller
@@ -240,6 +244,31 @@ for line in sys.stdin.buffer:
 		out=$fifo
 	fi
 	echo "$out"
+}
+
+# The kubeconfig the API server's authorization webhook entry names (`stepup authorizer-config
+# --webhook-kubeconfig`): the webhook's /authorize URL and CA, and the client certificate the
+# API server also presents to admission webhooks (the webhook requires it).
+write_authorizer_kubeconfig() {
+	cat >"$DIR/authorizer-kubeconfig.yaml.new" <<-EOF
+		apiVersion: v1
+		kind: Config
+		clusters:
+		- name: stepup
+		  cluster:
+		    server: https://$HOST:$WEBHOOK_PORT/authorize
+		    certificate-authority: $STEPUP_PKI/ca.crt
+		users:
+		- name: kube-apiserver
+		  user:
+		    client-certificate: $KUBE_ADMISSION_CLIENT_CERT_FILE
+		    client-key: $KUBE_ADMISSION_CLIENT_KEY_FILE
+		contexts:
+		- name: stepup
+		  context: {cluster: stepup, user: kube-apiserver}
+		current-context: stepup
+	EOF
+	mv "$DIR/authorizer-kubeconfig.yaml.new" "$DIR/authorizer-kubeconfig.yaml"
 }
 
 start_webhook() {
@@ -319,6 +348,7 @@ write_env() {
 		export STEPUP_LOGS_DIR=$LOGS
 		export STEPUP_KEY_FILE=$STEPUP_PKI/master.key
 		export STEPUP_INSTALLER_GROUP=$INSTALLER_GROUP
+		export STEPUP_AUTHORIZER_KUBECONFIG=$DIR/authorizer-kubeconfig.yaml
 	EOF
 }
 
@@ -332,6 +362,7 @@ cmd_up() {
 	# serves that certificate, kept on disk by the sync loop as kubelet would.
 	start_controller
 	start_cert_sync
+	write_authorizer_kubeconfig
 	start_webhook
 	write_env
 	log "webhook registered; env in $DIR/stepup.env"
@@ -356,6 +387,11 @@ cmd_down() {
 	# otherwise keep calling a dead webhook.
 	stop_process stepup-controller
 	kc_installer delete validatingwebhookconfiguration stepup.dev --ignore-not-found >/dev/null 2>&1 || true
+	# Likewise the authorization chain: a render with no policies sends the webhook nothing.
+	if [[ -x $(stepup_bin) && -n ${KUBE_AUTHORIZATION_CONFIG:-} ]]; then
+		"$(stepup_bin)" authorizer-config --webhook-kubeconfig "$DIR/authorizer-kubeconfig.yaml" -f /dev/null \
+			--node-authorizer=false --output "$KUBE_AUTHORIZATION_CONFIG" || true
+	fi
 	stop_process stepup-certsync
 	stop_process stepup-webhook
 }

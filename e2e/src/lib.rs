@@ -193,6 +193,19 @@ pub async fn http_get(url: &str) -> Result<String> {
 }
 
 /// A minimal HTTP/1.0 GET: the status code and the body.
+/// SHA-256 of `data` in lowercase hex (`sha256sum`: the API server's config hash is of the same bytes).
+fn sha256_hex(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    child.stdin.take().expect("stdin").write_all(data).expect("sha256sum reads");
+    let out = child.wait_with_output().expect("sha256sum answers");
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_owned()
+}
+
 pub async fn http_get_status(url: &str) -> Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").context("http URL")?;
@@ -287,6 +300,7 @@ impl World {
         for name in &had_grants {
             self.webhook_holds("grants", name, None).await;
         }
+        self.sync_authorizer().await;
     }
 
     /// Waits until the webhook decides with `version` of the policy or grant `name` (`kind`:
@@ -333,6 +347,37 @@ impl World {
         for (name, version) in &applied {
             self.webhook_holds("policies", name, Some(version)).await;
         }
+        self.sync_authorizer().await;
+    }
+
+    /// Renders the API server's authorization configuration from the policies in the cluster
+    /// (`stepup authorizer-config`, as an operator's sync would) and waits until the API
+    /// server has loaded that file: its `last_config_info` metric names the file's hash.
+    pub async fn sync_authorizer(&self) {
+        let path = self.env.var("KUBE_AUTHORIZATION_CONFIG").to_owned();
+        let rendered = tokio::process::Command::new(self.env.var("STEPUP_BIN"))
+            .args(["authorizer-config", "--webhook-kubeconfig", self.env.var("STEPUP_AUTHORIZER_KUBECONFIG")])
+            .args(["--node-authorizer=false", "--namespace", "stepup-system", "--output", &path])
+            .env("KUBECONFIG", self.env.kubeconfig("admin"))
+            .output()
+            .await
+            .expect("stepup authorizer-config runs");
+        assert!(rendered.status.success(), "stepup authorizer-config: {}", String::from_utf8_lossy(&rendered.stderr));
+        let hash = format!("sha256:{}", sha256_hex(&std::fs::read(&path).expect("the rendered file")));
+        eventually(Duration::from_secs(90), || async {
+            let metrics = self.admin.request_text(hyper::Request::get("/metrics").body(Vec::new())?).await?;
+            let loaded = metrics
+                .lines()
+                .find(|l| l.starts_with("apiserver_authorization_config_controller_last_config_info{"))
+                .unwrap_or("none");
+            if loaded.contains(&hash) {
+                Ok(())
+            } else {
+                bail!("the API server's authorization config is {loaded}, not {hash}")
+            }
+        })
+        .await
+        .expect("the API server loads the rendered authorization configuration");
     }
 
     /// Waits until the controller has added the policies' resources to the webhook's rules:
@@ -352,7 +397,9 @@ impl World {
             policies
                 .iter()
                 .filter(|p| !deny || p.spec.enforcement == Enforcement::Deny)
-                .flat_map(|p| p.spec.match_.rules.iter().flat_map(|r| r.resources.clone()))
+                // Rules of verbs alone are the authorizer's: admission is not asked about them.
+                .flat_map(|p| p.spec.match_.rules.iter().filter(|r| !r.operations.is_empty()))
+                .flat_map(|r| r.resources.clone())
                 .collect()
         };
         let api: Api<ValidatingWebhookConfiguration> = Api::all(self.admin.clone());

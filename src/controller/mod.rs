@@ -2,6 +2,7 @@
 //! evidence behind (Events, audit lines, metrics). One leader among replicas (Lease). Each
 //! reconciler is a thin executor of a pure decision (`steps`, `factor`).
 
+pub mod authorizer_config;
 pub mod bootstrap;
 pub mod certs;
 pub mod challenge;

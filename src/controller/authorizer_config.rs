@@ -1,0 +1,421 @@
+//! The API server's `AuthorizationConfiguration` (`apiserver.config.k8s.io/v1`) that sends what
+//! policies name with `verbs` (reads first) to the webhook's `/authorize`, before RBAC.
+//!
+//! Admission never sees a read, so a policy that names `get`, `list` or `watch` is enforced by
+//! the API server's authorization webhook. Unlike the admission registration, that entry lives
+//! in a file on each control-plane node: `stepup authorizer-config` renders it from the
+//! policies, and the API server reloads the file when it changes. Pure: policies and settings
+//! in, YAML out.
+//!
+//! What the entry does:
+//! - `matchConditions` send only what some policy names (verb, group, resource and, where the
+//!   policy lists plain namespace names, the namespace or a request spanning every namespace):
+//!   every other request is authorized by RBAC alone and never leaves the API server. They
+//!   over-match where CEL cannot say exactly what a policy means (namespace globs and
+//!   selectors, resource names, subjects): the webhook decides exactly.
+//! - `failurePolicy: Deny`: when the webhook cannot answer, what is sent is refused (fail
+//!   closed for protected reads only).
+//! - No caching of answers: a fresh grant works on the next request, and a revoked or expired
+//!   one stops working as soon as the webhook's grant cache knows (the API server would
+//!   otherwise keep a NoOpinion or a Deny for its TTL).
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    api::{POD_NAME_EXTRA, POD_UID_EXTRA, StepUpPolicy},
+    policy::Masks,
+};
+
+pub const AUTHORIZER_NAME: &str = "stepup.dev";
+
+/// How the entry reaches the webhook and whom it leaves alone.
+#[derive(Clone, Debug)]
+pub struct AuthorizerSettings {
+    /// Absolute path, on the API server's host, of the kubeconfig that names the webhook's
+    /// `/authorize` URL, its CA and the API server's client certificate.
+    pub kubeconfig_file: String,
+    /// 1s to 30s: how long the API server waits for an answer before the failure policy.
+    pub timeout_seconds: u32,
+    /// stepup's own service accounts: with a pod-bound credential, never sent.
+    pub own_users: Vec<String>,
+    pub masks: Masks,
+    /// Put the Node authorizer first (clusters with kubelets).
+    pub node_authorizer: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AuthorizationConfiguration {
+    api_version: &'static str,
+    kind: &'static str,
+    authorizers: Vec<Authorizer>,
+}
+
+#[derive(Serialize)]
+struct Authorizer {
+    #[serde(rename = "type")]
+    type_: &'static str,
+    name: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook: Option<WebhookEntry>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WebhookEntry {
+    timeout: String,
+    subject_access_review_version: &'static str,
+    match_condition_subject_access_review_version: &'static str,
+    failure_policy: &'static str,
+    // Required by validation even when caching is off.
+    #[serde(rename = "authorizedTTL")]
+    authorized_ttl: &'static str,
+    cache_authorized_requests: bool,
+    #[serde(rename = "unauthorizedTTL")]
+    unauthorized_ttl: &'static str,
+    cache_unauthorized_requests: bool,
+    connection_info: ConnectionInfo,
+    match_conditions: Vec<Condition>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectionInfo {
+    #[serde(rename = "type")]
+    type_: &'static str,
+    kube_config_file: String,
+}
+
+#[derive(Serialize)]
+struct Condition {
+    expression: String,
+}
+
+/// The configuration file for `--authorization-config`. The webhook's entry is there even
+/// when no policy names a verb (its conditions then match nothing, and nothing is sent): the
+/// file's shape does not change with the policies, only what it sends.
+pub fn render(policies: &[StepUpPolicy], s: &AuthorizerSettings) -> String {
+    let mut authorizers = Vec::new();
+    if s.node_authorizer {
+        authorizers.push(Authorizer { type_: "Node", name: "node", webhook: None });
+    }
+    let named = named_by_policies(policies).unwrap_or_else(|| "false".into());
+    authorizers.push(Authorizer {
+        type_: "Webhook",
+        name: AUTHORIZER_NAME,
+        webhook: Some(WebhookEntry {
+            timeout: format!("{}s", s.timeout_seconds.clamp(1, 30)),
+            subject_access_review_version: "v1",
+            match_condition_subject_access_review_version: "v1",
+            failure_policy: "Deny",
+            authorized_ttl: "1s",
+            cache_authorized_requests: false,
+            unauthorized_ttl: "1s",
+            cache_unauthorized_requests: false,
+            connection_info: ConnectionInfo { type_: "KubeConfigFile", kube_config_file: s.kubeconfig_file.clone() },
+            match_conditions: conditions(named, policies, s),
+        }),
+    });
+    authorizers.push(Authorizer { type_: "RBAC", name: "rbac", webhook: None });
+    let config = AuthorizationConfiguration {
+        api_version: "apiserver.config.k8s.io/v1",
+        kind: "AuthorizationConfiguration",
+        authorizers,
+    };
+    let header = "# Rendered by `stepup authorizer-config` from the StepUpPolicies that name verbs.\n\
+                  # The API server reloads this file when it changes; render it again after a policy changes.\n";
+    // Plain structs of strings, booleans and lists always serialize.
+    format!("{header}{}", serde_yaml::to_string(&config).unwrap_or_default())
+}
+
+/// The conditions, all of which must hold for a request to be sent.
+fn conditions(named: String, policies: &[StepUpPolicy], s: &AuthorizerSettings) -> Vec<Condition> {
+    let pod_bound = format!("('{POD_NAME_EXTRA}' in request.extra && '{POD_UID_EXTRA}' in request.extra)");
+    let own: Vec<String> = s.own_users.iter().map(|u| cel_string(u)).collect();
+    let mut out = vec![
+        // Non-resource requests (`/healthz`, `/api`) are never named by a policy.
+        Condition { expression: "has(request.resourceAttributes)".into() },
+        Condition { expression: named },
+        // stepup's own pods read what they need without asking themselves; their names worn
+        // by anyone else (impersonation, a bare token) are masks.
+        Condition { expression: format!("!(request.user in [{}] && {pod_bound})", own.join(", ")) },
+        Condition { expression: "!request.user.startsWith('system:node:')".into() },
+    ];
+    if !policies.iter().any(|p| p.spec.match_.subjects.is_some()) {
+        // Policies without subjects apply to people only (see the admission registration).
+        let person = if s.masks.enabled {
+            let trusted: String = s
+                .masks
+                .trusted_namespaces
+                .iter()
+                .map(|ns| {
+                    format!(" && !request.user.startsWith({})", cel_string(&format!("system:serviceaccount:{ns}:")))
+                })
+                .collect();
+            format!(" || (request.user.startsWith('system:serviceaccount:'){trusted} && !{pod_bound})")
+        } else {
+            String::new()
+        };
+        out.push(Condition { expression: format!("!request.user.startsWith('system:'){person}") });
+    }
+    out
+}
+
+/// One CEL expression true for every request some policy names with a verb; `None` when no
+/// policy names one.
+fn named_by_policies(policies: &[StepUpPolicy]) -> Option<String> {
+    let mut alternatives = BTreeSet::new();
+    for p in policies {
+        let namespaces = namespace_condition(&p.spec.match_.namespaces, p.spec.match_.namespace_selector.is_some());
+        for rule in &p.spec.match_.rules {
+            if rule.verbs.is_empty() {
+                continue;
+            }
+            let mut parts = vec![in_list("verb", rule.verbs.iter().map(|v| v.as_str()))];
+            if !rule.api_groups.iter().any(|g| g == "*") {
+                parts.push(in_list("group", rule.api_groups.iter().map(String::as_str)));
+            }
+            if let Some(resources) = resources_condition(&rule.resources) {
+                parts.push(resources);
+            }
+            if let Some(ns) = &namespaces {
+                parts.push(ns.clone());
+            }
+            alternatives.insert(format!("({})", parts.join(" && ")));
+        }
+    }
+    (!alternatives.is_empty()).then(|| alternatives.into_iter().collect::<Vec<_>>().join(" || "))
+}
+
+fn attribute(name: &str) -> String {
+    format!("request.resourceAttributes.{name}")
+}
+
+fn in_list<'a>(name: &str, values: impl Iterator<Item = &'a str>) -> String {
+    let values: BTreeSet<String> = values.map(cel_string).collect();
+    format!("{} in [{}]", attribute(name), values.into_iter().collect::<Vec<_>>().join(", "))
+}
+
+/// Which resources (and subresources) a rule names; `None` when it names every one.
+fn resources_condition(resources: &[String]) -> Option<String> {
+    let mut any = Vec::new();
+    for r in resources {
+        let (res, sub) = r.split_once('/').map_or((r.as_str(), None), |(a, b)| (a, Some(b)));
+        let res_part = (res != "*").then(|| format!("{} == {}", attribute("resource"), cel_string(res)));
+        let sub_part = match sub {
+            None => Some(format!("{} == ''", attribute("subresource"))),
+            Some("*") => None,
+            Some(sub) => Some(format!("{} == {}", attribute("subresource"), cel_string(sub))),
+        };
+        match (res_part, sub_part) {
+            (None, None) => return None,
+            (Some(a), None) | (None, Some(a)) => any.push(a),
+            (Some(a), Some(b)) => any.push(format!("{a} && {b}")),
+        }
+    }
+    Some(format!("({})", any.iter().map(|a| format!("({a})")).collect::<Vec<_>>().join(" || ")))
+}
+
+/// Plain namespace names: those namespaces, or a request with no namespace (a list or watch
+/// across every namespace, or a cluster-scoped object). Globs and selectors: any namespace
+/// (the webhook decides).
+fn namespace_condition(namespaces: &[String], selector: bool) -> Option<String> {
+    if namespaces.is_empty() || selector || namespaces.iter().any(|n| n.contains(['*', '?'])) {
+        return None;
+    }
+    let mut names: Vec<&str> = namespaces.iter().map(String::as_str).collect();
+    names.push("");
+    Some(in_list("namespace", names.into_iter()))
+}
+
+/// A CEL string literal. Kubernetes names, groups and resources never hold quotes,
+/// backslashes or line breaks; should a policy carry one, it is dropped rather than let
+/// change the expression.
+fn cel_string(s: &str) -> String {
+    format!("'{}'", s.replace(['\\', '\'', '\n', '\r'], ""))
+}
+
+/// `stepup authorizer-config`: the policies from files or the cluster, the file rendered, and
+/// written (atomically, only when it changed) or printed.
+pub async fn command(args: &crate::config::AuthorizerConfigArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    if !args.webhook_kubeconfig.starts_with('/') {
+        anyhow::bail!(
+            "--webhook-kubeconfig must be an absolute path (the API server refuses a relative one): {:?}",
+            args.webhook_kubeconfig
+        );
+    }
+    let policies = if args.filenames.is_empty() {
+        let client = kube::Client::try_default().await.context("connecting to the cluster to list StepUpPolicies")?;
+        kube::Api::<StepUpPolicy>::all(client).list(&Default::default()).await.context("listing StepUpPolicies")?.items
+    } else {
+        let mut all = Vec::new();
+        for path in &args.filenames {
+            let text = if path.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading policies from standard input")?
+            } else {
+                std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+            };
+            all.extend(policies_in(&text).with_context(|| format!("in {}", path.display()))?);
+        }
+        all
+    };
+    let settings = AuthorizerSettings {
+        kubeconfig_file: args.webhook_kubeconfig.clone(),
+        timeout_seconds: args.timeout_seconds,
+        own_users: vec![args.identity.controller_user(), args.identity.webhook_user()],
+        masks: args.identity.masks(),
+        node_authorizer: args.node_authorizer,
+    };
+    let rendered = render(&policies, &settings);
+    let Some(output) = &args.output else {
+        print!("{rendered}");
+        return Ok(());
+    };
+    if std::fs::read(output).ok().as_deref() == Some(rendered.as_bytes()) {
+        eprintln!("{} is up to date", output.display());
+        return Ok(());
+    }
+    // The API server watches the file: it must never see half of it.
+    let partial = output.with_extension("partial");
+    std::fs::write(&partial, &rendered).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, output).with_context(|| format!("replacing {}", output.display()))?;
+    eprintln!("{} written", output.display());
+    Ok(())
+}
+
+/// The StepUpPolicies among the YAML documents of `text` (other kinds are skipped).
+fn policies_in(text: &str) -> anyhow::Result<Vec<StepUpPolicy>> {
+    let mut out = Vec::new();
+    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde_yaml::Value::deserialize(document).map_err(|e| anyhow::anyhow!("document {}: {e}", i + 1))?;
+        if value.is_null() || value.get("kind").and_then(|k| k.as_str()) != Some("StepUpPolicy") {
+            continue;
+        }
+        out.push(serde_yaml::from_value(value).map_err(|e| anyhow::anyhow!("document {}: {e}", i + 1))?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{api::Verb::*, testing::policy};
+
+    fn settings() -> AuthorizerSettings {
+        AuthorizerSettings {
+            kubeconfig_file: "/etc/kubernetes/stepup-authorizer.kubeconfig".into(),
+            timeout_seconds: 3,
+            own_users: vec!["system:serviceaccount:stepup-system:stepup-controller".into()],
+            masks: Masks { enabled: true, trusted_namespaces: vec!["kube-system".into()] },
+            node_authorizer: false,
+        }
+    }
+
+    fn parsed(policies: &[StepUpPolicy]) -> serde_yaml::Value {
+        serde_yaml::from_str(&render(policies, &settings())).expect("YAML")
+    }
+
+    #[test]
+    fn without_a_policy_naming_a_verb_nothing_leaves_the_api_server() {
+        let writes = policy("prod-secrets").rule(&[crate::api::Operation::Delete], "", &["secrets"]).build();
+        let config = parsed(&[writes]);
+        let types: Vec<&str> =
+            config["authorizers"].as_sequence().unwrap().iter().map(|a| a["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["Webhook", "RBAC"]);
+        assert_eq!(config["authorizers"][0]["webhook"]["matchConditions"][1]["expression"], "false");
+    }
+
+    #[test]
+    fn the_webhook_comes_before_rbac_fails_closed_and_caches_nothing() {
+        let reads =
+            policy("prod-secret-reads").verbs(&[Get, List, Watch], "", &["secrets"]).namespaces(&["prod"]).build();
+        let mut s = settings();
+        s.node_authorizer = true;
+        let config: serde_yaml::Value = serde_yaml::from_str(&render(&[reads], &s)).unwrap();
+        assert_eq!(config["apiVersion"], "apiserver.config.k8s.io/v1");
+        let types: Vec<&str> =
+            config["authorizers"].as_sequence().unwrap().iter().map(|a| a["type"].as_str().unwrap()).collect();
+        assert_eq!(types, ["Node", "Webhook", "RBAC"]);
+        let w = &config["authorizers"][1]["webhook"];
+        assert_eq!(w["failurePolicy"], "Deny");
+        assert_eq!(
+            (w["cacheAuthorizedRequests"].as_bool(), w["cacheUnauthorizedRequests"].as_bool()),
+            (Some(false), Some(false))
+        );
+        assert_eq!(w["connectionInfo"]["kubeConfigFile"], "/etc/kubernetes/stepup-authorizer.kubeconfig");
+        assert_eq!(w["timeout"], "3s");
+        let named = w["matchConditions"][1]["expression"].as_str().unwrap();
+        assert_eq!(
+            named,
+            "(request.resourceAttributes.verb in ['get', 'list', 'watch'] && request.resourceAttributes.group in [''] \
+             && ((request.resourceAttributes.resource == 'secrets' && request.resourceAttributes.subresource == '')) \
+             && request.resourceAttributes.namespace in ['', 'prod'])"
+        );
+    }
+
+    #[test]
+    fn globs_selectors_and_wildcards_over_match_and_the_webhook_decides() {
+        let globbed = policy("g").verbs(&[Get], "*", &["*"]).namespaces(&["prod-*"]).build();
+        let named = named_by_policies(&[globbed]).unwrap();
+        // `*` is every main resource (subresources are named with a slash), in any group and
+        // namespace (a glob): the webhook decides which namespaces.
+        assert_eq!(
+            named,
+            "(request.resourceAttributes.verb in ['get'] && ((request.resourceAttributes.subresource == '')))"
+        );
+        let proxy = policy("p").verbs(&[Get, Create], "", &["nodes/proxy", "pods/*", "*/log"]).build();
+        let named = named_by_policies(&[proxy]).unwrap();
+        assert!(
+            named.contains(
+                "(request.resourceAttributes.resource == 'nodes' && request.resourceAttributes.subresource == 'proxy')"
+            ),
+            "{named}"
+        );
+        assert!(named.contains("(request.resourceAttributes.resource == 'pods')"), "{named}");
+        assert!(named.contains("(request.resourceAttributes.subresource == 'log')"), "{named}");
+    }
+
+    #[test]
+    fn people_only_unless_a_policy_names_subjects_and_stepup_itself_only_with_its_pod() {
+        let reads = policy("r").verbs(&[Get], "", &["secrets"]).build();
+        let config = parsed(&[reads]);
+        let conditions: Vec<&str> = config["authorizers"][0]["webhook"]["matchConditions"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c["expression"].as_str().unwrap())
+            .collect();
+        assert_eq!(conditions[0], "has(request.resourceAttributes)");
+        assert!(
+            conditions[2]
+                .starts_with("!(request.user in ['system:serviceaccount:stepup-system:stepup-controller'] && ("),
+            "{}",
+            conditions[2]
+        );
+        assert!(
+            conditions[4].contains("!request.user.startsWith('system:serviceaccount:kube-system:')"),
+            "a service account's name without its pod is a person: {}",
+            conditions[4]
+        );
+    }
+
+    #[test]
+    fn policies_are_read_from_yaml_documents_and_other_kinds_skipped() {
+        let text = "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n---\n\
+                    apiVersion: stepup.dev/v1alpha1\nkind: StepUpPolicy\nmetadata: {name: reads}\n\
+                    spec:\n  match:\n    rules:\n    - {verbs: [get], apiGroups: [''], resources: [secrets]}\n";
+        let policies = policies_in(text).unwrap();
+        assert_eq!(policies.len(), 1);
+        assert_eq!(policies[0].spec.match_.rules[0].verbs, [Get]);
+        let err = policies_in("kind: StepUpPolicy\nspec: 3\n").unwrap_err().to_string();
+        assert!(err.contains("document 1"), "{err}");
+    }
+
+    #[test]
+    fn hostile_strings_cannot_change_the_expression() {
+        assert_eq!(cel_string("a' || true || '\nb"), "'a || true || b'");
+    }
+}
