@@ -138,7 +138,8 @@ install_api() {
 	kc wait --for=condition=Established --timeout=60s \
 		crd/stepuppolicies.stepup.dev crd/stepupgrants.stepup.dev \
 		crd/stepupchallenges.stepup.dev crd/stepupenrollments.stepup.dev >/dev/null
-	kc apply -f "$REPO/e2e/manifests/rbac.yaml" >/dev/null
+	# As an installer: after the first `up`, the chart's admission policy guards the controller's role.
+	kc_installer apply -f "$REPO/e2e/manifests/rbac.yaml" >/dev/null
 	write_sa_kubeconfig policy-writer
 }
 

@@ -1047,6 +1047,36 @@ impl Drop for ScriptControllerPaused {
     }
 }
 
+/// Stops the webhook that stepup.sh runs for the duration of a scenario and starts it again
+/// afterwards (waiting until it is ready), even when the scenario panics.
+pub struct ScriptWebhookStopped {
+    script: PathBuf,
+}
+
+impl ScriptWebhookStopped {
+    pub fn new() -> Self {
+        let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stepup.sh"));
+        let out = std::process::Command::new(&script).arg("webhook-stop").output().expect("stepup.sh runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Self { script }
+    }
+}
+
+impl Default for ScriptWebhookStopped {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ScriptWebhookStopped {
+    fn drop(&mut self) {
+        let out = std::process::Command::new(&self.script).arg("webhook-start").output();
+        if !out.is_ok_and(|o| o.status.success()) {
+            eprintln!("could not restart the stepup webhook");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- the plugin, as a person runs it
 
 /// Runs `kubectl stepup` as `who`, with `stdin` as standard input (none when `None`).

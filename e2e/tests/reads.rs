@@ -2,15 +2,17 @@
 //! server's authorization webhook (`stepup authorizer-config`), for real users with real RBAC.
 //! Run with `make e2e` (one test at a time: scenarios share the cluster's policies).
 
+use std::time::Duration;
+
 use jiff::SignedDuration;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api,
-    api::{DeleteParams, ListParams, WatchParams},
+    api::{DeleteParams, ListParams, PostParams, WatchParams},
 };
 use kube_stepup::api::{StepUpGrant, StepUpPolicy, Verb::*};
 use stepup_core::testing::policy;
-use stepup_e2e::{World, grant_for, refusal};
+use stepup_e2e::{Terminal, World, audit_lines, eventually, grant_for, plugin, refusal, show, text};
 
 fn prod_secret_reads() -> StepUpPolicy {
     policy("prod-secret-reads")
@@ -110,4 +112,154 @@ async fn masks_get_nothing_here_either() {
     let out = world.env.kubectl("admin", &["-n", "prod", "get", "secret", "db", "--as", "alice", "-o", "name"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("policy \"prod-secret-reads\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_wrapper_reads_a_prod_secret_in_one_go() {
+    let world = World::new().await;
+    world.secret("prod", "db").await;
+    world.apply_policies(&[prod_secret_reads()]).await;
+    let mut auth = world.enroll("alice", "alice").await;
+
+    let mut term =
+        Terminal::spawn(&world.env, "alice", &["--", "kubectl", "get", "secret", "db", "-n", "prod", "-o", "yaml"]);
+    let at = term.expect("[stepup-required: policies=prod-secret-reads", 0, Duration::from_secs(30)).await;
+    let at = term.expect("Code from your authenticator app:", at, Duration::from_secs(30)).await;
+    let code = auth.code().await;
+    term.type_line(&code).await;
+    term.expect("password: aHVudGVyMg==", at, Duration::from_secs(30)).await;
+    let (exit, screen) = term.exit_code().await;
+    eprintln!("--- the wrapper, as alice saw it ---\n{screen}");
+    assert_eq!(exit, 0, "{screen}");
+    assert_eq!(screen.matches("Error from server (Forbidden)").count(), 1, "one refusal, one retry:\n{screen}");
+    let grants = world.grants_of("alice").await;
+    assert!(
+        !grants.is_empty() && grants.iter().all(|g| g.spec.scope.policies == ["prod-secret-reads"]),
+        "scoped to the refused policy: {:?}",
+        grants.iter().map(|g| &g.spec.scope).collect::<Vec<_>>()
+    );
+    // The read it let through is in the trail, with the grant that allowed it.
+    let grant = grants[0].metadata.name.clone().expect("named");
+    eventually(Duration::from_secs(15), || async {
+        let lines = audit_lines(world.env.var("STEPUP_WEBHOOK_LOG"));
+        let read = lines.iter().any(|l| {
+            l["event"] == "authorization.decision"
+                && l["decision"] == "granted"
+                && l["grant"] == grant.as_str()
+                && l["operation"] == "get"
+                && l["name"] == "db"
+        });
+        if read { Ok(()) } else { anyhow::bail!("no granted read of prod/db with {grant} in the trail yet") }
+    })
+    .await
+    .expect("the allowed read is recorded");
+}
+
+#[tokio::test]
+async fn a_read_policy_is_ready_only_once_the_api_server_sends_its_reads_to_stepup() {
+    let world = World::new().await;
+    // Applied without rendering the authorizer file: the API server sends its reads nowhere.
+    let api: Api<StepUpPolicy> = Api::all(world.policy_writer.clone());
+    api.create(&PostParams::default(), &prod_secret_reads()).await.expect("policy created");
+    let ready = |wanted: &'static str| {
+        let api = api.clone();
+        async move {
+            eventually(Duration::from_secs(30), || async {
+                let status = api.get("prod-secret-reads").await?.status.unwrap_or_default();
+                match status.conditions.iter().find(|c| c.type_ == "Ready") {
+                    Some(c) if c.reason == wanted => Ok(c.clone()),
+                    other => anyhow::bail!("Ready condition: {other:?}"),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("Ready becomes {wanted}: {e}"))
+        }
+    };
+    let not_sent = ready("AuthorizerNotConfigured").await;
+    assert_eq!(not_sent.status, "False");
+    assert!(
+        not_sent.message.starts_with("the API server does not send get secrets to stepup's authorizer"),
+        "{}",
+        not_sent.message
+    );
+    assert!(not_sent.message.contains("`stepup authorizer-config`"), "{}", not_sent.message);
+    world.wait_event("PolicyReadsNotEnforced", "get secrets").await;
+    // alice reads meanwhile: RBAC's alone, as the condition says.
+    world.secret("prod", "db").await;
+    secrets(&world, "alice", "prod").await.get("db").await.expect("not sent to stepup yet");
+
+    world.sync_authorizer().await;
+    let compiled = ready("Compiled").await;
+    assert_eq!(compiled.status, "True");
+    refused_get(&world).await;
+}
+
+#[tokio::test]
+async fn the_shipped_example_protects_prod_secret_reads_and_leaves_dev_alone() {
+    let world = World::new().await;
+    world.secret("prod", "db").await;
+    world.secret("dev", "db").await;
+    let example: StepUpPolicy =
+        serde_yaml::from_str(include_str!("../../manifests/examples/prod-secret-reads.yaml")).expect("example parses");
+    world.apply_policies(&[example]).await;
+    let message = refused_get(&world).await;
+    assert!(message.contains("policy \"prod-secret-reads\""), "{message}");
+    assert!(message.contains("Reading production secrets needs a fresh second factor"), "{message}");
+    secrets(&world, "alice", "dev").await.get("db").await.expect("dev (no env=prod label) is not protected");
+    // stepup's own controller reads its Secrets in its namespace as before.
+    let own: Api<Secret> = Api::namespaced(world.controller.clone(), "stepup-system");
+    own.list(&ListParams::default()).await.expect("the controller reads its own secrets");
+}
+
+#[tokio::test]
+async fn check_answers_for_reads_as_the_authorizer_decides() {
+    let world = World::new().await;
+    world.apply_policies(&[prod_secret_reads()]).await;
+    let cases: [(&[&str], i32, &str); 4] = [
+        (
+            &["check", "get", "secret", "db", "-n", "prod"],
+            3,
+            "get secrets \"db\" in namespace \"prod\": step-up required",
+        ),
+        (&["check", "get", "secrets", "-n", "prod"], 3, "list secrets in namespace \"prod\": step-up required"),
+        (&["check", "watch", "secrets", "-n", "dev"], 0, "allowed, no policy applies"),
+        (&["check", "delete", "secret", "db", "-n", "prod"], 0, "allowed, no policy applies"),
+    ];
+    for (args, code, expected) in cases {
+        let out = plugin(&world.env, "alice", args, None).await;
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", show(&out));
+        assert!(text(&out.stdout).contains(expected), "{args:?}: {}", show(&out));
+    }
+}
+
+#[tokio::test]
+async fn with_the_webhook_down_protected_reads_fail_closed_and_nothing_else_does() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let world = World::new().await;
+    world.secret("prod", "db").await;
+    world.secret("dev", "db").await;
+    world.apply_policies(&[prod_secret_reads()]).await;
+    {
+        let _down = stepup_e2e::ScriptWebhookStopped::new();
+        // The API server cannot ask stepup: failurePolicy Deny makes it an error, not the secret.
+        let status = refusal(secrets(&world, "alice", "prod").await.get("db").await);
+        assert_eq!(status.code, 500, "{status:?}");
+        assert!(status.message.contains("/authorize"), "the error names the authorizer's URL: {}", status.message);
+        let listed = secrets(&world, "alice", "prod").await.list(&ListParams::default()).await;
+        assert!(listed.is_err(), "nor a list: {listed:?}");
+        // What no policy names never leaves the API server.
+        secrets(&world, "alice", "dev").await.get("db").await.expect("dev secrets");
+        let configmaps: Api<ConfigMap> = Api::namespaced(world.env.client("alice").await, "prod");
+        configmaps.list(&ListParams::default()).await.expect("prod configmaps");
+        let kube_system: Api<ConfigMap> = Api::namespaced(world.controller.clone(), "kube-system");
+        let _ = kube_system.list(&ListParams::default()).await.map_err(|e| {
+            // RBAC's answer, whatever it is, not the authorizer's error.
+            assert!(matches!(&e, kube::Error::Api(s) if s.code == 403), "{e:?}");
+        });
+        let leases: Api<Lease> = Api::namespaced(world.controller.clone(), "stepup-system");
+        leases.list(&ListParams::default()).await.expect("the controller's leases");
+    }
+    // Back up: refused with what to run, as before.
+    let message = refused_get(&world).await;
+    assert!(message.contains("policy \"prod-secret-reads\""), "{message}");
 }

@@ -178,6 +178,18 @@ pub fn response_body(decision: Option<&Decision>) -> Vec<u8> {
     serde_json::to_vec(&body).unwrap_or_default()
 }
 
+/// The answer to the controller's probe identity: Deny with [`crate::api::AUTHORIZER_PROBE_REASON`],
+/// which the API server passes back in the probe's SubjectAccessReview status. A Deny (not a
+/// NoOpinion) so that whoever wears the name gains nothing.
+pub fn probe_answer() -> Vec<u8> {
+    let body = ResponseEnvelope {
+        api_version: AUTHORIZATION_API_VERSION,
+        kind: "SubjectAccessReview",
+        status: Status { allowed: false, denied: true, reason: crate::api::AUTHORIZER_PROBE_REASON },
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -497,6 +497,10 @@ async fn handle_access_review(state: &Webhook, body: &[u8], peer: &Peer, started
         None if review.namespace().is_empty() => NamespaceLabels::NotApplicable,
         None => NamespaceLabels::Unknown,
     };
+    if review.username() == crate::api::AUTHORIZER_PROBE_USER {
+        // The controller asking whether the API server sends this policy's verbs here.
+        return ([(header::CONTENT_TYPE, "application/json")], access_review::probe_answer()).into_response();
+    }
     let Some(request) = review.request(labels, &state.settings.masks) else {
         return access_review_response(None);
     };

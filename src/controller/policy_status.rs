@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use jiff::Timestamp;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use kube::{
     Api, ResourceExt,
     api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
@@ -43,12 +44,33 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
         Ok(_) if !unserved.is_empty() => (false, "NothingToMatch", unserved.join("; ")),
         // Ready says the policy can be enforced; each webhook replica enforces it once its own
         // watch delivers it (README, "When a policy takes effect").
-        Ok(_) => {
-            (true, "Compiled", "valid; each webhook replica enforces it as soon as its watch delivers it".to_owned())
-        }
+        Ok(_) => match unauthorized_probes(&ctx.client, &policy).await {
+            Some(missing) if !missing.is_empty() => (
+                false,
+                "AuthorizerNotConfigured",
+                format!(
+                    "the API server does not send {} to stepup's authorizer, so RBAC alone decides them: render \
+                     `stepup authorizer-config` again and put it where --authorization-config points (README, \
+                     \"Reads: the authorizer\")",
+                    missing.join(", ")
+                ),
+            ),
+            _ => (
+                true,
+                "Compiled",
+                "valid; each webhook replica enforces it as soon as its watch delivers it".to_owned(),
+            ),
+        },
     };
-    // A CRD installed later makes the policy match after all: look again.
-    let next = if unserved.is_empty() { Action::await_change() } else { Action::requeue(RECHECK) };
+    let next = if reason == "AuthorizerNotConfigured" {
+        Action::requeue(AUTHORIZER_RECHECK)
+    } else if !unserved.is_empty() || names_verbs(&policy) {
+        // A CRD installed later makes the policy match after all; an authorizer file put back
+        // to an older version stops sending its reads: look again.
+        Action::requeue(RECHECK)
+    } else {
+        Action::await_change()
+    };
     let generation = policy.metadata.generation;
     let status = policy.status.clone().unwrap_or_default();
     let current = status.conditions.iter().find(|c| c.type_ == "Ready");
@@ -64,7 +86,11 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
     let api: Api<StepUpPolicy> = Api::all(ctx.client.clone());
     api.patch_status(&policy.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await?;
     if !ok {
-        let event = if reason == "Invalid" { "PolicyInvalid" } else { "PolicyMatchesNothing" };
+        let event = match reason {
+            "Invalid" => "PolicyInvalid",
+            "AuthorizerNotConfigured" => "PolicyReadsNotEnforced",
+            _ => "PolicyMatchesNothing",
+        };
         ctx.evidence.event(policy.as_ref(), EventType::Warning, event, message, None).await;
     }
     Ok(next)
@@ -72,6 +98,76 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
 
 /// How long discovery is reused, and how soon a policy that matches nothing is looked at again.
 const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How soon a policy whose reads the API server does not send to stepup is looked at again
+/// (the operator is rendering the authorizer file).
+const AUTHORIZER_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn names_verbs(policy: &StepUpPolicy) -> bool {
+    policy.spec.match_.rules.iter().any(|r| !r.verbs.is_empty())
+}
+
+/// One request per rule of verbs: its first verb, group and resource, asked for the probe
+/// identity in no namespace (which every namespace condition of the rendered file admits).
+pub fn probes(policy: &StepUpPolicy) -> Vec<ResourceAttributes> {
+    let concrete = |s: &str| if s == "*" { "stepup-probe".to_owned() } else { s.to_owned() };
+    policy
+        .spec
+        .match_
+        .rules
+        .iter()
+        .filter(|r| !r.verbs.is_empty())
+        .map(|r| {
+            let resource = r.resources.first().map(String::as_str).unwrap_or("*");
+            let (resource, subresource) = resource.split_once('/').unwrap_or((resource, ""));
+            ResourceAttributes {
+                verb: Some(r.verbs[0].as_str().to_owned()),
+                group: Some(
+                    r.api_groups.first().map_or(String::new(), |g| if g == "*" { String::new() } else { g.clone() }),
+                ),
+                resource: Some(concrete(resource)),
+                subresource: (!subresource.is_empty()).then(|| concrete(subresource)),
+                ..ResourceAttributes::default()
+            }
+        })
+        .collect()
+}
+
+/// The policy's probes the API server did not send to stepup's authorizer (`verb resource`),
+/// or `None` when asking failed (that says nothing about the policy).
+async fn unauthorized_probes(client: &kube::Client, policy: &StepUpPolicy) -> Option<Vec<String>> {
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    let mut missing = Vec::new();
+    for attributes in probes(policy) {
+        let what = format!(
+            "{} {}{}",
+            attributes.verb.as_deref().unwrap_or_default(),
+            attributes.resource.as_deref().unwrap_or_default(),
+            attributes.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default()
+        );
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(crate::api::AUTHORIZER_PROBE_USER.to_owned()),
+                resource_attributes: Some(attributes),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        match api.create(&kube::api::PostParams::default(), &review).await {
+            Ok(answer) => {
+                let reason = answer.status.and_then(|s| s.reason).unwrap_or_default();
+                if !reason.contains(crate::api::AUTHORIZER_PROBE_REASON) {
+                    missing.push(what);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not ask the API server whether it sends reads to stepup's authorizer");
+                return None;
+            }
+        }
+    }
+    Some(missing)
+}
 
 /// How long one group's discovery may take before the group counts as serving nothing.
 const GROUP_DISCOVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -131,5 +227,38 @@ async fn aggregated(client: &kube::Client) -> BTreeMap<String, String> {
             tracing::warn!(%error, "cannot list APIServices; policies on aggregated APIs are not recognised");
             BTreeMap::new()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        api::{Operation::Delete, Verb::*},
+        testing::policy,
+    };
+
+    #[test]
+    fn one_probe_per_rule_of_verbs_with_a_concrete_resource() {
+        let p = policy("p")
+            .rule(&[Delete], "", &["secrets"])
+            .verbs(&[List, Get], "", &["secrets"])
+            .verbs(&[Get], "*", &["nodes/proxy", "pods/log"])
+            .verbs(&[Watch], "apps", &["*"])
+            .namespaces(&["prod"])
+            .build();
+        let asked: Vec<(String, String, String, Option<String>)> = probes(&p)
+            .into_iter()
+            .map(|a| (a.verb.unwrap(), a.group.unwrap(), a.resource.unwrap(), a.subresource))
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                ("list".into(), "".into(), "secrets".into(), None),
+                ("get".into(), "".into(), "nodes".into(), Some("proxy".into())),
+                ("watch".into(), "apps".into(), "stepup-probe".into(), None),
+            ]
+        );
+        assert!(probes(&policy("w").rule(&[Delete], "", &["secrets"]).build()).is_empty(), "writes need no probe");
     }
 }

@@ -19,17 +19,18 @@ use super::{
     resources::{Catalog, ResourceInfo},
 };
 use crate::{
-    api::{Operation, StepUpGrant, StepUpPolicy},
+    api::{self, Operation, StepUpGrant, StepUpPolicy},
     decision::{self, DecisionConfig, DecisionSettings, Grants, Inputs, Outcome, StepUpObjects},
     grant::{self, GrantRecord},
-    policy::{CompiledPolicy, Masks, NamespaceLabels, PolicyIndex, Request},
+    policy::{Action, CompiledPolicy, Masks, NamespaceLabels, PolicyIndex, Request},
 };
 
-/// What a kubectl verb becomes at admission.
+/// What a kubectl verb becomes at admission or authorization.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verb {
-    /// get, list, watch: never sent to admission webhooks.
-    Read,
+    /// get, list, watch (and `describe`, `logs`): decided by stepup's authorizer, where the API
+    /// server sends them (policies that name `verbs`).
+    Read(api::Verb),
     Operations(Vec<Operation>),
     /// exec, attach, port-forward, proxy: CONNECT to a subresource (of pods by default).
     Connect(&'static str),
@@ -38,7 +39,9 @@ pub enum Verb {
 pub fn parse_verb(word: &str) -> Result<Verb> {
     use Operation::*;
     Ok(match word.to_ascii_lowercase().as_str() {
-        "get" | "list" | "watch" | "describe" | "logs" => Verb::Read,
+        "get" | "describe" | "logs" => Verb::Read(api::Verb::Get),
+        "list" => Verb::Read(api::Verb::List),
+        "watch" => Verb::Read(api::Verb::Watch),
         "create" => Verb::Operations(vec![Create]),
         "apply" => Verb::Operations(vec![Create, Update]),
         "update" | "patch" | "edit" | "replace" | "scale" | "label" | "annotate" | "set" | "rollout" => {
@@ -53,7 +56,7 @@ pub fn parse_verb(word: &str) -> Result<Verb> {
         other => {
             return Err(Error::usage(
                 format!("{other:?} is not a verb kube-stepup knows"),
-                "Use create, update, patch, apply, delete, exec, attach, port-forward or proxy (see --help).",
+                "Use get, list, watch, create, update, patch, apply, delete, exec, attach, port-forward or proxy (see --help).",
             ));
         }
     })
@@ -62,7 +65,7 @@ pub fn parse_verb(word: &str) -> Result<Verb> {
 /// One admission request to evaluate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
-    pub operation: Operation,
+    pub action: Action,
     pub group: String,
     pub version: String,
     pub resource: String,
@@ -73,7 +76,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn new(operation: Operation, info: &ResourceInfo, subresource: &str, namespace: &str, name: &str) -> Self {
+    fn new(action: impl Into<Action>, info: &ResourceInfo, subresource: &str, namespace: &str, name: &str) -> Self {
         let namespace = if info.group.is_empty() && info.resource == "namespaces" {
             name
         } else if info.namespaced {
@@ -82,7 +85,7 @@ impl Target {
             ""
         };
         Self {
-            operation,
+            action: action.into(),
             group: info.group.clone(),
             version: info.version.clone(),
             resource: info.resource.clone(),
@@ -113,11 +116,13 @@ pub fn targets_from_words(
             "For example: check delete secret db -n prod",
         ));
     };
+    let logs = verb.eq_ignore_ascii_case("logs");
     let verb = parse_verb(verb)?;
-    let (operations, default_subresource, default_resource) = match &verb {
-        Verb::Read => return Ok(Vec::new()),
-        Verb::Operations(ops) => (ops.clone(), "", None),
-        Verb::Connect(sub) => (vec![Operation::Connect], *sub, Some("pods")),
+    let (actions, default_subresource, default_resource): (Vec<Action>, _, _) = match &verb {
+        Verb::Read(_) if logs => (vec![Action::Authorization(api::Verb::Get)], "log", Some("pods")),
+        Verb::Read(read) => (vec![Action::Authorization(*read)], "", None),
+        Verb::Operations(ops) => (ops.iter().map(|op| Action::Admission(*op)).collect(), "", None),
+        Verb::Connect(sub) => (vec![Action::Admission(Operation::Connect)], *sub, Some("pods")),
     };
     let (resource, name) = match (rest, default_resource) {
         ([], Some(_)) => return Err(Error::usage("name the pod", "For example: check exec web -n prod")),
@@ -140,7 +145,12 @@ pub fn targets_from_words(
             format!("It has: {}.", info.subresources.join(", ")),
         ));
     }
-    Ok(operations.into_iter().map(|op| Target::new(op, info, subresource, namespace, &name)).collect())
+    // `get secrets` without a name is kubectl's list.
+    let actions = actions.into_iter().map(|a| match a {
+        Action::Authorization(api::Verb::Get) if name.is_empty() => Action::Authorization(api::Verb::List),
+        other => other,
+    });
+    Ok(actions.map(|a| Target::new(a, info, subresource, namespace, &name)).collect())
 }
 
 /// An object of a manifest, as far as admission cares.
@@ -287,7 +297,7 @@ pub struct Evaluation<'a> {
 impl Evaluation<'_> {
     pub fn evaluate(&self, target: &Target, labels: NamespaceLabels<'_>) -> TargetVerdict {
         let req = Request {
-            action: target.operation.into(),
+            action: target.action,
             group: &target.group,
             version: &target.version,
             resource: &target.resource,
@@ -309,7 +319,7 @@ impl Evaluation<'_> {
         let policies =
             decision.policies.iter().filter_map(|n| self.policies.get(n)).map(|p| self.verdict(p, &req)).collect();
         TargetVerdict {
-            operation: target.operation.as_str(),
+            operation: target.action.as_str(),
             group: target.group.clone(),
             version: target.version.clone(),
             resource: target.resource.clone(),
@@ -456,16 +466,6 @@ async fn webhook_settings(session: &Session) -> DecisionSettings {
 
 pub async fn run(session: &Session, args: &CheckArgs) -> Result<Exit> {
     let verb = args.words.first().map(|w| parse_verb(w)).transpose()?;
-    if verb == Some(Verb::Read) {
-        let report = "reads never pass through admission webhooks, so step-up never applies to them";
-        match args.output {
-            Output::Json => {
-                out!("{}", format::json(&serde_json::json!({"allowed": true, "results": [], "note": report})))
-            }
-            Output::Text => outln!("allowed: {report}."),
-        }
-        return Ok(Exit::Ok);
-    }
     let namespace = args.namespace.clone().unwrap_or_else(|| session.namespace.clone());
     let catalog = discover(session).await?;
     let targets = match &args.filename {
@@ -564,9 +564,9 @@ mod tests {
         text.split_whitespace().map(str::to_owned).collect()
     }
 
-    fn target(op: Operation, group: &str, resource: &str, sub: &str, ns: &str, name: &str) -> Target {
+    fn target(op: impl Into<Action>, group: &str, resource: &str, sub: &str, ns: &str, name: &str) -> Target {
         Target {
-            operation: op,
+            action: op.into(),
             group: group.into(),
             version: "v1".into(),
             resource: resource.into(),
@@ -583,7 +583,9 @@ mod tests {
         assert_eq!(parse_verb("patch").unwrap(), Verb::Operations(vec![Update]));
         assert_eq!(parse_verb("exec").unwrap(), Verb::Connect("exec"));
         assert_eq!(parse_verb("port-forward").unwrap(), Verb::Connect("portforward"));
-        assert_eq!(parse_verb("get").unwrap(), Verb::Read);
+        assert_eq!(parse_verb("get").unwrap(), Verb::Read(api::Verb::Get));
+        assert_eq!(parse_verb("logs").unwrap(), Verb::Read(api::Verb::Get));
+        assert_eq!(parse_verb("watch").unwrap(), Verb::Read(api::Verb::Watch));
         assert!(matches!(parse_verb("frobnicate"), Err(Error::Usage { .. })));
     }
 
@@ -594,6 +596,18 @@ mod tests {
             ("delete secret db", None, vec![target(Delete, "", "secrets", "", "prod", "db")]),
             ("delete secrets/db", None, vec![target(Delete, "", "secrets", "", "prod", "db")]),
             ("delete secrets", None, vec![target(Delete, "", "secrets", "", "prod", "")]),
+            (
+                "get secret db",
+                None,
+                vec![target(Action::Authorization(api::Verb::Get), "", "secrets", "", "prod", "db")],
+            ),
+            ("get secrets", None, vec![target(Action::Authorization(api::Verb::List), "", "secrets", "", "prod", "")]),
+            (
+                "watch secrets",
+                None,
+                vec![target(Action::Authorization(api::Verb::Watch), "", "secrets", "", "prod", "")],
+            ),
+            ("logs web", None, vec![target(Action::Authorization(api::Verb::Get), "", "pods", "log", "prod", "web")]),
             ("create deploy", None, vec![target(Create, "apps", "deployments", "", "prod", "")]),
             ("exec web", None, vec![target(Connect, "", "pods", "exec", "prod", "web")]),
             ("exec pod/web", None, vec![target(Connect, "", "pods", "exec", "prod", "web")]),
@@ -613,7 +627,6 @@ mod tests {
                     target(Update, "", "configmaps", "", "prod", "x"),
                 ],
             ),
-            ("get secrets", None, vec![]),
         ];
         for (input, sub, expected) in cases {
             let got = targets_from_words(&words(input), sub, "prod", &c).unwrap_or_else(|e| panic!("{input}: {e}"));

@@ -170,13 +170,16 @@ Examples:
     /// Which policies apply to an operation, and whether a current grant satisfies them.
     #[command(after_help = "\
 Like `kubectl auth can-i`, for step-up. Exit code 0 when the operation is allowed as far as
-step-up is concerned, 3 when it needs a grant first. Reads never need one.
+step-up is concerned, 3 when it needs a grant first.
 
-Verbs: create; update, patch, apply, edit, replace, scale, label, annotate; delete;
-exec, attach, port-forward, proxy (pods/exec, ...). `apply` checks create and update.
+Verbs: get, list, watch (describe, logs: get); create; update, patch, apply, edit, replace,
+scale, label, annotate; delete; exec, attach, port-forward, proxy (pods/exec, ...). `apply`
+checks create and update. Reads need a grant only where a policy names them with `verbs`
+and the API server sends them to stepup's authorizer.
 
 Examples:
   kubectl stepup check delete secret db -n prod
+  kubectl stepup check get secret db -n prod
   kubectl stepup check delete secrets/db -n prod
   kubectl stepup check exec pod web -n prod
   kubectl stepup check create clusterrolebindings

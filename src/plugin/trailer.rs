@@ -34,7 +34,8 @@ pub fn refusal_in(stderr: &str) -> Option<Requirement> {
 }
 
 /// What the API server's refusal of a wrapped kubectl command asks for: trailers only on the
-/// lines kubectl prints for a denial by stepup's enforcing webhook, and none at all when the
+/// lines kubectl prints for a denial by stepup's enforcing webhook or by its authorizer (a
+/// read: `... is forbidden: User "alice" cannot get resource ...: kube-stepup: ...`), and none at all when the
 /// command reached a container (`command terminated with exit code`: the request was admitted,
 /// so whatever the container printed is not a refusal). Anything else that prints a trailer (a
 /// script, a container's stderr through `kubectl exec`) gets no prompt and no grant.
@@ -48,10 +49,19 @@ pub fn api_refusal_in(stderr: &str) -> Option<Requirement> {
         stderr
             .lines()
             .filter_map(|l| l.strip_prefix("Error from server (Forbidden): "))
-            .filter_map(|l| l.split_once(&denial).map(|(_, message)| message))
+            .filter_map(|l| l.split_once(&denial).map(|(_, message)| message).or_else(|| authorizer_denial(l)))
             .flat_map(requirements_in)
             .collect(),
     )
+}
+
+/// The authorizer's reason in the API server's Forbidden message for a read:
+/// `secrets "db" is forbidden: User "alice" cannot get resource "secrets" in API group "" in
+/// the namespace "prod": kube-stepup: ...` → `kube-stepup: ...`.
+fn authorizer_denial(line: &str) -> Option<&str> {
+    let (_, user) = line.split_once(" is forbidden: User \"")?;
+    let (_, rest) = user.split_once("\" cannot ")?;
+    rest.split_once(": kube-stepup: ").map(|(_, reason)| reason)
 }
 
 /// The requirement carried by an API error's Status, from its cause or else its message.
@@ -104,6 +114,14 @@ mod tests {
             "Error from server (Forbidden): error when creating \"p.yaml\": admission webhook \"validate.stepup.dev\" denied the request: kube-stepup: ... {trailer}\n"
         );
         assert!(api_refusal_in(&from_a_file).is_some(), "kubectl apply -f says which file");
+        let read = format!(
+            "Error from server (Forbidden): secrets \"db\" is forbidden: User \"alice\" cannot get resource \"secrets\" in API group \"\" in the namespace \"prod\": kube-stepup: get secrets \"db\" in namespace \"prod\" requires step-up (policy \"prod-secrets\"). {trailer}\n"
+        );
+        assert_eq!(
+            api_refusal_in(&read).map(|r| r.policies),
+            Some(vec!["prod-secrets".to_owned()]),
+            "the authorizer's"
+        );
         for fake in [
             format!("{trailer}\n"),
             format!("ran\n{trailer}\n"),
@@ -114,6 +132,10 @@ mod tests {
                 "  Error from server (Forbidden): admission webhook \"validate.stepup.dev\" denied the request: {trailer}\n"
             ),
             format!("{real}command terminated with exit code 1\n"),
+            // RBAC's own refusal carries no stepup reason; a trailer elsewhere on the line is not one.
+            format!(
+                "Error from server (Forbidden): secrets is forbidden: User \"alice\" cannot list resource \"secrets\" {trailer}\n"
+            ),
         ] {
             assert_eq!(api_refusal_in(&fake), None, "{fake:?}");
         }

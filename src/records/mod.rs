@@ -20,6 +20,24 @@ mod tests {
         assert_eq!(listed.len(), stepup_core::decision::Outcome::ALL.len(), "the schema lists no other decision");
     }
 
+    /// Every operation an admission record names and every verb an authorization record does.
+    #[test]
+    fn the_schema_lists_every_operation_and_verb() {
+        use stepup_core::api::{Operation, Verb};
+        let schema: serde_json::Value =
+            serde_json::from_str(stepup_core::records::JSON_SCHEMA).expect("the schema is JSON");
+        let listed: Vec<&str> = schema["properties"]["operation"]["enum"]
+            .as_array()
+            .expect("an operation enum")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        let operations = [Operation::Create, Operation::Update, Operation::Delete, Operation::Connect];
+        for word in operations.iter().map(|o| o.as_str()).chain(Verb::ALL.iter().map(|v| v.as_str())) {
+            assert!(listed.contains(&word), "{word} is missing from record.schema.json's operation");
+        }
+    }
+
     /// Every event name the code can record (a `"<area>.<what>"` literal in `src/`) is one the
     /// schema lists, so that a new step cannot write lines its own schema rejects.
     #[test]
@@ -34,6 +52,7 @@ mod tests {
             .collect();
         let areas = [
             "admission",
+            "authorization",
             "challenge",
             "grant",
             "enrollment",

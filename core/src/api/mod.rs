@@ -43,6 +43,11 @@ pub const ADVISORY_PATH: &str = "/advise";
 /// The webhook's path for the API server's authorization webhook (SubjectAccessReviews of
 /// what policies name with `verbs`: reads first).
 pub const AUTHORIZE_PATH: &str = "/authorize";
+/// The identity the controller asks the API server about (a SubjectAccessReview) to learn
+/// whether a policy's verbs reach stepup's authorizer. The webhook refuses everything this
+/// name asks, with [`AUTHORIZER_PROBE_REASON`]: nobody gains anything by wearing it.
+pub const AUTHORIZER_PROBE_USER: &str = "stepup:authorizer-probe";
+pub const AUTHORIZER_PROBE_REASON: &str = "kube-stepup: authorizer probe (this identity is refused everything)";
 
 /// The verification methods a policy can accept and a grant can record.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema)]
