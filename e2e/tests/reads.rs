@@ -108,6 +108,27 @@ async fn masks_get_nothing_here_either() {
     // `edit` may impersonate the namespace's service accounts; the name without its pod is a
     // person's mask, refused by stepup before RBAC is asked.
     assert!(stderr.contains("policy \"prod-secret-reads\""), "{stderr}");
+    // The same mask with forged pod extras: impersonating extras is a right `edit` lacks.
+    let out = world.env.kubectl(
+        "alice",
+        &[
+            "-n",
+            "prod",
+            "get",
+            "secret",
+            "db",
+            "--as",
+            "system:serviceaccount:prod:default",
+            "--as-user-extra",
+            "authentication.kubernetes.io/pod-name=web-0",
+            "--as-user-extra",
+            "authentication.kubernetes.io/pod-uid=0f0f0f0f-0000-4000-8000-000000000000",
+            "-o",
+            "name",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("cannot impersonate resource \"userextras/"), "{stderr}");
     // A cluster-admin impersonating alice is alice.
     let out = world.env.kubectl("admin", &["-n", "prod", "get", "secret", "db", "--as", "alice", "-o", "name"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -153,6 +174,26 @@ async fn the_wrapper_reads_a_prod_secret_in_one_go() {
     })
     .await
     .expect("the allowed read is recorded");
+    // And in the durable trail the auditor reports from: the refused read and the one the
+    // grant let through, with the grant (the webhook writes segments every second here).
+    let trail = eventually(Duration::from_secs(30), || async {
+        let out =
+            plugin(&world.env, "auditor", &["report", "-o", "json", "--since", "1h", "--user", "alice"], None).await;
+        anyhow::ensure!(out.status.success(), "{}", show(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let trail: Vec<serde_json::Value> = report["report"]["trail"].as_array().cloned().unwrap_or_default();
+        let granted = trail.iter().any(|t| {
+            t["event"] == "authorization.granted" && t["what"].as_str().is_some_and(|w| w.starts_with("get secrets"))
+        });
+        let refused = trail.iter().any(|t| t["event"] == "authorization.denied");
+        if granted && refused { Ok(trail) } else { anyhow::bail!("not in the report yet: {trail:?}") }
+    })
+    .await
+    .expect("the report shows the refused and the granted read");
+    assert!(
+        trail.iter().any(|t| t["event"] == "authorization.granted" && t["grant"] == grant.as_str()),
+        "the read names its grant: {trail:?}"
+    );
 }
 
 #[tokio::test]

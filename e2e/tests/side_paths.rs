@@ -120,3 +120,47 @@ async fn every_way_into_a_prod_pod_needs_a_grant() {
     assert!(message.contains("policy \"prod-exec\""), "{message}");
     let _ = world.env.kubectl("admin", &["-n", "prod", "delete", "pod", &name, "--wait=false"]);
 }
+
+#[tokio::test]
+async fn approving_a_client_certificate_in_the_break_glass_group_needs_a_reasoned_grant() {
+    let world = World::new().await;
+    world.apply_policies(&example(include_str!("../../manifests/examples/csr-approval.yaml"))).await;
+    let name = format!("mallory-{}", std::process::id());
+    // A CSR asking for a client certificate in the break-glass group, which passes every policy
+    // (Kubernetes itself refuses `system:masters` for this signer). Created by the admin: who
+    // asks does not matter, who approves does.
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let csr = std::process::Command::new("openssl")
+        .args(["req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+        .args(["-subj", "/O=stepup:break-glass/CN=mallory", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .output()
+        .expect("openssl runs");
+    assert!(csr.status.success(), "{}", String::from_utf8_lossy(&csr.stderr));
+    let request = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &csr.stdout);
+    let manifest = format!(
+        "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\n\
+         spec: {{request: {request}, signerName: kubernetes.io/kube-apiserver-client, usages: [client auth]}}\n"
+    );
+    let out = world.env.kubectl_stdin("admin", &["create", "-f", "-"], &manifest);
+    assert!(out.status.success(), "{}", text(&out));
+    // alice may approve such requests (as a platform team might let a few people).
+    let rbac = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {name: e2e-csr-approver}\n\
+                rules:\n- {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests], verbs: [get, list]}\n\
+                - {apiGroups: [certificates.k8s.io], resources: [certificatesigningrequests/approval], verbs: [update]}\n\
+                - {apiGroups: [certificates.k8s.io], resources: [signers], resourceNames: [kubernetes.io/kube-apiserver-client], verbs: [approve]}\n\
+                ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: e2e-csr-approver}\n\
+                roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: e2e-csr-approver}\n\
+                subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]\n";
+    let out = world.env.kubectl_stdin("admin", &["apply", "-f", "-"], rbac);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = world.env.kubectl("alice", &["certificate", "approve", &name]);
+    let _ = world.env.kubectl_stdin("admin", &["delete", "-f", "-", "--wait=false"], rbac);
+    let message = refused(&out);
+    assert!(message.contains("policy \"csr-approval\"") && message.contains("reason-required=true"), "{message}");
+    let out = world.env.kubectl("admin", &["get", "csr", &name, "-o", "jsonpath={.status.conditions}"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "", "not approved: {}", text(&out));
+    let _ = world.env.kubectl("admin", &["delete", "csr", &name, "--wait=false"]);
+    let _ = std::fs::remove_dir_all(dir);
+}
