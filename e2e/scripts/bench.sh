@@ -4,13 +4,14 @@
 # `make e2e`) with the release webhook, 10,000 policies and 100,000 grants, load runs
 # against the webhook over TLS, memory, and write latency through kube-apiserver.
 #
-# Usage: bench.sh [all|decision|up|seed|memory|load|e2e|churn|soak|stall|down]...   (default: all)
-#   all       decision, up, seed, memory, load, e2e, churn, memory, down
+# Usage: bench.sh [all|decision|up|seed|memory|load|reads|e2e|churn|soak|stall|down]...   (default: all)
+#   all       decision, up, seed, memory, load, reads, e2e, churn, memory, down
 #   decision  cargo bench --bench decision
 #   up        control plane + release webhook (cluster.sh, stepup.sh)
 #   seed      load the fleet (stepup-load seed), restart the webhook so it lists it at once
 #   memory    VmRSS / VmHWM of the webhook
 #   load      the load runs (stepup-load run)
+#   reads     the load runs of SubjectAccessReviews (/authorize: reads policies name)
 #   e2e       ConfigMap update latency: no admission, kube-stepup, ValidatingAdmissionPolicy
 #             (after seed: it edits the webhook registration, which the controller would revert)
 #   churn     update / delete / re-create 30% of policies and grants
@@ -145,6 +146,16 @@ cmd_load() {
 	load_run "20000/s mix" --rate 20000 --connections 16
 }
 
+cmd_reads() {
+	# What the API server's authorization webhook sends: a granted read of a prod Secret (the
+	# team's policy names reads), a read no policy names, and a denied list (after the direct
+	# grant lookup, as for writes: a low rate).
+	load_run "1000/s secret-read" --rate 1000 --connections 4 --body secret-read
+	load_run "1000/s secret-read-dev" --rate 1000 --connections 4 --body secret-read-dev
+	load_run "2/s read denied" --rate 2 --connections 2 --body secret-read-denied
+	load_run "saturation closed loop 4 secret-read" --rate 0 --connections 4 --body secret-read
+}
+
 cmd_e2e() {
 	note "e2e: stepup-load e2e --iterations 2000"
 	"$LOAD" e2e --iterations 2000 --json "$JSON" 2>&1 | tee -a "$OUT/summary.txt"
@@ -238,11 +249,12 @@ main() {
 			cmd_up
 			cmd_seed
 			cmd_load
+			cmd_reads
 			cmd_e2e
 			cmd_churn
 			[[ ${BENCH_KEEP_UP:-0} == 1 ]] || cmd_down
 			;;
-		decision | up | seed | memory | load | e2e | churn | soak | stall | down) "cmd_$step" ;;
+		decision | up | seed | memory | load | reads | e2e | churn | soak | stall | down) "cmd_$step" ;;
 		*)
 			sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
 			exit 2

@@ -172,6 +172,23 @@ enum Body {
     /// DELETE of a prod Secret by a user whose grants are all too old: denied, after the
     /// direct grant lookup against the API server.
     SecretDenied,
+    /// A SubjectAccessReview (`/authorize`): get of a prod Secret by the user holding a fresh
+    /// grant; the team's policy names reads: NoOpinion (RBAC decides).
+    SecretRead,
+    /// A SubjectAccessReview: get of a Secret in a dev namespace; no policy applies: NoOpinion.
+    SecretReadDev,
+    /// A SubjectAccessReview: list of a prod namespace's Secrets by a user whose grants are all
+    /// too old: Deny, after the direct grant lookup.
+    SecretReadDenied,
+}
+
+/// Which review a body is, and so where it goes and what answers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// An AdmissionReview to the registration's path.
+    Admission,
+    /// A SubjectAccessReview to `/authorize`: "allowed" means NoOpinion, not allowed a Deny.
+    Access,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -547,14 +564,31 @@ fn deployment(namespace: &str, replicas: u32, image: &str) -> Value {
     })
 }
 
-/// The AdmissionReview kube-apiserver would send, and whether the webhook should allow it.
-fn review(body: Body, i: u64) -> (Value, bool) {
+/// The review kube-apiserver would send, whether the webhook should allow it (for a
+/// SubjectAccessReview: answer NoOpinion rather than Deny), and which kind it is.
+fn review(body: Body, i: u64) -> (Value, bool, Kind) {
     let uid = format!("7c1e2d3a-0000-4000-8000-{i:012}");
     let (u, ns) = match body {
-        Body::SecretDenied => (43, "team-43-prod"),
-        Body::SecretUpdateDev => (42, "team-42-dev"),
+        Body::SecretDenied | Body::SecretReadDenied => (43, "team-43-prod"),
+        Body::SecretUpdateDev | Body::SecretReadDev => (42, "team-42-dev"),
         _ => (42, "team-42-prod"),
     };
+    if let Some((verb, name)) = match body {
+        Body::SecretRead | Body::SecretReadDev => Some(("get", "db")),
+        Body::SecretReadDenied => Some(("list", "")),
+        _ => None,
+    } {
+        let info = user_info(u);
+        let review = json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {
+                "resourceAttributes": {"namespace": ns, "verb": verb, "version": "v1", "resource": "secrets", "name": name},
+                "user": info["username"], "uid": info["uid"], "groups": info["groups"], "extra": info["extra"]
+            },
+            "status": {"allowed": false}
+        });
+        return (review, body != Body::SecretReadDenied, Kind::Access);
+    }
     let gvk = |g: &str, v: &str, k: &str| json!({"group": g, "version": v, "kind": k});
     let gvr = |g: &str, v: &str, r: &str| json!({"group": g, "version": v, "resource": r});
     let mut request = match body {
@@ -591,13 +625,18 @@ fn review(body: Body, i: u64) -> (Value, bool) {
             "object": {"kind": "PodExecOptions", "apiVersion": "v1", "stdin": true, "stdout": true, "tty": true, "container": "web", "command": ["/bin/sh"]},
             "oldObject": null, "options": null
         }),
+        Body::SecretRead | Body::SecretReadDev | Body::SecretReadDenied => unreachable!("answered above"),
     };
     let r = request.as_object_mut().expect("object");
     r.insert("uid".into(), json!(uid));
     r.insert("userInfo".into(), user_info(u));
     r.insert("dryRun".into(), json!(false));
     let allowed = !matches!(body, Body::SecretDenied);
-    (json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}), allowed)
+    (
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}),
+        allowed,
+        Kind::Admission,
+    )
 }
 
 // ------------------------------------------------------------------ the load run
@@ -606,6 +645,8 @@ struct Target {
     addr: SocketAddr,
     host: String,
     path: String,
+    /// The authorizer's path (the API server's authorization webhook sends no timeout).
+    authorize_path: &'static str,
     tls: Arc<ClientConfig>,
 }
 
@@ -648,7 +689,13 @@ impl Target {
             config.resumption = rustls::client::Resumption::disabled();
         }
         // The API server appends the webhook's timeoutSeconds.
-        Ok(Self { addr, host: addr.ip().to_string(), path: format!("/{path}?timeout=5s"), tls: Arc::new(config) })
+        Ok(Self {
+            addr,
+            host: addr.ip().to_string(),
+            path: format!("/{path}?timeout=5s"),
+            authorize_path: "/authorize",
+            tls: Arc::new(config),
+        })
     }
 
     async fn connect(&self) -> Result<http1::SendRequest<Full<Bytes>>> {
@@ -668,9 +715,14 @@ impl Target {
         sender: &mut http1::SendRequest<Full<Bytes>>,
         body: Bytes,
         expect_allowed: bool,
+        kind: Kind,
     ) -> Result<()> {
         sender.ready().await?;
-        let req = Request::post(&self.path)
+        let path = match kind {
+            Kind::Admission => self.path.as_str(),
+            Kind::Access => self.authorize_path,
+        };
+        let req = Request::post(path)
             .header("host", &self.host)
             .header("content-type", "application/json")
             .header("accept", "application/json, */*")
@@ -683,7 +735,16 @@ impl Target {
         }
         // The answer, parsed: an AdmissionReview whose response says what it should.
         let answer: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        if answer["kind"] != "AdmissionReview" || answer["response"]["allowed"] != expect_allowed {
+        let as_expected = match kind {
+            Kind::Admission => answer["kind"] == "AdmissionReview" && answer["response"]["allowed"] == expect_allowed,
+            // Never an Allow; a Deny exactly when not expected to pass.
+            Kind::Access => {
+                answer["kind"] == "SubjectAccessReview"
+                    && answer["status"]["allowed"] == false
+                    && answer["status"]["denied"].as_bool().unwrap_or(false) != expect_allowed
+            }
+        };
+        if !as_expected {
             bail!("{WRONG_ANSWER}: {}", String::from_utf8_lossy(&body));
         }
         Ok(())
@@ -716,7 +777,7 @@ fn drive(
     k: usize,
     args: &RunArgs,
     target: &Target,
-    bodies: &[(Bytes, bool)],
+    bodies: &[(Bytes, bool, Kind)],
     start: Instant,
     measure_from: Instant,
     end: Instant,
@@ -755,13 +816,13 @@ fn drive(
             std::thread::sleep(scheduled - now);
         }
         let sent = Instant::now();
-        let (body, allowed) = &bodies[(i as usize * args.connections + k) % bodies.len()];
+        let (body, allowed, kind) = &bodies[(i as usize * args.connections + k) % bodies.len()];
         let result = rt.block_on(async {
             if args.mode == Mode::NewConnection || sender.is_none() {
                 sender = Some(target.connect().await?);
             }
             let s = sender.as_mut().expect("connected");
-            let r = target.post(s, body.clone(), *allowed).await;
+            let r = target.post(s, body.clone(), *allowed, *kind).await;
             if args.mode == Mode::NewConnection {
                 sender = None;
             }
@@ -813,20 +874,20 @@ fn run(args: RunArgs) -> Result<()> {
         let name = format!("g-load-fresh-{}", Timestamp::now().as_second());
         issue_fresh_grant(&env, &name, &fleet::user(42), &fleet::user_uid(42)).await
     })?;
-    let bodies: Vec<(Bytes, bool)> = args
+    let bodies: Vec<(Bytes, bool, Kind)> = args
         .body
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            let (v, allowed) = review(*b, i as u64);
-            (Bytes::from(serde_json::to_vec(&v).expect("JSON")), allowed)
+            let (v, allowed, kind) = review(*b, i as u64);
+            (Bytes::from(serde_json::to_vec(&v).expect("JSON")), allowed, kind)
         })
         .collect();
     // Each body once, synchronously, so a wrong setup fails before the run.
     setup.block_on(async {
         let mut s = target.connect().await?;
-        for (b, allowed) in &bodies {
-            target.post(&mut s, b.clone(), *allowed).await?;
+        for (b, allowed, kind) in &bodies {
+            target.post(&mut s, b.clone(), *allowed, *kind).await?;
         }
         anyhow::Ok(())
     })?;
@@ -1200,18 +1261,18 @@ fn soak(args: SoakArgs) -> Result<()> {
     // as in a cluster where most protected writes come with a grant.
     let allowed = [Body::SecretDelete, Body::DeploymentUpdate, Body::Exec, Body::SecretUpdateDev];
     let kinds: Vec<Body> = (0..5).flat_map(|_| allowed).chain([Body::SecretDenied]).collect();
-    let bodies: Vec<(Bytes, bool)> = kinds
+    let bodies: Vec<(Bytes, bool, Kind)> = kinds
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            let (v, allowed) = review(*b, i as u64);
-            (Bytes::from(serde_json::to_vec(&v).expect("JSON")), allowed)
+            let (v, allowed, kind) = review(*b, i as u64);
+            (Bytes::from(serde_json::to_vec(&v).expect("JSON")), allowed, kind)
         })
         .collect();
     setup.block_on(async {
         let mut s = target.connect().await?;
-        for (b, allowed) in &bodies {
-            target.post(&mut s, b.clone(), *allowed).await.context("a body before the soak")?;
+        for (b, allowed, kind) in &bodies {
+            target.post(&mut s, b.clone(), *allowed, *kind).await.context("a body before the soak")?;
         }
         anyhow::Ok(())
     })?;
