@@ -164,3 +164,46 @@ async fn approving_a_client_certificate_in_the_break_glass_group_needs_a_reasone
     let _ = world.env.kubectl("admin", &["delete", "csr", &name, "--wait=false"]);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn bind_and_escalate_give_nothing_without_a_reasoned_grant() {
+    let world = World::new().await;
+    // A team lead's rights in prod, as some platforms hand out: write roles and bindings, and
+    // `bind` and `escalate`, which let one grant what one does not hold.
+    let lead = "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: e2e-lead, namespace: prod}\n\
+                rules: [{apiGroups: [rbac.authorization.k8s.io], resources: [roles, rolebindings, clusterroles], verbs: [create, get, bind, escalate]}]\n\
+                ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {name: e2e-lead, namespace: prod}\n\
+                roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: e2e-lead}\n\
+                subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}]\n";
+    let out = world.env.kubectl_stdin("admin", &["apply", "-f", "-"], lead);
+    assert!(out.status.success(), "{}", text(&out));
+    // Given before the policy: changing RBAC afterwards is a step-up operation for the admin too.
+    world.apply_policies(&example(include_str!("../../manifests/examples/rbac-changes.yaml"))).await;
+    // bind: alice binds herself to cluster-admin in prod.
+    let out = world.env.kubectl(
+        "alice",
+        &[
+            "-n",
+            "prod",
+            "create",
+            "rolebinding",
+            "mine",
+            "--clusterrole=cluster-admin",
+            "--user=alice",
+            "--dry-run=server",
+        ],
+    );
+    let bind = refused(&out);
+    // escalate: a Role with rights alice lacks.
+    let out = world.env.kubectl(
+        "alice",
+        &["-n", "prod", "create", "role", "everything", "--verb=*", "--resource=*.*", "--dry-run=server"],
+    );
+    let escalate = refused(&out);
+    world.reset().await;
+    let out = world.env.kubectl_stdin("admin", &["delete", "-f", "-", "--wait=false"], lead);
+    assert!(out.status.success(), "the lead's rights are taken back: {}", text(&out));
+    for message in [bind, escalate] {
+        assert!(message.contains("policy \"rbac-changes\"") && message.contains("reason-required=true"), "{message}");
+    }
+}

@@ -137,6 +137,10 @@ pub struct Context {
     /// What the API server served at the last discovery, and when: policies are checked
     /// against it (a policy on a resource nobody serves never matches).
     pub served: Mutex<Option<(std::time::Instant, Arc<policy_status::Discovery>)>>,
+    /// The authorizer probes asked lately (`verb group resource/subresource`), when, and
+    /// whether the API server sent them to stepup: policies of the same shape share one
+    /// SubjectAccessReview per recheck.
+    pub probed: Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
 }
 
 /// The controller's keys, derived from its master key file.

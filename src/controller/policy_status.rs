@@ -44,7 +44,7 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
         Ok(_) if !unserved.is_empty() => (false, "NothingToMatch", unserved.join("; ")),
         // Ready says the policy can be enforced; each webhook replica enforces it once its own
         // watch delivers it (README, "When a policy takes effect").
-        Ok(_) => match unauthorized_probes(&ctx.client, &policy).await {
+        Ok(_) => match unauthorized_probes(&ctx, &policy).await {
             Some(missing) if !missing.is_empty() => (
                 false,
                 "AuthorizerNotConfigured",
@@ -134,9 +134,11 @@ pub fn probes(policy: &StepUpPolicy) -> Vec<ResourceAttributes> {
 }
 
 /// The policy's probes the API server did not send to stepup's authorizer (`verb resource`),
-/// or `None` when asking failed (that says nothing about the policy).
-async fn unauthorized_probes(client: &kube::Client, policy: &StepUpPolicy) -> Option<Vec<String>> {
-    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+/// or `None` when asking failed (that says nothing about the policy). An answer is reused for
+/// [`AUTHORIZER_RECHECK`] by every policy that asks the same: hundreds of read policies of one
+/// shape cost one SubjectAccessReview per recheck, not hundreds.
+async fn unauthorized_probes(ctx: &Context, policy: &StepUpPolicy) -> Option<Vec<String>> {
+    let api: Api<SubjectAccessReview> = Api::all(ctx.client.clone());
     let mut missing = Vec::new();
     for attributes in probes(policy) {
         let what = format!(
@@ -145,6 +147,20 @@ async fn unauthorized_probes(client: &kube::Client, policy: &StepUpPolicy) -> Op
             attributes.resource.as_deref().unwrap_or_default(),
             attributes.subresource.as_deref().map(|s| format!("/{s}")).unwrap_or_default()
         );
+        let key = format!("{} {what}", attributes.group.as_deref().unwrap_or_default());
+        let known = ctx
+            .probed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .filter(|(at, _)| at.elapsed() < AUTHORIZER_RECHECK)
+            .map(|(_, sent)| *sent);
+        if let Some(sent) = known {
+            if !sent {
+                missing.push(what);
+            }
+            continue;
+        }
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
                 user: Some(crate::api::AUTHORIZER_PROBE_USER.to_owned()),
@@ -156,7 +172,9 @@ async fn unauthorized_probes(client: &kube::Client, policy: &StepUpPolicy) -> Op
         match api.create(&kube::api::PostParams::default(), &review).await {
             Ok(answer) => {
                 let reason = answer.status.and_then(|s| s.reason).unwrap_or_default();
-                if !reason.contains(crate::api::AUTHORIZER_PROBE_REASON) {
+                let sent = reason.contains(crate::api::AUTHORIZER_PROBE_REASON);
+                ctx.probed.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (std::time::Instant::now(), sent));
+                if !sent {
                     missing.push(what);
                 }
             }

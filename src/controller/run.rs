@@ -130,6 +130,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         factor_versions: Default::default(),
         bootstrap: Default::default(),
         served: Default::default(),
+        probed: Default::default(),
     });
     drop(master);
 
