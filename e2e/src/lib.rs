@@ -1017,18 +1017,38 @@ fn enrollment_of(user: &str, key: &EphemeralKey, bootstrap_proof: Option<String>
     e
 }
 
-/// Stops the controller that stepup.sh runs for the duration of a scenario and starts it
-/// again afterwards, even when the scenario panics.
-pub struct ScriptControllerPaused {
+/// A process stepup.sh runs (`controller`, `webhook`), stopped for the duration of a scenario
+/// and started again afterwards (stepup.sh waits until it is ready), even when the scenario
+/// panics.
+struct ScriptStopped {
     script: PathBuf,
+    process: &'static str,
 }
+
+impl ScriptStopped {
+    fn new(process: &'static str) -> Self {
+        let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stepup.sh"));
+        let out = std::process::Command::new(&script).arg(format!("{process}-stop")).output().expect("stepup.sh runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Self { script, process }
+    }
+}
+
+impl Drop for ScriptStopped {
+    fn drop(&mut self) {
+        let out = std::process::Command::new(&self.script).arg(format!("{}-start", self.process)).output();
+        if !out.is_ok_and(|o| o.status.success()) {
+            eprintln!("could not restart the stepup {}", self.process);
+        }
+    }
+}
+
+/// The controller stepup.sh runs, stopped until this is dropped.
+pub struct ScriptControllerPaused(#[allow(dead_code)] ScriptStopped);
 
 impl ScriptControllerPaused {
     pub fn new() -> Self {
-        let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stepup.sh"));
-        let out = std::process::Command::new(&script).arg("controller-stop").output().expect("stepup.sh runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        Self { script }
+        Self(ScriptStopped::new("controller"))
     }
 }
 
@@ -1038,42 +1058,18 @@ impl Default for ScriptControllerPaused {
     }
 }
 
-impl Drop for ScriptControllerPaused {
-    fn drop(&mut self) {
-        let out = std::process::Command::new(&self.script).arg("controller-start").output();
-        if !out.is_ok_and(|o| o.status.success()) {
-            eprintln!("could not restart the stepup controller");
-        }
-    }
-}
-
-/// Stops the webhook that stepup.sh runs for the duration of a scenario and starts it again
-/// afterwards (waiting until it is ready), even when the scenario panics.
-pub struct ScriptWebhookStopped {
-    script: PathBuf,
-}
+/// The webhook stepup.sh runs, stopped until this is dropped.
+pub struct ScriptWebhookStopped(#[allow(dead_code)] ScriptStopped);
 
 impl ScriptWebhookStopped {
     pub fn new() -> Self {
-        let script = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/stepup.sh"));
-        let out = std::process::Command::new(&script).arg("webhook-stop").output().expect("stepup.sh runs");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        Self { script }
+        Self(ScriptStopped::new("webhook"))
     }
 }
 
 impl Default for ScriptWebhookStopped {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Drop for ScriptWebhookStopped {
-    fn drop(&mut self) {
-        let out = std::process::Command::new(&self.script).arg("webhook-start").output();
-        if !out.is_ok_and(|o| o.status.success()) {
-            eprintln!("could not restart the stepup webhook");
-        }
     }
 }
 

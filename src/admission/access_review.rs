@@ -168,25 +168,24 @@ struct Status<'a> {
 /// The answer to a SubjectAccessReview: Deny with the decision's message when it refuses,
 /// else NoOpinion (`allowed: false` without `denied`), whatever the decision.
 pub fn response_body(decision: Option<&Decision>) -> Vec<u8> {
-    let denied = decision.filter(|d| !d.allowed);
-    let body = ResponseEnvelope {
-        api_version: AUTHORIZATION_API_VERSION,
-        kind: "SubjectAccessReview",
-        status: Status { allowed: false, denied: denied.is_some(), reason: denied.map_or("", |d| d.message.as_str()) },
-    };
-    // Plain structs of strings and booleans always serialize.
-    serde_json::to_vec(&body).unwrap_or_default()
+    answer(decision.filter(|d| !d.allowed).map(|d| d.message.as_str()))
 }
 
 /// The answer to the controller's probe identity: Deny with [`crate::api::AUTHORIZER_PROBE_REASON`],
 /// which the API server passes back in the probe's SubjectAccessReview status. A Deny (not a
 /// NoOpinion) so that whoever wears the name gains nothing.
 pub fn probe_answer() -> Vec<u8> {
+    answer(Some(crate::api::AUTHORIZER_PROBE_REASON))
+}
+
+/// Deny with `reason`, or NoOpinion; never an Allow.
+fn answer(denied: Option<&str>) -> Vec<u8> {
     let body = ResponseEnvelope {
         api_version: AUTHORIZATION_API_VERSION,
         kind: "SubjectAccessReview",
-        status: Status { allowed: false, denied: true, reason: crate::api::AUTHORIZER_PROBE_REASON },
+        status: Status { allowed: false, denied: denied.is_some(), reason: denied.unwrap_or_default() },
     };
+    // Plain structs of strings and booleans always serialize.
     serde_json::to_vec(&body).unwrap_or_default()
 }
 

@@ -272,17 +272,25 @@ async fn validate(
         decision = Empty
     );
     async move {
-        let (parts, body) = request.into_parts();
-        let peer = parts.extensions.get::<Peer>().cloned().unwrap_or(Peer::Unauthenticated);
-        tracing::Span::current().record("peer", peer.describe());
-        let body = match read_body(&state, &parts.headers, body).await {
-            Ok(b) => b,
-            Err(refusal) => return refusal.answer(&state),
-        };
-        handle(&state, query.as_deref(), &body.bytes, &peer, started).await
+        match received(&state, request).await {
+            Ok((peer, body)) => handle(&state, query.as_deref(), &body.bytes, &peer, started).await,
+            Err(refusal) => refusal,
+        }
     }
     .instrument(span)
     .await
+}
+
+/// Who sent a request (recorded on the span) and its body, read within the limits; or the
+/// answer refusing the body.
+async fn received(state: &Webhook, request: axum::extract::Request) -> Result<(Peer, Body), Response> {
+    let (parts, body) = request.into_parts();
+    let peer = parts.extensions.get::<Peer>().cloned().unwrap_or(Peer::Unauthenticated);
+    tracing::Span::current().record("peer", peer.describe());
+    match read_body(state, &parts.headers, body).await {
+        Ok(body) => Ok((peer, body)),
+        Err(refusal) => Err(refusal.answer(state)),
+    }
 }
 
 /// A body and the share of the byte budget it holds until the answer is written.
@@ -420,19 +428,7 @@ async fn handle(state: &Webhook, query: Option<&str>, body: &[u8], peer: &Peer, 
     };
     let previous_labels = review.namespace_object_previous_labels();
     let request = review.request(labels, previous_labels.as_ref(), &state.settings.masks);
-    let policies = state.caches.policy_index();
-    let mut decision = decide_cached(state, &request, &objects, &policies);
-    if decision.lookup_may_help
-        && let Some(fetched) = lookup(state, request.user.username, deadline).await
-    {
-        let inputs = Inputs {
-            policies: &policies,
-            grants: Grants::Fetched(&fetched),
-            config: &state.settings.decision,
-            now: jiff::Timestamp::now(),
-        };
-        decision = decision::decide(&request, &objects, &inputs);
-    }
+    let mut decision = decide(state, &request, &objects, deadline).await;
     decision.refer(review.uid());
     record(state, review.uid(), &request, &decision, peer, started);
     tracing::debug!(allowed = decision.allowed, "review answered");
@@ -451,14 +447,10 @@ async fn authorize(State(state): State<AppState>, request: axum::extract::Reques
         decision = Empty
     );
     async move {
-        let (parts, body) = request.into_parts();
-        let peer = parts.extensions.get::<Peer>().cloned().unwrap_or(Peer::Unauthenticated);
-        tracing::Span::current().record("peer", peer.describe());
-        let body = match read_body(&state, &parts.headers, body).await {
-            Ok(b) => b,
-            Err(refusal) => return refusal.answer(&state),
-        };
-        handle_access_review(&state, &body.bytes, &peer, started).await
+        match received(&state, request).await {
+            Ok((peer, body)) => handle_access_review(&state, &body.bytes, &peer, started).await,
+            Err(refusal) => refusal,
+        }
     }
     .instrument(span)
     .await
@@ -490,6 +482,10 @@ async fn handle_access_review(state: &Webhook, body: &[u8], peer: &Peer, started
     span.record("namespace", review.namespace());
     span.record("verb", review.verb());
     span.record("user", review.username());
+    if review.username() == crate::api::AUTHORIZER_PROBE_USER {
+        // The controller asking whether the API server sends this policy's verbs here.
+        return ([(header::CONTENT_TYPE, "application/json")], access_review::probe_answer()).into_response();
+    }
     let cached_labels =
         (!review.namespace().is_empty()).then(|| state.caches.namespace_labels(review.namespace())).flatten();
     let labels = match &cached_labels {
@@ -497,26 +493,10 @@ async fn handle_access_review(state: &Webhook, body: &[u8], peer: &Peer, started
         None if review.namespace().is_empty() => NamespaceLabels::NotApplicable,
         None => NamespaceLabels::Unknown,
     };
-    if review.username() == crate::api::AUTHORIZER_PROBE_USER {
-        // The controller asking whether the API server sends this policy's verbs here.
-        return ([(header::CONTENT_TYPE, "application/json")], access_review::probe_answer()).into_response();
-    }
     let Some(request) = review.request(labels, &state.settings.masks) else {
         return access_review_response(None);
     };
-    let policies = state.caches.policy_index();
-    let mut decision = decide_cached(state, &request, &StepUpObjects::None, &policies);
-    if decision.lookup_may_help
-        && let Some(fetched) = lookup(state, request.user.username, deadline).await
-    {
-        let inputs = Inputs {
-            policies: &policies,
-            grants: Grants::Fetched(&fetched),
-            config: &state.settings.decision,
-            now: jiff::Timestamp::now(),
-        };
-        decision = decision::authorize(&request, &inputs);
-    }
+    let mut decision = decide(state, &request, &StepUpObjects::None, deadline).await;
     // A SubjectAccessReview has no uid: this answer's own names the refusal (`ref=`) and its
     // audit record, so a grant can point back to what prompted it.
     let uid = access_review::fresh_uid();
@@ -527,6 +507,27 @@ async fn handle_access_review(state: &Webhook, body: &[u8], peer: &Peer, started
 
 fn access_review_response(decision: Option<&Decision>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], access_review::response_body(decision)).into_response()
+}
+
+/// Decides from the caches; when a grant not yet in the cache could change the answer, asks
+/// the API server once (bounded by `deadline`) and decides again with what it found.
+/// [`decision::decide`] decides reads (Authorization actions) as [`decision::authorize`] does.
+async fn decide(state: &Webhook, request: &Request<'_>, objects: &StepUpObjects, deadline: Instant) -> Decision {
+    let policies = state.caches.policy_index();
+    let decision = decide_cached(state, request, objects, &policies);
+    if !decision.lookup_may_help {
+        return decision;
+    }
+    let Some(fetched) = lookup(state, request.user.username, deadline).await else {
+        return decision;
+    };
+    let inputs = Inputs {
+        policies: &policies,
+        grants: Grants::Fetched(&fetched),
+        config: &state.settings.decision,
+        now: jiff::Timestamp::now(),
+    };
+    decision::decide(request, objects, &inputs)
 }
 
 /// Decides from the caches, or with grants unavailable when the grant watch has been out of

@@ -23,6 +23,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::webhook_config::cel_string;
 use crate::{
     api::{POD_NAME_EXTRA, POD_UID_EXTRA, StepUpPolicy},
     policy::Masks,
@@ -228,13 +229,6 @@ fn namespace_condition(namespaces: &[String], selector: bool) -> Option<String> 
     let mut names: Vec<&str> = namespaces.iter().map(String::as_str).collect();
     names.push("");
     Some(in_list("namespace", names.into_iter()))
-}
-
-/// A CEL string literal. Kubernetes names, groups and resources never hold quotes,
-/// backslashes or line breaks; should a policy carry one, it is dropped rather than let
-/// change the expression.
-fn cel_string(s: &str) -> String {
-    format!("'{}'", s.replace(['\\', '\'', '\n', '\r'], ""))
 }
 
 /// `stepup authorizer-config`: the policies from files or the cluster, the file rendered, and

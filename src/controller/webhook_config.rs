@@ -266,8 +266,11 @@ fn pod_bound_cel() -> String {
     )
 }
 
-fn cel_string(s: &str) -> String {
-    format!("'{}'", s.replace(['\\', '\''], ""))
+/// A CEL string literal. Kubernetes names, groups and resources never hold quotes,
+/// backslashes or line breaks; should a policy or a flag carry one, it is dropped rather than
+/// let change the expression.
+pub(super) fn cel_string(s: &str) -> String {
+    format!("'{}'", s.replace(['\\', '\'', '\n', '\r'], ""))
 }
 
 fn condition(name: &str, expression: String) -> MatchCondition {
