@@ -80,7 +80,8 @@ cmd_decision() {
 }
 
 cmd_up() {
-	"$SCRIPT_DIR/cluster.sh" up
+	# Benchmarks measure stepup: no identity provider beside it.
+	STEPUP_IDP=${STEPUP_IDP:-0} "$SCRIPT_DIR/cluster.sh" up
 	"$SCRIPT_DIR/stepup.sh" up
 	(cd "$REPO" && cargo build --quiet --release -p stepup-e2e --bin stepup-load)
 }

@@ -5,7 +5,7 @@
 # controller would do (default ServiceAccounts, ClusterRole aggregation) are
 # done here once, at `up`.
 #
-# Usage: cluster.sh up|down|status|env|logs [etcd|kube-apiserver|audit] [lines]
+# Usage: cluster.sh up|down|status|env|logs [etcd|kube-apiserver|audit|keycloak] [lines]
 #                   |aggregate-roles
 #   up               start (or keep, when already healthy) the control plane
 #   down             stop it; state (logs, kubeconfigs) stays until the next `up`
@@ -24,6 +24,8 @@
 #   STEPUP_ETCD_CLIENT_PORT [23790] STEPUP_ETCD_PEER_PORT [23800] STEPUP_APISERVER_PORT [16443]
 #   STEPUP_READY_TIMEOUT [120] seconds    STEPUP_SA_TOKEN_DURATION [48h]
 #   STEPUP_API_AUDIENCES [https://kubernetes.default.svc]
+#   STEPUP_IDP [1]   1: start the identity provider (idp.sh, Keycloak) and trust it for OIDC
+#                    users (--authentication-config); 0: static tokens only (the demo, benchmarks)
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -39,6 +41,7 @@ READY_TIMEOUT=${STEPUP_READY_TIMEOUT:-120}
 SA_TOKEN_DURATION=${STEPUP_SA_TOKEN_DURATION:-48h}
 API_AUDIENCES=${STEPUP_API_AUDIENCES:-https://kubernetes.default.svc}
 SA_ISSUER=https://kubernetes.default.svc
+IDP=${STEPUP_IDP:-1}
 
 ETCD_URL=http://$HOST:$ETCD_CLIENT_PORT
 ETCD_PEER_URL=http://$HOST:$ETCD_PEER_PORT
@@ -167,9 +170,34 @@ apiserver_ready() {
 		-H "Authorization: Bearer $(<"$TOKENS/admin.token")" "$APISERVER_URL/readyz" >/dev/null 2>&1
 }
 
+# A person signed in at the IdP (bob, password only) is known to the API server.
+apiserver_trusts_idp() {
+	local token
+	token=$("$SCRIPT_DIR/idp.sh" token bob 2>/dev/null) && [[ -n $token ]] || return 1
+	curl -fsS --noproxy '*' --max-time 3 --cacert "$PKI/ca.crt" -H "Authorization: Bearer $token" \
+		-H 'Content-Type: application/json' -X POST \
+		-d '{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}' \
+		"$APISERVER_URL/apis/authentication.k8s.io/v1/selfsubjectreviews" 2>/dev/null | grep -q '"username": *"bob"'
+}
+
 healthy() {
 	running_pid etcd >/dev/null && running_pid kube-apiserver >/dev/null &&
-		etcd_healthy && apiserver_ready && [[ -f $ENV_FILE ]]
+		etcd_healthy && apiserver_ready && [[ -f $ENV_FILE ]] && idp_healthy
+}
+
+# Whether this control plane was started with the identity provider (its env names it).
+idp_expected() {
+	[[ -f $ENV_FILE ]] && grep -q '^export STEPUP_IDP_ISSUER=' "$ENV_FILE"
+}
+
+# A control plane started with the IdP needs it running; one asked for with STEPUP_IDP=1 needs
+# to have been started with it.
+idp_healthy() {
+	if idp_expected; then
+		"$SCRIPT_DIR/idp.sh" status >/dev/null 2>&1
+	else
+		((IDP == 0))
+	fi
 }
 
 wait_for() { # log-name timeout-seconds description check-command...
@@ -193,7 +221,8 @@ fresh_state() {
 		mv "$LOGS" "$LOGS.previous"
 	fi
 	rm -rf "$PKI" "$DIR/etcd-data" "$PIDS" "$KCFG" "$TOKENS" "$ENV_FILE" "$DIR/audit-policy.yaml" \
-		"$DIR/admission-config.yaml" "$DIR/admission-kubeconfig.yaml" "$DIR/authorization-config.yaml"
+		"$DIR/admission-config.yaml" "$DIR/admission-kubeconfig.yaml" "$DIR/authorization-config.yaml" \
+		"$DIR/authentication-config.yaml"
 	mkdir -p "$PKI" "$LOGS" "$PIDS" "$KCFG" "$TOKENS"
 	chmod 700 "$DIR" "$PKI" "$TOKENS" "$KCFG"
 }
@@ -281,6 +310,50 @@ write_admission_config() {
 	EOF
 }
 
+# The API server trusts the e2e identity provider for people: an ID token of the
+# `kubectl-stepup` client names the user (preferred_username, as the static tokens do: OIDC
+# alice is alice) and groups, and carries how and when they signed in as extras, which
+# admission and authorization see. IdP groups and names under `system:` are refused.
+write_authentication_config() {
+	local issuer
+	issuer=$(. "$DIR/idp/env" && echo "$STEPUP_IDP_ISSUER")
+	{
+		cat <<-EOF
+			apiVersion: apiserver.config.k8s.io/v1
+			kind: AuthenticationConfiguration
+			jwt:
+			- issuer:
+			    url: $issuer
+			    audiences: [kubectl-stepup]
+			    certificateAuthority: |
+		EOF
+		sed 's/^/      /' "$PKI/ca.crt"
+		cat <<-'EOF'
+			  claimMappings:
+			    username:
+			      claim: preferred_username
+			      prefix: ""
+			    groups:
+			      claim: groups
+			      prefix: ""
+			    uid:
+			      claim: sub
+			    extra:
+			    - key: stepup.dev/acr
+			      valueExpression: "has(claims.acr) ? claims.acr : ''"
+			    - key: stepup.dev/amr
+			      valueExpression: "has(claims.amr) ? claims.amr : []"
+			    - key: stepup.dev/auth-time
+			      valueExpression: "has(claims.auth_time) ? string(int(claims.auth_time)) : ''"
+			  userValidationRules:
+			  - expression: "!user.username.startsWith('system:')"
+			    message: "an identity provider's user name may not start with system:"
+			  - expression: "user.groups.all(g, !g.startsWith('system:'))"
+			    message: "an identity provider's groups may not start with system:"
+		EOF
+	} >"$DIR/authentication-config.yaml"
+}
+
 gen_tokens() {
 	local entry name user uid groups token
 	: >"$PKI/tokens.csv"
@@ -348,6 +421,10 @@ write_env() {
 		printf 'export KUBE_ADMISSION_CLIENT_CERT_FILE=%q\n' "$PKI/admission-client.crt"
 		printf 'export KUBE_ADMISSION_CLIENT_KEY_FILE=%q\n' "$PKI/admission-client.key"
 		printf 'export KUBE_AUTHORIZATION_CONFIG=%q\n' "$DIR/authorization-config.yaml"
+		if ((IDP)); then
+			printf 'export KUBE_AUTHENTICATION_CONFIG=%q\n' "$DIR/authentication-config.yaml"
+			grep '^export ' "$DIR/idp/env"
+		fi
 		printf 'export ETCD_URL=%q\n' "$ETCD_URL"
 		printf 'export STEPUP_E2E_TOKEN_DIR=%q\n' "$TOKENS"
 		printf 'export KUBECTL=%q\n' "$BIN_DIR/kubectl"
@@ -379,12 +456,17 @@ start_apiserver() {
 	# advertise address in the `kubernetes` Endpoints, and validation rejects
 	# loopback addresses there (an error logged every few seconds). Nothing here
 	# needs that Service to have endpoints.
+	# People from the identity provider, when this control plane was started with one (a
+	# restarted API server keeps trusting it).
+	local authn=()
+	[[ -f $DIR/authentication-config.yaml ]] && authn=(--authentication-config="$DIR/authentication-config.yaml")
 	start_daemon kube-apiserver "$BIN_DIR/kube-apiserver" \
 		--etcd-servers="$ETCD_URL" \
 		--bind-address="$HOST" --advertise-address="$HOST" --secure-port="$APISERVER_PORT" \
 		--tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
 		--client-ca-file="$PKI/ca.crt" \
 		--token-auth-file="$PKI/tokens.csv" \
+		${authn[@]+"${authn[@]}"} \
 		--authorization-config="$DIR/authorization-config.yaml" \
 		--service-account-issuer="$SA_ISSUER" \
 		--service-account-key-file="$PKI/sa.pub" \
@@ -576,12 +658,23 @@ cmd_up() {
 	fresh_state
 	trap on_up_exit EXIT
 	gen_pki
+	if ((IDP)); then
+		# Keycloak boots (20-50 s) while etcd and the API server start; the API server retries
+		# the issuer's discovery until it answers.
+		"$SCRIPT_DIR/idp.sh" start
+		write_authentication_config
+	fi
 	gen_tokens
 	write_audit_policy
 	write_admission_config
 	start_etcd
 	start_apiserver
 	bootstrap
+	if ((IDP)); then
+		"$SCRIPT_DIR/idp.sh" wait
+		# The API server retries the issuer's discovery every 10 s: wait until it takes a token.
+		wait_for kube-apiserver 60 "the API server to accept the identity provider's tokens" apiserver_trusts_idp
+	fi
 	trap - EXIT
 	log "up in $((SECONDS - start))s: $APISERVER_URL"
 	log "kubeconfigs in $KCFG; source $ENV_FILE"
@@ -606,6 +699,7 @@ stop_all() {
 	stop_clients
 	stop_daemon kube-apiserver
 	stop_daemon etcd
+	"$SCRIPT_DIR/idp.sh" down
 }
 
 cmd_down() {
@@ -629,6 +723,9 @@ cmd_status() {
 		echo "kube-apiserver: down"
 		rc=1
 	fi
+	if idp_expected; then
+		"$SCRIPT_DIR/idp.sh" status || rc=1
+	fi
 	return "$rc"
 }
 
@@ -648,7 +745,8 @@ cmd_logs() { # [etcd|kube-apiserver|audit] [lines]
 		;;
 	etcd | kube-apiserver | audit) tail -n "$lines" "$LOGS/$1.log" ;;
 	apiserver) tail -n "$lines" "$LOGS/kube-apiserver.log" ;;
-	*) die "unknown log '$1' (etcd, kube-apiserver, audit)" ;;
+	keycloak | idp) "$SCRIPT_DIR/idp.sh" logs "$lines" ;;
+	*) die "unknown log '$1' (etcd, kube-apiserver, audit, keycloak)" ;;
 	esac
 }
 

@@ -9,7 +9,8 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$SCRIPT_DIR/../.." && pwd)
 
 cmd_up() {
-	"$SCRIPT_DIR/cluster.sh" up
+	# No identity provider yet in the demo: static tokens only (saves Keycloak's start and memory).
+	STEPUP_IDP=${STEPUP_IDP:-0} "$SCRIPT_DIR/cluster.sh" up
 	"$SCRIPT_DIR/stepup.sh" up
 	local env_dir
 	env_dir=$(dirname "$("$SCRIPT_DIR/cluster.sh" env-file)")

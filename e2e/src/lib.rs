@@ -34,6 +34,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod attack;
 pub mod faults;
+pub mod idp;
 
 /// Everything the scripts exported about the running control plane and stepup.
 #[derive(Clone, Debug)]

@@ -80,6 +80,15 @@ async fn the_kubelet_api_through_nodes_proxy_needs_a_grant() {
             message.contains("cannot get resource \"nodes/proxy\"") && message.contains("policy \"node-proxy\""),
             "{message}"
         );
+        // Exec in a container through the kubelet's API: a POST to the node's proxy.
+        let exec = "/api/v1/nodes/node-1/proxy/exec/prod/web/c?command=sh&input=1&output=1";
+        let args = [who, &["create", "--raw", exec, "-f", "-"][..]].concat();
+        let out = world.env.kubectl_stdin("admin", &args, "{}");
+        let message = refused(&out);
+        assert!(
+            message.contains("cannot create resource \"nodes/proxy\"") && message.contains("policy \"node-proxy\""),
+            "{message}"
+        );
     }
 }
 

@@ -1,0 +1,254 @@
+//! The e2e identity provider (Keycloak, started by `e2e/scripts/idp.sh`): people sign in through
+//! its own login pages as a browser would (authorization code with PKCE on a loopback redirect,
+//! password form, then the OTP form when the level asked for needs it), driven with curl, which
+//! keeps Keycloak's `Secure` session cookies over TLS. No grant type that skips a form is used.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jiff::Timestamp;
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+use kube_stepup::verify::totp;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::Env;
+
+/// The assurance a sign-in asks for (`acr_values`), as the realm maps it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    /// acr `1`: the password form only.
+    Password,
+    /// acr `2`: the password form and the OTP form.
+    PasswordAndOtp,
+}
+
+impl Level {
+    fn acr(self) -> &'static str {
+        match self {
+            Level::Password => "1",
+            Level::PasswordAndOtp => "2",
+        }
+    }
+}
+
+/// The realm's users and where Keycloak answers.
+pub struct Idp {
+    pub issuer: String,
+    pub client_id: String,
+    ca_file: String,
+    realm: Value,
+    /// Where curl keeps this helper's cookie jars.
+    scratch: std::path::PathBuf,
+}
+
+/// What the token endpoint returned.
+pub struct Tokens {
+    pub id_token: String,
+    pub raw: Value,
+}
+
+impl Tokens {
+    /// The ID token's claims (its payload, not verified: the API server verifies it).
+    pub fn claims(&self) -> Value {
+        let payload = self.id_token.split('.').nth(1).expect("a JWT has a payload");
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).expect("base64url payload")).expect("JSON claims")
+    }
+}
+
+impl Idp {
+    pub fn new(env: &Env) -> Self {
+        let realm_file = env.var("STEPUP_IDP_REALM_FILE");
+        let realm = serde_json::from_str(&std::fs::read_to_string(realm_file).expect("the realm file"))
+            .expect("the realm file is JSON");
+        let scratch = std::path::PathBuf::from(env.var("STEPUP_E2E_DIR")).join("idp").join("clients");
+        std::fs::create_dir_all(&scratch).expect("a scratch directory");
+        Self {
+            issuer: env.var("STEPUP_IDP_ISSUER").to_owned(),
+            client_id: env.var("STEPUP_IDP_CLIENT_ID").to_owned(),
+            ca_file: env.var("STEPUP_IDP_CA_FILE").to_owned(),
+            realm,
+            scratch,
+        }
+    }
+
+    fn user(&self, name: &str) -> &Value {
+        self.realm["users"]
+            .as_array()
+            .and_then(|users| users.iter().find(|u| u["username"] == name))
+            .unwrap_or_else(|| panic!("{name} is not in the e2e realm"))
+    }
+
+    fn credential(&self, user: &str, kind: &str) -> &Value {
+        self.user(user)["credentials"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == kind))
+            .unwrap_or_else(|| panic!("{user} has no {kind} credential in the e2e realm"))
+    }
+
+    pub fn password(&self, user: &str) -> String {
+        self.credential(user, "password")["value"].as_str().expect("a password").to_owned()
+    }
+
+    /// The OTP code the user's authenticator shows now. Keycloak keys its TOTP with the bytes of
+    /// the credential's secret string.
+    pub fn otp_code(&self, user: &str) -> String {
+        let secret: Value = serde_json::from_str(
+            self.credential(user, "otp")["secretData"].as_str().expect("secretData is a JSON string"),
+        )
+        .expect("secretData parses");
+        totp::code_at(secret["value"].as_str().expect("an OTP secret").as_bytes(), Timestamp::now())
+    }
+
+    /// One curl request with this sign-in's cookie jar; returns the response headers and body.
+    fn curl(&self, jar: &std::path::Path, args: &[&str]) -> Result<(String, String)> {
+        let headers = jar.with_extension("headers");
+        let out = Command::new("curl")
+            .args(["-sS", "--noproxy", "*", "--max-time", "30", "--cacert", &self.ca_file])
+            .arg("-c")
+            .arg(jar)
+            .arg("-b")
+            .arg(jar)
+            .arg("-D")
+            .arg(&headers)
+            .args(args)
+            .output()
+            .context("curl runs")?;
+        ensure!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let head = std::fs::read_to_string(&headers).unwrap_or_default();
+        Ok((head, String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
+    /// Signs `user` in with their password (and OTP code for [`Level::PasswordAndOtp`]) through
+    /// Keycloak's login pages, and trades the code for tokens, as `kubectl stepup` will.
+    pub fn sign_in(&self, user: &str, level: Level) -> Result<Tokens> {
+        self.sign_in_with(user, &self.password(user), level)
+    }
+
+    /// A password-only sign-in with the password given (a wrong one gets Keycloak's error).
+    pub fn sign_in_with_password(&self, user: &str, password: &str) -> Result<Tokens> {
+        self.sign_in_with(user, password, Level::Password)
+    }
+
+    fn sign_in_with(&self, user: &str, password: &str, level: Level) -> Result<Tokens> {
+        let jar = self.scratch.join(format!("{user}-{}.jar", std::process::id()));
+        let _ = std::fs::remove_file(&jar);
+        let verifier = random_hex(32);
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let state = random_hex(8);
+        let nonce = random_hex(8);
+        let redirect = "http://127.0.0.1:38000/callback";
+        let auth = format!(
+            "{}/protocol/openid-connect/auth?client_id={}&response_type=code&scope=openid&redirect_uri={}\
+             &code_challenge={challenge}&code_challenge_method=S256&state={state}&nonce={nonce}&acr_values={}",
+            self.issuer,
+            self.client_id,
+            "http%3A%2F%2F127.0.0.1%3A38000%2Fcallback",
+            level.acr()
+        );
+        let (_, page) = self.curl(&jar, &[&auth])?;
+        let action = form_action(&page, "kc-form-login").context("the login page's form")?;
+        let (mut head, mut page) = self.curl(
+            &jar,
+            &[
+                "--data-urlencode",
+                &format!("username={user}"),
+                "--data-urlencode",
+                &format!("password={password}"),
+                &action,
+            ],
+        )?;
+        if level == Level::PasswordAndOtp {
+            let action = form_action(&page, "kc-otp-login-form")
+                .with_context(|| format!("the OTP form after the password: {}", excerpt(&page)))?;
+            (head, page) = self.curl(&jar, &["--data-urlencode", &format!("otp={}", self.otp_code(user)), &action])?;
+        }
+        let location = head
+            .lines()
+            .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+            .map(str::trim)
+            .with_context(|| format!("no redirect back to the client: {}", excerpt(&page)))?;
+        ensure!(location.starts_with(redirect), "redirected elsewhere: {location}");
+        ensure!(query_value(location, "state").as_deref() == Some(state.as_str()), "state changed: {location}");
+        let code = query_value(location, "code").with_context(|| format!("no code in {location}"))?;
+        let token_url = format!("{}/protocol/openid-connect/token", self.issuer);
+        let (_, body) = self.curl(
+            &jar,
+            &[
+                "-d",
+                "grant_type=authorization_code",
+                "-d",
+                &format!("client_id={}", self.client_id),
+                "--data-urlencode",
+                &format!("code={code}"),
+                "--data-urlencode",
+                &format!("redirect_uri={redirect}"),
+                "-d",
+                &format!("code_verifier={verifier}"),
+                &token_url,
+            ],
+        )?;
+        let _ = std::fs::remove_file(&jar);
+        let raw: Value = serde_json::from_str(&body).with_context(|| format!("token response: {body}"))?;
+        let Some(id_token) = raw["id_token"].as_str().map(str::to_owned) else { bail!("no id_token: {body}") };
+        let tokens = Tokens { id_token, raw };
+        ensure!(tokens.claims()["nonce"] == nonce.as_str(), "the ID token carries another nonce");
+        Ok(tokens)
+    }
+}
+
+impl Env {
+    /// A client of the e2e API server that presents `token` (an IdP's ID token) as its bearer.
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        let admin = Kubeconfig::read_from(self.kubeconfig("admin")).expect("readable kubeconfig");
+        let mut value = serde_json::to_value(&admin).expect("kubeconfig serializes");
+        for user in value["users"].as_array_mut().expect("users") {
+            user["user"] = serde_json::json!({ "token": token });
+        }
+        let kubeconfig: Kubeconfig = serde_json::from_value(value).expect("kubeconfig deserializes");
+        let config =
+            Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+}
+
+/// The `action` of the form with this id (HTML-unescaped).
+fn form_action(page: &str, id: &str) -> Option<String> {
+    let at = page.find(&format!("id=\"{id}\""))?;
+    let tag_start = page[..at].rfind("<form")?;
+    let tag = &page[tag_start..tag_start + page[tag_start..].find('>')?];
+    let (_, rest) = tag.split_once("action=\"")?;
+    let (action, _) = rest.split_once('"')?;
+    Some(action.replace("&amp;", "&"))
+}
+
+fn query_value(url: &str, key: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query.split('&').find_map(|kv| kv.strip_prefix(&format!("{key}="))).map(|v| v.replace("%2F", "/"))
+}
+
+/// What a page says to the person, short: Keycloak's field error, feedback line or title.
+fn excerpt(page: &str) -> String {
+    for marker in ["id=\"input-error", "kc-feedback-text", "<title"] {
+        if let Some((_, rest)) = page.split_once(marker)
+            && let Some((_, text)) = rest.split_once('>')
+        {
+            let text = text.split('<').next().unwrap_or_default().trim();
+            if !text.is_empty() {
+                return text.chars().take(200).collect();
+            }
+        }
+    }
+    page.chars().take(200).collect()
+}
+
+fn random_hex(bytes: usize) -> String {
+    use std::io::Read;
+    let mut buffer = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut buffer)).expect("randomness");
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
+}
