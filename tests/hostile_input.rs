@@ -168,14 +168,19 @@ proptest! {
         policies in proptest::collection::vec("[a-z0-9][-a-z0-9]{0,20}", 1..4),
         max_age in 1u64..86_400,
         reason_required in any::<bool>(),
+        session in any::<bool>(),
+        acr_values in proptest::collection::vec("[a-zA-Z0-9:._/-]{1,12}", 0..3),
+        amr in proptest::collection::vec("[a-z]{2,5}", 0..3),
         reference in proptest::option::of("[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}"),
         noise in ".{0,80}",
     ) {
         let requirement = Requirement {
             policies,
-            methods: vec![Method::Totp],
+            methods: if session { vec![Method::Totp, Method::Session] } else { vec![Method::Totp] },
             max_age: kube_stepup::api::Duration::from_secs(max_age),
             reason_required,
+            acr_values,
+            amr,
             reference,
         };
         let text = format!("{noise} [stepup-required: {requirement}] {noise}");

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::review::PodBinding;
+use super::review::Extras;
 use crate::{
     api::Verb,
     decision::Decision,
@@ -64,7 +64,7 @@ struct Spec<'a> {
     #[serde(default)]
     groups: Vec<String>,
     #[serde(default)]
-    extra: PodBinding,
+    extra: Extras,
 }
 
 #[derive(Deserialize, Default)]
@@ -128,7 +128,8 @@ impl<'a> AccessReview<'a> {
             subresource: &a.subresource,
             namespace: &a.namespace,
             name: &a.name,
-            user: User::reported(&self.spec.user, &self.spec.uid, &self.spec.groups, self.spec.extra.is_bound(), masks),
+            user: User::reported(&self.spec.user, &self.spec.uid, &self.spec.groups, self.spec.extra.is_bound(), masks)
+                .with_sign_in(self.spec.extra.sign_in()),
             namespace_labels,
             previous_labels: None,
             dry_run: false,

@@ -9,7 +9,9 @@ use serde_json::value::RawValue;
 use crate::{
     api::{GROUP, Operation, POD_NAME_EXTRA, POD_UID_EXTRA},
     decision::{Decision, StepUpObjects},
-    policy::{Masks, NamespaceLabels, Request, User},
+    policy::{
+        ACR_EXTRA, AMR_EXTRA, AUTH_TIME_EXTRA, CREDENTIAL_ID_EXTRA, Masks, NamespaceLabels, Request, SignIn, User,
+    },
 };
 
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
@@ -87,40 +89,81 @@ struct UserInfo<'a> {
     #[serde(default)]
     groups: Vec<String>,
     #[serde(default)]
-    extra: PodBinding,
+    extra: Extras,
 }
 
-/// Which of the pod-binding extras `userInfo.extra` carries (with a non-empty value). Read
-/// without allocating: other keys and their values are skipped.
-#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) struct PodBinding {
-    name: bool,
-    uid: bool,
+/// What `userInfo.extra` says that decisions read: whether the credential is bound to a pod
+/// (`authentication.kubernetes.io/pod-name` and `pod-uid`, non-empty) and the person's sign-in
+/// at the identity provider (the `stepup.dev/acr`, `amr` and `auth-time` extras the API server
+/// maps from an ID token, with the credential's id). Other keys and their values are skipped
+/// without allocating.
+#[derive(Default, Clone, Debug, PartialEq, Eq)]
+pub(super) struct Extras {
+    pod_name: bool,
+    pod_uid: bool,
+    acr: Vec<String>,
+    amr: Vec<String>,
+    auth_time: Vec<String>,
+    credential: Vec<String>,
+    /// A sign-in extra held more than a few short values: no evidence, whatever else it says.
+    oversized: bool,
 }
 
-impl PodBinding {
-    pub(super) fn is_bound(self) -> bool {
-        self.name && self.uid
+impl Extras {
+    pub(super) fn is_bound(&self) -> bool {
+        self.pod_name && self.pod_uid
+    }
+
+    /// The sign-in, when the extras describe exactly one: one `auth-time` in whole seconds
+    /// since the epoch, at most one `acr`. Anything else is no evidence at all.
+    pub(super) fn sign_in(&self) -> Option<SignIn<'_>> {
+        if self.oversized {
+            return None;
+        }
+        let [auth_time] = self.auth_time.as_slice() else { return None };
+        let auth_time = jiff::Timestamp::from_second(auth_time.parse::<i64>().ok()?).ok()?;
+        let acr = match self.acr.as_slice() {
+            [] => "",
+            [acr] => acr.as_str(),
+            _ => return None,
+        };
+        let credential = self.credential.first().map_or("", String::as_str);
+        Some(SignIn { acr, amr: &self.amr, auth_time, credential })
     }
 }
 
-impl<'de> Deserialize<'de> for PodBinding {
+impl Extras {
+    fn take(&mut self, field: impl FnOnce(&mut Self) -> &mut Vec<String>, values: Strings) {
+        match values.0 {
+            Some(values) => field(self).extend(values),
+            None => self.oversized = true,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Extras {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Extras;
-        impl<'de> serde::de::Visitor<'de> for Extras {
-            type Value = PodBinding;
+        struct Map;
+        impl<'de> serde::de::Visitor<'de> for Map {
+            type Value = Extras;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a map of string lists")
             }
-            fn visit_unit<E>(self) -> Result<PodBinding, E> {
-                Ok(PodBinding::default())
+            fn visit_unit<E>(self) -> Result<Extras, E> {
+                Ok(Extras::default())
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PodBinding, A::Error> {
-                let mut found = PodBinding::default();
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Extras, A::Error> {
+                let mut found = Extras::default();
                 while let Some(key) = map.next_key::<ExtraKey>()? {
                     match key {
-                        ExtraKey::PodName => found.name |= map.next_value::<NonEmpty>()?.0,
-                        ExtraKey::PodUid => found.uid |= map.next_value::<NonEmpty>()?.0,
+                        ExtraKey::PodName => found.pod_name |= map.next_value::<NonEmpty>()?.0,
+                        ExtraKey::PodUid => found.pod_uid |= map.next_value::<NonEmpty>()?.0,
+                        // A key seen twice (JSON allows it) adds to the list: two auth-times
+                        // or two acrs are no evidence.
+                        ExtraKey::Acr => found.take(|e| &mut e.acr, map.next_value::<Strings>()?),
+                        ExtraKey::Amr => found.take(|e| &mut e.amr, map.next_value::<Strings>()?),
+                        ExtraKey::AuthTime => found.take(|e| &mut e.auth_time, map.next_value::<Strings>()?),
+                        ExtraKey::CredentialId => found.take(|e| &mut e.credential, map.next_value::<Strings>()?),
                         ExtraKey::Other => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
@@ -129,13 +172,17 @@ impl<'de> Deserialize<'de> for PodBinding {
                 Ok(found)
             }
         }
-        deserializer.deserialize_any(Extras)
+        deserializer.deserialize_any(Map)
     }
 }
 
 enum ExtraKey {
     PodName,
     PodUid,
+    Acr,
+    Amr,
+    AuthTime,
+    CredentialId,
     Other,
 }
 
@@ -151,11 +198,51 @@ impl<'de> Deserialize<'de> for ExtraKey {
                 Ok(match key {
                     POD_NAME_EXTRA => ExtraKey::PodName,
                     POD_UID_EXTRA => ExtraKey::PodUid,
+                    ACR_EXTRA => ExtraKey::Acr,
+                    AMR_EXTRA => ExtraKey::Amr,
+                    AUTH_TIME_EXTRA => ExtraKey::AuthTime,
+                    CREDENTIAL_ID_EXTRA => ExtraKey::CredentialId,
                     _ => ExtraKey::Other,
                 })
             }
         }
         deserializer.deserialize_str(Key)
+    }
+}
+
+/// A list of strings (null: none); `None` when it holds more than a sign-in's few short words
+/// (kept from memory: such a list is read value by value and dropped).
+struct Strings(Option<Vec<String>>);
+
+const MAX_SIGN_IN_VALUES: usize = 16;
+const MAX_SIGN_IN_VALUE_BYTES: usize = 256;
+
+impl<'de> Deserialize<'de> for Strings {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Values;
+        impl<'de> serde::de::Visitor<'de> for Values {
+            type Value = Strings;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of strings")
+            }
+            fn visit_unit<E>(self) -> Result<Strings, E> {
+                Ok(Strings(Some(Vec::new())))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strings, A::Error> {
+                let mut values = Some(Vec::new());
+                while let Some(value) = seq.next_element::<Cow<'de, str>>()? {
+                    if let Some(kept) = &mut values {
+                        if kept.len() == MAX_SIGN_IN_VALUES || value.len() > MAX_SIGN_IN_VALUE_BYTES {
+                            values = None;
+                        } else {
+                            kept.push(value.into_owned());
+                        }
+                    }
+                }
+                Ok(Strings(values))
+            }
+        }
+        deserializer.deserialize_any(Values)
     }
 }
 
@@ -376,7 +463,8 @@ impl<'a> Review<'a> {
                 &self.raw.user_info.groups,
                 self.pod_bound(),
                 masks,
-            ),
+            )
+            .with_sign_in(self.raw.user_info.extra.sign_in()),
             namespace_labels,
             previous_labels,
             dry_run: self.raw.dry_run,
@@ -610,6 +698,41 @@ mod tests {
             let review = Review::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{what}: {e}"));
             let req = review.request(NamespaceLabels::Unknown, None, &Masks::default());
             assert_eq!(req.user.kind, expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_sign_in_is_read_from_exactly_one_auth_time_and_at_most_one_acr() {
+        let review_with = |extra: serde_json::Value| {
+            let mut review = request(Delete, "secrets").namespace("prod").name("db").review("r-5", None, None);
+            review["request"]["userInfo"]["extra"] = extra;
+            review.to_string()
+        };
+        let body = review_with(serde_json::json!({
+            ACR_EXTRA: ["2"], AMR_EXTRA: ["pwd", "otp"], AUTH_TIME_EXTRA: ["1796665229"],
+            CREDENTIAL_ID_EXTRA: ["JTI=abc"], "scopes": ["x"],
+        }));
+        let review = Review::parse(body.as_bytes()).unwrap();
+        let req = review.request(NamespaceLabels::Unknown, None, &Masks::default());
+        let sign_in = req.user.sign_in.expect("a sign-in");
+        assert_eq!(
+            (sign_in.acr, sign_in.amr, sign_in.credential),
+            ("2", &["pwd".to_owned(), "otp".to_owned()][..], "JTI=abc")
+        );
+        assert_eq!(sign_in.auth_time.as_second(), 1_796_665_229);
+        let many: Vec<String> = (0..40).map(|n| format!("m{n}")).collect();
+        for (what, extra) in [
+            ("no auth-time", serde_json::json!({ACR_EXTRA: ["2"], AMR_EXTRA: ["otp"]})),
+            ("two auth-times", serde_json::json!({AUTH_TIME_EXTRA: ["1796665229", "1796665230"]})),
+            ("auth-time not a number", serde_json::json!({AUTH_TIME_EXTRA: ["1.796665229e9"]})),
+            ("auth-time out of range", serde_json::json!({AUTH_TIME_EXTRA: ["99999999999999999"]})),
+            ("two acrs", serde_json::json!({ACR_EXTRA: ["1", "2"], AUTH_TIME_EXTRA: ["1796665229"]})),
+            ("too many amrs", serde_json::json!({AMR_EXTRA: many, AUTH_TIME_EXTRA: ["1796665229"]})),
+        ] {
+            let body = review_with(extra);
+            let review = Review::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let req = review.request(NamespaceLabels::Unknown, None, &Masks::default());
+            assert_eq!(req.user.sign_in, None, "{what}");
         }
     }
 

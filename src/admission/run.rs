@@ -82,7 +82,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
         lookup: Some(Arc::new(Bounded::new(
             ApiGrantSource::new(client.clone(), verifier, metrics.clone()),
             args.max_lookups_in_flight,
-            Duration::from_secs(1),
+            crate::grant::LOOKUP_INTERVAL,
         ))),
         events: Some(EventReporter::new(
             client,

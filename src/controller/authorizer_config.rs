@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use super::webhook_config::cel_string;
 use crate::{
-    api::{POD_NAME_EXTRA, POD_UID_EXTRA, StepUpPolicy},
-    policy::Masks,
+    api::{Method, POD_NAME_EXTRA, POD_UID_EXTRA, StepUpPolicy},
+    policy::{Masks, SIGN_IN_EXTRAS},
 };
 
 pub const AUTHORIZER_NAME: &str = "stepup.dev";
@@ -131,8 +131,27 @@ pub fn render(policies: &[StepUpPolicy], s: &AuthorizerSettings) -> String {
     format!("{header}{}", serde_yaml::to_string(&config).unwrap_or_default())
 }
 
-/// The conditions, all of which must hold for a request to be sent.
+/// The conditions, all of which must hold for a request to be sent. Where a policy accepts
+/// `Session`, impersonating a sign-in's extras is sent whoever asks (the webhook refuses it).
 fn conditions(named: String, policies: &[StepUpPolicy], s: &AuthorizerSettings) -> Vec<Condition> {
+    let mut out = person_conditions(named, policies, s);
+    if policies.iter().any(|p| p.spec.methods.contains(&Method::Session)) {
+        let forgery = format!(
+            "({} == 'impersonate' && {} == 'authentication.k8s.io' && {} == 'userextras' && {})",
+            attribute("verb"),
+            attribute("group"),
+            attribute("resource"),
+            in_list("subresource", SIGN_IN_EXTRAS.into_iter())
+        );
+        for c in out.iter_mut().skip(1) {
+            c.expression = format!("{forgery} || ({})", c.expression);
+        }
+    }
+    out
+}
+
+/// The conditions for what policies name with verbs: people's requests.
+fn person_conditions(named: String, policies: &[StepUpPolicy], s: &AuthorizerSettings) -> Vec<Condition> {
     let pod_bound = format!("('{POD_NAME_EXTRA}' in request.extra && '{POD_UID_EXTRA}' in request.extra)");
     let own: Vec<String> = s.own_users.iter().map(|u| cel_string(u)).collect();
     let mut out = vec![
@@ -394,6 +413,29 @@ mod tests {
             "a service account's name without its pod is a person: {}",
             conditions[4]
         );
+    }
+
+    #[test]
+    fn where_a_policy_accepts_session_impersonating_a_sign_in_is_sent_whoever_asks() {
+        let reads = policy("reads").verbs(&[Get], "", &["secrets"]).build();
+        let config = parsed(std::slice::from_ref(&reads));
+        assert!(!serde_yaml::to_string(&config).unwrap().contains("userextras"), "no Session policy, no clause");
+        let sso =
+            policy("sso").rule(&[crate::api::Operation::Delete], "", &["secrets"]).methods(&[Method::Session]).build();
+        let config = parsed(&[reads, sso]);
+        let conditions: Vec<&str> = config["authorizers"][0]["webhook"]["matchConditions"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c["expression"].as_str().unwrap())
+            .collect();
+        assert_eq!(conditions[0], "has(request.resourceAttributes)");
+        for c in &conditions[1..] {
+            assert!(
+                c.starts_with("(request.resourceAttributes.verb == 'impersonate' && request.resourceAttributes.group == 'authentication.k8s.io' && request.resourceAttributes.resource == 'userextras' && request.resourceAttributes.subresource in ['authentication.kubernetes.io/credential-id', 'stepup.dev/acr', 'stepup.dev/amr', 'stepup.dev/auth-time']) || ("),
+                "{c}"
+            );
+        }
     }
 
     #[test]

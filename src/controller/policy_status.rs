@@ -49,10 +49,15 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
                 false,
                 "AuthorizerNotConfigured",
                 format!(
-                    "the API server does not send {} to stepup's authorizer, so RBAC alone decides them: render \
+                    "the API server does not send {} to stepup's authorizer, so RBAC alone decides them{}: render \
                      `stepup authorizer-config` again and put it where --authorization-config points (README, \
                      \"Reads: the authorizer\")",
-                    missing.join(", ")
+                    missing.join(", "),
+                    if missing.iter().any(|m| m.starts_with("impersonate userextras/")) {
+                        " (whoever may impersonate could put a sign-in on a request)"
+                    } else {
+                        ""
+                    }
                 ),
             ),
             _ => (
@@ -64,7 +69,7 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
     };
     let next = if reason == "AuthorizerNotConfigured" {
         Action::requeue(AUTHORIZER_RECHECK)
-    } else if !unserved.is_empty() || names_verbs(&policy) {
+    } else if !unserved.is_empty() || needs_authorizer(&policy) {
         // A CRD installed later makes the policy match after all; an authorizer file put back
         // to an older version stops sending its reads: look again.
         Action::requeue(RECHECK)
@@ -103,14 +108,25 @@ const RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 /// (the operator is rendering the authorizer file).
 const AUTHORIZER_RECHECK: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn names_verbs(policy: &StepUpPolicy) -> bool {
+/// A policy that names verbs (reads), or accepts a `Session`: the authorizer enforces the
+/// first and refuses impersonating a sign-in into a request for the second.
+fn needs_authorizer(policy: &StepUpPolicy) -> bool {
     policy.spec.match_.rules.iter().any(|r| !r.verbs.is_empty())
+        || policy.spec.methods.contains(&crate::api::Method::Session)
 }
 
 /// One request per rule of verbs: its first verb, group and resource, asked for the probe
-/// identity in no namespace (which every namespace condition of the rendered file admits).
+/// identity in no namespace (which every namespace condition of the rendered file admits); and
+/// for a policy accepting `Session`, impersonating a sign-in's `acr` extra.
 pub fn probes(policy: &StepUpPolicy) -> Vec<ResourceAttributes> {
     let concrete = |s: &str| if s == "*" { "stepup-probe".to_owned() } else { s.to_owned() };
+    let sign_in = policy.spec.methods.contains(&crate::api::Method::Session).then(|| ResourceAttributes {
+        verb: Some("impersonate".to_owned()),
+        group: Some("authentication.k8s.io".to_owned()),
+        resource: Some("userextras".to_owned()),
+        subresource: Some(crate::policy::ACR_EXTRA.to_owned()),
+        ..ResourceAttributes::default()
+    });
     policy
         .spec
         .match_
@@ -130,14 +146,22 @@ pub fn probes(policy: &StepUpPolicy) -> Vec<ResourceAttributes> {
                 ..ResourceAttributes::default()
             }
         })
+        .chain(sign_in)
         .collect()
 }
 
 /// The policy's probes the API server did not send to stepup's authorizer (`verb resource`),
 /// or `None` when asking failed (that says nothing about the policy). An answer is reused for
 /// [`AUTHORIZER_RECHECK`] by every policy that asks the same: hundreds of read policies of one
-/// shape cost one SubjectAccessReview per recheck, not hundreds.
+/// shape cost one SubjectAccessReview per recheck, not hundreds. A policy judged for the first
+/// time (new, or changed since its Ready condition) asks afresh: an answer cached for another
+/// policy a moment ago may be about an authorizer file that has changed since.
 async fn unauthorized_probes(ctx: &Context, policy: &StepUpPolicy) -> Option<Vec<String>> {
+    let judged = policy
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.observed_generation.is_some() && c.observed_generation == policy.metadata.generation);
     let api: Api<SubjectAccessReview> = Api::all(ctx.client.clone());
     let mut missing = Vec::new();
     for attributes in probes(policy) {
@@ -153,7 +177,7 @@ async fn unauthorized_probes(ctx: &Context, policy: &StepUpPolicy) -> Option<Vec
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .filter(|(at, _)| at.elapsed() < AUTHORIZER_RECHECK)
+            .filter(|(at, _)| judged && at.elapsed() < AUTHORIZER_RECHECK)
             .map(|(_, sent)| *sent);
         if let Some(sent) = known {
             if !sent {

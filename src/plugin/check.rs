@@ -331,7 +331,7 @@ impl Evaluation<'_> {
             allowed: decision.allowed,
             policies,
             requirement: decision.requirement.as_ref().map(|r| r.to_string()),
-            command: decision.requirement.as_ref().map(|r| r.command()),
+            command: decision.requirement.as_ref().and_then(|r| r.command()),
             uncertain: None,
         }
     }

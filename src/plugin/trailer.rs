@@ -147,6 +147,8 @@ mod tests {
             methods: vec![Method::Totp],
             max_age: Duration::from_secs(max_age),
             reason_required: reason,
+            acr_values: Vec::new(),
+            amr: Vec::new(),
             reference: None,
         }
     }

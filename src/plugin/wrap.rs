@@ -162,6 +162,7 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
             .await
             .map_err(|e| Error::other(format!("the command could not run: {e}"), ""))??
     };
+    let refused_at = tokio::time::Instant::now();
     // Only a failed kubectl command, refused by the API server for stepup, is answered; the
     // output of anything else (a script, a container) is not trusted to ask for a grant.
     if first.code == 0 || !is_kubectl {
@@ -199,6 +200,11 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
         view.expiry(now, &TimeZone::system())
     );
 
+    // The refusal made the webhook look this user's grants up; within the lookup interval it
+    // would decide the retry from its watch-fed cache alone, which may not hold the new grant
+    // yet. After it, the retry's lookup finds the grant (a consistent read), however slow the
+    // watch. A person typing a code takes longer than this anyway.
+    tokio::time::sleep_until(refused_at + crate::grant::LOOKUP_INTERVAL).await;
     let second = tokio::task::spawn_blocking(move || run_once(&program, &kubectl_args, stdin.as_deref()))
         .await
         .map_err(|e| Error::other(format!("the command could not run: {e}"), ""))??;

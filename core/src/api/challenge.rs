@@ -49,6 +49,7 @@ pub struct StepUpChallengeSpec {
 
     /// The verification method the response is for. Defaults to `TOTP`.
     #[serde(default = "default_method")]
+    #[schemars(schema_with = "super::factor_method_schema")]
     pub method: Method,
 
     /// The one-time code, sealed (libsodium sealed box, base64) to the controller's response key

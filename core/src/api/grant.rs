@@ -70,6 +70,7 @@ pub struct StepUpGrantSpec {
     pub uid: Option<String>,
 
     /// How the second factor was verified.
+    #[schemars(schema_with = "super::factor_method_schema")]
     pub method: Method,
 
     /// Why the user stepped up (an incident or ticket), as given in the challenge.

@@ -55,14 +55,41 @@ pub enum Method {
     /// A time-based one-time password (RFC 6238) from an authenticator app.
     #[serde(rename = "TOTP")]
     Totp,
+    /// A recent sign-in with a second factor at the identity provider, as the API server
+    /// reports it on the request itself (`userInfo.extra`: acr, amr, auth_time mapped from the
+    /// ID token by its AuthenticationConfiguration). No grant object: the request carries it.
+    Session,
 }
 
 impl Method {
     pub const fn as_str(self) -> &'static str {
         match self {
             Method::Totp => "TOTP",
+            Method::Session => "Session",
         }
     }
+}
+
+impl Method {
+    /// Every method, in their order.
+    pub const ALL: [Method; 2] = [Method::Totp, Method::Session];
+
+    /// Whether a grant of this method is a StepUpGrant the controller issues (a Session is
+    /// the request's own evidence).
+    pub const fn is_grant(self) -> bool {
+        matches!(self, Method::Totp)
+    }
+}
+
+/// The schema of a StepUpGrant's, StepUpChallenge's or StepUpEnrollment's `method`: only
+/// methods that a second factor verified by the controller stands behind (never `Session`, the
+/// request's own evidence: a grant named so would pass for an identity-provider sign-in).
+pub(crate) fn factor_method_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let factors: Vec<&str> = Method::ALL.iter().filter(|m| m.is_grant()).map(|m| m.as_str()).collect();
+    schemars::json_schema!({
+        "type": "string",
+        "enum": factors,
+    })
 }
 
 impl std::fmt::Display for Method {

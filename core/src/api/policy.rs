@@ -47,10 +47,17 @@ pub struct StepUpPolicySpec {
     #[schemars(schema_with = "max_age_schema")]
     pub max_age: Duration,
 
-    /// Verification methods whose grants satisfy this policy. Defaults to `[TOTP]`.
+    /// Verification methods that satisfy this policy, any one of them: `TOTP` (a grant from
+    /// `kubectl stepup request`), `Session` (the request's own evidence of a recent sign-in
+    /// with a second factor at the identity provider). Defaults to `[TOTP]`.
     #[serde(default = "default_methods")]
     #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "set"))]
     pub methods: Vec<Method>,
+
+    /// The assurance an identity-provider sign-in (`Session`) must carry, in RFC 9470 terms.
+    /// `maxAge` bounds its `auth_time`. TOTP grants are not judged by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assurance: Option<Assurance>,
 
     /// Text added to the denial message, for example a link to the runbook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,6 +68,24 @@ pub struct StepUpPolicySpec {
     /// (e.g. an incident or ticket number); the reason travels into the grant and the audit trail.
     #[serde(default)]
     pub require_reason: bool,
+}
+
+/// What an identity provider's sign-in must say about how the person authenticated.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Assurance {
+    /// Accepted authentication context class references (`acr`), any one of them (for
+    /// example the level your identity provider gives a sign-in with a second factor).
+    /// Empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "set"), inner(length(min = 1, max = 128)))]
+    pub acr_values: Vec<String>,
+
+    /// Authentication methods references (`amr`, RFC 8176) the sign-in must include, every one
+    /// of them (for example `otp`, `hwk`, `mfa`). Empty: none required.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "set"), inner(length(min = 1, max = 64)))]
+    pub amr: Vec<String>,
 }
 
 fn default_max_age() -> Duration {

@@ -14,10 +14,10 @@ pub use own_kinds::StepUpObjects;
 pub use settings::{DecisionSettings, PUBLISHED_CONFIGMAP, PUBLISHED_KEY, exempt_namespaces};
 
 use crate::{
-    api::{Enforcement, GROUP, Operation},
+    api::{Enforcement, GROUP, Method, Operation},
     grant::{self, Clock, GrantIndex, GrantRecord},
     keys::GrantVerifier,
-    policy::{Action, CompiledPolicy, PolicyIndex, Request},
+    policy::{Action, CompiledPolicy, PolicyIndex, Request, Requester},
 };
 
 /// Who is who, from the webhook's configuration.
@@ -115,7 +115,20 @@ pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -
 /// allowed is the authorizer's Deny; an allowed one is its NoOpinion, never an Allow: RBAC
 /// still decides whether the request may happen at all.
 pub fn authorize(req: &Request<'_>, inputs: &Inputs<'_>) -> Decision {
+    if is_sign_in_forgery(req) {
+        return Decision::sign_in_forgery(req);
+    }
     by_policies(req, inputs)
+}
+
+/// Impersonation that would put a sign-in's evidence on a request (`--as-user-extra
+/// stepup.dev/acr=2`): refused to everyone the API server asks about, whatever RBAC allows. A
+/// sign-in comes from the identity provider's token, never from whoever impersonates.
+fn is_sign_in_forgery(req: &Request<'_>) -> bool {
+    req.action == Action::Authorization(crate::api::Verb::Impersonate)
+        && req.group == "authentication.k8s.io"
+        && req.resource == "userextras"
+        && crate::policy::SIGN_IN_EXTRAS.contains(&req.subresource)
 }
 
 fn by_policies(req: &Request<'_>, inputs: &Inputs<'_>) -> Decision {
@@ -239,7 +252,18 @@ fn is_break_glass(req: &Request<'_>, config: &DecisionConfig) -> bool {
 
 fn evaluate(req: &Request<'_>, matched: &[&CompiledPolicy], inputs: &Inputs<'_>, note: Option<&str>) -> Decision {
     let now = Clock { now: inputs.now, max_skew: inputs.config.max_clock_skew };
-    let mine = inputs.grants.of_user(req.user.username);
+    // The request's own sign-in counts as a grant where a policy accepts Session: a person's
+    // (a mask's extras are whoever wears it), judged by each policy's maxAge and assurance.
+    let session = req
+        .user
+        .sign_in
+        .filter(|_| req.user.kind == Requester::Person && !req.user.is_mask())
+        .filter(|_| matched.iter().any(|p| p.accepts_method(Method::Session)))
+        .map(|s| GrantRecord::from_sign_in(&req.user, &s));
+    let mut mine = inputs.grants.of_user(req.user.username);
+    if let Some(session) = &session {
+        mine.push(session);
+    }
     let enforcing: Vec<&CompiledPolicy> =
         matched.iter().copied().filter(|p| p.enforcement == Enforcement::Deny).collect();
 

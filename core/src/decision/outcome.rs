@@ -96,6 +96,10 @@ pub struct Requirement {
     /// The smallest maxAge among the policies.
     pub max_age: Duration,
     pub reason_required: bool,
+    /// For `Session`: the `acr` values every policy accepts (empty: any) and the `amr` they
+    /// require, in RFC 9470's words (`acr_values`).
+    pub acr_values: Vec<String>,
+    pub amr: Vec<String>,
     /// The review this refusal answered (`ref=`), which the plugin hands back so that the
     /// audit trail ties its step-up to this refusal. Set by the webhook, not by decisions.
     pub reference: Option<String>,
@@ -105,21 +109,52 @@ impl Requirement {
     fn of(policies: &[&CompiledPolicy]) -> Self {
         let mut methods: Vec<Method> = policies.first().map(|p| p.methods.clone()).unwrap_or_default();
         methods.retain(|m| policies.iter().all(|p| p.accepts_method(*m)));
+        // What a sign-in must carry for all of them: acr values each accepts, amr any requires.
+        let assurances: Vec<&crate::api::Assurance> = policies.iter().filter_map(|p| p.assurance.as_ref()).collect();
+        let mut acr_values: Vec<String> =
+            assurances.iter().find(|a| !a.acr_values.is_empty()).map(|a| a.acr_values.clone()).unwrap_or_default();
+        acr_values.retain(|v| assurances.iter().all(|a| a.acr_values.is_empty() || a.acr_values.contains(v)));
+        let mut amr: Vec<String> = assurances.iter().flat_map(|a| a.amr.iter().cloned()).collect();
+        amr.sort();
+        amr.dedup();
         Self {
             policies: policies.iter().map(|p| p.name.clone()).collect(),
             methods,
             max_age: policies.iter().map(|p| p.max_age_text).min().unwrap_or_default(),
             reason_required: policies.iter().any(|p| p.require_reason),
+            acr_values,
+            amr,
             reference: None,
         }
     }
 
-    /// The exact command that obtains a satisfying grant.
-    pub fn command(&self) -> String {
-        if self.reason_required {
+    /// The exact command that obtains a satisfying grant; `None` when only a new sign-in at
+    /// the identity provider helps.
+    pub fn command(&self) -> Option<String> {
+        if !self.methods.iter().any(|m| m.is_grant()) {
+            return None;
+        }
+        Some(if self.reason_required {
             "kubectl stepup request --reason \"<ticket or incident>\"".to_owned()
         } else {
             "kubectl stepup request".to_owned()
+        })
+    }
+
+    /// The sign-in a `Session` needs, in words: `at your identity provider (acr "2", with otp)`.
+    fn sign_in_words(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.acr_values.is_empty() {
+            let values: Vec<String> = self.acr_values.iter().map(|v| format!("{v:?}")).collect();
+            parts.push(format!("acr {}", values.join(" or ")));
+        }
+        if !self.amr.is_empty() {
+            parts.push(format!("with {}", self.amr.join(" and ")));
+        }
+        if parts.is_empty() {
+            "a sign-in at your identity provider".to_owned()
+        } else {
+            format!("a sign-in at your identity provider ({})", parts.join(", "))
         }
     }
 }
@@ -136,6 +171,12 @@ impl fmt::Display for Requirement {
             self.max_age,
             self.reason_required
         )?;
+        if !self.acr_values.is_empty() {
+            write!(f, " acr-values={}", self.acr_values.join(","))?;
+        }
+        if !self.amr.is_empty() {
+            write!(f, " amr={}", self.amr.join(","))?;
+        }
         match &self.reference {
             Some(uid) => write!(f, " ref={uid}"),
             None => Ok(()),
@@ -159,19 +200,21 @@ impl std::str::FromStr for Requirement {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let fail = |problem: String| ParseRequirementError { text: text.to_owned(), problem };
         let (mut policies, mut methods, mut max_age, mut reason_required) = (None, Vec::new(), None, None);
-        let mut reference = None;
+        let (mut acr_values, mut amr, mut reference) = (Vec::new(), Vec::new(), None);
         for field in text.split_whitespace() {
             let (key, value) = field.split_once('=').ok_or_else(|| fail(format!("{field:?} is not key=value")))?;
             let list = || value.split(',').filter(|v| !v.is_empty()).map(str::to_owned);
             match key {
                 "policies" => policies = Some(list().collect::<Vec<_>>()),
                 "methods" => {
-                    methods = list().filter_map(|m| [Method::Totp].into_iter().find(|k| k.as_str() == m)).collect()
+                    methods = list().filter_map(|m| Method::ALL.into_iter().find(|k| k.as_str() == m)).collect()
                 }
                 "max-age" => max_age = Some(value.parse::<Duration>().map_err(|e| fail(e.to_string()))?),
                 "reason-required" => {
                     reason_required = Some(value.parse::<bool>().map_err(|_| fail(format!("reason-required={value}")))?)
                 }
+                "acr-values" => acr_values = list().collect(),
+                "amr" => amr = list().collect(),
                 // Read only when it can be handed back as a correlation id.
                 "ref" if crate::api::is_review_ref(value) => reference = Some(value.to_owned()),
                 _ => {}
@@ -183,6 +226,8 @@ impl std::str::FromStr for Requirement {
             methods,
             max_age: max_age.ok_or_else(|| fail("no max-age".to_owned()))?,
             reason_required: reason_required.unwrap_or(false),
+            acr_values,
+            amr,
             reference,
         })
     }
@@ -291,6 +336,19 @@ impl Decision {
         Self::refuse(Outcome::Invalid, 400, "BadRequest", format!("kube-stepup: {message}"))
     }
 
+    pub(crate) fn sign_in_forgery(req: &Request<'_>) -> Self {
+        let message = format!(
+            "kube-stepup: {} {:?} is refused to everyone: a sign-in's evidence comes from the identity provider's token, never from impersonation",
+            if req.subresource.is_empty() {
+                "impersonating user extras".to_owned()
+            } else {
+                format!("impersonating the user extra {:?} as", req.subresource)
+            },
+            req.name
+        );
+        Self::refuse(Outcome::BuiltinDenied, 403, "Forbidden", message)
+    }
+
     pub(crate) fn invalid_object(message: impl fmt::Display) -> Self {
         Self::refuse(Outcome::Invalid, 422, "Invalid", format!("kube-stepup: {message}"))
     }
@@ -353,16 +411,29 @@ impl Decision {
         if requirement.methods.is_empty() {
             message.push_str("the matching policies accept no common verification method, so no single grant can satisfy them; ask an operator to review them.");
         } else {
-            let methods: Vec<&str> = requirement.methods.iter().map(|m| m.as_str()).collect();
-            let _ = write!(message, "a {} grant issued within the last {}", methods.join(" or "), requirement.max_age);
-            if requirement.reason_required {
-                message.push_str(", requested with a reason");
+            let grants: Vec<&str> = requirement.methods.iter().filter(|m| m.is_grant()).map(|m| m.as_str()).collect();
+            let mut ways = Vec::new();
+            if !grants.is_empty() {
+                let mut way = format!("a {} grant issued within the last {}", grants.join(" or "), requirement.max_age);
+                if requirement.reason_required {
+                    way.push_str(", requested with a reason");
+                }
+                ways.push(way);
             }
-            message.push('.');
+            if requirement.methods.contains(&Method::Session) {
+                ways.push(format!("{} within the last {}", requirement.sign_in_words(), requirement.max_age));
+            }
+            let _ = write!(message, "{}.", ways.join(", or "));
         }
         match why {
+            Some((g, why)) if g.method == Method::Session => {
+                let _ = write!(message, " Your sign-in at the identity provider does not count: {why}.");
+            }
             Some((g, why)) => {
                 let _ = write!(message, " Your latest grant {} does not count: {why}.", g.name);
+            }
+            None if requirement.methods.contains(&Method::Session) && req.user.sign_in.is_none() => {
+                message.push_str(" You hold no grant, and this request carries no sign-in from the identity provider.")
             }
             None => message.push_str(" You hold no grant."),
         }
@@ -371,11 +442,19 @@ impl Decision {
                 let _ = write!(message, " {extra}");
             }
         }
-        let _ = write!(
-            message,
-            " Run `{}` and retry, or prefix your command with `kubectl stepup --`. [stepup-required: {requirement}]",
-            requirement.command()
-        );
+        match requirement.command() {
+            Some(command) => {
+                let _ = write!(message, " Run `{command}` and retry, or prefix your command with `kubectl stepup --`");
+                if requirement.methods.contains(&Method::Session) {
+                    message.push_str(", or sign in again at your identity provider");
+                }
+                message.push('.');
+            }
+            None => message.push_str(
+                " Sign in again at your identity provider with what it asks for (kubelogin: `kubectl oidc-login clean`, then retry).",
+            ),
+        }
+        let _ = write!(message, " [stepup-required: {requirement}]");
         Self {
             policies: names(matched),
             requirement: Some(requirement),

@@ -1397,3 +1397,184 @@ fn a_refused_read_says_what_was_read_and_what_to_run() {
     let req = read(Watch, "secrets").namespace("prod");
     assert_eq!(authorize(&req.view(), &inputs).outcome, Outcome::Denied);
 }
+
+/// Issue 32, `Session`: a policy may accept the request's own evidence of a sign-in at the
+/// identity provider, judged by its maxAge and assurance; a mask's evidence counts for nothing.
+mod session {
+    use super::*;
+    use crate::api::{Method, Verb};
+
+    fn session_world() -> World {
+        let policies = PolicyIndex::new(
+            [
+                policy("prod-secrets-sso")
+                    .rule(&[Delete], "", &["secrets"])
+                    .verbs(&[Verb::Get], "", &["secrets"])
+                    .namespaces(&["prod"])
+                    .methods(&[Method::Session, Method::Totp])
+                    .assurance(&["2"], &["otp"])
+                    .compiled(),
+                policy("prod-exec-sso-only")
+                    .rule(&[Connect], "", &["pods/exec"])
+                    .namespaces(&["prod"])
+                    .max_age("5m")
+                    .methods(&[Method::Session])
+                    .compiled(),
+                policy("prod-configmaps-totp").rule(&[Delete], "", &["configmaps"]).namespaces(&["prod"]).compiled(),
+            ]
+            .into_iter()
+            .map(Arc::new),
+        );
+        World { policies, ..world(vec![]) }
+    }
+
+    fn delete_secret() -> RequestBuilder {
+        request(Delete, "secrets").namespace("prod").name("db").uid("sub-1")
+    }
+
+    #[test]
+    fn a_fresh_strong_sign_in_satisfies_a_policy_that_accepts_it() {
+        let w = session_world();
+        let d = w.decide(&delete_secret().signed_in("2", &["pwd", "otp"], w.now - minutes(3)));
+        assert_eq!(d.outcome, Outcome::Granted, "{}", d.message);
+        assert_eq!(d.grant.as_deref(), Some("session:JTI=t-1"), "the record names the token");
+        // Reads too, through the authorizer.
+        let read = crate::testing::read(Verb::Get, "secrets").namespace("prod").name("db").signed_in(
+            "2",
+            &["pwd", "otp"],
+            w.now,
+        );
+        assert_eq!(w.decide(&read).outcome, Outcome::Granted);
+    }
+
+    #[test]
+    fn a_sign_in_that_is_too_old_weak_or_without_the_method_is_refused_with_why() {
+        let w = session_world();
+        let cases = [
+            (
+                delete_secret().signed_in("2", &["pwd", "otp"], w.now - minutes(16)),
+                "Your sign-in at the identity provider does not count: it was issued 16m ago and the policy accepts at most 15m.",
+            ),
+            (
+                delete_secret().signed_in("1", &["pwd"], w.now),
+                "Your sign-in at the identity provider does not count: the sign-in's assurance level (acr) is \"1\" and the policy accepts \"2\".",
+            ),
+            (
+                delete_secret().signed_in("2", &["pwd"], w.now),
+                "Your sign-in at the identity provider does not count: the sign-in used pwd and the policy requires \"otp\".",
+            ),
+            (delete_secret(), "You hold no grant, and this request carries no sign-in from the identity provider."),
+        ];
+        for (req, why) in cases {
+            let d = w.decide(&req);
+            assert_eq!(d.outcome, Outcome::Denied);
+            assert!(
+                d.message.contains(
+                    "requires step-up (policy \"prod-secrets-sso\"): a TOTP grant issued within the last 15m, or a sign-in at your identity provider (acr \"2\", with otp) within the last 15m."
+                ),
+                "{}",
+                d.message
+            );
+            assert!(d.message.contains(why), "{why}\n{}", d.message);
+            assert!(
+                d.message.contains(
+                    "Run `kubectl stepup request` and retry, or prefix your command with `kubectl stepup --`, or sign in again at your identity provider."
+                ),
+                "{}",
+                d.message
+            );
+            assert!(
+                d.message.ends_with(
+                    "[stepup-required: policies=prod-secrets-sso methods=TOTP,Session max-age=15m reason-required=false acr-values=2 amr=otp]"
+                ),
+                "{}",
+                d.message
+            );
+            let requirement: Requirement =
+                d.message.rsplit_once("[stepup-required: ").unwrap().1.trim_end_matches(']').parse().unwrap();
+            assert_eq!((requirement.acr_values, requirement.amr), (vec!["2".to_owned()], vec!["otp".to_owned()]));
+        }
+        // A sign-in from the future by more than the skew is no fresher sign-in.
+        let d = w.decide(&delete_secret().signed_in("2", &["pwd", "otp"], w.now + minutes(5)));
+        assert_eq!(d.outcome, Outcome::Denied, "{}", d.message);
+    }
+
+    #[test]
+    fn only_a_sign_in_helps_where_a_policy_accepts_nothing_else() {
+        let w = session_world();
+        let exec = request(Connect, "pods/exec").namespace("prod").name("web");
+        let d = w.decide(&exec.clone().signed_in("1", &["pwd"], w.now - minutes(6)));
+        assert_eq!(d.outcome, Outcome::Denied);
+        assert!(d.message.contains("a sign-in at your identity provider within the last 5m."), "{}", d.message);
+        assert!(d.message.contains("Sign in again at your identity provider"), "{}", d.message);
+        assert!(!d.message.contains("kubectl stepup request"), "a TOTP grant would not help: {}", d.message);
+        // Without assurance, any sign-in within maxAge does; a TOTP grant does not.
+        assert_eq!(w.decide(&exec.clone().signed_in("1", &["pwd"], w.now - minutes(4))).outcome, Outcome::Granted);
+        let with_grant =
+            World { grants: GrantIndex::new(vec![grant("g1", "alice").issued(w.now).record()]), ..session_world() };
+        assert_eq!(with_grant.decide(&exec).outcome, Outcome::Denied);
+    }
+
+    #[test]
+    fn a_sign_in_counts_only_where_a_policy_accepts_it_and_only_for_a_person() {
+        let w = session_world();
+        // A TOTP-only policy: the sign-in is no grant.
+        let configmap = request(Delete, "configmaps").namespace("prod").name("c").signed_in("2", &["otp"], w.now);
+        assert_eq!(w.decide(&configmap).outcome, Outcome::Denied);
+        // A service account's name without its pod: a mask; whatever extras it carries are
+        // whoever wears it.
+        let masked = delete_secret().by("system:serviceaccount:prod:deployer", &["system:serviceaccounts"]).signed_in(
+            "2",
+            &["pwd", "otp"],
+            w.now,
+        );
+        let policies = PolicyIndex::new(
+            [policy("all-sa")
+                .rule(&[Delete], "", &["secrets"])
+                .subjects(&[], &[], &[("prod", "deployer")])
+                .methods(&[Method::Session])
+                .compiled()]
+            .into_iter()
+            .map(Arc::new),
+        );
+        let d = World { policies, ..session_world() }.decide(&masked);
+        assert_eq!(d.outcome, Outcome::Denied, "{}", d.message);
+    }
+
+    #[test]
+    fn nobody_impersonates_a_sign_in_into_a_request() {
+        let w = session_world();
+        for who in [("admin", vec!["system:authenticated"]), ("carol", vec!["stepup:break-glass"])] {
+            for key in crate::policy::SIGN_IN_EXTRAS {
+                let forged = crate::testing::read(Verb::Impersonate, &format!("userextras/{key}"))
+                    .group("authentication.k8s.io", "v1")
+                    .name("2")
+                    .by(who.0, &who.1);
+                let d = w.decide(&forged);
+                assert_eq!(d.outcome, Outcome::BuiltinDenied, "{key} by {}", who.0);
+                assert!(d.message.contains("is refused to everyone"), "{}", d.message);
+            }
+        }
+        // Other extras are RBAC's business, as before.
+        let scopes = crate::testing::read(Verb::Impersonate, "userextras/scopes").group("authentication.k8s.io", "v1");
+        assert!(w.decide(&scopes).allowed);
+    }
+
+    #[test]
+    fn validation_names_assurance_without_session() {
+        let err =
+            CompiledPolicy::compile(&policy("p").rule(&[Delete], "", &["secrets"]).assurance(&["2"], &[]).build())
+                .unwrap_err();
+        assert_eq!(err.field, "spec.assurance");
+        assert!(err.message.contains("add Session to spec.methods"), "{}", err.message);
+        let err = CompiledPolicy::compile(
+            &policy("p")
+                .rule(&[Delete], "", &["secrets"])
+                .methods(&[Method::Session])
+                .assurance(&["2"], &["o t p"])
+                .build(),
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "spec.assurance.amr[0]");
+    }
+}

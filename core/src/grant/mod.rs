@@ -11,6 +11,13 @@ use crate::{
     policy::{CompiledPolicy, Request},
 };
 
+/// How often the webhook asks the API server for one user's grants when its cache holds none
+/// that satisfies a request; a request within this interval of the last lookup for the same
+/// user is decided from the cache alone (a storm of denials must not become a storm of LISTs).
+/// `kubectl stepup --` spaces its retry by at least this much from the refusal, so that the
+/// retry's lookup is never the one skipped and a grant issued a moment ago always counts.
+pub const LOOKUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A StepUpGrant reduced to what decisions need.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantRecord {
@@ -29,12 +36,21 @@ pub struct GrantRecord {
     pub resource_version: Option<String>,
     /// The refusal its step-up answered ([`crate::api::CORRELATION_ANNOTATION`]), for audit.
     pub correlation: Option<String>,
+    /// For an identity-provider sign-in ([`Method::Session`]): its `acr` and `amr`, which a
+    /// policy's `assurance` judges.
+    pub acr: Option<String>,
+    pub amr: Vec<String>,
 }
 
 impl GrantRecord {
-    /// `None` for an object without a name, which the API server never sends.
+    /// `None` for an object without a name, which the API server never sends, and for one
+    /// whose method no grant can have (a `Session` is the request's own evidence, never an
+    /// object: one named so would pass for an identity-provider sign-in).
     pub fn from_grant(grant: &StepUpGrant) -> Option<Self> {
         let spec = &grant.spec;
+        if !spec.method.is_grant() {
+            return None;
+        }
         Some(Self {
             name: grant.metadata.name.clone()?,
             user: spec.user.clone(),
@@ -47,7 +63,33 @@ impl GrantRecord {
             revoked: grant.metadata.deletion_timestamp.is_some(),
             resource_version: grant.metadata.resource_version.clone(),
             correlation: crate::api::grant_correlation(grant).map(str::to_owned),
+            acr: None,
+            amr: Vec::new(),
         })
+    }
+
+    /// The request's own evidence of a sign-in at the identity provider, as a grant of method
+    /// [`Method::Session`] issued at its `auth_time` to the requester, for every policy and
+    /// namespace (each policy's maxAge and assurance then judge it like any grant). Named after
+    /// the credential, so that the record says which token carried it.
+    pub fn from_sign_in(user: &crate::policy::User<'_>, sign_in: &crate::policy::SignIn<'_>) -> Self {
+        let credential = if sign_in.credential.is_empty() { "request" } else { sign_in.credential };
+        Self {
+            name: format!("session:{credential}"),
+            user: user.username.to_owned(),
+            uid: (!user.uid.is_empty()).then(|| user.uid.to_owned()),
+            method: Method::Session,
+            reason: None,
+            issued_at: sign_in.auth_time,
+            // maxAge (at most 24h) bounds it; nothing else expires a sign-in here.
+            expires_at: sign_in.auth_time.saturating_add(SignedDuration::from_hours(25)).unwrap_or(sign_in.auth_time),
+            scope: GrantScope::default(),
+            revoked: false,
+            resource_version: None,
+            correlation: None,
+            acr: Some(sign_in.acr.to_owned()),
+            amr: sign_in.amr.to_vec(),
+        }
     }
 }
 
@@ -85,6 +127,16 @@ pub enum Unsatisfied {
         max_skew: SignedDuration,
     },
     MethodNotAccepted(Method),
+    /// A sign-in whose `acr` is not among the policy's accepted values.
+    AcrNotAccepted {
+        acr: String,
+        accepted: Vec<String>,
+    },
+    /// A sign-in whose `amr` lacks a method the policy requires.
+    AmrMissing {
+        amr: Vec<String>,
+        missing: String,
+    },
     /// Issued to an account with another UID (deleted and re-created).
     OtherAccount,
     PolicyOutOfScope,
@@ -107,6 +159,17 @@ impl fmt::Display for Unsatisfied {
                 human(*max_skew)
             ),
             Unsatisfied::MethodNotAccepted(m) => write!(f, "the policy does not accept method {m}"),
+            Unsatisfied::AcrNotAccepted { acr, accepted } => write!(
+                f,
+                "the sign-in's assurance level (acr) is {} and the policy accepts {}",
+                if acr.is_empty() { "none".to_owned() } else { format!("{acr:?}") },
+                accepted.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(" or ")
+            ),
+            Unsatisfied::AmrMissing { amr, missing } => write!(
+                f,
+                "the sign-in used {} and the policy requires {missing:?}",
+                if amr.is_empty() { "no method it named".to_owned() } else { amr.join(", ") }
+            ),
             Unsatisfied::OtherAccount => f.write_str("it was issued to an account with another UID"),
             Unsatisfied::PolicyOutOfScope => f.write_str("it is limited to other policies"),
             Unsatisfied::NamespaceOutOfScope => f.write_str("it is limited to other namespaces"),
@@ -148,6 +211,17 @@ pub fn check(grant: &GrantRecord, policy: &CompiledPolicy, req: &Request<'_>, cl
     }
     if !policy.accepts_method(grant.method) {
         return Err(Unsatisfied::MethodNotAccepted(grant.method));
+    }
+    if grant.method == Method::Session
+        && let Some(assurance) = &policy.assurance
+    {
+        let acr = grant.acr.as_deref().unwrap_or("");
+        if !assurance.acr_values.is_empty() && !assurance.acr_values.iter().any(|a| a == acr) {
+            return Err(Unsatisfied::AcrNotAccepted { acr: acr.to_owned(), accepted: assurance.acr_values.clone() });
+        }
+        if let Some(missing) = assurance.amr.iter().find(|m| !grant.amr.contains(m)) {
+            return Err(Unsatisfied::AmrMissing { amr: grant.amr.clone(), missing: missing.clone() });
+        }
     }
     if policy.require_reason && grant.reason.is_none() {
         return Err(Unsatisfied::ReasonRequired);

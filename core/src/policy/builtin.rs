@@ -32,6 +32,7 @@ pub fn policy_changes(max_age: Duration) -> CompiledPolicy {
         enforcement: Enforcement::Deny,
         max_age,
         methods: vec![Method::Totp],
+        assurance: None,
         message: Some("StepUpPolicy changes are themselves step-up operations.".to_owned()),
         require_reason: false,
     };
@@ -58,6 +59,7 @@ pub fn admin_acts(max_age: Duration) -> CompiledPolicy {
         enforcement: Enforcement::Deny,
         max_age,
         methods: vec![Method::Totp],
+        assurance: None,
         message: Some(
             "Approving, resetting and unlocking another user's enrollment are themselves step-up operations."
                 .to_owned(),

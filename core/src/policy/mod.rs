@@ -10,7 +10,7 @@ pub mod served;
 
 use std::collections::BTreeMap;
 
-use jiff::SignedDuration;
+use jiff::{SignedDuration, Timestamp};
 
 pub use glob::Glob;
 pub use index::{Matches, PolicyIndex};
@@ -96,18 +96,58 @@ pub struct User<'a> {
     /// Whether the credential is a service-account token bound to a pod.
     pub pod_bound: bool,
     pub kind: Requester,
+    /// How and when the person signed in at the identity provider, when the API server says
+    /// (see [`SignIn`]).
+    pub sign_in: Option<SignIn<'a>>,
 }
+
+/// A person's sign-in at the identity provider, as the API server reports it on the request
+/// (`userInfo.extra`, mapped from the ID token's `acr`, `amr` and `auth_time` by its
+/// AuthenticationConfiguration): what a policy accepting `Session` judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignIn<'a> {
+    /// The authentication context class reference; empty when the token had none.
+    pub acr: &'a str,
+    /// The authentication methods references (`pwd`, `otp`, `hwk`, ...).
+    pub amr: &'a [String],
+    pub auth_time: Timestamp,
+    /// The credential's id as the API server names it (`JTI=<token id>`), for the record.
+    pub credential: &'a str,
+}
+
+/// The `userInfo.extra` keys the API server's AuthenticationConfiguration maps a sign-in's
+/// claims to (README, "Step-up at sign-in").
+pub const ACR_EXTRA: &str = "stepup.dev/acr";
+pub const AMR_EXTRA: &str = "stepup.dev/amr";
+pub const AUTH_TIME_EXTRA: &str = "stepup.dev/auth-time";
+/// Set by the API server's JWT authenticator: `JTI=<the token's jti>`.
+pub const CREDENTIAL_ID_EXTRA: &str = "authentication.kubernetes.io/credential-id";
+/// The extras that make up a sign-in: nobody may set them by impersonation (the stepup
+/// authorizer refuses `impersonate` on `userextras/<key>` for each).
+pub const SIGN_IN_EXTRAS: [&str; 4] = [ACR_EXTRA, AMR_EXTRA, AUTH_TIME_EXTRA, CREDENTIAL_ID_EXTRA];
 
 impl<'a> User<'a> {
     /// A requester without a pod-bound credential, classified with the default [`Masks`].
     pub fn new(username: &'a str, uid: &'a str, groups: &'a [String]) -> Self {
-        Self { username, uid, groups, pod_bound: false, kind: classify(username, false, Masks::defaults()) }
+        Self {
+            username,
+            uid,
+            groups,
+            pod_bound: false,
+            kind: classify(username, false, Masks::defaults()),
+            sign_in: None,
+        }
     }
 
     /// A requester as the API server reported it, classified once by `masks` (the webhook's
     /// path: no default classification to redo).
     pub fn reported(username: &'a str, uid: &'a str, groups: &'a [String], pod_bound: bool, masks: &Masks) -> Self {
-        Self { username, uid, groups, pod_bound, kind: classify(username, pod_bound, masks) }
+        Self { username, uid, groups, pod_bound, kind: classify(username, pod_bound, masks), sign_in: None }
+    }
+
+    /// The same requester with the sign-in the API server reported.
+    pub fn with_sign_in(self, sign_in: Option<SignIn<'a>>) -> Self {
+        Self { sign_in, ..self }
     }
 
     /// The same requester with the credential the API server reported, classified by `masks`.
@@ -414,6 +454,8 @@ pub struct CompiledPolicy {
     pub max_age: SignedDuration,
     pub max_age_text: api::Duration,
     pub methods: Vec<Method>,
+    /// What a `Session` must carry (acr, amr); `None`: any sign-in within maxAge.
+    pub assurance: Option<api::Assurance>,
     pub message: Option<String>,
     pub require_reason: bool,
     pub rules: Vec<CompiledRule>,
@@ -485,12 +527,28 @@ impl CompiledPolicy {
         let mut methods = spec.methods.clone();
         methods.sort();
         methods.dedup();
+        let assurance = spec.assurance.clone().filter(|a| !a.acr_values.is_empty() || !a.amr.is_empty());
+        if assurance.is_some() && !methods.contains(&Method::Session) {
+            return Err(PolicyError::new(
+                "spec.assurance",
+                "judges identity-provider sign-ins, but spec.methods does not accept Session: add Session to spec.methods or remove spec.assurance",
+            ));
+        }
+        for (field, values) in assurance.iter().flat_map(|a| [("acrValues", &a.acr_values), ("amr", &a.amr)]) {
+            if let Some(i) = values.iter().position(|v| v.trim().is_empty() || v.chars().any(char::is_whitespace)) {
+                return Err(PolicyError::new(
+                    format!("spec.assurance.{field}[{i}]"),
+                    "must be a single word without spaces",
+                ));
+            }
+        }
         Ok(Self {
             name,
             enforcement: spec.enforcement,
             max_age: max_age.as_signed(),
             max_age_text: max_age,
             methods,
+            assurance,
             message: spec.message.clone().filter(|m| !m.trim().is_empty()),
             require_reason: spec.require_reason,
             rules,

@@ -42,6 +42,7 @@ pub fn policy(name: &str) -> PolicyBuilder {
             enforcement: Enforcement::Deny,
             max_age: api::Duration::from_secs(15 * 60),
             methods: vec![Method::Totp],
+            assurance: None,
             message: None,
             require_reason: false,
         },
@@ -145,6 +146,20 @@ impl PolicyBuilder {
 
     pub fn require_reason(mut self) -> Self {
         self.spec.require_reason = true;
+        self
+    }
+
+    pub fn methods(mut self, methods: &[Method]) -> Self {
+        self.spec.methods = methods.to_vec();
+        self
+    }
+
+    /// Accepted `acr` values and required `amr` of a Session.
+    pub fn assurance(mut self, acr_values: &[&str], amr: &[&str]) -> Self {
+        self.spec.assurance = Some(crate::api::Assurance {
+            acr_values: acr_values.iter().map(|s| s.to_string()).collect(),
+            amr: amr.iter().map(|s| s.to_string()).collect(),
+        });
         self
     }
 
@@ -252,6 +267,9 @@ pub struct RequestBuilder {
     /// Whether the requester's credential is a pod-bound service-account token.
     pub pod_bound: bool,
     pub dry_run: bool,
+    /// A sign-in at the identity provider the API server reports: acr, amr, auth_time, and
+    /// the credential id.
+    pub sign_in: Option<(String, Vec<String>, Timestamp, String)>,
 }
 
 /// `operation` on `resource` (`secrets`, `pods/exec`) in the core group, version v1, by alice.
@@ -281,6 +299,7 @@ fn action(action: Action, resource: &str) -> RequestBuilder {
         previous_labels: None,
         pod_bound: false,
         dry_run: false,
+        sign_in: None,
     }
 }
 
@@ -335,6 +354,24 @@ impl RequestBuilder {
         self
     }
 
+    /// The requester signed in at the identity provider at `at`, with `acr` and `amr`, and the
+    /// API server says so in `userInfo.extra`.
+    pub fn signed_in(mut self, acr: &str, amr: &[&str], at: Timestamp) -> Self {
+        self.sign_in = Some((acr.to_owned(), amr.iter().map(|s| s.to_string()).collect(), at, "JTI=t-1".to_owned()));
+        self
+    }
+
+    /// The `userInfo.extra` entries of the sign-in, as the API server maps them.
+    fn sign_in_extras(&self) -> Option<Value> {
+        let (acr, amr, at, credential) = self.sign_in.as_ref()?;
+        Some(json!({
+            crate::policy::ACR_EXTRA: [acr],
+            crate::policy::AMR_EXTRA: amr,
+            crate::policy::AUTH_TIME_EXTRA: [at.as_second().to_string()],
+            crate::policy::CREDENTIAL_ID_EXTRA: [credential],
+        }))
+    }
+
     pub fn view(&self) -> Request<'_> {
         let namespace_labels = match (&self.labels, self.namespace.is_empty()) {
             (Some(labels), _) => NamespaceLabels::Known(labels),
@@ -350,7 +387,13 @@ impl RequestBuilder {
             namespace: &self.namespace,
             name: &self.name,
             user: User::new(&self.username, &self.uid, &self.groups)
-                .with_credential(self.pod_bound, crate::policy::Masks::defaults()),
+                .with_credential(self.pod_bound, crate::policy::Masks::defaults())
+                .with_sign_in(self.sign_in.as_ref().map(|(acr, amr, at, credential)| crate::policy::SignIn {
+                    acr,
+                    amr,
+                    auth_time: *at,
+                    credential,
+                })),
             namespace_labels,
             previous_labels: self.previous_labels.as_ref(),
             dry_run: self.dry_run,
@@ -374,6 +417,9 @@ impl RequestBuilder {
                 "authentication.kubernetes.io/pod-name": ["web-0"],
                 "authentication.kubernetes.io/pod-uid": ["0b6b3c8e-0000-4000-8000-000000000002"],
             });
+        }
+        if let Some(extras) = self.sign_in_extras() {
+            r["userInfo"]["extra"] = extras;
         }
         if !self.uid.is_empty() {
             r["userInfo"]["uid"] = json!(self.uid);
@@ -416,6 +462,9 @@ impl RequestBuilder {
         let mut spec = json!({"resourceAttributes": attributes, "user": self.username, "groups": self.groups});
         if !self.uid.is_empty() {
             spec["uid"] = json!(self.uid);
+        }
+        if let Some(extras) = self.sign_in_extras() {
+            spec["extra"] = extras;
         }
         if self.pod_bound {
             spec["extra"] = json!({
