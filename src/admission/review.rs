@@ -120,15 +120,7 @@ impl Extras {
         if self.oversized {
             return None;
         }
-        let [auth_time] = self.auth_time.as_slice() else { return None };
-        let auth_time = jiff::Timestamp::from_second(auth_time.parse::<i64>().ok()?).ok()?;
-        let acr = match self.acr.as_slice() {
-            [] => "",
-            [acr] => acr.as_str(),
-            _ => return None,
-        };
-        let credential = self.credential.first().map_or("", String::as_str);
-        Some(SignIn { acr, amr: &self.amr, auth_time, credential })
+        SignIn::from_extras(&self.acr, &self.amr, &self.auth_time, &self.credential)
     }
 }
 

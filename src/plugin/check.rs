@@ -361,10 +361,16 @@ impl Evaluation<'_> {
     }
 
     fn verdict(&self, p: &CompiledPolicy, req: &Request<'_>) -> PolicyVerdict {
-        let satisfying = grant::satisfying(self.grants, &[p], req, grant::Clock::at(self.now));
+        // The sign-in this credential carries counts like a grant where the policy accepts it.
+        let session = GrantRecord::of_request(req).filter(|_| p.accepts_method(crate::api::Method::Session));
+        let candidates: Vec<&GrantRecord> = self.grants.iter().chain(session.as_ref()).collect();
+        let satisfying = grant::satisfying(candidates.iter().copied(), &[p], req, grant::Clock::at(self.now));
         let why = match satisfying {
             Some(_) => None,
-            None => Some(match grant::explain(self.grants, &[p], req, grant::Clock::at(self.now)) {
+            None => Some(match grant::explain(candidates.iter().copied(), &[p], req, grant::Clock::at(self.now)) {
+                Some((g, why)) if g.method == crate::api::Method::Session => {
+                    format!("your sign-in at the identity provider does not count: {why}")
+                }
                 Some((g, why)) => format!("your latest grant {} does not count: {why}", g.name),
                 None => "you hold no grant".to_owned(),
             }),
@@ -698,6 +704,7 @@ items:
             uid: "uid-alice-1".into(),
             groups: vec!["developers".into()],
             pod_bound: false,
+            sign_in: Default::default(),
         }
     }
 
@@ -757,6 +764,35 @@ items:
             evaluation.evaluate_unreadable_namespace(&target(Delete, "", "secrets", "", "prod", "x")).uncertain,
             None
         );
+    }
+
+    /// `check` answers for the sign-in the credential carries, as the webhook would: a fresh
+    /// one satisfies a policy that accepts `Session`, an old one is said to be old.
+    #[test]
+    fn a_sign_in_on_the_credential_counts_where_a_policy_accepts_it() {
+        let sso = policy("prod-secrets-sso")
+            .rule(&[Delete], "", &["secrets"])
+            .namespaces(&["prod"])
+            .methods(&[crate::api::Method::Session])
+            .assurance(&["2"], &[])
+            .build();
+        let delete_db = target(Delete, "", "secrets", "", "prod", "db");
+        let signed_in = |at: jiff::Timestamp| Identity {
+            sign_in: [vec!["2".into()], vec!["pwd".into(), "otp".into()], vec![at.as_second().to_string()], vec![]],
+            ..alice()
+        };
+        let defaults = DecisionSettings::defaults("stepup");
+        let fresh = check_with(&defaults, &signed_in(t0() - minutes(2)), std::slice::from_ref(&sso), &[], &delete_db);
+        assert_eq!(fresh.decision, Outcome::Granted);
+        assert!(fresh.policies[0].satisfied);
+        let old = check_with(&defaults, &signed_in(t0() - minutes(20)), std::slice::from_ref(&sso), &[], &delete_db);
+        assert_eq!(old.decision, Outcome::Denied);
+        let why = old.policies[0].why.clone().unwrap_or_default();
+        assert!(
+            why.starts_with("your sign-in at the identity provider does not count: it was issued 20m ago"),
+            "{why}"
+        );
+        assert_eq!(check(&[sso], &[], &delete_db).decision, Outcome::Denied, "no sign-in, no grant");
     }
 
     /// `check` answers with the webhook's settings, not the defaults: each non-default setting

@@ -356,8 +356,7 @@ mod tests {
 
     #[test]
     fn challenges_are_for_the_authenticated_user_only() {
-        let me =
-            Identity { username: "oidc:Alice@example.com".into(), uid: "u-1".into(), groups: vec![], pod_bound: false };
+        let me = Identity { username: "oidc:Alice@example.com".into(), uid: "u-1".into(), ..Identity::default() };
         let request = GrantRequest {
             code: "123456".into(),
             reason: Some("INC-42".into()),

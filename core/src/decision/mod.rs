@@ -17,7 +17,7 @@ use crate::{
     api::{Enforcement, GROUP, Method, Operation},
     grant::{self, Clock, GrantIndex, GrantRecord},
     keys::GrantVerifier,
-    policy::{Action, CompiledPolicy, PolicyIndex, Request, Requester},
+    policy::{Action, CompiledPolicy, PolicyIndex, Request},
 };
 
 /// Who is who, from the webhook's configuration.
@@ -254,12 +254,11 @@ fn evaluate(req: &Request<'_>, matched: &[&CompiledPolicy], inputs: &Inputs<'_>,
     let now = Clock { now: inputs.now, max_skew: inputs.config.max_clock_skew };
     // The request's own sign-in counts as a grant where a policy accepts Session: a person's
     // (a mask's extras are whoever wears it), judged by each policy's maxAge and assurance.
-    let session = req
-        .user
-        .sign_in
-        .filter(|_| req.user.kind == Requester::Person && !req.user.is_mask())
-        .filter(|_| matched.iter().any(|p| p.accepts_method(Method::Session)))
-        .map(|s| GrantRecord::from_sign_in(&req.user, &s));
+    let session = if req.user.sign_in.is_some() && matched.iter().any(|p| p.accepts_method(Method::Session)) {
+        GrantRecord::of_request(req)
+    } else {
+        None
+    };
     let mut mine = inputs.grants.of_user(req.user.username);
     if let Some(session) = &session {
         mine.push(session);

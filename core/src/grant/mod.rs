@@ -68,6 +68,15 @@ impl GrantRecord {
         })
     }
 
+    /// The sign-in a request carries, as a grant ([`Self::from_sign_in`]), when it is a
+    /// person's: a mask's extras are whoever wears it, and workloads do not sign in.
+    pub fn of_request(req: &Request<'_>) -> Option<Self> {
+        let user = &req.user;
+        user.sign_in
+            .filter(|_| user.kind == crate::policy::Requester::Person && !user.is_mask())
+            .map(|s| Self::from_sign_in(user, &s))
+    }
+
     /// The request's own evidence of a sign-in at the identity provider, as a grant of method
     /// [`Method::Session`] issued at its `auth_time` to the requester, for every policy and
     /// namespace (each policy's maxAge and assurance then judge it like any grant). Named after

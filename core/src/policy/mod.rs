@@ -115,6 +115,27 @@ pub struct SignIn<'a> {
     pub credential: &'a str,
 }
 
+impl<'a> SignIn<'a> {
+    /// The sign-in that the values of its extras describe: exactly one `auth-time` in whole
+    /// seconds since the epoch and at most one `acr`; anything else is no evidence at all. The
+    /// webhook and `kubectl stepup check` read extras by this one rule.
+    pub fn from_extras(
+        acr: &'a [String],
+        amr: &'a [String],
+        auth_time: &[String],
+        credential: &'a [String],
+    ) -> Option<Self> {
+        let [auth_time] = auth_time else { return None };
+        let auth_time = Timestamp::from_second(auth_time.parse::<i64>().ok()?).ok()?;
+        let acr = match acr {
+            [] => "",
+            [acr] => acr.as_str(),
+            _ => return None,
+        };
+        Some(SignIn { acr, amr, auth_time, credential: credential.first().map_or("", String::as_str) })
+    }
+}
+
 /// The `userInfo.extra` keys the API server's AuthenticationConfiguration maps a sign-in's
 /// claims to (README, "Step-up at sign-in").
 pub const ACR_EXTRA: &str = "stepup.dev/acr";
