@@ -202,6 +202,21 @@ impl Idp {
 }
 
 impl Env {
+    /// A kubeconfig file (named `name`, in the IdP's scratch directory) whose user presents
+    /// `token` (an IdP's ID token) to the e2e API server, as kubelogin's would.
+    pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> std::path::PathBuf {
+        let admin = std::fs::read_to_string(self.kubeconfig("admin")).expect("readable kubeconfig");
+        let mut value: serde_yaml::Value = serde_yaml::from_str(&admin).expect("kubeconfig YAML");
+        for user in value["users"].as_sequence_mut().expect("users") {
+            user["user"] = serde_yaml::from_str(&format!("{{token: {token}}}")).expect("a token entry");
+        }
+        let dir = std::path::PathBuf::from(self.var("STEPUP_E2E_DIR")).join("idp").join("clients");
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        let path = dir.join(format!("{name}.kubeconfig"));
+        std::fs::write(&path, serde_yaml::to_string(&value).expect("kubeconfig serializes")).expect("written");
+        path
+    }
+
     /// A client of the e2e API server that presents `token` (an IdP's ID token) as its bearer.
     pub async fn client_with_token(&self, token: &str) -> Client {
         let admin = Kubeconfig::read_from(self.kubeconfig("admin")).expect("readable kubeconfig");

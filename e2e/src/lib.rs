@@ -1078,9 +1078,14 @@ impl Default for ScriptWebhookStopped {
 
 /// Runs `kubectl stepup` as `who`, with `stdin` as standard input (none when `None`).
 pub async fn plugin(env: &Env, who: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    plugin_with(env, &env.kubeconfig(who), args, stdin).await
+}
+
+/// `kubectl stepup` with the credentials of a kubeconfig file.
+pub async fn plugin_with(env: &Env, kubeconfig: &std::path::Path, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = tokio::process::Command::new(env.var("KUBECTL_STEPUP_BIN"));
     cmd.arg("--kubeconfig")
-        .arg(env.kubeconfig(who))
+        .arg(kubeconfig)
         .args(args)
         .env("KUBECTL", env.var("KUBECTL"))
         .env_remove("KUBECONFIG")

@@ -16,7 +16,7 @@ use stepup_e2e::{
     attack::text,
     audit_lines, eventually,
     idp::{Idp, Level},
-    refusal,
+    plugin_with, refusal, show,
 };
 
 /// Deleting and reading prod secrets: a fresh sign-in with OTP (acr 2) at the identity
@@ -32,6 +32,11 @@ fn sso_secrets(max_age: &str) -> StepUpPolicy {
         .build()
 }
 
+/// The shipped example (the same policy, for every `env=prod` namespace).
+fn example() -> StepUpPolicy {
+    serde_yaml::from_str(include_str!("../../manifests/examples/prod-secrets-sso.yaml")).expect("example parses")
+}
+
 async fn prod_secrets(world: &World, token: &str) -> Api<Secret> {
     Api::namespaced(world.env.client_with_token(token).await, "prod")
 }
@@ -40,7 +45,7 @@ async fn prod_secrets(world: &World, token: &str) -> Api<Secret> {
 async fn a_fresh_sign_in_with_otp_is_enough_and_a_password_only_one_is_told_what_to_do() {
     let world = World::new().await;
     world.secret("prod", "db").await;
-    world.apply_policies(&[sso_secrets("15m")]).await;
+    world.apply_policies(&[example()]).await;
     let idp = Idp::new(&world.env);
 
     // bob signed in with his password only: refused, told what would do.
@@ -168,7 +173,7 @@ async fn nobody_impersonates_a_sign_in_into_a_request() {
     let out = world.env.kubectl("carol", &args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("stepup.dev/acr"), "{}", text(&out));
 
-    world.apply_policies(&[sso_secrets("15m")]).await;
+    world.apply_policies(&[example()]).await;
     for (who, group) in [("alice", "developers"), ("system:serviceaccount:prod:default", "system:serviceaccounts")] {
         let args = forged(who, group, &["-n", "prod", "delete", "secret", "db"]);
         let out = world.env.kubectl("carol", &args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -221,4 +226,26 @@ async fn nobody_impersonates_a_sign_in_into_a_request() {
     let _ = world.env.kubectl_stdin("admin", &["delete", "-f", "-", "--wait=false"], &rbac);
     let api: Api<Secret> = Api::namespaced(world.admin.clone(), "prod");
     assert!(api.get_opt("db").await.unwrap().is_some(), "prod/db is still there");
+}
+
+#[tokio::test]
+async fn kubectl_stepup_check_answers_for_the_sign_in_on_the_credential() {
+    let world = World::new().await;
+    world.apply_policies(&[example()]).await;
+    let idp = Idp::new(&world.env);
+    let alice = idp.sign_in("alice", Level::PasswordAndOtp).expect("alice signs in");
+    let kubeconfig = world.env.kubeconfig_with_token("alice-oidc", &alice.id_token);
+    let out = plugin_with(&world.env, &kubeconfig, &["check", "delete", "secret", "db", "-n", "prod"], None).await;
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("allowed"), "{}", show(&out));
+
+    let bob = idp.sign_in("bob", Level::Password).expect("bob signs in");
+    let kubeconfig = world.env.kubeconfig_with_token("bob-oidc", &bob.id_token);
+    let out = plugin_with(&world.env, &kubeconfig, &["check", "delete", "secret", "db", "-n", "prod"], None).await;
+    assert_eq!(out.status.code(), Some(3), "step-up required: {}", show(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("your sign-in at the identity provider does not count") && said.contains("acr) is \"1\""),
+        "{said}"
+    );
 }
