@@ -196,6 +196,9 @@ cert_sync_loop() {
 		ca=$(kc -n stepup-system get secret stepup-webhook-tls -o 'jsonpath={.data.ca\.crt}' 2>/dev/null || true)
 		if [[ -n $ca && $ca != "$(base64 -w0 <"$STEPUP_PKI/ca.crt" 2>/dev/null)" ]]; then
 			base64 -d <<<"$ca" >"$STEPUP_PKI/ca.crt.new" && mv "$STEPUP_PKI/ca.crt.new" "$STEPUP_PKI/ca.crt"
+			# What an operator's sync does on a control-plane node: the authorizer's kubeconfig
+			# follows the CA (the next `stepup authorizer-config` then changes the rendered file).
+			[[ -f $DIR/authorizer-kubeconfig.yaml ]] && write_authorizer_kubeconfig
 		fi
 		crt=$(kc -n stepup-system get secret stepup-webhook-tls -o 'jsonpath={.data.tls\.crt}' 2>/dev/null || true)
 		key=$(kc -n stepup-system get secret stepup-webhook-tls -o 'jsonpath={.data.tls\.key}' 2>/dev/null || true)
@@ -249,8 +252,13 @@ for line in sys.stdin.buffer:
 
 # The kubeconfig the API server's authorization webhook entry names (`stepup authorizer-config
 # --webhook-kubeconfig`): the webhook's /authorize URL and CA, and the client certificate the
-# API server also presents to admission webhooks (the webhook requires it).
+# API server also presents to admission webhooks (the webhook requires it). The CA is inline:
+# a CA file is re-read by the API server's client only every 5 minutes, while inline data takes
+# effect with the next reload of the authorization config, which a new CA's fingerprint in the
+# rendered file causes. cert_sync_loop rewrites it when the CA changes.
 write_authorizer_kubeconfig() {
+	local ca
+	ca=$(base64 -w0 <"$STEPUP_PKI/ca.crt")
 	cat >"$DIR/authorizer-kubeconfig.yaml.new" <<-EOF
 		apiVersion: v1
 		kind: Config
@@ -258,7 +266,7 @@ write_authorizer_kubeconfig() {
 		- name: stepup
 		  cluster:
 		    server: https://$HOST:$WEBHOOK_PORT/authorize
-		    certificate-authority: $STEPUP_PKI/ca.crt
+		    certificate-authority-data: $ca
 		users:
 		- name: kube-apiserver
 		  user:

@@ -44,6 +44,34 @@ pub struct AuthorizerSettings {
     pub masks: Masks,
     /// Put the Node authorizer first (clusters with kubelets).
     pub node_authorizer: bool,
+    /// The sha256 of the CA certificate that kubeconfig trusts, written into the file as an
+    /// always-true match condition: the API server reads that kubeconfig (and builds a client
+    /// with its CA) only when this configuration changes, so a new CA must change it. (A CA
+    /// named by file path is re-read by the API server's client only every 5 minutes: give the
+    /// kubeconfig `certificate-authority-data`.)
+    pub ca_fingerprint: Option<String>,
+}
+
+/// The sha256 (hex) of the CA the kubeconfig's cluster names (`certificate-authority-data`,
+/// or the `certificate-authority` file, relative to the kubeconfig), or why it cannot be read.
+pub fn ca_fingerprint(kubeconfig: &std::path::Path) -> Result<String, String> {
+    use base64::Engine;
+    use sha2::Digest;
+    let text = std::fs::read_to_string(kubeconfig).map_err(|e| format!("cannot read {}: {e}", kubeconfig.display()))?;
+    let config: serde_yaml::Value =
+        serde_yaml::from_str(&text).map_err(|e| format!("{} is not YAML: {e}", kubeconfig.display()))?;
+    let cluster = &config["clusters"][0]["cluster"];
+    let pem = if let Some(data) = cluster["certificate-authority-data"].as_str() {
+        base64::engine::general_purpose::STANDARD
+            .decode(data.trim())
+            .map_err(|e| format!("certificate-authority-data: {e}"))?
+    } else if let Some(path) = cluster["certificate-authority"].as_str() {
+        let path = kubeconfig.parent().unwrap_or(std::path::Path::new("/")).join(path);
+        std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?
+    } else {
+        return Err(format!("{} names no certificate authority for its first cluster", kubeconfig.display()));
+    };
+    Ok(hex::encode(sha2::Sha256::digest(&pem)))
 }
 
 #[derive(Serialize)]
@@ -125,8 +153,16 @@ pub fn render(policies: &[StepUpPolicy], s: &AuthorizerSettings) -> String {
         kind: "AuthorizationConfiguration",
         authorizers,
     };
-    let header = "# Rendered by `stepup authorizer-config` from the StepUpPolicies that name verbs.\n\
-                  # The API server reloads this file when it changes; render it again after a policy changes.\n";
+    let mut header = "# Rendered by `stepup authorizer-config` from the StepUpPolicies that name verbs.\n\
+                      # The API server reloads this file when it changes; render it again after a policy changes\n\
+                      # and after the webhook's CA does.\n"
+        .to_owned();
+    if let Some(fingerprint) = &s.ca_fingerprint {
+        header.push_str(&format!(
+            "# The last match condition names the webhook's CA (sha256 {fingerprint}) and is always true:\n\
+             # the API server builds a new client for the webhook only when this configuration changes.\n"
+        ));
+    }
     // Plain structs of strings, booleans and lists always serialize.
     format!("{header}{}", serde_yaml::to_string(&config).unwrap_or_default())
 }
@@ -135,6 +171,10 @@ pub fn render(policies: &[StepUpPolicy], s: &AuthorizerSettings) -> String {
 /// `Session`, impersonating a sign-in's extras is sent whoever asks (the webhook refuses it).
 fn conditions(named: String, policies: &[StepUpPolicy], s: &AuthorizerSettings) -> Vec<Condition> {
     let mut out = person_conditions(named, policies, s);
+    let ca = s
+        .ca_fingerprint
+        .as_ref()
+        .map(|fingerprint| Condition { expression: format!("'ca-sha256:{fingerprint}' != ''") });
     if policies.iter().any(|p| p.spec.methods.contains(&Method::Session)) {
         let forgery = format!(
             "({} == 'impersonate' && {} == 'authentication.k8s.io' && {} == 'userextras' && {})",
@@ -147,6 +187,7 @@ fn conditions(named: String, policies: &[StepUpPolicy], s: &AuthorizerSettings) 
             c.expression = format!("{forgery} || ({})", c.expression);
         }
     }
+    out.extend(ca);
     out
 }
 
@@ -281,6 +322,15 @@ pub async fn command(args: &crate::config::AuthorizerConfigArgs) -> anyhow::Resu
         own_users: vec![args.identity.controller_user(), args.identity.webhook_user()],
         masks: args.identity.masks(),
         node_authorizer: args.node_authorizer,
+        ca_fingerprint: match ca_fingerprint(std::path::Path::new(&args.webhook_kubeconfig)) {
+            Ok(fingerprint) => Some(fingerprint),
+            Err(why) => {
+                eprintln!(
+                    "warning: {why}; the rendered file will not change when the webhook's CA does (render it on the API server's host, or touch the file after a CA rotation)"
+                );
+                None
+            }
+        },
     };
     let rendered = render(&policies, &settings);
     let Some(output) = &args.output else {
@@ -324,6 +374,7 @@ mod tests {
             own_users: vec!["system:serviceaccount:stepup-system:stepup-controller".into()],
             masks: Masks { enabled: true, trusted_namespaces: vec!["kube-system".into()] },
             node_authorizer: false,
+            ca_fingerprint: Some("ab12".into()),
         }
     }
 
@@ -430,12 +481,46 @@ mod tests {
             .map(|c| c["expression"].as_str().unwrap())
             .collect();
         assert_eq!(conditions[0], "has(request.resourceAttributes)");
-        for c in &conditions[1..] {
+        assert_eq!(conditions.last(), Some(&"'ca-sha256:ab12' != ''"), "the CA's, always true, last");
+        for c in &conditions[1..conditions.len() - 1] {
             assert!(
                 c.starts_with("(request.resourceAttributes.verb == 'impersonate' && request.resourceAttributes.group == 'authentication.k8s.io' && request.resourceAttributes.resource == 'userextras' && request.resourceAttributes.subresource in ['authentication.kubernetes.io/credential-id', 'stepup.dev/acr', 'stepup.dev/amr', 'stepup.dev/auth-time']) || ("),
                 "{c}"
             );
         }
+    }
+
+    /// The API server reads the webhook's kubeconfig (and the CA file it names) only when it
+    /// reloads this file: after the webhook's CA rotated, the authorizer kept the old one and
+    /// every protected read failed (seen in the full e2e run), until the file changed.
+    #[test]
+    fn a_new_webhook_ca_changes_the_rendered_file() {
+        use base64::Engine;
+        let dir = std::env::temp_dir().join(format!("stepup-authz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("authorizer.kubeconfig");
+        let by_path =
+            "clusters:\n- name: stepup\n  cluster: {server: 'https://x/authorize', certificate-authority: ca.crt}\n";
+        std::fs::write(&kubeconfig, by_path).unwrap();
+        assert!(ca_fingerprint(&kubeconfig).unwrap_err().contains("ca.crt"), "a missing CA file is said");
+        std::fs::write(dir.join("ca.crt"), "first CA").unwrap();
+        let first = ca_fingerprint(&kubeconfig).unwrap();
+        std::fs::write(dir.join("ca.crt"), "second CA").unwrap();
+        let second = ca_fingerprint(&kubeconfig).unwrap();
+        assert_ne!(first, second);
+        let data = base64::engine::general_purpose::STANDARD.encode("second CA");
+        std::fs::write(&kubeconfig, format!("clusters:\n- cluster: {{certificate-authority-data: {data}}}\n")).unwrap();
+        assert_eq!(ca_fingerprint(&kubeconfig).unwrap(), second, "inline data and a file alike");
+        let render_with = |fingerprint: &str| {
+            let rendered = render(&[], &AuthorizerSettings { ca_fingerprint: Some(fingerprint.into()), ..settings() });
+            serde_yaml::from_str::<serde_yaml::Value>(&rendered).unwrap()
+        };
+        // Not in a comment: the API server compares what the file says, not its bytes.
+        assert_ne!(render_with(&first), render_with(&second));
+        let conditions = render_with(&first)["authorizers"][0]["webhook"]["matchConditions"].clone();
+        let last = conditions.as_sequence().unwrap().last().unwrap()["expression"].as_str().unwrap().to_owned();
+        assert_eq!(last, format!("'ca-sha256:{first}' != ''"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
