@@ -188,7 +188,7 @@ cmd_token() { # user
 	local user=${1:?usage: idp.sh token USER} issuer client password jar verifier challenge auth page action
 	[[ -f $ENV_FILE ]] || die "not started: no $ENV_FILE"
 	issuer=$(. "$ENV_FILE" && echo "$STEPUP_IDP_ISSUER")
-	password=$(jq_user_password "$user")
+	password=$(realm_password "$user")
 	jar=$(mktemp "$STATE/jar.XXXXXX")
 	# shellcheck disable=SC2064
 	trap "rm -f '$jar' '$jar.h'" RETURN
@@ -213,7 +213,7 @@ cmd_token() { # user
 
 # A user's password in the realm file (a test fixture): the first password value after the
 # user's name (one JSON field per line there).
-jq_user_password() { # user
+realm_password() { # user
 	local password
 	password=$(sed -n "/\"username\": \"$1\"/,/\"type\": \"password\"/p" "$REALM_FILE" |
 		sed -n 's/.*"type": "password", "value": "\([^"]*\)".*/\1/p' | head -n 1)

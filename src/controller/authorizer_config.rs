@@ -378,6 +378,16 @@ mod tests {
         }
     }
 
+    /// The match conditions' expressions of the rendered stepup entry.
+    fn expressions(config: &serde_yaml::Value) -> Vec<&str> {
+        config["authorizers"][0]["webhook"]["matchConditions"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|c| c["expression"].as_str().unwrap())
+            .collect()
+    }
+
     fn parsed(policies: &[StepUpPolicy]) -> serde_yaml::Value {
         serde_yaml::from_str(&render(policies, &settings())).expect("YAML")
     }
@@ -446,12 +456,7 @@ mod tests {
     fn people_only_unless_a_policy_names_subjects_and_stepup_itself_only_with_its_pod() {
         let reads = policy("r").verbs(&[Get], "", &["secrets"]).build();
         let config = parsed(&[reads]);
-        let conditions: Vec<&str> = config["authorizers"][0]["webhook"]["matchConditions"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|c| c["expression"].as_str().unwrap())
-            .collect();
+        let conditions = expressions(&config);
         assert_eq!(conditions[0], "has(request.resourceAttributes)");
         assert!(
             conditions[2]
@@ -474,12 +479,7 @@ mod tests {
         let sso =
             policy("sso").rule(&[crate::api::Operation::Delete], "", &["secrets"]).methods(&[Method::Session]).build();
         let config = parsed(&[reads, sso]);
-        let conditions: Vec<&str> = config["authorizers"][0]["webhook"]["matchConditions"]
-            .as_sequence()
-            .unwrap()
-            .iter()
-            .map(|c| c["expression"].as_str().unwrap())
-            .collect();
+        let conditions = expressions(&config);
         assert_eq!(conditions[0], "has(request.resourceAttributes)");
         assert_eq!(conditions.last(), Some(&"'ca-sha256:ab12' != ''"), "the CA's, always true, last");
         for c in &conditions[1..conditions.len() - 1] {
@@ -517,9 +517,8 @@ mod tests {
         };
         // Not in a comment: the API server compares what the file says, not its bytes.
         assert_ne!(render_with(&first), render_with(&second));
-        let conditions = render_with(&first)["authorizers"][0]["webhook"]["matchConditions"].clone();
-        let last = conditions.as_sequence().unwrap().last().unwrap()["expression"].as_str().unwrap().to_owned();
-        assert_eq!(last, format!("'ca-sha256:{first}' != ''"));
+        let config = render_with(&first);
+        assert_eq!(expressions(&config).last().copied(), Some(format!("'ca-sha256:{first}' != ''").as_str()));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

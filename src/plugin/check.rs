@@ -316,8 +316,14 @@ impl Evaluation<'_> {
             now: self.now,
         };
         let decision = decision::decide(&req, &StepUpObjects::None, &inputs);
-        let policies =
-            decision.policies.iter().filter_map(|n| self.policies.get(n)).map(|p| self.verdict(p, &req)).collect();
+        // The sign-in this credential carries counts like a grant where a policy accepts it.
+        let session = GrantRecord::of_request(&req);
+        let policies = decision
+            .policies
+            .iter()
+            .filter_map(|n| self.policies.get(n))
+            .map(|p| self.verdict(p, &req, session.as_ref()))
+            .collect();
         TargetVerdict {
             operation: target.action.as_str(),
             group: target.group.clone(),
@@ -360,10 +366,9 @@ impl Evaluation<'_> {
         assumed
     }
 
-    fn verdict(&self, p: &CompiledPolicy, req: &Request<'_>) -> PolicyVerdict {
-        // The sign-in this credential carries counts like a grant where the policy accepts it.
-        let session = GrantRecord::of_request(req).filter(|_| p.accepts_method(crate::api::Method::Session));
-        let candidates: Vec<&GrantRecord> = self.grants.iter().chain(session.as_ref()).collect();
+    fn verdict(&self, p: &CompiledPolicy, req: &Request<'_>, session: Option<&GrantRecord>) -> PolicyVerdict {
+        let session = session.filter(|_| p.accepts_method(crate::api::Method::Session));
+        let candidates: Vec<&GrantRecord> = self.grants.iter().chain(session).collect();
         let satisfying = grant::satisfying(candidates.iter().copied(), &[p], req, grant::Clock::at(self.now));
         let why = match satisfying {
             Some(_) => None,

@@ -68,9 +68,7 @@ impl Method {
             Method::Session => "Session",
         }
     }
-}
 
-impl Method {
     /// Every method, in their order.
     pub const ALL: [Method; 2] = [Method::Totp, Method::Session];
 

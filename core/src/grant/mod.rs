@@ -81,7 +81,7 @@ impl GrantRecord {
     /// [`Method::Session`] issued at its `auth_time` to the requester, for every policy and
     /// namespace (each policy's maxAge and assurance then judge it like any grant). Named after
     /// the credential, so that the record says which token carried it.
-    pub fn from_sign_in(user: &crate::policy::User<'_>, sign_in: &crate::policy::SignIn<'_>) -> Self {
+    fn from_sign_in(user: &crate::policy::User<'_>, sign_in: &crate::policy::SignIn<'_>) -> Self {
         let credential = if sign_in.credential.is_empty() { "request" } else { sign_in.credential };
         Self {
             name: format!("session:{credential}"),

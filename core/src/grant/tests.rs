@@ -162,3 +162,16 @@ fn a_grant_moved_to_another_user_leaves_no_trace_under_the_first() {
     assert_eq!(idx.for_user("alice").count(), 0);
     assert_eq!(idx.for_user("bob").count(), 1);
 }
+
+/// Attack: a StepUpGrant whose method says `Session` (written by anyone who gets past the
+/// schema, which lists only TOTP for grants) would pass for an identity-provider sign-in with
+/// no acr or amr to judge. It is no grant at all.
+#[test]
+fn a_grant_object_of_method_session_is_no_grant() {
+    let mut forged = grant("g-session", "alice").build();
+    forged.spec.method = Method::Session;
+    assert_eq!(GrantRecord::from_grant(&forged), None);
+    let mut real = forged.clone();
+    real.spec.method = Method::Totp;
+    assert!(GrantRecord::from_grant(&real).is_some());
+}
