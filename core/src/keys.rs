@@ -181,6 +181,11 @@ pub struct GrantClaims<'a> {
     pub expires_at: i64,
     pub scope: &'a GrantScope,
     pub challenge_uid: &'a str,
+    /// Absent for a grant without them, so that earlier grants' signatures still verify.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub acr: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub amr: &'a [String],
 }
 
 impl<'a> GrantClaims<'a> {
@@ -196,6 +201,8 @@ impl<'a> GrantClaims<'a> {
             expires_at: spec.expires_at.0.as_second(),
             scope: &spec.scope,
             challenge_uid: spec.challenge_ref.as_ref().map(|c| c.uid.as_str()).unwrap_or(""),
+            acr: spec.acr.as_deref().unwrap_or(""),
+            amr: &spec.amr,
         }
     }
 
@@ -396,7 +403,9 @@ mod tests {
         assert!(verifier.verifies(&g));
         assert!(!key(2).grant_verifier().verifies(&g), "another key");
         // Every field that matters is covered.
-        let tamper: [fn(&mut StepUpGrant); 6] = [
+        let tamper: [fn(&mut StepUpGrant); 8] = [
+            |g| g.spec.acr = Some("3".into()),
+            |g| g.spec.amr.push("hwk".into()),
             |g| g.spec.user = "bob".into(),
             |g| g.spec.expires_at.0 += jiff::SignedDuration::from_hours(1),
             |g| g.spec.issued_at.0 += jiff::SignedDuration::from_secs(1),
@@ -407,6 +416,8 @@ mod tests {
         for (i, change) in tamper.iter().enumerate() {
             let mut copy = g.clone();
             copy.spec.scope.namespaces = vec!["prod".into()];
+            copy.spec.acr = Some("1".into());
+            copy.spec.amr = vec!["pwd".into()];
             signer.sign_grant(&mut copy);
             change(&mut copy);
             assert!(!verifier.verifies(&copy), "change {i} keeps the signature valid");
@@ -415,6 +426,16 @@ mod tests {
         garbage.spec.signature = Some("not base64!".into());
         assert!(!verifier.verifies(&garbage));
         assert_eq!(GrantVerifier::from_public_base64(&verifier.public_base64()).unwrap(), verifier);
+    }
+
+    /// Grants signed before acr and amr were covered still verify: absent fields add nothing
+    /// to the signed bytes.
+    #[test]
+    fn a_grant_without_acr_or_amr_signs_the_bytes_it_always_did() {
+        let g = grant("g", "alice").issued(t0()).build();
+        let message = String::from_utf8(GrantClaims::of(&g).message()).unwrap();
+        assert!(!message.contains("acr") && !message.contains("amr"), "{message}");
+        assert!(message.ends_with(r#""challengeUid":""}"#), "{message}");
     }
 
     #[test]

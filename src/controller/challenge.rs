@@ -29,7 +29,7 @@ use crate::{
         StepUpGrantSpec,
     },
     audit, limits,
-    verify::response,
+    verify::{oidc::SignIn, response},
 };
 
 /// The challenge reconciler's context: the shared one, and the controller's cache of
@@ -46,7 +46,14 @@ fn correlation(challenge: &StepUpChallenge) -> Option<&str> {
     challenge.spec.correlation.as_deref().filter(|id| api::is_correlation(id))
 }
 
-pub fn grant_for(challenge: &StepUpChallenge, now: Timestamp, settings: &Settings) -> StepUpGrant {
+/// For an identity-provider sign-in, the grant is issued at its `auth_time` (when the person
+/// proved the factor, which policies' maxAge judge) and records its acr and amr.
+pub fn grant_for(
+    challenge: &StepUpChallenge,
+    now: Timestamp,
+    settings: &Settings,
+    sign_in: Option<&SignIn>,
+) -> StepUpGrant {
     // The API server keeps timestamps to the second; the grant says exactly what it will hold.
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
     let spec = &challenge.spec;
@@ -69,8 +76,13 @@ pub fn grant_for(challenge: &StepUpChallenge, now: Timestamp, settings: &Setting
             uid: spec.uid.clone().filter(|u| !u.is_empty()),
             method: spec.method,
             reason: spec.reason.clone().filter(|r| !r.trim().is_empty()),
-            issued_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+            issued_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                sign_in
+                    .map_or(now, |s| Timestamp::from_second(s.auth_time.as_second()).unwrap_or(s.auth_time).min(now)),
+            ),
             expires_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now + lifetime),
+            acr: sign_in.and_then(|s| s.acr.clone()),
+            amr: sign_in.map(|s| s.amr.clone()).unwrap_or_default(),
             scope: spec.scope.clone(),
             challenge_ref: Some(ChallengeRef { name: challenge.name_any(), uid }),
             signature: None,
@@ -380,7 +392,7 @@ async fn write_status(ctx: &Context, c: &StepUpChallenge, v: &Verdicts, grant: O
 /// Creates the grant, or finds it already there (a retry after a crash).
 async fn issue(ctx: &Context, challenge: &StepUpChallenge, now: Timestamp) -> Result<StepUpGrant> {
     let grants: Api<StepUpGrant> = Api::all(ctx.client.clone());
-    let mut wanted = grant_for(challenge, now, &ctx.settings);
+    let mut wanted = grant_for(challenge, now, &ctx.settings, None);
     ctx.keys.grant_signer.sign_grant(&mut wanted);
     let name = wanted.name_any();
     match grants.create(&PostParams::default(), &wanted).await {
@@ -454,7 +466,7 @@ mod tests {
     fn the_grant_carries_the_challenge_and_a_capped_lifetime() {
         let now = crate::testing::t0();
         let settings = Settings::default();
-        let g = grant_for(&challenge(Some("30m")), now, &settings);
+        let g = grant_for(&challenge(Some("30m")), now, &settings, None);
         assert_eq!(g.name_any(), "alice-0c9a8d74-9cb7-44dd-b98e-09fd62def2f4");
         assert_eq!(g.spec.expires_at.0, now + SignedDuration::from_mins(30));
         assert_eq!(g.spec.uid.as_deref(), Some("uid-alice-1"));
@@ -463,12 +475,12 @@ mod tests {
         assert_eq!(g.spec.challenge_ref.as_ref().unwrap().name, "alice-x1");
         assert_eq!(g.labels().get(api::USER_LABEL), Some(&api::user_label_value("alice")));
 
-        let capped = grant_for(&challenge(Some("72h")), now, &settings);
+        let capped = grant_for(&challenge(Some("72h")), now, &settings, None);
         assert_eq!(capped.spec.expires_at.0, now + settings.max_grant_duration);
-        let default = grant_for(&challenge(None), now, &settings);
+        let default = grant_for(&challenge(None), now, &settings, None);
         assert_eq!(default.spec.expires_at.0, now + settings.default_grant_duration);
         // The webhook accepts exactly this grant from the controller.
-        assert_eq!(grant_for(&challenge(None), now, &settings).name_any(), g.name_any(), "idempotent name");
+        assert_eq!(grant_for(&challenge(None), now, &settings, None).name_any(), g.name_any(), "idempotent name");
     }
 
     /// `spec.correlation` is the requester's input: the grant carries it only in the one form
@@ -479,7 +491,7 @@ mod tests {
         let with = |id: &str| {
             let mut c = challenge(None);
             c.spec.correlation = Some(id.to_owned());
-            crate::api::grant_correlation(&grant_for(&c, now, &Settings::default())).map(str::to_owned)
+            crate::api::grant_correlation(&grant_for(&c, now, &Settings::default(), None)).map(str::to_owned)
         };
         let id = "prompt:7c0ffee0-1234-4abc-9def-0123456789ab";
         assert_eq!(with(id).as_deref(), Some(id));
@@ -487,6 +499,6 @@ mod tests {
         {
             assert_eq!(with(hostile), None, "{hostile:?}");
         }
-        assert_eq!(crate::api::grant_correlation(&grant_for(&challenge(None), now, &Settings::default())), None);
+        assert_eq!(crate::api::grant_correlation(&grant_for(&challenge(None), now, &Settings::default(), None)), None);
     }
 }

@@ -42,7 +42,7 @@ pub struct StepUpEnrollmentSpec {
 
     /// The second factor to enroll. Defaults to `TOTP`.
     #[serde(default = "default_method")]
-    #[schemars(schema_with = "super::factor_method_schema")]
+    #[schemars(schema_with = "super::enrolled_method_schema")]
     pub method: Method,
 
     /// The plugin's ephemeral X25519 public key (32 bytes, base64), to which the controller

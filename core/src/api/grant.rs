@@ -78,7 +78,8 @@ pub struct StepUpGrantSpec {
     #[schemars(length(max = 512))]
     pub reason: Option<String>,
 
-    /// When the second factor was verified.
+    /// When the second factor was verified: for `OIDC`, the sign-in's `auth_time` at the
+    /// identity provider, which a policy's maxAge judges.
     pub issued_at: Time,
 
     /// When the grant stops being usable, whatever the policy's maxAge.
@@ -87,6 +88,18 @@ pub struct StepUpGrantSpec {
     /// What the grant is limited to. Empty means every policy and namespace.
     #[serde(default, skip_serializing_if = "GrantScope::is_unrestricted")]
     pub scope: GrantScope,
+
+    /// For `OIDC`: the sign-in's authentication context class (`acr`, RFC 9470), which a
+    /// policy's `assurance.acrValues` judges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub acr: Option<String>,
+
+    /// For `OIDC`: the sign-in's authentication methods (`amr`, RFC 8176), which a policy's
+    /// `assurance.amr` judges.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub amr: Vec<String>,
 
     /// The StepUpChallenge that produced this grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]

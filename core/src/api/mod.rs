@@ -59,6 +59,10 @@ pub enum Method {
     /// reports it on the request itself (`userInfo.extra`: acr, amr, auth_time mapped from the
     /// ID token by its AuthenticationConfiguration). No grant object: the request carries it.
     Session,
+    /// A fresh ID token from the identity provider, obtained for one challenge (its nonce) and
+    /// verified by the controller, which issues a grant recording its acr, amr and auth_time.
+    #[serde(rename = "OIDC")]
+    Oidc,
 }
 
 impl Method {
@@ -66,20 +70,30 @@ impl Method {
         match self {
             Method::Totp => "TOTP",
             Method::Session => "Session",
+            Method::Oidc => "OIDC",
         }
     }
 
     /// Every method, in their order.
-    pub const ALL: [Method; 2] = [Method::Totp, Method::Session];
+    pub const ALL: [Method; 3] = [Method::Totp, Method::Session, Method::Oidc];
 
     /// Whether a grant of this method is a StepUpGrant the controller issues (a Session is
     /// the request's own evidence).
     pub const fn is_grant(self) -> bool {
-        matches!(self, Method::Totp)
+        matches!(self, Method::Totp | Method::Oidc)
     }
 }
 
-/// The schema of a StepUpGrant's, StepUpChallenge's or StepUpEnrollment's `method`: only
+/// The schema of a StepUpEnrollment's `method`: only what is enrolled in the cluster (a
+/// sign-in at the identity provider needs no enrollment).
+pub(crate) fn enrolled_method_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": [Method::Totp.as_str()],
+    })
+}
+
+/// The schema of a StepUpGrant's or StepUpChallenge's `method`: only
 /// methods that a second factor verified by the controller stands behind (never `Session`, the
 /// request's own evidence: a grant named so would pass for an identity-provider sign-in).
 pub(crate) fn factor_method_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

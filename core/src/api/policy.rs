@@ -49,12 +49,13 @@ pub struct StepUpPolicySpec {
 
     /// Verification methods that satisfy this policy, any one of them: `TOTP` (a grant from
     /// `kubectl stepup request`), `Session` (the request's own evidence of a recent sign-in
-    /// with a second factor at the identity provider). Defaults to `[TOTP]`.
+    /// with a second factor at the identity provider), `OIDC` (a grant for a fresh ID token
+    /// from the identity provider, which the controller verifies). Defaults to `[TOTP]`.
     #[serde(default = "default_methods")]
     #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "set"))]
     pub methods: Vec<Method>,
 
-    /// The assurance an identity-provider sign-in (`Session`) must carry, in RFC 9470 terms.
+    /// The assurance an identity-provider sign-in (`Session`, `OIDC`) must carry, in RFC 9470 terms.
     /// `maxAge` bounds its `auth_time`. TOTP grants are not judged by it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assurance: Option<Assurance>,

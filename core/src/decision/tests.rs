@@ -1566,7 +1566,7 @@ mod session {
             CompiledPolicy::compile(&policy("p").rule(&[Delete], "", &["secrets"]).assurance(&["2"], &[]).build())
                 .unwrap_err();
         assert_eq!(err.field, "spec.assurance");
-        assert!(err.message.contains("add Session to spec.methods"), "{}", err.message);
+        assert!(err.message.contains("add Session or OIDC to spec.methods"), "{}", err.message);
         let err = CompiledPolicy::compile(
             &policy("p")
                 .rule(&[Delete], "", &["secrets"])

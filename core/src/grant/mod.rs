@@ -36,7 +36,7 @@ pub struct GrantRecord {
     pub resource_version: Option<String>,
     /// The refusal its step-up answered ([`crate::api::CORRELATION_ANNOTATION`]), for audit.
     pub correlation: Option<String>,
-    /// For an identity-provider sign-in ([`Method::Session`]): its `acr` and `amr`, which a
+    /// For an identity-provider sign-in ([`Method::Session`], [`Method::Oidc`]): its `acr` and `amr`, which a
     /// policy's `assurance` judges.
     pub acr: Option<String>,
     pub amr: Vec<String>,
@@ -63,8 +63,8 @@ impl GrantRecord {
             revoked: grant.metadata.deletion_timestamp.is_some(),
             resource_version: grant.metadata.resource_version.clone(),
             correlation: crate::api::grant_correlation(grant).map(str::to_owned),
-            acr: None,
-            amr: Vec::new(),
+            acr: spec.acr.clone().filter(|_| spec.method == Method::Oidc),
+            amr: if spec.method == Method::Oidc { spec.amr.clone() } else { Vec::new() },
         })
     }
 
@@ -221,7 +221,7 @@ pub fn check(grant: &GrantRecord, policy: &CompiledPolicy, req: &Request<'_>, cl
     if !policy.accepts_method(grant.method) {
         return Err(Unsatisfied::MethodNotAccepted(grant.method));
     }
-    if grant.method == Method::Session
+    if matches!(grant.method, Method::Session | Method::Oidc)
         && let Some(assurance) = &policy.assurance
     {
         let acr = grant.acr.as_deref().unwrap_or("");

@@ -175,3 +175,36 @@ fn a_grant_object_of_method_session_is_no_grant() {
     real.spec.method = Method::Totp;
     assert!(GrantRecord::from_grant(&real).is_some());
 }
+
+/// An OIDC grant is judged by the policy's assurance as the sign-in it records; a TOTP grant
+/// is not (it has no acr), and an assurance on a grant object of method TOTP counts for nothing.
+#[test]
+fn an_oidc_grant_carries_its_sign_in_to_the_policy_assurance() {
+    let sso = policy("sso")
+        .rule(&[Delete], "", &["secrets"])
+        .methods(&[Method::Oidc, Method::Totp])
+        .assurance(&["2"], &["otp"])
+        .compiled();
+    let req = request(Delete, "secrets").namespace("prod");
+    let clock = Clock::at(t0() + minutes(1));
+    assert_eq!(check(&grant("g", "alice").oidc("2", &["pwd", "otp"]).record(), &sso, &req.view(), clock), Ok(()));
+    assert_eq!(
+        check(&grant("g", "alice").oidc("1", &["pwd"]).record(), &sso, &req.view(), clock),
+        Err(Unsatisfied::AcrNotAccepted { acr: "1".into(), accepted: vec!["2".into()] })
+    );
+    assert_eq!(
+        check(&grant("g", "alice").oidc("2", &["pwd"]).record(), &sso, &req.view(), clock),
+        Err(Unsatisfied::AmrMissing { amr: vec!["pwd".into()], missing: "otp".into() })
+    );
+    assert_eq!(check(&grant("g", "alice").record(), &sso, &req.view(), clock), Ok(()), "TOTP is not judged by acr");
+    let mut dressed = grant("g", "alice").build();
+    dressed.spec.acr = Some("2".into());
+    dressed.spec.amr = vec!["otp".into()];
+    let record = GrantRecord::from_grant(&dressed).unwrap();
+    assert_eq!((record.acr, record.amr.len()), (None, 0), "a TOTP grant's acr is not a sign-in");
+    let totp_only = policy("totp").rule(&[Delete], "", &["secrets"]).compiled();
+    assert_eq!(
+        check(&grant("g", "alice").oidc("2", &["otp"]).record(), &totp_only, &req.view(), clock),
+        Err(Unsatisfied::MethodNotAccepted(Method::Oidc))
+    );
+}

@@ -549,10 +549,10 @@ impl CompiledPolicy {
         methods.sort();
         methods.dedup();
         let assurance = spec.assurance.clone().filter(|a| !a.acr_values.is_empty() || !a.amr.is_empty());
-        if assurance.is_some() && !methods.contains(&Method::Session) {
+        if assurance.is_some() && !methods.iter().any(|m| matches!(m, Method::Session | Method::Oidc)) {
             return Err(PolicyError::new(
                 "spec.assurance",
-                "judges identity-provider sign-ins, but spec.methods does not accept Session: add Session to spec.methods or remove spec.assurance",
+                "judges identity-provider sign-ins, but spec.methods accepts neither Session nor OIDC: add Session or OIDC to spec.methods or remove spec.assurance",
             ));
         }
         for (field, values) in assurance.iter().flat_map(|a| [("acrValues", &a.acr_values), ("amr", &a.amr)]) {

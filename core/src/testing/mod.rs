@@ -191,6 +191,8 @@ pub fn grant(name: &str, user: &str) -> GrantBuilder {
             issued_at: Time(t0()),
             expires_at: Time(t0() + SignedDuration::from_hours(1)),
             scope: GrantScope::default(),
+            acr: None,
+            amr: Vec::new(),
             challenge_ref: None,
             signature: None,
         },
@@ -226,6 +228,14 @@ impl GrantBuilder {
 
     pub fn scope_namespaces(mut self, namespaces: &[&str]) -> Self {
         self.spec.scope.namespaces = namespaces.iter().map(|n| n.to_string()).collect();
+        self
+    }
+
+    /// An `OIDC` grant for a sign-in with `acr` and `amr`.
+    pub fn oidc(mut self, acr: &str, amr: &[&str]) -> Self {
+        self.spec.method = Method::Oidc;
+        self.spec.acr = Some(acr.to_owned());
+        self.spec.amr = amr.iter().map(|m| m.to_string()).collect();
         self
     }
 

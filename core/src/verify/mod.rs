@@ -2,6 +2,7 @@
 //! Also the sealing of enrollment secrets to the plugin's ephemeral key, and of responses to
 //! the controller's key. Pure.
 
+pub mod oidc;
 pub mod response;
 pub mod seal;
 pub mod totp;
