@@ -364,6 +364,12 @@ pub struct ControllerArgs {
     #[arg(long, env = "STEPUP_GRANT_RETENTION", default_value = "720h")]
     pub grant_retention: Duration,
 
+    /// The API server's AuthenticationConfiguration file (the same file its
+    /// `--authentication-config` names): the identity providers trusted for `OIDC` step-up,
+    /// and how their tokens map to users. Without it, OIDC challenges are refused.
+    #[arg(long, env = "STEPUP_OIDC_AUTHENTICATION_CONFIG")]
+    pub oidc_authentication_config: Option<std::path::PathBuf>,
+
     /// A challenge not verified within this time is expired.
     #[arg(long, env = "STEPUP_CHALLENGE_TIMEOUT", default_value = "5m")]
     pub challenge_timeout: Duration,

@@ -15,4 +15,6 @@ pub enum RunError {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Key(#[from] crate::keys::KeyError),
+    #[error("{0}")]
+    Config(String),
 }

@@ -332,11 +332,19 @@ CONTROLLER_FLAGS=(
 	--admission-policy "$(IFS=,; echo "${ADMISSION_POLICIES[*]}")"
 )
 
+# The identity provider the API server trusts (cluster.sh, STEPUP_IDP=1) is trusted for OIDC
+# step-up too, from the same AuthenticationConfiguration file.
+oidc_flags() {
+	[[ -n ${KUBE_AUTHENTICATION_CONFIG:-} ]] && echo "--oidc-authentication-config $KUBE_AUTHENTICATION_CONFIG"
+	return 0
+}
+
 start_controller() {
 	stop_process stepup-controller
 	log "starting stepup controller"
+	# shellcheck disable=SC2046 # the flags are words without spaces
 	KUBECONFIG=$KUBECONFIG_STEPUP_CONTROLLER RUST_LOG=${RUST_LOG:-info} \
-		"$(stepup_bin)" controller "${CONTROLLER_FLAGS[@]}" --key-file "$STEPUP_PKI/master.key" \
+		"$(stepup_bin)" controller "${CONTROLLER_FLAGS[@]}" $(oidc_flags) --key-file "$STEPUP_PKI/master.key" \
 		--admin-listen "$HOST:$CONTROLLER_ADMIN_PORT" --instance e2e-main \
 		</dev/null >>"$LOGS/stepup-controller.log" 2>&1 &
 	echo $! >"$PIDS/stepup-controller.pid"
@@ -353,7 +361,7 @@ write_env() {
 		export STEPUP_WEBHOOK_LOG=$LOGS/stepup-webhook.log
 		export STEPUP_CONTROLLER_ADMIN_URL=http://$HOST:$CONTROLLER_ADMIN_PORT
 		export STEPUP_CONTROLLER_LOG=$LOGS/stepup-controller.log
-		export STEPUP_CONTROLLER_FLAGS="${CONTROLLER_FLAGS[*]} --key-file $STEPUP_PKI/master.key"
+		export STEPUP_CONTROLLER_FLAGS="${CONTROLLER_FLAGS[*]} $(oidc_flags) --key-file $STEPUP_PKI/master.key"
 		export STEPUP_LOGS_DIR=$LOGS
 		export STEPUP_KEY_FILE=$STEPUP_PKI/master.key
 		export STEPUP_INSTALLER_GROUP=$INSTALLER_GROUP

@@ -126,21 +126,25 @@ impl Idp {
     /// Signs `user` in with their password (and OTP code for [`Level::PasswordAndOtp`]) through
     /// Keycloak's login pages, and trades the code for tokens, as `kubectl stepup` will.
     pub fn sign_in(&self, user: &str, level: Level) -> Result<Tokens> {
-        self.sign_in_with(user, &self.password(user), level)
+        self.sign_in_with(user, &self.password(user), level, &random_hex(8))
+    }
+
+    /// A sign-in for one challenge: the ID token carries `nonce` (the challenge's).
+    pub fn sign_in_for(&self, user: &str, level: Level, nonce: &str) -> Result<Tokens> {
+        self.sign_in_with(user, &self.password(user), level, nonce)
     }
 
     /// A password-only sign-in with the password given (a wrong one gets Keycloak's error).
     pub fn sign_in_with_password(&self, user: &str, password: &str) -> Result<Tokens> {
-        self.sign_in_with(user, password, Level::Password)
+        self.sign_in_with(user, password, Level::Password, &random_hex(8))
     }
 
-    fn sign_in_with(&self, user: &str, password: &str, level: Level) -> Result<Tokens> {
+    fn sign_in_with(&self, user: &str, password: &str, level: Level, nonce: &str) -> Result<Tokens> {
         let jar = self.scratch.join(format!("{user}-{}.jar", std::process::id()));
         let _ = std::fs::remove_file(&jar);
         let verifier = random_hex(32);
         let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
         let state = random_hex(8);
-        let nonce = random_hex(8);
         let redirect = "http://127.0.0.1:38000/callback";
         let auth = format!(
             "{}/protocol/openid-connect/auth?client_id={}&response_type=code&scope=openid&redirect_uri={}\
@@ -196,7 +200,7 @@ impl Idp {
         let raw: Value = serde_json::from_str(&body).with_context(|| format!("token response: {body}"))?;
         let Some(id_token) = raw["id_token"].as_str().map(str::to_owned) else { bail!("no id_token: {body}") };
         let tokens = Tokens { id_token, raw };
-        ensure!(tokens.claims()["nonce"] == nonce.as_str(), "the ID token carries another nonce");
+        ensure!(tokens.claims()["nonce"] == nonce, "the ID token carries another nonce");
         Ok(tokens)
     }
 }

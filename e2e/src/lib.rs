@@ -564,12 +564,34 @@ pub fn sealed_challenge(
     c
 }
 
+/// An `OIDC` challenge as the plugin builds it before the sign-in (named, with a deadline,
+/// nothing sealed yet): its nonce ([`kube_stepup::verify::oidc::challenge_nonce`]) is what the
+/// identity provider is asked to put in the ID token.
+pub fn oidc_challenge(user: &str, uid: &str) -> StepUpChallenge {
+    let mut c = sealed_challenge(user, uid, "", None, None, &Env::unused_key());
+    c.spec.method = Method::Oidc;
+    c.spec.response = None;
+    c
+}
+
+/// `c` with `token` sealed into it for exactly this challenge, as the plugin seals it.
+pub fn with_sealed_token(mut c: StepUpChallenge, token: &str, response_key: &str) -> StepUpChallenge {
+    c.spec.response = None;
+    c.spec.response = Some(response::seal_code(response_key, token, response::challenge_binding(&c)).expect("sealed"));
+    c
+}
+
 /// A code sealed for `e` as it stands (name, user, key), as the plugin seals it.
 pub fn sealed_confirmation(e: &StepUpEnrollment, code: &str, purpose: EnrollmentPurpose, response_key: &str) -> String {
     response::seal_code(response_key, code, response::enrollment_binding(e, purpose)).expect("sealed")
 }
 
 impl Env {
+    /// A well-formed response key nobody opens with (for a challenge sealed again later).
+    fn unused_key() -> String {
+        kube_stepup::keys::MasterKey::from_bytes([7; 32]).response_opener().public_base64()
+    }
+
     /// The controller's response key, derived from the key file the e2e processes share (for
     /// challenges of users who have no enrollment to publish it).
     pub fn response_key(&self) -> String {

@@ -18,6 +18,7 @@ use super::{
     Context, CrashPoint, Error, Result, Settings, condition,
     factor::FactorRead,
     merge_condition,
+    oidc::Refusal,
     steps::{
         Record,
         challenge::{ChallengeSettings, Facts, Need, Step, Verdicts, may_issue, next_step},
@@ -29,7 +30,10 @@ use crate::{
         StepUpGrantSpec,
     },
     audit, limits,
-    verify::{oidc::SignIn, response},
+    verify::{
+        oidc::{self, SignIn, TokenError},
+        response::{self, Opened},
+    },
 };
 
 /// The challenge reconciler's context: the shared one, and the controller's cache of
@@ -115,6 +119,7 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext
     };
     let mut factor: Option<(Option<k8s_openapi::api::core::v1::Secret>, FactorRead)> = None;
     let mut grant_exists = None;
+    let mut sign_in = None;
     loop {
         let facts = Facts {
             challenge: c,
@@ -122,10 +127,12 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext
             load,
             factor: factor.as_ref().map(|(_, f)| f),
             grant_exists,
+            sign_in: sign_in.as_ref(),
             now: Timestamp::now(),
         };
         match next_step(&facts, &settings) {
             Step::Fetch(Need::Factor) => factor = Some(ctx.load_factor(&c.spec.user).await?),
+            Step::Fetch(Need::SignIn) => sign_in = Some(verify_sign_in(ctx, c, &opened).await),
             Step::Fetch(Need::Grant) => {
                 let grants: Api<StepUpGrant> = Api::all(ctx.client.clone());
                 grant_exists = Some(grants.get_opt(&grant_name(c)).await?.is_some());
@@ -142,6 +149,82 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext
                 };
                 return verdict(ctx, c, secret.as_ref(), found, v).await;
             }
+        }
+    }
+}
+
+/// The ID token in the challenge's response, verified for this challenge and its requester.
+async fn verify_sign_in(ctx: &Context, c: &StepUpChallenge, opened: &Opened<()>) -> Result<SignIn, Refusal> {
+    let Some(providers) = &ctx.identity_providers else { return Err(Refusal::NotConfigured) };
+    let Opened::Code(token, ()) = opened else { return Err(TokenError::Malformed.into()) };
+    let nonce = oidc::challenge_nonce(c);
+    let expect = oidc::Expect {
+        user: &c.spec.user,
+        uid: c.spec.uid.as_deref(),
+        nonce: &nonce,
+        now: Timestamp::now(),
+        skew: ctx.settings.max_clock_skew,
+    };
+    providers.verify(token, &expect).await
+}
+
+/// Label of the spent-token records (Secrets without data in the controller's namespace).
+const SPENT_LABEL: &str = "stepup.dev/spent-id-token";
+const SPENT_BY: &str = "stepup.dev/challenge-uid";
+const FORGET_AFTER: &str = "stepup.dev/forget-after";
+
+/// Records `sign_in`'s token as spent by this challenge before any grant exists for it: the
+/// record's name is the token's, so a second challenge presenting the same token (a copy of
+/// this one re-created under its name, within its deadline) finds it taken. `Ok(None)`: spent
+/// now or by this very challenge earlier (a retry); `Ok(Some(uid))`: another challenge's.
+async fn spend(ctx: &Context, c: &StepUpChallenge, sign_in: &SignIn) -> Result<Option<String>> {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
+    let name = format!("stepup-idtoken-{}", oidc::spent_id(sign_in));
+    let uid = c.metadata.uid.clone().unwrap_or_default();
+    // Only useful until the challenge's deadline: after it, no copy of the challenge issues.
+    let forget_after = c.spec.deadline.as_ref().map_or(sign_in.expires_at, |d| d.0) + ctx.settings.max_clock_skew;
+    let record = k8s_openapi::api::core::v1::Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(BTreeMap::from([(SPENT_LABEL.to_owned(), "true".to_owned())])),
+            annotations: Some(BTreeMap::from([
+                (SPENT_BY.to_owned(), uid.clone()),
+                (FORGET_AFTER.to_owned(), forget_after.to_string()),
+            ])),
+            ..Default::default()
+        },
+        type_: Some("stepup.dev/spent-id-token".into()),
+        ..Default::default()
+    };
+    let spent_by = match secrets.create(&PostParams::default(), &record).await {
+        Ok(_) => None,
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let existing = secrets.get(&name).await?;
+            existing.annotations().get(SPENT_BY).filter(|by| **by != uid).cloned()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    forget_spent(&secrets).await;
+    Ok(spent_by)
+}
+
+/// Deletes spent-token records past their use; a failure is only logged (the next spend
+/// tries again).
+async fn forget_spent(secrets: &Api<k8s_openapi::api::core::v1::Secret>) {
+    let now = Timestamp::now();
+    let listed =
+        match secrets.list_metadata(&kube::api::ListParams::default().labels(&format!("{SPENT_LABEL}=true"))).await {
+            Ok(l) => l,
+            Err(e) => return tracing::warn!(error = %e, "cannot list spent ID-token records"),
+        };
+    for record in listed.items {
+        let past =
+            record.annotations().get(FORGET_AFTER).and_then(|t| t.parse::<Timestamp>().ok()).is_none_or(|t| t < now);
+        if past
+            && let Err(e) =
+                secrets.delete(&record.name_any(), &DeleteParams::default()).await.map(|_| ()).or_else(ignore_not_found)
+        {
+            tracing::warn!(error = %e, record = %record.name_any(), "cannot delete a spent ID-token record");
         }
     }
 }
@@ -281,8 +364,22 @@ async fn verdict(
                 tracing::warn!(challenge = %name, ?pause, "test hook: pausing between the deadline check and issuing");
                 tokio::time::sleep(pause).await;
             }
-            grant = Some(issue(ctx, c, Timestamp::now()).await?);
-            ctx.settings.crash_point(CrashPoint::Issued, &name);
+            let spent_by = match &v.sign_in {
+                Some(sign_in) => spend(ctx, c, sign_in).await?,
+                None => None,
+            };
+            if let Some(other) = spent_by {
+                v.phase = ChallengePhase::Denied;
+                v.reason = "TokenReplayed";
+                v.result = "replayed";
+                v.message = format!(
+                    "this ID token was already used (by challenge UID {other}): a token counts once; sign in again"
+                );
+                v.issue = false;
+            } else {
+                grant = Some(issue(ctx, c, Timestamp::now(), v.sign_in.as_deref()).await?);
+                ctx.settings.crash_point(CrashPoint::Issued, &name);
+            }
         }
     }
     if v.phase == ChallengePhase::Expired {
@@ -390,9 +487,14 @@ async fn write_status(ctx: &Context, c: &StepUpChallenge, v: &Verdicts, grant: O
 }
 
 /// Creates the grant, or finds it already there (a retry after a crash).
-async fn issue(ctx: &Context, challenge: &StepUpChallenge, now: Timestamp) -> Result<StepUpGrant> {
+async fn issue(
+    ctx: &Context,
+    challenge: &StepUpChallenge,
+    now: Timestamp,
+    sign_in: Option<&SignIn>,
+) -> Result<StepUpGrant> {
     let grants: Api<StepUpGrant> = Api::all(ctx.client.clone());
-    let mut wanted = grant_for(challenge, now, &ctx.settings, None);
+    let mut wanted = grant_for(challenge, now, &ctx.settings, sign_in);
     ctx.keys.grant_signer.sign_grant(&mut wanted);
     let name = wanted.name_any();
     match grants.create(&PostParams::default(), &wanted).await {

@@ -10,6 +10,7 @@ pub mod enrollment;
 pub mod factor;
 pub mod grant;
 pub mod leader;
+pub mod oidc;
 pub mod policy_status;
 pub mod protection;
 pub mod publish;
@@ -141,6 +142,8 @@ pub struct Context {
     /// whether the API server sent them to stepup: policies of the same shape share one
     /// SubjectAccessReview per recheck.
     pub probed: Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
+    /// The identity providers trusted for `OIDC` step-up, if any.
+    pub identity_providers: Option<Arc<oidc::IdentityProviders>>,
 }
 
 /// The controller's keys, derived from its master key file.

@@ -113,6 +113,15 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         args.audit_refusal_budget_kib,
         stop_records.clone(),
     );
+    let identity_providers = match &args.oidc_authentication_config {
+        Some(path) => {
+            let providers =
+                super::oidc::IdentityProviders::from_file(path).map_err(|e| RunError::Config(format!("{e:#}")))?;
+            tracing::info!(issuers = ?providers.issuers().collect::<Vec<_>>(), "trusting identity providers for OIDC step-up");
+            Some(Arc::new(providers))
+        }
+        None => None,
+    };
     let ctx = Arc::new(Context {
         client: client.clone(),
         settings: settings(&args),
@@ -131,6 +140,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         bootstrap: Default::default(),
         served: Default::default(),
         probed: Default::default(),
+        identity_providers,
     });
     drop(master);
 

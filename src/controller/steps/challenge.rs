@@ -7,16 +7,21 @@
 //! - a deleted (withdrawn) challenge never becomes a grant, and a grant issued for it in a race
 //!   is revoked;
 //! - a user over the limits is refused before anything is looked up;
-//! - a code counts only in the challenge the user's own plugin sealed it for.
+//! - a code counts only in the challenge the user's own plugin sealed it for;
+//! - an ID token counts only for a challenge that names its deadline (which, with the rest of
+//!   the challenge, its nonce is bound to), and only as the identity provider's keys verify it.
 
 use jiff::{SignedDuration, Timestamp};
 
 use super::{Record, clock};
 use crate::{
     api::{self, ChallengePhase, Method, StepUpChallenge},
-    controller::factor::{FactorRead, FactorState, Limits, Verdict},
+    controller::{
+        factor::{FactorRead, FactorState, Limits, Verdict},
+        oidc::Refusal,
+    },
     limits::{ChallengeLimits, Load},
-    verify::{Rejection, Verifier, response::Opened},
+    verify::{Rejection, Verifier, oidc::SignIn, response::Opened},
 };
 
 /// Everything the decision reads; what is `None` has not been fetched yet.
@@ -29,6 +34,8 @@ pub struct Facts<'a> {
     pub factor: Option<&'a FactorRead>,
     /// For a withdrawn challenge: whether the grant named after it exists.
     pub grant_exists: Option<bool>,
+    /// For an `OIDC` challenge: the ID token in its response, verified.
+    pub sign_in: Option<&'a Result<SignIn, Refusal>>,
     pub now: Timestamp,
 }
 
@@ -48,6 +55,8 @@ pub struct ChallengeSettings<'a> {
 pub enum Need {
     Factor,
     Grant,
+    /// The ID token verified with the identity provider's keys.
+    SignIn,
 }
 
 /// A verdict to record, in this order: the factor state (so a code is spent before anything is
@@ -65,6 +74,8 @@ pub struct Verdicts {
     pub issue_before: Timestamp,
     /// Further evidence (a lockout, a corrupt factor).
     pub records: Vec<Record>,
+    /// The verified sign-in an `OIDC` grant records; spent before the grant is issued.
+    pub sign_in: Option<Box<SignIn>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,6 +184,7 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
             issue: false,
             issue_before,
             records: vec![],
+            sign_in: None,
         })
     };
     let denied = |reason, message: String, result| verdict(ChallengePhase::Denied, reason, message, result);
@@ -215,6 +227,31 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
         }
         Opened::Code(code, ()) => code,
     };
+    if c.spec.method == Method::Oidc {
+        if c.spec.deadline.is_none() {
+            return denied(
+                "NoDeadline",
+                "an OIDC challenge must name its deadline (its ID token's nonce is bound to it): update kubectl-stepup"
+                    .into(),
+                "malformed",
+            );
+        }
+        return match f.sign_in {
+            None => Step::Fetch(Need::SignIn),
+            Some(Err(refusal)) => denied(refusal.reason(), refusal.to_string(), refusal.label()),
+            Some(Ok(sign_in)) => Step::Verdict(Verdicts {
+                phase: ChallengePhase::Verified,
+                reason: "Verified",
+                message: String::new(),
+                result: "verified",
+                state: None,
+                issue: true,
+                issue_before,
+                records: vec![],
+                sign_in: Some(Box::new(sign_in.clone())),
+            }),
+        };
+    }
     if c.spec.method != Method::Totp || s.verifier.method() != c.spec.method {
         return denied("UnsupportedMethod", format!("method {} is not supported", c.spec.method), "unsupported");
     }
@@ -239,6 +276,7 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
                 issue: false,
                 issue_before,
                 records: vec![],
+                sign_in: None,
             };
             step.records.push(Record::warning(
                 "FactorCorrupt",
@@ -269,6 +307,7 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
         issue: false,
         issue_before,
         records: vec![],
+        sign_in: None,
     };
     match verdict {
         Verdict::Accepted { .. } | Verdict::AlreadyAccepted => {

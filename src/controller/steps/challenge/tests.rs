@@ -20,6 +20,7 @@ struct Case {
     load: Load,
     factor: Option<FactorRead>,
     grant_exists: Option<bool>,
+    sign_in: Option<Result<SignIn, Refusal>>,
     now: Timestamp,
 }
 
@@ -47,7 +48,29 @@ fn case() -> Case {
         load: Load::default(),
         factor: None,
         grant_exists: None,
+        sign_in: None,
         now: t0() + SignedDuration::from_secs(1),
+    }
+}
+
+/// An OIDC challenge with a (sealed) ID token in it.
+fn oidc_case() -> Case {
+    let mut c = case();
+    c.challenge.spec.method = Method::Oidc;
+    c.response = Opened::Code(Zeroizing::new("header.claims.signature".into()), ());
+    c
+}
+
+fn signed_in() -> SignIn {
+    SignIn {
+        issuer: "https://idp.example".into(),
+        username: "alice".into(),
+        uid: Some("uid-alice-1".into()),
+        acr: Some("2".into()),
+        amr: vec!["pwd".into(), "otp".into()],
+        auth_time: t0() - SignedDuration::from_secs(20),
+        expires_at: t0() + minutes(5),
+        id: "jti-1".into(),
     }
 }
 
@@ -86,6 +109,7 @@ impl Case {
                 load: self.load,
                 factor: self.factor.as_ref(),
                 grant_exists: self.grant_exists,
+                sign_in: self.sign_in.as_ref(),
                 now: self.now,
             },
             &settings,
@@ -228,4 +252,50 @@ fn finished_challenges_are_scrubbed_and_removed_after_their_ttl() {
     let mut c = case();
     c.challenge.status = Some(StepUpChallengeStatus { phase: Some(ChallengePhase::Denied), ..Default::default() });
     assert_eq!(c.step(), Step::Retire { scrub: true, delete_at: t0() + minutes(30) });
+}
+
+#[test]
+fn a_verified_id_token_earns_a_grant_recording_the_sign_in() {
+    let c = oidc_case();
+    assert_eq!(c.step(), Step::Fetch(Need::SignIn), "no factor is read for an identity-provider sign-in");
+    let v = verdict(Case { sign_in: Some(Ok(signed_in())), ..oidc_case() }.step());
+    assert_eq!((v.phase, v.issue, v.state), (ChallengePhase::Verified, true, None));
+    assert_eq!(
+        v.sign_in,
+        Some(Box::new(signed_in())),
+        "the grant records acr, amr and auth_time; the token is spent first"
+    );
+}
+
+#[test]
+fn a_refused_id_token_is_said_as_the_verifier_says_it_and_issues_nothing() {
+    use crate::verify::oidc::TokenError;
+    for refusal in [
+        Refusal::Token(TokenError::Nonce),
+        Refusal::Token(TokenError::OtherUser { got: "bob".into(), want: "alice".into() }),
+        Refusal::Unavailable("connection refused".into()),
+        Refusal::NotConfigured,
+    ] {
+        let v = verdict(Case { sign_in: Some(Err(refusal.clone())), ..oidc_case() }.step());
+        assert_eq!((v.phase, v.issue, v.sign_in), (ChallengePhase::Denied, false, None), "{refusal}");
+        assert_eq!((v.reason, v.message.as_str()), (refusal.reason(), refusal.to_string().as_str()));
+    }
+}
+
+/// Attack: an OIDC challenge without a deadline could be re-created (same name, same token)
+/// whenever the spent-token record is forgotten. It is refused before the token is looked at.
+#[test]
+fn an_oidc_challenge_without_a_deadline_is_refused_before_its_token_is_verified() {
+    let mut c = Case { sign_in: Some(Ok(signed_in())), ..oidc_case() };
+    c.challenge.spec.deadline = None;
+    let v = verdict(c.step());
+    assert_eq!((v.phase, v.reason, v.issue), (ChallengePhase::Denied, "NoDeadline", false));
+}
+
+#[test]
+fn an_id_token_after_the_deadline_or_over_the_limits_is_never_verified() {
+    let late = oidc_case().at(t0() + SignedDuration::from_secs(25));
+    assert_eq!(verdict(late.step()).phase, ChallengePhase::Expired);
+    let missing = Case { response: Opened::Missing, ..oidc_case() };
+    assert_eq!(verdict(missing.step()).reason, "NoCode");
 }

@@ -1,0 +1,192 @@
+//! Issue-32 slice 3, `OIDC`: a person steps up at the company's identity provider (the e2e
+//! Keycloak, through its own login pages with password and OTP) for one challenge; the
+//! controller verifies the ID token with the provider's published keys and issues a grant that
+//! records the sign-in (acr, amr, auth_time), which the webhook judges by the policy's
+//! assurance. Each refusal is the attack it names. The plugin's part (sealing the token for the
+//! challenge it creates) is done here as the plugin does it.
+//! Run with `make e2e` (Keycloak runs beside the API server; one test at a time).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, PostParams},
+};
+use kube_stepup::{
+    api::{ChallengePhase, Method, Operation::Delete, StepUpChallenge, StepUpPolicy},
+    verify::oidc::challenge_nonce,
+};
+use stepup_core::testing::policy;
+use stepup_e2e::{
+    World, eventually,
+    idp::{Idp, Level, Tokens},
+    oidc_challenge, refusal, with_sealed_token,
+};
+
+/// Deleting prod secrets needs a fresh sign-in at the identity provider with OTP (acr 2).
+fn oidc_secrets() -> StepUpPolicy {
+    policy("prod-secrets-oidc")
+        .rule(&[Delete], "", &["secrets"])
+        .namespaces(&["prod"])
+        .methods(&[Method::Oidc])
+        .assurance(&["2"], &["otp"])
+        .max_age("15m")
+        .build()
+}
+
+/// Who is asking: a person signed in to kubectl with a password only (their everyday
+/// credential), whose UID is the identity provider's `sub`.
+struct Person {
+    name: &'static str,
+    everyday: Tokens,
+}
+
+impl Person {
+    fn uid(&self) -> String {
+        self.everyday.claims()["sub"].as_str().expect("sub").to_owned()
+    }
+
+    async fn challenges(&self, world: &World) -> Api<StepUpChallenge> {
+        Api::all(world.env.client_with_token(&self.everyday.id_token).await)
+    }
+
+    async fn prod_secrets(&self, world: &World) -> Api<Secret> {
+        Api::namespaced(world.env.client_with_token(&self.everyday.id_token).await, "prod")
+    }
+}
+
+fn person(idp: &Idp, name: &'static str) -> Person {
+    Person { name, everyday: idp.sign_in(name, Level::Password).expect("signs in with a password") }
+}
+
+/// Creates `c` as `who` and waits for the controller's verdict.
+async fn verdict(world: &World, who: &Person, c: &StepUpChallenge) -> StepUpChallenge {
+    who.challenges(world).await.create(&PostParams::default(), c).await.expect("challenge created");
+    world.verdict(&c.name_any()).await
+}
+
+fn message(c: &StepUpChallenge) -> String {
+    c.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_fresh_sign_in_with_otp_for_this_challenge_earns_a_grant_the_policy_accepts() {
+    let world = World::new().await;
+    world.secret("prod", "db").await;
+    world.apply_policies(&[oidc_secrets()]).await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+
+    // Her everyday sign-in (password only) is refused.
+    let status = refusal(alice.prod_secrets(&world).await.delete("db", &DeleteParams::default()).await);
+    assert_eq!(status.code, 403, "{status:?}");
+
+    // She steps up for one challenge: the identity provider puts its nonce into the token.
+    let c = oidc_challenge(alice.name, &alice.uid());
+    let fresh = idp.sign_in_for("alice", Level::PasswordAndOtp, &challenge_nonce(&c)).expect("steps up");
+    let c = with_sealed_token(c, &fresh.id_token, &world.env.response_key());
+    let done = verdict(&world, &alice, &c).await;
+    assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(ChallengePhase::Verified), "{}", message(&done));
+    let grant = world.controller_grants().get(&done.status.unwrap().grant_ref.unwrap().name).await.expect("grant");
+    assert_eq!(grant.spec.method, Method::Oidc);
+    assert_eq!(grant.spec.acr.as_deref(), Some("2"));
+    assert!(grant.spec.amr.iter().any(|m| m == "otp"), "{:?}", grant.spec.amr);
+    let auth_time = fresh.claims()["auth_time"].as_i64().expect("auth_time");
+    assert_eq!(grant.spec.issued_at.0.as_second(), auth_time, "issued at the sign-in, which maxAge judges");
+    let challenges: Api<StepUpChallenge> = Api::all(world.admin.clone());
+    eventually(Duration::from_secs(10), || async {
+        let c = challenges.get(&c.name_any()).await?;
+        if c.spec.response.is_some() { anyhow::bail!("token not scrubbed yet") } else { Ok(()) }
+    })
+    .await
+    .expect("the sealed token is scrubbed after use");
+
+    // With the grant, her everyday credential deletes prod/db.
+    world.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
+    alice.prod_secrets(&world).await.delete("db", &DeleteParams::default()).await.expect("deleted with the grant");
+}
+
+#[tokio::test]
+async fn a_password_only_sign_in_earns_a_grant_the_policy_refuses_and_says_why() {
+    let world = World::new().await;
+    world.secret("prod", "db").await;
+    world.apply_policies(&[oidc_secrets()]).await;
+    let idp = Idp::new(&world.env);
+    let bob = person(&idp, "bob");
+    let c = oidc_challenge(bob.name, &bob.uid());
+    let weak = idp.sign_in_for("bob", Level::Password, &challenge_nonce(&c)).expect("signs in");
+    let done = verdict(&world, &bob, &with_sealed_token(c, &weak.id_token, &world.env.response_key())).await;
+    let grant = world.controller_grants().get(&done.status.unwrap().grant_ref.unwrap().name).await.expect("grant");
+    assert_eq!(grant.spec.acr.as_deref(), Some("1"));
+    world.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
+    let status = refusal(bob.prod_secrets(&world).await.delete("db", &DeleteParams::default()).await);
+    assert!(
+        status.message.contains("the sign-in's assurance level (acr) is \"1\" and the policy accepts \"2\""),
+        "{}",
+        status.message
+    );
+}
+
+#[tokio::test]
+async fn a_token_for_another_challenge_or_another_person_is_refused_and_nothing_is_issued() {
+    let world = World::new().await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+    let key = world.env.response_key();
+
+    // A token obtained for one challenge, sealed into another.
+    let first = oidc_challenge(alice.name, &alice.uid());
+    let token = idp.sign_in_for("alice", Level::PasswordAndOtp, &challenge_nonce(&first)).expect("steps up");
+    let other = with_sealed_token(oidc_challenge(alice.name, &alice.uid()), &token.id_token, &key);
+    let done = verdict(&world, &alice, &other).await;
+    assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(ChallengePhase::Denied));
+    assert_eq!(
+        message(&done),
+        "the ID token was obtained for another challenge (its nonce differs): a copied or replayed token is refused"
+    );
+
+    // bob's fresh token (for this very challenge's nonce) in alice's challenge.
+    let c = oidc_challenge(alice.name, &alice.uid());
+    let bobs = idp.sign_in_for("bob", Level::PasswordAndOtp, &challenge_nonce(&c)).expect("bob signs in");
+    let done = verdict(&world, &alice, &with_sealed_token(c, &bobs.id_token, &key)).await;
+    assert_eq!(message(&done), "the ID token is \"bob\"'s, and this challenge is \"alice\"'s");
+
+    // A token whose signature was tampered with (one character in its middle).
+    let c = oidc_challenge(alice.name, &alice.uid());
+    let own = idp.sign_in_for("alice", Level::PasswordAndOtp, &challenge_nonce(&c)).expect("steps up");
+    let mut parts: Vec<String> = own.id_token.split('.').map(str::to_owned).collect();
+    let flipped = if parts[2].as_bytes()[10] == b'A' { "B" } else { "A" };
+    parts[2].replace_range(10..11, flipped);
+    let done = verdict(&world, &alice, &with_sealed_token(c, &parts.join("."), &key)).await;
+    assert_eq!(message(&done), "the ID token's signature does not verify");
+    assert!(world.grants_of("alice").await.iter().all(|g| g.spec.method != Method::Oidc), "nothing issued");
+}
+
+/// Attack: someone holding alice's everyday credential watched her challenge (name, spec,
+/// sealed token), deletes it after its verdict and creates the same object again: the same
+/// nonce, the same token, within its deadline. The token was spent.
+#[tokio::test]
+async fn a_challenge_re_created_with_a_spent_token_is_refused() {
+    let world = World::new().await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+    let c = oidc_challenge(alice.name, &alice.uid());
+    let token = idp.sign_in_for("alice", Level::PasswordAndOtp, &challenge_nonce(&c)).expect("steps up");
+    let c = with_sealed_token(c, &token.id_token, &world.env.response_key());
+    let done = verdict(&world, &alice, &c).await;
+    assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(ChallengePhase::Verified), "{}", message(&done));
+
+    let api = alice.challenges(&world).await;
+    api.delete(&c.name_any(), &DeleteParams::default()).await.expect("alice's credential deletes it");
+    eventually(Duration::from_secs(15), || async {
+        if api.get_opt(&c.name_any()).await?.is_some() { anyhow::bail!("still there") } else { Ok(()) }
+    })
+    .await
+    .expect("the challenge is gone");
+    let again = verdict(&world, &alice, &c).await;
+    assert_eq!(again.status.as_ref().and_then(|s| s.phase), Some(ChallengePhase::Denied));
+    let said = message(&again);
+    assert!(said.starts_with("this ID token was already used (by challenge UID "), "{said}");
+    assert!(said.contains(done.metadata.uid.as_deref().expect("uid")), "{said}");
+}
