@@ -14,6 +14,7 @@ pub mod config;
 pub mod controller;
 pub mod error;
 pub mod evidence;
+pub mod http;
 pub mod metrics;
 pub mod pki;
 pub mod plugin;

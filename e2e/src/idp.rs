@@ -37,6 +37,7 @@ impl Level {
 }
 
 /// The realm's users and where Keycloak answers.
+#[derive(Clone)]
 pub struct Idp {
     pub issuer: String,
     pub client_id: String,
@@ -154,31 +155,10 @@ impl Idp {
             "http%3A%2F%2F127.0.0.1%3A38000%2Fcallback",
             level.acr()
         );
-        let (_, page) = self.curl(&jar, &[&auth])?;
-        let action = form_action(&page, "kc-form-login").context("the login page's form")?;
-        let (mut head, mut page) = self.curl(
-            &jar,
-            &[
-                "--data-urlencode",
-                &format!("username={user}"),
-                "--data-urlencode",
-                &format!("password={password}"),
-                &action,
-            ],
-        )?;
-        if level == Level::PasswordAndOtp {
-            let action = form_action(&page, "kc-otp-login-form")
-                .with_context(|| format!("the OTP form after the password: {}", excerpt(&page)))?;
-            (head, page) = self.curl(&jar, &["--data-urlencode", &format!("otp={}", self.otp_code(user)), &action])?;
-        }
-        let location = head
-            .lines()
-            .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
-            .map(str::trim)
-            .with_context(|| format!("no redirect back to the client: {}", excerpt(&page)))?;
+        let location = self.login(&jar, &auth, user, password, level)?;
         ensure!(location.starts_with(redirect), "redirected elsewhere: {location}");
-        ensure!(query_value(location, "state").as_deref() == Some(state.as_str()), "state changed: {location}");
-        let code = query_value(location, "code").with_context(|| format!("no code in {location}"))?;
+        ensure!(query_value(&location, "state").as_deref() == Some(state.as_str()), "state changed: {location}");
+        let code = query_value(&location, "code").with_context(|| format!("no code in {location}"))?;
         let token_url = format!("{}/protocol/openid-connect/token", self.issuer);
         let (_, body) = self.curl(
             &jar,
@@ -202,6 +182,46 @@ impl Idp {
         let tokens = Tokens { id_token, raw };
         ensure!(tokens.claims()["nonce"] == nonce, "the ID token carries another nonce");
         Ok(tokens)
+    }
+
+    /// Completes a sign-in someone else started (`kubectl stepup`, which printed `auth_url`):
+    /// the login pages as a browser would, then the redirect to the starter's loopback address.
+    /// Returns the page the starter answered the browser with.
+    pub fn complete_sign_in(&self, auth_url: &str, user: &str, level: Level) -> Result<String> {
+        let jar = self.scratch.join(format!("{user}-{}-browser.jar", std::process::id()));
+        let _ = std::fs::remove_file(&jar);
+        let location = self.login(&jar, auth_url, user, &self.password(user), level)?;
+        ensure!(location.starts_with("http://127.0.0.1:"), "redirected elsewhere: {location}");
+        let (_, page) = self.curl(&jar, &[&location])?;
+        let _ = std::fs::remove_file(&jar);
+        Ok(page)
+    }
+
+    /// Keycloak's login pages from `auth_url`: the password form, then the OTP form when the
+    /// level needs it. Returns where Keycloak redirects the browser to.
+    fn login(&self, jar: &std::path::Path, auth_url: &str, user: &str, password: &str, level: Level) -> Result<String> {
+        let (_, page) = self.curl(jar, &[auth_url])?;
+        let action = form_action(&page, "kc-form-login")
+            .with_context(|| format!("the login page's form: {}", excerpt(&page)))?;
+        let (mut head, mut page) = self.curl(
+            jar,
+            &[
+                "--data-urlencode",
+                &format!("username={user}"),
+                "--data-urlencode",
+                &format!("password={password}"),
+                &action,
+            ],
+        )?;
+        if level == Level::PasswordAndOtp {
+            let action = form_action(&page, "kc-otp-login-form")
+                .with_context(|| format!("the OTP form after the password: {}", excerpt(&page)))?;
+            (head, page) = self.curl(jar, &["--data-urlencode", &format!("otp={}", self.otp_code(user)), &action])?;
+        }
+        head.lines()
+            .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+            .map(|l| l.trim().to_owned())
+            .with_context(|| format!("no redirect back to the client: {}", excerpt(&page)))
     }
 }
 

@@ -190,3 +190,85 @@ async fn a_challenge_re_created_with_a_spent_token_is_refused() {
     assert!(said.starts_with("this ID token was already used (by challenge UID "), "{said}");
     assert!(said.contains(done.metadata.uid.as_deref().expect("uid")), "{said}");
 }
+
+/// `kubectl stepup request --method OIDC` started as alice (her everyday kubectl sign-in):
+/// reads where to sign in and what to seal to from the cluster, prints the login address,
+/// receives the identity provider's redirect on its loopback port, seals the ID token into
+/// the challenge it builds and reports the grant. The "browser" here is curl on Keycloak's
+/// own pages, password and OTP.
+#[tokio::test]
+async fn the_plugin_steps_up_at_the_identity_provider_in_one_command() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let world = World::new().await;
+    world.secret("prod", "db").await;
+    world.apply_policies(&[oidc_secrets()]).await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+    let kubeconfig = world.env.kubeconfig_with_token("alice-everyday", &alice.everyday.id_token);
+    let mut child = tokio::process::Command::new(world.env.var("KUBECTL_STEPUP_BIN"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["request", "--method", "OIDC", "--no-browser", "--reason", "INC-7", "--sign-in-timeout", "1m"])
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl-stepup runs");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut said = Vec::new();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stderr.next_line().await.expect("stderr line") {
+            said.push(line.clone());
+            if let Some(url) = line.trim().strip_prefix("https://") {
+                return format!("https://{url}");
+            }
+        }
+        panic!("the plugin printed no sign-in address: {said:?}")
+    })
+    .await
+    .expect("the plugin prints the sign-in address");
+    assert!(
+        url.contains("acr_values=2") && url.contains("max_age=900") && url.contains("code_challenge_method=S256"),
+        "{url}"
+    );
+    let browser = idp.clone();
+    let page = tokio::task::spawn_blocking(move || browser.complete_sign_in(&url, "alice", Level::PasswordAndOtp))
+        .await
+        .expect("joined")
+        .expect("alice signs in at Keycloak");
+    assert!(page.contains("You can close this tab and return to your terminal."), "{page}");
+    let rest = tokio::spawn(async move {
+        let mut more = Vec::new();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            more.push(line);
+        }
+        more
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("kubectl-stepup finishes")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr_rest = rest.await.expect("stderr").join("\n");
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}\n{stderr_rest}",
+        out.status.code(),
+        said.join("\n")
+    );
+    assert!(stdout.starts_with("Granted alice-") && stdout.contains("(OIDC, reason \"INC-7\")"), "{stdout}");
+    assert!(!stdout.contains(&alice.everyday.id_token[..40]) && !stderr_rest.contains("eyJ"), "no token is printed");
+
+    // The grant lets her everyday credential delete prod/db.
+    let grant = world
+        .grants_of("alice")
+        .await
+        .into_iter()
+        .filter(|g| g.spec.method == Method::Oidc && g.spec.reason.as_deref() == Some("INC-7"))
+        .max_by_key(|g| g.spec.issued_at.0)
+        .expect("the OIDC grant");
+    world.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
+    alice.prod_secrets(&world).await.delete("db", &DeleteParams::default()).await.expect("deleted with the grant");
+}

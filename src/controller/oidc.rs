@@ -9,16 +9,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::TokioExecutor,
-};
-use rustls::RootCertStore;
-use rustls_pki_types::{CertificateDer, pem::PemObject};
-use serde_json::Value;
 use stepup_core::verify::oidc::{self, Expect, Jwks, SignIn, TokenError, TrustedIssuer};
 
 /// How long fetched keys are used before they are fetched again.
@@ -26,11 +16,6 @@ pub const KEYS_TTL: Duration = Duration::from_secs(3600);
 
 /// The least time between two fetches of one issuer's keys.
 pub const REFETCH_INTERVAL: Duration = Duration::from_secs(10);
-
-/// How long one fetch (discovery or keys) may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
-
-const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
 
 /// Why no sign-in was verified.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -65,11 +50,9 @@ impl Refusal {
     }
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
-
 struct Provider {
     trusted: TrustedIssuer,
-    http: HttpClient,
+    http: crate::http::Https,
     keys: tokio::sync::Mutex<Cache>,
 }
 
@@ -94,12 +77,24 @@ impl IdentityProviders {
         let providers = issuers
             .into_iter()
             .map(|trusted| {
-                let http = http_client(trusted.certificate_authority.as_deref())
+                let http = crate::http::Https::new(trusted.certificate_authority.as_deref())
                     .map_err(|e| anyhow::anyhow!("issuer {}: {e}", trusted.issuer.url))?;
                 Ok(Provider { trusted, http, keys: Default::default() })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(Self { providers })
+    }
+
+    /// The issuers as the plugin signs in at them: the first audience is its client.
+    pub fn published(&self) -> Vec<stepup_core::decision::PublishedIdentityProvider> {
+        self.providers
+            .iter()
+            .map(|p| stepup_core::decision::PublishedIdentityProvider {
+                issuer: p.trusted.issuer.url.clone(),
+                client_id: p.trusted.issuer.audiences.first().cloned().unwrap_or_default(),
+                certificate_authority: p.trusted.certificate_authority.clone(),
+            })
+            .collect()
     }
 
     /// The trusted issuers' URLs.
@@ -147,80 +142,9 @@ impl Provider {
 
     async fn fetch(&self) -> Result<Jwks, String> {
         let url = &self.trusted.issuer.url;
-        let discovery_url = self
-            .trusted
-            .discovery_url
-            .clone()
-            .unwrap_or_else(|| format!("{}/.well-known/openid-configuration", url.trim_end_matches('/')));
-        let discovery: Value = serde_json::from_slice(&self.get(&discovery_url, MAX_DISCOVERY_BYTES).await?)
-            .map_err(|e| format!("{discovery_url}: not JSON: {e}"))?;
-        // OpenID Connect Discovery 1.0, 4.3: the document must name the issuer it is for.
-        if discovery.get("issuer").and_then(Value::as_str) != Some(url.as_str()) {
-            return Err(format!("{discovery_url} is the discovery document of another issuer"));
-        }
-        let jwks_uri = discovery
-            .get("jwks_uri")
-            .and_then(Value::as_str)
-            .filter(|u| u.starts_with("https://"))
-            .ok_or_else(|| format!("{discovery_url} names no https jwks_uri"))?;
-        Jwks::parse(&self.get(jwks_uri, oidc::MAX_JWKS_BYTES).await?).map_err(|e| format!("{jwks_uri}: {e}"))
+        let endpoints = crate::http::discover(&self.http, url, self.trusted.discovery_url.as_deref()).await?;
+        let jwks_uri =
+            endpoints.jwks.ok_or_else(|| format!("{url}: its discovery document names no https jwks_uri"))?;
+        Jwks::parse(&self.http.get(&jwks_uri, oidc::MAX_JWKS_BYTES).await?).map_err(|e| format!("{jwks_uri}: {e}"))
     }
-
-    async fn get(&self, url: &str, limit: usize) -> Result<Bytes, String> {
-        let uri: hyper::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
-        let request = hyper::Request::get(uri)
-            .header(hyper::header::ACCEPT, "application/json")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("{url}: {e}"))?;
-        let fetch = async {
-            let response = self.http.request(request).await.map_err(|e| format!("{url}: {}", error_chain(&e)))?;
-            if !response.status().is_success() {
-                return Err(format!("{url}: HTTP {}", response.status()));
-            }
-            Limited::new(response.into_body(), limit)
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .map_err(|e| format!("{url}: {e}"))
-        };
-        tokio::time::timeout(FETCH_TIMEOUT, fetch)
-            .await
-            .map_err(|_| format!("{url}: no answer within {FETCH_TIMEOUT:?}"))?
-    }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
-}
-
-/// An HTTPS-only client trusting `ca_pem`, or the system's roots when there is none.
-fn http_client(ca_pem: Option<&str>) -> anyhow::Result<HttpClient> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = hyper_rustls::HttpsConnectorBuilder::new();
-    let builder = match ca_pem {
-        Some(pem) => {
-            let mut roots = RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                roots.add(cert.map_err(|e| anyhow::anyhow!("certificateAuthority: {e}"))?)?;
-            }
-            if roots.is_empty() {
-                anyhow::bail!("certificateAuthority holds no certificate");
-            }
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            builder.with_tls_config(config)
-        }
-        None => builder.with_provider_and_native_roots(provider)?,
-    };
-    let connector = builder.https_only().enable_http1().build();
-    Ok(Client::builder(TokioExecutor::new()).build(connector))
 }

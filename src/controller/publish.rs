@@ -14,15 +14,16 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, Result};
-use crate::decision::{DecisionSettings, PUBLISHED_CONFIGMAP, PUBLISHED_KEY};
+use crate::decision::{DecisionSettings, PUBLISHED_CONFIGMAP, PUBLISHED_KEY, PUBLISHED_STEP_UP_KEY, StepUpDiscovery};
 
 /// An unchanged apply is a no-op for the API server (nothing written to etcd), so this can be
 /// short: a deleted or edited publication is back within it.
 const REASSERT_EVERY: Duration = Duration::from_secs(30);
 
-/// The ConfigMap for `settings`.
-pub fn configmap(settings: &DecisionSettings) -> ConfigMap {
+/// The ConfigMap for `settings` and `discovery`.
+pub fn configmap(settings: &DecisionSettings, discovery: &StepUpDiscovery) -> ConfigMap {
     let json = serde_json::to_string_pretty(settings).expect("decision settings serialise");
+    let discovery = serde_json::to_string_pretty(discovery).expect("discovery serialises");
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(PUBLISHED_CONFIGMAP.to_owned()),
@@ -33,14 +34,22 @@ pub fn configmap(settings: &DecisionSettings) -> ConfigMap {
             ])),
             annotations: Some(BTreeMap::from([(
                 "stepup.dev/description".to_owned(),
-                "What the stepup webhook decides with, for `kubectl stepup check`. Written by the stepup controller; \
-                 the webhook does not read it."
+                "What the stepup webhook decides with, for `kubectl stepup check`, and what `kubectl stepup` \
+                 seals responses to and signs in at. Written by the stepup controller; the webhook does not read it."
                     .to_owned(),
             )])),
             ..Default::default()
         },
-        data: Some(BTreeMap::from([(PUBLISHED_KEY.to_owned(), json)])),
+        data: Some(BTreeMap::from([(PUBLISHED_KEY.to_owned(), json), (PUBLISHED_STEP_UP_KEY.to_owned(), discovery)])),
         ..Default::default()
+    }
+}
+
+/// What the plugin seals to and signs in at, from the controller's keys and trusted issuers.
+pub fn discovery(ctx: &Context) -> StepUpDiscovery {
+    StepUpDiscovery {
+        response_key: ctx.keys.responses.public_base64(),
+        identity_providers: ctx.identity_providers.as_ref().map(|p| p.published()).unwrap_or_default(),
     }
 }
 
@@ -49,7 +58,7 @@ async fn apply(ctx: &Context, settings: &DecisionSettings) -> Result<()> {
     api.patch(
         PUBLISHED_CONFIGMAP,
         &PatchParams::apply("stepup-controller").force(),
-        &Patch::Apply(&configmap(settings)),
+        &Patch::Apply(&configmap(settings, &discovery(ctx))),
     )
     .await?;
     Ok(())
@@ -81,10 +90,22 @@ mod tests {
     fn the_configmap_holds_the_settings_as_the_plugin_reads_them() {
         let mut settings = DecisionSettings::defaults("stepup");
         settings.exempt_groups = vec!["robots".into()];
-        let cm = configmap(&settings);
+        let discovery = StepUpDiscovery {
+            response_key: "KEY".into(),
+            identity_providers: vec![crate::decision::PublishedIdentityProvider {
+                issuer: "https://idp.example/realms/x".into(),
+                client_id: "kubectl-stepup".into(),
+                certificate_authority: None,
+            }],
+        };
+        let cm = configmap(&settings, &discovery);
         assert_eq!(cm.metadata.name.as_deref(), Some(PUBLISHED_CONFIGMAP));
         assert_eq!(cm.metadata.namespace.as_deref(), Some("stepup"));
-        let read: DecisionSettings = serde_json::from_str(&cm.data.unwrap()[PUBLISHED_KEY]).unwrap();
+        let data = cm.data.unwrap();
+        let read: DecisionSettings = serde_json::from_str(&data[PUBLISHED_KEY]).unwrap();
         assert_eq!(read, settings);
+        let read: StepUpDiscovery = serde_json::from_str(&data[PUBLISHED_STEP_UP_KEY]).unwrap();
+        assert_eq!(read, discovery);
+        assert!(data[PUBLISHED_STEP_UP_KEY].contains(r#""clientID": "kubectl-stepup""#));
     }
 }

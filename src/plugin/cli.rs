@@ -278,6 +278,19 @@ pub struct RequestArgs {
     #[arg(long = "policy", value_name = "POLICY")]
     pub policies: Vec<String>,
 
+    /// How to step up: TOTP (a code from your authenticator app) or OIDC (sign in at the
+    /// identity provider the cluster trusts, in your browser).
+    #[arg(long, value_enum, default_value_t = RequestMethod::Totp, ignore_case = true)]
+    pub method: RequestMethod,
+
+    /// With --method OIDC: print the sign-in address instead of opening a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+
+    /// With --method OIDC: how long to wait for the sign-in at the identity provider.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub sign_in_timeout: Duration,
+
     /// Read the code from standard input instead of asking on the terminal.
     #[arg(long)]
     pub code_stdin: bool,
@@ -293,6 +306,15 @@ pub struct RequestArgs {
     /// Output format: text for people, json for scripts.
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+/// `kubectl stepup request --method`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RequestMethod {
+    #[value(name = "TOTP")]
+    Totp,
+    #[value(name = "OIDC")]
+    Oidc,
 }
 
 /// The shortest grant worth asking for: a shorter one expires before the command that needs it

@@ -38,6 +38,8 @@ pub enum Error {
     Locked { user: String, message: Option<String> },
     #[error("the code was not accepted: {message}")]
     CodeRefused { message: String },
+    #[error("the sign-in was not accepted: {message}")]
+    SignInRefused { message: String },
     #[error("the challenge expired before the controller verified it")]
     ChallengeExpired,
     #[error("the API server at {server} cannot be reached")]
@@ -105,7 +107,7 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Usage { .. } => Exit::Usage,
-            Error::CodeRefused { .. } | Error::ChallengeExpired => Exit::StepUp,
+            Error::CodeRefused { .. } | Error::SignInRefused { .. } | Error::ChallengeExpired => Exit::StepUp,
             Error::NotEnrolled { .. } | Error::PendingApproval { .. } | Error::Unconfirmed => Exit::NotEnrolled,
             Error::Locked { .. } => Exit::Locked,
             Error::Unreachable { .. } => Exit::Unreachable,
@@ -142,6 +144,12 @@ impl Error {
             }
             Error::CodeRefused { .. } => {
                 "Type the code your authenticator app shows now, from this cluster's entry. If every code fails, the device's clock may be off: authenticator apps need the correct time.".into()
+            }
+            Error::SignInRefused { message } if message.contains("could not be fetched") => {
+                "The cluster could not reach your identity provider; try again in a moment.".into()
+            }
+            Error::SignInRefused { .. } => {
+                "Run the command again and complete the sign-in at your identity provider, second factor included.".into()
             }
             Error::ChallengeExpired => "Run the command again with a fresh code.".into(),
             Error::Unreachable { .. } => {

@@ -30,6 +30,7 @@ pub mod format;
 pub mod report;
 pub mod request;
 pub mod resources;
+pub mod sign_in;
 pub mod status;
 pub mod terminal;
 pub mod trailer;

@@ -12,7 +12,7 @@ use kube::{
 };
 
 use super::{
-    cli::{EnrollArgs, Output, RequestArgs},
+    cli::{EnrollArgs, Output, RequestArgs, RequestMethod},
     cluster::{Identity, Session},
     error::{Error, Result},
     format::{self, GrantView},
@@ -42,7 +42,8 @@ pub struct GrantRequest {
 pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
     let me = session.whoami().await?;
     let source = if args.code_stdin { CodeSource::Stdin } else { CodeSource::Terminal };
-    let response_key = enrolled_or_enroll(session, &me, source).await?;
+    let oidc = args.method == RequestMethod::Oidc;
+    let response_key = if oidc { String::new() } else { enrolled_or_enroll(session, &me, source).await? };
     let scope = GrantScope { policies: args.policies.clone(), namespaces: args.namespaces.clone() };
     let reason = match args.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         Some(r) => Some(r.to_owned()),
@@ -51,9 +52,19 @@ pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
             ask_reason(&needing, args.reason_required, source)?
         }
     };
-    let code = terminal::read_code("Code from your authenticator app: ", source)?;
-    let request = GrantRequest { code, reason, duration: args.duration, scope, correlation: None };
-    let grant = obtain_grant(session, &me, &response_key, request, args.timeout).await?;
+    let grant = if oidc {
+        let policies: Api<StepUpPolicy> = session.all();
+        let listed = policies.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
+        let assurance = oidc_assurance(&listed, &scope.policies);
+        let request = GrantRequest { code: String::new(), reason, duration: args.duration, scope, correlation: None };
+        let browser = if args.no_browser { super::sign_in::Browser::Print } else { super::sign_in::Browser::Open };
+        let wait = std::time::Duration::try_from(args.sign_in_timeout.as_signed()).unwrap_or_default();
+        obtain_oidc_grant(session, &me, request, &assurance, browser, wait, args.timeout).await?
+    } else {
+        let code = terminal::read_code("Code from your authenticator app: ", source)?;
+        let request = GrantRequest { code, reason, duration: args.duration, scope, correlation: None };
+        obtain_grant(session, &me, &response_key, request, args.timeout).await?
+    };
     let now = Timestamp::now();
     let view = GrantView::new(&grant, now);
     match args.output {
@@ -209,7 +220,36 @@ pub fn challenge_for(
     deadline: Timestamp,
     response_key: &str,
 ) -> Result<StepUpChallenge> {
-    let mut challenge = StepUpChallenge {
+    let code = request.code.clone();
+    let mut challenge = unsealed_challenge(me, request, Method::Totp, name, deadline);
+    seal_into(&mut challenge, &code, response_key)?;
+    Ok(challenge)
+}
+
+/// `response` (a code, an ID token) sealed to the controller's key, bound to `challenge` as it
+/// stands.
+pub fn seal_into(challenge: &mut StepUpChallenge, response: &str, response_key: &str) -> Result<()> {
+    challenge.spec.response = None;
+    let binding = response::challenge_binding(challenge);
+    let sealed = response::seal_code(response_key, response, binding).map_err(|e| {
+        Error::other(
+            format!("cannot seal the response to the controller's key: {e}"),
+            "The key the cluster publishes is unusable; ask your platform team.",
+        )
+    })?;
+    challenge.spec.response = Some(sealed);
+    Ok(())
+}
+
+/// The challenge before anything is sealed into it: what an ID token's nonce is computed from.
+pub fn unsealed_challenge(
+    me: &Identity,
+    request: GrantRequest,
+    method: Method,
+    name: &str,
+    deadline: Timestamp,
+) -> StepUpChallenge {
+    StepUpChallenge {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
             labels: Some(BTreeMap::from([(api::USER_LABEL.to_owned(), api::user_label_value(&me.username))])),
@@ -220,7 +260,7 @@ pub fn challenge_for(
         spec: StepUpChallengeSpec {
             user: me.username.clone(),
             uid: Some(me.uid.clone()).filter(|u| !u.is_empty()),
-            method: Method::Totp,
+            method,
             response: None,
             reason: request.reason,
             duration: request.duration,
@@ -229,16 +269,7 @@ pub fn challenge_for(
             correlation: request.correlation,
         },
         status: None,
-    };
-    let binding = response::challenge_binding(&challenge);
-    let sealed = response::seal_code(response_key, &request.code, binding).map_err(|e| {
-        Error::other(
-            format!("cannot seal the code to the controller's key: {e}"),
-            "The key in your enrollment's status is unusable; ask your platform team.",
-        )
-    })?;
-    challenge.spec.response = Some(sealed);
-    Ok(challenge)
+    }
 }
 
 /// What became of a challenge the plugin stopped waiting for.
@@ -284,13 +315,98 @@ pub async fn obtain_grant(
     request: GrantRequest,
     timeout: Duration,
 ) -> Result<StepUpGrant> {
-    let challenges: Api<StepUpChallenge> = session.all();
     let deadline = Timestamp::now() + timeout.as_signed();
     let wanted = challenge_for(me, request, &challenge_name(&me.username), deadline, response_key)?;
+    submit(session, me, wanted, deadline, timeout).await
+}
+
+/// What `kubectl stepup` seals to and signs in at, as the controller publishes it.
+pub async fn step_up_discovery(session: &Session) -> Result<crate::decision::StepUpDiscovery> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(session.client.clone(), &session.stepup_namespace);
+    let where_ = format!("configmap {}/{}", session.stepup_namespace, crate::decision::PUBLISHED_CONFIGMAP);
+    let cm = api
+        .get_opt(crate::decision::PUBLISHED_CONFIGMAP)
+        .await
+        .map_err(session.kube_error(&format!("read {where_}")))?;
+    cm.and_then(|cm| cm.data?.remove(crate::decision::PUBLISHED_STEP_UP_KEY))
+        .and_then(|json| serde_json::from_str(&json).ok())
+        .ok_or_else(|| {
+            Error::other(
+                format!(
+                    "the cluster publishes no step-up settings ({where_} has no {})",
+                    crate::decision::PUBLISHED_STEP_UP_KEY
+                ),
+                "Is the stepup controller running and up to date? Ask your platform team.",
+            )
+        })
+}
+
+/// The assurance the policies in scope (every enforcing one accepting OIDC, when none is
+/// named) ask of a sign-in: the acr values all of them accept, and the shortest maxAge.
+pub fn oidc_assurance(policies: &[StepUpPolicy], scope_policies: &[String]) -> super::sign_in::Assurance {
+    let mut acr_values: Option<Vec<String>> = None;
+    let mut max_age: Option<std::time::Duration> = None;
+    for p in policies.iter().filter(|p| {
+        p.spec.methods.contains(&Method::Oidc)
+            && p.spec.enforcement == Enforcement::Deny
+            && (scope_policies.is_empty() || scope_policies.iter().any(|s| Some(s) == p.metadata.name.as_ref()))
+    }) {
+        let age = std::time::Duration::try_from(p.spec.max_age.as_signed()).unwrap_or_default();
+        max_age = Some(max_age.map_or(age, |m| m.min(age)));
+        if let Some(values) = p.spec.assurance.as_ref().map(|a| &a.acr_values).filter(|v| !v.is_empty()) {
+            acr_values = Some(match acr_values {
+                None => values.clone(),
+                Some(have) => have.into_iter().filter(|v| values.contains(v)).collect(),
+            });
+        }
+    }
+    super::sign_in::Assurance { acr_values: acr_values.unwrap_or_default(), max_age }
+}
+
+/// Signs in at the identity provider for a new `OIDC` challenge (its nonce), seals the ID token
+/// into it, creates it and waits for the grant. `sign_in_wait` bounds the time at the login
+/// page; `timeout` the controller's verdict after it.
+pub async fn obtain_oidc_grant(
+    session: &Session,
+    me: &Identity,
+    request: GrantRequest,
+    assurance: &super::sign_in::Assurance,
+    browser: super::sign_in::Browser,
+    sign_in_wait: std::time::Duration,
+    timeout: Duration,
+) -> Result<StepUpGrant> {
+    let discovery = step_up_discovery(session).await?;
+    let Some(idp) = discovery.identity_providers.first() else {
+        return Err(Error::other(
+            "this cluster trusts no identity provider for step-up",
+            "Use `kubectl stepup request` with your authenticator app (TOTP), or ask your platform team to configure OIDC.",
+        ));
+    };
+    let wait = SignedDuration::try_from(sign_in_wait).unwrap_or(SignedDuration::from_mins(5));
+    let deadline = Timestamp::now() + wait + timeout.as_signed();
+    let mut wanted = unsealed_challenge(me, request, Method::Oidc, &challenge_name(&me.username), deadline);
+    let nonce = crate::verify::oidc::challenge_nonce(&wanted);
+    let token = zeroize::Zeroizing::new(super::sign_in::id_token(idp, &nonce, assurance, browser, sign_in_wait).await?);
+    seal_into(&mut wanted, &token, &discovery.response_key)?;
+    submit(session, me, wanted, deadline, timeout).await
+}
+
+/// Creates the challenge, waits for the controller's verdict until the challenge's deadline,
+/// and returns the grant; withdraws the challenge when the wait ends without one.
+async fn submit(
+    session: &Session,
+    me: &Identity,
+    wanted: StepUpChallenge,
+    deadline: Timestamp,
+    timeout: Duration,
+) -> Result<StepUpGrant> {
+    let challenges: Api<StepUpChallenge> = session.all();
+    let oidc = wanted.spec.method == Method::Oidc;
     let created =
         challenges.create(&PostParams::default(), &wanted).await.map_err(session.kube_error("create the challenge"))?;
     let name = created.name_any();
-    let progress = Progress::start("Verifying the code");
+    let progress = Progress::start(if oidc { "Verifying the sign-in" } else { "Verifying the code" });
     let left = deadline.duration_since(Timestamp::now()).max(SignedDuration::ZERO);
     let wait = wait::until(
         session,
@@ -338,6 +454,7 @@ pub async fn obtain_grant(
             let grants: Api<StepUpGrant> = session.all();
             grants.get(&grant).await.map_err(session.kube_error(&format!("read grant {grant}")))
         }
+        Err(message) if oidc => Err(Error::SignInRefused { message: message.trim_end_matches('.').to_owned() }),
         Err(message) => {
             // Locked or not enrolled have their own exit codes and hints.
             ensure_enrolled(session, me).await?;

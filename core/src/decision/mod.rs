@@ -11,7 +11,10 @@ use smallvec::SmallVec;
 
 pub use outcome::{Decision, Outcome, ParseRequirementError, Requirement, describe};
 pub use own_kinds::StepUpObjects;
-pub use settings::{DecisionSettings, PUBLISHED_CONFIGMAP, PUBLISHED_KEY, exempt_namespaces};
+pub use settings::{
+    DecisionSettings, PUBLISHED_CONFIGMAP, PUBLISHED_KEY, PUBLISHED_STEP_UP_KEY, PublishedIdentityProvider,
+    StepUpDiscovery, exempt_namespaces,
+};
 
 use crate::{
     api::{Enforcement, GROUP, Method, Operation},

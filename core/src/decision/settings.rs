@@ -19,6 +19,34 @@ pub const PUBLISHED_CONFIGMAP: &str = "stepup-decision";
 /// Its key holding [`DecisionSettings`] as JSON.
 pub const PUBLISHED_KEY: &str = "decision.json";
 
+/// Its key holding [`StepUpDiscovery`] as JSON.
+pub const PUBLISHED_STEP_UP_KEY: &str = "step-up.json";
+
+/// What the plugin needs to step up besides an enrollment: the key responses are sealed to, and
+/// the identity providers trusted for `OIDC` step-up. Written by the controller only (the chart's
+/// admission policy refuses every other writer of the ConfigMap), read by every user.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StepUpDiscovery {
+    /// The controller's response key (X25519, base64), as enrollments publish it.
+    pub response_key: String,
+    #[serde(default)]
+    pub identity_providers: Vec<PublishedIdentityProvider>,
+}
+
+/// An identity provider as the plugin signs in at it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PublishedIdentityProvider {
+    pub issuer: String,
+    /// The public client the plugin signs in with (the first of the issuer's audiences).
+    #[serde(rename = "clientID")]
+    pub client_id: String,
+    /// PEM the provider's TLS certificate is verified with, when not the system's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_authority: Option<String>,
+}
+
 /// Everything the decision is configured with besides policies and grants. Serialised as the
 /// published ConfigMap's content; a field added later must default, so that an older
 /// controller's publication still reads.
