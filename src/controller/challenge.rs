@@ -27,7 +27,7 @@ use super::{
 use crate::{
     api::{
         self, ChallengePhase, ChallengeRef, GrantRef, StepUpChallenge, StepUpChallengeStatus, StepUpGrant,
-        StepUpGrantSpec,
+        StepUpGrantSpec, StepUpPolicy,
     },
     audit, limits,
     verify::{
@@ -41,6 +41,22 @@ use crate::{
 pub struct ChallengeContext {
     pub ctx: Arc<Context>,
     pub store: Store<StepUpChallenge>,
+    /// The policies, for judging an identity-provider sign-in before a grant is issued for it.
+    pub policies: Store<StepUpPolicy>,
+}
+
+/// The valid policies accepting `OIDC` that a grant for `c` would be for.
+fn oidc_policies(c: &StepUpChallenge, policies: &Store<StepUpPolicy>) -> Vec<crate::policy::CompiledPolicy> {
+    if c.spec.method != api::Method::Oidc {
+        return Vec::new();
+    }
+    let scope = &c.spec.scope.policies;
+    policies
+        .state()
+        .iter()
+        .filter_map(|p| crate::policy::CompiledPolicy::compile(p).ok())
+        .filter(|p| p.accepts_method(api::Method::Oidc) && (scope.is_empty() || scope.contains(&p.name)))
+        .collect()
 }
 
 /// The grant a verified challenge earns. Pure: name from the challenge UID, lifetime the
@@ -120,6 +136,7 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext
     let mut factor: Option<(Option<k8s_openapi::api::core::v1::Secret>, FactorRead)> = None;
     let mut grant_exists = None;
     let mut sign_in = None;
+    let oidc_policies = oidc_policies(c, &cc.policies);
     loop {
         let facts = Facts {
             challenge: c,
@@ -128,6 +145,7 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext
             factor: factor.as_ref().map(|(_, f)| f),
             grant_exists,
             sign_in: sign_in.as_ref(),
+            oidc_policies: &oidc_policies,
             now: Timestamp::now(),
         };
         match next_step(&facts, &settings) {

@@ -228,6 +228,9 @@ fn start(
     let mut tasks = Vec::new();
 
     let metrics = ctx.metrics.clone();
+    let policies = Controller::new(Api::<StepUpPolicy>::all(client.clone()), watcher::Config::default())
+        .graceful_shutdown_on(work.clone().cancelled_owned());
+    let policy_store = policies.store();
     let challenges = Controller::new(Api::<StepUpChallenge>::all(client.clone()), watcher::Config::default())
         .graceful_shutdown_on(work.clone().cancelled_owned());
     let store = challenges.store();
@@ -235,7 +238,7 @@ fn start(
         .run(
             challenge::reconcile,
             error_policy("challenge", metrics.clone()),
-            Arc::new(ChallengeContext { ctx: ctx.clone(), store }),
+            Arc::new(ChallengeContext { ctx: ctx.clone(), store, policies: policy_store }),
         )
         .for_each(|_| async {});
     tasks.push(tokio::spawn(challenges));
@@ -299,8 +302,6 @@ fn start(
         }
     }));
 
-    let policies = Controller::new(Api::<StepUpPolicy>::all(client), watcher::Config::default())
-        .graceful_shutdown_on(work.clone().cancelled_owned());
     tasks.push(tokio::spawn(
         policies.run(policy_status::reconcile, error_policy("policy", metrics), ctx.clone()).for_each(|_| async {}),
     ));

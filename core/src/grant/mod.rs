@@ -221,16 +221,8 @@ pub fn check(grant: &GrantRecord, policy: &CompiledPolicy, req: &Request<'_>, cl
     if !policy.accepts_method(grant.method) {
         return Err(Unsatisfied::MethodNotAccepted(grant.method));
     }
-    if matches!(grant.method, Method::Session | Method::Oidc)
-        && let Some(assurance) = &policy.assurance
-    {
-        let acr = grant.acr.as_deref().unwrap_or("");
-        if !assurance.acr_values.is_empty() && !assurance.acr_values.iter().any(|a| a == acr) {
-            return Err(Unsatisfied::AcrNotAccepted { acr: acr.to_owned(), accepted: assurance.acr_values.clone() });
-        }
-        if let Some(missing) = assurance.amr.iter().find(|m| !grant.amr.contains(m)) {
-            return Err(Unsatisfied::AmrMissing { amr: grant.amr.clone(), missing: missing.clone() });
-        }
+    if matches!(grant.method, Method::Session | Method::Oidc) {
+        meets_assurance(policy, grant.acr.as_deref(), &grant.amr)?;
     }
     if policy.require_reason && grant.reason.is_none() {
         return Err(Unsatisfied::ReasonRequired);
@@ -242,6 +234,39 @@ pub fn check(grant: &GrantRecord, policy: &CompiledPolicy, req: &Request<'_>, cl
         return Err(Unsatisfied::NamespaceOutOfScope);
     }
     Ok(())
+}
+
+/// Whether a sign-in's `acr` and `amr` carry what `policy`'s assurance asks.
+pub fn meets_assurance(policy: &CompiledPolicy, acr: Option<&str>, amr: &[String]) -> Result<(), Unsatisfied> {
+    let Some(assurance) = &policy.assurance else { return Ok(()) };
+    let acr = acr.unwrap_or("");
+    if !assurance.acr_values.is_empty() && !assurance.acr_values.iter().any(|a| a == acr) {
+        return Err(Unsatisfied::AcrNotAccepted { acr: acr.to_owned(), accepted: assurance.acr_values.clone() });
+    }
+    if let Some(missing) = assurance.amr.iter().find(|m| !amr.contains(m)) {
+        return Err(Unsatisfied::AmrMissing { amr: amr.to_vec(), missing: missing.clone() });
+    }
+    Ok(())
+}
+
+/// Whether a sign-in at `auth_time` with `acr` and `amr` can satisfy `policy` at `clock`: its
+/// assurance, and an age within its maxAge (the controller refuses a sign-in no policy it is
+/// for would accept, instead of issuing a grant that lets nothing through).
+pub fn sign_in_satisfies(
+    policy: &CompiledPolicy,
+    acr: Option<&str>,
+    amr: &[String],
+    auth_time: Timestamp,
+    clock: Clock,
+) -> Result<(), Unsatisfied> {
+    let age = clock.now.duration_since(auth_time);
+    if -age > clock.max_skew {
+        return Err(Unsatisfied::IssuedInFuture { ahead: -age, max_skew: clock.max_skew });
+    }
+    if age > policy.max_age {
+        return Err(Unsatisfied::TooOld { age, max_age: policy.max_age });
+    }
+    meets_assurance(policy, acr, amr)
 }
 
 /// The most recently issued grant that satisfies every one of `policies`.

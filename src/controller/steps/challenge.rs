@@ -20,7 +20,9 @@ use crate::{
         factor::{FactorRead, FactorState, Limits, Verdict},
         oidc::Refusal,
     },
+    grant::{Clock, sign_in_satisfies},
     limits::{ChallengeLimits, Load},
+    policy::CompiledPolicy,
     verify::{Rejection, Verifier, oidc::SignIn, response::Opened},
 };
 
@@ -36,6 +38,9 @@ pub struct Facts<'a> {
     pub grant_exists: Option<bool>,
     /// For an `OIDC` challenge: the ID token in its response, verified.
     pub sign_in: Option<&'a Result<SignIn, Refusal>>,
+    /// The policies accepting `OIDC` that the challenge's grant would be for (its scope's, or
+    /// all): a sign-in none of them accepts is refused, not made a useless grant.
+    pub oidc_policies: &'a [CompiledPolicy],
     pub now: Timestamp,
 }
 
@@ -132,6 +137,32 @@ fn rejection_message(why: Rejection) -> &'static str {
             "that code is right for another time within 10 minutes, not now: type the code your app shows now; if you did, your device's clock is off"
         }
     }
+}
+
+/// Why a sign-in does not satisfy a policy, in a sign-in's words.
+fn sign_in_why(e: &crate::grant::Unsatisfied) -> String {
+    use crate::grant::{Unsatisfied, human};
+    match e {
+        Unsatisfied::TooOld { age, max_age } => {
+            format!("you signed in {} ago and the policy accepts at most {}", human(*age), human(*max_age))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A verified sign-in: a grant recording it, spent first.
+fn verified(sign_in: &SignIn, issue_before: Timestamp) -> Step {
+    Step::Verdict(Verdicts {
+        phase: ChallengePhase::Verified,
+        reason: "Verified",
+        message: String::new(),
+        result: "verified",
+        state: None,
+        issue: true,
+        issue_before,
+        records: vec![],
+        sign_in: Some(Box::new(sign_in.clone())),
+    })
 }
 
 /// The next step for a challenge.
@@ -239,17 +270,38 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
         return match f.sign_in {
             None => Step::Fetch(Need::SignIn),
             Some(Err(refusal)) => denied(refusal.reason(), refusal.to_string(), refusal.label()),
-            Some(Ok(sign_in)) => Step::Verdict(Verdicts {
-                phase: ChallengePhase::Verified,
-                reason: "Verified",
-                message: String::new(),
-                result: "verified",
-                state: None,
-                issue: true,
-                issue_before,
-                records: vec![],
-                sign_in: Some(Box::new(sign_in.clone())),
-            }),
+            Some(Ok(sign_in)) if !f.oidc_policies.is_empty() => {
+                let clock = Clock { now, max_skew: s.max_clock_skew };
+                let judged: Vec<(&str, Result<(), crate::grant::Unsatisfied>)> = f
+                    .oidc_policies
+                    .iter()
+                    .map(|p| {
+                        let verdict =
+                            sign_in_satisfies(p, sign_in.acr.as_deref(), &sign_in.amr, sign_in.auth_time, clock);
+                        (p.name.as_str(), verdict)
+                    })
+                    .collect();
+                if judged.iter().any(|(_, v)| v.is_ok()) {
+                    verified(sign_in, issue_before)
+                } else {
+                    let why: Vec<String> = judged
+                        .iter()
+                        .take(3)
+                        .filter_map(|(name, v)| {
+                            v.as_ref().err().map(|e| format!("policy {name:?}: {}", sign_in_why(e)))
+                        })
+                        .collect();
+                    let message = match why.as_slice() {
+                        [one] => format!("the sign-in does not satisfy {one}; sign in again as the policy asks"),
+                        _ => format!(
+                            "the sign-in satisfies none of the policies it is for ({}); sign in again as they ask",
+                            why.join("; ")
+                        ),
+                    };
+                    denied("AssuranceNotMet", message, "assurance")
+                }
+            }
+            Some(Ok(sign_in)) => verified(sign_in, issue_before),
         };
     }
     if c.spec.method != Method::Totp || s.verifier.method() != c.spec.method {

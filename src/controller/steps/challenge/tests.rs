@@ -21,6 +21,7 @@ struct Case {
     factor: Option<FactorRead>,
     grant_exists: Option<bool>,
     sign_in: Option<Result<SignIn, Refusal>>,
+    oidc_policies: Vec<CompiledPolicy>,
     now: Timestamp,
 }
 
@@ -49,6 +50,7 @@ fn case() -> Case {
         factor: None,
         grant_exists: None,
         sign_in: None,
+        oidc_policies: Vec::new(),
         now: t0() + SignedDuration::from_secs(1),
     }
 }
@@ -110,6 +112,7 @@ impl Case {
                 factor: self.factor.as_ref(),
                 grant_exists: self.grant_exists,
                 sign_in: self.sign_in.as_ref(),
+                oidc_policies: &self.oidc_policies,
                 now: self.now,
             },
             &settings,
@@ -298,4 +301,37 @@ fn an_id_token_after_the_deadline_or_over_the_limits_is_never_verified() {
     assert_eq!(verdict(late.step()).phase, ChallengePhase::Expired);
     let missing = Case { response: Opened::Missing, ..oidc_case() };
     assert_eq!(verdict(missing.step()).reason, "NoCode");
+}
+
+/// A sign-in that no policy it is for would accept is refused with what the policy asks,
+/// instead of becoming a grant that lets nothing through; one policy accepting it is enough.
+#[test]
+fn a_sign_in_no_policy_accepts_is_refused_with_what_the_policy_asks() {
+    use crate::testing::policy;
+    let otp = || {
+        policy("prod-secrets-oidc")
+            .rule(&[api::Operation::Delete], "", &["secrets"])
+            .methods(&[Method::Oidc])
+            .assurance(&["2"], &["otp"])
+            .max_age("15m")
+            .compiled()
+    };
+    let weak = SignIn { acr: Some("1".into()), amr: vec!["pwd".into()], ..signed_in() };
+    let refused = verdict(Case { sign_in: Some(Ok(weak.clone())), oidc_policies: vec![otp()], ..oidc_case() }.step());
+    assert_eq!((refused.phase, refused.reason, refused.issue), (ChallengePhase::Denied, "AssuranceNotMet", false));
+    assert_eq!(
+        refused.message,
+        "the sign-in does not satisfy policy \"prod-secrets-oidc\": the sign-in's assurance level (acr) is \"1\" and the policy accepts \"2\"; sign in again as the policy asks"
+    );
+    let old = SignIn { auth_time: t0() - minutes(20), ..signed_in() };
+    let refused = verdict(Case { sign_in: Some(Ok(old)), oidc_policies: vec![otp()], ..oidc_case() }.step());
+    assert!(
+        refused.message.contains("you signed in 20m1s ago and the policy accepts at most 15m"),
+        "{}",
+        refused.message
+    );
+    let lenient =
+        policy("staging").rule(&[api::Operation::Delete], "", &["secrets"]).methods(&[Method::Oidc]).compiled();
+    let either = verdict(Case { sign_in: Some(Ok(weak)), oidc_policies: vec![otp(), lenient], ..oidc_case() }.step());
+    assert_eq!((either.phase, either.issue), (ChallengePhase::Verified, true));
 }
