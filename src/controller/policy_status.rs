@@ -42,6 +42,24 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
     let (ok, reason, message) = match CompiledPolicy::compile(&policy) {
         Err(e) => (false, "Invalid", e.to_string()),
         Ok(_) if !unserved.is_empty() => (false, "NothingToMatch", unserved.join("; ")),
+        Ok(p) if p.accepts_method(crate::api::Method::Oidc) && ctx.identity_providers.is_none() => (
+            false,
+            "IdentityProviderNotConfigured",
+            format!(
+                "the policy accepts OIDC, but the stepup controller trusts no identity provider (--oidc-authentication-config, \
+                 the chart's oidc.authenticationConfig), so no OIDC step-up can satisfy it{}",
+                match p
+                    .methods
+                    .iter()
+                    .filter(|m| **m != crate::api::Method::Oidc)
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                {
+                    others if others.is_empty() => String::new(),
+                    others => format!(" ({} still can)", others.join(", ")),
+                }
+            ),
+        ),
         // Ready says the policy can be enforced; each webhook replica enforces it once its own
         // watch delivers it (README, "When a policy takes effect").
         Ok(_) => match unauthorized_probes(&ctx, &policy).await {
@@ -94,6 +112,7 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
         let event = match reason {
             "Invalid" => "PolicyInvalid",
             "AuthorizerNotConfigured" => "PolicyReadsNotEnforced",
+            "IdentityProviderNotConfigured" => "PolicyMethodUnavailable",
             _ => "PolicyMatchesNothing",
         };
         ctx.evidence.event(policy.as_ref(), EventType::Warning, event, message, None).await;
