@@ -309,3 +309,77 @@ async fn the_plugin_steps_up_at_the_identity_provider_in_one_command() {
     world.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
     alice.prod_secrets(&world).await.delete("db", &DeleteParams::default()).await.expect("deleted with the grant");
 }
+
+/// `kubectl stepup -- kubectl delete ...` as alice (no authenticator enrolled): the refusal's
+/// trailer says OIDC with acr 2 and otp, so the wrapper signs her in at the identity provider
+/// for that (the "browser" drives Keycloak's pages), obtains the grant scoped to the refusing
+/// policy and runs the command again, which succeeds.
+#[tokio::test]
+async fn the_wrapper_turns_a_refusal_into_a_sign_in_and_one_retry() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let world = World::new().await;
+    world.secret("prod", "db").await;
+    world.apply_policies(&[oidc_secrets()]).await;
+    // Other scenarios enroll an authenticator for the name "alice"; here she has none, so the
+    // wrapper picks OIDC by itself.
+    world.unenroll("alice").await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+    let kubeconfig = world.env.kubeconfig_with_token("alice-everyday", &alice.everyday.id_token);
+    let mut child = tokio::process::Command::new(world.env.var("KUBECTL_STEPUP_BIN"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["--no-browser", "--", "kubectl", "-n", "prod", "delete", "secret", "db"])
+        .env("KUBECTL", world.env.var("KUBECTL"))
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl-stepup runs");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut said = Vec::new();
+    let url = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = stderr.next_line().await.expect("stderr line") {
+            said.push(line.clone());
+            if let Some(url) = line.trim().strip_prefix("https://") {
+                return format!("https://{url}");
+            }
+        }
+        panic!("the wrapper printed no sign-in address: {said:?}")
+    })
+    .await
+    .expect("the wrapper prints the sign-in address");
+    assert!(said.iter().any(|l| l.contains("requires step-up (policy \"prod-secrets-oidc\")")), "{said:?}");
+    assert!(url.contains("acr_values=2") && url.contains("max_age=900"), "{url}");
+    let browser = idp.clone();
+    tokio::task::spawn_blocking(move || browser.complete_sign_in(&url, "alice", Level::PasswordAndOtp))
+        .await
+        .expect("joined")
+        .expect("alice signs in at Keycloak");
+    let rest = tokio::spawn(async move {
+        let mut more = Vec::new();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            more.push(line);
+        }
+        more
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("the wrapper finishes")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rest = rest.await.expect("stderr").join("\n");
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}\n{rest}",
+        out.status.code(),
+        said.join("\n")
+    );
+    assert!(stdout.contains("secret \"db\" deleted"), "{stdout}");
+    assert!(rest.contains("kube-stepup: granted alice-") && rest.contains("running the command again"), "{rest}");
+    let grants = world.grants_of("alice").await;
+    let grant = grants.iter().find(|g| g.spec.method == Method::Oidc).expect("an OIDC grant");
+    assert_eq!(grant.spec.scope.policies, ["prod-secrets-oidc"], "scoped to the refusing policy");
+}

@@ -117,6 +117,19 @@ pub struct WrapArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s")]
     pub timeout: Duration,
 
+    /// How to step up when both are accepted: TOTP or OIDC. By default OIDC when the policy
+    /// accepts it and you have no authenticator enrolled, TOTP otherwise.
+    #[arg(long, value_enum, ignore_case = true)]
+    pub method: Option<RequestMethod>,
+
+    /// For OIDC: print the sign-in address instead of opening a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+
+    /// For OIDC: how long to wait for the sign-in at the identity provider.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub sign_in_timeout: Duration,
+
     /// The command to run, after `--`: `kubectl ...` (runs $KUBECTL or the kubectl on PATH).
     /// If kube-stepup refuses it, you are asked for a code, a grant is obtained and the
     /// command is retried once. Output and exit code are passed through unchanged.
@@ -315,6 +328,15 @@ pub enum RequestMethod {
     Totp,
     #[value(name = "OIDC")]
     Oidc,
+}
+
+impl RequestMethod {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            RequestMethod::Totp => "TOTP",
+            RequestMethod::Oidc => "OIDC",
+        }
+    }
 }
 
 /// The shortest grant worth asking for: a shorter one expires before the command that needs it

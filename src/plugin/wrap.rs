@@ -13,11 +13,12 @@ use std::{
 use jiff::{Timestamp, tz::TimeZone};
 
 use super::{
-    cli::{ClusterArgs, WrapArgs},
+    cli::{ClusterArgs, RequestMethod, WrapArgs},
     cluster::Session,
     error::{Error, Result},
     format::GrantView,
     request::{self, GrantRequest},
+    sign_in,
     terminal::{self, CodeSource},
     trailer,
 };
@@ -169,26 +170,51 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
         return Ok(first.code);
     }
     let Some(requirement) = trailer::api_refusal_in(&first.stderr) else { return Ok(first.code) };
-    if !requirement.methods.contains(&Method::Totp) {
+    let (totp, oidc) = (requirement.methods.contains(&Method::Totp), requirement.methods.contains(&Method::Oidc));
+    if !totp && !oidc {
         return Ok(first.code);
     }
 
     errln!("\nkube-stepup: this needs a fresh second factor (policy {}).", requirement.policies.join(", "));
     let session = Session::connect(&cluster).await?;
     let me = session.whoami().await?;
-    let response_key = request::enrolled_or_enroll(&session, &me, CodeSource::Terminal).await?;
+    let use_oidc = match args.method {
+        Some(RequestMethod::Oidc) if oidc => true,
+        Some(RequestMethod::Totp) if totp => false,
+        Some(asked) => {
+            return Err(Error::usage(
+                format!("policy {} does not accept --method {}", requirement.policies.join(", "), asked.as_str()),
+                "Leave --method out: the wrapper picks a method the policy accepts.",
+            ));
+        }
+        None => oidc && (!totp || request::ensure_enrolled(&session, &me).await.is_err()),
+    };
+    let response_key =
+        if use_oidc { String::new() } else { request::enrolled_or_enroll(&session, &me, CodeSource::Terminal).await? };
     let reason = match args.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         Some(r) => Some(r.to_owned()),
         None if requirement.reason_required => request::ask_reason(&[], true, CodeSource::Terminal)?,
         None => None,
     };
-    let code = terminal::read_code("Code from your authenticator app: ", CodeSource::Terminal)?;
     // The narrowest grant that answers the refusal: the policies it named, nothing else.
     let scope = GrantScope { policies: requirement.policies.clone(), namespaces: Vec::new() };
     // The refusal this answers, so that the audit trail ties the step-up to it.
     let correlation = requirement.reference.as_ref().map(|uid| format!("prompt:{uid}"));
-    let ask = GrantRequest { code, reason, duration: args.duration, scope, correlation };
-    let grant = request::obtain_grant(&session, &me, &response_key, ask, args.timeout).await?;
+    let grant = if use_oidc {
+        // The assurance in RFC 9470's words, as the refusal's trailer gave it.
+        let assurance = sign_in::Assurance {
+            acr_values: requirement.acr_values.clone(),
+            max_age: Some(requirement.max_age.as_std()),
+        };
+        let ask = GrantRequest { code: String::new(), reason, duration: args.duration, scope, correlation };
+        let browser = if args.no_browser { sign_in::Browser::Print } else { sign_in::Browser::Open };
+        let wait = args.sign_in_timeout.as_std();
+        request::obtain_oidc_grant(&session, &me, ask, &assurance, browser, wait, args.timeout).await?
+    } else {
+        let code = terminal::read_code("Code from your authenticator app: ", CodeSource::Terminal)?;
+        let ask = GrantRequest { code, reason, duration: args.duration, scope, correlation };
+        request::obtain_grant(&session, &me, &response_key, ask, args.timeout).await?
+    };
     let now = Timestamp::now();
     let view = GrantView::new(&grant, now);
     if let Some(notice) = request::cap_notice(args.duration, &grant) {

@@ -134,14 +134,15 @@ impl Requirement {
         if !self.methods.iter().any(|m| m.is_grant()) {
             return None;
         }
+        let method = if self.methods.contains(&Method::Totp) { "" } else { " --method OIDC" };
         Some(if self.reason_required {
-            "kubectl stepup request --reason \"<ticket or incident>\"".to_owned()
+            format!("kubectl stepup request{method} --reason \"<ticket or incident>\"")
         } else {
-            "kubectl stepup request".to_owned()
+            format!("kubectl stepup request{method}")
         })
     }
 
-    /// The sign-in a `Session` needs, in words: `at your identity provider (acr "2", with otp)`.
+    /// The sign-in a `Session` or an `OIDC` grant needs, in words: `at your identity provider (acr "2", with otp)`.
     fn sign_in_words(&self) -> String {
         let mut parts = Vec::new();
         if !self.acr_values.is_empty() {
@@ -411,14 +412,17 @@ impl Decision {
         if requirement.methods.is_empty() {
             message.push_str("the matching policies accept no common verification method, so no single grant can satisfy them; ask an operator to review them.");
         } else {
-            let grants: Vec<&str> = requirement.methods.iter().filter(|m| m.is_grant()).map(|m| m.as_str()).collect();
             let mut ways = Vec::new();
-            if !grants.is_empty() {
-                let mut way = format!("a {} grant issued within the last {}", grants.join(" or "), requirement.max_age);
-                if requirement.reason_required {
-                    way.push_str(", requested with a reason");
-                }
-                ways.push(way);
+            let reason = if requirement.reason_required { ", requested with a reason" } else { "" };
+            if requirement.methods.contains(&Method::Totp) {
+                ways.push(format!("a TOTP grant issued within the last {}{reason}", requirement.max_age));
+            }
+            if requirement.methods.contains(&Method::Oidc) {
+                ways.push(format!(
+                    "an OIDC grant for {} within the last {}{reason}",
+                    requirement.sign_in_words(),
+                    requirement.max_age
+                ));
             }
             if requirement.methods.contains(&Method::Session) {
                 ways.push(format!("{} within the last {}", requirement.sign_in_words(), requirement.max_age));

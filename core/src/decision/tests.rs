@@ -1578,3 +1578,60 @@ mod session {
         assert_eq!(err.field, "spec.assurance.amr[0]");
     }
 }
+
+mod oidc {
+    use super::*;
+    use crate::api::Method;
+
+    fn oidc_world(grants: Vec<crate::grant::GrantRecord>) -> World {
+        let policies = PolicyIndex::new(
+            [policy("prod-secrets-oidc")
+                .rule(&[Delete], "", &["secrets"])
+                .namespaces(&["prod"])
+                .methods(&[Method::Oidc])
+                .assurance(&["2"], &["otp"])
+                .compiled()]
+            .into_iter()
+            .map(Arc::new),
+        );
+        World { policies, ..world(grants) }
+    }
+
+    fn delete_secret() -> RequestBuilder {
+        request(Delete, "secrets").namespace("prod").name("db")
+    }
+
+    /// The denial of an OIDC-only policy names the sign-in it needs and the command that gets
+    /// it; the trailer carries the assurance in RFC 9470's words.
+    #[test]
+    fn an_oidc_only_policy_says_which_sign_in_and_which_command() {
+        let d = oidc_world(vec![]).decide(&delete_secret());
+        assert_eq!(d.outcome, Outcome::Denied);
+        assert!(
+            d.message.contains(
+                "an OIDC grant for a sign-in at your identity provider (acr \"2\", with otp) within the last 15m. You hold no grant."
+            ),
+            "{}",
+            d.message
+        );
+        assert!(d.message.contains("Run `kubectl stepup request --method OIDC` and retry"), "{}", d.message);
+        assert!(d.message.contains("[stepup-required: policies=prod-secrets-oidc methods=OIDC max-age=15m reason-required=false acr-values=2 amr=otp]"), "{}", d.message);
+    }
+
+    #[test]
+    fn an_oidc_grant_is_judged_by_the_assurance_it_records() {
+        let strong = grant("g-strong", "alice").issued(t0() + minutes(1)).oidc("2", &["pwd", "otp"]).record();
+        assert_eq!(oidc_world(vec![strong]).decide(&delete_secret()).outcome, Outcome::Granted);
+        let weak = grant("g-weak", "alice").issued(t0() + minutes(1)).oidc("1", &["pwd"]).record();
+        let d = oidc_world(vec![weak]).decide(&delete_secret());
+        assert_eq!(d.outcome, Outcome::Denied);
+        assert!(
+            d.message.contains("Your latest grant g-weak does not count: the sign-in's assurance level (acr) is \"1\" and the policy accepts \"2\"."),
+            "{}",
+            d.message
+        );
+        // A TOTP grant does not pass for an OIDC one.
+        let totp = grant("g-totp", "alice").issued(t0() + minutes(1)).record();
+        assert_eq!(oidc_world(vec![totp]).decide(&delete_secret()).outcome, Outcome::Denied);
+    }
+}
