@@ -42,6 +42,7 @@ pub struct Idp {
     pub issuer: String,
     pub client_id: String,
     ca_file: String,
+    admin_password_file: String,
     realm: Value,
     /// Where curl keeps this helper's cookie jars.
     scratch: std::path::PathBuf,
@@ -72,6 +73,7 @@ impl Idp {
             issuer: env.var("STEPUP_IDP_ISSUER").to_owned(),
             client_id: env.var("STEPUP_IDP_CLIENT_ID").to_owned(),
             ca_file: env.var("STEPUP_IDP_CA_FILE").to_owned(),
+            admin_password_file: env.var("STEPUP_IDP_ADMIN_PASSWORD_FILE").to_owned(),
             realm,
             scratch,
         }
@@ -222,6 +224,100 @@ impl Idp {
             .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
             .map(|l| l.trim().to_owned())
             .with_context(|| format!("no redirect back to the client: {}", excerpt(&page)))
+    }
+}
+
+/// Keycloak's admin REST API, for a scenario's setup (another client, a new signing key).
+impl Idp {
+    /// Keycloak's base URL (the issuer without `/realms/<realm>`).
+    fn base(&self) -> &str {
+        self.issuer.split("/realms/").next().unwrap_or(&self.issuer)
+    }
+
+    fn admin_token(&self) -> Result<String> {
+        let password = std::fs::read_to_string(&self.admin_password_file).context("the admin password file")?;
+        let jar = self.scratch.join("admin.jar");
+        let (_, body) = self.curl(
+            &jar,
+            &[
+                "-d",
+                "grant_type=password",
+                "-d",
+                "client_id=admin-cli",
+                "-d",
+                "username=admin",
+                "--data-urlencode",
+                &format!("password={}", password.trim()),
+                &format!("{}/realms/master/protocol/openid-connect/token", self.base()),
+            ],
+        )?;
+        let raw: Value = serde_json::from_str(&body).with_context(|| format!("admin token: {body}"))?;
+        raw["access_token"].as_str().map(str::to_owned).with_context(|| format!("admin token: {body}"))
+    }
+
+    /// One admin API call on the `stepup` realm (`path` below `/admin/realms/stepup`); returns
+    /// the response's headers and body.
+    pub fn admin(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(String, String)> {
+        let token = self.admin_token()?;
+        let url = format!("{}/admin/realms/stepup{path}", self.base());
+        let jar = self.scratch.join("admin.jar");
+        let auth = format!("Authorization: Bearer {token}");
+        let mut args = vec!["-X", method, "-H", &auth];
+        let json = body.map(|b| b.to_string());
+        if let Some(json) = &json {
+            args.extend(["-H", "Content-Type: application/json", "--data-binary", json]);
+        }
+        args.push(&url);
+        self.curl(&jar, &args)
+    }
+
+    /// Creates a public client `client_id` (authorization code with PKCE on loopback), if missing.
+    pub fn ensure_client(&self, client_id: &str) -> Result<()> {
+        let (_, body) = self.admin("GET", &format!("/clients?clientId={client_id}"), None)?;
+        if body.contains(&format!("\"clientId\":\"{client_id}\"")) {
+            return Ok(());
+        }
+        let client = serde_json::json!({
+            "clientId": client_id, "publicClient": true, "standardFlowEnabled": true,
+            "redirectUris": ["http://127.0.0.1/*"], "attributes": {"pkce.code.challenge.method": "S256"},
+        });
+        let (head, body) = self.admin("POST", "/clients", Some(&client))?;
+        ensure!(
+            head.starts_with("HTTP/1.1 201") || head.starts_with("HTTP/2 201"),
+            "creating {client_id}: {head}{body}"
+        );
+        Ok(())
+    }
+
+    /// Adds a generated RSA signing key above every other (a rotation: new tokens carry its
+    /// `kid`); returns its component id, for [`Self::remove_key`].
+    pub fn rotate_key(&self) -> Result<String> {
+        let (_, realm) = self.admin("GET", "", None)?;
+        let realm: Value = serde_json::from_str(&realm).context("the realm")?;
+        let name = format!("e2e-rotated-{}", random_hex(4));
+        let component = serde_json::json!({
+            "name": name, "providerId": "rsa-generated", "providerType": "org.keycloak.keys.KeyProvider",
+            "parentId": realm["id"], "config": {"priority": ["1000"], "keySize": ["2048"], "active": ["true"], "enabled": ["true"]},
+        });
+        let (head, body) = self.admin("POST", "/components", Some(&component))?;
+        ensure!(head.contains(" 201"), "adding a key: {head}{body}");
+        let location = head
+            .lines()
+            .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+            .context("the new component's location")?;
+        Ok(location.trim().rsplit('/').next().unwrap_or_default().to_owned())
+    }
+
+    pub fn remove_key(&self, component: &str) -> Result<()> {
+        let (head, body) = self.admin("DELETE", &format!("/components/{component}"), None)?;
+        ensure!(head.contains(" 204"), "removing key {component}: {head}{body}");
+        Ok(())
+    }
+
+    /// A sign-in through another client of the realm (its tokens are for that audience).
+    pub fn sign_in_at_client(&self, client_id: &str, user: &str, level: Level, nonce: &str) -> Result<Tokens> {
+        let other = Self { client_id: client_id.to_owned(), ..self.clone() };
+        other.sign_in_with(user, &other.password(user), level, nonce)
     }
 }
 

@@ -383,3 +383,130 @@ async fn the_wrapper_turns_a_refusal_into_a_sign_in_and_one_retry() {
     let grant = grants.iter().find(|g| g.spec.method == Method::Oidc).expect("an OIDC grant");
     assert_eq!(grant.spec.scope.policies, ["prod-secrets-oidc"], "scoped to the refusing policy");
 }
+
+/// Attack: a token the realm issued to another of its clients (another application's login)
+/// is not a sign-in for step-up: the audience must be the one the cluster trusts.
+#[tokio::test]
+async fn a_token_issued_to_another_client_is_refused_for_its_audience() {
+    let world = World::new().await;
+    let idp = Idp::new(&world.env);
+    idp.ensure_client("e2e-other-app").expect("another client in the realm");
+    let alice = person(&idp, "alice");
+    let c = oidc_challenge(alice.name, &alice.uid());
+    let token = idp
+        .sign_in_at_client("e2e-other-app", "alice", Level::PasswordAndOtp, &challenge_nonce(&c))
+        .expect("alice signs in to the other application");
+    let done = verdict(&world, &alice, &with_sealed_token(c, &token.id_token, &world.env.response_key())).await;
+    assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(ChallengePhase::Denied));
+    assert_eq!(message(&done), "the ID token is for the audience [\"e2e-other-app\"], not [\"kubectl-stepup\"]");
+}
+
+/// Attack: a token whose header names a key the provider does not publish. The controller
+/// fetches the provider's keys again (a rotation would look like this), finds no such key, and
+/// refuses.
+#[tokio::test]
+async fn a_token_naming_a_key_the_provider_does_not_publish_is_refused() {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let world = World::new().await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+    let c = oidc_challenge(alice.name, &alice.uid());
+    let token = idp.sign_in_for("alice", Level::PasswordAndOtp, &challenge_nonce(&c)).expect("steps up");
+    let mut parts: Vec<String> = token.id_token.split('.').map(str::to_owned).collect();
+    let mut header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[0]).expect("base64url")).expect("JSON header");
+    header["kid"] = "e2e-unknown-key".into();
+    parts[0] = URL_SAFE_NO_PAD.encode(header.to_string());
+    let done = verdict(&world, &alice, &with_sealed_token(c, &parts.join("."), &world.env.response_key())).await;
+    assert_eq!(
+        message(&done),
+        "the ID token was signed by a key the identity provider does not publish (kid \"e2e-unknown-key\")"
+    );
+}
+
+/// Removes the key a scenario added to the realm, however the scenario ends.
+struct AddedKey<'a> {
+    idp: &'a Idp,
+    component: String,
+}
+
+impl Drop for AddedKey<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.idp.remove_key(&self.component) {
+            eprintln!("could not remove the rotated key {}: {e:#}", self.component);
+        }
+    }
+}
+
+/// The identity provider rotates its signing key: tokens signed with the new one are
+/// verified (the controller fetches the keys again for the new `kid`).
+#[tokio::test]
+async fn a_rotated_signing_key_is_fetched_and_trusted() {
+    let world = World::new().await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+    let before = alice.everyday.id_token.split('.').next().expect("header").to_owned();
+    let _key = AddedKey { idp: &idp, component: idp.rotate_key().expect("a new signing key") };
+    let c = oidc_challenge(alice.name, &alice.uid());
+    let token = idp.sign_in_for("alice", Level::PasswordAndOtp, &challenge_nonce(&c)).expect("steps up");
+    assert_ne!(token.id_token.split('.').next(), Some(before.as_str()), "signed with the new key");
+    let done = verdict(&world, &alice, &with_sealed_token(c, &token.id_token, &world.env.response_key())).await;
+    assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(ChallengePhase::Verified), "{}", message(&done));
+}
+
+/// Stops the identity provider's process (SIGSTOP: it keeps its state and port, answers
+/// nothing) until dropped.
+struct Paused(String);
+
+impl Paused {
+    fn keycloak(world: &World) -> Self {
+        let pidfile = std::path::Path::new(world.env.var("STEPUP_E2E_DIR")).join("idp/keycloak.pid");
+        let shell = std::fs::read_to_string(pidfile).expect("Keycloak's pid file");
+        let out = std::process::Command::new("pgrep").args(["-P", shell.trim()]).output().expect("pgrep runs");
+        let java = String::from_utf8_lossy(&out.stdout).lines().next().expect("Keycloak's java process").to_owned();
+        let stopped = std::process::Command::new("kill").args(["-STOP", &java]).status().expect("kill runs");
+        assert!(stopped.success(), "stopping Keycloak");
+        Self(java)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill").args(["-CONT", &self.0]).status();
+    }
+}
+
+/// Keycloak does not answer: the plugin says it cannot reach the identity provider, and the
+/// cluster is asked for nothing (no challenge is created).
+#[tokio::test]
+async fn when_the_identity_provider_does_not_answer_the_plugin_says_so_and_asks_nothing() {
+    let world = World::new().await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+    let kubeconfig = world.env.kubeconfig_with_token("alice-everyday", &alice.everyday.id_token);
+    let challenges: Api<StepUpChallenge> = Api::all(world.admin.clone());
+    let names = || async {
+        let listed = challenges.list(&Default::default()).await.expect("challenges").items;
+        listed.into_iter().map(|c| c.name_any()).collect::<std::collections::BTreeSet<_>>()
+    };
+    let before = names().await;
+    let paused = Paused::keycloak(&world);
+    let out = stepup_e2e::plugin_with(
+        &world.env,
+        &kubeconfig,
+        &["request", "--method", "OIDC", "--no-browser", "--sign-in-timeout", "1m"],
+        None,
+    )
+    .await;
+    drop(paused);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach the identity provider {}: ", idp.issuer))
+            && stderr.contains("no answer within 10s"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was asked of the cluster"), "{stderr}");
+    let created: Vec<String> = names().await.difference(&before).cloned().collect();
+    assert!(created.is_empty(), "no challenge was created: {created:?}");
+}

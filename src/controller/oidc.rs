@@ -115,28 +115,42 @@ impl IdentityProviders {
 
 impl Provider {
     /// The cached keys if they name `kid` (or no kid is asked for) and are fresh; otherwise
-    /// fetched, unless the last fetch was less than [`REFETCH_INTERVAL`] ago.
+    /// fetched. A key not seen yet (a rotation) fetches again, but never sooner than
+    /// [`REFETCH_INTERVAL`] after the last fetch: such a request waits for it (once) instead.
     async fn keys(&self, kid: Option<&str>) -> Result<Arc<Jwks>, Refusal> {
-        let mut cache = self.keys.lock().await;
-        let fresh = cache.fetched.is_some_and(|at| at.elapsed() < KEYS_TTL);
-        let recent = cache.fetched.is_some_and(|at| at.elapsed() < REFETCH_INTERVAL);
-        if let Some(jwks) = &cache.jwks
-            && ((fresh && kid.is_none_or(|k| jwks.has_kid(k))) || recent)
-        {
-            return Ok(jwks.clone());
-        }
-        match self.fetch().await {
-            Ok(jwks) => {
-                let jwks = Arc::new(jwks);
-                tracing::info!(issuer = %self.trusted.issuer.url, keys = jwks.len(), "fetched the identity provider's keys");
-                *cache = Cache { jwks: Some(jwks.clone()), fetched: Some(Instant::now()) };
-                Ok(jwks)
+        let mut waited = false;
+        loop {
+            let mut cache = self.keys.lock().await;
+            let age = cache.fetched.map(|at| at.elapsed());
+            let fresh = age.is_some_and(|a| a < KEYS_TTL);
+            if let Some(jwks) = &cache.jwks
+                && fresh
+                && kid.is_none_or(|k| jwks.has_kid(k))
+            {
+                return Ok(jwks.clone());
             }
-            Err(why) => {
-                tracing::warn!(issuer = %self.trusted.issuer.url, %why, "cannot fetch the identity provider's keys");
-                // Keys fetched before still verify what they signed.
-                cache.jwks.clone().filter(|_| fresh).ok_or(Refusal::Unavailable(why))
+            if let (Some(age), Some(jwks)) = (age.filter(|a| *a < REFETCH_INTERVAL), &cache.jwks) {
+                if waited {
+                    return Ok(jwks.clone());
+                }
+                drop(cache);
+                waited = true;
+                tokio::time::sleep(REFETCH_INTERVAL.saturating_sub(age)).await;
+                continue;
             }
+            return match self.fetch().await {
+                Ok(jwks) => {
+                    let jwks = Arc::new(jwks);
+                    tracing::info!(issuer = %self.trusted.issuer.url, keys = jwks.len(), "fetched the identity provider's keys");
+                    *cache = Cache { jwks: Some(jwks.clone()), fetched: Some(Instant::now()) };
+                    Ok(jwks)
+                }
+                Err(why) => {
+                    tracing::warn!(issuer = %self.trusted.issuer.url, %why, "cannot fetch the identity provider's keys");
+                    // Keys fetched before still verify what they signed.
+                    cache.jwks.clone().filter(|_| fresh).ok_or(Refusal::Unavailable(why))
+                }
+            };
         }
     }
 
