@@ -370,6 +370,13 @@ pub struct ControllerArgs {
     #[arg(long, env = "STEPUP_OIDC_AUTHENTICATION_CONFIG")]
     pub oidc_authentication_config: Option<std::path::PathBuf>,
 
+    /// The public client of an issuer (one of its audiences) for terminals without a browser:
+    /// `kubectl stepup --device` signs in with the device authorization grant there. The identity
+    /// provider must demand the second factor on every sign-in of this client (the device grant
+    /// carries no acr_values or max_age to ask for it).
+    #[arg(long, env = "STEPUP_OIDC_DEVICE_CLIENT_ID", requires = "oidc_authentication_config")]
+    pub oidc_device_client_id: Option<String>,
+
     /// A challenge not verified within this time is expired.
     #[arg(long, env = "STEPUP_CHALLENGE_TIMEOUT", default_value = "5m")]
     pub challenge_timeout: Duration,

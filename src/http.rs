@@ -101,6 +101,8 @@ pub struct Endpoints {
     pub authorization: Option<String>,
     pub token: Option<String>,
     pub jwks: Option<String>,
+    /// RFC 8628's device authorization endpoint.
+    pub device_authorization: Option<String>,
 }
 
 /// Reads `issuer`'s discovery document (at `discovery_url`, or under the issuer), which must
@@ -120,6 +122,7 @@ pub async fn discover(http: &Https, issuer: &str, discovery_url: Option<&str>) -
         authorization: https("authorization_endpoint"),
         token: https("token_endpoint"),
         jwks: https("jwks_uri"),
+        device_authorization: https("device_authorization_endpoint"),
     })
 }
 

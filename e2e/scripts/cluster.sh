@@ -311,7 +311,7 @@ write_admission_config() {
 }
 
 # The API server trusts the e2e identity provider for people: an ID token of the
-# `kubectl-stepup` client names the user (preferred_username, as the static tokens do: OIDC
+# `kubectl-stepup` client (or `kubectl-stepup-device`, the device grant's) names the user (preferred_username, as the static tokens do: OIDC
 # alice is alice) and groups, and carries how and when they signed in as extras, which
 # admission and authorization see. IdP groups and names under `system:` are refused.
 write_authentication_config() {
@@ -324,7 +324,8 @@ write_authentication_config() {
 			jwt:
 			- issuer:
 			    url: $issuer
-			    audiences: [kubectl-stepup]
+			    audiences: [kubectl-stepup, kubectl-stepup-device]
+			    audienceMatchPolicy: MatchAny
 			    certificateAuthority: |
 		EOF
 		sed 's/^/      /' "$PKI/ca.crt"

@@ -333,9 +333,11 @@ CONTROLLER_FLAGS=(
 )
 
 # The identity provider the API server trusts (cluster.sh, STEPUP_IDP=1) is trusted for OIDC
-# step-up too, from the same AuthenticationConfiguration file.
+# step-up too, from the same AuthenticationConfiguration file; its device client (the realm's
+# kubectl-stepup-device, which always demands OTP) serves terminals without a browser.
 oidc_flags() {
-	[[ -n ${KUBE_AUTHENTICATION_CONFIG:-} ]] && echo "--oidc-authentication-config $KUBE_AUTHENTICATION_CONFIG"
+	[[ -n ${KUBE_AUTHENTICATION_CONFIG:-} ]] &&
+		echo "--oidc-authentication-config $KUBE_AUTHENTICATION_CONFIG --oidc-device-client-id kubectl-stepup-device"
 	return 0
 }
 

@@ -199,10 +199,45 @@ impl Idp {
         Ok(page)
     }
 
-    /// Keycloak's login pages from `auth_url`: the password form, then the OTP form when the
-    /// level needs it. Returns where Keycloak redirects the browser to.
+    /// Completes a device sign-in someone else started: the verification address with its
+    /// code, the password and OTP forms (the device client demands both), then the consent
+    /// Keycloak asks for every device grant. Returns the last page ("Device Login Successful").
+    pub fn complete_device_sign_in(&self, verification_url: &str, user: &str) -> Result<String> {
+        let jar = self.scratch.join(format!("{user}-{}-device.jar", std::process::id()));
+        let _ = std::fs::remove_file(&jar);
+        let consent = self.login(&jar, verification_url, user, &self.password(user), Level::PasswordAndOtp)?;
+        let (_, page) = self.curl(&jar, &[&consent])?;
+        let action = page
+            .split("action=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .find(|a| a.contains("/login-actions/consent"))
+            .map(|a| a.replace("&amp;", "&"))
+            .with_context(|| format!("no consent form: {}", excerpt(&page)))?;
+        let code = page
+            .split_once("name=\"code\" value=\"")
+            .and_then(|(_, rest)| rest.split_once('"'))
+            .map(|(code, _)| code.to_owned())
+            .context("the consent form's code")?;
+        let (head, _) = self.curl(
+            &jar,
+            &["--data-urlencode", &format!("code={code}"), "-d", "accept=Yes", &format!("{}{}", self.base(), action)],
+        )?;
+        let status = head
+            .lines()
+            .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+            .map(|l| l.trim().to_owned())
+            .context("no redirect after the consent")?;
+        let (_, page) = self.curl(&jar, &[&status])?;
+        let _ = std::fs::remove_file(&jar);
+        Ok(page)
+    }
+
+    /// Keycloak's login pages from `auth_url` (a redirect to them is followed): the password
+    /// form, then the OTP form when the level needs it. Returns where Keycloak redirects the
+    /// browser to.
     fn login(&self, jar: &std::path::Path, auth_url: &str, user: &str, password: &str, level: Level) -> Result<String> {
-        let (_, page) = self.curl(jar, &[auth_url])?;
+        let (_, page) = self.curl(jar, &["-L", auth_url])?;
         let action = form_action(&page, "kc-form-login")
             .with_context(|| format!("the login page's form: {}", excerpt(&page)))?;
         let (mut head, mut page) = self.curl(

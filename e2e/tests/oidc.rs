@@ -398,7 +398,10 @@ async fn a_token_issued_to_another_client_is_refused_for_its_audience() {
         .expect("alice signs in to the other application");
     let done = verdict(&world, &alice, &with_sealed_token(c, &token.id_token, &world.env.response_key())).await;
     assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(ChallengePhase::Denied));
-    assert_eq!(message(&done), "the ID token is for the audience [\"e2e-other-app\"], not [\"kubectl-stepup\"]");
+    assert_eq!(
+        message(&done),
+        "the ID token is for the audience [\"e2e-other-app\"], none of the clients trusted for step-up [\"kubectl-stepup\", \"kubectl-stepup-device\"]"
+    );
 }
 
 /// Attack: a token whose header names a key the provider does not publish. The controller
@@ -509,4 +512,77 @@ async fn when_the_identity_provider_does_not_answer_the_plugin_says_so_and_asks_
     assert!(stderr.contains("nothing was asked of the cluster"), "{stderr}");
     let created: Vec<String> = names().await.difference(&before).cloned().collect();
     assert!(created.is_empty(), "no challenge was created: {created:?}");
+}
+
+/// A terminal without a browser: `kubectl stepup request --method OIDC --device` prints a code
+/// to enter on any device (the device authorization grant, RFC 8628), at the client the
+/// cluster publishes for it, which demands password and OTP on every sign-in. Keycloak 26.7
+/// ignores acr_values in this grant and reports acr "1" for such a sign-in, so a policy that
+/// accepts it names the factor it needs by amr (README, OIDC).
+#[tokio::test]
+async fn a_terminal_without_a_browser_signs_in_on_another_device() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let world = World::new().await;
+    world.secret("prod", "db").await;
+    let mut by_amr = oidc_secrets();
+    by_amr.spec.assurance = Some(kube_stepup::api::Assurance { acr_values: vec![], amr: vec!["otp".into()] });
+    apply_observed(&world, by_amr).await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+    let kubeconfig = world.env.kubeconfig_with_token("alice-everyday", &alice.everyday.id_token);
+    let mut child = tokio::process::Command::new(world.env.var("KUBECTL_STEPUP_BIN"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["request", "--method", "OIDC", "--device", "--sign-in-timeout", "1m"])
+        .env_remove("KUBECONFIG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kubectl-stepup runs");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut said = Vec::new();
+    let url = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = stderr.next_line().await.expect("stderr line") {
+            said.push(line.clone());
+            if let Some(url) = line.trim().strip_prefix("(or open ") {
+                return url.trim_end_matches(')').to_owned();
+            }
+        }
+        panic!("the plugin printed no verification address: {said:?}")
+    })
+    .await
+    .expect("the plugin prints where to enter the code");
+    assert!(said.iter().any(|l| l.contains("and enter the code ")), "{said:?}");
+    let browser = idp.clone();
+    let page = tokio::task::spawn_blocking(move || browser.complete_device_sign_in(&url, "alice"))
+        .await
+        .expect("joined")
+        .expect("alice signs in on the other device");
+    assert!(page.contains("Device Login Successful"), "{page:.400}");
+    let rest = tokio::spawn(async move {
+        let mut more = Vec::new();
+        while let Ok(Some(line)) = stderr.next_line().await {
+            more.push(line);
+        }
+        more
+    });
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("kubectl-stepup finishes")
+        .expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rest = rest.await.expect("stderr").join("\n");
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}\n{rest}",
+        out.status.code(),
+        said.join("\n")
+    );
+    assert!(stdout.starts_with("Granted alice-") && stdout.contains("(OIDC)"), "{stdout}");
+    let grant = world.grants_of("alice").await.into_iter().find(|g| g.spec.method == Method::Oidc).expect("the grant");
+    assert!(grant.spec.amr.iter().any(|m| m == "otp"), "{:?}", grant.spec.amr);
+    world.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
+    alice.prod_secrets(&world).await.delete("db", &DeleteParams::default()).await.expect("deleted with the grant");
 }

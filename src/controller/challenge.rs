@@ -199,8 +199,10 @@ async fn spend(ctx: &Context, c: &StepUpChallenge, sign_in: &SignIn) -> Result<O
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(ctx.client.clone(), &ctx.settings.namespace);
     let name = format!("stepup-idtoken-{}", oidc::spent_id(sign_in));
     let uid = c.metadata.uid.clone().unwrap_or_default();
-    // Only useful until the challenge's deadline: after it, no copy of the challenge issues.
-    let forget_after = c.spec.deadline.as_ref().map_or(sign_in.expires_at, |d| d.0) + ctx.settings.max_clock_skew;
+    // Only useful until the challenge's deadline (after it, no copy of the challenge issues) or
+    // the token's expiry (after it, the token is refused), whichever comes first.
+    let until = c.spec.deadline.as_ref().map_or(sign_in.expires_at, |d| d.0.min(sign_in.expires_at));
+    let forget_after = until + ctx.settings.max_clock_skew;
     let record = k8s_openapi::api::core::v1::Secret {
         metadata: ObjectMeta {
             name: Some(name.clone()),

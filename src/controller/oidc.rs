@@ -65,11 +65,14 @@ struct Cache {
 /// The trusted issuers, each with its HTTP client and key cache.
 pub struct IdentityProviders {
     providers: Vec<Provider>,
+    /// The device-grant client (one of an issuer's audiences), published for the plugin.
+    device_client_id: Option<String>,
 }
 
 impl IdentityProviders {
-    /// From the AuthenticationConfiguration file the API server is started with.
-    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
+    /// From the AuthenticationConfiguration file the API server is started with, and the
+    /// client for terminals without a browser, which must be one of an issuer's audiences.
+    pub fn from_file(path: &std::path::Path, device_client_id: Option<&str>) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading the authentication configuration {}: {e}", path.display()))?;
         let issuers = oidc::issuers_from_config(&text)
@@ -82,7 +85,15 @@ impl IdentityProviders {
                 Ok(Provider { trusted, http, keys: Default::default() })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        Ok(Self { providers })
+        if let Some(device) = device_client_id
+            && !providers.iter().any(|p| p.trusted.issuer.audiences.iter().any(|a| a == device))
+        {
+            anyhow::bail!(
+                "--oidc-device-client-id {device:?} is not an audience of any issuer in {}: the API server and stepup would refuse its tokens",
+                path.display()
+            );
+        }
+        Ok(Self { providers, device_client_id: device_client_id.map(str::to_owned) })
     }
 
     /// The issuers as the plugin signs in at them: the first audience is its client.
@@ -92,6 +103,7 @@ impl IdentityProviders {
             .map(|p| stepup_core::decision::PublishedIdentityProvider {
                 issuer: p.trusted.issuer.url.clone(),
                 client_id: p.trusted.issuer.audiences.first().cloned().unwrap_or_default(),
+                device_client_id: self.device_client_id.clone().filter(|d| p.trusted.issuer.audiences.contains(d)),
                 certificate_authority: p.trusted.certificate_authority.clone(),
             })
             .collect()

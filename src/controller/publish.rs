@@ -95,6 +95,7 @@ mod tests {
             identity_providers: vec![crate::decision::PublishedIdentityProvider {
                 issuer: "https://idp.example/realms/x".into(),
                 client_id: "kubectl-stepup".into(),
+                device_client_id: None,
                 certificate_authority: None,
             }],
         };

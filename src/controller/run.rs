@@ -115,8 +115,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     );
     let identity_providers = match &args.oidc_authentication_config {
         Some(path) => {
-            let providers =
-                super::oidc::IdentityProviders::from_file(path).map_err(|e| RunError::Config(format!("{e:#}")))?;
+            let providers = super::oidc::IdentityProviders::from_file(path, args.oidc_device_client_id.as_deref())
+                .map_err(|e| RunError::Config(format!("{e:#}")))?;
             tracing::info!(issuers = ?providers.issuers().collect::<Vec<_>>(), "trusting identity providers for OIDC step-up");
             Some(Arc::new(providers))
         }

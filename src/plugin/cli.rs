@@ -126,6 +126,10 @@ pub struct WrapArgs {
     #[arg(long)]
     pub no_browser: bool,
 
+    /// For OIDC: sign in on another device (a code to enter in any browser).
+    #[arg(long, conflicts_with = "no_browser")]
+    pub device: bool,
+
     /// For OIDC: how long to wait for the sign-in at the identity provider.
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub sign_in_timeout: Duration,
@@ -299,6 +303,11 @@ pub struct RequestArgs {
     /// With --method OIDC: print the sign-in address instead of opening a browser.
     #[arg(long)]
     pub no_browser: bool,
+
+    /// With --method OIDC: sign in on another device (the device authorization grant: a code
+    /// to enter in any browser), for a terminal without one.
+    #[arg(long, conflicts_with = "no_browser")]
+    pub device: bool,
 
     /// With --method OIDC: how long to wait for the sign-in at the identity provider.
     #[arg(long, value_name = "DURATION", default_value = "5m")]

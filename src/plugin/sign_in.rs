@@ -37,6 +37,9 @@ pub enum Browser {
     Open,
     /// Only print the address (a terminal without a browser, or a test that drives the pages).
     Print,
+    /// The device authorization grant (RFC 8628): a code to enter on any device with a browser,
+    /// at the client the cluster publishes for it (which always demands the second factor).
+    Device,
 }
 
 fn random(bytes: usize) -> String {
@@ -63,6 +66,9 @@ pub async fn id_token(
 ) -> Result<String> {
     let https = Https::new(idp.certificate_authority.as_deref()).map_err(|e| unavailable(idp, format!("{e:#}")))?;
     let endpoints = http::discover(&https, &idp.issuer, None).await.map_err(|e| unavailable(idp, e))?;
+    if browser == Browser::Device {
+        return by_device(idp, &https, &endpoints, nonce, wait).await;
+    }
     let (Some(authorize), Some(token_endpoint)) = (endpoints.authorization, endpoints.token) else {
         return Err(unavailable(idp, "its discovery document names no https authorization or token endpoint".into()));
     };
@@ -131,6 +137,86 @@ pub async fn id_token(
             "The client must have the openid scope; ask your platform team.",
         )
     })
+}
+
+/// RFC 8628: asks for a user code, prints where to enter it, and polls the token endpoint until
+/// the person has signed in (or declined, or the code expired).
+async fn by_device(
+    idp: &PublishedIdentityProvider,
+    https: &Https,
+    endpoints: &http::Endpoints,
+    nonce: &str,
+    wait: Duration,
+) -> Result<String> {
+    let Some(client_id) = idp.device_client_id.as_deref() else {
+        return Err(Error::usage(
+            format!("the cluster publishes no device-grant client for {}", idp.issuer),
+            "Leave out --device (a browser on this machine), or ask your platform team for a device client (README, OIDC).",
+        ));
+    };
+    let (Some(device_endpoint), Some(token_endpoint)) = (&endpoints.device_authorization, &endpoints.token) else {
+        return Err(unavailable(idp, "its discovery document names no device authorization endpoint".into()));
+    };
+    let answer = https
+        .post_form(device_endpoint, &[("client_id", client_id), ("scope", "openid"), ("nonce", nonce)], 64 * 1024)
+        .await
+        .map_err(|e| unavailable(idp, e))?;
+    let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (Some(device_code), Some(user_code), Some(uri)) =
+        (text("device_code"), text("user_code"), text("verification_uri"))
+    else {
+        let said = text("error_description").or_else(|| text("error")).unwrap_or_else(|| answer.status.to_string());
+        return Err(Error::other(
+            format!("the identity provider refused the device sign-in: {said}"),
+            "Ask your platform team to enable the device grant for the published device client.",
+        ));
+    };
+    errln!(
+        "Sign in at your identity provider to step up: on any device with a browser, open\n  {uri}\nand enter the code {user_code}"
+    );
+    if let Some(complete) = text("verification_uri_complete") {
+        errln!("(or open {complete})");
+    }
+    let expires = body.get("expires_in").and_then(Value::as_u64).map(Duration::from_secs).unwrap_or(wait);
+    let mut interval = Duration::from_secs(body.get("interval").and_then(Value::as_u64).unwrap_or(5).clamp(1, 60));
+    let until = tokio::time::Instant::now() + wait.min(expires);
+    loop {
+        if tokio::time::Instant::now() + interval > until {
+            return Err(Error::other(
+                format!("no sign-in with code {user_code} within {}s", wait.min(expires).as_secs()),
+                "Run the command again and enter the new code promptly.",
+            ));
+        }
+        tokio::time::sleep(interval).await;
+        let answer = https
+            .post_form(
+                token_endpoint,
+                &[
+                    ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+                    ("device_code", &device_code),
+                    ("client_id", client_id),
+                ],
+                256 * 1024,
+            )
+            .await
+            .map_err(|e| unavailable(idp, e))?;
+        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        if let Some(token) = body.get("id_token").and_then(Value::as_str) {
+            return Ok(token.to_owned());
+        }
+        match body.get("error").and_then(Value::as_str) {
+            Some("authorization_pending") => {}
+            Some("slow_down") => interval += Duration::from_secs(5),
+            other => {
+                let said = body.get("error_description").and_then(Value::as_str).or(other).unwrap_or("no reason given");
+                return Err(Error::other(
+                    format!("the identity provider did not sign you in: {said}"),
+                    "Run the command again and complete the sign-in (your second factor included).",
+                ));
+            }
+        }
+    }
 }
 
 fn open_browser(url: &str) {

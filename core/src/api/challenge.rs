@@ -52,12 +52,13 @@ pub struct StepUpChallengeSpec {
     #[schemars(schema_with = "super::factor_method_schema")]
     pub method: Method,
 
-    /// The one-time code, sealed (libsodium sealed box, base64) to the controller's response key
-    /// (`status.responseKey` of the user's StepUpEnrollment) together with a digest of this
-    /// challenge's name, user, uid, method, reason, duration, scope and deadline: a copy in
-    /// another challenge is refused. Removed by the controller once it has been checked.
+    /// The one-time code (`TOTP`) or the ID token (`OIDC`), sealed (libsodium sealed box,
+    /// base64) to the controller's response key (`status.responseKey` of the user's
+    /// StepUpEnrollment, or `step-up.json` of ConfigMap `stepup-decision`) together with a digest
+    /// of this challenge's name, user, uid, method, reason, duration, scope and deadline: a copy
+    /// in another challenge is refused. Removed by the controller once it has been checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4096))]
+    #[schemars(length(max = 24576))]
     pub response: Option<String>,
 
     /// Why the user steps up (incident or ticket). Some policies require one.

@@ -42,6 +42,10 @@ pub struct PublishedIdentityProvider {
     /// The public client the plugin signs in with (the first of the issuer's audiences).
     #[serde(rename = "clientID")]
     pub client_id: String,
+    /// The public client for terminals without a browser (the device authorization grant),
+    /// configured at the provider to always demand the second factor; `None`: no such flow.
+    #[serde(default, rename = "deviceClientID", skip_serializing_if = "Option::is_none")]
+    pub device_client_id: Option<String>,
     /// PEM the provider's TLS certificate is verified with, when not the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_authority: Option<String>,

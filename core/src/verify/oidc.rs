@@ -312,7 +312,7 @@ pub enum TokenError {
     BadSignature,
     #[error("the ID token was issued by {got:?}, not the trusted identity provider {want:?}")]
     Issuer { got: String, want: String },
-    #[error("the ID token is for the audience {got:?}, not {want:?}")]
+    #[error("the ID token is for the audience {got:?}, none of the clients trusted for step-up {want:?}")]
     Audience { got: Vec<String>, want: Vec<String> },
     #[error("the ID token expired at {0}: sign in again")]
     Expired(Timestamp),
