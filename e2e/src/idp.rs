@@ -349,6 +349,19 @@ impl Idp {
         Ok(())
     }
 
+    /// Sets how long the tokens of client `client_id` live (seconds; `None`: the realm's
+    /// default again).
+    pub fn set_token_lifespan(&self, client_id: &str, seconds: Option<u32>) -> Result<()> {
+        let (_, body) = self.admin("GET", &format!("/clients?clientId={client_id}"), None)?;
+        let clients: Value = serde_json::from_str(&body).with_context(|| format!("clients: {body}"))?;
+        let id = clients[0]["id"].as_str().with_context(|| format!("no client {client_id}: {body}"))?.to_owned();
+        let lifespan = seconds.map(|s| s.to_string()).unwrap_or_default();
+        let update = serde_json::json!({"attributes": {"access.token.lifespan": lifespan}});
+        let (head, body) = self.admin("PUT", &format!("/clients/{id}"), Some(&update))?;
+        ensure!(head.contains(" 204"), "updating {client_id}: {head}{body}");
+        Ok(())
+    }
+
     /// A sign-in through another client of the realm (its tokens are for that audience).
     pub fn sign_in_at_client(&self, client_id: &str, user: &str, level: Level, nonce: &str) -> Result<Tokens> {
         let other = Self { client_id: client_id.to_owned(), ..self.clone() };

@@ -586,3 +586,37 @@ async fn a_terminal_without_a_browser_signs_in_on_another_device() {
     world.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
     alice.prod_secrets(&world).await.delete("db", &DeleteParams::default()).await.expect("deleted with the grant");
 }
+
+/// Gives the kubectl-stepup client its usual token lifespan back, however the scenario ends.
+struct ShortLived<'a>(&'a Idp);
+
+impl Drop for ShortLived<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.0.set_token_lifespan("kubectl-stepup", None) {
+            eprintln!("could not restore the token lifespan: {e:#}");
+        }
+    }
+}
+
+/// An ID token past its `exp` (and the clock skew allowed) is refused, however fresh the
+/// sign-in was. The realm's client issues 1-second tokens for this scenario.
+#[tokio::test]
+async fn an_expired_id_token_is_refused() {
+    let world = World::new().await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+    idp.set_token_lifespan("kubectl-stepup", Some(1)).expect("short-lived tokens");
+    let _restore = ShortLived(&idp);
+    let c = oidc_challenge(alice.name, &alice.uid());
+    let token = idp.sign_in_for("alice", Level::PasswordAndOtp, &challenge_nonce(&c)).expect("steps up");
+    let exp = token.claims()["exp"].as_i64().expect("exp");
+    assert!(exp - token.claims()["iat"].as_i64().expect("iat") <= 1, "a 1-second token");
+    // Past exp and the controller's allowed clock skew (a clock, not a system to wait for).
+    let skew = kube_stepup::grant::Clock::DEFAULT_MAX_SKEW.as_secs();
+    while jiff::Timestamp::now().as_second() <= exp + skew {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let done = verdict(&world, &alice, &with_sealed_token(c, &token.id_token, &world.env.response_key())).await;
+    let said = message(&done);
+    assert!(said.starts_with("the ID token expired at ") && said.ends_with(": sign in again"), "{said}");
+}
