@@ -127,7 +127,8 @@ async fn a_fresh_sign_in_with_otp_for_this_challenge_earns_a_grant_the_policy_ac
 }
 
 /// A sign-in that no policy it is for accepts is refused at the challenge with what the policy
-/// asks: a password-only one (acr 1), and one older than the policy's maxAge. No grant.
+/// asks: a password-only one (acr 1; amr without otp), and one older than the policy's maxAge.
+/// No grant.
 #[tokio::test]
 async fn a_weak_or_old_sign_in_is_refused_with_what_the_policy_asks() {
     let world = World::new().await;
@@ -142,6 +143,18 @@ async fn a_weak_or_old_sign_in_is_refused_with_what_the_policy_asks() {
     assert_eq!(
         message(&done),
         "the sign-in does not satisfy policy \"prod-secrets-oidc\": the sign-in's assurance level (acr) is \"1\" and the policy accepts \"2\"; sign in again as the policy asks"
+    );
+
+    // A policy that names the factor by amr only: a password-only sign-in lacks it.
+    let mut by_amr = oidc_secrets();
+    by_amr.spec.assurance = Some(kube_stepup::api::Assurance { acr_values: vec![], amr: vec!["otp".into()] });
+    apply_observed(&world, by_amr).await;
+    let c = oidc_challenge(bob.name, &bob.uid());
+    let weak = idp.sign_in_for("bob", Level::Password, &challenge_nonce(&c)).expect("signs in");
+    let done = verdict(&world, &bob, &with_sealed_token(c, &weak.id_token, &key)).await;
+    assert_eq!(
+        message(&done),
+        "the sign-in does not satisfy policy \"prod-secrets-oidc\": the sign-in used pwd and the policy requires \"otp\"; sign in again as the policy asks"
     );
 
     // A policy of 2 s; time passes until the sign-in is older than that (a clock, not a
