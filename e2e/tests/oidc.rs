@@ -89,6 +89,77 @@ fn message(c: &StepUpChallenge) -> String {
     c.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
 }
 
+/// `kubectl stepup` running in the background with a kubeconfig's credentials, its standard
+/// error read line by line (where it says where to sign in).
+struct Running {
+    child: tokio::process::Child,
+    stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    said: Vec<String>,
+}
+
+/// How a background run of the plugin ended.
+struct Ended {
+    success: bool,
+    stdout: String,
+    /// Everything it wrote to standard error, from the start.
+    stderr: String,
+}
+
+impl Running {
+    fn start(world: &World, kubeconfig: &std::path::Path, args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(world.env.var("KUBECTL_STEPUP_BIN"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .env("KUBECTL", world.env.var("KUBECTL"))
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl-stepup runs");
+        let stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        Self { child, stderr, said: Vec::new() }
+    }
+
+    /// Reads standard error until a line gives what `find` looks for.
+    async fn until<T>(&mut self, what: &str, find: impl Fn(&str) -> Option<T>) -> T {
+        let wait = async {
+            while let Some(line) = self.stderr.next_line().await.expect("stderr line") {
+                self.said.push(line.clone());
+                if let Some(found) = find(line.trim()) {
+                    return found;
+                }
+            }
+            panic!("the plugin never printed {what}: {:?}", self.said)
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait).await.unwrap_or_else(|_| panic!("no {what} within 60 s"))
+    }
+
+    /// Waits for the plugin to exit.
+    async fn finish(mut self) -> Ended {
+        while let Ok(Some(line)) = self.stderr.next_line().await {
+            self.said.push(line);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(60), self.child.wait_with_output())
+            .await
+            .expect("kubectl-stepup finishes")
+            .expect("output");
+        Ended {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: self.said.join("\n"),
+        }
+    }
+}
+
+/// The address of a sign-in the plugin printed.
+fn sign_in_address(line: &str) -> Option<String> {
+    line.starts_with("https://").then(|| line.to_owned())
+}
+
 #[tokio::test]
 async fn a_fresh_sign_in_with_otp_for_this_challenge_earns_a_grant_the_policy_accepts() {
     let world = World::new().await;
@@ -248,37 +319,18 @@ async fn a_challenge_re_created_with_a_spent_token_is_refused() {
 /// own pages, password and OTP.
 #[tokio::test]
 async fn the_plugin_steps_up_at_the_identity_provider_in_one_command() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let world = World::new().await;
     world.secret("prod", "db").await;
     world.apply_policies(&[oidc_secrets()]).await;
     let idp = Idp::new(&world.env);
     let alice = person(&idp, "alice");
     let kubeconfig = world.env.kubeconfig_with_token("alice-everyday", &alice.everyday.id_token);
-    let mut child = tokio::process::Command::new(world.env.var("KUBECTL_STEPUP_BIN"))
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["request", "--method", "OIDC", "--no-browser", "--reason", "INC-7", "--sign-in-timeout", "1m"])
-        .env_remove("KUBECONFIG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("kubectl-stepup runs");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut said = Vec::new();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = stderr.next_line().await.expect("stderr line") {
-            said.push(line.clone());
-            if let Some(url) = line.trim().strip_prefix("https://") {
-                return format!("https://{url}");
-            }
-        }
-        panic!("the plugin printed no sign-in address: {said:?}")
-    })
-    .await
-    .expect("the plugin prints the sign-in address");
+    let mut run = Running::start(
+        &world,
+        &kubeconfig,
+        &["request", "--method", "OIDC", "--no-browser", "--reason", "INC-7", "--sign-in-timeout", "1m"],
+    );
+    let url = run.until("a sign-in address", sign_in_address).await;
     assert!(
         url.contains("acr_values=2") && url.contains("max_age=900") && url.contains("code_challenge_method=S256"),
         "{url}"
@@ -289,27 +341,10 @@ async fn the_plugin_steps_up_at_the_identity_provider_in_one_command() {
         .expect("joined")
         .expect("alice signs in at Keycloak");
     assert!(page.contains("You can close this tab and return to your terminal."), "{page}");
-    let rest = tokio::spawn(async move {
-        let mut more = Vec::new();
-        while let Ok(Some(line)) = stderr.next_line().await {
-            more.push(line);
-        }
-        more
-    });
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("kubectl-stepup finishes")
-        .expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr_rest = rest.await.expect("stderr").join("\n");
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}\n{stderr_rest}",
-        out.status.code(),
-        said.join("\n")
-    );
+    let Ended { success, stdout, stderr } = run.finish().await;
+    assert!(success, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.starts_with("Granted alice-") && stdout.contains("(OIDC, reason \"INC-7\")"), "{stdout}");
-    assert!(!stdout.contains(&alice.everyday.id_token[..40]) && !stderr_rest.contains("eyJ"), "no token is printed");
+    assert!(!stdout.contains("eyJ") && !stderr.contains("eyJ"), "no token is printed");
 
     // The grant lets her everyday credential delete prod/db.
     let grant = world
@@ -329,7 +364,6 @@ async fn the_plugin_steps_up_at_the_identity_provider_in_one_command() {
 /// policy and runs the command again, which succeeds.
 #[tokio::test]
 async fn the_wrapper_turns_a_refusal_into_a_sign_in_and_one_retry() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let world = World::new().await;
     world.secret("prod", "db").await;
     world.apply_policies(&[oidc_secrets()]).await;
@@ -339,59 +373,20 @@ async fn the_wrapper_turns_a_refusal_into_a_sign_in_and_one_retry() {
     let idp = Idp::new(&world.env);
     let alice = person(&idp, "alice");
     let kubeconfig = world.env.kubeconfig_with_token("alice-everyday", &alice.everyday.id_token);
-    let mut child = tokio::process::Command::new(world.env.var("KUBECTL_STEPUP_BIN"))
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["--no-browser", "--", "kubectl", "-n", "prod", "delete", "secret", "db"])
-        .env("KUBECTL", world.env.var("KUBECTL"))
-        .env_remove("KUBECONFIG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("kubectl-stepup runs");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut said = Vec::new();
-    let url = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = stderr.next_line().await.expect("stderr line") {
-            said.push(line.clone());
-            if let Some(url) = line.trim().strip_prefix("https://") {
-                return format!("https://{url}");
-            }
-        }
-        panic!("the wrapper printed no sign-in address: {said:?}")
-    })
-    .await
-    .expect("the wrapper prints the sign-in address");
-    assert!(said.iter().any(|l| l.contains("requires step-up (policy \"prod-secrets-oidc\")")), "{said:?}");
+    let mut run =
+        Running::start(&world, &kubeconfig, &["--no-browser", "--", "kubectl", "-n", "prod", "delete", "secret", "db"]);
+    let url = run.until("a sign-in address", sign_in_address).await;
+    assert!(run.said.iter().any(|l| l.contains("requires step-up (policy \"prod-secrets-oidc\")")), "{:?}", run.said);
     assert!(url.contains("acr_values=2") && url.contains("max_age=900"), "{url}");
     let browser = idp.clone();
     tokio::task::spawn_blocking(move || browser.complete_sign_in(&url, "alice", Level::PasswordAndOtp))
         .await
         .expect("joined")
         .expect("alice signs in at Keycloak");
-    let rest = tokio::spawn(async move {
-        let mut more = Vec::new();
-        while let Ok(Some(line)) = stderr.next_line().await {
-            more.push(line);
-        }
-        more
-    });
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("the wrapper finishes")
-        .expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rest = rest.await.expect("stderr").join("\n");
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}\n{rest}",
-        out.status.code(),
-        said.join("\n")
-    );
+    let Ended { success, stdout, stderr } = run.finish().await;
+    assert!(success, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("secret \"db\" deleted"), "{stdout}");
-    assert!(rest.contains("kube-stepup: granted alice-") && rest.contains("running the command again"), "{rest}");
+    assert!(stderr.contains("kube-stepup: granted alice-") && stderr.contains("running the command again"), "{stderr}");
     let grants = world.grants_of("alice").await;
     let grant = grants.iter().find(|g| g.spec.method == Method::Oidc).expect("an OIDC grant");
     assert_eq!(grant.spec.scope.policies, ["prod-secrets-oidc"], "scoped to the refusing policy");
@@ -534,7 +529,6 @@ async fn when_the_identity_provider_does_not_answer_the_plugin_says_so_and_asks_
 /// accepts it names the factor it needs by amr (README, OIDC).
 #[tokio::test]
 async fn a_terminal_without_a_browser_signs_in_on_another_device() {
-    use tokio::io::{AsyncBufReadExt, BufReader};
     let world = World::new().await;
     world.secret("prod", "db").await;
     let mut by_amr = oidc_secrets();
@@ -543,56 +537,22 @@ async fn a_terminal_without_a_browser_signs_in_on_another_device() {
     let idp = Idp::new(&world.env);
     let alice = person(&idp, "alice");
     let kubeconfig = world.env.kubeconfig_with_token("alice-everyday", &alice.everyday.id_token);
-    let mut child = tokio::process::Command::new(world.env.var("KUBECTL_STEPUP_BIN"))
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["request", "--method", "OIDC", "--device", "--sign-in-timeout", "1m"])
-        .env_remove("KUBECONFIG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("kubectl-stepup runs");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut said = Vec::new();
-    let url = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = stderr.next_line().await.expect("stderr line") {
-            said.push(line.clone());
-            if let Some(url) = line.trim().strip_prefix("(or open ") {
-                return url.trim_end_matches(')').to_owned();
-            }
-        }
-        panic!("the plugin printed no verification address: {said:?}")
-    })
-    .await
-    .expect("the plugin prints where to enter the code");
-    assert!(said.iter().any(|l| l.contains("and enter the code ")), "{said:?}");
+    let mut run =
+        Running::start(&world, &kubeconfig, &["request", "--method", "OIDC", "--device", "--sign-in-timeout", "1m"]);
+    let url = run
+        .until("a verification address", |line| {
+            line.strip_prefix("(or open ").map(|u| u.trim_end_matches(')').to_owned())
+        })
+        .await;
+    assert!(run.said.iter().any(|l| l.contains("and enter the code ")), "{:?}", run.said);
     let browser = idp.clone();
     let page = tokio::task::spawn_blocking(move || browser.complete_device_sign_in(&url, "alice"))
         .await
         .expect("joined")
         .expect("alice signs in on the other device");
     assert!(page.contains("Device Login Successful"), "{page:.400}");
-    let rest = tokio::spawn(async move {
-        let mut more = Vec::new();
-        while let Ok(Some(line)) = stderr.next_line().await {
-            more.push(line);
-        }
-        more
-    });
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("kubectl-stepup finishes")
-        .expect("output");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let rest = rest.await.expect("stderr").join("\n");
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout:\n{stdout}\nstderr:\n{}\n{rest}",
-        out.status.code(),
-        said.join("\n")
-    );
+    let Ended { success, stdout, stderr } = run.finish().await;
+    assert!(success, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.starts_with("Granted alice-") && stdout.contains("(OIDC)"), "{stdout}");
     let grant = world.grants_of("alice").await.into_iter().find(|g| g.spec.method == Method::Oidc).expect("the grant");
     assert!(grant.spec.amr.iter().any(|m| m == "otp"), "{:?}", grant.spec.amr);
