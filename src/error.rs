@@ -18,3 +18,19 @@ pub enum RunError {
     #[error("{0}")]
     Config(String),
 }
+
+/// An error with its causes, as one line (`a: b: c`); a cause whose text the line already holds
+/// is not repeated.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}

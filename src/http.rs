@@ -79,7 +79,8 @@ impl Https {
             .body(Full::new(body))
             .map_err(|e| format!("{uri}: {e}"))?;
         let fetch = async {
-            let response = self.client.request(request).await.map_err(|e| format!("{uri}: {}", error_chain(&e)))?;
+            let response =
+                self.client.request(request).await.map_err(|e| format!("{uri}: {}", crate::error::chain(&e)))?;
             let status = response.status();
             let body = Limited::new(response.into_body(), limit)
                 .collect()
@@ -169,18 +170,6 @@ fn decode(text: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
-}
-
-/// An error with its causes, as one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

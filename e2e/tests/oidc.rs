@@ -556,6 +556,9 @@ async fn a_terminal_without_a_browser_signs_in_on_another_device() {
     assert!(stdout.starts_with("Granted alice-") && stdout.contains("(OIDC)"), "{stdout}");
     let grant = world.grants_of("alice").await.into_iter().find(|g| g.spec.method == Method::Oidc).expect("the grant");
     assert!(grant.spec.amr.iter().any(|m| m == "otp"), "{:?}", grant.spec.amr);
+    // What the README says of this grant: Keycloak calls a sign-in of a flow without level
+    // conditions acr "1", whatever factors it demanded.
+    assert_eq!(grant.spec.acr.as_deref(), Some("1"));
     world.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
     alice.prod_secrets(&world).await.delete("db", &DeleteParams::default()).await.expect("deleted with the grant");
 }

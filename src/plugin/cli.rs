@@ -122,17 +122,8 @@ pub struct WrapArgs {
     #[arg(long, value_enum, ignore_case = true)]
     pub method: Option<RequestMethod>,
 
-    /// For OIDC: print the sign-in address instead of opening a browser.
-    #[arg(long)]
-    pub no_browser: bool,
-
-    /// For OIDC: sign in on another device (a code to enter in any browser).
-    #[arg(long, conflicts_with = "no_browser")]
-    pub device: bool,
-
-    /// For OIDC: how long to wait for the sign-in at the identity provider.
-    #[arg(long, value_name = "DURATION", default_value = "5m")]
-    pub sign_in_timeout: Duration,
+    #[command(flatten)]
+    pub sign_in: SignInArgs,
 
     /// The command to run, after `--`: `kubectl ...` (runs $KUBECTL or the kubectl on PATH).
     /// If kube-stepup refuses it, you are asked for a code, a grant is obtained and the
@@ -300,18 +291,8 @@ pub struct RequestArgs {
     #[arg(long, value_enum, default_value_t = RequestMethod::Totp, ignore_case = true)]
     pub method: RequestMethod,
 
-    /// With --method OIDC: print the sign-in address instead of opening a browser.
-    #[arg(long)]
-    pub no_browser: bool,
-
-    /// With --method OIDC: sign in on another device (the device authorization grant: a code
-    /// to enter in any browser), for a terminal without one.
-    #[arg(long, conflicts_with = "no_browser")]
-    pub device: bool,
-
-    /// With --method OIDC: how long to wait for the sign-in at the identity provider.
-    #[arg(long, value_name = "DURATION", default_value = "5m")]
-    pub sign_in_timeout: Duration,
+    #[command(flatten)]
+    pub sign_in: SignInArgs,
 
     /// Read the code from standard input instead of asking on the terminal.
     #[arg(long)]
@@ -328,6 +309,38 @@ pub struct RequestArgs {
     /// Output format: text for people, json for scripts.
     #[arg(short, long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+}
+
+/// How an `OIDC` step-up reaches the identity provider (`request` and the wrapper).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SignInArgs {
+    /// For OIDC: print the sign-in address instead of opening a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+
+    /// For OIDC: sign in on another device (the device authorization grant: a code to enter
+    /// in any browser), for a terminal without one.
+    #[arg(long, conflicts_with = "no_browser")]
+    pub device: bool,
+
+    /// For OIDC: how long to wait for the sign-in at the identity provider.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub sign_in_timeout: Duration,
+}
+
+impl SignInArgs {
+    pub fn browser(&self) -> super::sign_in::Browser {
+        use super::sign_in::Browser;
+        match (self.device, self.no_browser) {
+            (true, _) => Browser::Device,
+            (false, true) => Browser::Print,
+            (false, false) => Browser::Open,
+        }
+    }
+
+    pub fn wait(&self) -> std::time::Duration {
+        self.sign_in_timeout.as_std()
+    }
 }
 
 /// `kubectl stepup request --method`.

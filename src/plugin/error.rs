@@ -189,13 +189,19 @@ impl Error {
     pub fn from_kube(err: kube::Error, action: &str, server: &str) -> Self {
         match err {
             kube::Error::Api(status) => Self::from_status(&status, action),
-            kube::Error::HyperError(e) => Error::Unreachable { server: server.to_owned(), detail: chain(&e) },
-            kube::Error::Service(e) => Error::Unreachable { server: server.to_owned(), detail: chain(e.as_ref()) },
-            kube::Error::RustlsTls(e) => Error::Unreachable { server: server.to_owned(), detail: chain(&e) },
-            kube::Error::Auth(e) => Error::Unauthorized { detail: chain(&e) },
-            kube::Error::InferConfig(e) => Error::Kubeconfig { detail: chain(&e) },
-            kube::Error::InferKubeconfig(e) => Error::Kubeconfig { detail: chain(&e) },
-            other => Error::Api { action: action.to_owned(), message: chain(&other) },
+            kube::Error::HyperError(e) => {
+                Error::Unreachable { server: server.to_owned(), detail: crate::error::chain(&e) }
+            }
+            kube::Error::Service(e) => {
+                Error::Unreachable { server: server.to_owned(), detail: crate::error::chain(e.as_ref()) }
+            }
+            kube::Error::RustlsTls(e) => {
+                Error::Unreachable { server: server.to_owned(), detail: crate::error::chain(&e) }
+            }
+            kube::Error::Auth(e) => Error::Unauthorized { detail: crate::error::chain(&e) },
+            kube::Error::InferConfig(e) => Error::Kubeconfig { detail: crate::error::chain(&e) },
+            kube::Error::InferKubeconfig(e) => Error::Kubeconfig { detail: crate::error::chain(&e) },
+            other => Error::Api { action: action.to_owned(), message: crate::error::chain(&other) },
         }
     }
 
@@ -221,20 +227,6 @@ impl Error {
 fn webhook_sentence(message: &str) -> String {
     let rest = message.split_once("denied the request: ").map_or(message, |(_, r)| r);
     rest.strip_prefix("kube-stepup: ").unwrap_or(rest).trim_end_matches('.').to_owned()
-}
-
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
 }
 
 /// How an error is shown: `error: <sentence>.` then `hint: <hint>`, never a stack.

@@ -57,13 +57,8 @@ pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
         let listed = policies.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
         let assurance = oidc_assurance(&listed, &scope.policies);
         let request = GrantRequest { code: String::new(), reason, duration: args.duration, scope, correlation: None };
-        let browser = match (args.device, args.no_browser) {
-            (true, _) => super::sign_in::Browser::Device,
-            (false, true) => super::sign_in::Browser::Print,
-            (false, false) => super::sign_in::Browser::Open,
-        };
-        let wait = std::time::Duration::try_from(args.sign_in_timeout.as_signed()).unwrap_or_default();
-        obtain_oidc_grant(session, &me, request, &assurance, browser, wait, args.timeout).await?
+        obtain_oidc_grant(session, &me, request, &assurance, args.sign_in.browser(), args.sign_in.wait(), args.timeout)
+            .await?
     } else {
         let code = terminal::read_code("Code from your authenticator app: ", source)?;
         let request = GrantRequest { code, reason, duration: args.duration, scope, correlation: None };

@@ -207,13 +207,16 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
             max_age: Some(requirement.max_age.as_std()),
         };
         let ask = GrantRequest { code: String::new(), reason, duration: args.duration, scope, correlation };
-        let browser = match (args.device, args.no_browser) {
-            (true, _) => sign_in::Browser::Device,
-            (false, true) => sign_in::Browser::Print,
-            (false, false) => sign_in::Browser::Open,
-        };
-        let wait = args.sign_in_timeout.as_std();
-        request::obtain_oidc_grant(&session, &me, ask, &assurance, browser, wait, args.timeout).await?
+        request::obtain_oidc_grant(
+            &session,
+            &me,
+            ask,
+            &assurance,
+            args.sign_in.browser(),
+            args.sign_in.wait(),
+            args.timeout,
+        )
+        .await?
     } else {
         let code = terminal::read_code("Code from your authenticator app: ", CodeSource::Terminal)?;
         let ask = GrantRequest { code, reason, duration: args.duration, scope, correlation };
