@@ -116,6 +116,20 @@ pub struct IdentityArgs {
         default_value = "kube-system"
     )]
     pub trusted_service_account_namespaces: Vec<String>,
+
+    /// The `userInfo.extra` key the API server's AuthenticationConfiguration maps the ID
+    /// token's `acr` claim to (policies accepting `Session` read it). Impersonating this key,
+    /// the two below and the credential id is refused to everyone.
+    #[arg(long, env = "STEPUP_SIGN_IN_ACR_EXTRA", default_value = crate::policy::ACR_EXTRA, value_parser = sign_in_key)]
+    pub sign_in_acr_extra: String,
+
+    /// The extra key the `amr` claim is mapped to.
+    #[arg(long, env = "STEPUP_SIGN_IN_AMR_EXTRA", default_value = crate::policy::AMR_EXTRA, value_parser = sign_in_key)]
+    pub sign_in_amr_extra: String,
+
+    /// The extra key the `auth_time` claim is mapped to (seconds since the epoch, as a string).
+    #[arg(long, env = "STEPUP_SIGN_IN_AUTH_TIME_EXTRA", default_value = crate::policy::AUTH_TIME_EXTRA, value_parser = sign_in_key)]
+    pub sign_in_auth_time_extra: String,
 }
 
 /// Per-user limits on challenges, shared by the webhook (which refuses at admission) and the
@@ -156,6 +170,12 @@ impl IdentityArgs {
         }
     }
 
+    /// Where a sign-in's claims arrive; the three flags must name three different keys.
+    pub fn sign_in_keys(&self) -> Result<crate::policy::SignInKeys, crate::error::RunError> {
+        crate::policy::SignInKeys::new(&self.sign_in_acr_extra, &self.sign_in_amr_extra, &self.sign_in_auth_time_extra)
+            .map_err(|e| crate::error::RunError::Config(format!("--sign-in-*-extra: {e}")))
+    }
+
     pub fn controller_user(&self) -> String {
         self.controller_user
             .clone()
@@ -187,8 +207,11 @@ pub struct DecisionArgs {
 }
 
 /// The decision's settings from the flags: the one function both processes build them with.
-pub fn decision_settings(identity: &IdentityArgs, decision: &DecisionArgs) -> crate::decision::DecisionSettings {
-    crate::decision::DecisionSettings {
+pub fn decision_settings(
+    identity: &IdentityArgs,
+    decision: &DecisionArgs,
+) -> Result<crate::decision::DecisionSettings, crate::error::RunError> {
+    Ok(crate::decision::DecisionSettings {
         namespace: identity.namespace.clone(),
         controller_users: vec![identity.controller_user()],
         webhook_users: vec![identity.webhook_user()],
@@ -201,7 +224,8 @@ pub fn decision_settings(identity: &IdentityArgs, decision: &DecisionArgs) -> cr
         service_account_masks: identity.service_account_masks,
         trusted_service_account_namespaces: identity.trusted_service_account_namespaces.clone(),
         max_clock_skew: identity.max_clock_skew,
-    }
+        sign_in_keys: identity.sign_in_keys()?,
+    })
 }
 
 #[derive(Args, Debug, Clone)]
@@ -488,6 +512,11 @@ pub enum CaBundleSource {
 }
 
 /// A maximum grant age for a built-in policy: `0` (off) or within the range policies allow.
+fn sign_in_key(s: &str) -> Result<String, String> {
+    crate::policy::check_sign_in_key(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
 fn builtin_max_age(s: &str) -> Result<Duration, String> {
     let age: Duration = s.parse().map_err(|e: crate::api::ParseDurationError| e.to_string())?;
     if age.is_zero() {
@@ -503,7 +532,7 @@ mod tests {
 
     use super::*;
 
-    #[derive(Parser)]
+    #[derive(Parser, Debug)]
     struct Webhook {
         #[command(flatten)]
         args: WebhookArgs,
@@ -539,15 +568,36 @@ mod tests {
             "--service-account-masks=false",
             "--trusted-service-account-namespace=kube-system,flux-system",
             "--max-clock-skew=3s",
+            "--sign-in-acr-extra=sso.example.com/acr",
+            "--sign-in-amr-extra=sso.example.com/amr",
+            "--sign-in-auth-time-extra=sso.example.com/auth-time",
         ];
         let webhook = Webhook::try_parse_from(std::iter::once("stepup").chain(flags)).unwrap().args;
         let controller = Controller::try_parse_from(std::iter::once("stepup").chain(flags)).unwrap().args;
-        let published = decision_settings(&controller.identity, &controller.decision);
-        assert_eq!(decision_settings(&webhook.identity, &webhook.decision), published);
+        let published = decision_settings(&controller.identity, &controller.decision).unwrap();
+        assert_eq!(decision_settings(&webhook.identity, &webhook.decision).unwrap(), published);
+        assert_eq!(
+            published.sign_in_keys.forgeable()[..3],
+            ["sso.example.com/acr", "sso.example.com/amr", "sso.example.com/auth-time"]
+        );
         assert_eq!(published.exempt_namespaces, ["kube-system", "stepup", "sandbox"]);
         assert_eq!(published.protect_policies, Some(Duration::from_secs(300)));
         assert_eq!(published.controller_users, ["system:serviceaccount:stepup:stepup-controller"]);
         assert!(!published.service_account_masks);
         assert_ne!(published, crate::decision::DecisionSettings::defaults("stepup"));
+    }
+
+    #[test]
+    fn sign_in_keys_the_api_server_could_not_map_are_refused_with_the_flag_named() {
+        let err = Webhook::try_parse_from(["stepup", "--sign-in-acr-extra=ACR"]).unwrap_err().to_string();
+        assert!(err.contains("--sign-in-acr-extra") && err.contains("lowercase"), "{err}");
+        let err = Webhook::try_parse_from(["stepup", "--sign-in-amr-extra=authentication.kubernetes.io/amr"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--sign-in-amr-extra") && err.contains("Kubernetes' own"), "{err}");
+        // Each key is well formed, but one key cannot carry two claims.
+        let args = Webhook::try_parse_from(["stepup", "--sign-in-amr-extra=stepup.dev/acr"]).unwrap().args;
+        let err = decision_settings(&args.identity, &args.decision).unwrap_err().to_string();
+        assert!(err.contains("--sign-in-*-extra") && err.contains("three different keys"), "{err}");
     }
 }

@@ -66,7 +66,7 @@ fn config() -> DecisionConfig {
 
 /// Parses and decides `body` as the webhook would; checks the answer is a well-formed review.
 fn review_and_decide(body: &[u8]) {
-    let Ok(review) = Review::parse(body) else { return };
+    let Ok(review) = Review::parse(body, &Default::default()) else { return };
     let objects = review.stepup_objects().unwrap_or_default();
     let labels = review.namespace_object_labels();
     let ns_labels = match &labels {
@@ -220,7 +220,7 @@ fn deeply_nested_json_neither_overflows_the_stack_nor_reaches_a_typed_object() {
     review_and_decide(body("widgets").as_bytes());
     // A stepup kind is read into its type, and serde_json's recursion limit refuses it.
     let text = body("stepupchallenges");
-    let review = Review::parse(text.as_bytes()).expect("the envelope is fine");
+    let review = Review::parse(text.as_bytes(), &Default::default()).expect("the envelope is fine");
     let err = review.stepup_objects().map(|_| ()).expect_err("refused");
     assert!(err.to_string().starts_with("cannot read object as a StepUpChallenge"), "{err}");
     // Deep nesting where a namespace's labels are looked for is skipped within serde_json's

@@ -42,6 +42,13 @@ SA_TOKEN_DURATION=${STEPUP_SA_TOKEN_DURATION:-48h}
 API_AUDIENCES=${STEPUP_API_AUDIENCES:-https://kubernetes.default.svc}
 SA_ISSUER=https://kubernetes.default.svc
 IDP=${STEPUP_IDP:-1}
+# Where the API server puts a sign-in's acr, amr and auth_time (userInfo.extra). Not stepup's
+# defaults (stepup.dev/...): the e2e stepup reads these keys (STEPUP_SIGN_IN_*_EXTRA in the env
+# file), which proves the setting reaches the webhook, the controller's authorizer probe, the
+# plugin and `stepup authorizer-config`.
+SIGN_IN_ACR_EXTRA=idp.stepup-e2e.test/acr
+SIGN_IN_AMR_EXTRA=idp.stepup-e2e.test/amr
+SIGN_IN_AUTH_TIME_EXTRA=idp.stepup-e2e.test/auth-time
 
 ETCD_URL=http://$HOST:$ETCD_CLIENT_PORT
 ETCD_PEER_URL=http://$HOST:$ETCD_PEER_PORT
@@ -329,7 +336,7 @@ write_authentication_config() {
 			    certificateAuthority: |
 		EOF
 		sed 's/^/      /' "$PKI/ca.crt"
-		cat <<-'EOF'
+		cat <<-EOF
 			  claimMappings:
 			    username:
 			      claim: preferred_username
@@ -340,11 +347,11 @@ write_authentication_config() {
 			    uid:
 			      claim: sub
 			    extra:
-			    - key: stepup.dev/acr
+			    - key: $SIGN_IN_ACR_EXTRA
 			      valueExpression: "has(claims.acr) ? claims.acr : ''"
-			    - key: stepup.dev/amr
+			    - key: $SIGN_IN_AMR_EXTRA
 			      valueExpression: "has(claims.amr) ? claims.amr : []"
-			    - key: stepup.dev/auth-time
+			    - key: $SIGN_IN_AUTH_TIME_EXTRA
 			      valueExpression: "has(claims.auth_time) ? string(int(claims.auth_time)) : ''"
 			  userValidationRules:
 			  - expression: "!user.username.startsWith('system:')"
@@ -424,6 +431,9 @@ write_env() {
 		printf 'export KUBE_AUTHORIZATION_CONFIG=%q\n' "$DIR/authorization-config.yaml"
 		if ((IDP)); then
 			printf 'export KUBE_AUTHENTICATION_CONFIG=%q\n' "$DIR/authentication-config.yaml"
+			printf 'export STEPUP_SIGN_IN_ACR_EXTRA=%q\n' "$SIGN_IN_ACR_EXTRA"
+			printf 'export STEPUP_SIGN_IN_AMR_EXTRA=%q\n' "$SIGN_IN_AMR_EXTRA"
+			printf 'export STEPUP_SIGN_IN_AUTH_TIME_EXTRA=%q\n' "$SIGN_IN_AUTH_TIME_EXTRA"
 			grep '^export ' "$DIR/idp/env"
 		fi
 		printf 'export ETCD_URL=%q\n' "$ETCD_URL"

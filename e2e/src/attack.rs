@@ -83,6 +83,26 @@ impl Env {
         self.vars.get(name).map(String::as_str)
     }
 
+    /// The extras the e2e API server maps a sign-in's claims to (cluster.sh; not stepup's
+    /// defaults), as the environment each stepup process started here is given, so that it
+    /// reads them as the ones stepup.sh starts do. Empty without the identity provider.
+    pub fn sign_in_env(&self) -> Vec<(&'static str, &str)> {
+        ["STEPUP_SIGN_IN_ACR_EXTRA", "STEPUP_SIGN_IN_AMR_EXTRA", "STEPUP_SIGN_IN_AUTH_TIME_EXTRA"]
+            .into_iter()
+            .filter_map(|k| self.var_opt(k).map(|v| (k, v)))
+            .collect()
+    }
+
+    /// Those extras' keys (the identity provider must be running).
+    pub fn sign_in_keys(&self) -> stepup_core::policy::SignInKeys {
+        stepup_core::policy::SignInKeys::new(
+            self.var("STEPUP_SIGN_IN_ACR_EXTRA"),
+            self.var("STEPUP_SIGN_IN_AMR_EXTRA"),
+            self.var("STEPUP_SIGN_IN_AUTH_TIME_EXTRA"),
+        )
+        .expect("cluster.sh writes valid sign-in keys")
+    }
+
     /// The bearer token of an identity's kubeconfig.
     pub fn token(&self, who: &str) -> String {
         let text = std::fs::read_to_string(self.kubeconfig(who)).expect("readable kubeconfig");

@@ -128,6 +128,7 @@ impl WebhookProcess {
             .args(extra)
             .env("KUBECONFIG", &kubeconfig_path)
             .env("POD_NAME", format!("e2e-{name}"))
+            .envs(env.sign_in_env())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

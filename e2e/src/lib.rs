@@ -355,11 +355,18 @@ impl World {
     /// (`stepup authorizer-config`, as an operator's sync would) and waits until the API
     /// server has loaded that file: its `last_config_info` metric names the file's hash.
     pub async fn sync_authorizer(&self) {
+        self.render_authorizer(&self.env.sign_in_env()).await
+    }
+
+    /// [`Self::sync_authorizer`] with `env` for `stepup authorizer-config` (the sign-in keys it
+    /// is told; an operator may forget them).
+    pub async fn render_authorizer(&self, env: &[(&str, &str)]) {
         let path = self.env.var("KUBE_AUTHORIZATION_CONFIG").to_owned();
         let rendered = tokio::process::Command::new(self.env.var("STEPUP_BIN"))
             .args(["authorizer-config", "--webhook-kubeconfig", self.env.var("STEPUP_AUTHORIZER_KUBECONFIG")])
             .args(["--node-authorizer=false", "--namespace", "stepup-system", "--output", &path])
             .env("KUBECONFIG", self.env.kubeconfig("admin"))
+            .envs(env.iter().copied())
             .output()
             .await
             .expect("stepup authorizer-config runs");
@@ -966,6 +973,7 @@ impl ControllerProcess {
             .args(["--instance", instance, "--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(extra)
             .env("KUBECONFIG", env.kubeconfig("stepup-controller"))
+            .envs(env.sign_in_env())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         Self { child: cmd.spawn().expect("controller starts"), admin_url: format!("http://127.0.0.1:{admin_port}") }

@@ -31,6 +31,7 @@ fn extra(user: &UserInfo, key: &str) -> Vec<String> {
 #[tokio::test]
 async fn alice_signs_in_with_password_and_otp_and_the_api_server_knows_it() {
     let env = Env::load();
+    let keys = env.sign_in_keys();
     let idp = Idp::new(&env);
     let tokens = idp.sign_in("alice", Level::PasswordAndOtp).expect("alice signs in");
     let claims = tokens.claims();
@@ -46,9 +47,9 @@ async fn alice_signs_in_with_password_and_otp_and_the_api_server_knows_it() {
     assert_eq!(user.uid.as_deref(), claims["sub"].as_str(), "the IdP's subject is the uid");
     let groups = user.groups.clone().unwrap_or_default();
     assert!(groups.contains(&"developers".to_owned()) && groups.contains(&"system:authenticated".to_owned()));
-    assert_eq!(extra(&user, "stepup.dev/acr"), ["2"]);
-    assert_eq!(extra(&user, "stepup.dev/amr"), ["pwd", "otp"]);
-    assert_eq!(extra(&user, "stepup.dev/auth-time"), [auth_time.to_string()]);
+    assert_eq!(extra(&user, &keys.acr), ["2"]);
+    assert_eq!(extra(&user, &keys.amr), ["pwd", "otp"]);
+    assert_eq!(extra(&user, &keys.auth_time), [auth_time.to_string()]);
 
     // Real RBAC for the person: alice (a developer) reads dev's config maps, not kube-system's.
     let client = env.client_with_token(&tokens.id_token).await;
@@ -60,12 +61,13 @@ async fn alice_signs_in_with_password_and_otp_and_the_api_server_knows_it() {
 #[tokio::test]
 async fn a_password_only_sign_in_says_so_and_a_forged_token_is_nobody() {
     let env = Env::load();
+    let keys = env.sign_in_keys();
     let idp = Idp::new(&env);
     let tokens = idp.sign_in("bob", Level::Password).expect("bob signs in");
     let user = whoami(&env, &tokens.id_token).await.expect("the API server accepts the ID token");
     assert_eq!(user.username.as_deref(), Some("bob"));
-    assert_eq!(extra(&user, "stepup.dev/acr"), ["1"]);
-    assert_eq!(extra(&user, "stepup.dev/amr"), ["pwd"]);
+    assert_eq!(extra(&user, &keys.acr), ["1"]);
+    assert_eq!(extra(&user, &keys.amr), ["pwd"]);
 
     // A token whose claims were changed (acr 2 claimed by hand) fails its signature: 401.
     let mut parts: Vec<String> = tokens.id_token.split('.').map(str::to_owned).collect();

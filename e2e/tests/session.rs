@@ -132,10 +132,18 @@ async fn nobody_impersonates_a_sign_in_into_a_request() {
     world.secret("prod", "db").await;
     // carol (break-glass group, not system:masters) may impersonate anyone with these extras,
     // as an over-broad role would allow.
-    let extras: Vec<String> = ["stepup.dev/acr", "stepup.dev/amr", "stepup.dev/auth-time", "team"]
-        .iter()
-        .map(|k| format!("userextras/{k}"))
-        .collect();
+    // The API server maps claims to other keys than stepup's defaults here (cluster.sh), and
+    // stepup is configured with them: those are the ones to forge. The defaults are in the
+    // role too, to show that they carry nothing once other keys are configured.
+    let keys = world.env.sign_in_keys();
+    let defaults = stepup_core::policy::SignInKeys::default();
+    let extras: Vec<String> =
+        [&keys.acr, &keys.amr, &keys.auth_time, &defaults.acr, &defaults.amr, &defaults.auth_time]
+            .into_iter()
+            .map(String::as_str)
+            .chain(["team"])
+            .map(|k| format!("userextras/{k}"))
+            .collect();
     let rbac = format!(
         "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: e2e-impersonate-all}}\n\
          rules: [{{apiGroups: [''], resources: [users, groups, serviceaccounts], verbs: [impersonate]}},\n\
@@ -148,30 +156,30 @@ async fn nobody_impersonates_a_sign_in_into_a_request() {
     let out = world.env.kubectl_stdin("admin", &["apply", "-f", "-"], &rbac);
     assert!(out.status.success(), "{}", text(&out));
     let now = Timestamp::now().as_second().to_string();
-    let auth_time = format!("stepup.dev/auth-time={now}");
-    let forged = |who: &'static str, group: &'static str, verb_args: &[&str]| -> Vec<String> {
+    let forged_at = |keys: &stepup_core::policy::SignInKeys, who: &str, group: &str, verb_args: &[&str]| {
         let mut args: Vec<String> = verb_args.iter().map(|a| a.to_string()).collect();
         for a in [
-            "--as",
-            who,
-            "--as-group",
-            group,
-            "--as-user-extra",
-            "stepup.dev/acr=2",
-            "--as-user-extra",
-            "stepup.dev/amr=otp",
-            "--as-user-extra",
+            "--as".to_owned(),
+            who.to_owned(),
+            "--as-group".to_owned(),
+            group.to_owned(),
+            "--as-user-extra".to_owned(),
+            format!("{}=2", keys.acr),
+            "--as-user-extra".to_owned(),
+            format!("{}=otp", keys.amr),
+            "--as-user-extra".to_owned(),
+            format!("{}={now}", keys.auth_time),
         ] {
-            args.push(a.to_owned());
+            args.push(a);
         }
-        args.push(auth_time.clone());
         args
     };
+    let forged = |who: &str, group: &str, verb_args: &[&str]| forged_at(&keys, who, group, verb_args);
     // Before any policy accepts a sign-in, RBAC lets carol put these extras on a request (no
     // policy trusts them yet): the refusal below is stepup's, not RBAC's.
     let args = forged("alice", "developers", &["auth", "whoami", "-o", "json"]);
     let out = world.env.kubectl("carol", &args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("stepup.dev/acr"), "{}", text(&out));
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&keys.acr), "{}", text(&out));
 
     world.apply_policies(&[example()]).await;
     for (who, group) in [("alice", "developers"), ("system:serviceaccount:prod:default", "system:serviceaccounts")] {
@@ -194,7 +202,7 @@ async fn nobody_impersonates_a_sign_in_into_a_request() {
                     && l["resource"] == "userextras"
                     // The API server asks about the extras in no fixed order and stops at the
                     // first refused.
-                    && l["subresource"].as_str().is_some_and(|k| k.starts_with("stepup.dev/"))
+                    && l["subresource"].as_str().is_some_and(|k| keys.forgeable().contains(&k))
                     && l["decision"] == "builtin-denied"
                     && l["time"].as_str().and_then(|t| t.parse::<Timestamp>().ok()).is_some_and(|t| t >= world.started)
             })
@@ -203,6 +211,17 @@ async fn nobody_impersonates_a_sign_in_into_a_request() {
     })
     .await
     .expect("stepup's authorizer refused both impersonated sign-ins");
+    // The default keys are not where this cluster's sign-ins arrive: RBAC lets carol put them
+    // on alice's request, and they prove nothing. The webhook still wants alice's step-up.
+    let args = forged_at(&defaults, "alice", "developers", &["-n", "prod", "delete", "secret", "db"]);
+    let out = world.env.kubectl("carol", &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && !stderr.contains("cannot impersonate")
+            && stderr.contains("requires step-up (policy \"prod-secrets-sso\")"),
+        "{stderr}"
+    );
     // Other extras stay RBAC's business: carol reads as alice with `team=a`, and the policy
     // still wants alice's own sign-in.
     let out = world.env.kubectl(
@@ -248,4 +267,55 @@ async fn kubectl_stepup_check_answers_for_the_sign_in_on_the_credential() {
         said.contains("your sign-in at the identity provider does not count") && said.contains("acr) is \"1\""),
         "{said}"
     );
+}
+
+/// An operator who renders the authorizer file without the cluster's sign-in keys leaves those
+/// keys forgeable by whoever RBAC lets impersonate: a policy accepting `Session` stops being
+/// Ready within its recheck, naming the impersonation the API server does not send, and is
+/// Ready again once the file is rendered with the keys.
+#[tokio::test]
+async fn an_authorizer_file_for_other_sign_in_keys_leaves_a_session_policy_not_ready() {
+    let world = World::new().await;
+    world.apply_policies(&[example()]).await;
+    let api: Api<StepUpPolicy> = Api::all(world.policy_writer.clone());
+    let name = example().metadata.name.expect("named");
+    let ready = |wanted: &'static str| {
+        let (api, name) = (api.clone(), name.clone());
+        async move {
+            // A Ready policy that needs the authorizer is looked at again every 30 s.
+            eventually(Duration::from_secs(60), || async {
+                let status = api.get(&name).await?.status.unwrap_or_default();
+                match status.conditions.iter().find(|c| c.type_ == "Ready") {
+                    Some(c) if c.reason == wanted => Ok(c.clone()),
+                    other => anyhow::bail!("Ready condition: {other:?}"),
+                }
+            })
+            .await
+            .unwrap_or_else(|e| panic!("Ready becomes {wanted}: {e}"))
+        }
+    };
+    assert_eq!(ready("Compiled").await.status, "True");
+
+    let defaults = stepup_core::policy::SignInKeys::default();
+    world
+        .render_authorizer(&[
+            ("STEPUP_SIGN_IN_ACR_EXTRA", &defaults.acr),
+            ("STEPUP_SIGN_IN_AMR_EXTRA", &defaults.amr),
+            ("STEPUP_SIGN_IN_AUTH_TIME_EXTRA", &defaults.auth_time),
+        ])
+        .await;
+    let not_sent = ready("AuthorizerNotConfigured").await;
+    let keys = world.env.sign_in_keys();
+    assert_eq!(not_sent.status, "False");
+    assert!(
+        not_sent.message.starts_with(&format!(
+            "the API server does not send impersonate userextras/{}, impersonate userextras/{}, impersonate userextras/{} to stepup's authorizer",
+            keys.acr, keys.amr, keys.auth_time
+        )) && not_sent.message.contains("(whoever may impersonate could put a sign-in on a request)"),
+        "{}",
+        not_sent.message
+    );
+
+    world.sync_authorizer().await;
+    assert_eq!(ready("Compiled").await.status, "True");
 }

@@ -11,7 +11,7 @@ use super::review::Extras;
 use crate::{
     api::Verb,
     decision::Decision,
-    policy::{Action, Masks, NamespaceLabels, Request, User},
+    policy::{Action, Masks, NamespaceLabels, Request, SignInKeys, User},
 };
 
 pub const AUTHORIZATION_API_VERSION: &str = "authorization.k8s.io/v1";
@@ -63,8 +63,8 @@ struct Spec<'a> {
     uid: Cow<'a, str>,
     #[serde(default)]
     groups: Vec<String>,
-    #[serde(default)]
-    extra: Extras,
+    #[serde(default, borrow)]
+    extra: Option<&'a serde_json::value::RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -88,10 +88,12 @@ struct ResourceAttributes<'a> {
 /// A parsed SubjectAccessReview, borrowing from the body.
 pub struct AccessReview<'a> {
     spec: Spec<'a>,
+    extras: Extras,
 }
 
 impl<'a> AccessReview<'a> {
-    pub fn parse(body: &'a [u8]) -> Result<Self, AccessReviewError> {
+    /// Parses a review; the requester's sign-in is read from the extras at `keys`.
+    pub fn parse(body: &'a [u8], keys: &SignInKeys) -> Result<Self, AccessReviewError> {
         let envelope: Envelope<'a> = serde_json::from_slice(body).map_err(AccessReviewError::NotJson)?;
         if envelope.api_version != AUTHORIZATION_API_VERSION || envelope.kind != "SubjectAccessReview" {
             return Err(AccessReviewError::WrongKind {
@@ -99,7 +101,9 @@ impl<'a> AccessReview<'a> {
                 kind: envelope.kind.into_owned(),
             });
         }
-        Ok(Self { spec: envelope.spec.ok_or(AccessReviewError::MissingSpec)? })
+        let spec = envelope.spec.ok_or(AccessReviewError::MissingSpec)?;
+        let extras = Extras::read(spec.extra, keys).map_err(AccessReviewError::NotJson)?;
+        Ok(Self { spec, extras })
     }
 
     pub fn username(&self) -> &str {
@@ -128,8 +132,8 @@ impl<'a> AccessReview<'a> {
             subresource: &a.subresource,
             namespace: &a.namespace,
             name: &a.name,
-            user: User::reported(&self.spec.user, &self.spec.uid, &self.spec.groups, self.spec.extra.is_bound(), masks)
-                .with_sign_in(self.spec.extra.sign_in()),
+            user: User::reported(&self.spec.user, &self.spec.uid, &self.spec.groups, self.extras.is_bound(), masks)
+                .with_sign_in(self.extras.sign_in()),
             namespace_labels,
             previous_labels: None,
             dry_run: false,
@@ -206,11 +210,30 @@ mod tests {
     fn parses_what_the_api_server_sends() {
         let body = read(Get, "secrets").namespace("prod").name("db").uid("u-1").pod_bound().subject_access_review();
         let body = body.to_string();
-        let review = AccessReview::parse(body.as_bytes()).unwrap();
+        let review = AccessReview::parse(body.as_bytes(), &SignInKeys::default()).unwrap();
         let req = review.request(NamespaceLabels::Unknown, &Masks::default()).expect("a resource request");
         assert_eq!(req.action, Action::Authorization(Get));
         assert_eq!((req.resource, req.namespace, req.name, req.user.username), ("secrets", "prod", "db", "alice"));
         assert!(req.user.pod_bound);
+    }
+
+    #[test]
+    fn a_read_carries_the_sign_in_at_the_configured_keys() {
+        let keys = SignInKeys::new("sso.example.com/acr", "sso.example.com/amr", "sso.example.com/t").unwrap();
+        let mut body = read(Get, "secrets").namespace("prod").name("db").subject_access_review();
+        body["spec"]["extra"] = serde_json::json!({
+            "sso.example.com/acr": ["2"], "sso.example.com/t": ["1796665229"],
+            crate::policy::ACR_EXTRA: ["3"], crate::policy::AUTH_TIME_EXTRA: ["1796665000"],
+        });
+        let body = body.to_string();
+        let acr = |keys: &SignInKeys| {
+            let review = AccessReview::parse(body.as_bytes(), keys).unwrap();
+            review.request(NamespaceLabels::Unknown, &Masks::default()).unwrap().user.sign_in.map(|s| s.acr.to_owned())
+        };
+        assert_eq!(acr(&keys).as_deref(), Some("2"));
+        assert_eq!(acr(&SignInKeys::default()).as_deref(), Some("3"));
+        let bad = body.replace(r#"["1796665229"]"#, "7");
+        assert!(AccessReview::parse(bad.as_bytes(), &keys).is_err(), "{bad}");
     }
 
     #[test]
@@ -220,12 +243,12 @@ mod tests {
             "spec": {"nonResourceAttributes": {"path": "/healthz", "verb": "get"}, "user": "alice"}
         })
         .to_string();
-        let review = AccessReview::parse(non_resource.as_bytes()).unwrap();
+        let review = AccessReview::parse(non_resource.as_bytes(), &SignInKeys::default()).unwrap();
         assert!(review.request(NamespaceLabels::Unknown, &Masks::default()).is_none());
         let mut proxy = read(Get, "services/proxy").subject_access_review();
         proxy["spec"]["resourceAttributes"]["verb"] = "use".into();
         let proxy = proxy.to_string();
-        let review = AccessReview::parse(proxy.as_bytes()).unwrap();
+        let review = AccessReview::parse(proxy.as_bytes(), &SignInKeys::default()).unwrap();
         assert!(review.request(NamespaceLabels::Unknown, &Masks::default()).is_none());
     }
 
@@ -238,7 +261,7 @@ mod tests {
             (br#"{"apiVersion":"authorization.k8s.io/v1","kind":"SubjectAccessReview"}"#, "no spec"),
         ];
         for (body, needle) in cases {
-            let err = AccessReview::parse(body).err().expect("refused").to_string();
+            let err = AccessReview::parse(body, &SignInKeys::default()).err().expect("refused").to_string();
             assert!(err.contains(needle), "{err}");
         }
     }

@@ -9,9 +9,7 @@ use serde_json::value::RawValue;
 use crate::{
     api::{GROUP, Operation, POD_NAME_EXTRA, POD_UID_EXTRA},
     decision::{Decision, StepUpObjects},
-    policy::{
-        ACR_EXTRA, AMR_EXTRA, AUTH_TIME_EXTRA, CREDENTIAL_ID_EXTRA, Masks, NamespaceLabels, Request, SignIn, User,
-    },
+    policy::{CREDENTIAL_ID_EXTRA, Masks, NamespaceLabels, Request, SignIn, SignInKeys, User},
 };
 
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
@@ -88,15 +86,16 @@ struct UserInfo<'a> {
     uid: Cow<'a, str>,
     #[serde(default)]
     groups: Vec<String>,
-    #[serde(default)]
-    extra: Extras,
+    /// Read by [`Extras::read`] once the keys it looks for are known.
+    #[serde(default, borrow)]
+    extra: Option<&'a RawValue>,
 }
 
 /// What `userInfo.extra` says that decisions read: whether the credential is bound to a pod
 /// (`authentication.kubernetes.io/pod-name` and `pod-uid`, non-empty) and the person's sign-in
-/// at the identity provider (the `stepup.dev/acr`, `amr` and `auth-time` extras the API server
-/// maps from an ID token, with the credential's id). Other keys and their values are skipped
-/// without allocating.
+/// at the identity provider (the `acr`, `amr` and `auth-time` extras the API server maps from
+/// an ID token, at the configured [`SignInKeys`], with the credential's id). Other keys and
+/// their values are skipped without allocating.
 #[derive(Default, Clone, Debug, PartialEq, Eq)]
 pub(super) struct Extras {
     pod_name: bool,
@@ -133,38 +132,57 @@ impl Extras {
     }
 }
 
-impl<'de> Deserialize<'de> for Extras {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Map;
-        impl<'de> serde::de::Visitor<'de> for Map {
-            type Value = Extras;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a map of string lists")
-            }
-            fn visit_unit<E>(self) -> Result<Extras, E> {
-                Ok(Extras::default())
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Extras, A::Error> {
-                let mut found = Extras::default();
-                while let Some(key) = map.next_key::<ExtraKey>()? {
-                    match key {
-                        ExtraKey::PodName => found.pod_name |= map.next_value::<NonEmpty>()?.0,
-                        ExtraKey::PodUid => found.pod_uid |= map.next_value::<NonEmpty>()?.0,
-                        // A key seen twice (JSON allows it) adds to the list: two auth-times
-                        // or two acrs are no evidence.
-                        ExtraKey::Acr => found.take(|e| &mut e.acr, map.next_value::<Strings>()?),
-                        ExtraKey::Amr => found.take(|e| &mut e.amr, map.next_value::<Strings>()?),
-                        ExtraKey::AuthTime => found.take(|e| &mut e.auth_time, map.next_value::<Strings>()?),
-                        ExtraKey::CredentialId => found.take(|e| &mut e.credential, map.next_value::<Strings>()?),
-                        ExtraKey::Other => {
-                            map.next_value::<serde::de::IgnoredAny>()?;
-                        }
-                    }
+impl Extras {
+    /// The extras of a review's user (`None`: it had none), with the sign-in read from `keys`.
+    /// Anything but a map of string lists (or null) is an error.
+    pub(super) fn read(raw: Option<&RawValue>, keys: &SignInKeys) -> Result<Self, serde_json::Error> {
+        use serde::de::DeserializeSeed;
+        let Some(raw) = raw else { return Ok(Self::default()) };
+        let mut de = serde_json::Deserializer::from_str(raw.get());
+        let extras = Map { keys }.deserialize(&mut de)?;
+        de.end()?;
+        Ok(extras)
+    }
+}
+
+/// Reads a `userInfo.extra` map, looking for the sign-in at `keys`.
+struct Map<'k> {
+    keys: &'k SignInKeys,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Map<'_> {
+    type Value = Extras;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Extras, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Map<'_> {
+    type Value = Extras;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map of string lists")
+    }
+    fn visit_unit<E>(self) -> Result<Extras, E> {
+        Ok(Extras::default())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Extras, A::Error> {
+        let mut found = Extras::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match ExtraKey::of(&key, self.keys) {
+                ExtraKey::PodName => found.pod_name |= map.next_value::<NonEmpty>()?.0,
+                ExtraKey::PodUid => found.pod_uid |= map.next_value::<NonEmpty>()?.0,
+                // A key seen twice (JSON allows it) adds to the list: two auth-times
+                // or two acrs are no evidence.
+                ExtraKey::Acr => found.take(|e| &mut e.acr, map.next_value::<Strings>()?),
+                ExtraKey::Amr => found.take(|e| &mut e.amr, map.next_value::<Strings>()?),
+                ExtraKey::AuthTime => found.take(|e| &mut e.auth_time, map.next_value::<Strings>()?),
+                ExtraKey::CredentialId => found.take(|e| &mut e.credential, map.next_value::<Strings>()?),
+                ExtraKey::Other => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
                 }
-                Ok(found)
             }
         }
-        deserializer.deserialize_any(Map)
+        Ok(found)
     }
 }
 
@@ -178,27 +196,19 @@ enum ExtraKey {
     Other,
 }
 
-impl<'de> Deserialize<'de> for ExtraKey {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Key;
-        impl serde::de::Visitor<'_> for Key {
-            type Value = ExtraKey;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("an extra's name")
-            }
-            fn visit_str<E>(self, key: &str) -> Result<ExtraKey, E> {
-                Ok(match key {
-                    POD_NAME_EXTRA => ExtraKey::PodName,
-                    POD_UID_EXTRA => ExtraKey::PodUid,
-                    ACR_EXTRA => ExtraKey::Acr,
-                    AMR_EXTRA => ExtraKey::Amr,
-                    AUTH_TIME_EXTRA => ExtraKey::AuthTime,
-                    CREDENTIAL_ID_EXTRA => ExtraKey::CredentialId,
-                    _ => ExtraKey::Other,
-                })
-            }
+impl ExtraKey {
+    /// What an extra's (unescaped) key names. The sign-in keys cannot be one of the API
+    /// server's own ([`crate::policy::check_sign_in_key`]), so the order here hides nothing.
+    fn of(key: &str, keys: &SignInKeys) -> Self {
+        match key {
+            POD_NAME_EXTRA => ExtraKey::PodName,
+            POD_UID_EXTRA => ExtraKey::PodUid,
+            CREDENTIAL_ID_EXTRA => ExtraKey::CredentialId,
+            _ if key == keys.acr => ExtraKey::Acr,
+            _ if key == keys.amr => ExtraKey::Amr,
+            _ if key == keys.auth_time => ExtraKey::AuthTime,
+            _ => ExtraKey::Other,
         }
-        deserializer.deserialize_str(Key)
     }
 }
 
@@ -298,6 +308,7 @@ pub struct Review<'a> {
     /// The object's real name: `request.name`, or for a collection delete (empty name) the old
     /// object's, for a `generateName` create the object's.
     name: Cow<'a, str>,
+    extras: Extras,
 }
 
 /// `metadata.name` of an object, borrowed when it needs no unescaping.
@@ -333,7 +344,8 @@ pub fn uid_of(body: &[u8]) -> Option<String> {
 }
 
 impl<'a> Review<'a> {
-    pub fn parse(body: &'a [u8]) -> Result<Self, ReviewError> {
+    /// Parses a review; the requester's sign-in is read from the extras at `keys`.
+    pub fn parse(body: &'a [u8], keys: &SignInKeys) -> Result<Self, ReviewError> {
         let envelope: Envelope<'a> = serde_json::from_slice(body).map_err(ReviewError::NotJson)?;
         if envelope.api_version != ADMISSION_API_VERSION || envelope.kind != "AdmissionReview" {
             return Err(ReviewError::WrongKind {
@@ -359,7 +371,8 @@ impl<'a> Review<'a> {
             Operation::Create => object_name(raw.object).unwrap_or_default(),
             _ => Cow::Borrowed(""),
         };
-        Ok(Self { raw, operation, name })
+        let extras = Extras::read(raw.user_info.extra, keys).map_err(ReviewError::NotJson)?;
+        Ok(Self { raw, operation, name, extras })
     }
 
     pub fn uid(&self) -> &str {
@@ -380,7 +393,7 @@ impl<'a> Review<'a> {
 
     /// Whether the requester's credential is a service-account token bound to a pod.
     pub fn pod_bound(&self) -> bool {
-        self.raw.user_info.extra.is_bound()
+        self.extras.is_bound()
     }
 
     pub fn operation(&self) -> Operation {
@@ -456,7 +469,7 @@ impl<'a> Review<'a> {
                 self.pod_bound(),
                 masks,
             )
-            .with_sign_in(self.raw.user_info.extra.sign_in()),
+            .with_sign_in(self.extras.sign_in()),
             namespace_labels,
             previous_labels,
             dry_run: self.raw.dry_run,
@@ -581,7 +594,11 @@ pub fn response_body(uid: &str, decision: &Decision) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{api::Operation::*, testing::request};
+    use crate::{
+        api::Operation::*,
+        policy::{ACR_EXTRA, AMR_EXTRA, AUTH_TIME_EXTRA},
+        testing::request,
+    };
 
     #[test]
     fn parses_a_realistic_review_without_copying_objects() {
@@ -591,7 +608,7 @@ mod tests {
             .uid("uid-alice-1")
             .review("r-1", None, Some(crate::testing::secret_object("prod", "db")))
             .to_string();
-        let review = Review::parse(body.as_bytes()).unwrap();
+        let review = Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap();
         assert_eq!(review.uid(), "r-1");
         assert_eq!(review.kind(), "Secret");
         let req = review.request(NamespaceLabels::Unknown, None, &Masks::default());
@@ -621,7 +638,9 @@ mod tests {
             ("[1,2,3]", "not_json"),
         ];
         for (body, label) in cases {
-            let err = Review::parse(body.as_bytes()).err().unwrap_or_else(|| panic!("{body} should fail"));
+            let err = Review::parse(body.as_bytes(), &SignInKeys::default())
+                .err()
+                .unwrap_or_else(|| panic!("{body} should fail"));
             assert_eq!(err.label(), label, "{body}: {err}");
         }
     }
@@ -632,7 +651,7 @@ mod tests {
             .group("stepup.dev", "v1alpha1")
             .review("r-2", Some(serde_json::json!({"spec": {"user": 42}})), None)
             .to_string();
-        let review = Review::parse(body.as_bytes()).unwrap();
+        let review = Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap();
         let err = review.stepup_objects().unwrap_err();
         assert_eq!(err.label(), "bad_object");
         assert!(err.to_string().starts_with("cannot read object as a StepUpChallenge"), "{err}");
@@ -648,7 +667,7 @@ mod tests {
     fn namespace_objects_use_their_own_name_and_labels() {
         let object = serde_json::json!({"metadata": {"name": "prod", "labels": {"env": "prod"}}});
         let body = request(Delete, "namespaces").name("prod").review("r-3", None, Some(object)).to_string();
-        let review = Review::parse(body.as_bytes()).unwrap();
+        let review = Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap();
         let labels = review.namespace_object_labels().unwrap();
         assert_eq!(labels.get("env").map(String::as_str), Some("prod"));
         assert_eq!(review.request(NamespaceLabels::Known(&labels), None, &Masks::default()).namespace, "prod");
@@ -687,7 +706,8 @@ mod tests {
         ];
         for (what, extra, expected) in cases {
             let body = with_extra(extra).replace("\\\\u002f", "\\u002f");
-            let review = Review::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let review =
+                Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
             let req = review.request(NamespaceLabels::Unknown, None, &Masks::default());
             assert_eq!(req.user.kind, expected, "{what}");
         }
@@ -704,7 +724,7 @@ mod tests {
             ACR_EXTRA: ["2"], AMR_EXTRA: ["pwd", "otp"], AUTH_TIME_EXTRA: ["1796665229"],
             CREDENTIAL_ID_EXTRA: ["JTI=abc"], "scopes": ["x"],
         }));
-        let review = Review::parse(body.as_bytes()).unwrap();
+        let review = Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap();
         let req = review.request(NamespaceLabels::Unknown, None, &Masks::default());
         let sign_in = req.user.sign_in.expect("a sign-in");
         assert_eq!(
@@ -722,10 +742,44 @@ mod tests {
             ("too many amrs", serde_json::json!({AMR_EXTRA: many, AUTH_TIME_EXTRA: ["1796665229"]})),
         ] {
             let body = review_with(extra);
-            let review = Review::parse(body.as_bytes()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let review =
+                Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap_or_else(|e| panic!("{what}: {e}"));
             let req = review.request(NamespaceLabels::Unknown, None, &Masks::default());
             assert_eq!(req.user.sign_in, None, "{what}");
         }
+    }
+
+    #[test]
+    fn a_sign_in_is_read_only_from_the_configured_keys() {
+        let keys = SignInKeys::new("sso.example.com/acr", "sso.example.com/amr", "sso.example.com/auth-time").unwrap();
+        let review_with = |extra: serde_json::Value| {
+            let mut review = request(Delete, "secrets").namespace("prod").name("db").review("r-6", None, None);
+            review["request"]["userInfo"]["extra"] = extra;
+            review.to_string()
+        };
+        let sign_in_of = |body: &str, keys: &SignInKeys| {
+            let review = Review::parse(body.as_bytes(), keys).unwrap();
+            review.request(NamespaceLabels::Unknown, None, &Masks::default()).user.sign_in.map(|s| s.acr.to_owned())
+        };
+        let configured = review_with(serde_json::json!({
+            "sso.example.com/acr": ["2"], "sso.example.com/amr": ["otp"], "sso.example.com/auth-time": ["1796665229"],
+        }));
+        assert_eq!(sign_in_of(&configured, &keys).as_deref(), Some("2"));
+        assert_eq!(sign_in_of(&configured, &SignInKeys::default()), None, "the default keys see nothing there");
+        // Once other keys are configured, the defaults are just extras: whoever can put them
+        // on a request (another authenticator, impersonation RBAC allows) proves nothing.
+        let defaults = review_with(serde_json::json!({
+            ACR_EXTRA: ["2"], AMR_EXTRA: ["otp"], AUTH_TIME_EXTRA: ["1796665229"],
+        }));
+        assert_eq!(sign_in_of(&defaults, &keys), None);
+        assert_eq!(sign_in_of(&defaults, &SignInKeys::default()).as_deref(), Some("2"));
+        // A configured key seen twice adds up to two acrs: no evidence.
+        let twice = review_with(serde_json::json!({"sso.example.com/auth-time": ["1796665229"]})).replace(
+            r#""sso.example.com/auth-time""#,
+            r#""sso.example.com/acr":["1"],"sso.example.com/acr":["2"],"sso.example.com/auth-time""#,
+        );
+        assert!(twice.contains(r#""sso.example.com/acr":["1"],"sso.example.com/acr":["2"]"#), "{twice}");
+        assert_eq!(sign_in_of(&twice, &keys), None);
     }
 
     #[test]
@@ -736,7 +790,11 @@ mod tests {
             serde_json::json!({POD_NAME_EXTRA: [7]}),
         ] {
             let body = with_extra(extra.clone());
-            assert_eq!(Review::parse(body.as_bytes()).err().map(|e| e.label()), Some("not_json"), "{extra}");
+            assert_eq!(
+                Review::parse(body.as_bytes(), &SignInKeys::default()).err().map(|e| e.label()),
+                Some("not_json"),
+                "{extra}"
+            );
         }
     }
 
@@ -747,12 +805,12 @@ mod tests {
             .namespace("prod")
             .review("r-5", None, Some(crate::testing::secret_object("prod", "db")))
             .to_string();
-        let review = Review::parse(body.as_bytes()).unwrap();
+        let review = Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap();
         assert_eq!(review.request(NamespaceLabels::Unknown, None, &Masks::default()).name, "db");
         // generateName: the name is generated before validating admission.
         let object = serde_json::json!({"metadata": {"generateName": "db-", "name": "db-x7k2p"}});
         let body = request(Create, "secrets").namespace("prod").review("r-6", Some(object), None).to_string();
-        let review = Review::parse(body.as_bytes()).unwrap();
+        let review = Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap();
         assert_eq!(review.name(), "db-x7k2p");
         // A given name is never replaced by the object's.
         let body = request(Delete, "secrets")
@@ -760,7 +818,7 @@ mod tests {
             .name("db")
             .review("r-7", None, Some(crate::testing::secret_object("prod", "other")))
             .to_string();
-        assert_eq!(Review::parse(body.as_bytes()).unwrap().name(), "db");
+        assert_eq!(Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap().name(), "db");
     }
 
     #[test]
@@ -768,7 +826,7 @@ mod tests {
         let new = serde_json::json!({"metadata": {"name": "prod", "labels": {"team": "a"}}});
         let old = serde_json::json!({"metadata": {"name": "prod", "labels": {"env": "prod", "team": "a"}}});
         let body = request(Update, "namespaces").name("prod").review("r-8", Some(new), Some(old)).to_string();
-        let review = Review::parse(body.as_bytes()).unwrap();
+        let review = Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap();
         assert_eq!(review.namespace_object_labels().unwrap().get("env"), None);
         assert_eq!(review.namespace_object_previous_labels().unwrap().get("env").map(String::as_str), Some("prod"));
     }

@@ -43,7 +43,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let verifier = MasterKey::from_file(&args.identity.key_file)?.grant_verifier();
     let certificate = ReloadingCertificate::load(&args.tls_cert_file, &args.tls_key_file)?;
     let client = Client::try_default().await?;
-    let decision = config::decision_settings(&args.identity, &args.decision);
+    let decision = config::decision_settings(&args.identity, &args.decision)?;
     let builtin = decision.builtin_policies();
     let stop_records = CancellationToken::new();
     let instance = process::instance(None);

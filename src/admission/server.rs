@@ -397,7 +397,7 @@ async fn handle(state: &Webhook, query: Option<&str>, body: &[u8], peer: &Peer, 
         );
     }
     let deadline = started + review_timeout(query, state.settings.default_review_timeout);
-    let review = match Review::parse(body) {
+    let review = match Review::parse(body, &state.settings.decision.sign_in_keys) {
         Ok(r) => r,
         Err(error) => return malformed(state, body, &error),
     };
@@ -470,7 +470,7 @@ async fn handle_access_review(state: &Webhook, body: &[u8], peer: &Peer, started
         );
     }
     let deadline = started + state.settings.default_review_timeout;
-    let review = match AccessReview::parse(body) {
+    let review = match AccessReview::parse(body, &state.settings.decision.sign_in_keys) {
         Ok(r) => r,
         Err(error) => {
             metrics.review_errors.with_label_values(&[error.label()]).inc();

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use super::webhook_config::cel_string;
 use crate::{
     api::{Method, POD_NAME_EXTRA, POD_UID_EXTRA, StepUpPolicy},
-    policy::{Masks, SIGN_IN_EXTRAS},
+    policy::{Masks, SignInKeys},
 };
 
 pub const AUTHORIZER_NAME: &str = "stepup.dev";
@@ -42,6 +42,8 @@ pub struct AuthorizerSettings {
     /// stepup's own service accounts: with a pod-bound credential, never sent.
     pub own_users: Vec<String>,
     pub masks: Masks,
+    /// The extras a sign-in arrives in: impersonating them is sent to stepup, which refuses it.
+    pub sign_in_keys: SignInKeys,
     /// Put the Node authorizer first (clusters with kubelets).
     pub node_authorizer: bool,
     /// The sha256 of the CA certificate that kubeconfig trusts, written into the file as an
@@ -181,7 +183,7 @@ fn conditions(named: String, policies: &[StepUpPolicy], s: &AuthorizerSettings) 
             attribute("verb"),
             attribute("group"),
             attribute("resource"),
-            in_list("subresource", SIGN_IN_EXTRAS.into_iter())
+            in_list("subresource", s.sign_in_keys.forgeable().into_iter())
         );
         for c in out.iter_mut().skip(1) {
             c.expression = format!("{forgery} || ({})", c.expression);
@@ -321,6 +323,7 @@ pub async fn command(args: &crate::config::AuthorizerConfigArgs) -> anyhow::Resu
         timeout_seconds: args.timeout_seconds,
         own_users: vec![args.identity.controller_user(), args.identity.webhook_user()],
         masks: args.identity.masks(),
+        sign_in_keys: args.identity.sign_in_keys()?,
         node_authorizer: args.node_authorizer,
         ca_fingerprint: match ca_fingerprint(std::path::Path::new(&args.webhook_kubeconfig)) {
             Ok(fingerprint) => Some(fingerprint),
@@ -373,6 +376,7 @@ mod tests {
             timeout_seconds: 3,
             own_users: vec!["system:serviceaccount:stepup-system:stepup-controller".into()],
             masks: Masks { enabled: true, trusted_namespaces: vec!["kube-system".into()] },
+            sign_in_keys: SignInKeys::default(),
             node_authorizer: false,
             ca_fingerprint: Some("ab12".into()),
         }
@@ -488,6 +492,18 @@ mod tests {
                 "{c}"
             );
         }
+        // Other keys configured: those are what nobody may impersonate.
+        let keys = SignInKeys::new("sso.example.com/acr", "sso.example.com/amr", "sso.example.com/at").unwrap();
+        let sso =
+            policy("sso").rule(&[crate::api::Operation::Delete], "", &["secrets"]).methods(&[Method::Session]).build();
+        let config: serde_yaml::Value =
+            serde_yaml::from_str(&render(&[sso], &AuthorizerSettings { sign_in_keys: keys, ..settings() })).unwrap();
+        let conditions = expressions(&config);
+        assert!(
+            conditions[1].contains("request.resourceAttributes.subresource in ['authentication.kubernetes.io/credential-id', 'sso.example.com/acr', 'sso.example.com/amr', 'sso.example.com/at'])"),
+            "{}",
+            conditions[1]
+        );
     }
 
     /// The API server reads the webhook's kubeconfig (and the CA file it names) only when it

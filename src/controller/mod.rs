@@ -70,6 +70,8 @@ pub struct Settings {
     pub crash_at: Option<CrashPoint>,
     /// Test hook: wait this long between the last deadline check and issuing the grant.
     pub pause_before_issuing: Option<std::time::Duration>,
+    /// Where the API server puts a sign-in: the authorizer must refuse impersonating these.
+    pub sign_in_keys: crate::policy::SignInKeys,
 }
 
 /// The steps of answering a challenge that earns a grant, in order: where the test hook
@@ -118,6 +120,7 @@ impl Default for Settings {
             max_clock_skew: SignedDuration::from_secs(10),
             crash_at: None,
             pause_before_issuing: None,
+            sign_in_keys: Default::default(),
         }
     }
 }

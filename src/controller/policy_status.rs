@@ -136,16 +136,19 @@ fn needs_authorizer(policy: &StepUpPolicy) -> bool {
 
 /// One request per rule of verbs: its first verb, group and resource, asked for the probe
 /// identity in no namespace (which every namespace condition of the rendered file admits); and
-/// for a policy accepting `Session`, impersonating a sign-in's `acr` extra.
-pub fn probes(policy: &StepUpPolicy) -> Vec<ResourceAttributes> {
+/// for a policy accepting `Session`, impersonating each extra a sign-in's claims arrive in
+/// (`keys`: a file rendered for other keys would let the configured ones be forged).
+pub fn probes(policy: &StepUpPolicy, keys: &crate::policy::SignInKeys) -> Vec<ResourceAttributes> {
     let concrete = |s: &str| if s == "*" { "stepup-probe".to_owned() } else { s.to_owned() };
-    let sign_in = policy.spec.methods.contains(&crate::api::Method::Session).then(|| ResourceAttributes {
-        verb: Some("impersonate".to_owned()),
-        group: Some("authentication.k8s.io".to_owned()),
-        resource: Some("userextras".to_owned()),
-        subresource: Some(crate::policy::ACR_EXTRA.to_owned()),
-        ..ResourceAttributes::default()
-    });
+    let session = policy.spec.methods.contains(&crate::api::Method::Session);
+    let sign_in =
+        [&keys.acr, &keys.amr, &keys.auth_time].into_iter().filter(move |_| session).map(|key| ResourceAttributes {
+            verb: Some("impersonate".to_owned()),
+            group: Some("authentication.k8s.io".to_owned()),
+            resource: Some("userextras".to_owned()),
+            subresource: Some(key.clone()),
+            ..ResourceAttributes::default()
+        });
     policy
         .spec
         .match_
@@ -183,7 +186,7 @@ async fn unauthorized_probes(ctx: &Context, policy: &StepUpPolicy) -> Option<Vec
         .is_some_and(|c| c.observed_generation.is_some() && c.observed_generation == policy.metadata.generation);
     let api: Api<SubjectAccessReview> = Api::all(ctx.client.clone());
     let mut missing = Vec::new();
-    for attributes in probes(policy) {
+    for attributes in probes(policy, &ctx.settings.sign_in_keys) {
         let what = format!(
             "{} {}{}",
             attributes.verb.as_deref().unwrap_or_default(),
@@ -308,7 +311,7 @@ mod tests {
             .verbs(&[Watch], "apps", &["*"])
             .namespaces(&["prod"])
             .build();
-        let asked: Vec<(String, String, String, Option<String>)> = probes(&p)
+        let asked: Vec<(String, String, String, Option<String>)> = probes(&p, &Default::default())
             .into_iter()
             .map(|a| (a.verb.unwrap(), a.group.unwrap(), a.resource.unwrap(), a.subresource))
             .collect();
@@ -320,6 +323,26 @@ mod tests {
                 ("watch".into(), "apps".into(), "stepup-probe".into(), None),
             ]
         );
-        assert!(probes(&policy("w").rule(&[Delete], "", &["secrets"]).build()).is_empty(), "writes need no probe");
+        assert!(
+            probes(&policy("w").rule(&[Delete], "", &["secrets"]).build(), &Default::default()).is_empty(),
+            "writes need no probe"
+        );
+    }
+
+    #[test]
+    fn a_session_policy_probes_impersonating_each_configured_sign_in_key() {
+        let keys =
+            crate::policy::SignInKeys::new("sso.example.com/acr", "sso.example.com/amr", "sso.example.com/t").unwrap();
+        let p = policy("s").rule(&[Delete], "", &["secrets"]).methods(&[crate::api::Method::Session]).build();
+        let asked: Vec<(String, String, String, Option<String>)> = probes(&p, &keys)
+            .into_iter()
+            .map(|a| (a.verb.unwrap(), a.group.unwrap(), a.resource.unwrap(), a.subresource))
+            .collect();
+        let forging =
+            |key: &str| ("impersonate".into(), "authentication.k8s.io".into(), "userextras".into(), Some(key.into()));
+        assert_eq!(
+            asked,
+            [forging("sso.example.com/acr"), forging("sso.example.com/amr"), forging("sso.example.com/t")]
+        );
     }
 }

@@ -36,8 +36,8 @@ use crate::{
     verify::totp::TotpVerifier,
 };
 
-pub fn settings(args: &ControllerArgs) -> Settings {
-    Settings {
+pub fn settings(args: &ControllerArgs) -> Result<Settings, RunError> {
+    Ok(Settings {
         namespace: args.identity.namespace.clone(),
         self_service_enrollment: args.self_service_enrollment,
         default_grant_duration: args.default_grant_duration.as_signed(),
@@ -57,7 +57,8 @@ pub fn settings(args: &ControllerArgs) -> Settings {
         max_clock_skew: args.identity.max_clock_skew.as_signed(),
         crash_at: args.crash_at,
         pause_before_issuing: args.pause_before_issuing.map(|d| d.as_std()),
-    }
+        sign_in_keys: args.identity.sign_in_keys()?,
+    })
 }
 
 /// What the controller registers: the configuration, and the certificate unless cert-manager
@@ -124,7 +125,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
-        settings: settings(&args),
+        settings: settings(&args)?,
         metrics: metrics.clone(),
         evidence: Evidence::new(
             client.clone(),
@@ -152,7 +153,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     let admin_task = process::spawn_admin(admin, app, stop.clone());
 
     let registration = registration_settings(&args);
-    let decision = crate::config::decision_settings(&args.identity, &args.decision);
+    let decision = crate::config::decision_settings(&args.identity, &args.decision)?;
     let elector = Elector::new(
         client,
         LeaseConfig {

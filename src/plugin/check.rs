@@ -304,7 +304,7 @@ impl Evaluation<'_> {
             subresource: &target.subresource,
             namespace: &target.namespace,
             name: &target.name,
-            user: self.me.user_as_classified(self.masks),
+            user: self.me.user_as_classified(self.masks, &self.config.sign_in_keys),
             namespace_labels: labels,
             previous_labels: None,
             dry_run: false,
@@ -709,7 +709,7 @@ items:
             uid: "uid-alice-1".into(),
             groups: vec!["developers".into()],
             pod_bound: false,
-            sign_in: Default::default(),
+            extra: Default::default(),
         }
     }
 
@@ -783,7 +783,14 @@ items:
             .build();
         let delete_db = target(Delete, "", "secrets", "", "prod", "db");
         let signed_in = |at: jiff::Timestamp| Identity {
-            sign_in: [vec!["2".into()], vec!["pwd".into(), "otp".into()], vec![at.as_second().to_string()], vec![]],
+            extra: [
+                (crate::policy::ACR_EXTRA, vec!["2".into()]),
+                (crate::policy::AMR_EXTRA, vec!["pwd".into(), "otp".into()]),
+                (crate::policy::AUTH_TIME_EXTRA, vec![at.as_second().to_string()]),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
             ..alice()
         };
         let defaults = DecisionSettings::defaults("stepup");
@@ -797,7 +804,29 @@ items:
             why.starts_with("your sign-in at the identity provider does not count: it was issued 20m ago"),
             "{why}"
         );
-        assert_eq!(check(&[sso], &[], &delete_db).decision, Outcome::Denied, "no sign-in, no grant");
+        assert_eq!(
+            check(std::slice::from_ref(&sso), &[], &delete_db).decision,
+            Outcome::Denied,
+            "no sign-in, no grant"
+        );
+        // The webhook reads other keys: the sign-in at the defaults is no sign-in, and the one
+        // at the published keys counts.
+        let keys =
+            crate::policy::SignInKeys::new("sso.example.com/acr", "sso.example.com/amr", "sso.example.com/t").unwrap();
+        let elsewhere = DecisionSettings { sign_in_keys: keys, ..defaults.clone() };
+        let at_defaults =
+            check_with(&elsewhere, &signed_in(t0() - minutes(2)), std::slice::from_ref(&sso), &[], &delete_db);
+        assert_eq!(at_defaults.decision, Outcome::Denied);
+        let mut moved = signed_in(t0() - minutes(2));
+        for (from, to) in [
+            (crate::policy::ACR_EXTRA, "sso.example.com/acr"),
+            (crate::policy::AMR_EXTRA, "sso.example.com/amr"),
+            (crate::policy::AUTH_TIME_EXTRA, "sso.example.com/t"),
+        ] {
+            let values = moved.extra.remove(from).unwrap();
+            moved.extra.insert(to.to_owned(), values);
+        }
+        assert_eq!(check_with(&elsewhere, &moved, &[sso], &[], &delete_db).decision, Outcome::Granted);
     }
 
     /// `check` answers with the webhook's settings, not the defaults: each non-default setting

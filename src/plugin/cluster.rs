@@ -1,6 +1,6 @@
 //! The connection to the cluster, made like kubectl makes it, and who the API server says we are.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::{
@@ -16,7 +16,7 @@ use super::{
 };
 use crate::{
     api,
-    policy::{ACR_EXTRA, AMR_EXTRA, AUTH_TIME_EXTRA, CREDENTIAL_ID_EXTRA, Masks, SignIn, User},
+    policy::{CREDENTIAL_ID_EXTRA, Masks, SignIn, SignInKeys, User},
 };
 
 /// The authenticated user, as the API server reports it. The plugin never takes identity from
@@ -30,24 +30,21 @@ pub struct Identity {
     /// Whether the credential is a service-account token bound to a pod (its `userInfo.extra`
     /// names the pod): the webhook treats other service-account credentials as masks.
     pub pod_bound: bool,
-    /// The sign-in extras the API server reports (`stepup.dev/acr`, `amr`, `auth-time`, and
-    /// the credential id), as lists: read by the webhook's rule ([`SignIn::from_extras`]).
-    pub sign_in: [Vec<String>; 4],
+    /// The extras the API server reports (a sign-in's `acr`, `amr`, `auth-time` at the keys
+    /// the webhook is configured with, the credential id, ...): read by the webhook's rule
+    /// ([`SignIn::from_extras`]).
+    pub extra: BTreeMap<String, Vec<String>>,
 }
 
 impl Identity {
-    pub fn user(&self) -> User<'_> {
-        User::new(&self.username, &self.uid, &self.groups).with_sign_in(self.sign_in())
+    /// This user as the webhook classifies it with `masks`, signed in as the extras at `keys` say.
+    pub fn user_as_classified(&self, masks: &Masks, keys: &SignInKeys) -> User<'_> {
+        User::reported(&self.username, &self.uid, &self.groups, self.pod_bound, masks).with_sign_in(self.sign_in(keys))
     }
 
-    /// This user as the webhook classifies it with `masks`.
-    pub fn user_as_classified(&self, masks: &Masks) -> User<'_> {
-        User::reported(&self.username, &self.uid, &self.groups, self.pod_bound, masks).with_sign_in(self.sign_in())
-    }
-
-    fn sign_in(&self) -> Option<SignIn<'_>> {
-        let [acr, amr, auth_time, credential] = &self.sign_in;
-        SignIn::from_extras(acr, amr, auth_time, credential)
+    fn sign_in(&self, keys: &SignInKeys) -> Option<SignIn<'_>> {
+        let values = |key: &str| self.extra.get(key).map_or(&[][..], Vec::as_slice);
+        SignIn::from_extras(values(&keys.acr), values(&keys.amr), values(&keys.auth_time), values(CREDENTIAL_ID_EXTRA))
     }
 
     /// The `stepup.dev/user` label selector of this user's objects.
@@ -142,14 +139,12 @@ impl Session {
         let extra = info.extra.unwrap_or_default();
         let names = |key: &str| extra.get(key).is_some_and(|v| v.iter().any(|s| !s.is_empty()));
         let pod_bound = names(api::POD_NAME_EXTRA) && names(api::POD_UID_EXTRA);
-        let values = |key: &str| extra.get(key).cloned().unwrap_or_default();
-        let sign_in = [ACR_EXTRA, AMR_EXTRA, AUTH_TIME_EXTRA, CREDENTIAL_ID_EXTRA].map(values);
         Ok(Identity {
             username,
             uid: info.uid.unwrap_or_default(),
             groups: info.groups.unwrap_or_default(),
             pod_bound,
-            sign_in,
+            extra,
         })
     }
 

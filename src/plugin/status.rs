@@ -310,7 +310,7 @@ mod tests {
             uid: "uid-alice-1".into(),
             groups: vec!["developers".into()],
             pod_bound: false,
-            sign_in: Default::default(),
+            extra: Default::default(),
         }
     }
 

@@ -202,4 +202,7 @@ with them, the controller publishes them (ConfigMap stepup-decision) for `kubect
 - --max-clock-skew={{ .Values.maxClockSkew }}
 - --service-account-masks={{ .Values.serviceAccountMasks.enabled }}
 - --trusted-service-account-namespace={{ join "," .Values.serviceAccountMasks.trustedNamespaces }}
+- --sign-in-acr-extra={{ .Values.session.signInExtras.acr }}
+- --sign-in-amr-extra={{ .Values.session.signInExtras.amr }}
+- --sign-in-auth-time-extra={{ .Values.session.signInExtras.authTime }}
 {{- end }}

@@ -53,6 +53,8 @@ pub struct DecisionConfig {
     pub grant_verifier: Option<GrantVerifier>,
     /// How far in the future a grant's `issuedAt` may lie (clock skew between processes).
     pub max_clock_skew: SignedDuration,
+    /// The extras a sign-in arrives in: impersonating them is refused to everyone.
+    pub sign_in_keys: crate::policy::SignInKeys,
 }
 
 /// What the decision knows about grants.
@@ -118,7 +120,7 @@ pub fn decide(req: &Request<'_>, objects: &StepUpObjects, inputs: &Inputs<'_>) -
 /// allowed is the authorizer's Deny; an allowed one is its NoOpinion, never an Allow: RBAC
 /// still decides whether the request may happen at all.
 pub fn authorize(req: &Request<'_>, inputs: &Inputs<'_>) -> Decision {
-    if is_sign_in_forgery(req) {
+    if is_sign_in_forgery(req, &inputs.config.sign_in_keys) {
         return Decision::sign_in_forgery(req);
     }
     by_policies(req, inputs)
@@ -127,11 +129,11 @@ pub fn authorize(req: &Request<'_>, inputs: &Inputs<'_>) -> Decision {
 /// Impersonation that would put a sign-in's evidence on a request (`--as-user-extra
 /// stepup.dev/acr=2`): refused to everyone the API server asks about, whatever RBAC allows. A
 /// sign-in comes from the identity provider's token, never from whoever impersonates.
-fn is_sign_in_forgery(req: &Request<'_>) -> bool {
+fn is_sign_in_forgery(req: &Request<'_>, keys: &crate::policy::SignInKeys) -> bool {
     req.action == Action::Authorization(crate::api::Verb::Impersonate)
         && req.group == "authentication.k8s.io"
         && req.resource == "userextras"
-        && crate::policy::SIGN_IN_EXTRAS.contains(&req.subresource)
+        && keys.forgeable().contains(&req.subresource)
 }
 
 fn by_policies(req: &Request<'_>, inputs: &Inputs<'_>) -> Decision {

@@ -11,7 +11,7 @@ use crate::{
     api::Duration,
     keys::GrantVerifier,
     limits::ChallengeView,
-    policy::{CompiledPolicy, Masks, builtin},
+    policy::{CompiledPolicy, Masks, SignInKeys, builtin},
 };
 
 /// Name of the ConfigMap (in stepup's namespace) the controller publishes the settings in.
@@ -77,6 +77,9 @@ pub struct DecisionSettings {
     #[serde(default)]
     pub trusted_service_account_namespaces: Vec<String>,
     pub max_clock_skew: Duration,
+    /// Where the API server puts a sign-in's claims (publications before this field: the defaults).
+    #[serde(default)]
+    pub sign_in_keys: SignInKeys,
 }
 
 impl DecisionSettings {
@@ -95,6 +98,7 @@ impl DecisionSettings {
             service_account_masks: true,
             trusted_service_account_namespaces: Masks::default().trusted_namespaces,
             max_clock_skew: Duration::from_secs(10),
+            sign_in_keys: SignInKeys::default(),
         }
     }
 
@@ -113,6 +117,7 @@ impl DecisionSettings {
             admin_acts: self.protect_policies.map(|age| Arc::new(builtin::admin_acts(age))),
             grant_verifier: verifier,
             max_clock_skew: self.max_clock_skew.as_signed(),
+            sign_in_keys: self.sign_in_keys.clone(),
         }
     }
 

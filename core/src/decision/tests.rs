@@ -1545,7 +1545,7 @@ mod session {
     fn nobody_impersonates_a_sign_in_into_a_request() {
         let w = session_world();
         for who in [("admin", vec!["system:authenticated"]), ("carol", vec!["stepup:break-glass"])] {
-            for key in crate::policy::SIGN_IN_EXTRAS {
+            for key in crate::policy::SignInKeys::default().forgeable() {
                 let forged = crate::testing::read(Verb::Impersonate, &format!("userextras/{key}"))
                     .group("authentication.k8s.io", "v1")
                     .name("2")
@@ -1558,6 +1558,26 @@ mod session {
         // Other extras are RBAC's business, as before.
         let scopes = crate::testing::read(Verb::Impersonate, "userextras/scopes").group("authentication.k8s.io", "v1");
         assert!(w.decide(&scopes).allowed);
+    }
+
+    #[test]
+    fn the_configured_sign_in_keys_are_the_ones_nobody_impersonates() {
+        let keys =
+            crate::policy::SignInKeys::new("sso.example.com/acr", "sso.example.com/amr", "sso.example.com/at").unwrap();
+        let mut w = session_world();
+        w.config.sign_in_keys = keys.clone();
+        let impersonating = |key: &str| {
+            crate::testing::read(Verb::Impersonate, &format!("userextras/{key}"))
+                .group("authentication.k8s.io", "v1")
+                .name("2")
+                .by("admin", &["system:authenticated"])
+        };
+        for key in keys.forgeable() {
+            let d = w.decide(&impersonating(key));
+            assert_eq!(d.outcome, Outcome::BuiltinDenied, "{key}");
+        }
+        // The defaults carry nothing the webhook reads once other keys are configured.
+        assert!(w.decide(&impersonating(crate::policy::ACR_EXTRA)).allowed);
     }
 
     #[test]

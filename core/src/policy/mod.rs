@@ -136,16 +136,90 @@ impl<'a> SignIn<'a> {
     }
 }
 
-/// The `userInfo.extra` keys the API server's AuthenticationConfiguration maps a sign-in's
-/// claims to (README, "Step-up at sign-in").
+/// The default `userInfo.extra` keys the API server's AuthenticationConfiguration maps a
+/// sign-in's claims to (README, "Step-up at sign-in"); [`SignInKeys`] names others.
 pub const ACR_EXTRA: &str = "stepup.dev/acr";
 pub const AMR_EXTRA: &str = "stepup.dev/amr";
 pub const AUTH_TIME_EXTRA: &str = "stepup.dev/auth-time";
 /// Set by the API server's JWT authenticator: `JTI=<the token's jti>`.
 pub const CREDENTIAL_ID_EXTRA: &str = "authentication.kubernetes.io/credential-id";
-/// The extras that make up a sign-in: nobody may set them by impersonation (the stepup
-/// authorizer refuses `impersonate` on `userextras/<key>` for each).
-pub const SIGN_IN_EXTRAS: [&str; 4] = [ACR_EXTRA, AMR_EXTRA, AUTH_TIME_EXTRA, CREDENTIAL_ID_EXTRA];
+
+/// Which `userInfo.extra` keys carry a sign-in's `acr`, `amr` and `auth_time`: the keys the
+/// cluster's AuthenticationConfiguration maps those claims to. The webhook reads a sign-in
+/// from them, and nobody may set them (or the credential id) by impersonation: the stepup
+/// authorizer refuses `impersonate` on `userextras/<key>` for each.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignInKeys {
+    pub acr: String,
+    pub amr: String,
+    pub auth_time: String,
+}
+
+impl Default for SignInKeys {
+    fn default() -> Self {
+        Self { acr: ACR_EXTRA.to_owned(), amr: AMR_EXTRA.to_owned(), auth_time: AUTH_TIME_EXTRA.to_owned() }
+    }
+}
+
+/// Why keys cannot carry a sign-in; the message names the key and the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SignInKeyError(pub String);
+
+impl SignInKeys {
+    /// Keys that can each carry one claim: every key as [`check_sign_in_key`] demands, and no
+    /// two the same (one key holding two claims would read `amr` values as an `acr`).
+    pub fn new(acr: &str, amr: &str, auth_time: &str) -> Result<Self, SignInKeyError> {
+        for key in [acr, amr, auth_time] {
+            check_sign_in_key(key)?;
+        }
+        if acr == amr || acr == auth_time || amr == auth_time {
+            return Err(SignInKeyError(format!(
+                "the acr, amr and auth-time extras need three different keys, not {acr:?}, {amr:?} and {auth_time:?}"
+            )));
+        }
+        Ok(Self { acr: acr.to_owned(), amr: amr.to_owned(), auth_time: auth_time.to_owned() })
+    }
+
+    /// The extras nobody may set by impersonation: the three claims and the credential's id.
+    pub fn forgeable(&self) -> [&str; 4] {
+        [&self.acr, &self.amr, &self.auth_time, CREDENTIAL_ID_EXTRA]
+    }
+}
+
+/// A key the API server can map a claim to, by the rules its AuthenticationConfiguration
+/// enforces: a lowercase domain-prefixed path (`idp.example.com/acr`) outside the `kubernetes.io`
+/// and `k8s.io` domains (the API server's own extras live there, and it refuses claims there).
+/// Lowercase also because the API server lowercases an impersonated extra's key: a key with
+/// capitals could never be matched by the rule that refuses impersonating it.
+pub fn check_sign_in_key(key: &str) -> Result<(), SignInKeyError> {
+    let refuse = |why: &str| Err(SignInKeyError(format!("{key:?} cannot carry a sign-in: {why}")));
+    if key != key.to_ascii_lowercase() {
+        return refuse("extra keys are lowercase");
+    }
+    let Some((domain, path)) = key.split_once('/') else {
+        return refuse("it must be a domain-prefixed path, such as idp.example.com/acr");
+    };
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if domain.is_empty() || domain.len() > 253 || !domain.split('.').all(label_ok) {
+        return refuse("the part before the first / must be a DNS domain, such as idp.example.com");
+    }
+    let reserved = |d: &str| domain == d || domain.ends_with(&format!(".{d}"));
+    if reserved("kubernetes.io") || reserved("k8s.io") {
+        return refuse("the kubernetes.io and k8s.io domains are Kubernetes' own");
+    }
+    if path.is_empty() || !path.bytes().all(|b| b.is_ascii_graphic() && b != b'=') {
+        return refuse("the path after the domain must be non-empty, without spaces or '='");
+    }
+    Ok(())
+}
 
 impl<'a> User<'a> {
     /// A requester without a pod-bound credential, classified with the default [`Masks`].

@@ -462,3 +462,41 @@ fn index_agrees_with_checking_every_policy_directly_for_reads() {
     let all = crate::testing::read(List, "secrets");
     assert_eq!(matched_names(&idx, &all), vec!["glob", "named", "selector"]);
 }
+
+#[test]
+fn sign_in_keys_are_what_the_api_server_can_map_a_claim_to() {
+    let keys = SignInKeys::new("idp.example.com/acr", "idp.example.com/amr", "idp.example.com/auth_time").unwrap();
+    assert_eq!(
+        keys.forgeable(),
+        ["idp.example.com/acr", "idp.example.com/amr", "idp.example.com/auth_time", CREDENTIAL_ID_EXTRA]
+    );
+    assert_eq!(SignInKeys::default().forgeable()[..3], [ACR_EXTRA, AMR_EXTRA, AUTH_TIME_EXTRA]);
+    // What an attacker (or a typo) would want accepted, each refused with why.
+    for (key, why) in [
+        ("", "domain-prefixed path"),
+        ("acr", "domain-prefixed path"),
+        ("IdP.example.com/acr", "lowercase"),
+        ("idp.example.com/ACR", "lowercase"),
+        ("/acr", "DNS domain"),
+        ("idp..example.com/acr", "DNS domain"),
+        ("-idp.example.com/acr", "DNS domain"),
+        ("idp_example.com/acr", "DNS domain"),
+        ("idp.example.com/", "non-empty"),
+        ("idp.example.com/a r", "without spaces"),
+        ("idp.example.com/acr=2", "'='"),
+        ("authentication.kubernetes.io/credential-id", "Kubernetes' own"),
+        ("kubernetes.io/acr", "Kubernetes' own"),
+        ("k8s.io/acr", "Kubernetes' own"),
+        ("sso.k8s.io/acr", "Kubernetes' own"),
+    ] {
+        let err = check_sign_in_key(key).expect_err(key).to_string();
+        assert!(err.contains(why) && err.contains(&format!("{key:?}")), "{key}: {err}");
+    }
+    // A domain that merely ends like a reserved one is not reserved.
+    check_sign_in_key("notk8s.io/acr").unwrap();
+    // One key for two claims would read amr values as an acr.
+    let err = SignInKeys::new("idp.example.com/x", "idp.example.com/x", "idp.example.com/t").unwrap_err();
+    assert!(err.to_string().contains("three different keys"), "{err}");
+    let err = SignInKeys::new("idp.example.com/a", "idp.example.com/m", "idp.example.com/a").unwrap_err();
+    assert!(err.to_string().contains("three different keys"), "{err}");
+}
