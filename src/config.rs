@@ -401,6 +401,21 @@ pub struct ControllerArgs {
     #[arg(long, env = "STEPUP_OIDC_DEVICE_CLIENT_ID", requires = "oidc_authentication_config")]
     pub oidc_device_client_id: Option<String>,
 
+    /// A confidential client of an issuer (one of its audiences) that people sign in with
+    /// instead of the public first audience: the plugin hands the authorization code to the
+    /// controller, which redeems it with the secret in --oidc-client-secret-file. For identity
+    /// providers that require a client secret; the secret never leaves the controller.
+    #[arg(
+        long,
+        env = "STEPUP_OIDC_CLIENT_ID",
+        requires_all = ["oidc_authentication_config", "oidc_client_secret_file"]
+    )]
+    pub oidc_client_id: Option<String>,
+
+    /// The file holding the confidential client's secret (mounted from a Secret).
+    #[arg(long, env = "STEPUP_OIDC_CLIENT_SECRET_FILE", requires = "oidc_client_id")]
+    pub oidc_client_secret_file: Option<std::path::PathBuf>,
+
     /// A challenge not verified within this time is expired.
     #[arg(long, env = "STEPUP_CHALLENGE_TIMEOUT", default_value = "5m")]
     pub challenge_timeout: Duration,

@@ -65,10 +65,28 @@ impl Https {
 
     /// POST `form` (`application/x-www-form-urlencoded`) to `url`, whatever the status.
     pub async fn post_form(&self, url: &str, form: &[(&str, &str)], limit: usize) -> Result<Answer, String> {
+        self.post_form_as(url, None, form, limit).await
+    }
+
+    /// [`Self::post_form`] authenticated as an OAuth client (`client_secret_basic`, RFC 6749
+    /// 2.3.1: id and secret form-encoded, then Basic).
+    pub async fn post_form_as(
+        &self,
+        url: &str,
+        client: Option<(&str, &str)>,
+        form: &[(&str, &str)],
+        limit: usize,
+    ) -> Result<Answer, String> {
+        use base64::Engine;
         let body: String =
             form.iter().map(|(k, v)| format!("{}={}", encode(k), encode(v))).collect::<Vec<_>>().join("&");
-        let request =
+        let mut request =
             hyper::Request::post(url).header(hyper::header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if let Some((id, secret)) = client {
+            let pair = zeroize::Zeroizing::new(format!("{}:{}", encode(id), encode(secret)));
+            let basic = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
+            request = request.header(hyper::header::AUTHORIZATION, format!("Basic {}", basic.as_str()));
+        }
         self.send(request, Bytes::from(body), limit).await
     }
 

@@ -331,7 +331,7 @@ write_authentication_config() {
 			jwt:
 			- issuer:
 			    url: $issuer
-			    audiences: [kubectl-stepup, kubectl-stepup-device]
+			    audiences: [kubectl-stepup, kubectl-stepup-device, kubectl-stepup-confidential]
 			    audienceMatchPolicy: MatchAny
 			    certificateAuthority: |
 		EOF

@@ -145,22 +145,7 @@ impl Idp {
     fn sign_in_with(&self, user: &str, password: &str, level: Level, nonce: &str) -> Result<Tokens> {
         let jar = self.scratch.join(format!("{user}-{}.jar", std::process::id()));
         let _ = std::fs::remove_file(&jar);
-        let verifier = random_hex(32);
-        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
-        let state = random_hex(8);
-        let redirect = "http://127.0.0.1:38000/callback";
-        let auth = format!(
-            "{}/protocol/openid-connect/auth?client_id={}&response_type=code&scope=openid&redirect_uri={}\
-             &code_challenge={challenge}&code_challenge_method=S256&state={state}&nonce={nonce}&acr_values={}",
-            self.issuer,
-            self.client_id,
-            "http%3A%2F%2F127.0.0.1%3A38000%2Fcallback",
-            level.acr()
-        );
-        let location = self.login(&jar, &auth, user, password, level)?;
-        ensure!(location.starts_with(redirect), "redirected elsewhere: {location}");
-        ensure!(query_value(&location, "state").as_deref() == Some(state.as_str()), "state changed: {location}");
-        let code = query_value(&location, "code").with_context(|| format!("no code in {location}"))?;
+        let (code, verifier, redirect) = self.authorize(&jar, user, password, level, nonce)?;
         let token_url = format!("{}/protocol/openid-connect/token", self.issuer);
         let (_, body) = self.curl(
             &jar,
@@ -184,6 +169,51 @@ impl Idp {
         let tokens = Tokens { id_token, raw };
         ensure!(tokens.claims()["nonce"] == nonce, "the ID token carries another nonce");
         Ok(tokens)
+    }
+
+    /// A sign-in's authorization code at `client_id`, not redeemed: what the plugin seals
+    /// for the cluster's confidential client (the controller redeems it with the secret).
+    pub fn code_at_client(
+        &self,
+        client_id: &str,
+        user: &str,
+        level: Level,
+        nonce: &str,
+    ) -> Result<stepup_core::verify::oidc::CodeRedemption> {
+        let other = Self { client_id: client_id.to_owned(), ..self.clone() };
+        let jar = self.scratch.join(format!("{user}-{}-code.jar", std::process::id()));
+        let _ = std::fs::remove_file(&jar);
+        let (code, code_verifier, redirect) = other.authorize(&jar, user, &other.password(user), level, nonce)?;
+        let _ = std::fs::remove_file(&jar);
+        Ok(stepup_core::verify::oidc::CodeRedemption { code, code_verifier, redirect_uri: redirect.to_owned() })
+    }
+
+    /// The login pages with PKCE up to the redirect: the code, the verifier and the redirect.
+    fn authorize(
+        &self,
+        jar: &std::path::Path,
+        user: &str,
+        password: &str,
+        level: Level,
+        nonce: &str,
+    ) -> Result<(String, String, &'static str)> {
+        let verifier = random_hex(32);
+        let challenge = URL_SAFE_NO_PAD.encode(Sha256::digest(verifier.as_bytes()));
+        let state = random_hex(8);
+        let redirect = "http://127.0.0.1:38000/callback";
+        let auth = format!(
+            "{}/protocol/openid-connect/auth?client_id={}&response_type=code&scope=openid&redirect_uri={}\
+             &code_challenge={challenge}&code_challenge_method=S256&state={state}&nonce={nonce}&acr_values={}",
+            self.issuer,
+            self.client_id,
+            "http%3A%2F%2F127.0.0.1%3A38000%2Fcallback",
+            level.acr()
+        );
+        let location = self.login(jar, &auth, user, password, level)?;
+        ensure!(location.starts_with(redirect), "redirected elsewhere: {location}");
+        ensure!(query_value(&location, "state").as_deref() == Some(state.as_str()), "state changed: {location}");
+        let code = query_value(&location, "code").with_context(|| format!("no code in {location}"))?;
+        Ok((code, verifier, redirect))
     }
 
     /// Completes a sign-in someone else started (`kubectl stepup`, which printed `auth_url`):

@@ -408,7 +408,7 @@ async fn a_token_issued_to_another_client_is_refused_for_its_audience() {
     assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(ChallengePhase::Denied));
     assert_eq!(
         message(&done),
-        "the ID token is for the audience [\"e2e-other-app\"], none of the clients trusted for step-up [\"kubectl-stepup\", \"kubectl-stepup-device\"]"
+        "the ID token is for the audience [\"e2e-other-app\"], none of the clients trusted for step-up [\"kubectl-stepup\", \"kubectl-stepup-device\", \"kubectl-stepup-confidential\"]"
     );
 }
 
@@ -595,4 +595,128 @@ async fn an_expired_id_token_is_refused() {
     let done = verdict(&world, &alice, &with_sealed_token(c, &token.id_token, &world.env.response_key())).await;
     let said = message(&done);
     assert!(said.starts_with("the ID token expired at ") && said.ends_with(": sign in again"), "{said}");
+}
+
+/// The e2e realm's confidential client and its secret (a fixture of `e2e/idp/stepup-realm.json`).
+const CONFIDENTIAL: &str = "kubectl-stepup-confidential";
+const CONFIDENTIAL_SECRET: &str = "e2e-only-confidential-client-secret-7d1f";
+
+/// The identity providers the controller publishes for the plugin (`step-up.json`).
+async fn published(world: &World) -> (String, Vec<kube_stepup::decision::PublishedIdentityProvider>) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(world.admin.clone(), "stepup-system");
+    let text = api
+        .get_opt(kube_stepup::decision::PUBLISHED_CONFIGMAP)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|cm| cm.data)
+        .and_then(|d| d.get(kube_stepup::decision::PUBLISHED_STEP_UP_KEY).cloned())
+        .unwrap_or_default();
+    let read: Option<kube_stepup::decision::StepUpDiscovery> = serde_json::from_str(&text).ok();
+    (text, read.map(|d| d.identity_providers).unwrap_or_default())
+}
+
+/// For identity providers that insist on a client secret: people sign in with the cluster's
+/// confidential client, the plugin hands the code (and its PKCE verifier) to the controller,
+/// and only the controller, which holds the secret, redeems it. Attacks: the same code again
+/// (another challenge), and a code without its verifier (intercepted from the browser).
+#[tokio::test]
+async fn with_a_confidential_client_only_the_controller_redeems_the_code() {
+    let world = World::new().await;
+    world.secret("prod", "db").await;
+    apply_observed(&world, oidc_secrets()).await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+
+    // The secret reaches the controller as a file (in a cluster: a Secret mounted into it).
+    let secret_file = std::path::Path::new(world.env.var("STEPUP_E2E_DIR")).join("oidc-client-secret");
+    std::fs::write(&secret_file, format!("{CONFIDENTIAL_SECRET}\n")).expect("secret file written");
+    let paused = stepup_e2e::ScriptControllerPaused::new();
+    let secret_arg = secret_file.to_string_lossy().into_owned();
+    let mut controller = stepup_e2e::ControllerProcess::spawn(
+        &world.env,
+        "e2e-confidential",
+        stepup_e2e::extra_port(3),
+        &["--oidc-client-id", CONFIDENTIAL, "--oidc-client-secret-file", &secret_arg],
+    );
+    let text = eventually(Duration::from_secs(30), || async {
+        match published(&world).await {
+            (text, idps) if idps.first().is_some_and(|i| i.confidential && i.client_id == CONFIDENTIAL) => Ok(text),
+            (text, _) => anyhow::bail!("published: {text}"),
+        }
+    })
+    .await
+    .expect("the controller publishes its confidential client");
+    assert!(!text.contains(CONFIDENTIAL_SECRET), "the publication names the client, never its secret: {text}");
+
+    // alice steps up through the plugin: Keycloak's pages for the confidential client, the code
+    // back to the plugin's loopback address, sealed for the controller.
+    let kubeconfig = world.env.kubeconfig_with_token("alice-everyday", &alice.everyday.id_token);
+    let mut run = Running::start(
+        &world,
+        &kubeconfig,
+        &["request", "--method", "OIDC", "--no-browser", "--reason", "INC-9", "--sign-in-timeout", "1m"],
+    );
+    let url = run.until("a sign-in address", sign_in_address).await;
+    assert!(url.contains(&format!("client_id={CONFIDENTIAL}")) && url.contains("acr_values=2"), "{url}");
+    let browser = idp.clone();
+    tokio::task::spawn_blocking(move || browser.complete_sign_in(&url, "alice", Level::PasswordAndOtp))
+        .await
+        .expect("joined")
+        .expect("alice signs in at Keycloak");
+    let Ended { success, stdout, stderr } = run.finish().await;
+    assert!(success, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("(OIDC, reason \"INC-9\")"), "{stdout}");
+    let grant = world
+        .grants_of("alice")
+        .await
+        .into_iter()
+        .find(|g| g.spec.reason.as_deref() == Some("INC-9"))
+        .expect("the OIDC grant");
+    assert_eq!((grant.spec.method, grant.spec.acr.as_deref()), (Method::Oidc, Some("2")));
+
+    // Attack: the same code again, sealed into another challenge. The identity provider redeems
+    // a code once.
+    let first = oidc_challenge(alice.name, &alice.uid());
+    let code = idp.code_at_client(CONFIDENTIAL, "alice", Level::PasswordAndOtp, &challenge_nonce(&first)).unwrap();
+    let sealed = with_sealed_token(first, &code.encode(), &world.env.response_key());
+    let done = verdict(&world, &alice, &sealed).await;
+    assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(ChallengePhase::Verified), "{}", message(&done));
+    let again = oidc_challenge(alice.name, &alice.uid());
+    let again = with_sealed_token(again, &code.encode(), &world.env.response_key());
+    let done = verdict(&world, &alice, &again).await;
+    assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(ChallengePhase::Denied));
+    assert!(
+        message(&done).starts_with("the identity provider refused to redeem the sign-in's code (invalid_grant"),
+        "{}",
+        message(&done)
+    );
+
+    // Attack: a code seen in the browser's address bar, without the plugin's PKCE verifier.
+    let stolen = oidc_challenge(alice.name, &alice.uid());
+    let mut code = idp.code_at_client(CONFIDENTIAL, "alice", Level::PasswordAndOtp, &challenge_nonce(&stolen)).unwrap();
+    code.code_verifier = "b".repeat(64);
+    let stolen = with_sealed_token(stolen, &code.encode(), &world.env.response_key());
+    let done = verdict(&world, &alice, &stolen).await;
+    assert_eq!(done.status.as_ref().and_then(|s| s.phase), Some(ChallengePhase::Denied));
+    assert!(message(&done).contains("refused to redeem the sign-in's code (invalid_grant"), "{}", message(&done));
+
+    let log =
+        std::fs::read_to_string(format!("{}/stepup-controller-e2e-confidential.log", world.env.var("STEPUP_LOGS_DIR")))
+            .unwrap_or_default();
+    assert!(!log.contains(CONFIDENTIAL_SECRET), "the secret is never logged");
+
+    // Back to the controller stepup.sh runs, publishing the public client again before the next
+    // scenario signs in.
+    controller.kill();
+    drop(paused);
+    eventually(Duration::from_secs(30), || async {
+        match published(&world).await {
+            (_, idps) if idps.first().is_some_and(|i| !i.confidential) => Ok(()),
+            (text, _) => anyhow::bail!("published: {text}"),
+        }
+    })
+    .await
+    .expect("the public client is published again");
 }

@@ -174,7 +174,15 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext
 /// The ID token in the challenge's response, verified for this challenge and its requester.
 async fn verify_sign_in(ctx: &Context, c: &StepUpChallenge, opened: &Opened<()>) -> Result<SignIn, Refusal> {
     let Some(providers) = &ctx.identity_providers else { return Err(Refusal::NotConfigured) };
-    let Opened::Code(token, ()) = opened else { return Err(TokenError::Malformed.into()) };
+    let Opened::Code(response, ()) = opened else { return Err(TokenError::Malformed.into()) };
+    let redeemed;
+    let token = match oidc::sign_in_response(response)? {
+        oidc::SignInResponse::IdToken(token) => token,
+        oidc::SignInResponse::Code(code) => {
+            redeemed = providers.redeem(&code).await?;
+            redeemed.as_str()
+        }
+    };
     let nonce = oidc::challenge_nonce(c);
     let expect = oidc::Expect {
         user: &c.spec.user,

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use stepup_core::verify::oidc::{self, Expect, Jwks, SignIn, TokenError, TrustedIssuer};
+use stepup_core::verify::oidc::{self, CodeRedemption, Expect, Jwks, SignIn, TokenError, TrustedIssuer};
 
 /// How long fetched keys are used before they are fetched again.
 pub const KEYS_TTL: Duration = Duration::from_secs(3600);
@@ -28,6 +28,12 @@ pub enum Refusal {
     Unavailable(String),
     #[error("this cluster's stepup controller trusts no identity provider (no --oidc-authentication-config)")]
     NotConfigured,
+    #[error(
+        "the plugin sent an authorization code, but this cluster's controller has no confidential client to redeem it with: update kubectl-stepup, or sign in again"
+    )]
+    NoConfidentialClient,
+    #[error("the identity provider refused to redeem the sign-in's code ({0}): sign in again; nothing was issued")]
+    CodeRefused(String),
 }
 
 impl Refusal {
@@ -37,6 +43,8 @@ impl Refusal {
             Refusal::Untrusted(_) => "untrusted_issuer",
             Refusal::Unavailable(_) => "idp_unavailable",
             Refusal::NotConfigured => "unsupported",
+            Refusal::NoConfidentialClient => "bad_code",
+            Refusal::CodeRefused(_) => "code_refused",
         }
     }
 
@@ -46,6 +54,8 @@ impl Refusal {
             Refusal::Untrusted(_) => "TokenIssuer",
             Refusal::Unavailable(_) => "IdentityProviderUnavailable",
             Refusal::NotConfigured => "UnsupportedMethod",
+            Refusal::NoConfidentialClient => "SignInCodeMalformed",
+            Refusal::CodeRefused(_) => "SignInCodeRefused",
         }
     }
 }
@@ -67,12 +77,34 @@ pub struct IdentityProviders {
     providers: Vec<Provider>,
     /// The device-grant client (one of an issuer's audiences), published for the plugin.
     device_client_id: Option<String>,
+    confidential: Option<Confidential>,
+}
+
+/// A confidential client of one issuer: the plugin signs in with it and hands the code over;
+/// the controller redeems the code with the secret, which never leaves the controller.
+struct Confidential {
+    /// Index into `providers`.
+    provider: usize,
+    client_id: String,
+    secret: zeroize::Zeroizing<String>,
+}
+
+/// The confidential client as configured: its id (an audience of one issuer) and the file its
+/// secret is mounted at (from a Secret).
+#[derive(Clone, Debug)]
+pub struct ConfidentialClient<'a> {
+    pub client_id: &'a str,
+    pub secret_file: &'a std::path::Path,
 }
 
 impl IdentityProviders {
     /// From the AuthenticationConfiguration file the API server is started with, and the
     /// client for terminals without a browser, which must be one of an issuer's audiences.
-    pub fn from_file(path: &std::path::Path, device_client_id: Option<&str>) -> anyhow::Result<Self> {
+    pub fn from_file(
+        path: &std::path::Path,
+        device_client_id: Option<&str>,
+        confidential: Option<ConfidentialClient<'_>>,
+    ) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading the authentication configuration {}: {e}", path.display()))?;
         let issuers = oidc::issuers_from_config(&text)
@@ -93,18 +125,50 @@ impl IdentityProviders {
                 path.display()
             );
         }
-        Ok(Self { providers, device_client_id: device_client_id.map(str::to_owned) })
+        let confidential = match confidential {
+            None => None,
+            Some(c) => {
+                let provider = providers
+                    .iter()
+                    .position(|p| p.trusted.issuer.audiences.iter().any(|a| a == c.client_id))
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "--oidc-client-id {:?} is not an audience of any issuer in {}: the API server and stepup would refuse its tokens",
+                            c.client_id,
+                            path.display()
+                        )
+                    })?;
+                let secret = zeroize::Zeroizing::new(
+                    std::fs::read_to_string(c.secret_file)
+                        .map_err(|e| anyhow::anyhow!("reading the client secret {}: {e}", c.secret_file.display()))?,
+                );
+                let secret = zeroize::Zeroizing::new(secret.trim().to_owned());
+                if secret.is_empty() {
+                    anyhow::bail!("the client secret file {} is empty", c.secret_file.display());
+                }
+                Some(Confidential { provider, client_id: c.client_id.to_owned(), secret })
+            }
+        };
+        Ok(Self { providers, device_client_id: device_client_id.map(str::to_owned), confidential })
     }
 
     /// The issuers as the plugin signs in at them: the first audience is its client.
     pub fn published(&self) -> Vec<stepup_core::decision::PublishedIdentityProvider> {
         self.providers
             .iter()
-            .map(|p| stepup_core::decision::PublishedIdentityProvider {
-                issuer: p.trusted.issuer.url.clone(),
-                client_id: p.trusted.issuer.audiences.first().cloned().unwrap_or_default(),
-                device_client_id: self.device_client_id.clone().filter(|d| p.trusted.issuer.audiences.contains(d)),
-                certificate_authority: p.trusted.certificate_authority.clone(),
+            .enumerate()
+            .map(|(i, p)| {
+                let confidential = self.confidential.as_ref().filter(|c| c.provider == i);
+                stepup_core::decision::PublishedIdentityProvider {
+                    issuer: p.trusted.issuer.url.clone(),
+                    client_id: confidential.map_or_else(
+                        || p.trusted.issuer.audiences.first().cloned().unwrap_or_default(),
+                        |c| c.client_id.clone(),
+                    ),
+                    confidential: confidential.is_some(),
+                    device_client_id: self.device_client_id.clone().filter(|d| p.trusted.issuer.audiences.contains(d)),
+                    certificate_authority: p.trusted.certificate_authority.clone(),
+                }
             })
             .collect()
     }
@@ -112,6 +176,47 @@ impl IdentityProviders {
     /// The trusted issuers' URLs.
     pub fn issuers(&self) -> impl Iterator<Item = &str> {
         self.providers.iter().map(|p| p.trusted.issuer.url.as_str())
+    }
+
+    /// Redeems an authorization code the plugin obtained with the confidential client (PKCE
+    /// verifier and redirect as it sent them) at the issuer's token endpoint; returns the ID
+    /// token, which [`Self::verify`] then judges like any other. A code redeems once: a second
+    /// try (a replayed challenge) is refused by the identity provider.
+    pub async fn redeem(&self, code: &CodeRedemption) -> Result<zeroize::Zeroizing<String>, Refusal> {
+        let client = self.confidential.as_ref().ok_or(Refusal::NoConfidentialClient)?;
+        let provider = &self.providers[client.provider];
+        let url = &provider.trusted.issuer.url;
+        let endpoints = crate::http::discover(&provider.http, url, provider.trusted.discovery_url.as_deref())
+            .await
+            .map_err(Refusal::Unavailable)?;
+        let token_endpoint =
+            endpoints.token.ok_or_else(|| Refusal::Unavailable(format!("{url}: no https token_endpoint")))?;
+        let answer = provider
+            .http
+            .post_form_as(
+                &token_endpoint,
+                Some((client.client_id.as_str(), client.secret.as_str())),
+                &[
+                    ("grant_type", "authorization_code"),
+                    ("code", &code.code),
+                    ("redirect_uri", &code.redirect_uri),
+                    ("code_verifier", &code.code_verifier),
+                ],
+                256 * 1024,
+            )
+            .await
+            .map_err(Refusal::Unavailable)?;
+        let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+        if answer.status.is_server_error() {
+            return Err(Refusal::Unavailable(format!("{token_endpoint}: HTTP {}", answer.status)));
+        }
+        if !answer.status.is_success() {
+            return Err(Refusal::CodeRefused(said(&body, answer.status)));
+        }
+        let token = body.get("id_token").and_then(serde_json::Value::as_str).ok_or_else(|| {
+            Refusal::CodeRefused("it answered without an ID token; the client needs the openid scope".into())
+        })?;
+        Ok(zeroize::Zeroizing::new(token.to_owned()))
     }
 
     /// Verifies `token` with the keys of the issuer it names (fetched again once if it names
@@ -172,5 +277,75 @@ impl Provider {
         let jwks_uri =
             endpoints.jwks.ok_or_else(|| format!("{url}: its discovery document names no https jwks_uri"))?;
         Jwks::parse(&self.http.get(&jwks_uri, oidc::MAX_JWKS_BYTES).await?).map_err(|e| format!("{jwks_uri}: {e}"))
+    }
+}
+
+/// An OAuth error answer in a few words (`invalid_grant: Code not valid`), bounded: it is
+/// the identity provider's text, shown to the person and written on the challenge.
+fn said(body: &serde_json::Value, status: hyper::StatusCode) -> String {
+    let text = |k: &str| body.get(k).and_then(serde_json::Value::as_str);
+    let words = match (text("error"), text("error_description")) {
+        (Some(e), Some(d)) => format!("{e}: {d}"),
+        (Some(e), None) => e.to_owned(),
+        _ => format!("HTTP {status}"),
+    };
+    words.chars().filter(|c| !c.is_control()).take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+apiVersion: apiserver.config.k8s.io/v1
+kind: AuthenticationConfiguration
+jwt:
+- issuer:
+    url: https://idp.example/realms/stepup
+    audiences: [kubectl-stepup, kubectl-stepup-confidential]
+  claimMappings:
+    username: {claim: preferred_username, prefix: ""}
+"#;
+
+    fn files(secret: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("stepup-oidc-{}-{}", std::process::id(), secret.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("authn.yaml"), CONFIG).unwrap();
+        std::fs::write(dir.join("secret"), secret).unwrap();
+        (dir.join("authn.yaml"), dir.join("secret"))
+    }
+
+    #[test]
+    fn a_confidential_client_is_published_without_its_secret_and_must_be_trusted() {
+        let (config, secret) = files("s3cret-value\n");
+        let client = |id| Some(ConfidentialClient { client_id: id, secret_file: &secret });
+        let providers = IdentityProviders::from_file(&config, None, client("kubectl-stepup-confidential")).unwrap();
+        let published = providers.published();
+        assert_eq!((published[0].client_id.as_str(), published[0].confidential), ("kubectl-stepup-confidential", true));
+        assert!(!serde_json::to_string(&published).unwrap().contains("s3cret"), "never published");
+        let public = IdentityProviders::from_file(&config, None, None).unwrap().published();
+        assert_eq!((public[0].client_id.as_str(), public[0].confidential), ("kubectl-stepup", false));
+        // A client the API server does not trust would sign people in with tokens nobody accepts.
+        let err = IdentityProviders::from_file(&config, None, client("elsewhere")).err().unwrap().to_string();
+        assert!(err.contains("--oidc-client-id \"elsewhere\" is not an audience"), "{err}");
+        let (config, empty) = files("  \n");
+        let err = IdentityProviders::from_file(
+            &config,
+            None,
+            Some(ConfidentialClient { client_id: "kubectl-stepup-confidential", secret_file: &empty }),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("is empty"), "{err}");
+    }
+
+    #[test]
+    fn the_providers_refusal_is_said_in_a_few_words() {
+        let body = serde_json::json!({"error": "invalid_grant", "error_description": "Code not valid\n\u{1b}[31m"});
+        assert_eq!(said(&body, hyper::StatusCode::BAD_REQUEST), "invalid_grant: Code not valid[31m");
+        let long = serde_json::json!({"error": "x".repeat(5000)});
+        assert_eq!(said(&long, hyper::StatusCode::BAD_REQUEST).len(), 200);
+        assert_eq!(said(&serde_json::Value::Null, hyper::StatusCode::UNAUTHORIZED), "HTTP 401 Unauthorized");
     }
 }

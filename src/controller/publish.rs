@@ -95,6 +95,7 @@ mod tests {
             identity_providers: vec![crate::decision::PublishedIdentityProvider {
                 issuer: "https://idp.example/realms/x".into(),
                 client_id: "kubectl-stepup".into(),
+                confidential: false,
                 device_client_id: None,
                 certificate_authority: None,
             }],
@@ -108,5 +109,6 @@ mod tests {
         let read: StepUpDiscovery = serde_json::from_str(&data[PUBLISHED_STEP_UP_KEY]).unwrap();
         assert_eq!(read, discovery);
         assert!(data[PUBLISHED_STEP_UP_KEY].contains(r#""clientID": "kubectl-stepup""#));
+        assert!(!data[PUBLISHED_STEP_UP_KEY].contains("confidential"), "a public client says nothing more");
     }
 }

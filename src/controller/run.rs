@@ -116,8 +116,14 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     );
     let identity_providers = match &args.oidc_authentication_config {
         Some(path) => {
-            let providers = super::oidc::IdentityProviders::from_file(path, args.oidc_device_client_id.as_deref())
-                .map_err(|e| RunError::Config(format!("{e:#}")))?;
+            let confidential = args
+                .oidc_client_id
+                .as_deref()
+                .zip(args.oidc_client_secret_file.as_deref())
+                .map(|(client_id, secret_file)| super::oidc::ConfidentialClient { client_id, secret_file });
+            let providers =
+                super::oidc::IdentityProviders::from_file(path, args.oidc_device_client_id.as_deref(), confidential)
+                    .map_err(|e| RunError::Config(format!("{e:#}")))?;
             tracing::info!(issuers = ?providers.issuers().collect::<Vec<_>>(), "trusting identity providers for OIDC step-up");
             Some(Arc::new(providers))
         }

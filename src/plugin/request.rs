@@ -386,8 +386,8 @@ pub async fn obtain_oidc_grant(
     let deadline = Timestamp::now() + wait + timeout.as_signed();
     let mut wanted = unsealed_challenge(me, request, Method::Oidc, &challenge_name(&me.username), deadline);
     let nonce = crate::verify::oidc::challenge_nonce(&wanted);
-    let token = zeroize::Zeroizing::new(super::sign_in::id_token(idp, &nonce, assurance, browser, sign_in_wait).await?);
-    seal_into(&mut wanted, &token, &discovery.response_key)?;
+    let signed = super::sign_in::sign_in(idp, &nonce, assurance, browser, sign_in_wait).await?;
+    seal_into(&mut wanted, &signed.sealed_text(), &discovery.response_key)?;
     submit(session, me, wanted, deadline, timeout).await
 }
 

@@ -1,8 +1,10 @@
 //! Signing in at the identity provider for one challenge (`OIDC` step-up), as kubelogin does:
 //! authorization code with PKCE (RFC 7636) on a loopback redirect (RFC 8252), the browser
 //! opened on the provider's own login page, asking for the policy's assurance in RFC 9470 terms
-//! (`acr_values`, `max_age`) and for the challenge's nonce. A public client: no secret here. The
-//! ID token is returned to be sealed into the challenge; it is never printed. I/O.
+//! (`acr_values`, `max_age`) and for the challenge's nonce. No client secret here: with a public
+//! client the plugin redeems the code and seals the ID token into the challenge; with the
+//! cluster's confidential client it seals the code and its PKCE verifier, and the controller
+//! redeems them with the secret only it holds. Neither is ever printed. I/O.
 
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use super::error::{Error, Result};
 use crate::{
     decision::PublishedIdentityProvider,
     http::{self, Https, encode, query_value},
+    verify::oidc::CodeRedemption,
 };
 
 /// What the policy asks of the sign-in.
@@ -55,19 +58,37 @@ fn unavailable(idp: &PublishedIdentityProvider, why: String) -> Error {
     )
 }
 
-/// The ID token of a sign-in at `idp` that carries `nonce`, or why there is none. Waits at
-/// most `wait` for the person to finish at the login page.
-pub async fn id_token(
+/// What a sign-in yields for the challenge's sealed response.
+pub enum Signed {
+    /// The ID token, redeemed here (a public client).
+    IdToken(zeroize::Zeroizing<String>),
+    /// The code for the controller to redeem (the cluster's confidential client).
+    Code(CodeRedemption),
+}
+
+impl Signed {
+    /// The text sealed into the challenge.
+    pub fn sealed_text(&self) -> zeroize::Zeroizing<String> {
+        match self {
+            Signed::IdToken(token) => token.clone(),
+            Signed::Code(code) => zeroize::Zeroizing::new(code.encode()),
+        }
+    }
+}
+
+/// A sign-in at `idp` whose ID token will carry `nonce`, or why there is none. Waits at most
+/// `wait` for the person to finish at the login page.
+pub async fn sign_in(
     idp: &PublishedIdentityProvider,
     nonce: &str,
     assurance: &Assurance,
     browser: Browser,
     wait: Duration,
-) -> Result<String> {
+) -> Result<Signed> {
     let https = Https::new(idp.certificate_authority.as_deref()).map_err(|e| unavailable(idp, format!("{e:#}")))?;
     let endpoints = http::discover(&https, &idp.issuer, None).await.map_err(|e| unavailable(idp, e))?;
     if browser == Browser::Device {
-        return by_device(idp, &https, &endpoints, nonce, wait).await;
+        return by_device(idp, &https, &endpoints, nonce, wait).await.map(|t| Signed::IdToken(t.into()));
     }
     let (Some(authorize), Some(token_endpoint)) = (endpoints.authorization, endpoints.token) else {
         return Err(unavailable(idp, "its discovery document names no https authorization or token endpoint".into()));
@@ -105,6 +126,10 @@ pub async fn id_token(
                 "Finish the sign-in in the browser window that opened (or open the address above), then run the command again.",
             )
         })??;
+    if idp.confidential {
+        // Only the controller can redeem it: it holds the client's secret.
+        return Ok(Signed::Code(CodeRedemption { code, code_verifier: verifier, redirect_uri: redirect }));
+    }
     let answer = https
         .post_form(
             &token_endpoint,
@@ -131,7 +156,7 @@ pub async fn id_token(
             "Sign in again; if it keeps failing, the client may not allow this redirect: ask your platform team.",
         ));
     }
-    body.get("id_token").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| {
+    body.get("id_token").and_then(Value::as_str).map(|t| Signed::IdToken(t.to_owned().into())).ok_or_else(|| {
         Error::other(
             "the identity provider answered without an ID token",
             "The client must have the openid scope; ask your platform team.",

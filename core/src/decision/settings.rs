@@ -39,9 +39,14 @@ pub struct StepUpDiscovery {
 #[serde(rename_all = "camelCase")]
 pub struct PublishedIdentityProvider {
     pub issuer: String,
-    /// The public client the plugin signs in with (the first of the issuer's audiences).
+    /// The client the plugin signs in with: the first of the issuer's audiences (public), or
+    /// the cluster's confidential client.
     #[serde(rename = "clientID")]
     pub client_id: String,
+    /// The client is confidential: the plugin hands the authorization code (with its PKCE
+    /// verifier) to the controller, which redeems it with the client's secret, held only there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confidential: bool,
     /// The public client for terminals without a browser (the device authorization grant),
     /// configured at the provider to always demand the second factor; `None`: no such flow.
     #[serde(default, rename = "deviceClientID", skip_serializing_if = "Option::is_none")]

@@ -45,6 +45,71 @@ pub fn spent_id(sign_in: &SignIn) -> String {
     keys::binding(&["stepup.dev/spent-id-token/v1", &sign_in.issuer, &sign_in.id])[..40].to_owned()
 }
 
+/// What the plugin seals into an `OIDC` challenge's response: the ID token it redeemed itself
+/// (a public client), or the authorization code for the controller to redeem (the cluster's
+/// confidential client, whose secret only the controller holds).
+#[derive(Debug, PartialEq, Eq)]
+pub enum SignInResponse<'a> {
+    IdToken(&'a str),
+    Code(CodeRedemption),
+}
+
+/// An authorization code as the controller redeems it: with the PKCE verifier that only the
+/// plugin that asked for the code knows, and the loopback address the code was sent to.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CodeRedemption {
+    pub code: String,
+    pub code_verifier: String,
+    #[serde(rename = "redirectURI")]
+    pub redirect_uri: String,
+}
+
+impl std::fmt::Debug for CodeRedemption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The code and its verifier redeem a token for as long as the code lives: never logged.
+        f.debug_struct("CodeRedemption").field("redirect_uri", &self.redirect_uri).finish_non_exhaustive()
+    }
+}
+
+/// The longest authorization code accepted (Keycloak's are about 110 bytes).
+pub const MAX_CODE_BYTES: usize = 4096;
+
+impl CodeRedemption {
+    /// The text sealed into the challenge.
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Checks what a plugin could not have sent honestly: a code of printable ASCII, a PKCE
+    /// verifier as RFC 7636 (4.1) shapes it, and the plugin's own loopback redirect
+    /// (`http://127.0.0.1:<port>/callback`; the identity provider also compares it with the
+    /// address the code was issued for).
+    fn check(self) -> Result<Self, TokenError> {
+        let code_ok = !self.code.is_empty()
+            && self.code.len() <= MAX_CODE_BYTES
+            && self.code.bytes().all(|b| b.is_ascii_graphic());
+        let verifier_ok = (43..=128).contains(&self.code_verifier.len())
+            && self.code_verifier.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+        let redirect_ok = self
+            .redirect_uri
+            .strip_prefix("http://127.0.0.1:")
+            .and_then(|rest| rest.strip_suffix("/callback"))
+            .is_some_and(|port| port.parse::<u16>().is_ok_and(|p| p != 0) && !port.starts_with('0'));
+        if code_ok && verifier_ok && redirect_ok { Ok(self) } else { Err(TokenError::BadCode) }
+    }
+}
+
+/// Reads an opened `OIDC` response: a JSON object is a code to redeem, anything else the ID
+/// token (which [`verify`] judges).
+pub fn sign_in_response(opened: &str) -> Result<SignInResponse<'_>, TokenError> {
+    if !opened.trim_start().starts_with('{') {
+        return Ok(SignInResponse::IdToken(opened));
+    }
+    let code: CodeRedemption = serde_json::from_str(opened).map_err(|_| TokenError::BadCode)?;
+    Ok(SignInResponse::Code(code.check()?))
+}
+
 /// An issuer the controller trusts, and the CA its endpoints are verified with.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrustedIssuer {
@@ -336,6 +401,10 @@ pub enum TokenError {
     OtherUser { got: String, want: String },
     #[error("the ID token is for an account with another UID than the requester's")]
     OtherUid,
+    #[error(
+        "the sign-in's authorization code is not one the plugin sends (a code, its PKCE verifier and a loopback redirect)"
+    )]
+    BadCode,
 }
 
 impl TokenError {
@@ -354,6 +423,7 @@ impl TokenError {
             TokenError::NoAuthTime => "no_auth_time",
             TokenError::MissingClaim(_) | TokenError::ClaimRule { .. } | TokenError::EmailUnverified => "claims",
             TokenError::OtherUser { .. } | TokenError::OtherUid => "other_user",
+            TokenError::BadCode => "bad_code",
         }
     }
 
@@ -372,6 +442,7 @@ impl TokenError {
             TokenError::NoAuthTime => "TokenNoAuthTime",
             TokenError::MissingClaim(_) | TokenError::ClaimRule { .. } | TokenError::EmailUnverified => "TokenClaims",
             TokenError::OtherUser { .. } | TokenError::OtherUid => "TokenOtherUser",
+            TokenError::BadCode => "SignInCodeMalformed",
         }
     }
 }

@@ -324,3 +324,45 @@ fn the_nonce_is_bound_to_the_challenge_object_not_only_its_name() {
     later.spec.deadline = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
     assert_ne!(challenge_nonce(&first), challenge_nonce(&later), "nor to a later deadline");
 }
+
+#[test]
+fn a_sealed_response_is_a_token_or_a_code_the_plugin_could_have_sent() {
+    let code = CodeRedemption {
+        code: "4c1e0b2a.8f3d-6b7e".into(),
+        code_verifier: "a".repeat(43),
+        redirect_uri: "http://127.0.0.1:38211/callback".into(),
+    };
+    assert_eq!(sign_in_response(&code.encode()), Ok(SignInResponse::Code(code.clone())));
+    assert_eq!(sign_in_response("eyJhbGciOi.x.y"), Ok(SignInResponse::IdToken("eyJhbGciOi.x.y")));
+    // The code and verifier never reach a log line.
+    let shown = format!("{code:?}");
+    assert!(!shown.contains("4c1e0b2a") && !shown.contains("aaaa"), "{shown}");
+    // What an attacker might put in instead: another redirect (to collect the token elsewhere,
+    // or to probe the network through the identity provider), an unverifiable verifier,
+    // smuggled fields, a huge or control-laden code.
+    let with = |f: &dyn Fn(&mut CodeRedemption)| {
+        let mut c = code.clone();
+        f(&mut c);
+        c.encode()
+    };
+    let refused = [
+        with(&|c| c.redirect_uri = "https://evil.example/callback".into()),
+        with(&|c| c.redirect_uri = "http://127.0.0.1.evil.example:80/callback".into()),
+        with(&|c| c.redirect_uri = "http://127.0.0.1:0/callback".into()),
+        with(&|c| c.redirect_uri = "http://127.0.0.1:99999/callback".into()),
+        with(&|c| c.redirect_uri = "http://127.0.0.1:8080/callback?x=1".into()),
+        with(&|c| c.redirect_uri = "http://localhost:8080/callback".into()),
+        with(&|c| c.code_verifier = "short".into()),
+        with(&|c| c.code_verifier = "a".repeat(129)),
+        with(&|c| c.code_verifier = format!("{}+", "a".repeat(42))),
+        with(&|c| c.code = String::new()),
+        with(&|c| c.code = "a\nb".into()),
+        with(&|c| c.code = "x".repeat(MAX_CODE_BYTES + 1)),
+        code.encode().replace('}', r#","clientSecret":"s"}"#),
+        r#"{"code":"abc"}"#.to_owned(),
+        "{not json".to_owned(),
+    ];
+    for text in refused {
+        assert_eq!(sign_in_response(&text), Err(TokenError::BadCode), "{text}");
+    }
+}
