@@ -18,6 +18,7 @@ pub mod records;
 pub mod registration;
 pub mod run;
 pub mod steps;
+pub mod webauthn;
 pub mod webhook_config;
 
 use std::{
