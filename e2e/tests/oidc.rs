@@ -720,3 +720,27 @@ async fn with_a_confidential_client_only_the_controller_redeems_the_code() {
     .await
     .expect("the public client is published again");
 }
+
+/// Attack on the careless: an ID token (a credential for the API server) pasted into a
+/// challenge unsealed would be readable by everyone who may watch challenges. The CRD's own rule
+/// refuses it before it is stored, webhook or not (the webhook refuses it too: unit test
+/// `nor her ID token (a credential for the API server) in the clear`).
+#[tokio::test]
+async fn a_token_in_the_clear_is_refused_before_it_is_stored() {
+    let world = World::new().await;
+    let idp = Idp::new(&world.env);
+    let alice = person(&idp, "alice");
+    let mut c = oidc_challenge(alice.name, &alice.uid());
+    c.spec.response = Some(alice.everyday.id_token.clone());
+    let status = refusal(alice.challenges(&world).await.create(&PostParams::default(), &c).await);
+    assert!(
+        status.message.contains(
+            "spec.response must be sealed to the controller's key (base64), never a token or code in the clear"
+        ),
+        "{}",
+        status.message
+    );
+    assert!(!status.message.contains(&alice.everyday.id_token), "the refusal does not echo the token");
+    let challenges: Api<StepUpChallenge> = Api::all(world.admin.clone());
+    assert!(challenges.get_opt(&c.name_any()).await.unwrap().is_none(), "nothing was stored");
+}

@@ -29,6 +29,9 @@ use super::{Condition, Duration, GrantScope, Method};
     validation = Rule::new("!has(self.spec.response) || !self.spec.response.matches('^[0-9 -]*$')").message(
         "spec.response must be the code sealed to the controller's key, not the plain code: update kubectl-stepup"
     ),
+    validation = Rule::new("!has(self.spec.response) || self.spec.response.matches('^[A-Za-z0-9+/=]*$')").message(
+        "spec.response must be sealed to the controller's key (base64), never a token or code in the clear: update kubectl-stepup"
+    ),
     printcolumn(name = "User", type_ = "string", json_path = ".spec.user"),
     printcolumn(name = "Method", type_ = "string", json_path = ".spec.method"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),

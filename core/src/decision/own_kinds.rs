@@ -192,10 +192,11 @@ fn challenge(
                     me.uid
                 ));
             }
-            if c.spec.response.as_deref().is_some_and(crate::verify::response::is_plain_code) {
-                return Decision::builtin_denied(
-                    "spec.response holds a plain code, readable by everyone who may watch challenges: it must be sealed to the controller's key; update kubectl-stepup (and use the next code)".into(),
-                );
+            if let Some(what) = c.spec.response.as_deref().and_then(crate::verify::response::unsealed) {
+                return Decision::builtin_denied(format!(
+                    "spec.response holds {what}, readable by everyone who may watch challenges: it must be sealed to the controller's key; update kubectl-stepup ({})",
+                    if what == "a plain code" { "and use the next code" } else { "and sign in again" }
+                ));
             }
             if let Some(other) =
                 c.metadata.finalizers.iter().flatten().find(|f| f.as_str() != api::WITHDRAWAL_FINALIZER)
@@ -256,10 +257,10 @@ fn enrollment(
         format!("an admin (group {})", config.admin_groups.join(" or "))
     };
     let plain_confirmation = |e: &StepUpEnrollment| {
-        e.spec.confirmation.as_deref().is_some_and(crate::verify::response::is_plain_code).then(|| {
-            Decision::builtin_denied(
-                "spec.confirmation holds a plain code, readable by everyone who may watch enrollments: it must be sealed to the controller's key; update kubectl-stepup".into(),
-            )
+        e.spec.confirmation.as_deref().and_then(crate::verify::response::unsealed).map(|what| {
+            Decision::builtin_denied(format!(
+                "spec.confirmation holds {what}, readable by everyone who may watch enrollments: it must be sealed to the controller's key; update kubectl-stepup"
+            ))
         })
     };
     let bootstrap_refused = || {

@@ -735,6 +735,24 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
             false,
         ),
         (
+            "nor her ID token (a credential for the API server) in the clear",
+            on("stepupchallenges"),
+            challenge_with("alice", None, |c| {
+                c.spec.method = api::Method::Oidc;
+                c.spec.response = Some("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl".into());
+            }),
+            false,
+        ),
+        (
+            "nor a sign-in's code and verifier in the clear",
+            on("stepupchallenges"),
+            challenge_with("alice", None, |c| {
+                c.spec.method = api::Method::Oidc;
+                c.spec.response = Some(r#"{"code":"x","codeVerifier":"y","redirectURI":"z"}"#.into());
+            }),
+            false,
+        ),
+        (
             "a challenge carries no finalizer but stepup's",
             on("stepupchallenges"),
             challenge_with("alice", None, |c| c.metadata.finalizers = Some(vec!["example.com/forever".into()])),

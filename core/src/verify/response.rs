@@ -96,6 +96,27 @@ pub fn is_plain_code(text: &str) -> bool {
     !text.is_empty() && text.chars().all(|c| c.is_ascii_digit() || c == ' ' || c == '-')
 }
 
+/// What `text` is when it cannot be a sealed value (which is standard base64, [`seal_code`]):
+/// a credential in the clear that everyone who may read the object would see. `None`: it has
+/// the shape of a sealed value (whether it opens is the controller's to say).
+pub fn unsealed(text: &str) -> Option<&'static str> {
+    let trimmed = text.trim();
+    if is_plain_code(trimmed) {
+        return Some("a plain code");
+    }
+    let base64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=') || c.is_ascii_whitespace();
+    if trimmed.chars().all(base64) {
+        return None;
+    }
+    Some(if trimmed.starts_with("eyJ") && trimmed.matches('.').count() >= 2 {
+        "an ID token in the clear"
+    } else if trimmed.starts_with('{') {
+        "a sign-in's code in the clear"
+    } else {
+        "a value that is not sealed"
+    })
+}
+
 /// The controller's side: opens `sealed` and accepts it for the purpose whose binding it carries.
 pub fn open<P: Copy>(opener: &ResponseOpener, sealed: Option<&str>, expected: &[(P, String)]) -> Opened<P> {
     let Some(sealed) = sealed else { return Opened::Missing };
@@ -118,6 +139,23 @@ mod tests {
         api::{GrantScope, Method, StepUpChallengeSpec, StepUpEnrollmentSpec},
         keys::MasterKey,
     };
+
+    #[test]
+    fn only_the_shape_of_a_sealed_value_passes_for_one() {
+        let opener = MasterKey::from_bytes([3; 32]).response_opener();
+        let sealed = seal_code(&opener.public_base64(), "123456", "b".into()).unwrap();
+        assert_eq!(unsealed(&sealed), None);
+        assert_eq!(unsealed(&format!("{sealed}\n")), None);
+        for (text, what) in [
+            ("123 456", "a plain code"),
+            ("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln", "an ID token in the clear"),
+            (r#"{"code":"x"}"#, "a sign-in's code in the clear"),
+            ("hunter2!", "a value that is not sealed"),
+            ("a_b-c", "a value that is not sealed"),
+        ] {
+            assert_eq!(unsealed(text), Some(what), "{text}");
+        }
+    }
 
     fn challenge(name: &str, user: &str) -> StepUpChallenge {
         StepUpChallenge::new(
