@@ -30,6 +30,17 @@ pub enum Link {
     Cut,
 }
 
+/// A kubeconfig (saved as `name`) of identity `who` that reaches the API server through `link`.
+pub fn kubeconfig_via(env: &Env, who: &str, link: &FaultyLink, name: &str) -> PathBuf {
+    let dir = PathBuf::from(env.var("STEPUP_E2E_DIR"));
+    let kubeconfig = std::fs::read_to_string(env.kubeconfig(who)).unwrap();
+    let server = env.var("KUBE_APISERVER_URL");
+    let routed = kubeconfig.replace(server, &format!("https://{}", link.addr));
+    let path = dir.join(format!("kubeconfig/{name}.yaml"));
+    std::fs::write(&path, routed).unwrap();
+    path
+}
+
 /// A TCP proxy to `upstream` whose [`Link`] the test sets.
 pub struct FaultyLink {
     pub addr: SocketAddr,
@@ -106,11 +117,7 @@ pub struct WebhookProcess {
 impl WebhookProcess {
     pub async fn spawn(env: &Env, name: &str, link: &FaultyLink, port: u16, extra: &[&str]) -> Self {
         let dir = PathBuf::from(env.var("STEPUP_E2E_DIR"));
-        let kubeconfig = std::fs::read_to_string(env.kubeconfig("stepup-webhook")).unwrap();
-        let server = env.var("KUBE_APISERVER_URL");
-        let routed = kubeconfig.replace(server, &format!("https://{}", link.addr));
-        let kubeconfig_path = dir.join(format!("kubeconfig/{name}.yaml"));
-        std::fs::write(&kubeconfig_path, routed).unwrap();
+        let kubeconfig_path = kubeconfig_via(env, "stepup-webhook", link, name);
         let pki = dir.join("stepup-pki");
         let log = std::fs::File::create(format!("{}/stepup-webhook-{name}.log", env.var("STEPUP_LOGS_DIR"))).unwrap();
         let admin = port + 1;

@@ -965,6 +965,16 @@ pub struct ControllerProcess {
 
 impl ControllerProcess {
     pub fn spawn(env: &Env, instance: &str, admin_port: u16, extra: &[&str]) -> Self {
+        Self::spawn_with(env, instance, admin_port, &env.kubeconfig("stepup-controller"), extra)
+    }
+
+    /// A controller that reaches the API server through `link` (which the test may stall).
+    pub fn spawn_via(env: &Env, instance: &str, admin_port: u16, link: &faults::FaultyLink, extra: &[&str]) -> Self {
+        let kubeconfig = faults::kubeconfig_via(env, "stepup-controller", link, instance);
+        Self::spawn_with(env, instance, admin_port, &kubeconfig, extra)
+    }
+
+    fn spawn_with(env: &Env, instance: &str, admin_port: u16, kubeconfig: &std::path::Path, extra: &[&str]) -> Self {
         let log =
             std::fs::File::create(format!("{}/stepup-controller-{instance}.log", env.var("STEPUP_LOGS_DIR"))).unwrap();
         let mut cmd = std::process::Command::new(env.var("STEPUP_BIN"));
@@ -972,7 +982,7 @@ impl ControllerProcess {
             .args(env.var("STEPUP_CONTROLLER_FLAGS").split_whitespace())
             .args(["--instance", instance, "--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(extra)
-            .env("KUBECONFIG", env.kubeconfig("stepup-controller"))
+            .env("KUBECONFIG", kubeconfig)
             .envs(env.sign_in_env())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -286,3 +286,54 @@ async fn a_short_soak_under_policy_and_grant_churn_gives_no_wrong_answer() {
     // The fleet's thousand policies would only slow the scenarios after this one.
     world.reset().await;
 }
+
+/// Issue 34: a leader whose connection to the API server stalls (no error, no answer: its
+/// renewals hang) stops leading at its renew deadline, before the standby may take the lease.
+/// Before, it led until a renewal failed, which a stalled connection never does, and the two
+/// replicas led at once.
+#[tokio::test]
+async fn a_leader_behind_a_stalled_link_steps_down_before_the_standby_takes_over() {
+    use stepup_e2e::{ControllerProcess, ScriptControllerPaused, extra_port};
+    let world = World::new().await;
+    let paused = ScriptControllerPaused::new();
+    let link = FaultyLink::start(apiserver(&world)).await;
+    let mut stalled = ControllerProcess::spawn_via(&world.env, "e2e-stalled", extra_port(2), &link, &[]);
+    eventually(Duration::from_secs(30), || async {
+        if stalled.is_leader().await { Ok(()) } else { anyhow::bail!("not leading yet") }
+    })
+    .await
+    .expect("the controller behind the link leads");
+    let mut standby = ControllerProcess::spawn(&world.env, "e2e-standby", extra_port(3), &[]);
+    eventually(Duration::from_secs(30), || async {
+        stepup_e2e::http_get(&format!("{}/metrics", standby.admin_url)).await.map(|_| ())
+    })
+    .await
+    .expect("the standby runs");
+    assert!(!standby.is_leader().await, "the lease is held");
+
+    link.set(Link::Stall);
+    let stalled_at = Instant::now();
+    let mut stepped_down = None;
+    let took_over = loop {
+        let (a, b) = (stalled.is_leader().await, standby.is_leader().await);
+        assert!(!(a && b), "two leaders at once, {:?} into the stall", stalled_at.elapsed());
+        if !a && stepped_down.is_none() {
+            stepped_down = Some(stalled_at.elapsed());
+        }
+        if b {
+            break stalled_at.elapsed();
+        }
+        assert!(stalled_at.elapsed() < Duration::from_secs(30), "the standby never took over");
+        // An invariant watched, not a wait for the system: both gauges are read every 50 ms.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stepped_down = stepped_down.expect("the stalled leader stepped down first");
+    // The e2e lease: 4 s, renewed every second; the renew deadline is 2.67 s after the last
+    // renewal sent.
+    assert!(stepped_down < took_over, "stepped down at {stepped_down:?}, taken over at {took_over:?}");
+    eprintln!("stalled leader stepped down after {stepped_down:?}; the standby led after {took_over:?}");
+    link.set(Link::Pass);
+    stalled.kill();
+    standby.kill();
+    drop(paused);
+}

@@ -1,6 +1,12 @@
 //! Leader election on a coordination.k8s.io Lease, with optimistic concurrency: only the
 //! holder of the lease reconciles, a standby takes over when the holder stops renewing, and
 //! a graceful shutdown releases the lease so the handover is immediate.
+//!
+//! Two leaders never overlap: a standby may take the lease a lease duration after its last
+//! renewal, and the holder stops leading at its renew deadline ([`renew_deadline`], two thirds
+//! of that) after the last renewal it *sent* that succeeded, even while a renewal is still
+//! waiting for an answer (a stalled connection to the API server). The third in between
+//! absorbs request latency and the replicas' clock difference, as client-go's defaults do.
 
 use std::time::Duration;
 
@@ -25,6 +31,23 @@ pub struct LeaseConfig {
     pub lease_duration: Duration,
     /// How often the holder renews and a standby retries.
     pub retry_period: Duration,
+}
+
+/// How long after its last successful renewal was sent the holder may still act.
+pub fn renew_deadline(config: &LeaseConfig) -> Duration {
+    config.lease_duration * 2 / 3
+}
+
+/// Refuses timings with which the holder could not renew twice before its renew deadline (it
+/// would step down and come back by turns).
+pub fn check(config: &LeaseConfig) -> Result<(), String> {
+    if config.retry_period.is_zero() || config.retry_period * 2 > renew_deadline(config) {
+        return Err(format!(
+            "--lease-retry ({:?}) must be at most a third of --lease-duration ({:?}): the leader renews at that interval and stops leading two thirds of a lease duration after its last renewal",
+            config.retry_period, config.lease_duration
+        ));
+    }
+    Ok(())
 }
 
 /// What one attempt on the lease concluded.
@@ -123,34 +146,54 @@ impl Elector {
         }
     }
 
-    /// Keeps trying until `stop`; publishes whether we lead. Leadership is dropped when a
-    /// renewal has not succeeded for a lease duration (we can no longer be sure nobody else
-    /// took over).
+    /// Keeps trying until `stop`; publishes whether we lead. Leadership is dropped at the
+    /// renew deadline after the last renewal sent that succeeded, whether the renewals since
+    /// failed or are still waiting for an answer: after it, a standby may soon take over.
     pub async fn run(self, leading: watch::Sender<bool>, stop: CancellationToken) {
-        let mut last_success: Option<tokio::time::Instant> = None;
+        let deadline = renew_deadline(&self.config);
+        // When the last renewal that succeeded was sent (the lease's renewTime is about then).
+        let mut renewed: Option<tokio::time::Instant> = None;
         loop {
-            match self.try_acquire().await {
-                Ok(Standing::Leader) => {
-                    last_success = Some(tokio::time::Instant::now());
+            let sent = tokio::time::Instant::now();
+            let attempt = self.try_acquire();
+            let outcome = match renewed.filter(|_| *leading.borrow()) {
+                // Leading: the answer must come before the deadline, or we stop leading.
+                Some(at) => tokio::time::timeout_at(at + deadline, attempt).await.ok(),
+                None => Some(attempt.await),
+            };
+            match outcome {
+                Some(Ok(Standing::Leader)) => {
+                    renewed = Some(sent);
                     if !*leading.borrow() {
                         tracing::info!(identity = %self.config.identity, lease = %self.config.name, "became leader");
                     }
                     leading.send_replace(true);
                 }
-                Ok(Standing::Follower) => {
+                Some(Ok(Standing::Follower)) => {
                     if *leading.borrow() {
                         tracing::warn!("lost the lease to another replica");
                     }
-                    last_success = None;
+                    renewed = None;
                     leading.send_replace(false);
                 }
-                Err(error) => {
+                Some(Err(error)) => {
                     tracing::warn!(%error, "lease renewal failed");
-                    let expired = last_success.is_none_or(|t| t.elapsed() >= self.config.lease_duration);
-                    if expired && *leading.borrow() {
-                        tracing::error!("could not renew the lease in time; stepping down");
+                    if renewed.is_none_or(|t| t.elapsed() >= deadline) && *leading.borrow() {
+                        tracing::error!(
+                            ?deadline,
+                            "could not renew the lease within the renew deadline; stepping down"
+                        );
+                        renewed = None;
                         leading.send_replace(false);
                     }
+                }
+                None => {
+                    tracing::error!(
+                        ?deadline,
+                        "no answer to the lease renewal within the renew deadline; stepping down"
+                    );
+                    renewed = None;
+                    leading.send_replace(false);
                 }
             }
             tokio::select! {
@@ -176,6 +219,32 @@ mod tests {
             lease_duration_seconds: Some(duration),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_holder_stops_leading_well_before_a_standby_may_take_over() {
+        let config = |lease: u64, retry: u64| LeaseConfig {
+            namespace: "stepup-system".into(),
+            name: "stepup-controller".into(),
+            identity: "a".into(),
+            lease_duration: Duration::from_secs(lease),
+            retry_period: Duration::from_secs(retry),
+        };
+        // The defaults (15 s, 2 s) and the e2e's (4 s, 1 s).
+        assert_eq!(renew_deadline(&config(15, 2)), Duration::from_secs(10));
+        check(&config(15, 2)).unwrap();
+        check(&config(4, 1)).unwrap();
+        // A standby takes over after a whole lease duration (seconds, as the Lease stores
+        // them): at least a third of it after the holder stopped.
+        let renewed = 1_000;
+        let stops = Duration::from_secs(renewed as u64) + renew_deadline(&config(15, 2));
+        let first_takeover = (renewed..)
+            .find(|s| may_hold(Some(&spec("a", renewed, 15)), "b", Timestamp::from_second(*s).unwrap()))
+            .unwrap();
+        assert!(Duration::from_secs(first_takeover as u64) >= stops + Duration::from_secs(5), "{first_takeover}");
+        let err = check(&config(4, 2)).unwrap_err();
+        assert!(err.contains("--lease-retry (2s) must be at most a third of --lease-duration (4s)"), "{err}");
+        assert!(check(&config(15, 0)).is_err());
     }
 
     #[test]

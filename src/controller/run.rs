@@ -160,16 +160,15 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
 
     let registration = registration_settings(&args);
     let decision = crate::config::decision_settings(&args.identity, &args.decision)?;
-    let elector = Elector::new(
-        client,
-        LeaseConfig {
-            namespace: args.identity.namespace.clone(),
-            name: args.lease_name.clone(),
-            identity: identity.clone(),
-            lease_duration: args.lease_duration.as_std(),
-            retry_period: args.lease_retry.as_std(),
-        },
-    );
+    let lease = LeaseConfig {
+        namespace: args.identity.namespace.clone(),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        lease_duration: args.lease_duration.as_std(),
+        retry_period: args.lease_retry.as_std(),
+    };
+    super::leader::check(&lease).map_err(RunError::Config)?;
+    let elector = Elector::new(client, lease);
     let (leading_tx, mut leading) = watch::channel(false);
     let stop_election = CancellationToken::new();
     let election = tokio::spawn(elector.run(leading_tx, stop_election.clone()));
@@ -193,10 +192,16 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
                 break;
             }
             _ = leading.wait_for(|l| !*l) => {
+                // Another replica may lead soon: stop at once, as a crash would (every write
+                // sequence is safe to cut anywhere: the crash scenarios), instead of letting
+                // reconciles blocked on a stalled connection finish later.
                 tracing::warn!("no longer leading; stopping reconcilers");
-                work.cancel();
-                let _ = futures::future::join_all(tasks).await;
                 metrics.leader.set(0);
+                work.cancel();
+                for task in &tasks {
+                    task.abort();
+                }
+                let _ = futures::future::join_all(tasks).await;
             }
         }
     }
