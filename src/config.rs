@@ -515,7 +515,7 @@ pub struct ControllerArgs {
     pub crash_at: Option<crate::controller::CrashPoint>,
 
     /// Test hook: wait this long after the last deadline check before issuing a grant (a slow
-    /// controller, caught in the worst moment).
+    /// controller, caught in the worst moment). Ignored by release builds.
     #[arg(long, hide = true)]
     pub pause_before_issuing: Option<Duration>,
 }
