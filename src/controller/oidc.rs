@@ -34,6 +34,10 @@ pub enum Refusal {
     NoConfidentialClient,
     #[error("the identity provider refused to redeem the sign-in's code ({0}): sign in again; nothing was issued")]
     CodeRefused(String),
+    #[error(
+        "the identity provider refused the cluster's client credentials ({0}): ask your platform team to check the confidential client's secret; nothing was issued"
+    )]
+    ClientRejected(String),
 }
 
 impl Refusal {
@@ -45,6 +49,7 @@ impl Refusal {
             Refusal::NotConfigured => "unsupported",
             Refusal::NoConfidentialClient => "bad_code",
             Refusal::CodeRefused(_) => "code_refused",
+            Refusal::ClientRejected(_) => "client_rejected",
         }
     }
 
@@ -56,6 +61,7 @@ impl Refusal {
             Refusal::NotConfigured => "UnsupportedMethod",
             Refusal::NoConfidentialClient => "SignInCodeMalformed",
             Refusal::CodeRefused(_) => "SignInCodeRefused",
+            Refusal::ClientRejected(_) => "IdentityProviderClientRejected",
         }
     }
 }
@@ -207,11 +213,8 @@ impl IdentityProviders {
             .await
             .map_err(Refusal::Unavailable)?;
         let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
-        if answer.status.is_server_error() {
-            return Err(Refusal::Unavailable(format!("{token_endpoint}: HTTP {}", answer.status)));
-        }
-        if !answer.status.is_success() {
-            return Err(Refusal::CodeRefused(said(&body, answer.status)));
+        if let Some(refusal) = redemption_refused(answer.status, &body) {
+            return Err(refusal);
         }
         let token = body.get("id_token").and_then(serde_json::Value::as_str).ok_or_else(|| {
             Refusal::CodeRefused("it answered without an ID token; the client needs the openid scope".into())
@@ -280,6 +283,24 @@ impl Provider {
     }
 }
 
+/// What a token endpoint's error answer means for a redemption (RFC 6749 5.2): the provider
+/// down, the cluster's client refused (a wrong secret: the operator's to fix), or this code.
+fn redemption_refused(status: hyper::StatusCode, body: &serde_json::Value) -> Option<Refusal> {
+    if status.is_success() {
+        return None;
+    }
+    if status.is_server_error() {
+        return Some(Refusal::Unavailable(format!("HTTP {status}")));
+    }
+    let error = body.get("error").and_then(serde_json::Value::as_str);
+    // By the error code: some providers answer a bad code with 401 too.
+    Some(match error {
+        Some("invalid_client" | "unauthorized_client") => Refusal::ClientRejected(said(body, status)),
+        None if status == hyper::StatusCode::UNAUTHORIZED => Refusal::ClientRejected(said(body, status)),
+        _ => Refusal::CodeRefused(said(body, status)),
+    })
+}
+
 /// An OAuth error answer in a few words (`invalid_grant: Code not valid`), bounded: it is
 /// the identity provider's text, shown to the person and written on the challenge.
 fn said(body: &serde_json::Value, status: hyper::StatusCode) -> String {
@@ -338,6 +359,33 @@ jwt:
         .unwrap()
         .to_string();
         assert!(err.contains("is empty"), "{err}");
+    }
+
+    #[test]
+    fn a_refused_redemption_says_whose_to_fix() {
+        use hyper::StatusCode;
+        let json = |e: &str| serde_json::json!({"error": e, "error_description": "why"});
+        assert!(matches!(
+            redemption_refused(StatusCode::BAD_REQUEST, &json("invalid_grant")),
+            Some(Refusal::CodeRefused(w)) if w == "invalid_grant: why"
+        ));
+        assert!(matches!(
+            redemption_refused(StatusCode::UNAUTHORIZED, &json("invalid_grant")),
+            Some(Refusal::CodeRefused(_))
+        ));
+        assert!(matches!(
+            redemption_refused(StatusCode::UNAUTHORIZED, &serde_json::Value::Null),
+            Some(Refusal::ClientRejected(_))
+        ));
+        for (status, error) in
+            [(StatusCode::UNAUTHORIZED, "invalid_client"), (StatusCode::BAD_REQUEST, "unauthorized_client")]
+        {
+            let refused = redemption_refused(status, &json(error)).unwrap();
+            assert!(matches!(refused, Refusal::ClientRejected(_)), "{refused:?}");
+            assert!(refused.to_string().contains("check the confidential client's secret"), "{refused}");
+        }
+        assert!(matches!(redemption_refused(StatusCode::BAD_GATEWAY, &json("x")), Some(Refusal::Unavailable(_))));
+        assert!(redemption_refused(StatusCode::OK, &serde_json::Value::Null).is_none());
     }
 
     #[test]
