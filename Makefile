@@ -94,6 +94,14 @@ chart-lint:
 	$(HELM) lint --strict $(CHART) -f $(CHART)/ci/all-features-values.yaml
 	$(HELM) template stepup $(CHART) -n stepup-system --include-crds >/dev/null
 	$(HELM) template stepup $(CHART) -n stepup-system --include-crds -f $(CHART)/ci/all-features-values.yaml >/dev/null
+	@# Values the binaries would refuse at start are refused at install, naming the value.
+	@for bad in session.signInExtras.acr=ACR session.signInExtras.amr=sso.k8s.io/amr session.signInExtras.authTime=auth-time; do \
+		out=$$($(HELM) template stepup $(CHART) -n stepup-system --set $$bad 2>&1) && { echo "chart accepted --set $$bad"; exit 1; }; \
+		echo "$$out" | grep -q "session/signInExtras" || { echo "chart refused --set $$bad without naming it: $$out"; exit 1; }; \
+	done
+	@out=$$($(HELM) template stepup $(CHART) -n stepup-system -f $(CHART)/ci/all-features-values.yaml --set oidc.confidentialClient.secretName= 2>&1) \
+		&& { echo "chart accepted a confidential client without its Secret"; exit 1; } \
+		|| echo "$$out" | grep -q "oidc.confidentialClient.secretName" || { echo "$$out"; exit 1; }
 	HELM=$(HELM) hack/render-manifests.sh --check
 
 manifests:
