@@ -526,12 +526,13 @@ pub enum CaBundleSource {
     CertManager,
 }
 
-/// A maximum grant age for a built-in policy: `0` (off) or within the range policies allow.
+/// A `userInfo.extra` key the API server can map a sign-in's claim to.
 fn sign_in_key(s: &str) -> Result<String, String> {
     crate::policy::check_sign_in_key(s).map_err(|e| e.to_string())?;
     Ok(s.to_owned())
 }
 
+/// A maximum grant age for a built-in policy: `0` (off) or within the range policies allow.
 fn builtin_max_age(s: &str) -> Result<Duration, String> {
     let age: Duration = s.parse().map_err(|e: crate::api::ParseDurationError| e.to_string())?;
     if age.is_zero() {

@@ -983,6 +983,8 @@ impl ControllerProcess {
             .args(["--instance", instance, "--admin-listen", &format!("127.0.0.1:{admin_port}")])
             .args(extra)
             .env("KUBECONFIG", kubeconfig)
+            // As stepup.sh runs its controller: what scenarios read in the log is written.
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .envs(env.sign_in_env())
             .stdout(log.try_clone().unwrap())
             .stderr(log);

@@ -155,6 +155,16 @@ impl Running {
     }
 }
 
+/// alice signs in with password and OTP through Keycloak's own pages at `url` (where the
+/// plugin said to), as her browser would; returns the page the plugin answered with.
+async fn alice_signs_in_at(idp: &Idp, url: String) -> String {
+    let browser = idp.clone();
+    tokio::task::spawn_blocking(move || browser.complete_sign_in(&url, "alice", Level::PasswordAndOtp))
+        .await
+        .expect("joined")
+        .expect("alice signs in at Keycloak")
+}
+
 /// The address of a sign-in the plugin printed.
 fn sign_in_address(line: &str) -> Option<String> {
     line.starts_with("https://").then(|| line.to_owned())
@@ -335,11 +345,7 @@ async fn the_plugin_steps_up_at_the_identity_provider_in_one_command() {
         url.contains("acr_values=2") && url.contains("max_age=900") && url.contains("code_challenge_method=S256"),
         "{url}"
     );
-    let browser = idp.clone();
-    let page = tokio::task::spawn_blocking(move || browser.complete_sign_in(&url, "alice", Level::PasswordAndOtp))
-        .await
-        .expect("joined")
-        .expect("alice signs in at Keycloak");
+    let page = alice_signs_in_at(&idp, url).await;
     assert!(page.contains("You can close this tab and return to your terminal."), "{page}");
     let Ended { success, stdout, stderr } = run.finish().await;
     assert!(success, "stdout:\n{stdout}\nstderr:\n{stderr}");
@@ -378,11 +384,7 @@ async fn the_wrapper_turns_a_refusal_into_a_sign_in_and_one_retry() {
     let url = run.until("a sign-in address", sign_in_address).await;
     assert!(run.said.iter().any(|l| l.contains("requires step-up (policy \"prod-secrets-oidc\")")), "{:?}", run.said);
     assert!(url.contains("acr_values=2") && url.contains("max_age=900"), "{url}");
-    let browser = idp.clone();
-    tokio::task::spawn_blocking(move || browser.complete_sign_in(&url, "alice", Level::PasswordAndOtp))
-        .await
-        .expect("joined")
-        .expect("alice signs in at Keycloak");
+    alice_signs_in_at(&idp, url).await;
     let Ended { success, stdout, stderr } = run.finish().await;
     assert!(success, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("secret \"db\" deleted"), "{stdout}");
@@ -660,11 +662,7 @@ async fn with_a_confidential_client_only_the_controller_redeems_the_code() {
     );
     let url = run.until("a sign-in address", sign_in_address).await;
     assert!(url.contains(&format!("client_id={CONFIDENTIAL}")) && url.contains("acr_values=2"), "{url}");
-    let browser = idp.clone();
-    tokio::task::spawn_blocking(move || browser.complete_sign_in(&url, "alice", Level::PasswordAndOtp))
-        .await
-        .expect("joined")
-        .expect("alice signs in at Keycloak");
+    alice_signs_in_at(&idp, url).await;
     let Ended { success, stdout, stderr } = run.finish().await;
     assert!(success, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("(OIDC, reason \"INC-9\")"), "{stdout}");
@@ -705,6 +703,7 @@ async fn with_a_confidential_client_only_the_controller_redeems_the_code() {
     let log =
         std::fs::read_to_string(format!("{}/stepup-controller-e2e-confidential.log", world.env.var("STEPUP_LOGS_DIR")))
             .unwrap_or_default();
+    assert!(log.contains("trusting identity providers for OIDC step-up"), "the log is written at info: {log}");
     assert!(!log.contains(CONFIDENTIAL_SECRET), "the secret is never logged");
 
     // Back to the controller stepup.sh runs, publishing the public client again before the next

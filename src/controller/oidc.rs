@@ -70,6 +70,9 @@ struct Provider {
     trusted: TrustedIssuer,
     http: crate::http::Https,
     keys: tokio::sync::Mutex<Cache>,
+    /// The last discovery document's endpoints (each key fetch discovers afresh), reused for
+    /// [`KEYS_TTL`] by code redemptions.
+    discovered: std::sync::Mutex<Option<(Instant, crate::http::Endpoints)>>,
 }
 
 #[derive(Default)]
@@ -120,30 +123,25 @@ impl IdentityProviders {
             .map(|trusted| {
                 let http = crate::http::Https::new(trusted.certificate_authority.as_deref())
                     .map_err(|e| anyhow::anyhow!("issuer {}: {e}", trusted.issuer.url))?;
-                Ok(Provider { trusted, http, keys: Default::default() })
+                Ok(Provider { trusted, http, keys: Default::default(), discovered: Default::default() })
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        if let Some(device) = device_client_id
-            && !providers.iter().any(|p| p.trusted.issuer.audiences.iter().any(|a| a == device))
-        {
-            anyhow::bail!(
-                "--oidc-device-client-id {device:?} is not an audience of any issuer in {}: the API server and stepup would refuse its tokens",
-                path.display()
-            );
+        // A client people sign in with must be an audience the API server (and stepup) trusts.
+        let issuer_of = |flag: &str, client: &str| {
+            providers.iter().position(|p| p.trusted.issuer.audiences.iter().any(|a| a == client)).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{flag} {client:?} is not an audience of any issuer in {}: the API server and stepup would refuse its tokens",
+                    path.display()
+                )
+            })
+        };
+        if let Some(device) = device_client_id {
+            issuer_of("--oidc-device-client-id", device)?;
         }
         let confidential = match confidential {
             None => None,
             Some(c) => {
-                let provider = providers
-                    .iter()
-                    .position(|p| p.trusted.issuer.audiences.iter().any(|a| a == c.client_id))
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "--oidc-client-id {:?} is not an audience of any issuer in {}: the API server and stepup would refuse its tokens",
-                            c.client_id,
-                            path.display()
-                        )
-                    })?;
+                let provider = issuer_of("--oidc-client-id", c.client_id)?;
                 let secret = zeroize::Zeroizing::new(
                     std::fs::read_to_string(c.secret_file)
                         .map_err(|e| anyhow::anyhow!("reading the client secret {}: {e}", c.secret_file.display()))?,
@@ -192,9 +190,7 @@ impl IdentityProviders {
         let client = self.confidential.as_ref().ok_or(Refusal::NoConfidentialClient)?;
         let provider = &self.providers[client.provider];
         let url = &provider.trusted.issuer.url;
-        let endpoints = crate::http::discover(&provider.http, url, provider.trusted.discovery_url.as_deref())
-            .await
-            .map_err(Refusal::Unavailable)?;
+        let endpoints = provider.endpoints().await.map_err(Refusal::Unavailable)?;
         let token_endpoint =
             endpoints.token.ok_or_else(|| Refusal::Unavailable(format!("{url}: no https token_endpoint")))?;
         let answer = provider
@@ -274,9 +270,25 @@ impl Provider {
         }
     }
 
+    /// The issuer's endpoints: discovered within [`KEYS_TTL`], or now.
+    async fn endpoints(&self) -> Result<crate::http::Endpoints, String> {
+        let cached = self.discovered.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match cached {
+            Some((at, endpoints)) if at.elapsed() < KEYS_TTL => Ok(endpoints),
+            _ => self.discover().await,
+        }
+    }
+
+    async fn discover(&self) -> Result<crate::http::Endpoints, String> {
+        let endpoints =
+            crate::http::discover(&self.http, &self.trusted.issuer.url, self.trusted.discovery_url.as_deref()).await?;
+        *self.discovered.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), endpoints.clone()));
+        Ok(endpoints)
+    }
+
     async fn fetch(&self) -> Result<Jwks, String> {
         let url = &self.trusted.issuer.url;
-        let endpoints = crate::http::discover(&self.http, url, self.trusted.discovery_url.as_deref()).await?;
+        let endpoints = self.discover().await?;
         let jwks_uri =
             endpoints.jwks.ok_or_else(|| format!("{url}: its discovery document names no https jwks_uri"))?;
         Jwks::parse(&self.http.get(&jwks_uri, oidc::MAX_JWKS_BYTES).await?).map_err(|e| format!("{jwks_uri}: {e}"))

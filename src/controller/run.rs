@@ -36,8 +36,10 @@ use crate::{
     verify::totp::TotpVerifier,
 };
 
-pub fn settings(args: &ControllerArgs) -> Result<Settings, RunError> {
-    Ok(Settings {
+/// The controller's settings from its flags; the sign-in keys are the decision's (`decision`,
+/// built from the same flags once).
+pub fn settings(args: &ControllerArgs, decision: &crate::decision::DecisionSettings) -> Settings {
+    Settings {
         namespace: args.identity.namespace.clone(),
         self_service_enrollment: args.self_service_enrollment,
         default_grant_duration: args.default_grant_duration.as_signed(),
@@ -57,8 +59,8 @@ pub fn settings(args: &ControllerArgs) -> Result<Settings, RunError> {
         max_clock_skew: args.identity.max_clock_skew.as_signed(),
         crash_at: args.crash_at,
         pause_before_issuing: args.pause_before_issuing.map(|d| d.as_std()),
-        sign_in_keys: args.identity.sign_in_keys()?,
-    })
+        sign_in_keys: decision.sign_in_keys.clone(),
+    }
 }
 
 /// What the controller registers: the configuration, and the certificate unless cert-manager
@@ -129,9 +131,10 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         }
         None => None,
     };
+    let decision = crate::config::decision_settings(&args.identity, &args.decision)?;
     let ctx = Arc::new(Context {
         client: client.clone(),
-        settings: settings(&args)?,
+        settings: settings(&args, &decision),
         metrics: metrics.clone(),
         evidence: Evidence::new(
             client.clone(),
@@ -159,7 +162,6 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     let admin_task = process::spawn_admin(admin, app, stop.clone());
 
     let registration = registration_settings(&args);
-    let decision = crate::config::decision_settings(&args.identity, &args.decision)?;
     let lease = LeaseConfig {
         namespace: args.identity.namespace.clone(),
         name: args.lease_name.clone(),

@@ -228,8 +228,7 @@ impl RelyingParty {
             .user_verification_policy(UserVerificationPolicy::Preferred)
             .exclude_credentials(Some(exclude));
         let (options, state) = self.core.generate_challenge_register(builder).map_err(Refusal::from_library)?;
-        let json = serde_json::to_string(&options).map_err(|e| Refusal::Other(e.to_string()))?;
-        Ok((json, Pending { user: user.to_owned(), issued_at: now, verify_user: false, state }))
+        started(&options, Pending { user: user.to_owned(), issued_at: now, verify_user: false, state })
     }
 
     /// Judges the browser's answer to a registration (`response`, the credential's JSON) for
@@ -268,8 +267,7 @@ impl RelyingParty {
         let builder =
             self.core.new_challenge_authenticate_builder(creds, Some(policy)).map_err(Refusal::from_library)?;
         let (options, state) = self.core.generate_challenge_authenticate(builder).map_err(Refusal::from_library)?;
-        let json = serde_json::to_string(&options).map_err(|e| Refusal::Other(e.to_string()))?;
-        Ok((json, Pending { user: user.to_owned(), issued_at: now, verify_user, state }))
+        started(&options, Pending { user: user.to_owned(), issued_at: now, verify_user, state })
     }
 
     /// Judges the browser's answer to an authentication for `user`, against the person's keys
@@ -313,6 +311,12 @@ impl RelyingParty {
             updated,
         })
     }
+}
+
+/// A started ceremony: the options for the browser (JSON) and the state the controller keeps.
+fn started<S>(options: &impl Serialize, pending: Pending<S>) -> Result<(String, Pending<S>), Refusal> {
+    let json = serde_json::to_string(options).map_err(|e| Refusal::Other(e.to_string()))?;
+    Ok((json, pending))
 }
 
 fn parse<T: serde::de::DeserializeOwned>(response: &str) -> Result<T, Refusal> {
