@@ -416,6 +416,17 @@ pub struct ControllerArgs {
     #[arg(long, env = "STEPUP_OIDC_CLIENT_SECRET_FILE", requires = "oidc_client_id")]
     pub oidc_client_secret_file: Option<std::path::PathBuf>,
 
+    /// The WebAuthn relying party id: the domain security keys and passkeys are registered
+    /// for. `localhost` (the default) binds them to the plugin's own page on this computer's
+    /// loopback; an organisation's domain binds them to the origins in --webauthn-origin.
+    #[arg(long, env = "STEPUP_WEBAUTHN_RP_ID", default_value = "localhost")]
+    pub webauthn_rp_id: String,
+
+    /// Where WebAuthn ceremonies may run (repeat, or separate with commas): `http://localhost`
+    /// (the plugin's page, any port) or https origins within --webauthn-rp-id.
+    #[arg(long, env = "STEPUP_WEBAUTHN_ORIGINS", value_delimiter = ',', default_value = "http://localhost")]
+    pub webauthn_origin: Vec<url::Url>,
+
     /// A challenge not verified within this time is expired.
     #[arg(long, env = "STEPUP_CHALLENGE_TIMEOUT", default_value = "5m")]
     pub challenge_timeout: Duration,

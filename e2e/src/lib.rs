@@ -611,12 +611,16 @@ impl World {
     /// Removes a user's enrollment and factor (as admin), so a scenario can enroll afresh.
     pub async fn unenroll(&self, user: &str) {
         let enrollments: Api<StepUpEnrollment> = Api::all(self.admin.clone());
-        let _ = enrollments.delete(&stepup_api::enrollment_name(user), &DeleteParams::default()).await;
+        for method in Method::ENROLLED {
+            let _ = enrollments.delete(&stepup_api::enrollment_name_for(user, method), &DeleteParams::default()).await;
+        }
         let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), "stepup-system");
         let _ = secrets.delete(&stepup_api::factor_secret_name(user), &DeleteParams::default()).await;
         eventually(Duration::from_secs(10), || async {
-            let left = enrollments.get_opt(&stepup_api::enrollment_name(user)).await?.is_some()
-                || secrets.get_opt(&stepup_api::factor_secret_name(user)).await?.is_some();
+            let mut left = secrets.get_opt(&stepup_api::factor_secret_name(user)).await?.is_some();
+            for method in Method::ENROLLED {
+                left |= enrollments.get_opt(&stepup_api::enrollment_name_for(user, method)).await?.is_some();
+            }
             if left { bail!("{user} still enrolled") } else { Ok(()) }
         })
         .await

@@ -19,10 +19,13 @@ use super::{
     Context, Result, bootstrap, condition,
     factor::{Factor, FactorRead},
     merge_condition,
-    steps::enrollment::{Desired, EnrollmentSettings, Facts, Sealed, Step, next_step},
+    steps::{
+        enrollment::{Desired, EnrollmentSettings, Facts, Sealed, Step, next_step},
+        security_keys,
+    },
 };
 use crate::{
-    api::{EnrollmentPhase, StepUpEnrollment},
+    api::{EnrollmentPhase, Method, StepUpEnrollment},
     verify::{
         response::{self, EnrollmentPurpose},
         seal, totp,
@@ -34,11 +37,13 @@ pub async fn reconcile(enrollment: Arc<StepUpEnrollment>, ctx: Arc<Context>) -> 
         return Ok(Action::await_change());
     }
     let e = enrollment.as_ref();
-    let (secret, factor) = ctx.load_factor(&e.spec.user).await?;
-    let expected = [
-        (EnrollmentPurpose::Confirmation, response::enrollment_binding(e, EnrollmentPurpose::Confirmation)),
-        (EnrollmentPurpose::Reenrollment, response::enrollment_binding(e, EnrollmentPurpose::Reenrollment)),
-    ];
+    let user = e.spec.user.as_str();
+    let (secret, factor) = ctx.load_factor(user).await?;
+    let purposes: &[EnrollmentPurpose] = match e.spec.method {
+        Method::WebAuthn => &[EnrollmentPurpose::KeyRegistration],
+        _ => &[EnrollmentPurpose::Confirmation, EnrollmentPurpose::Reenrollment],
+    };
+    let expected: Vec<_> = purposes.iter().map(|p| (*p, response::enrollment_binding(e, *p))).collect();
     let confirmation = response::open(&ctx.keys.responses, e.spec.confirmation.as_deref(), &expected);
     let bootstrap = bootstrap::view(&ctx);
     let fresh_seed = totp::generate_seed();
@@ -51,15 +56,35 @@ pub async fn reconcile(enrollment: Arc<StepUpEnrollment>, ctx: Arc<Context>) -> 
         response_key: &response_key,
         verifier: ctx.verifier.as_ref(),
     };
-    let facts = Facts {
-        enrollment: e,
-        factor: &factor,
-        confirmation: &confirmation,
-        bootstrap: &bootstrap,
-        fresh_seed: &fresh_seed,
-        now: Timestamp::now(),
+    let now = Timestamp::now();
+    let step = if e.spec.method == Method::WebAuthn {
+        let existing = match &factor {
+            FactorRead::Found(f) => security_keys::credentials(f),
+            _ => Vec::new(),
+        };
+        // The user handle: opaque and stable, never the name.
+        let handle = crate::api::user_label_value(user);
+        let fresh = ctx.relying_party.start_registration(user, handle.as_bytes(), &existing, now)?;
+        let facts = security_keys::Facts {
+            enrollment: e,
+            factor: &factor,
+            confirmation: &confirmation,
+            bootstrap: &bootstrap,
+            fresh: &fresh,
+            now,
+        };
+        security_keys::next_step(&facts, &settings, &ctx.relying_party)
+    } else {
+        let facts = Facts {
+            enrollment: e,
+            factor: &factor,
+            confirmation: &confirmation,
+            bootstrap: &bootstrap,
+            fresh_seed: &fresh_seed,
+            now,
+        };
+        next_step(&facts, &settings)
     };
-    let step = next_step(&facts, &settings);
     let current = match &factor {
         FactorRead::Found(f) => Some(f),
         _ => None,
@@ -120,7 +145,14 @@ async fn write_status(ctx: &Context, e: &StepUpEnrollment, d: &Desired, factor: 
         Sealed::Clear => None,
         Sealed::Keep if current.sealed_secret.is_some() => current.sealed_secret.clone(),
         Sealed::Keep | Sealed::Fresh => {
-            let pending = factor.and_then(|f| f.pending.as_ref()).map(|p| p.seed.clone()).unwrap_or_default();
+            let pending = match e.spec.method {
+                // The registration's options: their challenge is what only this key's holder may sign.
+                Method::WebAuthn => factor
+                    .and_then(|f| f.webauthn.pending.as_ref())
+                    .map(|p| zeroize::Zeroizing::new(p.options.as_bytes().to_vec()))
+                    .unwrap_or_default(),
+                _ => factor.and_then(|f| f.pending.as_ref()).map(|p| p.seed.clone()).unwrap_or_default(),
+            };
             Some(seal::seal(&e.spec.public_key, &pending)?)
         }
     };
@@ -147,6 +179,7 @@ async fn write_status(ctx: &Context, e: &StepUpEnrollment, d: &Desired, factor: 
         consecutive_failures: d.failures as i32,
         locked_at: d.locked_at.map(Time),
         locked_until: d.locked_until.map(Time),
+        credentials: d.credentials.clone(),
         message: Some(d.message.clone()),
         conditions,
         observed_generation: generation,
@@ -164,6 +197,7 @@ async fn write_status(ctx: &Context, e: &StepUpEnrollment, d: &Desired, factor: 
         "consecutiveFailures": wanted.consecutive_failures,
         "lockedAt": time(d.locked_at),
         "lockedUntil": time(d.locked_until),
+        "credentials": if wanted.credentials.is_empty() { Value::Null } else { json!(wanted.credentials) },
         "message": wanted.message,
         "conditions": wanted.conditions,
         "observedGeneration": wanted.observed_generation,

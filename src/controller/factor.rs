@@ -240,6 +240,52 @@ pub struct Pending {
     pub since: Timestamp,
 }
 
+/// A user's security keys and passkeys (`WebAuthn`): public credentials, and at most one
+/// registration ceremony waiting for the browser's answer. Kept with the TOTP seed so that one
+/// write records everything about the person's factors, and the lockout covers every method.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WebAuthnFactor {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<RegisteredKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingKey>,
+}
+
+impl WebAuthnFactor {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.pending.is_none()
+    }
+}
+
+/// A registered security key: the public credential (webauthn-rs's, as JSON) and the evidence
+/// of how it came to be registered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredKey {
+    pub id_hash: String,
+    pub registered_at: Timestamp,
+    pub allowed: Allowance,
+    /// The enrollment public key the registration's options were sealed to.
+    pub key: String,
+    pub user_verified: bool,
+    pub credential: serde_json::Value,
+}
+
+/// A registration ceremony whose options were sealed to the enrollment key `key`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingKey {
+    pub key: String,
+    pub allowed: Allowance,
+    /// When it was allowed; the browser's answer counts within the approval window after that.
+    pub since: Timestamp,
+    /// The options for the browser (JSON), sealed to `key` in the enrollment's status.
+    pub options: String,
+    /// webauthn-rs's ceremony state (the challenge), never shown to anyone.
+    pub ceremony: serde_json::Value,
+}
+
 /// The contents of a user's factor Secret.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Factor {
@@ -249,6 +295,7 @@ pub struct Factor {
     pub seed_key: Option<String>,
     pub pending: Option<Pending>,
     pub state: FactorState,
+    pub webauthn: WebAuthnFactor,
     /// Incremented on every write: a copy older than one already seen is a rollback.
     pub version: u64,
 }
@@ -262,6 +309,8 @@ impl std::fmt::Debug for Factor {
             .field("pending_key", &self.pending.as_ref().map(|p| &p.key))
             .field("pending_allowed", &self.pending.as_ref().map(|p| &p.allowed))
             .field("state", &self.state)
+            .field("webauthn_keys", &self.webauthn.keys.iter().map(|k| &k.id_hash).collect::<Vec<_>>())
+            .field("webauthn_pending", &self.webauthn.pending.as_ref().map(|p| &p.key))
             .field("version", &self.version)
             .finish()
     }
@@ -301,6 +350,8 @@ struct Stored {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pending: Option<StoredPending>,
     state: FactorState,
+    #[serde(default, skip_serializing_if = "WebAuthnFactor::is_empty")]
+    webauthn: WebAuthnFactor,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -347,6 +398,7 @@ impl Factor {
                 since: p.since,
             }),
             state: self.state.clone(),
+            webauthn: self.webauthn.clone(),
         };
         // Serializing strings, numbers and timestamps cannot fail.
         let plaintext = Zeroizing::new(serde_json::to_vec(&stored).unwrap_or_default());
@@ -384,6 +436,7 @@ impl Factor {
             seed_key: stored.seed_key.clone(),
             pending,
             state: stored.state.clone(),
+            webauthn: stored.webauthn.clone(),
             version: stored.version,
         })
     }
@@ -573,6 +626,17 @@ mod tests {
                 since: at(0),
             }),
             state: FactorState { last_step: Some(42), consecutive_failures: 2, ..Default::default() },
+            webauthn: WebAuthnFactor {
+                keys: vec![RegisteredKey {
+                    id_hash: "00ff".into(),
+                    registered_at: at(1),
+                    allowed: Allowance::SelfService,
+                    key: "key".into(),
+                    user_verified: true,
+                    credential: serde_json::json!({"cred_id": "AAEC", "counter": 3}),
+                }],
+                pending: None,
+            },
             version: 7,
         }
     }

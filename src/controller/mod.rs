@@ -148,6 +148,8 @@ pub struct Context {
     pub probed: Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
     /// The identity providers trusted for `OIDC` step-up, if any.
     pub identity_providers: Option<Arc<oidc::IdentityProviders>>,
+    /// The relying party of `WebAuthn` (security keys and passkeys).
+    pub relying_party: webauthn::RelyingParty,
 }
 
 /// The controller's keys, derived from its master key file.
@@ -183,6 +185,8 @@ pub enum Error {
     Seal(#[from] crate::verify::seal::SealError),
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
+    #[error("cannot start a WebAuthn registration: {0}")]
+    WebAuthn(#[from] webauthn::Refusal),
 }
 
 impl Error {
@@ -194,6 +198,7 @@ impl Error {
             Error::Bootstrap(_) => "bootstrap",
             Error::Seal(_) => "seal",
             Error::Pki(_) => "pki",
+            Error::WebAuthn(_) => "webauthn",
         }
     }
 }

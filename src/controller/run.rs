@@ -131,6 +131,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         }
         None => None,
     };
+    let relying_party = super::webauthn::RelyingParty::new(&args.webauthn_rp_id, &args.webauthn_origin)
+        .map_err(|e| RunError::Config(format!("--webauthn-rp-id/--webauthn-origin: {e}")))?;
     let decision = crate::config::decision_settings(&args.identity, &args.decision)?;
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -151,6 +153,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         served: Default::default(),
         probed: Default::default(),
         identity_providers,
+        relying_party,
     });
     drop(master);
 
@@ -269,7 +272,9 @@ fn start(
                     .annotations
                     .as_ref()
                     .and_then(|a| a.get(USERNAME_ANNOTATION))
-                    .map(|user| ObjectRef::new(&api::enrollment_name(user)))
+                    .map(|user| api::Method::ENROLLED.map(|m| ObjectRef::new(&api::enrollment_name_for(user, m))))
+                    .into_iter()
+                    .flatten()
             },
         )
         .graceful_shutdown_on(work.clone().cancelled_owned())

@@ -119,15 +119,28 @@ pub type PendingRegistration = Pending<RegistrationState>;
 pub type PendingAuthentication = Pending<AuthenticationState>;
 
 impl<S> Pending<S> {
-    fn fresh(&self, user: &str, now: Timestamp) -> Result<(), Refusal> {
+    fn fresh(&self, user: &str, now: Timestamp, valid_for: SignedDuration) -> Result<(), Refusal> {
         if self.user != user {
             return Err(Refusal::OtherUser { got: user.to_owned(), want: self.user.clone() });
         }
         let age = now.duration_since(self.issued_at);
-        if age > CEREMONY_TTL || age < -CEREMONY_TTL {
+        if age > valid_for || age < -CEREMONY_TTL {
             return Err(Refusal::Expired(age));
         }
         Ok(())
+    }
+}
+
+impl<S: Serialize + serde::de::DeserializeOwned> Pending<S> {
+    /// The state as the controller stores it (in the person's factor Secret).
+    pub fn to_json(&self) -> serde_json::Value {
+        // Byte strings, strings and numbers: serializing cannot fail.
+        serde_json::to_value(self).unwrap_or_default()
+    }
+
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, Refusal> {
+        serde_json::from_value(value.clone())
+            .map_err(|e| Refusal::Other(format!("the stored ceremony is unreadable: {e}")))
     }
 }
 
@@ -151,6 +164,17 @@ impl StoredCredential {
     /// Whether the authenticator verified the user (PIN, biometric) at registration.
     pub fn user_verified_at_registration(&self) -> bool {
         self.0.user_verified
+    }
+
+    /// The credential as the controller stores it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(&self.0).unwrap_or_default()
+    }
+
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, Refusal> {
+        serde_json::from_value(value.clone())
+            .map(Self)
+            .map_err(|e| Refusal::Other(format!("a stored credential is unreadable: {e}")))
     }
 }
 
@@ -232,16 +256,19 @@ impl RelyingParty {
     }
 
     /// Judges the browser's answer to a registration (`response`, the credential's JSON) for
-    /// `user`; the new credential, unless it is one of `existing`.
+    /// `user`, within `valid_for` of the options; the new credential, unless it is one of
+    /// `existing`. (A registration's options are sealed to the enrolling plugin, which may
+    /// come back for them within the approval window; an authentication's are not.)
     pub fn finish_registration(
         &self,
-        pending: PendingRegistration,
+        pending: &PendingRegistration,
         user: &str,
         response: &str,
         existing: &[StoredCredential],
         now: Timestamp,
+        valid_for: SignedDuration,
     ) -> Result<StoredCredential, Refusal> {
-        pending.fresh(user, now)?;
+        pending.fresh(user, now, valid_for)?;
         let answer: RegisterPublicKeyCredential = parse(response)?;
         let credential = self.core.register_credential(&answer, &pending.state, None).map_err(Refusal::from_library)?;
         if existing.iter().any(|c| c.0.cred_id == credential.cred_id) {
@@ -281,7 +308,7 @@ impl RelyingParty {
         credentials: &[StoredCredential],
         now: Timestamp,
     ) -> Result<Verified, Refusal> {
-        pending.fresh(user, now)?;
+        pending.fresh(user, now, CEREMONY_TTL)?;
         let answer: PublicKeyCredential = parse(response)?;
         let result = self.core.authenticate_credential(&answer, &pending.state).map_err(|e| match e {
             // The state's copy of the counter: the same judgement as against the stored one

@@ -72,6 +72,8 @@ pub fn precondition(action: Action, e: &StepUpEnrollment) -> Result<Option<Strin
         },
         Action::Approve => match phase {
             Some(EnrollmentPhase::PendingApproval) => Ok(None),
+            // Each approval lets the person register one more security key.
+            Some(EnrollmentPhase::Active) if e.spec.method == crate::api::Method::WebAuthn => Ok(None),
             Some(EnrollmentPhase::AwaitingConfirmation) => {
                 Ok(Some(format!("{user}'s enrollment is already approved and waits for their first code")))
             }
@@ -138,14 +140,14 @@ pub async fn run(session: &Session, action: Action, args: &AdminArgs) -> Result<
         ));
     }
     let api: Api<StepUpEnrollment> = session.all();
-    let name = api::enrollment_name(user);
+    let name = api::enrollment_name_for(user, args.method.method());
     let enrollment = api
         .get_opt(&name)
         .await
         .map_err(session.kube_error(&format!("read {user}'s enrollment")))?
         .ok_or_else(|| {
             Error::usage(
-                format!("{user:?} has no enrollment"),
+                format!("{user:?} has no {} enrollment", args.method.method()),
                 "They run `kubectl stepup enroll` first; check the spelling (the exact username the API server authenticates).",
             )
         })?;

@@ -446,6 +446,29 @@ pub struct AdminArgs {
     /// shown.
     #[arg(long, value_name = "FINGERPRINT")]
     pub key: Option<String>,
+
+    /// Which of the user's enrollments: their authenticator app (`TOTP`) or their security keys
+    /// and passkeys (`WebAuthn`, where each approval lets them register one more key).
+    #[arg(long, value_enum, default_value_t = EnrolledMethod::Totp, ignore_case = true)]
+    pub method: EnrolledMethod,
+}
+
+/// The methods that have an enrollment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum EnrolledMethod {
+    #[value(name = "TOTP")]
+    Totp,
+    #[value(name = "WebAuthn")]
+    WebAuthn,
+}
+
+impl EnrolledMethod {
+    pub const fn method(self) -> crate::api::Method {
+        match self {
+            EnrolledMethod::Totp => crate::api::Method::Totp,
+            EnrolledMethod::WebAuthn => crate::api::Method::WebAuthn,
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]

@@ -146,7 +146,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Approve(args) => admin::run(&session, admin::Action::Approve, &args).await.map(|()| Exit::Ok)?,
         Command::Reset(args) => admin::run(&session, admin::Action::Reset, &args).await.map(|()| Exit::Ok)?,
         Command::Unlock(args) => {
-            let args = cli::AdminArgs { user: args.user, key: None };
+            let args = cli::AdminArgs { user: args.user, key: None, method: cli::EnrolledMethod::Totp };
             admin::run(&session, admin::Action::Unlock, &args).await.map(|()| Exit::Ok)?
         }
         Command::Report(args) => report::run(&session, &args).await.map(|()| Exit::Ok)?,

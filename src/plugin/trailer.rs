@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn tolerates_unknown_keys_and_methods_from_newer_webhooks() {
         let r: Requirement =
-            "policies=p methods=TOTP,WebAuthn max-age=5m reason-required=true approvers=2".parse().unwrap();
+            "policies=p methods=TOTP,Approval max-age=5m reason-required=true approvers=2".parse().unwrap();
         assert_eq!(r, Requirement { max_age: Duration::from_secs(300), ..requirement(&["p"], 0, true) });
     }
 

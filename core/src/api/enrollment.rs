@@ -23,8 +23,9 @@ use super::{Condition, Method};
     category = "stepup",
     status = "StepUpEnrollmentStatus",
     derive = "PartialEq",
-    doc = "StepUpEnrollment binds a user to a second factor (a TOTP authenticator).",
+    doc = "StepUpEnrollment binds a user to a second factor (a TOTP authenticator, or security keys and passkeys).",
     validation = Rule::new("self.spec.user == oldSelf.spec.user").message("spec.user is immutable"),
+    validation = Rule::new("self.spec.method == oldSelf.spec.method").message("spec.method is immutable: each method has its own enrollment"),
     validation = Rule::new("!has(self.spec.confirmation) || !self.spec.confirmation.matches('^[0-9 -]*$')").message(
         "spec.confirmation must be the code sealed to the controller's key, not the plain code: update kubectl-stepup"
     ),
@@ -40,7 +41,8 @@ pub struct StepUpEnrollmentSpec {
     #[schemars(length(min = 1, max = 1024))]
     pub user: String,
 
-    /// The second factor to enroll. Defaults to `TOTP`.
+    /// The second factor to enroll: `TOTP`, or `WebAuthn` (security keys and passkeys, in an
+    /// enrollment of its own, named with the suffix `-webauthn`). Defaults to `TOTP`.
     #[serde(default = "default_method")]
     #[schemars(schema_with = "super::enrolled_method_schema")]
     pub method: Method,
@@ -53,10 +55,11 @@ pub struct StepUpEnrollmentSpec {
 
     /// A code sealed (base64) to the controller's response key (`status.responseKey`) and bound
     /// to this enrollment's name, user and public key: the first code of the new seed, or, to
-    /// re-enroll without an admin, a current code of the enrolled authenticator. Removed by the
+    /// re-enroll without an admin, a current code of the enrolled authenticator; for `WebAuthn`,
+    /// the new credential the browser created for the sealed options. Removed by the
     /// controller once checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 4096))]
+    #[schemars(length(max = 24576))]
     pub confirmation: Option<String>,
 
     /// Ask for the one-time bootstrap: the first enrollment of an admin needs no second admin
@@ -101,7 +104,9 @@ pub enum EnrollmentPhase {
 pub struct StepUpEnrollmentStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<EnrollmentPhase>,
-    /// The TOTP seed sealed to `spec.publicKey` (base64), present only until confirmed.
+    /// The TOTP seed (for `WebAuthn`: the options of the registration ceremony, whose challenge
+    /// only the enrolling plugin may know) sealed to `spec.publicKey` (base64), present only
+    /// until confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_secret: Option<String>,
     /// The controller's X25519 public key (base64) to which the plugin seals codes.
@@ -126,6 +131,10 @@ pub struct StepUpEnrollmentStatus {
     /// When locked by the failure rate limit: when codes are checked again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locked_until: Option<Time>,
+    /// `WebAuthn`: the registered security keys and passkeys (public facts only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub credentials: Vec<EnrolledCredential>,
     /// A sentence for the user about the current phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -134,4 +143,21 @@ pub struct StepUpEnrollmentStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// A registered security key or passkey, as the enrollment shows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnrolledCredential {
+    /// SHA-256 of the credential id, first 16 bytes in hex: how grants and audit lines name it.
+    pub id_hash: String,
+    /// The authenticator model's AAGUID, where the key attested it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aaguid: Option<String>,
+    /// When it was registered.
+    pub registered_at: Time,
+    /// Who or what allowed it (`approved by <admin>`, `self-service`, ...).
+    pub allowed: String,
+    /// Whether the key verified the person (PIN, biometric) when it was registered.
+    pub user_verified: bool,
 }

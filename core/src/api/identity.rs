@@ -86,6 +86,15 @@ pub fn enrollment_name(username: &str) -> String {
     if prefix.is_empty() { format!("user-{hash}") } else { format!("{prefix}-{hash}") }
 }
 
+/// The one name a user's StepUpEnrollment of `method` may have: [`enrollment_name`] for TOTP
+/// (the first method, whose objects keep their names), with the method's suffix for the others.
+pub fn enrollment_name_for(username: &str, method: crate::api::Method) -> String {
+    match method {
+        crate::api::Method::WebAuthn => format!("{}-webauthn", enrollment_name(username)),
+        _ => enrollment_name(username),
+    }
+}
+
 /// `system:serviceaccount:<namespace>:<name>` split into its parts.
 /// The `userInfo.extra` keys kube-apiserver sets for a service-account token bound to a pod.
 /// A cluster-admin can impersonate them; they tell a workload from a mask, not a pod from a
@@ -122,6 +131,11 @@ mod tests {
             assert!(!name.starts_with('-') && !name.ends_with('-'), "{name}");
         }
         assert_ne!(enrollment_name("alice"), enrollment_name("Alice"));
+        for user in ["alice", "system:serviceaccount:a-very-long-namespace-name:a-very-long-service-account-name"] {
+            let name = enrollment_name_for(user, crate::api::Method::WebAuthn);
+            assert!(name.len() <= 63 && name.ends_with("-webauthn"), "{name}");
+            assert_eq!(enrollment_name_for(user, crate::api::Method::Totp), enrollment_name(user));
+        }
         assert!(enrollment_name("alice").starts_with("alice-"));
     }
 

@@ -63,6 +63,12 @@ pub enum Method {
     /// verified by the controller, which issues a grant recording its acr, amr and auth_time.
     #[serde(rename = "OIDC")]
     Oidc,
+    /// A security key or passkey (WebAuthn): the person's authenticator signs a fresh
+    /// challenge for this cluster's relying party; the cluster keeps only public keys. Enrolled
+    /// with its own StepUpEnrollment; not yet accepted by policies or challenges.
+    #[serde(rename = "WebAuthn")]
+    #[schemars(skip)]
+    WebAuthn,
 }
 
 impl Method {
@@ -71,16 +77,23 @@ impl Method {
             Method::Totp => "TOTP",
             Method::Session => "Session",
             Method::Oidc => "OIDC",
+            Method::WebAuthn => "WebAuthn",
         }
     }
 
     /// Every method, in their order.
-    pub const ALL: [Method; 3] = [Method::Totp, Method::Session, Method::Oidc];
+    pub const ALL: [Method; 4] = [Method::Totp, Method::Session, Method::Oidc, Method::WebAuthn];
+
+    /// The methods a challenge may ask the controller to verify, and a grant may record.
+    pub const CHALLENGED: [Method; 2] = [Method::Totp, Method::Oidc];
+
+    /// The methods enrolled in the cluster, each with its own StepUpEnrollment.
+    pub const ENROLLED: [Method; 2] = [Method::Totp, Method::WebAuthn];
 
     /// Whether a grant of this method is a StepUpGrant the controller issues (a Session is
     /// the request's own evidence).
     pub const fn is_grant(self) -> bool {
-        matches!(self, Method::Totp | Method::Oidc)
+        matches!(self, Method::Totp | Method::Oidc | Method::WebAuthn)
     }
 }
 
@@ -89,7 +102,7 @@ impl Method {
 pub(crate) fn enrolled_method_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "string",
-        "enum": [Method::Totp.as_str()],
+        "enum": Method::ENROLLED.map(Method::as_str),
     })
 }
 
@@ -97,7 +110,7 @@ pub(crate) fn enrolled_method_schema(_: &mut schemars::SchemaGenerator) -> schem
 /// methods that a second factor verified by the controller stands behind (never `Session`, the
 /// request's own evidence: a grant named so would pass for an identity-provider sign-in).
 pub(crate) fn factor_method_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    let factors: Vec<&str> = Method::ALL.iter().filter(|m| m.is_grant()).map(|m| m.as_str()).collect();
+    let factors = Method::CHALLENGED.map(Method::as_str);
     schemars::json_schema!({
         "type": "string",
         "enum": factors,

@@ -279,10 +279,11 @@ fn enrollment(
                     e.spec.user, me
                 ));
             }
-            let expected = api::enrollment_name(me);
+            let expected = api::enrollment_name_for(me, e.spec.method);
             if e.name_any() != expected {
                 return Decision::invalid_object(format!(
-                    "a StepUpEnrollment for {me:?} must be named {expected:?} (one per user); `kubectl stepup enroll` does this"
+                    "a {} StepUpEnrollment for {me:?} must be named {expected:?} (one per user and method); `kubectl stepup enroll` does this",
+                    e.spec.method
                 ));
             }
             if admin_marks(e.annotations()).iter().any(Option::is_some) {

@@ -464,6 +464,12 @@ fn enrollment_for(user: &str, name: Option<&str>, annotations: &[(&str, &str)]) 
     Box::new(e)
 }
 
+fn webauthn_enrollment(user: &str, name: Option<&str>) -> Box<StepUpEnrollment> {
+    let mut e = enrollment_for(user, Some(name.unwrap_or(&api::enrollment_name_for(user, api::Method::WebAuthn))), &[]);
+    e.spec.method = api::Method::WebAuthn;
+    e
+}
+
 fn grant_objects(user: &str) -> StepUpObjects {
     let mut g = grant("g1", user).build();
     signer().sign_grant(&mut g);
@@ -618,6 +624,21 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
             "an enrollment must carry the derived name",
             on("stepupenrollments"),
             StepUpObjects::Enrollment { object: Some(enrollment_for("alice", Some("alice"), &[])), old: None },
+            false,
+        ),
+        (
+            "alice enrolls a security key in an enrollment of its own",
+            on("stepupenrollments"),
+            StepUpObjects::Enrollment { object: Some(webauthn_enrollment("alice", None)), old: None },
+            true,
+        ),
+        (
+            "a WebAuthn enrollment cannot take the TOTP enrollment's name",
+            on("stepupenrollments"),
+            StepUpObjects::Enrollment {
+                object: Some(webauthn_enrollment("alice", Some(&api::enrollment_name("alice")))),
+                old: None,
+            },
             false,
         ),
         (

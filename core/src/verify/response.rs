@@ -18,6 +18,9 @@ pub enum EnrollmentPurpose {
     Confirmation,
     /// A current code of the enrolled authenticator, allowing `spec.publicKey` as the new key.
     Reenrollment,
+    /// `WebAuthn`: the credential the browser created for the registration options sealed to
+    /// `spec.publicKey`.
+    KeyRegistration,
 }
 
 impl EnrollmentPurpose {
@@ -25,6 +28,7 @@ impl EnrollmentPurpose {
         match self {
             EnrollmentPurpose::Confirmation => "stepup.dev/enrollment-confirmation/v1",
             EnrollmentPurpose::Reenrollment => "stepup.dev/reenrollment/v1",
+            EnrollmentPurpose::KeyRegistration => "stepup.dev/webauthn-registration/v1",
         }
     }
 }

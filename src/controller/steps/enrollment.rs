@@ -79,6 +79,8 @@ pub struct Desired {
     pub locked_until: Option<Timestamp>,
     pub confirm_by: Option<Timestamp>,
     pub sealed: Sealed,
+    /// `WebAuthn`: the registered keys, as the status shows them.
+    pub credentials: Vec<api::EnrolledCredential>,
     /// `None` keeps the condition as it is.
     pub last_code: Option<CodeResult>,
 }
@@ -105,7 +107,7 @@ pub struct Step {
 }
 
 /// The admin marks on the enrollment.
-struct Marks<'a> {
+pub(super) struct Marks<'a> {
     unlock_by: Option<&'a str>,
     approved_by: Option<&'a str>,
     approved_key: Option<&'a str>,
@@ -114,7 +116,7 @@ struct Marks<'a> {
 }
 
 impl<'a> Marks<'a> {
-    fn of(annotations: &'a BTreeMap<String, String>) -> Self {
+    pub(super) fn of(annotations: &'a BTreeMap<String, String>) -> Self {
         let get = |k: &str| annotations.get(k).map(String::as_str);
         Self {
             unlock_by: get(api::UNLOCK_BY_ANNOTATION),
@@ -125,13 +127,67 @@ impl<'a> Marks<'a> {
         }
     }
 
-    fn approval_present(&self) -> bool {
+    pub(super) fn approval_present(&self) -> bool {
         self.approved_by.is_some() || self.approved_key.is_some() || self.approved_at.is_some()
     }
 }
 
+/// An admin's unlock (and the retired reset mark): the lockout and the failures behind it,
+/// nothing else. The same for every method: the lockout is the person's.
+pub(super) fn unlock(
+    marks: &Marks<'_>,
+    corrupt: bool,
+    state: &mut crate::controller::factor::FactorState,
+    user: &str,
+    records: &mut Vec<Record>,
+    unmark: &mut Vec<&'static str>,
+) {
+    if let Some(admin) = marks.unlock_by {
+        unmark.push(api::UNLOCK_BY_ANNOTATION);
+        if corrupt {
+            records.push(Record::warning(
+                "EnrollmentUnlockRefused",
+                "enrollment.unlock",
+                "corrupt",
+                format!("{admin} asked to unlock {user}, but the stored factor is corrupt: only a re-enrollment approved by key fingerprint helps"),
+            ));
+        } else if state.locked_at.is_some() || !state.recent_failures.is_empty() || state.consecutive_failures > 0 {
+            *state = state.unlocked();
+            records.push(Record::normal(
+                "EnrollmentUnlocked",
+                "enrollment.unlocked",
+                "unlocked",
+                format!(
+                    "unlocked by {admin}: failures forgotten; the enrolled key and any re-enrollment are unchanged"
+                ),
+            ));
+        } else {
+            records.push(Record::normal(
+                "EnrollmentUnlocked",
+                "enrollment.unlocked",
+                "not_locked",
+                format!("{admin} asked to unlock {user}, who was not locked: nothing changed"),
+            ));
+        }
+    }
+    if let Some(admin) = marks.legacy_reset {
+        unmark.push(api::LEGACY_RESET_BY_ANNOTATION);
+        records.push(Record::warning(
+            "EnrollmentResetIgnored",
+            "enrollment.reset",
+            "legacy",
+            format!("{admin} set stepup.dev/reset-by, which no longer does anything: `kubectl stepup unlock` clears a lockout, `kubectl stepup reset --key` allows one re-enrollment"),
+        ));
+    }
+}
+
 /// The admin who approved `fp` at a moment still inside the window, or why the approval is void.
-fn valid_approval(marks: &Marks<'_>, fp: &str, now: Timestamp, s: &EnrollmentSettings<'_>) -> Result<String, String> {
+pub(super) fn valid_approval(
+    marks: &Marks<'_>,
+    fp: &str,
+    now: Timestamp,
+    s: &EnrollmentSettings<'_>,
+) -> Result<String, String> {
     let (Some(by), Some(key), Some(at)) = (marks.approved_by, marks.approved_key, marks.approved_at) else {
         return Err(
             "the approval is incomplete (it needs the admin, the key fingerprint and the time: update kubectl-stepup)"
@@ -235,46 +291,7 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>) -> Step {
     }
 
     // Unlock: the lockout and the failures behind it, nothing else.
-    if let Some(admin) = marks.unlock_by {
-        unmark.push(api::UNLOCK_BY_ANNOTATION);
-        if corrupt.is_some() {
-            records.push(Record::warning(
-                "EnrollmentUnlockRefused",
-                "enrollment.unlock",
-                "corrupt",
-                format!("{admin} asked to unlock {user}, but the stored factor is corrupt: only a re-enrollment approved by key fingerprint helps"),
-            ));
-        } else if factor.state.locked_at.is_some()
-            || !factor.state.recent_failures.is_empty()
-            || factor.state.consecutive_failures > 0
-        {
-            factor.state = factor.state.unlocked();
-            records.push(Record::normal(
-                "EnrollmentUnlocked",
-                "enrollment.unlocked",
-                "unlocked",
-                format!(
-                    "unlocked by {admin}: failures forgotten; the enrolled key and any re-enrollment are unchanged"
-                ),
-            ));
-        } else {
-            records.push(Record::normal(
-                "EnrollmentUnlocked",
-                "enrollment.unlocked",
-                "not_locked",
-                format!("{admin} asked to unlock {user}, who was not locked: nothing changed"),
-            ));
-        }
-    }
-    if let Some(admin) = marks.legacy_reset {
-        unmark.push(api::LEGACY_RESET_BY_ANNOTATION);
-        records.push(Record::warning(
-            "EnrollmentResetIgnored",
-            "enrollment.reset",
-            "legacy",
-            format!("{admin} set stepup.dev/reset-by, which no longer does anything: `kubectl stepup unlock` clears a lockout, `kubectl stepup reset --key` allows one re-enrollment"),
-        ));
-    }
+    unlock(&marks, corrupt.is_some(), &mut factor.state, user, &mut records, &mut unmark);
 
     // An admin's approval: one seed, sealed to the one key they saw, within the window.
     if marks.approval_present() {
@@ -483,7 +500,7 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>) -> Step {
     }
 }
 
-fn reason_label(reason: &'static str) -> &'static str {
+pub(super) fn reason_label(reason: &'static str) -> &'static str {
     match reason {
         "PlainCode" => "plain_code",
         "Unreadable" => "unreadable",
@@ -524,11 +541,11 @@ fn code_refusal(verdict: &Verdict, what: &str, user: &str) -> (Record, CodeResul
     }
 }
 
-fn current_phase(e: &StepUpEnrollment) -> Option<EnrollmentPhase> {
+pub(super) fn current_phase(e: &StepUpEnrollment) -> Option<EnrollmentPhase> {
     e.status.as_ref().and_then(|s| s.phase)
 }
 
-fn current_reason(e: &StepUpEnrollment) -> Option<&str> {
+pub(super) fn current_reason(e: &StepUpEnrollment) -> Option<&str> {
     e.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.reason.as_str())
 }
 
@@ -559,6 +576,7 @@ fn desired(
         locked_until: None,
         confirm_by: None,
         sealed: Sealed::Clear,
+        credentials: Vec::new(),
         last_code,
     };
     let reset_hint =

@@ -6,6 +6,7 @@
 pub mod bootstrap;
 pub mod challenge;
 pub mod enrollment;
+pub mod security_keys;
 
 /// One piece of evidence: the executor turns it into an Event, an audit line and a metric
 /// sample together, so no step can leave one without the others.

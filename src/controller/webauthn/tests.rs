@@ -45,7 +45,7 @@ impl Key {
     fn register(&mut self, rp: &RelyingParty, user: &str, existing: &[StoredCredential]) -> StoredCredential {
         let (options, pending) = rp.start_registration(user, user.as_bytes(), existing, t0()).unwrap();
         let answer = self.answer_registration(&options, PAGE);
-        rp.finish_registration(pending, user, &answer, existing, t0()).expect("registered")
+        rp.finish_registration(&pending, user, &answer, existing, t0(), CEREMONY_TTL).expect("registered")
     }
 }
 
@@ -106,7 +106,7 @@ fn an_answer_made_for_another_site_is_refused() {
     let mut key = Key::new(false);
     let (options, pending) = rp.start_registration("alice", b"alice", &[], t0()).unwrap();
     let answer = key.answer_registration(&options, "https://stepup.example.com");
-    let stored = rp.finish_registration(pending, "alice", &answer, &[], t0()).unwrap();
+    let stored = rp.finish_registration(&pending, "alice", &answer, &[], t0(), CEREMONY_TTL).unwrap();
     // Attack: a phishing page on a subdomain relays the options; the browser signs for the
     // page it is on, and the answer names that origin.
     let (options, pending) = rp.start_authentication("alice", std::slice::from_ref(&stored), false, t0()).unwrap();
@@ -118,7 +118,10 @@ fn an_answer_made_for_another_site_is_refused() {
     // And a registration made there.
     let (options, pending) = rp.start_registration("alice", b"alice", std::slice::from_ref(&stored), t0()).unwrap();
     let answer = Key::new(false).answer_registration(&options, "https://login.stepup.example.com");
-    assert_eq!(rp.finish_registration(pending, "alice", &answer, &[stored], t0()).unwrap_err(), Refusal::WrongOrigin);
+    assert_eq!(
+        rp.finish_registration(&pending, "alice", &answer, &[stored], t0(), CEREMONY_TTL).unwrap_err(),
+        Refusal::WrongOrigin
+    );
 }
 
 #[test]
@@ -209,14 +212,15 @@ fn a_key_registers_once_and_answers_that_are_not_webauthn_are_refused_by_name() 
     let mut key = Key::new(false);
     let (options, pending) = rp.start_registration("alice", b"alice", &[], t0()).unwrap();
     let answer = key.answer_registration(&options, PAGE);
-    let stored = rp.finish_registration(pending.clone(), "alice", &answer, &[], t0()).unwrap();
+    let stored = rp.finish_registration(&pending, "alice", &answer, &[], t0(), CEREMONY_TTL).unwrap();
     assert_eq!(
-        rp.finish_registration(pending.clone(), "alice", &answer, std::slice::from_ref(&stored), t0()).unwrap_err(),
+        rp.finish_registration(&pending, "alice", &answer, std::slice::from_ref(&stored), t0(), CEREMONY_TTL)
+            .unwrap_err(),
         Refusal::AlreadyRegistered
     );
     for garbage in ["", "{}", "null", "{\"id\": 7}"] {
         assert!(matches!(
-            rp.finish_registration(pending.clone(), "alice", garbage, &[], t0()).unwrap_err(),
+            rp.finish_registration(&pending, "alice", garbage, &[], t0(), CEREMONY_TTL).unwrap_err(),
             Refusal::Malformed(_)
         ));
     }

@@ -1,0 +1,306 @@
+//! The security-key enrollment decision as situations, each named after what must (not)
+//! happen; the browser is webauthn-authenticator-rs's software authenticator.
+
+use std::collections::BTreeMap;
+
+use jiff::{SignedDuration, Timestamp};
+use url::Url;
+use webauthn_authenticator_rs::{WebauthnAuthenticator, softpasskey::SoftPasskey};
+use webauthn_rs_core::proto::CreationChallengeResponse;
+use zeroize::Zeroizing;
+
+use super::*;
+use crate::{
+    api::StepUpEnrollmentSpec,
+    controller::factor::Limits,
+    testing::{minutes, t0},
+    verify::totp::TotpVerifier,
+};
+
+const KEY_A: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+const KEY_B: &str = "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=";
+const PAGE: &str = "http://localhost:40111";
+
+fn rp() -> RelyingParty {
+    RelyingParty::new("localhost", &[Url::parse("http://localhost").unwrap()]).unwrap()
+}
+
+struct Case {
+    enrollment: StepUpEnrollment,
+    factor: FactorRead,
+    confirmation: Opened<EnrollmentPurpose>,
+    self_service: bool,
+    fresh: (String, PendingRegistration),
+    now: Timestamp,
+}
+
+fn case(key: &str) -> Case {
+    let e = StepUpEnrollment::new(
+        &api::enrollment_name_for("alice", Method::WebAuthn),
+        StepUpEnrollmentSpec {
+            user: "alice".into(),
+            method: Method::WebAuthn,
+            public_key: key.into(),
+            confirmation: None,
+            bootstrap: false,
+            bootstrap_proof: None,
+        },
+    );
+    Case {
+        enrollment: e,
+        factor: FactorRead::Missing,
+        confirmation: Opened::Missing,
+        self_service: false,
+        fresh: rp().start_registration("alice", b"alice-handle", &[], t0()).unwrap(),
+        now: t0(),
+    }
+}
+
+impl Case {
+    fn factor(mut self, f: Factor) -> Self {
+        self.factor = FactorRead::Found(f);
+        self
+    }
+
+    fn approval(mut self, by: &str, key: &str, at: Timestamp) -> Self {
+        let a = self.enrollment.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        a.insert(api::APPROVED_BY_ANNOTATION.into(), by.into());
+        a.insert(api::APPROVED_KEY_ANNOTATION.into(), fingerprint(key));
+        a.insert(api::APPROVED_AT_ANNOTATION.into(), at.to_string());
+        self
+    }
+
+    fn answer(mut self, answer: &str, purpose: EnrollmentPurpose) -> Self {
+        self.enrollment.spec.confirmation = Some("sealed".into());
+        self.confirmation = Opened::Code(Zeroizing::new(answer.to_owned()), purpose);
+        self
+    }
+
+    fn at(mut self, now: Timestamp) -> Self {
+        self.now = now;
+        self
+    }
+
+    fn step(&self) -> Step {
+        let settings = EnrollmentSettings {
+            self_service: self.self_service,
+            approval_window: minutes(15),
+            max_clock_skew: SignedDuration::from_secs(10),
+            limits: Limits::default(),
+            response_key: "RESPONSE-KEY",
+            verifier: &TotpVerifier,
+        };
+        let bootstrap = Bootstrap::Closed { why: "the bootstrap was used by root".into() };
+        next_step(
+            &Facts {
+                enrollment: &self.enrollment,
+                factor: &self.factor,
+                confirmation: &self.confirmation,
+                bootstrap: &bootstrap,
+                fresh: &self.fresh,
+                now: self.now,
+            },
+            &settings,
+            &rp(),
+        )
+    }
+}
+
+fn reasons(step: &Step) -> Vec<&'static str> {
+    step.records.iter().map(|r| r.reason).collect()
+}
+
+fn written(step: &Step) -> &Factor {
+    step.factor.as_ref().expect("a factor write")
+}
+
+/// What the person's browser answers to the options the plugin opened, at `origin`.
+fn register(key: &mut SoftPasskey, options: &str, origin: &str) -> String {
+    let options: CreationChallengeResponse = serde_json::from_str(options).unwrap();
+    serde_json::to_string(&key.do_registration(Url::parse(origin).unwrap(), options).unwrap()).unwrap()
+}
+
+/// Alice's factor after root approved key A: the registration waits for its answer.
+fn approved() -> (Factor, String) {
+    let step = case(KEY_A).approval("root", KEY_A, t0()).step();
+    assert_eq!(reasons(&step), ["EnrollmentApproved"]);
+    assert_eq!(step.status.sealed, Sealed::Fresh);
+    assert_eq!(step.status.phase, EnrollmentPhase::AwaitingConfirmation);
+    let factor = written(&step).clone();
+    let options = factor.webauthn.pending.as_ref().unwrap().options.clone();
+    (factor, options)
+}
+
+#[test]
+fn a_first_key_waits_for_an_approval_of_the_enrollment_key() {
+    let step = case(KEY_A).step();
+    assert_eq!(step.status.phase, EnrollmentPhase::PendingApproval);
+    assert!(step.factor.is_none(), "nothing is written before an allowance");
+    assert!(
+        step.status
+            .message
+            .contains(&format!("kubectl stepup approve alice --method WebAuthn --key {}", fingerprint(KEY_A))),
+        "{}",
+        step.status.message
+    );
+    assert_eq!(reasons(&step), ["EnrollmentPendingApproval"]);
+}
+
+#[test]
+fn an_approved_registration_registers_the_key_that_answered_it() {
+    let (factor, options) = approved();
+    let mut key = SoftPasskey::new(true);
+    let answer = register(&mut key, &options, PAGE);
+    let step = case(KEY_A).factor(factor).answer(&answer, EnrollmentPurpose::KeyRegistration).step();
+    assert_eq!(reasons(&step), ["EnrollmentConfirmed"], "{:?}", step.records);
+    assert!(step.scrub_confirmation);
+    assert_eq!(step.status.phase, EnrollmentPhase::Active);
+    assert_eq!(step.status.sealed, Sealed::Clear);
+    let f = written(&step);
+    assert!(f.webauthn.pending.is_none());
+    assert_eq!(f.webauthn.keys.len(), 1);
+    assert_eq!(step.status.credentials.len(), 1);
+    assert_eq!(step.status.credentials[0].allowed, "approved by root");
+    assert_eq!(step.status.credentials[0].user_verified, f.webauthn.keys[0].user_verified);
+    assert_eq!(step.status.credentials[0].id_hash, f.webauthn.keys[0].id_hash);
+    // What is stored is public: no private key, no secret.
+    let stored = serde_json::to_string(&f.webauthn.keys[0].credential).unwrap();
+    assert!(stored.contains("\"cred_id\""), "{stored}");
+}
+
+#[test]
+fn a_registration_for_options_the_answerer_could_not_read_is_refused() {
+    // Attack: someone else with alice's kube credentials sees the enrollment but not the
+    // sealed options; they answer options of their own making. The challenge gives them away.
+    let (factor, _) = approved();
+    let theirs = rp().start_registration("alice", b"alice-handle", &[], t0()).unwrap().0;
+    let answer = register(&mut SoftPasskey::new(true), &theirs, PAGE);
+    let step = case(KEY_A).factor(factor.clone()).answer(&answer, EnrollmentPurpose::KeyRegistration).step();
+    assert_eq!(reasons(&step), ["EnrollmentCodeRefused"]);
+    assert_eq!(step.records[0].result, "other_challenge");
+    let last = step.status.last_code.as_ref().unwrap();
+    assert!(!last.accepted && last.message.contains("another challenge"), "{}", last.message);
+    assert!(step.factor.is_none(), "the pending registration stays for the right answer");
+    assert_eq!(step.status.phase, EnrollmentPhase::AwaitingConfirmation);
+}
+
+#[test]
+fn a_registration_made_on_another_site_is_refused() {
+    let (factor, options) = approved();
+    let answer = register(&mut SoftPasskey::new(true), &options, "https://login.localhost");
+    let step = case(KEY_A).factor(factor).answer(&answer, EnrollmentPurpose::KeyRegistration).step();
+    assert_eq!(step.records[0].result, "wrong_origin", "{:?}", step.records);
+}
+
+#[test]
+fn a_code_or_a_registration_sealed_for_another_purpose_or_key_counts_for_nothing() {
+    let (factor, options) = approved();
+    let answer = register(&mut SoftPasskey::new(true), &options, PAGE);
+    let step = case(KEY_A).factor(factor.clone()).answer(&answer, EnrollmentPurpose::Confirmation).step();
+    assert_eq!(step.records[0].result, "wrong_purpose");
+    let mut copied = case(KEY_A).factor(factor);
+    copied.enrollment.spec.confirmation = Some("sealed".into());
+    copied.confirmation = Opened::Mismatch;
+    assert_eq!(copied.step().records[0].result, "binding_mismatch");
+}
+
+#[test]
+fn any_key_change_voids_the_pending_registration() {
+    let (factor, options) = approved();
+    let answer = register(&mut SoftPasskey::new(true), &options, PAGE);
+    let step = case(KEY_B).factor(factor).answer(&answer, EnrollmentPurpose::KeyRegistration).step();
+    assert_eq!(reasons(&step), ["PendingConfirmationVoided", "EnrollmentCodeRefused", "EnrollmentPendingApproval"]);
+    assert!(written(&step).webauthn.pending.is_none());
+    assert!(written(&step).webauthn.keys.is_empty());
+}
+
+#[test]
+fn a_registration_must_be_completed_within_the_approval_window() {
+    let (factor, options) = approved();
+    let answer = register(&mut SoftPasskey::new(true), &options, PAGE);
+    let late = t0() + minutes(15);
+    let step = case(KEY_A).factor(factor).answer(&answer, EnrollmentPurpose::KeyRegistration).at(late).step();
+    assert_eq!(reasons(&step)[0], "PendingConfirmationExpired");
+    assert!(written(&step).webauthn.keys.is_empty());
+}
+
+#[test]
+fn each_further_key_needs_its_own_allowance_and_adds_to_the_others() {
+    let (factor, options) = approved();
+    let first = register(&mut SoftPasskey::new(true), &options, PAGE);
+    let with_one =
+        written(&case(KEY_A).factor(factor).answer(&first, EnrollmentPurpose::KeyRegistration).step()).clone();
+
+    // A new enrollment key without an approval: the registered key keeps working, nothing is sealed.
+    let step = case(KEY_B).factor(with_one.clone()).step();
+    assert_eq!(step.status.phase, EnrollmentPhase::Active);
+    assert!(step.factor.is_none());
+    assert!(step.status.message.contains("needs an admin"), "{}", step.status.message);
+    // A registration sent anyway is discarded unchecked.
+    let stray = register(&mut SoftPasskey::new(true), &options, PAGE);
+    let step = case(KEY_B).factor(with_one.clone()).answer(&stray, EnrollmentPurpose::KeyRegistration).step();
+    assert_eq!(step.records[0].result, "not_expected");
+
+    // Approved: a second registration, for fresh options, adds a second key.
+    let mut second = case(KEY_B).factor(with_one).approval("root", KEY_B, t0());
+    second.fresh = rp().start_registration("alice", b"alice-handle", &[], t0()).unwrap();
+    let step = second.step();
+    assert_eq!(reasons(&step), ["EnrollmentApproved"]);
+    let f = written(&step).clone();
+    let options = f.webauthn.pending.as_ref().unwrap().options.clone();
+    let answer = register(&mut SoftPasskey::new(false), &options, PAGE);
+    let step = case(KEY_B).factor(f).answer(&answer, EnrollmentPurpose::KeyRegistration).step();
+    assert_eq!(written(&step).webauthn.keys.len(), 2);
+    assert_eq!(step.status.credentials.len(), 2);
+    assert!(!step.status.credentials[1].user_verified);
+    assert!(step.status.message.contains("2 security keys"), "{}", step.status.message);
+}
+
+#[test]
+fn an_approval_of_a_key_already_used_registers_nothing_more() {
+    let (factor, options) = approved();
+    let first = register(&mut SoftPasskey::new(true), &options, PAGE);
+    let with_one =
+        written(&case(KEY_A).factor(factor).answer(&first, EnrollmentPurpose::KeyRegistration).step()).clone();
+    let later = t0() + minutes(1);
+    let step = case(KEY_A).factor(with_one).approval("root", KEY_A, later).at(later).step();
+    assert_eq!(reasons(&step), ["ApprovalUnneeded"]);
+    assert!(step.factor.is_none());
+}
+
+#[test]
+fn a_corrupt_factor_registers_nothing_until_an_approval_replaces_it() {
+    let mut c = case(KEY_A);
+    c.factor = FactorRead::Corrupt("edited".into());
+    let step = c.step();
+    assert_eq!(step.status.phase, EnrollmentPhase::Locked);
+    assert_eq!(step.status.reason, "FactorCorrupt");
+    assert!(step.factor.is_none());
+    let mut c = case(KEY_A).approval("root", KEY_A, t0());
+    c.factor = FactorRead::Corrupt("edited".into());
+    let step = c.step();
+    assert_eq!(step.status.phase, EnrollmentPhase::AwaitingConfirmation);
+    assert!(written(&step).webauthn.pending.is_some());
+}
+
+#[test]
+fn self_service_allows_a_first_key_only() {
+    let mut c = case(KEY_A);
+    c.self_service = true;
+    let step = c.step();
+    assert_eq!(reasons(&step), ["EnrollmentStarted"]);
+    assert_eq!(written(&step).webauthn.pending.as_ref().unwrap().allowed, Allowance::SelfService);
+}
+
+#[test]
+fn a_lockout_of_the_person_shows_on_their_security_keys_too() {
+    let (factor, options) = approved();
+    let first = register(&mut SoftPasskey::new(true), &options, PAGE);
+    let mut with_one =
+        written(&case(KEY_A).factor(factor).answer(&first, EnrollmentPurpose::KeyRegistration).step()).clone();
+    with_one.state.locked_at = Some(t0());
+    with_one.state.consecutive_failures = 10;
+    let step = case(KEY_A).factor(with_one).at(t0() + SignedDuration::from_secs(1)).step();
+    assert_eq!(step.status.phase, EnrollmentPhase::Locked);
+    assert_eq!(step.status.reason, "Locked");
+}
