@@ -186,6 +186,10 @@ pub struct GrantClaims<'a> {
     pub acr: &'a str,
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     pub amr: &'a [String],
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub credential_id_hash: &'a str,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub user_verified: bool,
 }
 
 impl<'a> GrantClaims<'a> {
@@ -203,6 +207,8 @@ impl<'a> GrantClaims<'a> {
             challenge_uid: spec.challenge_ref.as_ref().map(|c| c.uid.as_str()).unwrap_or(""),
             acr: spec.acr.as_deref().unwrap_or(""),
             amr: &spec.amr,
+            credential_id_hash: spec.credential_id_hash.as_deref().unwrap_or(""),
+            user_verified: spec.user_verified,
         }
     }
 
@@ -403,7 +409,10 @@ mod tests {
         assert!(verifier.verifies(&g));
         assert!(!key(2).grant_verifier().verifies(&g), "another key");
         // Every field that matters is covered.
-        let tamper: [fn(&mut StepUpGrant); 8] = [
+        let tamper: [fn(&mut StepUpGrant); 11] = [
+            |g| g.spec.credential_id_hash = Some("another key".into()),
+            |g| g.spec.credential_id_hash = None,
+            |g| g.spec.user_verified = true,
             |g| g.spec.acr = Some("3".into()),
             |g| g.spec.amr.push("hwk".into()),
             |g| g.spec.user = "bob".into(),
@@ -418,6 +427,7 @@ mod tests {
             copy.spec.scope.namespaces = vec!["prod".into()];
             copy.spec.acr = Some("1".into());
             copy.spec.amr = vec!["pwd".into()];
+            copy.spec.credential_id_hash = Some("00ff".into());
             signer.sign_grant(&mut copy);
             change(&mut copy);
             assert!(!verifier.verifies(&copy), "change {i} keeps the signature valid");

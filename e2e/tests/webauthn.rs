@@ -8,21 +8,27 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api,
-    api::{Patch, PatchParams, PostParams},
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use kube_stepup::{
-    api::{self, EnrollmentPhase, Method, StepUpEnrollment, StepUpEnrollmentSpec},
+    api::{
+        self, ChallengePhase, EnrollmentPhase, Method, StepUpChallenge, StepUpEnrollment, StepUpEnrollmentSpec,
+        StepUpPolicy,
+    },
     controller::webauthn::RelyingParty,
     verify::{
         response::{self, EnrollmentPurpose},
         seal::{EphemeralKey, fingerprint},
     },
 };
-use stepup_e2e::{World, eventually, plugin, show};
+use stepup_core::{api::Operation::Delete, testing::policy};
+use stepup_e2e::{World, eventually, oidc_challenge, plugin, refusal, show};
 use url::Url;
 use webauthn_authenticator_rs::{WebauthnAuthenticator, softpasskey::SoftPasskey};
-use webauthn_rs_core::proto::CreationChallengeResponse;
+use webauthn_rs_core::proto::{CreationChallengeResponse, RequestChallengeResponse};
+
+const ALICE_UID: &str = "uid-alice-1";
 
 /// The plugin's page, as the default relying party (`localhost`) expects it.
 const PAGE: &str = "http://localhost:38117";
@@ -172,4 +178,112 @@ async fn security_keys_are_registered_only_through_the_approved_enrollment_key()
 
 fn phase_name(s: &api::StepUpEnrollmentStatus) -> String {
     format!("{:?}", s.phase.unwrap_or_default())
+}
+
+/// Alice enrolled afresh with one security key (self-registered through an approval).
+async fn alice_with_a_key(w: &World) -> (SoftPasskey, String) {
+    w.unenroll("alice").await;
+    let key = EphemeralKey::generate();
+    create(w, &key).await;
+    wait(w, "pending approval", |e| phase(e) == Some(EnrollmentPhase::PendingApproval)).await;
+    approve(w, &key).await;
+    let options = options_for(w, &key).await;
+    let mut authenticator = SoftPasskey::new(false);
+    answer(w, &register(&mut authenticator, &options)).await;
+    let e = wait(w, "one key", |e| e.status.as_ref().is_some_and(|s| s.credentials.len() == 1)).await;
+    let id_hash = e.status.unwrap().credentials[0].id_hash.clone();
+    (authenticator, id_hash)
+}
+
+/// Deleting prod secrets needs a security key.
+fn key_secrets() -> StepUpPolicy {
+    policy("prod-secrets-keys")
+        .rule(&[Delete], "", &["secrets"])
+        .namespaces(&["prod"])
+        .methods(&[Method::WebAuthn])
+        .build()
+}
+
+/// A WebAuthn challenge as the plugin creates it: named, with a deadline, no answer yet.
+fn key_challenge() -> StepUpChallenge {
+    let mut c = oidc_challenge("alice", ALICE_UID);
+    c.spec.method = Method::WebAuthn;
+    c
+}
+
+/// Creates `c` as alice and waits for the controller's options.
+async fn offered(w: &World, c: &StepUpChallenge) -> String {
+    let api: Api<StepUpChallenge> = Api::all(w.env.client("alice").await);
+    api.create(&PostParams::default(), c).await.expect("challenge created");
+    eventually(Duration::from_secs(20), || async {
+        let c = api.get(&c.name_any()).await?;
+        c.status.and_then(|s| s.webauthn_options).ok_or_else(|| anyhow::anyhow!("no options yet"))
+    })
+    .await
+    .expect("the controller offers a ceremony")
+}
+
+/// Puts `assertion` into `c`, sealed for it, as `who`.
+async fn answer_challenge(
+    w: &World,
+    who: &str,
+    c: &StepUpChallenge,
+    assertion: &str,
+) -> Result<StepUpChallenge, kube::Error> {
+    let sealed = response::seal_code(&w.env.response_key(), assertion, response::challenge_binding(c)).expect("sealed");
+    let api: Api<StepUpChallenge> = Api::all(w.env.client(who).await);
+    api.patch(&c.name_any(), &PatchParams::default(), &Patch::Merge(&serde_json::json!({"spec": {"response": sealed}})))
+        .await
+}
+
+fn sign(authenticator: &mut SoftPasskey, options: &str) -> String {
+    let options: RequestChallengeResponse = serde_json::from_str(options).expect("request options");
+    let assertion = authenticator.do_authentication(Url::parse(PAGE).unwrap(), options).expect("the key signs");
+    serde_json::to_string(&assertion).unwrap()
+}
+
+fn verdict_of(c: &StepUpChallenge) -> (Option<ChallengePhase>, String) {
+    let s = c.status.clone().unwrap_or_default();
+    (s.phase, s.message.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_security_key_answers_a_challenge_once_and_the_refused_delete_passes() {
+    let w = World::new().await;
+    w.secret("prod", "db").await;
+    w.apply_policies(&[key_secrets()]).await;
+    let (mut authenticator, id_hash) = alice_with_a_key(&w).await;
+    let prod: Api<Secret> = Api::namespaced(w.env.client("alice").await, "prod");
+    let status = refusal(prod.delete("db", &DeleteParams::default()).await);
+    assert!(status.message.contains("kubectl stepup request --method WebAuthn"), "{}", status.message);
+
+    let c = key_challenge();
+    let options = offered(&w, &c).await;
+    let assertion = sign(&mut authenticator, &options);
+
+    // Attack: bob, who may watch alice's challenge, answers it with his own.
+    let refused = refusal(answer_challenge(&w, "bob", &c, &assertion).await);
+    assert!(refused.message.contains("only they answer it"), "{}", refused.message);
+
+    answer_challenge(&w, "alice", &c, &assertion).await.expect("alice answers");
+    let done = w.verdict(&c.name_any()).await;
+    assert_eq!(verdict_of(&done).0, Some(ChallengePhase::Verified), "{}", verdict_of(&done).1);
+    let grant_name = done.status.clone().unwrap().grant_ref.unwrap().name;
+    let grant = w.controller_grants().get(&grant_name).await.expect("grant");
+    assert_eq!(grant.spec.method, Method::WebAuthn);
+    assert_eq!(grant.spec.credential_id_hash.as_deref(), Some(id_hash.as_str()));
+
+    // Attack: the answer cannot be given again, nor replayed into another challenge.
+    let again = refusal(answer_challenge(&w, "alice", &done, "YW5vdGhlcg==").await);
+    assert!(again.message.contains("verdict") || again.message.contains("cannot be changed"), "{}", again.message);
+    let other = key_challenge();
+    offered(&w, &other).await;
+    answer_challenge(&w, "alice", &other, &assertion).await.expect("the replay is stored, then judged");
+    let replayed = w.verdict(&other.name_any()).await;
+    assert_eq!(verdict_of(&replayed).0, Some(ChallengePhase::Denied));
+    assert!(verdict_of(&replayed).1.contains("another challenge"), "{}", verdict_of(&replayed).1);
+
+    // With the grant, alice deletes prod/db.
+    w.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
+    prod.delete("db", &DeleteParams::default()).await.expect("deleted with the security-key grant");
 }

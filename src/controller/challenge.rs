@@ -73,6 +73,7 @@ pub fn grant_for(
     now: Timestamp,
     settings: &Settings,
     sign_in: Option<&SignIn>,
+    security_key: Option<&super::factor::KeyUse>,
 ) -> StepUpGrant {
     // The API server keeps timestamps to the second; the grant says exactly what it will hold.
     let now = Timestamp::from_second(now.as_second()).unwrap_or(now);
@@ -103,6 +104,8 @@ pub fn grant_for(
             expires_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now + lifetime),
             acr: sign_in.and_then(|s| s.acr.clone()),
             amr: sign_in.map(|s| s.amr.clone()).unwrap_or_default(),
+            credential_id_hash: security_key.map(|k| k.id_hash.clone()),
+            user_verified: security_key.is_some_and(|k| k.user_verified),
             scope: spec.scope.clone(),
             challenge_ref: Some(ChallengeRef { name: challenge.name_any(), uid }),
             signature: None,
@@ -126,6 +129,7 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext
         limits: ctx.settings.limits,
         load_limits: ctx.settings.challenge_limits,
         verifier: ctx.verifier.as_ref(),
+        relying_party: &ctx.relying_party,
     };
     let opened =
         response::open(&ctx.keys.responses, c.spec.response.as_deref(), &[((), response::challenge_binding(c))]);
@@ -136,6 +140,7 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext
     let mut factor: Option<(Option<k8s_openapi::api::core::v1::Secret>, FactorRead)> = None;
     let mut grant_exists = None;
     let mut sign_in = None;
+    let mut fresh_ceremony = None;
     let oidc_policies = oidc_policies(c, &cc.policies);
     loop {
         let facts = Facts {
@@ -146,11 +151,24 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext
             grant_exists,
             sign_in: sign_in.as_ref(),
             oidc_policies: &oidc_policies,
+            fresh_ceremony: fresh_ceremony.as_ref(),
             now: Timestamp::now(),
         };
         match next_step(&facts, &settings) {
             Step::Fetch(Need::Factor) => factor = Some(ctx.load_factor(&c.spec.user).await?),
             Step::Fetch(Need::SignIn) => sign_in = Some(verify_sign_in(ctx, c, &opened).await),
+            Step::Fetch(Need::Ceremony) => {
+                let keys = match factor.as_ref() {
+                    Some((_, FactorRead::Found(f))) => super::steps::security_keys::credentials(f),
+                    _ => Vec::new(),
+                };
+                let started = ctx.relying_party.start_authentication(&c.spec.user, &keys, false, Timestamp::now())?;
+                fresh_ceremony = Some(started);
+            }
+            Step::Offer { webauthn, options, recheck_at } => {
+                let (secret, read) = factor.unwrap_or((None, FactorRead::Missing));
+                return offer(ctx, c, secret.as_ref(), read, webauthn, options, recheck_at).await;
+            }
             Step::Fetch(Need::Grant) => {
                 let grants: Api<StepUpGrant> = Api::all(ctx.client.clone());
                 grant_exists = Some(grants.get_opt(&grant_name(c)).await?.is_some());
@@ -169,6 +187,33 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext
             }
         }
     }
+}
+
+/// Keeps a new ceremony in the person's factor (before anyone can answer it), then shows its
+/// options in the challenge's status; waits for the answer until the deadline.
+async fn offer(
+    ctx: &Context,
+    c: &StepUpChallenge,
+    secret: Option<&k8s_openapi::api::core::v1::Secret>,
+    read: FactorRead,
+    webauthn: Option<Box<super::factor::WebAuthnFactor>>,
+    options: Option<String>,
+    recheck_at: Timestamp,
+) -> Result<Action> {
+    if let (Some(webauthn), FactorRead::Found(mut factor)) = (webauthn, read) {
+        factor.webauthn = *webauthn;
+        ctx.store_factor(&c.spec.user, secret, &factor).await?;
+    }
+    if let Some(options) = options {
+        let api: Api<StepUpChallenge> = Api::all(ctx.client.clone());
+        let patch = json!({"status": {"phase": ChallengePhase::Pending, "webauthnOptions": options}});
+        match api.patch_status(&c.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Ok(Action::await_change()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(requeue_at(recheck_at, Timestamp::now()))
 }
 
 /// The ID token in the challenge's response, verified for this challenge and its requester.
@@ -371,8 +416,15 @@ async fn verdict(
     let user = c.spec.user.as_str();
     let name = c.name_any();
     // Record first: the step is spent (or the failure counted) before anything else happens.
-    if let (Some(state), Some(mut next)) = (v.state.take(), factor) {
-        next.state = state;
+    if (v.state.is_some() || v.webauthn.is_some())
+        && let Some(mut next) = factor
+    {
+        if let Some(state) = v.state.take() {
+            next.state = state;
+        }
+        if let Some(webauthn) = v.webauthn.take() {
+            next.webauthn = *webauthn;
+        }
         ctx.store_factor(user, secret, &next).await?;
         if v.issue {
             ctx.settings.crash_point(CrashPoint::Recorded, &name);
@@ -405,7 +457,7 @@ async fn verdict(
                 );
                 v.issue = false;
             } else {
-                grant = Some(issue(ctx, c, Timestamp::now(), v.sign_in.as_deref()).await?);
+                grant = Some(issue(ctx, c, Timestamp::now(), v.sign_in.as_deref(), v.security_key.as_ref()).await?);
                 ctx.settings.crash_point(CrashPoint::Issued, &name);
             }
         }
@@ -501,6 +553,7 @@ async fn write_status(ctx: &Context, c: &StepUpChallenge, v: &Verdicts, grant: O
         phase: Some(v.phase),
         grant_ref: grant.map(|name| GrantRef { name }),
         message: Some(v.message.clone()),
+        webauthn_options: None,
         conditions: merge_condition(&existing, verified),
         observed_generation: c.metadata.generation,
     };
@@ -520,9 +573,10 @@ async fn issue(
     challenge: &StepUpChallenge,
     now: Timestamp,
     sign_in: Option<&SignIn>,
+    security_key: Option<&super::factor::KeyUse>,
 ) -> Result<StepUpGrant> {
     let grants: Api<StepUpGrant> = Api::all(ctx.client.clone());
-    let mut wanted = grant_for(challenge, now, &ctx.settings, sign_in);
+    let mut wanted = grant_for(challenge, now, &ctx.settings, sign_in, security_key);
     ctx.keys.grant_signer.sign_grant(&mut wanted);
     let name = wanted.name_any();
     match grants.create(&PostParams::default(), &wanted).await {
@@ -596,7 +650,7 @@ mod tests {
     fn the_grant_carries_the_challenge_and_a_capped_lifetime() {
         let now = crate::testing::t0();
         let settings = Settings::default();
-        let g = grant_for(&challenge(Some("30m")), now, &settings, None);
+        let g = grant_for(&challenge(Some("30m")), now, &settings, None, None);
         assert_eq!(g.name_any(), "alice-0c9a8d74-9cb7-44dd-b98e-09fd62def2f4");
         assert_eq!(g.spec.expires_at.0, now + SignedDuration::from_mins(30));
         assert_eq!(g.spec.uid.as_deref(), Some("uid-alice-1"));
@@ -605,12 +659,12 @@ mod tests {
         assert_eq!(g.spec.challenge_ref.as_ref().unwrap().name, "alice-x1");
         assert_eq!(g.labels().get(api::USER_LABEL), Some(&api::user_label_value("alice")));
 
-        let capped = grant_for(&challenge(Some("72h")), now, &settings, None);
+        let capped = grant_for(&challenge(Some("72h")), now, &settings, None, None);
         assert_eq!(capped.spec.expires_at.0, now + settings.max_grant_duration);
-        let default = grant_for(&challenge(None), now, &settings, None);
+        let default = grant_for(&challenge(None), now, &settings, None, None);
         assert_eq!(default.spec.expires_at.0, now + settings.default_grant_duration);
         // The webhook accepts exactly this grant from the controller.
-        assert_eq!(grant_for(&challenge(None), now, &settings, None).name_any(), g.name_any(), "idempotent name");
+        assert_eq!(grant_for(&challenge(None), now, &settings, None, None).name_any(), g.name_any(), "idempotent name");
     }
 
     /// `spec.correlation` is the requester's input: the grant carries it only in the one form
@@ -621,7 +675,7 @@ mod tests {
         let with = |id: &str| {
             let mut c = challenge(None);
             c.spec.correlation = Some(id.to_owned());
-            crate::api::grant_correlation(&grant_for(&c, now, &Settings::default(), None)).map(str::to_owned)
+            crate::api::grant_correlation(&grant_for(&c, now, &Settings::default(), None, None)).map(str::to_owned)
         };
         let id = "prompt:7c0ffee0-1234-4abc-9def-0123456789ab";
         assert_eq!(with(id).as_deref(), Some(id));
@@ -629,6 +683,9 @@ mod tests {
         {
             assert_eq!(with(hostile), None, "{hostile:?}");
         }
-        assert_eq!(crate::api::grant_correlation(&grant_for(&challenge(None), now, &Settings::default(), None)), None);
+        assert_eq!(
+            crate::api::grant_correlation(&grant_for(&challenge(None), now, &Settings::default(), None, None)),
+            None
+        );
     }
 }

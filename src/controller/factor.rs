@@ -250,12 +250,38 @@ pub struct WebAuthnFactor {
     pub keys: Vec<RegisteredKey>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingKey>,
+    /// Authentication ceremonies offered to challenges, by challenge UID: each answered once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ceremonies: BTreeMap<String, Ceremony>,
+    /// The last challenge a key was verified for, so that a retry after a crash between this
+    /// write and the grant issues the grant instead of refusing a spent ceremony.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_verified: Option<KeyUse>,
 }
 
 impl WebAuthnFactor {
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.pending.is_none()
+        self.keys.is_empty() && self.pending.is_none() && self.ceremonies.is_empty() && self.last_verified.is_none()
     }
+}
+
+/// An authentication ceremony offered to one challenge: the options shown in its status and
+/// webauthn-rs's state (the challenge), kept here only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ceremony {
+    pub options: String,
+    pub since: Timestamp,
+    pub state: serde_json::Value,
+}
+
+/// Which key answered which challenge, and whether it verified the person.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyUse {
+    pub challenge_uid: String,
+    pub id_hash: String,
+    pub user_verified: bool,
 }
 
 /// A registered security key: the public credential (webauthn-rs's, as JSON) and the evidence
@@ -636,6 +662,8 @@ mod tests {
                     credential: serde_json::json!({"cred_id": "AAEC", "counter": 3}),
                 }],
                 pending: None,
+                ceremonies: BTreeMap::new(),
+                last_verified: None,
             },
             version: 7,
         }

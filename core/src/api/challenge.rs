@@ -26,6 +26,9 @@ use super::{Condition, Duration, GrantScope, Method};
     derive = "PartialEq",
     doc = "StepUpChallenge asks the stepup controller to verify a second factor and issue a StepUpGrant.",
     validation = Rule::new("self.spec.user == oldSelf.spec.user").message("spec.user is immutable"),
+    validation = Rule::new("!has(oldSelf.spec.response) || !has(self.spec.response) || self.spec.response == oldSelf.spec.response").message(
+        "spec.response cannot be changed once given"
+    ),
     validation = Rule::new("!has(self.spec.response) || !self.spec.response.matches('^[0-9 -]*$')").message(
         "spec.response must be the code sealed to the controller's key, not the plain code: update kubectl-stepup"
     ),
@@ -55,7 +58,8 @@ pub struct StepUpChallengeSpec {
     #[schemars(schema_with = "super::factor_method_schema")]
     pub method: Method,
 
-    /// The one-time code (`TOTP`) or the ID token (`OIDC`), sealed (libsodium sealed box,
+    /// The one-time code (`TOTP`), the ID token (`OIDC`) or the security key's answer to
+    /// `status.webauthnOptions` (`WebAuthn`, given once after creation), sealed (libsodium sealed box,
     /// base64) to the controller's response key (`status.responseKey` of the user's
     /// StepUpEnrollment, or `step-up.json` of ConfigMap `stepup-decision`) together with a digest
     /// of this challenge's name, user, uid, method, reason, duration, scope and deadline: a copy
@@ -127,6 +131,11 @@ pub struct StepUpChallengeStatus {
     /// A sentence for the user: why the challenge was denied, or when the grant expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// `WebAuthn`: the options of the authentication ceremony (JSON, for the browser): a fresh
+    /// challenge of the controller and the person's registered keys. Answered in `spec.response`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
+    pub webauthn_options: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

@@ -101,6 +101,17 @@ pub struct StepUpGrantSpec {
     #[schemars(length(max = 16))]
     pub amr: Vec<String>,
 
+    /// For `WebAuthn`: the security key that signed (SHA-256 of its credential id, first 16
+    /// bytes in hex, as its enrollment lists it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub credential_id_hash: Option<String>,
+
+    /// For `WebAuthn`: whether the key verified the person (PIN, biometric), not only their
+    /// presence.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub user_verified: bool,
+
     /// The StepUpChallenge that produced this grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenge_ref: Option<ChallengeRef>,

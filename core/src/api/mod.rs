@@ -64,10 +64,9 @@ pub enum Method {
     #[serde(rename = "OIDC")]
     Oidc,
     /// A security key or passkey (WebAuthn): the person's authenticator signs a fresh
-    /// challenge for this cluster's relying party; the cluster keeps only public keys. Enrolled
-    /// with its own StepUpEnrollment; not yet accepted by policies or challenges.
+    /// challenge of the controller for this cluster's relying party; the cluster keeps only
+    /// public keys. Enrolled with a StepUpEnrollment of its own.
     #[serde(rename = "WebAuthn")]
-    #[schemars(skip)]
     WebAuthn,
 }
 
@@ -85,7 +84,7 @@ impl Method {
     pub const ALL: [Method; 4] = [Method::Totp, Method::Session, Method::Oidc, Method::WebAuthn];
 
     /// The methods a challenge may ask the controller to verify, and a grant may record.
-    pub const CHALLENGED: [Method; 2] = [Method::Totp, Method::Oidc];
+    pub const CHALLENGED: [Method; 3] = [Method::Totp, Method::Oidc, Method::WebAuthn];
 
     /// The methods enrolled in the cluster, each with its own StepUpEnrollment.
     pub const ENROLLED: [Method; 2] = [Method::Totp, Method::WebAuthn];

@@ -50,7 +50,9 @@ pub struct StepUpPolicySpec {
     /// Verification methods that satisfy this policy, any one of them: `TOTP` (a grant from
     /// `kubectl stepup request`), `Session` (the request's own evidence of a recent sign-in
     /// with a second factor at the identity provider), `OIDC` (a grant for a fresh ID token
-    /// from the identity provider, which the controller verifies). Defaults to `[TOTP]`.
+    /// from the identity provider, which the controller verifies), `WebAuthn` (a grant for a
+    /// registered security key's or passkey's answer to the controller's challenge). Defaults
+    /// to `[TOTP]`.
     #[serde(default = "default_methods")]
     #[schemars(length(min = 1), extend("x-kubernetes-list-type" = "set"))]
     pub methods: Vec<Method>,

@@ -134,7 +134,13 @@ impl Requirement {
         if !self.methods.iter().any(|m| m.is_grant()) {
             return None;
         }
-        let method = if self.methods.contains(&Method::Totp) { "" } else { " --method OIDC" };
+        let method = if self.methods.contains(&Method::Totp) {
+            ""
+        } else if self.methods.contains(&Method::WebAuthn) {
+            " --method WebAuthn"
+        } else {
+            " --method OIDC"
+        };
         Some(if self.reason_required {
             format!("kubectl stepup request{method} --reason \"<ticket or incident>\"")
         } else {
@@ -416,6 +422,12 @@ impl Decision {
             let reason = if requirement.reason_required { ", requested with a reason" } else { "" };
             if requirement.methods.contains(&Method::Totp) {
                 ways.push(format!("a TOTP grant issued within the last {}{reason}", requirement.max_age));
+            }
+            if requirement.methods.contains(&Method::WebAuthn) {
+                ways.push(format!(
+                    "a security-key (WebAuthn) grant issued within the last {}{reason}",
+                    requirement.max_age
+                ));
             }
             if requirement.methods.contains(&Method::Oidc) {
                 ways.push(format!(

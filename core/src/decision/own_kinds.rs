@@ -8,7 +8,7 @@ use kube_core::ResourceExt;
 use super::{Decision, DecisionConfig};
 use crate::api::Operation::{self, Connect, Create, Delete, Update};
 use crate::{
-    api::{self, StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
+    api::{self, ChallengePhase, Method, StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
     policy::{CompiledPolicy, Request},
 };
 
@@ -225,10 +225,15 @@ fn challenge(
             }
             Decision::builtin_allowed()
         }
-        Update => Decision::builtin_denied(
-            "a StepUpChallenge cannot be changed once created (only the controller updates it); create a new one"
-                .into(),
-        ),
+        Update => match (object, old) {
+            (Some(new), Some(old)) if old.spec.method == Method::WebAuthn && old.spec.response.is_none() => {
+                webauthn_answer(me.username, new, old, req.subresource)
+            }
+            _ => Decision::builtin_denied(
+                "a StepUpChallenge cannot be changed once created (only the controller updates it); create a new one"
+                    .into(),
+            ),
+        },
         Delete if is_admin => Decision::builtin_allowed(),
         Delete => match old {
             Some(c) if c.spec.user == me.username => Decision::builtin_allowed(),
@@ -236,6 +241,49 @@ fn challenge(
         },
         Connect | api::Operation::All => Decision::builtin_allowed(),
     }
+}
+
+/// The one change a person makes to a challenge after creating it: the sealed answer of their
+/// security key to the controller's `webauthnOptions`, once, while it waits for a verdict, and
+/// nothing else.
+fn webauthn_answer(me: &str, new: &StepUpChallenge, old: &StepUpChallenge, subresource: &str) -> Decision {
+    if !subresource.is_empty() {
+        return Decision::builtin_denied(format!(
+            "only the stepup controller writes the {subresource} of a StepUpChallenge"
+        ));
+    }
+    if old.spec.user != me {
+        return Decision::builtin_denied(format!(
+            "challenge {} is {:?}'s: only they answer it",
+            old.name_any(),
+            old.spec.user
+        ));
+    }
+    let pending = old.status.as_ref().and_then(|s| s.phase).is_none_or(|p| p == ChallengePhase::Pending);
+    if !pending {
+        return Decision::builtin_denied(format!("challenge {} has its verdict: create a new one", old.name_any()));
+    }
+    let Some(answer) = new.spec.response.as_deref() else {
+        return Decision::builtin_denied("a StepUpChallenge changes only by its answer (spec.response)".into());
+    };
+    if let Some(what) = crate::verify::response::unsealed(answer) {
+        return Decision::builtin_denied(format!(
+            "spec.response holds {what}, readable by everyone who may watch challenges: it must be sealed to the controller's key; update kubectl-stepup"
+        ));
+    }
+    let mut unchanged = new.clone();
+    unchanged.spec.response = None;
+    if unchanged.spec != old.spec
+        || new.metadata.labels != old.metadata.labels
+        || new.metadata.finalizers != old.metadata.finalizers
+        || new.metadata.annotations != old.metadata.annotations
+    {
+        return Decision::builtin_denied(
+            "answering a challenge changes only spec.response: what it asks for, its labels and finalizers stay as created"
+                .into(),
+        );
+    }
+    Decision::builtin_allowed()
 }
 
 fn enrollment(

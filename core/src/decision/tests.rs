@@ -440,6 +440,31 @@ fn challenge_with(user: &str, uid: Option<&str>, change: impl FnOnce(&mut StepUp
     StepUpObjects::Challenge { object: Some(Box::new(c.clone())), old: Some(Box::new(c)) }
 }
 
+/// `user`'s WebAuthn challenge as stored (`old` changes it) and the same with an answer.
+fn webauthn_answer(user: &str, old: impl FnOnce(&mut StepUpChallenge)) -> StepUpObjects {
+    webauthn_answered(user, |_| {}, old)
+}
+
+/// As [`webauthn_answer`], and `new` changes the update besides the answer.
+fn webauthn_answered(
+    user: &str,
+    new: impl FnOnce(&mut StepUpChallenge),
+    old: impl FnOnce(&mut StepUpChallenge),
+) -> StepUpObjects {
+    let StepUpObjects::Challenge { object: Some(created), .. } = challenge_with(user, None, |c| {
+        c.spec.method = api::Method::WebAuthn;
+        c.spec.response = None;
+    }) else {
+        unreachable!()
+    };
+    let mut stored = *created;
+    old(&mut stored);
+    let mut answered = stored.clone();
+    answered.spec.response = Some("c2VhbGVkIGFuc3dlcg==".into());
+    new(&mut answered);
+    StepUpObjects::Challenge { object: Some(Box::new(answered)), old: Some(Box::new(stored)) }
+}
+
 fn challenge_for(user: &str, uid: Option<&str>) -> StepUpObjects {
     challenge_with(user, uid, |_| {})
 }
@@ -528,6 +553,57 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
             "alice cannot change a challenge after creation",
             RequestBuilder { action: Update.into(), ..on("stepupchallenges") },
             challenge_for("alice", None),
+            false,
+        ),
+        (
+            "alice answers her WebAuthn challenge once, sealed",
+            RequestBuilder { action: Update.into(), ..on("stepupchallenges") },
+            webauthn_answer("alice", |_| {}),
+            true,
+        ),
+        (
+            "bob cannot answer alice's WebAuthn challenge",
+            RequestBuilder { action: Update.into(), ..on("stepupchallenges").by("bob", &[]) },
+            webauthn_answer("alice", |_| {}),
+            false,
+        ),
+        (
+            "an answer cannot change what the challenge asks for",
+            RequestBuilder { action: Update.into(), ..on("stepupchallenges") },
+            webauthn_answered("alice", |c| c.spec.scope.namespaces = vec!["kube-system".into()], |_| {}),
+            false,
+        ),
+        (
+            "an answer cannot replace an answer",
+            RequestBuilder { action: Update.into(), ..on("stepupchallenges") },
+            webauthn_answer("alice", |old| old.spec.response = Some("b3RoZXIgYW5zd2Vy".into())),
+            false,
+        ),
+        (
+            "an answer in the clear is refused",
+            RequestBuilder { action: Update.into(), ..on("stepupchallenges") },
+            webauthn_answered("alice", |c| c.spec.response = Some("{\"id\":\"x\"}".into()), |_| {}),
+            false,
+        ),
+        (
+            "a TOTP challenge takes no answer after creation",
+            RequestBuilder { action: Update.into(), ..on("stepupchallenges") },
+            webauthn_answer("alice", |c| c.spec.method = api::Method::Totp),
+            false,
+        ),
+        (
+            "a challenge with a verdict takes no answer",
+            RequestBuilder { action: Update.into(), ..on("stepupchallenges") },
+            webauthn_answer("alice", |old| {
+                old.status =
+                    Some(api::StepUpChallengeStatus { phase: Some(api::ChallengePhase::Denied), ..Default::default() })
+            }),
+            false,
+        ),
+        (
+            "an answer cannot add a finalizer or relabel the challenge",
+            RequestBuilder { action: Update.into(), ..on("stepupchallenges") },
+            webauthn_answered("alice", |c| c.metadata.finalizers = Some(vec!["x/y".into()]), |_| {}),
             false,
         ),
         (
@@ -1692,5 +1768,45 @@ mod oidc {
         // A TOTP grant does not pass for an OIDC one.
         let totp = grant("g-totp", "alice").issued(t0() + minutes(1)).record();
         assert_eq!(oidc_world(vec![totp]).decide(&delete_secret()).outcome, Outcome::Denied);
+    }
+}
+
+mod security_keys {
+    use super::*;
+    use crate::api::Method;
+
+    fn keys_world(grants: Vec<crate::grant::GrantRecord>) -> World {
+        let policies = PolicyIndex::new(
+            [policy("prod-secrets-keys")
+                .rule(&[Delete], "", &["secrets"])
+                .namespaces(&["prod"])
+                .methods(&[Method::WebAuthn])
+                .compiled()]
+            .into_iter()
+            .map(Arc::new),
+        );
+        World { policies, ..world(grants) }
+    }
+
+    fn delete_secret() -> RequestBuilder {
+        request(Delete, "secrets").namespace("prod").name("db")
+    }
+
+    /// A policy that accepts only security keys says so, and the command asks for one.
+    #[test]
+    fn a_security_key_policy_asks_for_a_security_key() {
+        let d = keys_world(vec![]).decide(&delete_secret());
+        assert_eq!(d.outcome, Outcome::Denied);
+        assert!(d.message.contains("a security-key (WebAuthn) grant issued within the last 15m"), "{}", d.message);
+        assert!(d.message.contains("Run `kubectl stepup request --method WebAuthn` and retry"), "{}", d.message);
+        assert!(d.message.contains("methods=WebAuthn"), "{}", d.message);
+    }
+
+    #[test]
+    fn only_a_security_key_grant_satisfies_it() {
+        let totp = grant("g-totp", "alice").issued(t0() + minutes(1)).record();
+        assert_eq!(keys_world(vec![totp]).decide(&delete_secret()).outcome, Outcome::Denied);
+        let key = grant("g-key", "alice").issued(t0() + minutes(1)).security_key("00ff", false).record();
+        assert_eq!(keys_world(vec![key]).decide(&delete_secret()).outcome, Outcome::Granted);
     }
 }

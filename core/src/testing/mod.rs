@@ -193,6 +193,8 @@ pub fn grant(name: &str, user: &str) -> GrantBuilder {
             scope: GrantScope::default(),
             acr: None,
             amr: Vec::new(),
+            credential_id_hash: None,
+            user_verified: false,
             challenge_ref: None,
             signature: None,
         },
@@ -236,6 +238,14 @@ impl GrantBuilder {
         self.spec.method = Method::Oidc;
         self.spec.acr = Some(acr.to_owned());
         self.spec.amr = amr.iter().map(|m| m.to_string()).collect();
+        self
+    }
+
+    /// A `WebAuthn` grant: the security key `id_hash` signed, verifying its user or not.
+    pub fn security_key(mut self, id_hash: &str, user_verified: bool) -> Self {
+        self.spec.method = Method::WebAuthn;
+        self.spec.credential_id_hash = Some(id_hash.to_owned());
+        self.spec.user_verified = user_verified;
         self
     }
 

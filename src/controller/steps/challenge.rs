@@ -17,8 +17,9 @@ use super::{Record, clock};
 use crate::{
     api::{self, ChallengePhase, Method, StepUpChallenge},
     controller::{
-        factor::{FactorRead, FactorState, Limits, Verdict},
+        factor::{Factor, FactorRead, FactorState, KeyUse, Limits, Verdict, WebAuthnFactor},
         oidc::Refusal,
+        webauthn::{PendingAuthentication, RelyingParty},
     },
     grant::{Clock, sign_in_satisfies},
     limits::{ChallengeLimits, Load},
@@ -41,6 +42,9 @@ pub struct Facts<'a> {
     /// The policies accepting `OIDC` that the challenge's grant would be for (its scope's, or
     /// all): a sign-in none of them accepts is refused, not made a useless grant.
     pub oidc_policies: &'a [CompiledPolicy],
+    /// For a `WebAuthn` challenge: an authentication ceremony started for the person's keys,
+    /// offered if none is yet.
+    pub fresh_ceremony: Option<&'a (String, PendingAuthentication)>,
     pub now: Timestamp,
 }
 
@@ -53,6 +57,7 @@ pub struct ChallengeSettings<'a> {
     pub limits: Limits,
     pub load_limits: ChallengeLimits,
     pub verifier: &'a dyn Verifier,
+    pub relying_party: &'a RelyingParty,
 }
 
 /// What to look up before deciding.
@@ -62,6 +67,8 @@ pub enum Need {
     Grant,
     /// The ID token verified with the identity provider's keys.
     SignIn,
+    /// A fresh authentication ceremony for the person's security keys.
+    Ceremony,
 }
 
 /// A verdict to record, in this order: the factor state (so a code is spent before anything is
@@ -74,6 +81,10 @@ pub struct Verdicts {
     /// The `result` label of `stepup_challenges_total` and the audit line.
     pub result: &'static str,
     pub state: Option<FactorState>,
+    /// The person's security keys after this verdict (a ceremony spent, a counter moved).
+    pub webauthn: Option<Box<WebAuthnFactor>>,
+    /// For `WebAuthn`: the key that answered, recorded in the grant.
+    pub security_key: Option<KeyUse>,
     pub issue: bool,
     /// The last moment a grant may be issued; the executor checks again right before issuing.
     pub issue_before: Timestamp,
@@ -89,6 +100,13 @@ pub enum Step {
     Fetch(Need),
     /// Add the withdrawal finalizer before anything else, so a deletion waits for the controller.
     Claim,
+    /// `WebAuthn`: keep the ceremony (if new) in the person's factor, show its options (if not
+    /// shown), and wait for the answer until `recheck_at`.
+    Offer {
+        webauthn: Option<Box<WebAuthnFactor>>,
+        options: Option<String>,
+        recheck_at: Timestamp,
+    },
     Verdict(Verdicts),
     /// Deleted before a verdict: revoke the grant a race may have issued, record, let it go.
     Withdrawn {
@@ -158,10 +176,82 @@ fn verified(sign_in: &SignIn, issue_before: Timestamp) -> Step {
         message: String::new(),
         result: "verified",
         state: None,
+        webauthn: None,
+        security_key: None,
         issue: true,
         issue_before,
         records: vec![],
         sign_in: Some(Box::new(sign_in.clone())),
+    })
+}
+
+/// The person's stored factor, or the step that fetches it or refuses for its want.
+fn stored_factor<'a>(f: &Facts<'a>, user: &str, issue_before: Timestamp) -> Result<&'a Factor, Box<Step>> {
+    let denied = |reason, message: String, result| Verdicts {
+        phase: ChallengePhase::Denied,
+        reason,
+        message,
+        result,
+        state: None,
+        webauthn: None,
+        security_key: None,
+        issue: false,
+        issue_before,
+        records: vec![],
+        sign_in: None,
+    };
+    match f.factor {
+        None => Err(Box::new(Step::Fetch(Need::Factor))),
+        Some(FactorRead::Missing) => Err(Box::new(Step::Verdict(denied(
+            "NotEnrolled",
+            format!(
+                "{user} is not enrolled: run `kubectl stepup enroll{}` first",
+                if f.challenge.spec.method == Method::WebAuthn { " --method WebAuthn" } else { "" }
+            ),
+            "not_enrolled",
+        )))),
+        Some(FactorRead::Corrupt(why)) => {
+            let mut step = denied(
+                "FactorCorrupt",
+                format!(
+                    "no code is checked: {user}'s stored factor failed its integrity check; an admin must allow a re-enrollment"
+                ),
+                "corrupt",
+            );
+            step.records.push(Record::warning(
+                "FactorCorrupt",
+                "factor.corrupt",
+                "corrupt",
+                format!("{}: {why}", api::factor_secret_name(user)),
+            ));
+            Err(Box::new(Step::Verdict(step)))
+        }
+        Some(FactorRead::Found(factor)) => Ok(factor),
+    }
+}
+
+/// A lockout or the failure rate limit, which stop every method alike: reason, message, result.
+fn held_back(
+    state: &FactorState,
+    user: &str,
+    limits: Limits,
+    now: Timestamp,
+) -> Option<(&'static str, String, &'static str)> {
+    if state.locked_at.is_some() {
+        return Some((
+            "Locked",
+            format!(
+                "verification for {user} is locked after too many failed attempts; ask an admin to run `kubectl stepup unlock {user}`"
+            ),
+            "locked",
+        ));
+    }
+    state.rate_limited_until(now, limits).map(|until| {
+        (
+            "RateLimited",
+            format!("too many failed attempts; try again in {}", crate::grant::human(until.duration_since(now))),
+            "rate_limited",
+        )
     })
 }
 
@@ -212,6 +302,8 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
             message,
             result,
             state: None,
+            webauthn: None,
+            security_key: None,
             issue: false,
             issue_before,
             records: vec![],
@@ -232,6 +324,25 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
     }
     if let Err(refusal) = s.load_limits.check(&f.load, now) {
         return denied(refusal.reason(), refusal.to_string(), refusal.label());
+    }
+    if c.spec.method == Method::WebAuthn {
+        let factor = match stored_factor(f, user, issue_before) {
+            Ok(factor) => factor,
+            Err(step) => return *step,
+        };
+        if factor.webauthn.keys.is_empty() {
+            return denied(
+                "NotEnrolled",
+                format!("{user} has no security key registered: run `kubectl stepup enroll --method WebAuthn` first"),
+                "not_enrolled",
+            );
+        }
+        if let Some(refused) = held_back(&factor.state, user, s.limits, now) {
+            return denied(refused.0, refused.1, refused.2);
+        }
+        if matches!(f.response, Opened::Missing) {
+            return super::assertion::offer(f, factor, issue_before);
+        }
     }
     let code = match f.response {
         Opened::Missing => return denied("NoCode", "no code was given".into(), "malformed"),
@@ -304,41 +415,18 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
             Some(Ok(sign_in)) => verified(sign_in, issue_before),
         };
     }
+    if c.spec.method == Method::WebAuthn {
+        return match stored_factor(f, user, issue_before) {
+            Ok(factor) => super::assertion::judge(f, factor, code, s.relying_party, s.limits, issue_before),
+            Err(step) => *step,
+        };
+    }
     if c.spec.method != Method::Totp || s.verifier.method() != c.spec.method {
         return denied("UnsupportedMethod", format!("method {} is not supported", c.spec.method), "unsupported");
     }
-    let factor = match f.factor {
-        None => return Step::Fetch(Need::Factor),
-        Some(FactorRead::Missing) => {
-            return denied(
-                "NotEnrolled",
-                format!("{user} is not enrolled: run `kubectl stepup enroll` first"),
-                "not_enrolled",
-            );
-        }
-        Some(FactorRead::Corrupt(why)) => {
-            let mut step = Verdicts {
-                phase: ChallengePhase::Denied,
-                reason: "FactorCorrupt",
-                message: format!(
-                    "no code is checked: {user}'s stored factor failed its integrity check; an admin must allow a re-enrollment"
-                ),
-                result: "corrupt",
-                state: None,
-                issue: false,
-                issue_before,
-                records: vec![],
-                sign_in: None,
-            };
-            step.records.push(Record::warning(
-                "FactorCorrupt",
-                "factor.corrupt",
-                "corrupt",
-                format!("{}: {why}", api::factor_secret_name(user)),
-            ));
-            return Step::Verdict(step);
-        }
-        Some(FactorRead::Found(factor)) => factor,
+    let factor = match stored_factor(f, user, issue_before) {
+        Ok(factor) => factor,
+        Err(step) => return *step,
     };
     let Some(seed) = factor.seed.as_ref() else {
         return denied(
@@ -356,6 +444,8 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
         message: String::new(),
         result: verdict.label(),
         state,
+        webauthn: None,
+        security_key: None,
         issue: false,
         issue_before,
         records: vec![],

@@ -3,6 +3,7 @@
 //! as a table; the reconcilers are thin executors that fetch the facts and perform the step.
 //! The vocabulary here (records, approvals, the bootstrap) is the same for every method.
 
+pub mod assertion;
 pub mod bootstrap;
 pub mod challenge;
 pub mod enrollment;

@@ -22,6 +22,7 @@ struct Case {
     grant_exists: Option<bool>,
     sign_in: Option<Result<SignIn, Refusal>>,
     oidc_policies: Vec<CompiledPolicy>,
+    fresh_ceremony: Option<(String, PendingAuthentication)>,
     now: Timestamp,
 }
 
@@ -51,6 +52,7 @@ fn case() -> Case {
         grant_exists: None,
         sign_in: None,
         oidc_policies: Vec::new(),
+        fresh_ceremony: None,
         now: t0() + SignedDuration::from_secs(1),
     }
 }
@@ -103,6 +105,7 @@ impl Case {
             limits: Limits { max_failures: 3, window: minutes(5), lockout_after: 5 },
             load_limits: ChallengeLimits { max_pending: 3, max_per_window: 10, window: minutes(1) },
             verifier: &TotpVerifier,
+            relying_party: &rp(),
         };
         next_step(
             &Facts {
@@ -113,11 +116,17 @@ impl Case {
                 grant_exists: self.grant_exists,
                 sign_in: self.sign_in.as_ref(),
                 oidc_policies: &self.oidc_policies,
+                fresh_ceremony: self.fresh_ceremony.as_ref(),
                 now: self.now,
             },
             &settings,
         )
     }
+}
+
+/// The relying party of the plugin's loopback page.
+fn rp() -> RelyingParty {
+    RelyingParty::new("localhost", &[url::Url::parse("http://localhost").unwrap()]).unwrap()
 }
 
 fn verdict(step: Step) -> Verdicts {
@@ -334,4 +343,165 @@ fn a_sign_in_no_policy_accepts_is_refused_with_what_the_policy_asks() {
         policy("staging").rule(&[api::Operation::Delete], "", &["secrets"]).methods(&[Method::Oidc]).compiled();
     let either = verdict(Case { sign_in: Some(Ok(weak)), oidc_policies: vec![otp(), lenient], ..oidc_case() }.step());
     assert_eq!((either.phase, either.issue), (ChallengePhase::Verified, true));
+}
+
+/// `WebAuthn` challenges, answered by webauthn-authenticator-rs's software authenticator.
+mod security_keys {
+    use webauthn_authenticator_rs::{WebauthnAuthenticator, softpasskey::SoftPasskey};
+    use webauthn_rs_core::proto::{CreationChallengeResponse, RequestChallengeResponse};
+
+    use super::*;
+    use crate::controller::{
+        factor::{Allowance, RegisteredKey},
+        webauthn::CEREMONY_TTL,
+    };
+
+    const PAGE: &str = "http://localhost:40123";
+
+    /// Alice with `authenticator` registered.
+    fn with_key(authenticator: &mut SoftPasskey) -> Factor {
+        let rp = rp();
+        let (options, pending) = rp.start_registration("alice", b"alice", &[], t0()).unwrap();
+        let options: CreationChallengeResponse = serde_json::from_str(&options).unwrap();
+        let answer = authenticator.do_registration(url::Url::parse(PAGE).unwrap(), options).unwrap();
+        let answer = serde_json::to_string(&answer).unwrap();
+        let credential = rp.finish_registration(&pending, "alice", &answer, &[], t0(), CEREMONY_TTL).unwrap();
+        let mut f = Factor::default();
+        f.webauthn.keys.push(RegisteredKey {
+            id_hash: credential.id_hash(),
+            registered_at: t0(),
+            allowed: Allowance::SelfService,
+            key: "k".into(),
+            user_verified: false,
+            credential: credential.to_json(),
+        });
+        f
+    }
+
+    fn key_case(uid: &str) -> Case {
+        let mut c = case();
+        c.challenge.spec.method = Method::WebAuthn;
+        c.challenge.spec.response = None;
+        c.challenge.metadata.uid = Some(uid.into());
+        c.response = Opened::Missing;
+        c
+    }
+
+    /// Offers a ceremony to challenge `uid`: the factor with it kept, and its options.
+    fn offered(factor: Factor, uid: &str) -> (Factor, String) {
+        let mut c = key_case(uid).with_factor(FactorRead::Found(factor.clone()));
+        assert_eq!(c.step(), Step::Fetch(Need::Ceremony));
+        let keys = crate::controller::steps::security_keys::credentials(&factor);
+        c.fresh_ceremony = Some(rp().start_authentication("alice", &keys, false, c.now).unwrap());
+        let Step::Offer { webauthn: Some(webauthn), options: Some(options), .. } = c.step() else { panic!("an offer") };
+        assert!(webauthn.ceremonies.contains_key(uid));
+        (Factor { webauthn: *webauthn, ..factor }, options)
+    }
+
+    fn sign(authenticator: &mut SoftPasskey, options: &str) -> String {
+        let options: RequestChallengeResponse = serde_json::from_str(options).unwrap();
+        serde_json::to_string(&authenticator.do_authentication(url::Url::parse(PAGE).unwrap(), options).unwrap())
+            .unwrap()
+    }
+
+    fn answered(factor: Factor, uid: &str, answer: &str) -> Verdicts {
+        let mut c = key_case(uid).with_factor(FactorRead::Found(factor));
+        c.challenge.spec.response = Some("sealed".into());
+        c.response = Opened::Code(Zeroizing::new(answer.to_owned()), ());
+        verdict(c.step())
+    }
+
+    #[test]
+    fn the_key_that_answers_the_offered_ceremony_earns_a_grant_naming_it() {
+        let mut key = SoftPasskey::new(false);
+        let factor = with_key(&mut key);
+        assert_eq!(key_case("c-1").step(), Step::Fetch(Need::Factor));
+        let (factor, options) = offered(factor, "c-1");
+        assert!(options.contains("allowCredentials"), "{options}");
+
+        // Offered once: the same challenge looked at again offers nothing new.
+        let mut again = key_case("c-1").with_factor(FactorRead::Found(factor.clone()));
+        again.challenge.status =
+            Some(StepUpChallengeStatus { webauthn_options: Some(options.clone()), ..Default::default() });
+        assert!(matches!(again.step(), Step::Offer { webauthn: None, options: None, .. }));
+
+        let v = answered(factor.clone(), "c-1", &sign(&mut key, &options));
+        assert_eq!((v.phase, v.issue), (ChallengePhase::Verified, true), "{}", v.message);
+        let used = v.security_key.as_ref().unwrap();
+        assert_eq!(used.id_hash, factor.webauthn.keys[0].id_hash);
+        let after = v.webauthn.as_ref().unwrap();
+        assert!(after.ceremonies.is_empty(), "the ceremony is spent");
+        assert_ne!(after.keys[0].credential, factor.webauthn.keys[0].credential, "the new counter is stored");
+    }
+
+    #[test]
+    fn an_answer_counts_once_and_only_in_its_own_challenge() {
+        let mut key = SoftPasskey::new(false);
+        let (factor, options) = offered(with_key(&mut key), "c-1");
+        let answer = sign(&mut key, &options);
+        let v = answered(factor.clone(), "c-1", &answer);
+        let spent = Factor { webauthn: *v.webauthn.unwrap(), ..factor.clone() };
+
+        // Attack: the same answer again, in the same challenge (re-created) ...
+        let mut fresh = spent.clone();
+        fresh.webauthn.last_verified = None;
+        let v = answered(fresh, "c-1", &answer);
+        assert_eq!(v.reason, "NoCeremony", "{}", v.message);
+        // ... and replayed into another challenge with its own ceremony.
+        let (other, _) = offered(spent, "c-2");
+        let v = answered(other, "c-2", &answer);
+        assert_eq!((v.phase, v.reason, v.result), (ChallengePhase::Denied, "OtherChallenge", "other_challenge"));
+        assert_eq!(v.state.as_ref().unwrap().consecutive_failures, 1, "a refused answer counts as a failure");
+        assert!(v.webauthn.as_ref().unwrap().ceremonies.is_empty(), "a wrong answer spends the ceremony too");
+    }
+
+    #[test]
+    fn a_counter_behind_the_stored_one_is_a_cloned_key_and_said_so() {
+        let mut key = SoftPasskey::new(false);
+        let (mut factor, options) = offered(with_key(&mut key), "c-1");
+        // The stored counter is ahead of what this authenticator signs: another copy of the
+        // key has been used since.
+        factor.webauthn.keys[0].credential["counter"] = serde_json::json!(1000);
+        let v = answered(factor, "c-1", &sign(&mut key, &options));
+        assert_eq!(v.reason, "ClonedAuthenticator", "{}", v.message);
+        assert!(v.message.contains("may be a clone"), "{}", v.message);
+        assert_eq!(v.records.iter().map(|r| r.reason).collect::<Vec<_>>(), ["ClonedAuthenticator"]);
+        assert!(!v.issue);
+    }
+
+    #[test]
+    fn a_key_removed_since_the_offer_counts_for_nothing() {
+        let mut key = SoftPasskey::new(false);
+        let (mut factor, options) = offered(with_key(&mut key), "c-1");
+        let mut other = SoftPasskey::new(false);
+        let replacement = with_key(&mut other);
+        factor.webauthn.keys = replacement.webauthn.keys;
+        let v = answered(factor, "c-1", &sign(&mut key, &options));
+        assert_eq!(v.reason, "UnknownKey", "{}", v.message);
+    }
+
+    #[test]
+    fn no_key_or_a_lockout_offers_nothing() {
+        let v = verdict(key_case("c-1").with_factor(FactorRead::Found(Factor::default())).step());
+        assert_eq!(v.reason, "NotEnrolled");
+        assert!(v.message.contains("--method WebAuthn"), "{}", v.message);
+        let v = verdict(key_case("c-1").with_factor(FactorRead::Missing).step());
+        assert!(v.message.contains("kubectl stepup enroll --method WebAuthn"), "{}", v.message);
+        let mut locked = with_key(&mut SoftPasskey::new(false));
+        locked.state.locked_at = Some(t0());
+        let v = verdict(key_case("c-1").with_factor(FactorRead::Found(locked)).step());
+        assert_eq!(v.reason, "Locked");
+    }
+
+    #[test]
+    fn a_retry_after_the_counter_was_stored_issues_the_same_grant() {
+        let mut key = SoftPasskey::new(false);
+        let (factor, options) = offered(with_key(&mut key), "c-1");
+        let answer = sign(&mut key, &options);
+        let v = answered(factor.clone(), "c-1", &answer);
+        let stored = Factor { webauthn: *v.webauthn.unwrap(), ..factor };
+        let retry = answered(stored, "c-1", &answer);
+        assert_eq!((retry.phase, retry.issue), (ChallengePhase::Verified, true));
+        assert_eq!(retry.security_key, v.security_key);
+    }
 }
