@@ -33,6 +33,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod attack;
+pub mod browser;
 pub mod faults;
 pub mod idp;
 
@@ -1121,6 +1122,73 @@ impl Default for ScriptWebhookStopped {
 }
 
 // ---------------------------------------------------------------- the plugin, as a person runs it
+
+/// `kubectl stepup` running in the background with a kubeconfig's credentials, its standard
+/// error read line by line (where it says where to sign in).
+pub struct Running {
+    child: tokio::process::Child,
+    stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    /// What it wrote to standard error so far.
+    pub said: Vec<String>,
+}
+
+/// How a background run of the plugin ended.
+pub struct Ended {
+    pub success: bool,
+    pub stdout: String,
+    /// Everything it wrote to standard error, from the start.
+    pub stderr: String,
+}
+
+impl Running {
+    pub fn start(world: &World, kubeconfig: &std::path::Path, args: &[&str]) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(world.env.var("KUBECTL_STEPUP_BIN"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .env("KUBECTL", world.env.var("KUBECTL"))
+            .env_remove("KUBECONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("kubectl-stepup runs");
+        let stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+        Self { child, stderr, said: Vec::new() }
+    }
+
+    /// Reads standard error until a line gives what `find` looks for.
+    pub async fn until<T>(&mut self, what: &str, find: impl Fn(&str) -> Option<T>) -> T {
+        let wait = async {
+            while let Some(line) = self.stderr.next_line().await.expect("stderr line") {
+                self.said.push(line.clone());
+                if let Some(found) = find(line.trim()) {
+                    return found;
+                }
+            }
+            panic!("the plugin never printed {what}: {:?}", self.said)
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait).await.unwrap_or_else(|_| panic!("no {what} within 60 s"))
+    }
+
+    /// Waits for the plugin to exit.
+    pub async fn finish(mut self) -> Ended {
+        while let Ok(Some(line)) = self.stderr.next_line().await {
+            self.said.push(line);
+        }
+        let out = tokio::time::timeout(Duration::from_secs(60), self.child.wait_with_output())
+            .await
+            .expect("kubectl-stepup finishes")
+            .expect("output");
+        Ended {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: self.said.join("\n"),
+        }
+    }
+}
 
 /// Runs `kubectl stepup` as `who`, with `stdin` as standard input (none when `None`).
 pub async fn plugin(env: &Env, who: &str, args: &[&str], stdin: Option<&str>) -> Output {

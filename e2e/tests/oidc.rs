@@ -19,7 +19,7 @@ use kube_stepup::{
 };
 use stepup_core::testing::policy;
 use stepup_e2e::{
-    World, eventually,
+    Ended, Running, World, eventually,
     idp::{Idp, Level, Tokens},
     oidc_challenge, refusal, with_sealed_token,
 };
@@ -87,72 +87,6 @@ async fn verdict(world: &World, who: &Person, c: &StepUpChallenge) -> StepUpChal
 
 fn message(c: &StepUpChallenge) -> String {
     c.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
-}
-
-/// `kubectl stepup` running in the background with a kubeconfig's credentials, its standard
-/// error read line by line (where it says where to sign in).
-struct Running {
-    child: tokio::process::Child,
-    stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
-    said: Vec<String>,
-}
-
-/// How a background run of the plugin ended.
-struct Ended {
-    success: bool,
-    stdout: String,
-    /// Everything it wrote to standard error, from the start.
-    stderr: String,
-}
-
-impl Running {
-    fn start(world: &World, kubeconfig: &std::path::Path, args: &[&str]) -> Self {
-        use tokio::io::AsyncBufReadExt;
-        let mut child = tokio::process::Command::new(world.env.var("KUBECTL_STEPUP_BIN"))
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(args)
-            .env("KUBECTL", world.env.var("KUBECTL"))
-            .env_remove("KUBECONFIG")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("kubectl-stepup runs");
-        let stderr = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-        Self { child, stderr, said: Vec::new() }
-    }
-
-    /// Reads standard error until a line gives what `find` looks for.
-    async fn until<T>(&mut self, what: &str, find: impl Fn(&str) -> Option<T>) -> T {
-        let wait = async {
-            while let Some(line) = self.stderr.next_line().await.expect("stderr line") {
-                self.said.push(line.clone());
-                if let Some(found) = find(line.trim()) {
-                    return found;
-                }
-            }
-            panic!("the plugin never printed {what}: {:?}", self.said)
-        };
-        tokio::time::timeout(Duration::from_secs(60), wait).await.unwrap_or_else(|_| panic!("no {what} within 60 s"))
-    }
-
-    /// Waits for the plugin to exit.
-    async fn finish(mut self) -> Ended {
-        while let Ok(Some(line)) = self.stderr.next_line().await {
-            self.said.push(line);
-        }
-        let out = tokio::time::timeout(Duration::from_secs(60), self.child.wait_with_output())
-            .await
-            .expect("kubectl-stepup finishes")
-            .expect("output");
-        Ended {
-            success: out.status.success(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: self.said.join("\n"),
-        }
-    }
 }
 
 /// alice signs in with password and OTP through Keycloak's own pages at `url` (where the

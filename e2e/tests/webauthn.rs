@@ -23,7 +23,7 @@ use kube_stepup::{
     },
 };
 use stepup_core::{api::Operation::Delete, testing::policy};
-use stepup_e2e::{World, eventually, oidc_challenge, plugin, refusal, show};
+use stepup_e2e::{Running, World, browser::Browser, eventually, oidc_challenge, plugin, refusal, show};
 use url::Url;
 use webauthn_authenticator_rs::{WebauthnAuthenticator, softpasskey::SoftPasskey};
 use webauthn_rs_core::proto::{CreationChallengeResponse, RequestChallengeResponse};
@@ -286,4 +286,93 @@ async fn a_security_key_answers_a_challenge_once_and_the_refused_delete_passes()
     // With the grant, alice deletes prod/db.
     w.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
     prod.delete("db", &DeleteParams::default()).await.expect("deleted with the security-key grant");
+}
+
+/// The address of the security-key page the plugin printed.
+fn page_address(line: &str) -> Option<String> {
+    line.starts_with("http://localhost:").then(|| line.to_owned())
+}
+
+/// Where the scenario leaves its screenshots, for a person to look at.
+fn screenshot_path(name: &str) -> std::path::PathBuf {
+    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/e2e-screenshots");
+    std::fs::create_dir_all(&dir).expect("screenshot folder");
+    dir.join(name)
+}
+
+/// Issue 33, in a real browser: `kubectl stepup enroll --method WebAuthn` serves its page, the
+/// admin approves the fingerprint, Chromium's virtual authenticator registers on that page;
+/// then `kubectl stepup request --method WebAuthn` and the same key earn a grant, and the
+/// refused delete passes.
+#[tokio::test]
+async fn the_plugin_registers_a_key_in_a_real_browser_and_steps_up_with_it() {
+    let w = World::new().await;
+    w.unenroll("alice").await;
+    w.secret("prod", "db").await;
+    w.apply_policies(&[key_secrets()]).await;
+    let browser = Browser::start().await.expect("headless Chromium with chromedriver");
+    let key = browser.add_key(true).await.expect("a virtual security key");
+    let alice = w.env.kubeconfig("alice");
+
+    let mut enroll = Running::start(&w, &alice, &["enroll", "--method", "WebAuthn", "--no-browser", "--timeout", "2m"]);
+    let e = wait(&w, "alice's enrollment waiting for approval", |e| phase(e) == Some(EnrollmentPhase::PendingApproval))
+        .await;
+    let fp = fingerprint(&e.spec.public_key);
+    w.admin_steps_up().await;
+    let out = plugin(&w.env, "admin", &["approve", "alice", "--method", "WebAuthn", "--key", &fp], None).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let url = enroll.until("the registration page", page_address).await;
+    browser.goto(&url).await.expect("the page opens");
+    let (state, text) =
+        browser.wait_state(&["done", "failed"], Duration::from_secs(30)).await.expect("the page finishes");
+    browser.screenshot(&screenshot_path("webauthn-register-done.png")).await.expect("screenshot");
+    assert_eq!(state, "done", "{text}");
+    assert!(text.contains("Registered"), "{text}");
+    let ended = enroll.finish().await;
+    assert!(ended.success, "{}\n{}", ended.stdout, ended.stderr);
+    assert!(ended.stdout.contains(&format!("Your enrollment key fingerprint: {fp}")), "{}", ended.stdout);
+    assert!(ended.stdout.contains("Enrolled: registered security key"), "{}", ended.stdout);
+    assert_eq!(browser.credentials(&key).await.expect("credentials").len(), 1, "the key holds the new credential");
+
+    let prod: Api<Secret> = Api::namespaced(w.env.client("alice").await, "prod");
+    refusal(prod.delete("db", &DeleteParams::default()).await);
+    let mut request =
+        Running::start(&w, &alice, &["request", "--method", "WebAuthn", "--no-browser", "--reason", "INC-33"]);
+    let url = request.until("the security-key page", page_address).await;
+    browser.goto(&url).await.expect("the page opens");
+    let (state, text) =
+        browser.wait_state(&["done", "failed"], Duration::from_secs(30)).await.expect("the page finishes");
+    browser.screenshot(&screenshot_path("webauthn-request-done.png")).await.expect("screenshot");
+    assert_eq!(state, "done", "{text}");
+    let ended = request.finish().await;
+    assert!(ended.success, "{}\n{}", ended.stdout, ended.stderr);
+    assert!(ended.stdout.contains("(WebAuthn, reason \"INC-33\")"), "{}", ended.stdout);
+    let grants = w.grants_of("alice").await;
+    let grant = grants.iter().find(|g| g.spec.method == Method::WebAuthn).expect("a WebAuthn grant");
+    assert!(grant.spec.user_verified, "the virtual key verified alice");
+    w.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
+    prod.delete("db", &DeleteParams::default()).await.expect("deleted with the security-key grant");
+
+    // Nobody touches the key: the plugin gives up at its timeout, stops the browser's prompt,
+    // says so on the page and withdraws the challenge, so no grant can come of it.
+    browser.remove_key(&key).await.expect("unplugged");
+    let _idle = browser.add_key_with(true, false).await.expect("a key nobody touches");
+    let mut declined = Running::start(
+        &w,
+        &alice,
+        &["request", "--method", "WebAuthn", "--no-browser", "--reason", "INC-33", "--sign-in-timeout", "10s"],
+    );
+    let url = declined.until("the security-key page", page_address).await;
+    browser.goto(&url).await.expect("the page opens");
+    let (_, asking) = browser.wait_state(&["touch"], Duration::from_secs(10)).await.expect("the page asks for the key");
+    browser.screenshot(&screenshot_path("webauthn-request-touch.png")).await.expect("screenshot");
+    assert!(asking.contains("Touch your security key"), "{asking}");
+    let (state, text) = browser.wait_state(&["failed"], Duration::from_secs(30)).await.expect("the page fails");
+    browser.screenshot(&screenshot_path("webauthn-request-failed.png")).await.expect("screenshot");
+    assert!(text.contains("no security key answered within 10s"), "{state}: {text}");
+    let ended = declined.finish().await;
+    assert!(!ended.success);
+    assert!(ended.stderr.contains("no security key answered within 10s"), "{}", ended.stderr);
+    let webauthn_grants = w.grants_of("alice").await.into_iter().filter(|g| g.spec.method == Method::WebAuthn).count();
+    assert_eq!(webauthn_grants, 1, "no grant besides the first");
 }

@@ -266,6 +266,15 @@ pub struct EnrollArgs {
     /// How long to wait for the controller, and for an admin's approval.
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub timeout: Duration,
+
+    /// What to enroll: an authenticator app (`TOTP`) or a security key or passkey (`WebAuthn`,
+    /// one more each time, in your browser).
+    #[arg(long, value_enum, default_value_t = EnrolledMethod::Totp, ignore_case = true)]
+    pub method: EnrolledMethod,
+
+    /// For WebAuthn: print the address of the security-key page instead of opening a browser.
+    #[arg(long)]
+    pub no_browser: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -286,8 +295,9 @@ pub struct RequestArgs {
     #[arg(long = "policy", value_name = "POLICY")]
     pub policies: Vec<String>,
 
-    /// How to step up: TOTP (a code from your authenticator app) or OIDC (sign in at the
-    /// identity provider the cluster trusts, in your browser).
+    /// How to step up: TOTP (a code from your authenticator app), OIDC (sign in at the
+    /// identity provider the cluster trusts, in your browser) or WebAuthn (your security key or
+    /// passkey, in your browser).
     #[arg(long, value_enum, default_value_t = RequestMethod::Totp, ignore_case = true)]
     pub method: RequestMethod,
 
@@ -314,7 +324,8 @@ pub struct RequestArgs {
 /// How an `OIDC` step-up reaches the identity provider (`request` and the wrapper).
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct SignInArgs {
-    /// For OIDC: print the sign-in address instead of opening a browser.
+    /// For OIDC and WebAuthn: print the address (sign-in, security-key page) instead of
+    /// opening a browser.
     #[arg(long)]
     pub no_browser: bool,
 
@@ -323,7 +334,8 @@ pub struct SignInArgs {
     #[arg(long, conflicts_with = "no_browser")]
     pub device: bool,
 
-    /// For OIDC: how long to wait for the sign-in at the identity provider.
+    /// For OIDC and WebAuthn: how long to wait for the sign-in at the identity provider, or
+    /// for your security key.
     #[arg(long, value_name = "DURATION", default_value = "5m")]
     pub sign_in_timeout: Duration,
 }
@@ -350,6 +362,8 @@ pub enum RequestMethod {
     Totp,
     #[value(name = "OIDC")]
     Oidc,
+    #[value(name = "WebAuthn")]
+    WebAuthn,
 }
 
 impl RequestMethod {
@@ -357,6 +371,7 @@ impl RequestMethod {
         match self {
             RequestMethod::Totp => "TOTP",
             RequestMethod::Oidc => "OIDC",
+            RequestMethod::WebAuthn => "WebAuthn",
         }
     }
 }

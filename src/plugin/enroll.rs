@@ -115,6 +115,9 @@ async fn bootstrap_proof(session: &Session, user: &str, key: &EphemeralKey) -> R
 }
 
 pub async fn run(session: &Session, args: &EnrollArgs) -> Result<()> {
+    if args.method == super::cli::EnrolledMethod::WebAuthn {
+        return security_key(session, args).await;
+    }
     let me = session.whoami().await?;
     let api: Api<StepUpEnrollment> = session.all();
     let name = api::enrollment_name(&me.username);
@@ -213,6 +216,152 @@ pub async fn run(session: &Session, args: &EnrollArgs) -> Result<()> {
         issuer(&session.cluster)
     );
     Ok(())
+}
+
+/// `kubectl stepup enroll --method WebAuthn`: registers one more security key or passkey. The
+/// registration's options come sealed to this run's key (which an admin approves by
+/// fingerprint, as for TOTP): only this run can answer them. The browser makes the credential
+/// on the page this run serves; the plugin seals it to the controller, bound to this key.
+async fn security_key(session: &Session, args: &EnrollArgs) -> Result<()> {
+    let me = session.whoami().await?;
+    let user = me.username.clone();
+    let api: Api<StepUpEnrollment> = session.all();
+    let name = api::enrollment_name_for(&user, Method::WebAuthn);
+    let key = EphemeralKey::generate();
+    let fp = fingerprint(&key.public_key_b64());
+    let proof = if args.bootstrap { Some(bootstrap_proof(session, &user, &key).await?) } else { None };
+    match api.get_opt(&name).await.map_err(session.kube_error("read your enrollment"))? {
+        None => {
+            let mut enrollment = StepUpEnrollment::new(
+                &name,
+                StepUpEnrollmentSpec {
+                    user: user.clone(),
+                    method: Method::WebAuthn,
+                    public_key: key.public_key_b64(),
+                    confirmation: None,
+                    bootstrap: args.bootstrap,
+                    bootstrap_proof: proof.clone(),
+                },
+            );
+            enrollment.metadata.labels =
+                Some(BTreeMap::from([(api::USER_LABEL.to_owned(), api::user_label_value(&user))]));
+            api.create(&PostParams::default(), &enrollment)
+                .await
+                .map_err(session.kube_error("create your enrollment"))?;
+        }
+        Some(e) if status_of(&e).phase == Some(EnrollmentPhase::Locked) => {
+            return Err(Error::Locked { user, message: status_of(&e).message });
+        }
+        Some(_) => {
+            let spec = json!({"publicKey": key.public_key_b64(), "confirmation": null, "bootstrap": args.bootstrap, "bootstrapProof": proof});
+            patch_spec(session, &api, &name, spec).await?;
+        }
+    }
+    outln!("Your enrollment key fingerprint: {fp}");
+    outln!("(An admin who approves your security key is shown this fingerprint: compare it with theirs.)\n");
+
+    let progress = Progress::start("Waiting for the stepup controller to prepare the registration");
+    let options = wait::until(
+        session,
+        &api,
+        &name,
+        args.timeout,
+        |e| {
+            ensure_key(e, &key)?;
+            let status = status_of(e);
+            if status.phase == Some(EnrollmentPhase::AwaitingConfirmation)
+                && let Some(Ok(options)) = status.sealed_secret.as_deref().map(|s| key.open(s))
+            {
+                return Ok(Step::Done(String::from_utf8_lossy(&options).into_owned()));
+            }
+            if matches!(status.phase, Some(EnrollmentPhase::PendingApproval | EnrollmentPhase::Active)) {
+                progress.set(&format!(
+                    "Waiting for a stepup admin: ask them to run `kubectl stepup approve {user} --method WebAuthn --key {fp}` (Ctrl-C to stop)"
+                ));
+            }
+            Ok(Step::Wait)
+        },
+        |last| match last.and_then(|e| status_of(e).phase) {
+            Some(EnrollmentPhase::PendingApproval | EnrollmentPhase::Active) => {
+                Error::PendingApproval { user: user.clone(), message: last.and_then(|e| status_of(e).message) }
+            }
+            _ => Error::ControllerTimeout { what: "prepare the registration".into(), after: args.timeout },
+        },
+    )
+    .await;
+    progress.finish();
+    let options = options?;
+
+    let detail = format!(
+        "{user} registers a security key or passkey for step-up on {}. Fingerprint of this request: {fp}.",
+        if session.cluster.is_empty() { "this cluster" } else { session.cluster.as_str() }
+    );
+    let mut page =
+        super::ceremony::Page::serve(super::ceremony::Kind::Register, options, "Register your security key", &detail)
+            .await?;
+    errln!("Register your security key or passkey on this page:\n  {}", page.url());
+    if !args.no_browser {
+        super::sign_in::open_browser(page.url());
+    }
+    let answer = tokio::select! {
+        answer = page.answer(args.timeout.as_std()) => answer,
+        _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+    };
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            page.finish(super::ceremony::Outcome::Failed {
+                message: format!("kubectl stepup: {error}. Run the command again."),
+            })
+            .await;
+            return Err(error);
+        }
+    };
+    let current = api.get(&name).await.map_err(session.kube_error("read your enrollment"))?;
+    ensure_key(&current, &key)?;
+    let sealed = seal_for(&current, &answer, EnrollmentPurpose::KeyRegistration)?;
+    let generation = patch_spec(session, &api, &name, json!({ "confirmation": sealed })).await?;
+    let progress = Progress::start("Checking the registration");
+    let verdict = wait::until(
+        session,
+        &api,
+        &name,
+        args.timeout,
+        |e| {
+            ensure_key(e, &key)?;
+            match last_code(e, generation) {
+                Some((true, message)) => Ok(Step::Done(Ok(message))),
+                Some((false, message)) => Ok(Step::Done(Err(message))),
+                None => Ok(Step::Wait),
+            }
+        },
+        |_| Error::ControllerTimeout { what: "check the registration".into(), after: args.timeout },
+    )
+    .await;
+    progress.finish();
+    let outcome = match &verdict {
+        Ok(Ok(message)) => {
+            super::ceremony::Outcome::Done { message: format!("{}. You can close this page.", sentence(message)) }
+        }
+        Ok(Err(message)) => super::ceremony::Outcome::Failed { message: format!("Refused: {message}") },
+        Err(error) => super::ceremony::Outcome::Failed { message: error.to_string() },
+    };
+    page.finish(outcome).await;
+    match verdict? {
+        Ok(message) => {
+            outln!(
+                "\nEnrolled: {message}.\nWhen a policy asks for a security key, run `kubectl stepup request --method WebAuthn`, or prefix the command with `kubectl stepup --`."
+            );
+            Ok(())
+        }
+        Err(message) => Err(Error::KeyRefused { message }),
+    }
+}
+
+/// `message` with a capital first letter, as the start of a sentence.
+fn sentence(message: &str) -> String {
+    let mut chars = message.chars();
+    chars.next().map(|c| c.to_uppercase().chain(chars).collect()).unwrap_or_default()
 }
 
 /// Patches the spec; returns the new generation, which the controller reports in

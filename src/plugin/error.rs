@@ -40,6 +40,8 @@ pub enum Error {
     CodeRefused { message: String },
     #[error("the sign-in was not accepted: {message}")]
     SignInRefused { message: String },
+    #[error("the security key's answer was not accepted: {message}")]
+    KeyRefused { message: String },
     #[error("the challenge expired before the controller verified it")]
     ChallengeExpired,
     #[error("the API server at {server} cannot be reached")]
@@ -107,7 +109,10 @@ impl Error {
     pub fn exit(&self) -> Exit {
         match self {
             Error::Usage { .. } => Exit::Usage,
-            Error::CodeRefused { .. } | Error::SignInRefused { .. } | Error::ChallengeExpired => Exit::StepUp,
+            Error::CodeRefused { .. }
+            | Error::SignInRefused { .. }
+            | Error::KeyRefused { .. }
+            | Error::ChallengeExpired => Exit::StepUp,
             Error::NotEnrolled { .. } | Error::PendingApproval { .. } | Error::Unconfirmed => Exit::NotEnrolled,
             Error::Locked { .. } => Exit::Locked,
             Error::Unreachable { .. } => Exit::Unreachable,
@@ -150,6 +155,12 @@ impl Error {
             }
             Error::SignInRefused { .. } => {
                 "Run the command again and complete the sign-in at your identity provider, second factor included.".into()
+            }
+            Error::KeyRefused { message } if message.contains("clone") => {
+                "Your administrator is told. If you did not copy your key, tell them at once: someone may hold a copy.".into()
+            }
+            Error::KeyRefused { .. } => {
+                "Run the command again and use a key registered to you (`kubectl stepup status` lists them) on the page it opens.".into()
             }
             Error::ChallengeExpired => "Run the command again with a fresh code.".into(),
             Error::Unreachable { .. } => {

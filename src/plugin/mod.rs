@@ -20,6 +20,7 @@ macro_rules! errln {
 }
 
 pub mod admin;
+pub mod ceremony;
 pub mod check;
 pub mod cli;
 pub mod cluster;

@@ -43,7 +43,8 @@ pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
     let me = session.whoami().await?;
     let source = if args.code_stdin { CodeSource::Stdin } else { CodeSource::Terminal };
     let oidc = args.method == RequestMethod::Oidc;
-    let response_key = if oidc { String::new() } else { enrolled_or_enroll(session, &me, source).await? };
+    let key = args.method == RequestMethod::WebAuthn;
+    let response_key = if oidc || key { String::new() } else { enrolled_or_enroll(session, &me, source).await? };
     let scope = GrantScope { policies: args.policies.clone(), namespaces: args.namespaces.clone() };
     let reason = match args.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         Some(r) => Some(r.to_owned()),
@@ -52,7 +53,10 @@ pub async fn run(session: &Session, args: &RequestArgs) -> Result<()> {
             ask_reason(&needing, args.reason_required, source)?
         }
     };
-    let grant = if oidc {
+    let grant = if key {
+        let request = GrantRequest { code: String::new(), reason, duration: args.duration, scope, correlation: None };
+        obtain_key_grant(session, &me, request, args.sign_in.browser(), args.sign_in.wait(), args.timeout).await?
+    } else if oidc {
         let policies: Api<StepUpPolicy> = session.all();
         let listed = policies.list(&Default::default()).await.map(|l| l.items).unwrap_or_default();
         let assurance = oidc_assurance(&listed, &scope.policies);
@@ -106,7 +110,13 @@ pub async fn enrolled_or_enroll(session: &Session, me: &Identity, source: CodeSo
     match ensure_enrolled(session, me).await {
         Err(Error::NotEnrolled { .. }) if source == CodeSource::Terminal && terminal::has_terminal() => {
             errln!("kube-stepup: {} has no authenticator enrolled yet; enrolling one now (once).", me.username);
-            let args = EnrollArgs { reenroll: false, bootstrap: false, timeout: ENROLL_TIMEOUT };
+            let args = EnrollArgs {
+                reenroll: false,
+                bootstrap: false,
+                timeout: ENROLL_TIMEOUT,
+                method: super::cli::EnrolledMethod::Totp,
+                no_browser: false,
+            };
             super::enroll::run(session, &args).await?;
             errln!(
                 "kube-stepup: now a code for this step-up. Each code is accepted once: wait until your app shows a new one."
@@ -122,10 +132,23 @@ pub async fn enrolled_or_enroll(session: &Session, me: &Identity, source: CodeSo
 const ENROLL_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub async fn ensure_enrolled(session: &Session, me: &Identity) -> Result<String> {
+    ensure_enrolled_for(session, me, Method::Totp).await
+}
+
+/// The response key of `me`'s enrollment of `method`, when it can verify an answer now.
+pub async fn ensure_enrolled_for(session: &Session, me: &Identity, method: Method) -> Result<String> {
     let api: Api<StepUpEnrollment> = session.all();
-    let enrollment =
-        api.get_opt(&api::enrollment_name(&me.username)).await.map_err(session.kube_error("read your enrollment"))?;
-    usable(enrollment, me)
+    let enrollment = api
+        .get_opt(&api::enrollment_name_for(&me.username, method))
+        .await
+        .map_err(session.kube_error("read your enrollment"))?;
+    match usable(enrollment, me) {
+        Err(Error::NotEnrolled { .. }) if method == Method::WebAuthn => Err(Error::usage(
+            format!("{} has no security key enrolled", me.username),
+            "Enroll one first: `kubectl stepup enroll --method WebAuthn` (an admin approves it).",
+        )),
+        other => other,
+    }
 }
 
 /// The response key of an enrollment that can verify a code now, or why it cannot.
@@ -391,6 +414,104 @@ pub async fn obtain_oidc_grant(
     submit(session, me, wanted, deadline, timeout).await
 }
 
+/// Steps up with a security key: creates a `WebAuthn` challenge, runs the controller's ceremony
+/// on a page served on this computer's loopback, seals the browser's answer into the challenge
+/// and waits for the grant. `ceremony_wait` bounds the time at the page; `timeout` the
+/// controller's verdict after it.
+pub async fn obtain_key_grant(
+    session: &Session,
+    me: &Identity,
+    request: GrantRequest,
+    browser: super::sign_in::Browser,
+    ceremony_wait: std::time::Duration,
+    timeout: Duration,
+) -> Result<StepUpGrant> {
+    let response_key = ensure_enrolled_for(session, me, Method::WebAuthn).await?;
+    let wait = SignedDuration::try_from(ceremony_wait).unwrap_or(SignedDuration::from_mins(5));
+    let deadline = Timestamp::now() + wait + timeout.as_signed();
+    let wanted = unsealed_challenge(me, request, Method::WebAuthn, &challenge_name(&me.username), deadline);
+    let challenges: Api<StepUpChallenge> = session.all();
+    let created =
+        challenges.create(&PostParams::default(), &wanted).await.map_err(session.kube_error("create the challenge"))?;
+    let name = created.name_any();
+    let offered = wait::until(
+        session,
+        &challenges,
+        &name,
+        timeout,
+        |c| {
+            let status = c.status.clone().unwrap_or_default();
+            match (status.phase, status.webauthn_options) {
+                (Some(ChallengePhase::Denied), _) => Ok(Step::Done(Err(status.message.unwrap_or_default()))),
+                (Some(ChallengePhase::Expired), _) => Err(Error::ChallengeExpired),
+                (_, Some(options)) => Ok(Step::Done(Ok(options))),
+                _ => Ok(Step::Wait),
+            }
+        },
+        |_| Error::ControllerTimeout { what: "offer a security-key prompt".into(), after: timeout },
+    )
+    .await;
+    let options = match offered {
+        Ok(Ok(options)) => options,
+        Ok(Err(message)) => {
+            ensure_enrolled_for(session, me, Method::WebAuthn).await?;
+            return Err(Error::KeyRefused { message: message.trim_end_matches('.').to_owned() });
+        }
+        Err(error) => {
+            withdraw(session, &challenges, &created).await?;
+            return Err(error);
+        }
+    };
+    let detail = format!(
+        "{} steps up on {}{}.",
+        me.username,
+        if session.cluster.is_empty() { "this cluster" } else { session.cluster.as_str() },
+        created.spec.reason.as_deref().map(|r| format!(" (reason: {r})")).unwrap_or_default()
+    );
+    let mut page = super::ceremony::Page::serve(
+        super::ceremony::Kind::Authenticate,
+        options,
+        "Step up with your security key",
+        &detail,
+    )
+    .await?;
+    errln!("Use your security key or passkey on this page:\n  {}", page.url());
+    if browser == super::sign_in::Browser::Open {
+        super::sign_in::open_browser(page.url());
+    }
+    let answer = tokio::select! {
+        answer = page.answer(ceremony_wait) => answer,
+        _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+    };
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(error) => {
+            page.finish(super::ceremony::Outcome::Failed {
+                message: format!("kubectl stepup: {error}. Run the command again."),
+            })
+            .await;
+            withdraw(session, &challenges, &created).await?;
+            return Err(error);
+        }
+    };
+    let mut answered = created.clone();
+    seal_into(&mut answered, &answer, &response_key)?;
+    let patch = serde_json::json!({"spec": {"response": answered.spec.response}});
+    challenges
+        .patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .map_err(session.kube_error("answer the challenge"))?;
+    let result = await_grant(session, me, &challenges, created, deadline, timeout).await;
+    let outcome = match &result {
+        Ok(grant) => super::ceremony::Outcome::Done {
+            message: format!("Verified: grant {} is yours. You can close this page.", grant.name_any()),
+        },
+        Err(error) => super::ceremony::Outcome::Failed { message: format!("Refused: {error}") },
+    };
+    page.finish(outcome).await;
+    result
+}
+
 /// Creates the challenge, waits for the controller's verdict until the challenge's deadline,
 /// and returns the grant; withdraws the challenge when the wait ends without one.
 async fn submit(
@@ -401,15 +522,32 @@ async fn submit(
     timeout: Duration,
 ) -> Result<StepUpGrant> {
     let challenges: Api<StepUpChallenge> = session.all();
-    let oidc = wanted.spec.method == Method::Oidc;
     let created =
         challenges.create(&PostParams::default(), &wanted).await.map_err(session.kube_error("create the challenge"))?;
+    await_grant(session, me, &challenges, created, deadline, timeout).await
+}
+
+/// Waits for the controller's verdict on `created` until its deadline and returns the grant;
+/// withdraws the challenge when the wait ends without one.
+async fn await_grant(
+    session: &Session,
+    me: &Identity,
+    challenges: &Api<StepUpChallenge>,
+    created: StepUpChallenge,
+    deadline: Timestamp,
+    timeout: Duration,
+) -> Result<StepUpGrant> {
+    let method = created.spec.method;
     let name = created.name_any();
-    let progress = Progress::start(if oidc { "Verifying the sign-in" } else { "Verifying the code" });
+    let progress = Progress::start(match method {
+        Method::Oidc => "Verifying the sign-in",
+        Method::WebAuthn => "Verifying the security key's answer",
+        _ => "Verifying the code",
+    });
     let left = deadline.duration_since(Timestamp::now()).max(SignedDuration::ZERO);
     let wait = wait::until(
         session,
-        &challenges,
+        challenges,
         &name,
         Duration::from(std::time::Duration::try_from(left).unwrap_or_default()),
         |c| {
@@ -435,7 +573,7 @@ async fn submit(
     progress.finish();
     let verdict = match verdict {
         Err(error @ (Error::ControllerTimeout { .. } | Error::Interrupted | Error::ChallengeExpired)) => {
-            match withdraw(session, &challenges, &created).await? {
+            match withdraw(session, challenges, &created).await? {
                 Withdrawal::Verified(grant) => Ok(grant),
                 Withdrawal::Withdrawn { revoked } => {
                     return Err(match error {
@@ -453,7 +591,13 @@ async fn submit(
             let grants: Api<StepUpGrant> = session.all();
             grants.get(&grant).await.map_err(session.kube_error(&format!("read grant {grant}")))
         }
-        Err(message) if oidc => Err(Error::SignInRefused { message: message.trim_end_matches('.').to_owned() }),
+        Err(message) if method == Method::Oidc => {
+            Err(Error::SignInRefused { message: message.trim_end_matches('.').to_owned() })
+        }
+        Err(message) if method == Method::WebAuthn => {
+            ensure_enrolled_for(session, me, Method::WebAuthn).await?;
+            Err(Error::KeyRefused { message: message.trim_end_matches('.').to_owned() })
+        }
         Err(message) => {
             // Locked or not enrolled have their own exit codes and hints.
             ensure_enrolled(session, me).await?;

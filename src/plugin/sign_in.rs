@@ -244,7 +244,7 @@ async fn by_device(
     }
 }
 
-fn open_browser(url: &str) {
+pub(super) fn open_browser(url: &str) {
     let program = std::env::var("BROWSER")
         .ok()
         .filter(|b| !b.trim().is_empty())

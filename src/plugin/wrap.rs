@@ -170,27 +170,45 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
         return Ok(first.code);
     }
     let Some(requirement) = trailer::api_refusal_in(&first.stderr) else { return Ok(first.code) };
-    let (totp, oidc) = (requirement.methods.contains(&Method::Totp), requirement.methods.contains(&Method::Oidc));
-    if !totp && !oidc {
+    let accepts = |m| requirement.methods.contains(&m);
+    let (totp, oidc, key) = (accepts(Method::Totp), accepts(Method::Oidc), accepts(Method::WebAuthn));
+    if !totp && !oidc && !key {
         return Ok(first.code);
     }
 
     errln!("\nkube-stepup: this needs a fresh second factor (policy {}).", requirement.policies.join(", "));
     let session = Session::connect(&cluster).await?;
     let me = session.whoami().await?;
-    let use_oidc = match args.method {
-        Some(RequestMethod::Oidc) if oidc => true,
-        Some(RequestMethod::Totp) if totp => false,
+    let method = match args.method {
+        Some(RequestMethod::Oidc) if oidc => RequestMethod::Oidc,
+        Some(RequestMethod::Totp) if totp => RequestMethod::Totp,
+        Some(RequestMethod::WebAuthn) if key => RequestMethod::WebAuthn,
         Some(asked) => {
             return Err(Error::usage(
                 format!("policy {} does not accept --method {}", requirement.policies.join(", "), asked.as_str()),
                 "Leave --method out: the wrapper picks a method the policy accepts.",
             ));
         }
-        None => oidc && (!totp || request::ensure_enrolled(&session, &me).await.is_err()),
+        // TOTP where accepted and enrolled; else a security key where accepted (and enrolled,
+        // or nothing else is accepted); else the identity provider.
+        None => {
+            let totp_ready = totp && request::ensure_enrolled(&session, &me).await.is_ok();
+            let key_ready = key && request::ensure_enrolled_for(&session, &me, Method::WebAuthn).await.is_ok();
+            match () {
+                _ if totp_ready => RequestMethod::Totp,
+                _ if key_ready || (key && !totp && !oidc) => RequestMethod::WebAuthn,
+                _ if oidc => RequestMethod::Oidc,
+                _ if totp => RequestMethod::Totp,
+                _ => RequestMethod::WebAuthn,
+            }
+        }
     };
-    let response_key =
-        if use_oidc { String::new() } else { request::enrolled_or_enroll(&session, &me, CodeSource::Terminal).await? };
+    let use_oidc = method == RequestMethod::Oidc;
+    let response_key = if method == RequestMethod::Totp {
+        request::enrolled_or_enroll(&session, &me, CodeSource::Terminal).await?
+    } else {
+        String::new()
+    };
     let reason = match args.reason.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         Some(r) => Some(r.to_owned()),
         None if requirement.reason_required => request::ask_reason(&[], true, CodeSource::Terminal)?,
@@ -200,7 +218,10 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
     let scope = GrantScope { policies: requirement.policies.clone(), namespaces: Vec::new() };
     // The refusal this answers, so that the audit trail ties the step-up to it.
     let correlation = requirement.reference.as_ref().map(|uid| format!("prompt:{uid}"));
-    let grant = if use_oidc {
+    let grant = if method == RequestMethod::WebAuthn {
+        let ask = GrantRequest { code: String::new(), reason, duration: args.duration, scope, correlation };
+        request::obtain_key_grant(&session, &me, ask, args.sign_in.browser(), args.sign_in.wait(), args.timeout).await?
+    } else if use_oidc {
         // The assurance in RFC 9470's words, as the refusal's trailer gave it.
         let assurance = sign_in::Assurance {
             acr_values: requirement.acr_values.clone(),
