@@ -353,6 +353,22 @@ async fn the_plugin_registers_a_key_in_a_real_browser_and_steps_up_with_it() {
     w.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
     prod.delete("db", &DeleteParams::default()).await.expect("deleted with the security-key grant");
 
+    // The wrapper: the refusal names WebAuthn, so the key answers on the page, and the command
+    // runs again.
+    let out = plugin(&w.env, "alice", &["revoke", "--all"], None).await;
+    assert!(out.status.success(), "{}", show(&out));
+    w.secret("prod", "db").await;
+    let mut wrapped =
+        Running::start(&w, &alice, &["--no-browser", "--", "kubectl", "-n", "prod", "delete", "secret", "db"]);
+    let url = wrapped.until("the security-key page", page_address).await;
+    browser.goto(&url).await.expect("the page opens");
+    let (state, text) =
+        browser.wait_state(&["done", "failed"], Duration::from_secs(30)).await.expect("the page finishes");
+    assert_eq!(state, "done", "{text}");
+    let ended = wrapped.finish().await;
+    assert!(ended.success, "{}\n{}", ended.stdout, ended.stderr);
+    assert!(ended.stdout.contains("secret \"db\" deleted"), "{}", ended.stdout);
+
     // Nobody touches the key: the plugin gives up at its timeout, stops the browser's prompt,
     // says so on the page and withdraws the challenge, so no grant can come of it.
     browser.remove_key(&key).await.expect("unplugged");
