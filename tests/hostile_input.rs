@@ -169,6 +169,7 @@ proptest! {
         max_age in 1u64..86_400,
         reason_required in any::<bool>(),
         session in any::<bool>(),
+        user_verification in any::<bool>(),
         acr_values in proptest::collection::vec("[a-zA-Z0-9:._/-]{1,12}", 0..3),
         amr in proptest::collection::vec("[a-z]{2,5}", 0..3),
         reference in proptest::option::of("[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{12}"),
@@ -181,6 +182,7 @@ proptest! {
             reason_required,
             acr_values,
             amr,
+            user_verification,
             reference,
         };
         let text = format!("{noise} [stepup-required: {requirement}] {noise}");

@@ -314,24 +314,7 @@ async fn the_plugin_registers_a_key_in_a_real_browser_and_steps_up_with_it() {
     let key = browser.add_key(true).await.expect("a virtual security key");
     let alice = w.env.kubeconfig("alice");
 
-    let mut enroll = Running::start(&w, &alice, &["enroll", "--method", "WebAuthn", "--no-browser", "--timeout", "2m"]);
-    let e = wait(&w, "alice's enrollment waiting for approval", |e| phase(e) == Some(EnrollmentPhase::PendingApproval))
-        .await;
-    let fp = fingerprint(&e.spec.public_key);
-    w.admin_steps_up().await;
-    let out = plugin(&w.env, "admin", &["approve", "alice", "--method", "WebAuthn", "--key", &fp], None).await;
-    assert!(out.status.success(), "{}", show(&out));
-    let url = enroll.until("the registration page", page_address).await;
-    browser.goto(&url).await.expect("the page opens");
-    let (state, text) =
-        browser.wait_state(&["done", "failed"], Duration::from_secs(30)).await.expect("the page finishes");
-    browser.screenshot(&screenshot_path("webauthn-register-done.png")).await.expect("screenshot");
-    assert_eq!(state, "done", "{text}");
-    assert!(text.contains("Registered"), "{text}");
-    let ended = enroll.finish().await;
-    assert!(ended.success, "{}\n{}", ended.stdout, ended.stderr);
-    assert!(ended.stdout.contains(&format!("Your enrollment key fingerprint: {fp}")), "{}", ended.stdout);
-    assert!(ended.stdout.contains("Enrolled: registered security key"), "{}", ended.stdout);
+    enroll_in_browser(&w, &browser, &alice, "webauthn-register-done.png").await;
     assert_eq!(browser.credentials(&key).await.expect("credentials").len(), 1, "the key holds the new credential");
 
     let prod: Api<Secret> = Api::namespaced(w.env.client("alice").await, "prod");
@@ -391,4 +374,91 @@ async fn the_plugin_registers_a_key_in_a_real_browser_and_steps_up_with_it() {
     assert!(ended.stderr.contains("no security key answered within 10s"), "{}", ended.stderr);
     let webauthn_grants = w.grants_of("alice").await.into_iter().filter(|g| g.spec.method == Method::WebAuthn).count();
     assert_eq!(webauthn_grants, 1, "no grant besides the first");
+}
+
+/// `kubectl stepup enroll --method WebAuthn` as alice, approved by the admin, answered by the
+/// browser's key on the plugin's page (a screenshot of the end saved as `shot`).
+async fn enroll_in_browser(w: &World, browser: &Browser, alice: &std::path::Path, shot: &str) {
+    let mut enroll = Running::start(w, alice, &["enroll", "--method", "WebAuthn", "--no-browser", "--timeout", "2m"]);
+    let e = wait(w, "alice's enrollment waiting for approval", |e| {
+        phase(e) == Some(EnrollmentPhase::PendingApproval)
+            || e.status.as_ref().and_then(|s| s.message.as_deref()).is_some_and(|m| m.contains("needs an admin"))
+    })
+    .await;
+    let fp = fingerprint(&e.spec.public_key);
+    w.admin_steps_up().await;
+    let out = plugin(&w.env, "admin", &["approve", "alice", "--method", "WebAuthn", "--key", &fp], None).await;
+    assert!(out.status.success(), "{}", show(&out));
+    let url = enroll.until("the registration page", page_address).await;
+    browser.goto(&url).await.expect("the page opens");
+    let (state, text) =
+        browser.wait_state(&["done", "failed"], Duration::from_secs(30)).await.expect("the page finishes");
+    browser.screenshot(&screenshot_path(shot)).await.expect("screenshot");
+    assert_eq!(state, "done", "{text}");
+    assert!(text.starts_with("Registered security key "), "{text}");
+    let ended = enroll.finish().await;
+    assert!(ended.success, "{}\n{}", ended.stdout, ended.stderr);
+    assert!(ended.stdout.contains(&format!("Your enrollment key fingerprint: {fp}")), "{}", ended.stdout);
+    assert!(ended.stdout.contains("Enrolled: registered security key"), "{}", ended.stdout);
+}
+
+/// A policy that requires user verification: a key that only proves presence cannot answer
+/// the ceremony the controller then offers (the browser refuses, and the page says why), so no
+/// grant; a key that verifies its person (PIN) can.
+#[tokio::test]
+async fn a_policy_requiring_user_verification_takes_only_a_key_that_verifies_the_person() {
+    let w = World::new().await;
+    w.unenroll("alice").await;
+    w.secret("prod", "db").await;
+    let mut strict = key_secrets();
+    strict.spec.require_user_verification = true;
+    w.apply_policies(&[strict]).await;
+    let browser = Browser::start().await.expect("headless Chromium with chromedriver");
+    let alice = w.env.kubeconfig("alice");
+
+    let touch_only = browser.add_key(false).await.expect("a key without a PIN");
+    enroll_in_browser(&w, &browser, &alice, "webauthn-register-touch-only.png").await;
+    let mut request = Running::start(
+        &w,
+        &alice,
+        &["request", "--method", "WebAuthn", "--no-browser", "--reason", "INC-33", "--sign-in-timeout", "10s"],
+    );
+    let url = request.until("the security-key page", page_address).await;
+    browser.goto(&url).await.expect("the page opens");
+    let (_, text) = browser.wait_state(&["failed"], Duration::from_secs(30)).await.expect("the browser refuses");
+    browser.screenshot(&screenshot_path("webauthn-request-needs-verification.png")).await.expect("screenshot");
+    assert!(text.contains("cannot verify you where the policy requires it"), "{text}");
+    let ended = request.finish().await;
+    assert!(!ended.success, "{}", ended.stdout);
+    assert!(w.grants_of("alice").await.iter().all(|g| g.spec.method != Method::WebAuthn), "no grant");
+    // The page then says the command gave up, and offers no retry into a withdrawn challenge.
+    eventually(Duration::from_secs(10), || async {
+        let text = browser.script("return document.getElementById('state').textContent").await?;
+        let again = browser.script("return document.getElementById('again').hidden").await?;
+        let said = text.as_str().unwrap_or_default().contains("no security key answered within 10s");
+        if said && again == serde_json::json!(true) { Ok(()) } else { anyhow::bail!("page says {text}") }
+    })
+    .await
+    .expect("the page follows the command");
+
+    // A second key, with a PIN: registered through another approval, it answers.
+    browser.remove_key(&touch_only).await.expect("unplugged");
+    browser.add_key(true).await.expect("a key with a PIN");
+    enroll_in_browser(&w, &browser, &alice, "webauthn-register-second.png").await;
+    let e = wait(&w, "two keys", |e| e.status.as_ref().is_some_and(|s| s.credentials.len() == 2)).await;
+    assert_eq!(e.status.unwrap().credentials.len(), 2);
+    let mut request =
+        Running::start(&w, &alice, &["request", "--method", "WebAuthn", "--no-browser", "--reason", "INC-33"]);
+    let url = request.until("the security-key page", page_address).await;
+    browser.goto(&url).await.expect("the page opens");
+    let (state, text) =
+        browser.wait_state(&["done", "failed"], Duration::from_secs(30)).await.expect("the page finishes");
+    assert_eq!(state, "done", "{text}");
+    assert!(request.finish().await.success);
+    let grants = w.grants_of("alice").await;
+    let grant = grants.iter().find(|g| g.spec.method == Method::WebAuthn).expect("a WebAuthn grant");
+    assert!(grant.spec.user_verified);
+    w.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
+    let prod: Api<Secret> = Api::namespaced(w.env.client("alice").await, "prod");
+    prod.delete("db", &DeleteParams::default()).await.expect("deleted with a verified key's grant");
 }

@@ -59,6 +59,17 @@ fn oidc_policies(c: &StepUpChallenge, policies: &Store<StepUpPolicy>) -> Vec<cra
         .collect()
 }
 
+/// Whether a `WebAuthn` challenge's ceremony must demand user verification: some valid policy
+/// its grant would be for (its scope's, or any) accepts keys only with it.
+fn verify_user(c: &StepUpChallenge, policies: &Store<StepUpPolicy>) -> bool {
+    let scope = &c.spec.scope.policies;
+    policies.state().iter().filter_map(|p| crate::policy::CompiledPolicy::compile(p).ok()).any(|p| {
+        p.require_user_verification
+            && p.accepts_method(api::Method::WebAuthn)
+            && (scope.is_empty() || scope.contains(&p.name))
+    })
+}
+
 /// The grant a verified challenge earns. Pure: name from the challenge UID, lifetime the
 /// requested duration capped by the maximum.
 /// The refusal the challenge answers, when the plugin named one in the only form recorded.
@@ -162,7 +173,8 @@ pub async fn reconcile(challenge: Arc<StepUpChallenge>, cc: Arc<ChallengeContext
                     Some((_, FactorRead::Found(f))) => super::steps::security_keys::credentials(f),
                     _ => Vec::new(),
                 };
-                let started = ctx.relying_party.start_authentication(&c.spec.user, &keys, false, Timestamp::now())?;
+                let demand = verify_user(c, &cc.policies);
+                let started = ctx.relying_party.start_authentication(&c.spec.user, &keys, demand, Timestamp::now())?;
                 fresh_ceremony = Some(started);
             }
             Step::Offer { webauthn, options, recheck_at } => {

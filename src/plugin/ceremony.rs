@@ -293,10 +293,11 @@ let abort = null;
 /* While the browser waits for a key, the command may give up (its timeout, Ctrl-C): then
    the prompt is stopped and the page says why. */
 async function watchCommand(mine) {
-  while (abort === mine && document.body.dataset.state === "touch") {
+  const waiting = () => abort === mine && (document.body.dataset.state === "touch" || !$("again").hidden);
+  while (waiting()) {
     await pause(1000);
     const o = await final();
-    if (o && abort === mine && document.body.dataset.state === "touch") {
+    if (o && waiting()) {
       mine.abort();
       return show(o.state, o.message);
     }

@@ -46,6 +46,52 @@ impl EnrollmentView {
     }
 }
 
+/// The `WebAuthn` enrollment and the keys it registered.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityKeysView {
+    #[serde(flatten)]
+    pub enrollment: EnrollmentView,
+    pub keys: Vec<crate::api::EnrolledCredential>,
+}
+
+impl SecurityKeysView {
+    pub fn new(e: &StepUpEnrollment) -> Self {
+        let keys = e.status.as_ref().map(|s| s.credentials.clone()).unwrap_or_default();
+        Self { enrollment: EnrollmentView::new(e), keys }
+    }
+
+    fn text(&self, user: &str, now: Timestamp, tz: &TimeZone) -> String {
+        let e = &self.enrollment;
+        let advice = match e.phase.as_str() {
+            "PendingApproval" => format!(
+                " (waiting for an admin: `kubectl stepup approve {user} --method WebAuthn --key {}`)",
+                e.key_fingerprint.as_deref().unwrap_or("<fingerprint>")
+            ),
+            "AwaitingConfirmation" => " (run `kubectl stepup enroll --method WebAuthn` to finish)".to_owned(),
+            "Locked" => e.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let mut out = format!("Security keys: {} registered, {}{advice}\n", self.keys.len(), e.phase);
+        if !self.keys.is_empty() {
+            let rows: Vec<Vec<String>> = self
+                .keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.id_hash.clone(),
+                        format::local_time(k.registered_at.0, now, tz),
+                        if k.user_verified { "yes".into() } else { "no".into() },
+                        k.allowed.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str(&format::table(&["KEY", "REGISTERED", "VERIFIED YOU", "ALLOWED"], &rows));
+        }
+        out
+    }
+}
+
 /// What `status -o json` prints.
 #[derive(Serialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -56,6 +102,9 @@ pub struct StatusView {
     pub groups: Vec<String>,
     /// `null` when not enrolled.
     pub enrollment: Option<EnrollmentView>,
+    /// The security keys and passkeys (`WebAuthn` enrollment), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub security_keys: Option<SecurityKeysView>,
     pub grants: Vec<GrantView>,
     /// Until when each policy in its scope accepts the newest active grant: a policy counts a
     /// grant only up to its maxAge after issue, often well before the grant expires.
@@ -111,6 +160,7 @@ impl StatusView {
             uid: me.uid.clone(),
             groups: me.groups.clone(),
             enrollment: enrollment.map(EnrollmentView::new),
+            security_keys: None,
             grants: views,
             accepted_until: Vec::new(),
         }
@@ -150,6 +200,9 @@ impl StatusView {
             }
         };
         out.push_str(&format!("Enrollment:  {enrollment}\n"));
+        if let Some(keys) = &self.security_keys {
+            out.push_str(&keys.text(&self.user, now, tz));
+        }
         if self.grants.is_empty() {
             out.push_str("Grants:      none active (get one with `kubectl stepup request`)\n");
             return out;
@@ -206,6 +259,11 @@ pub async fn status(session: &Session, args: &StatusArgs) -> Result<()> {
     let grants: Vec<StepUpGrant> = session.list_mine(&me, "grants").await?;
     let now = Timestamp::now();
     let mut view = StatusView::new(&me, enrollment.as_ref(), &grants, args.all, now);
+    let keys = enrollments
+        .get_opt(&api::enrollment_name_for(&me.username, crate::api::Method::WebAuthn))
+        .await
+        .map_err(session.kube_error("read your security keys"))?;
+    view.security_keys = keys.as_ref().map(SecurityKeysView::new);
     // Who may not list policies still sees their grants.
     let policies: Api<crate::api::StepUpPolicy> = session.all();
     if let Ok(list) = policies.list(&Default::default()).await {
@@ -312,6 +370,35 @@ mod tests {
             pod_bound: false,
             extra: Default::default(),
         }
+    }
+
+    #[test]
+    fn security_keys_are_listed_with_what_registered_them() {
+        let now = crate::testing::t0();
+        let mut keys = enrollment(EnrollmentPhase::Active, 0);
+        keys.spec.method = crate::api::Method::WebAuthn;
+        keys.status.as_mut().unwrap().credentials = vec![crate::api::EnrolledCredential {
+            id_hash: "3aab35e8c53f55b02cf433bc125c8dca".into(),
+            aaguid: None,
+            registered_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
+            allowed: "approved by root".into(),
+            user_verified: true,
+        }];
+        let mut view = StatusView::new(&alice(), None, &[], false, now);
+        view.security_keys = Some(SecurityKeysView::new(&keys));
+        let text = view.text(now, &TimeZone::UTC);
+        assert!(text.contains("Security keys: 1 registered, Active\n"), "{text}");
+        assert!(text.contains("3aab35e8c53f55b02cf433bc125c8dca"), "{text}");
+        assert!(text.contains("approved by root"), "{text}");
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["securityKeys"]["method"], "WebAuthn");
+        assert_eq!(json["securityKeys"]["keys"][0]["userVerified"], true);
+
+        keys.status.as_mut().unwrap().phase = Some(EnrollmentPhase::PendingApproval);
+        keys.status.as_mut().unwrap().key_fingerprint = Some("aaaa-bbbb".into());
+        view.security_keys = Some(SecurityKeysView::new(&keys));
+        let text = view.text(now, &TimeZone::UTC);
+        assert!(text.contains("`kubectl stepup approve alice --method WebAuthn --key aaaa-bbbb`"), "{text}");
     }
 
     fn enrollment(phase: EnrollmentPhase, failures: i32) -> StepUpEnrollment {

@@ -149,6 +149,7 @@ mod tests {
             reason_required: reason,
             acr_values: Vec::new(),
             amr: Vec::new(),
+            user_verification: false,
             reference: None,
         }
     }
@@ -170,6 +171,11 @@ mod tests {
             requirement(&["a", "b-c.d"], 90, true),
             requirement(&["x"], 5400, false),
             Requirement { methods: vec![], ..requirement(&["none-in-common"], 60, false) },
+            Requirement {
+                methods: vec![Method::WebAuthn],
+                user_verification: true,
+                ..requirement(&["keys-with-pin"], 60, false)
+            },
         ] {
             assert_eq!(r.to_string().parse::<Requirement>(), Ok(r.clone()), "{r}");
         }

@@ -67,6 +67,12 @@ pub struct StepUpPolicySpec {
     #[schemars(length(max = 1024))]
     pub message: Option<String>,
 
+    /// For `WebAuthn`: a security key's grant counts only if the key verified the person (PIN
+    /// or biometric), not only their presence; the controller asks keys for it. Needs
+    /// `WebAuthn` in `methods`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_user_verification: bool,
+
     /// When true, a grant only satisfies this policy if it was requested with a reason
     /// (e.g. an incident or ticket number); the reason travels into the grant and the audit trail.
     #[serde(default)]

@@ -100,6 +100,8 @@ pub struct Requirement {
     /// require, in RFC 9470's words (`acr_values`).
     pub acr_values: Vec<String>,
     pub amr: Vec<String>,
+    /// A security key's grant must have verified the person (some policy requires it).
+    pub user_verification: bool,
     /// The review this refusal answered (`ref=`), which the plugin hands back so that the
     /// audit trail ties its step-up to this refusal. Set by the webhook, not by decisions.
     pub reference: Option<String>,
@@ -124,6 +126,7 @@ impl Requirement {
             reason_required: policies.iter().any(|p| p.require_reason),
             acr_values,
             amr,
+            user_verification: policies.iter().any(|p| p.require_user_verification),
             reference: None,
         }
     }
@@ -184,6 +187,9 @@ impl fmt::Display for Requirement {
         if !self.amr.is_empty() {
             write!(f, " amr={}", self.amr.join(","))?;
         }
+        if self.user_verification {
+            f.write_str(" user-verification=required")?;
+        }
         match &self.reference {
             Some(uid) => write!(f, " ref={uid}"),
             None => Ok(()),
@@ -207,7 +213,7 @@ impl std::str::FromStr for Requirement {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let fail = |problem: String| ParseRequirementError { text: text.to_owned(), problem };
         let (mut policies, mut methods, mut max_age, mut reason_required) = (None, Vec::new(), None, None);
-        let (mut acr_values, mut amr, mut reference) = (Vec::new(), Vec::new(), None);
+        let (mut acr_values, mut amr, mut reference, mut user_verification) = (Vec::new(), Vec::new(), None, false);
         for field in text.split_whitespace() {
             let (key, value) = field.split_once('=').ok_or_else(|| fail(format!("{field:?} is not key=value")))?;
             let list = || value.split(',').filter(|v| !v.is_empty()).map(str::to_owned);
@@ -222,6 +228,7 @@ impl std::str::FromStr for Requirement {
                 }
                 "acr-values" => acr_values = list().collect(),
                 "amr" => amr = list().collect(),
+                "user-verification" => user_verification = value == "required",
                 // Read only when it can be handed back as a correlation id.
                 "ref" if crate::api::is_review_ref(value) => reference = Some(value.to_owned()),
                 _ => {}
@@ -235,6 +242,7 @@ impl std::str::FromStr for Requirement {
             reason_required: reason_required.unwrap_or(false),
             acr_values,
             amr,
+            user_verification,
             reference,
         })
     }
@@ -424,8 +432,9 @@ impl Decision {
                 ways.push(format!("a TOTP grant issued within the last {}{reason}", requirement.max_age));
             }
             if requirement.methods.contains(&Method::WebAuthn) {
+                let verified = if requirement.user_verification { " that verified you (PIN or biometric)" } else { "" };
                 ways.push(format!(
-                    "a security-key (WebAuthn) grant issued within the last {}{reason}",
+                    "a security-key (WebAuthn) grant{verified} issued within the last {}{reason}",
                     requirement.max_age
                 ));
             }

@@ -1802,6 +1802,43 @@ mod security_keys {
         assert!(d.message.contains("methods=WebAuthn"), "{}", d.message);
     }
 
+    /// A policy that demands user verification takes only a key's grant that verified the
+    /// person, and says so; it cannot be written for a policy that accepts no key.
+    #[test]
+    fn user_verification_is_required_where_the_policy_says_so() {
+        let policies = PolicyIndex::new(
+            [policy("prod-secrets-keys-uv")
+                .rule(&[Delete], "", &["secrets"])
+                .namespaces(&["prod"])
+                .methods(&[Method::WebAuthn])
+                .require_user_verification()
+                .compiled()]
+            .into_iter()
+            .map(Arc::new),
+        );
+        let touch = grant("g-touch", "alice").issued(t0() + minutes(1)).security_key("00ff", false).record();
+        let d = World { policies: policies.clone(), ..world(vec![touch]) }.decide(&delete_secret());
+        assert_eq!(d.outcome, Outcome::Denied);
+        assert!(
+            d.message.contains("a security-key (WebAuthn) grant that verified you (PIN or biometric)"),
+            "{}",
+            d.message
+        );
+        assert!(d.message.contains("did not verify you"), "{}", d.message);
+        assert!(d.message.contains("user-verification=required"), "{}", d.message);
+        let pin = grant("g-pin", "alice").issued(t0() + minutes(1)).security_key("00ff", true).record();
+        assert_eq!(World { policies, ..world(vec![pin]) }.decide(&delete_secret()).outcome, Outcome::Granted);
+
+        let err =
+            CompiledPolicy::compile(&policy("p").rule(&[Delete], "", &["secrets"]).require_user_verification().build())
+                .unwrap_err();
+        assert_eq!(err.field, "spec.requireUserVerification");
+        // A TOTP grant carrying the flag cannot pass for a verified key either: only keys verify.
+        let mut forged = grant("g-totp", "alice").issued(t0() + minutes(1)).build();
+        forged.spec.user_verified = true;
+        assert!(!crate::grant::GrantRecord::from_grant(&forged).unwrap().user_verified);
+    }
+
     #[test]
     fn only_a_security_key_grant_satisfies_it() {
         let totp = grant("g-totp", "alice").issued(t0() + minutes(1)).record();

@@ -40,6 +40,9 @@ pub struct GrantRecord {
     /// policy's `assurance` judges.
     pub acr: Option<String>,
     pub amr: Vec<String>,
+    /// For a security key ([`Method::WebAuthn`]): whether it verified the person (PIN,
+    /// biometric), which a policy's `requireUserVerification` demands.
+    pub user_verified: bool,
 }
 
 impl GrantRecord {
@@ -65,6 +68,7 @@ impl GrantRecord {
             correlation: crate::api::grant_correlation(grant).map(str::to_owned),
             acr: spec.acr.clone().filter(|_| spec.method == Method::Oidc),
             amr: if spec.method == Method::Oidc { spec.amr.clone() } else { Vec::new() },
+            user_verified: spec.method == Method::WebAuthn && spec.user_verified,
         })
     }
 
@@ -98,6 +102,7 @@ impl GrantRecord {
             correlation: None,
             acr: Some(sign_in.acr.to_owned()),
             amr: sign_in.amr.to_vec(),
+            user_verified: false,
         }
     }
 }
@@ -151,6 +156,8 @@ pub enum Unsatisfied {
     PolicyOutOfScope,
     NamespaceOutOfScope,
     ReasonRequired,
+    /// A security key that proved presence only, where the policy requires user verification.
+    UserNotVerified,
 }
 
 impl fmt::Display for Unsatisfied {
@@ -183,6 +190,9 @@ impl fmt::Display for Unsatisfied {
             Unsatisfied::PolicyOutOfScope => f.write_str("it is limited to other policies"),
             Unsatisfied::NamespaceOutOfScope => f.write_str("it is limited to other namespaces"),
             Unsatisfied::ReasonRequired => f.write_str("the policy requires a grant requested with a reason"),
+            Unsatisfied::UserNotVerified => f.write_str(
+                "the security key did not verify you (PIN or biometric), which the policy requires: use a key that does",
+            ),
         }
     }
 }
@@ -223,6 +233,9 @@ pub fn check(grant: &GrantRecord, policy: &CompiledPolicy, req: &Request<'_>, cl
     }
     if matches!(grant.method, Method::Session | Method::Oidc) {
         meets_assurance(policy, grant.acr.as_deref(), &grant.amr)?;
+    }
+    if grant.method == Method::WebAuthn && policy.require_user_verification && !grant.user_verified {
+        return Err(Unsatisfied::UserNotVerified);
     }
     if policy.require_reason && grant.reason.is_none() {
         return Err(Unsatisfied::ReasonRequired);

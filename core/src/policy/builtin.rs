@@ -35,6 +35,7 @@ pub fn policy_changes(max_age: Duration) -> CompiledPolicy {
         assurance: None,
         message: Some("StepUpPolicy changes are themselves step-up operations.".to_owned()),
         require_reason: false,
+        require_user_verification: false,
     };
     compile(POLICY_CHANGES, &spec)
 }
@@ -65,6 +66,7 @@ pub fn admin_acts(max_age: Duration) -> CompiledPolicy {
                 .to_owned(),
         ),
         require_reason: false,
+        require_user_verification: false,
     };
     compile(ADMIN_ACTS, &spec)
 }

@@ -553,6 +553,8 @@ pub struct CompiledPolicy {
     pub assurance: Option<api::Assurance>,
     pub message: Option<String>,
     pub require_reason: bool,
+    /// A `WebAuthn` grant counts only if the key verified the person.
+    pub require_user_verification: bool,
     pub rules: Vec<CompiledRule>,
     namespaces: Vec<Glob>,
     namespace_selector: Option<Selector>,
@@ -629,6 +631,12 @@ impl CompiledPolicy {
                 "judges identity-provider sign-ins, but spec.methods accepts neither Session nor OIDC: add Session or OIDC to spec.methods or remove spec.assurance",
             ));
         }
+        if spec.require_user_verification && !methods.contains(&Method::WebAuthn) {
+            return Err(PolicyError::new(
+                "spec.requireUserVerification",
+                "judges security keys, but spec.methods does not accept WebAuthn: add WebAuthn to spec.methods or remove spec.requireUserVerification",
+            ));
+        }
         for (field, values) in assurance.iter().flat_map(|a| [("acrValues", &a.acr_values), ("amr", &a.amr)]) {
             if let Some(i) = values.iter().position(|v| v.trim().is_empty() || v.chars().any(char::is_whitespace)) {
                 return Err(PolicyError::new(
@@ -646,6 +654,7 @@ impl CompiledPolicy {
             assurance,
             message: spec.message.clone().filter(|m| !m.trim().is_empty()),
             require_reason: spec.require_reason,
+            require_user_verification: spec.require_user_verification,
             rules,
             namespaces: m.namespaces.iter().map(|n| Glob::new(n)).collect(),
             namespace_selector,

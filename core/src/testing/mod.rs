@@ -45,6 +45,7 @@ pub fn policy(name: &str) -> PolicyBuilder {
             assurance: None,
             message: None,
             require_reason: false,
+            require_user_verification: false,
         },
     }
 }
@@ -141,6 +142,11 @@ impl PolicyBuilder {
 
     pub fn message(mut self, message: &str) -> Self {
         self.spec.message = Some(message.to_owned());
+        self
+    }
+
+    pub fn require_user_verification(mut self) -> Self {
+        self.spec.require_user_verification = true;
         self
     }
 
