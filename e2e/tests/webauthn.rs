@@ -462,3 +462,42 @@ async fn a_policy_requiring_user_verification_takes_only_a_key_that_verifies_the
     let prod: Api<Secret> = Api::namespaced(w.env.client("alice").await, "prod");
     prod.delete("db", &DeleteParams::default()).await.expect("deleted with a verified key's grant");
 }
+
+/// A second key without an admin: alice's registered key answers a challenge asked for the new
+/// enrollment key, and that grant vouches for the registration; `kubectl stepup status` then
+/// lists both keys and what allowed each.
+#[tokio::test]
+async fn a_registered_key_vouches_for_the_next_one_without_an_admin() {
+    let w = World::new().await;
+    w.unenroll("alice").await;
+    let browser = Browser::start().await.expect("headless Chromium with chromedriver");
+    let alice = w.env.kubeconfig("alice");
+    let first = browser.add_key(true).await.expect("a security key");
+    enroll_in_browser(&w, &browser, &alice, "webauthn-register-first.png").await;
+
+    let mut enroll = Running::start(&w, &alice, &["enroll", "--method", "WebAuthn", "--no-browser", "--timeout", "2m"]);
+    let url = enroll.until("the page where the registered key vouches", page_address).await;
+    browser.goto(&url).await.expect("the page opens");
+    let (state, text) =
+        browser.wait_state(&["done", "failed"], Duration::from_secs(30)).await.expect("the page finishes");
+    assert_eq!(state, "done", "{text}");
+    // The backup key is another device: the first one is put away.
+    browser.remove_key(&first).await.expect("unplugged");
+    browser.add_key(true).await.expect("the backup key");
+    let url = enroll.until("the registration page", page_address).await;
+    browser.goto(&url).await.expect("the page opens");
+    let (state, text) =
+        browser.wait_state(&["done", "failed"], Duration::from_secs(30)).await.expect("the page finishes");
+    browser.screenshot(&screenshot_path("webauthn-register-vouched.png")).await.expect("screenshot");
+    assert_eq!(state, "done", "{text}");
+    assert!(text.contains("allowed by WebAuthn grant"), "{text}");
+    let ended = enroll.finish().await;
+    assert!(ended.success, "{}\n{}", ended.stdout, ended.stderr);
+    w.wait_event("EnrollmentVouched", "a current factor").await;
+
+    let out = plugin(&w.env, "alice", &["status"], None).await;
+    let text = show(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Keys:        2 security key(s) registered, Active"), "{text}");
+    assert!(text.contains("approved by admin") && text.contains("allowed by WebAuthn grant"), "{text}");
+}

@@ -65,12 +65,17 @@ pub async fn reconcile(enrollment: Arc<StepUpEnrollment>, ctx: Arc<Context>) -> 
         // The user handle: opaque and stable, never the name.
         let handle = crate::api::user_label_value(user);
         let fresh = ctx.relying_party.start_registration(user, handle.as_bytes(), &existing, now)?;
+        let voucher = match e.metadata.annotations.as_ref().and_then(|a| a.get(crate::api::VOUCHING_GRANT_ANNOTATION)) {
+            Some(name) => Some(read_voucher(&ctx, name).await?),
+            None => None,
+        };
         let facts = security_keys::Facts {
             enrollment: e,
             factor: &factor,
             confirmation: &confirmation,
             bootstrap: &bootstrap,
             fresh: &fresh,
+            voucher: voucher.as_ref(),
             now,
         };
         security_keys::next_step(&facts, &settings, &ctx.relying_party)
@@ -90,6 +95,27 @@ pub async fn reconcile(enrollment: Arc<StepUpEnrollment>, ctx: Arc<Context>) -> 
         _ => None,
     };
     execute(&ctx, e, secret.as_ref(), current, step).await
+}
+
+/// The grant offered to vouch for a new security key, if it is one the controller signed.
+async fn read_voucher(ctx: &Context, name: &str) -> Result<Result<security_keys::Voucher, String>> {
+    let grants: Api<crate::api::StepUpGrant> = Api::all(ctx.client.clone());
+    let Some(grant) = grants.get_opt(name).await? else {
+        return Ok(Err("there is no such grant".into()));
+    };
+    if !ctx.keys.grant_verifier.verifies(&grant) {
+        return Ok(Err("it is not signed by the stepup controller".into()));
+    }
+    let spec = grant.spec;
+    Ok(Ok(security_keys::Voucher {
+        name: name.to_owned(),
+        user: spec.user,
+        method: spec.method,
+        issued_at: spec.issued_at.0,
+        reason: spec.reason,
+        scope: spec.scope,
+        revoked: grant.metadata.deletion_timestamp.is_some(),
+    }))
 }
 
 async fn execute(

@@ -211,6 +211,9 @@ pub enum Allowance {
     SelfService,
     /// The one-time bootstrap of the first admin.
     Bootstrap,
+    /// A fresh grant of the person's own, from a factor they hold (a registered key, their
+    /// authenticator app), requested for this very enrollment key.
+    Grant { name: String, method: String },
 }
 
 impl Allowance {
@@ -225,6 +228,7 @@ impl Allowance {
             Allowance::OldFactor => "allowed by a code of the enrolled authenticator".into(),
             Allowance::SelfService => "self-service".into(),
             Allowance::Bootstrap => "allowed by the one-time bootstrap".into(),
+            Allowance::Grant { name, method } => format!("allowed by {method} grant {name}"),
         }
     }
 }

@@ -134,7 +134,7 @@ pub struct WrapArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Enroll an authenticator app (once per user), or move to a new one.
+    /// Enroll an authenticator app (once per user) or move to a new one; or register a security key or passkey (--method WebAuthn).
     #[command(after_help = "\
 Examples:
   # First enrollment: waits for an admin's approval if your cluster requires it,
@@ -149,7 +149,7 @@ Examples:
   kubectl stepup enroll --bootstrap")]
     Enroll(EnrollArgs),
 
-    /// Verify a code from your authenticator and get a grant.
+    /// Prove a second factor (a code from your authenticator, your security key, a sign-in) and get a grant.
     #[command(after_help = "\
 Examples:
   kubectl stepup request
@@ -275,6 +275,11 @@ pub struct EnrollArgs {
     /// For WebAuthn: print the address of the security-key page instead of opening a browser.
     #[arg(long)]
     pub no_browser: bool,
+
+    /// For WebAuthn, with a key registered already: wait for an admin to approve the new key
+    /// instead of allowing it with one of your registered keys (a key lost or at home).
+    #[arg(long)]
+    pub approval: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -230,6 +230,8 @@ async fn security_key(session: &Session, args: &EnrollArgs) -> Result<()> {
     let key = EphemeralKey::generate();
     let fp = fingerprint(&key.public_key_b64());
     let proof = if args.bootstrap { Some(bootstrap_proof(session, &user, &key).await?) } else { None };
+    // The grant a registered key vouched with: spent once the new key is registered.
+    let mut voucher: Option<String> = None;
     match api.get_opt(&name).await.map_err(session.kube_error("read your enrollment"))? {
         None => {
             let mut enrollment = StepUpEnrollment::new(
@@ -252,9 +254,33 @@ async fn security_key(session: &Session, args: &EnrollArgs) -> Result<()> {
         Some(e) if status_of(&e).phase == Some(EnrollmentPhase::Locked) => {
             return Err(Error::Locked { user, message: status_of(&e).message });
         }
-        Some(_) => {
+        Some(e) => {
             let spec = json!({"publicKey": key.public_key_b64(), "confirmation": null, "bootstrap": args.bootstrap, "bootstrapProof": proof});
-            patch_spec(session, &api, &name, spec).await?;
+            let keys = status_of(&e).credentials.len();
+            let mut patch = json!({ "spec": spec });
+            if keys > 0 && !args.approval && status_of(&e).phase == Some(EnrollmentPhase::Active) {
+                // A registered key vouches for the new one: a grant asked for this very key.
+                errln!(
+                    "You have {keys} security key(s) registered: use one of them to allow the new one (or run with --approval to ask an admin instead)."
+                );
+                let ask = super::request::GrantRequest {
+                    code: String::new(),
+                    reason: Some(api::vouch_reason(&fp)),
+                    duration: Some(crate::api::Duration::from_secs(60)),
+                    scope: crate::api::GrantScope { policies: vec![api::VOUCH_SCOPE.to_owned()], namespaces: vec![] },
+                    correlation: None,
+                };
+                let browser =
+                    if args.no_browser { super::sign_in::Browser::Print } else { super::sign_in::Browser::Open };
+                let grant =
+                    super::request::obtain_key_grant(session, &me, ask, browser, args.timeout.as_std(), args.timeout)
+                        .await?;
+                voucher = grant.metadata.name.clone();
+                patch["metadata"] = json!({"annotations": {api::VOUCHING_GRANT_ANNOTATION: grant.metadata.name}});
+            }
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(session.kube_error("update your enrollment"))?;
         }
     }
     outln!("Your enrollment key fingerprint: {fp}");
@@ -347,6 +373,11 @@ async fn security_key(session: &Session, args: &EnrollArgs) -> Result<()> {
         Err(error) => super::ceremony::Outcome::Failed { message: error.to_string() },
     };
     page.finish(outcome).await;
+    if let Some(grant) = voucher {
+        // It lets nothing else through, and has done its one job: gone from `status`.
+        let grants: Api<crate::api::StepUpGrant> = session.all();
+        let _ = grants.delete(&grant, &Default::default()).await;
+    }
     match verdict? {
         Ok(message) => {
             outln!(

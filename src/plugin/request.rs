@@ -116,6 +116,7 @@ pub async fn enrolled_or_enroll(session: &Session, me: &Identity, source: CodeSo
                 timeout: ENROLL_TIMEOUT,
                 method: super::cli::EnrolledMethod::Totp,
                 no_browser: false,
+                approval: false,
             };
             super::enroll::run(session, &args).await?;
             errln!(

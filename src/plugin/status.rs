@@ -72,7 +72,7 @@ impl SecurityKeysView {
             "Locked" => e.message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default(),
             _ => String::new(),
         };
-        let mut out = format!("Security keys: {} registered, {}{advice}\n", self.keys.len(), e.phase);
+        let mut out = format!("Keys:        {} security key(s) registered, {}{advice}\n", self.keys.len(), e.phase);
         if !self.keys.is_empty() {
             let rows: Vec<Vec<String>> = self
                 .keys
@@ -169,6 +169,9 @@ impl StatusView {
     pub fn text(&self, now: Timestamp, tz: &TimeZone) -> String {
         let mut out = format!("User:        {}\n", self.user);
         let enrollment = match &self.enrollment {
+            None if self.security_keys.is_some() => {
+                "no authenticator app (`kubectl stepup enroll` adds one)".to_owned()
+            }
             None => "not enrolled (run `kubectl stepup enroll`)".to_owned(),
             Some(e) => {
                 let advice = match e.phase.as_str() {
@@ -387,7 +390,8 @@ mod tests {
         let mut view = StatusView::new(&alice(), None, &[], false, now);
         view.security_keys = Some(SecurityKeysView::new(&keys));
         let text = view.text(now, &TimeZone::UTC);
-        assert!(text.contains("Security keys: 1 registered, Active\n"), "{text}");
+        assert!(text.contains("Keys:        1 security key(s) registered, Active\n"), "{text}");
+        assert!(text.contains("Enrollment:  no authenticator app"), "{text}");
         assert!(text.contains("3aab35e8c53f55b02cf433bc125c8dca"), "{text}");
         assert!(text.contains("approved by root"), "{text}");
         let json = serde_json::to_value(&view).unwrap();

@@ -25,6 +25,22 @@ pub const UNLOCK_BY_ANNOTATION: &str = "stepup.dev/unlock-by";
 /// [`UNLOCK_BY_ANNOTATION`] and [`APPROVED_BY_ANNOTATION`]).
 pub const LEGACY_RESET_BY_ANNOTATION: &str = "stepup.dev/reset-by";
 
+/// Annotation a person sets on their `WebAuthn` enrollment to register one more key without an
+/// admin: the name of a fresh grant of theirs from a registered key or their authenticator app,
+/// requested for [`VOUCH_SCOPE`] with [`vouch_reason`] of the new enrollment key. The controller
+/// checks the grant (signature, owner, age, scope, reason, used once) and consumes the mark.
+pub const VOUCHING_GRANT_ANNOTATION: &str = "stepup.dev/vouching-grant";
+
+/// The policy scope of a grant that vouches for a new security key: no policy is named so, so
+/// such a grant lets nothing else through, and no grant obtained for other work vouches.
+pub const VOUCH_SCOPE: &str = "stepup.dev.register-security-key";
+
+/// The reason a vouching grant carries: the new enrollment key's fingerprint, so that the
+/// grant vouches for that one key and no other.
+pub fn vouch_reason(key_fingerprint: &str) -> String {
+    format!("register security key through enrollment key {key_fingerprint}")
+}
+
 /// The annotations only an admin may set on another user's enrollment.
 pub const ADMIN_ANNOTATIONS: [&str; 5] = [
     APPROVED_BY_ANNOTATION,

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{
@@ -47,7 +47,72 @@ pub struct Facts<'a> {
     /// A registration ceremony started for this step (options for the browser, the state),
     /// used if this step allows a key.
     pub fresh: &'a (String, PendingRegistration),
+    /// The grant named by [`api::VOUCHING_GRANT_ANNOTATION`], as read and its signature checked
+    /// (`Err`: why it cannot vouch, e.g. not found or not signed by the controller).
+    pub voucher: Option<&'a Result<Voucher, String>>,
     pub now: Timestamp,
+}
+
+/// A grant offered to vouch for a new key, with a valid signature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Voucher {
+    pub name: String,
+    pub user: String,
+    pub method: Method,
+    pub issued_at: Timestamp,
+    pub reason: Option<String>,
+    pub scope: api::GrantScope,
+    pub revoked: bool,
+}
+
+/// How long after its issue a grant vouches for a new key.
+pub const VOUCH_MAX_AGE: SignedDuration = SignedDuration::from_mins(15);
+
+/// Whether `voucher` lets `user` register a key through enrollment key `fp`: their own grant,
+/// from a factor enrolled here, fresh, requested for exactly this, and not used before.
+fn vouch(
+    voucher: Option<&Result<Voucher, String>>,
+    user: &str,
+    fp: &str,
+    factor: &Factor,
+    now: Timestamp,
+    skew: SignedDuration,
+) -> Result<Allowance, String> {
+    let v = match voucher {
+        None => return Err("it could not be read".into()),
+        Some(Err(why)) => return Err(why.clone()),
+        Some(Ok(v)) => v,
+    };
+    if v.user != user {
+        return Err(format!("it is {:?}'s grant, not {user:?}'s", v.user));
+    }
+    if v.revoked {
+        return Err("it was revoked".into());
+    }
+    if !matches!(v.method, Method::Totp | Method::WebAuthn) {
+        return Err(format!("a {} grant proves no factor enrolled here (TOTP or a security key)", v.method));
+    }
+    if v.scope.policies != [api::VOUCH_SCOPE] || !v.scope.namespaces.is_empty() {
+        return Err("it was not requested to register a security key (a grant for other work never vouches)".into());
+    }
+    if v.reason.as_deref() != Some(api::vouch_reason(fp).as_str()) {
+        return Err(format!("it was requested for another enrollment key, not {fp}"));
+    }
+    let age = now.duration_since(v.issued_at);
+    if age > VOUCH_MAX_AGE || -age > skew {
+        return Err(format!(
+            "it was issued {} ago; a vouching grant counts for {}",
+            crate::grant::human(age),
+            crate::grant::human(VOUCH_MAX_AGE)
+        ));
+    }
+    let allowance = Allowance::Grant { name: v.name.clone(), method: v.method.to_string() };
+    let used =
+        factor.webauthn.keys.iter().map(|k| &k.allowed).chain(factor.webauthn.pending.iter().map(|p| &p.allowed));
+    if used.into_iter().any(|a| matches!(a, Allowance::Grant { name, .. } if *name == v.name)) {
+        return Err("it vouched for a key already: each grant vouches once".into());
+    }
+    Ok(allowance)
 }
 
 /// The stored credentials, as the relying party reads them.
@@ -154,6 +219,43 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>, rp: &RelyingParty) -
                     ));
                 }
             }
+        }
+    }
+
+    // A current factor of the person's vouching, through a fresh grant asked for this key.
+    if let Some(name) = e.metadata.annotations.as_ref().and_then(|a| a.get(api::VOUCHING_GRANT_ANNOTATION)) {
+        unmark.push(api::VOUCHING_GRANT_ANNOTATION);
+        let already_pending = factor.webauthn.pending.as_ref().is_some_and(|p| p.key == key);
+        match (corrupt.as_ref(), already_pending) {
+            (Some(why), _) => records.push(Record::warning(
+                "VouchRefused",
+                "enrollment.vouch",
+                "corrupt",
+                format!("grant {name} cannot vouch: the stored factor is corrupt ({why}); an admin must approve"),
+            )),
+            (None, true) => {}
+            (None, false) => match vouch(f.voucher, user, &fp, &factor, now, s.max_clock_skew) {
+                Err(why) => records.push(Record::warning(
+                    "VouchRefused",
+                    "enrollment.vouch",
+                    "refused",
+                    format!("grant {name} does not allow a security key through key {fp}: {why}"),
+                )),
+                Ok(allowance) => {
+                    let what = allowance.describe();
+                    factor.webauthn.pending = Some(new_pending(allowance));
+                    sealed_fresh = true;
+                    records.push(Record::normal(
+                        "EnrollmentVouched",
+                        "enrollment.vouched",
+                        "grant",
+                        format!(
+                            "registering a security key through key {fp} is {what} (a current factor); complete it by {}",
+                            clock(now + window)
+                        ),
+                    ));
+                }
+            },
         }
     }
 

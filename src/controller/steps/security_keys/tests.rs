@@ -19,6 +19,7 @@ use crate::{
 
 const KEY_A: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 const KEY_B: &str = "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB=";
+const KEY_C: &str = "CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC=";
 const PAGE: &str = "http://localhost:40111";
 
 fn rp() -> RelyingParty {
@@ -31,6 +32,7 @@ struct Case {
     confirmation: Opened<EnrollmentPurpose>,
     self_service: bool,
     fresh: (String, PendingRegistration),
+    voucher: Option<Result<Voucher, String>>,
     now: Timestamp,
 }
 
@@ -52,6 +54,7 @@ fn case(key: &str) -> Case {
         confirmation: Opened::Missing,
         self_service: false,
         fresh: rp().start_registration("alice", b"alice-handle", &[], t0()).unwrap(),
+        voucher: None,
         now: t0(),
     }
 }
@@ -73,6 +76,17 @@ impl Case {
     fn answer(mut self, answer: &str, purpose: EnrollmentPurpose) -> Self {
         self.enrollment.spec.confirmation = Some("sealed".into());
         self.confirmation = Opened::Code(Zeroizing::new(answer.to_owned()), purpose);
+        self
+    }
+
+    /// The person offers grant `name` (as the shell read it) to vouch for this enrollment key.
+    fn vouched_by(mut self, name: &str, voucher: Result<Voucher, String>) -> Self {
+        self.enrollment
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(api::VOUCHING_GRANT_ANNOTATION.into(), name.into());
+        self.voucher = Some(voucher);
         self
     }
 
@@ -98,6 +112,7 @@ impl Case {
                 confirmation: &self.confirmation,
                 bootstrap: &bootstrap,
                 fresh: &self.fresh,
+                voucher: self.voucher.as_ref(),
                 now: self.now,
             },
             &settings,
@@ -303,4 +318,79 @@ fn a_lockout_of_the_person_shows_on_their_security_keys_too() {
     let step = case(KEY_A).factor(with_one).at(t0() + SignedDuration::from_secs(1)).step();
     assert_eq!(step.status.phase, EnrollmentPhase::Locked);
     assert_eq!(step.status.reason, "Locked");
+}
+
+/// A grant of alice's asked for registering a key through `key`, from her key, a minute old.
+fn voucher_for(key: &str) -> Voucher {
+    Voucher {
+        name: "alice-g1".into(),
+        user: "alice".into(),
+        method: Method::WebAuthn,
+        issued_at: t0() - minutes(1),
+        reason: Some(api::vouch_reason(&fingerprint(key))),
+        scope: api::GrantScope { policies: vec![api::VOUCH_SCOPE.into()], namespaces: vec![] },
+        revoked: false,
+    }
+}
+
+/// Alice with one key registered through key A.
+fn with_one_key() -> Factor {
+    let (factor, options) = approved();
+    let first = register(&mut SoftPasskey::new(true), &options, PAGE);
+    written(&case(KEY_A).factor(factor).answer(&first, EnrollmentPurpose::KeyRegistration).step()).clone()
+}
+
+#[test]
+fn a_fresh_grant_of_a_current_factor_asked_for_this_key_allows_another_key() {
+    let step = case(KEY_B).factor(with_one_key()).vouched_by("alice-g1", Ok(voucher_for(KEY_B))).step();
+    assert_eq!(reasons(&step), ["EnrollmentVouched"], "{:?}", step.records);
+    assert_eq!(step.unmark, [api::VOUCHING_GRANT_ANNOTATION]);
+    let pending = written(&step).webauthn.pending.clone().unwrap();
+    assert_eq!(pending.allowed, Allowance::Grant { name: "alice-g1".into(), method: "WebAuthn".into() });
+    assert_eq!(step.status.phase, EnrollmentPhase::AwaitingConfirmation);
+    // The registration completes as an approved one would, and says what allowed it.
+    let f = written(&step).clone();
+    let answer = register(&mut SoftPasskey::new(true), &pending.options, PAGE);
+    let done = case(KEY_B).factor(f).answer(&answer, EnrollmentPurpose::KeyRegistration).step();
+    assert_eq!(written(&done).webauthn.keys.len(), 2);
+    assert_eq!(done.status.credentials[1].allowed, "allowed by WebAuthn grant alice-g1");
+    // Used once: the same grant offered again vouches for nothing more.
+    let again = case(KEY_B).factor(written(&done).clone()).vouched_by("alice-g1", Ok(voucher_for(KEY_B))).step();
+    assert!(
+        again.records.iter().any(|r| r.reason == "VouchRefused" && r.message.contains("vouched for a key already"))
+    );
+}
+
+#[test]
+fn no_other_grant_vouches() {
+    // Attack: someone with alice's kubeconfig but not her key offers grants they can see.
+    let cases: Vec<(&str, Result<Voucher, String>, &str)> = vec![
+        (
+            "a grant alice got for other work",
+            Ok(Voucher { scope: Default::default(), ..voucher_for(KEY_B) }),
+            "other work",
+        ),
+        ("alice's vouching grant for another key", Ok(voucher_for(KEY_C)), "another enrollment key"),
+        ("bob's grant", Ok(Voucher { user: "bob".into(), ..voucher_for(KEY_B) }), "\"bob\"'s grant"),
+        (
+            "an identity-provider sign-in",
+            Ok(Voucher { method: Method::Oidc, ..voucher_for(KEY_B) }),
+            "proves no factor",
+        ),
+        ("an old grant", Ok(Voucher { issued_at: t0() - minutes(16), ..voucher_for(KEY_B) }), "counts for 15m"),
+        ("a revoked grant", Ok(Voucher { revoked: true, ..voucher_for(KEY_B) }), "revoked"),
+        ("a grant the controller did not sign", Err("it is not signed by the stepup controller".into()), "not signed"),
+    ];
+    for (what, voucher, why) in cases {
+        let step = case(KEY_B).factor(with_one_key()).vouched_by("g", voucher).step();
+        assert!(step.factor.is_none(), "{what}: nothing is written");
+        let refused = step
+            .records
+            .iter()
+            .find(|r| r.reason == "VouchRefused")
+            .unwrap_or_else(|| panic!("{what}: {:?}", step.records));
+        assert!(refused.message.contains(why), "{what}: {}", refused.message);
+        assert_eq!(step.unmark, [api::VOUCHING_GRANT_ANNOTATION], "{what}: the mark is consumed");
+        assert_eq!(step.status.phase, EnrollmentPhase::Active, "{what}");
+    }
 }
