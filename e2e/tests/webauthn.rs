@@ -286,6 +286,24 @@ async fn a_security_key_answers_a_challenge_once_and_the_refused_delete_passes()
     // With the grant, alice deletes prod/db.
     w.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
     prod.delete("db", &DeleteParams::default()).await.expect("deleted with the security-key grant");
+
+    // A key removed while a ceremony is open answers nothing (here her only key: she has none
+    // left), and the removal is recorded.
+    let third = key_challenge();
+    let options = offered(&w, &third).await;
+    let assertion = sign(&mut authenticator, &options);
+    let out = plugin(&w.env, "alice", &["remove-key", &id_hash[..10]], None).await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        show(&out).contains(&format!("Removed security key {id_hash} from alice's enrollment; 0 left.")),
+        "{}",
+        show(&out)
+    );
+    w.wait_event("SecurityKeyRemoved", &id_hash).await;
+    answer_challenge(&w, "alice", &third, &assertion).await.expect("the answer is stored, then judged");
+    let removed = w.verdict(&third.name_any()).await;
+    assert_eq!(verdict_of(&removed).0, Some(ChallengePhase::Denied));
+    assert!(verdict_of(&removed).1.contains("alice has no security key registered"), "{}", verdict_of(&removed).1);
 }
 
 /// The address of the security-key page the plugin printed.
@@ -379,7 +397,10 @@ async fn the_plugin_registers_a_key_in_a_real_browser_and_steps_up_with_it() {
 /// `kubectl stepup enroll --method WebAuthn` as alice, approved by the admin, answered by the
 /// browser's key on the plugin's page (a screenshot of the end saved as `shot`).
 async fn enroll_in_browser(w: &World, browser: &Browser, alice: &std::path::Path, shot: &str) {
-    let mut enroll = Running::start(w, alice, &["enroll", "--method", "WebAuthn", "--no-browser", "--timeout", "2m"]);
+    // With a key registered already, the admin approves anyway (--approval): the key that
+    // could vouch may be away (vouching has its own scenario).
+    let mut enroll =
+        Running::start(w, alice, &["enroll", "--method", "WebAuthn", "--no-browser", "--timeout", "2m", "--approval"]);
     let e = wait(w, "alice's enrollment waiting for approval", |e| {
         phase(e) == Some(EnrollmentPhase::PendingApproval)
             || e.status.as_ref().and_then(|s| s.message.as_deref()).is_some_and(|m| m.contains("needs an admin"))

@@ -229,6 +229,15 @@ Example:
   kubectl stepup unlock alice@example.com")]
     Unlock(UnlockArgs),
 
+    /// Remove one of your security keys (lost, or replaced); admins: another person's (--user).
+    #[command(after_help = "\
+The key stops answering at once; its removal is recorded (Event SecurityKeyRemoved, audit
+event enrollment.key_removed). `kubectl stepup status` lists your keys by id.
+
+Example:
+  kubectl stepup remove-key 3aab35e8c53f55b02cf433bc125c8dca")]
+    RemoveKey(RemoveKeyArgs),
+
     /// What an auditor asks for a period: prompts, step-ups, grants used, break-glass, lockouts.
     #[command(after_help = "\
 Examples:
@@ -429,6 +438,22 @@ pub struct RevokeArgs {
     /// Revoke all your active grants.
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RemoveKeyArgs {
+    /// The key's id, as `kubectl stepup status` lists it (a unique beginning of at least 8
+    /// characters will do).
+    #[arg(value_name = "KEY")]
+    pub key: String,
+
+    /// Admins: the person whose key it is (you cannot remove others' keys otherwise).
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// How long to wait for the controller.
+    #[arg(long, value_name = "DURATION", default_value = "1m")]
+    pub timeout: Duration,
 }
 
 #[derive(Args, Debug, Clone)]

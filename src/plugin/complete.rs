@@ -91,7 +91,7 @@ mod tests {
         let mut names: Vec<&str> =
             out.lines().map(|l| l.split('\t').next().unwrap()).filter(|n| !n.starts_with(':')).collect();
         names.sort();
-        assert_eq!(names, ["report", "request", "reset", "revoke"]);
+        assert_eq!(names, ["remove-key", "report", "request", "reset", "revoke"]);
         assert!(out.lines().any(|l| l.starts_with("request\t")), "with a description: {out}");
         assert!(out.ends_with(":4\n"));
     }

@@ -143,6 +143,7 @@ async fn run(cli: Cli) -> Result<u8, Error> {
         Command::Request(args) => request::run(&session, &args).await.map(|()| Exit::Ok)?,
         Command::Status(args) => status::status(&session, &args).await.map(|()| Exit::Ok)?,
         Command::Revoke(args) => status::revoke(&session, &args).await.map(|()| Exit::Ok)?,
+        Command::RemoveKey(args) => status::remove_key(&session, &args).await.map(|()| Exit::Ok)?,
         Command::Check(args) => check::run(&session, &args).await?,
         Command::Approve(args) => admin::run(&session, admin::Action::Approve, &args).await.map(|()| Exit::Ok)?,
         Command::Reset(args) => admin::run(&session, admin::Action::Reset, &args).await.map(|()| Exit::Ok)?,

@@ -280,6 +280,62 @@ pub async fn status(session: &Session, args: &StatusArgs) -> Result<()> {
     Ok(())
 }
 
+/// The registered key `wanted` names: its full id, or a unique beginning of 8 or more characters.
+pub fn key_named(wanted: &str, keys: &[crate::api::EnrolledCredential]) -> Result<String> {
+    let wanted = wanted.trim().to_ascii_lowercase();
+    let matching: Vec<&str> = keys
+        .iter()
+        .map(|k| k.id_hash.as_str())
+        .filter(|id| *id == wanted || (wanted.len() >= 8 && id.starts_with(&wanted)))
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok((*one).to_owned()),
+        [] => Err(Error::usage(
+            format!("no registered security key {wanted:?}"),
+            "`kubectl stepup status` lists the keys by id.",
+        )),
+        _ => Err(Error::usage(format!("{wanted:?} names {} keys", matching.len()), "Give more of the id.")),
+    }
+}
+
+pub async fn remove_key(session: &Session, args: &super::cli::RemoveKeyArgs) -> Result<()> {
+    let me = session.whoami().await?;
+    let user = args.user.clone().unwrap_or_else(|| me.username.clone());
+    let api: Api<StepUpEnrollment> = session.all();
+    let name = api::enrollment_name_for(&user, crate::api::Method::WebAuthn);
+    let e = api.get_opt(&name).await.map_err(session.kube_error("read the security keys"))?.ok_or_else(|| {
+        Error::usage(format!("{user:?} has no security keys"), "`kubectl stepup status` shows what is enrolled.")
+    })?;
+    let keys = e.status.as_ref().map(|s| s.credentials.clone()).unwrap_or_default();
+    let id = key_named(&args.key, &keys)?;
+    let patch = serde_json::json!({"metadata": {"annotations": {api::REMOVE_KEY_ANNOTATION: id}}});
+    api.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .map_err(session.kube_error(&format!("remove a key from {user}'s enrollment")))?;
+    let left = super::wait::until(
+        session,
+        &api,
+        &name,
+        args.timeout,
+        |e| {
+            let keys = e.status.as_ref().map(|s| s.credentials.clone()).unwrap_or_default();
+            let marked = e.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(api::REMOVE_KEY_ANNOTATION));
+            if marked || keys.iter().any(|k| k.id_hash == id) {
+                Ok(super::wait::Step::Wait)
+            } else {
+                Ok(super::wait::Step::Done(keys.len()))
+            }
+        },
+        |_| Error::ControllerTimeout { what: "remove the key".into(), after: args.timeout },
+    )
+    .await?;
+    outln!("Removed security key {id} from {user}'s enrollment; {left} left.");
+    if left == 0 {
+        outln!("Without a key, a new one needs an admin's approval: `kubectl stepup enroll --method WebAuthn`.");
+    }
+    Ok(())
+}
+
 /// Which grants `revoke` deletes: the named ones, all active ones, or the only active one.
 pub fn to_revoke(args: &RevokeArgs, mine: &[GrantView]) -> Result<Vec<String>> {
     if !args.grants.is_empty() {

@@ -41,6 +41,11 @@ pub fn vouch_reason(key_fingerprint: &str) -> String {
     format!("register security key through enrollment key {key_fingerprint}")
 }
 
+/// Annotation on a `WebAuthn` enrollment that removes one registered key: its id hash (as
+/// `status.credentials[].idHash` shows it). Set by the person or an admin (the API server's
+/// audit log says who); the controller removes the key, records it and consumes the mark.
+pub const REMOVE_KEY_ANNOTATION: &str = "stepup.dev/remove-key";
+
 /// The annotations only an admin may set on another user's enrollment.
 pub const ADMIN_ANNOTATIONS: [&str; 5] = [
     APPROVED_BY_ANNOTATION,

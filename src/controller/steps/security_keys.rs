@@ -222,6 +222,36 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>, rp: &RelyingParty) -
         }
     }
 
+    // A key removed: it answers nothing from now on (an open ceremony included: answers are
+    // judged against the keys registered when they arrive).
+    if let Some(wanted) = e.metadata.annotations.as_ref().and_then(|a| a.get(api::REMOVE_KEY_ANNOTATION)) {
+        unmark.push(api::REMOVE_KEY_ANNOTATION);
+        let wanted = wanted.trim().to_ascii_lowercase();
+        match factor.webauthn.keys.iter().position(|k| k.id_hash == wanted) {
+            Some(i) if corrupt.is_none() => {
+                let removed = factor.webauthn.keys.remove(i);
+                records.push(Record::warning(
+                    "SecurityKeyRemoved",
+                    "enrollment.key_removed",
+                    "removed",
+                    format!(
+                        "security key {} ({}, registered {}) removed from {user}'s enrollment; {} left",
+                        removed.id_hash,
+                        removed.allowed.describe(),
+                        clock(removed.registered_at),
+                        keys_registered(factor.webauthn.keys.len())
+                    ),
+                ));
+            }
+            _ => records.push(Record::normal(
+                "SecurityKeyRemoved",
+                "enrollment.key_removed",
+                "not_found",
+                format!("no registered security key {wanted:?} to remove from {user}'s enrollment: nothing changed"),
+            )),
+        }
+    }
+
     // A current factor of the person's vouching, through a fresh grant asked for this key.
     if let Some(name) = e.metadata.annotations.as_ref().and_then(|a| a.get(api::VOUCHING_GRANT_ANNOTATION)) {
         unmark.push(api::VOUCHING_GRANT_ANNOTATION);

@@ -394,3 +394,36 @@ fn no_other_grant_vouches() {
         assert_eq!(step.status.phase, EnrollmentPhase::Active, "{what}");
     }
 }
+
+#[test]
+fn a_removed_key_is_gone_and_its_removal_recorded() {
+    let factor = with_one_key();
+    let id = factor.webauthn.keys[0].id_hash.clone();
+    let mut c = case(KEY_A).factor(factor.clone());
+    c.enrollment
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(api::REMOVE_KEY_ANNOTATION.into(), id.to_uppercase());
+    let step = c.step();
+    assert_eq!(step.unmark, [api::REMOVE_KEY_ANNOTATION]);
+    let removal = step.records.iter().find(|r| r.reason == "SecurityKeyRemoved").expect("recorded");
+    assert!(
+        removal.warning && removal.message.contains(&id) && removal.message.contains("0 security keys left"),
+        "{}",
+        removal.message
+    );
+    assert!(written(&step).webauthn.keys.is_empty());
+    assert_eq!(step.status.phase, EnrollmentPhase::PendingApproval, "no key left: a new one needs an approval");
+
+    // A key that is not there: nothing changes, and that is said.
+    let mut c = case(KEY_A).factor(factor);
+    c.enrollment
+        .metadata
+        .annotations
+        .get_or_insert_with(BTreeMap::new)
+        .insert(api::REMOVE_KEY_ANNOTATION.into(), "00ff".into());
+    let step = c.step();
+    assert!(step.factor.is_none());
+    assert_eq!(step.records[0].result, "not_found");
+}
