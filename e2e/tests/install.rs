@@ -258,7 +258,7 @@ async fn the_chart_installs_grants_the_documented_rights_and_uninstalls() {
 
     // alice, a member of the chart's user group, gets exactly the documented rights.
     let mut asks = stepup_matrix(&[
-        ("stepupchallenges", &["create", "get", "list", "watch", "delete"]),
+        ("stepupchallenges", &["create", "get", "list", "watch", "patch", "delete"]),
         ("stepupenrollments", &["create", "get", "list", "watch", "update", "patch"]),
         ("stepuppolicies", &["get", "list", "watch"]),
         ("stepupgrants", &["get", "list", "watch", "delete"]),
