@@ -31,28 +31,6 @@ fn attempt(c: &StepUpChallenge) -> String {
     c.metadata.uid.clone().unwrap_or_else(|| c.metadata.name.clone().unwrap_or_default())
 }
 
-fn verdicts(
-    phase: ChallengePhase,
-    reason: &'static str,
-    message: String,
-    result: &'static str,
-    before: Timestamp,
-) -> Verdicts {
-    Verdicts {
-        phase,
-        reason,
-        message,
-        result,
-        state: None,
-        webauthn: None,
-        security_key: None,
-        issue: false,
-        issue_before: before,
-        records: vec![],
-        sign_in: None,
-    }
-}
-
 /// Before an answer: the ceremony's options in the status, offered once.
 pub fn offer(f: &Facts<'_>, factor: &Factor, issue_before: Timestamp) -> Step {
     let c = f.challenge;
@@ -93,11 +71,11 @@ pub fn judge(
     let uid = attempt(c);
     let now = f.now;
     let denied = |reason, message: String, result| {
-        Step::Verdict(verdicts(ChallengePhase::Denied, reason, message, result, issue_before))
+        Step::Verdict(Verdicts::new(ChallengePhase::Denied, reason, message, result, issue_before))
     };
     if let Some(used) = factor.webauthn.last_verified.as_ref().filter(|u| u.challenge_uid == uid) {
         // The key's counter is stored; issue as then (a retry after a crash).
-        let mut v = verdicts(ChallengePhase::Verified, "Verified", String::new(), "verified", issue_before);
+        let mut v = Verdicts::new(ChallengePhase::Verified, "Verified", String::new(), "verified", issue_before);
         v.issue = true;
         v.security_key = Some(used.clone());
         return Step::Verdict(v);
@@ -127,7 +105,7 @@ pub fn judge(
             webauthn.last_verified = Some(used.clone());
             let mut state = factor.state.clone();
             state.consecutive_failures = 0;
-            let mut v = verdicts(ChallengePhase::Verified, "Verified", String::new(), "verified", issue_before);
+            let mut v = Verdicts::new(ChallengePhase::Verified, "Verified", String::new(), "verified", issue_before);
             v.state = (state != factor.state).then_some(state);
             v.webauthn = Some(Box::new(webauthn));
             v.security_key = Some(used);
@@ -142,7 +120,7 @@ pub fn judge(
             if locked_now {
                 state.locked_at = Some(now);
             }
-            let mut v = verdicts(
+            let mut v = Verdicts::new(
                 ChallengePhase::Denied,
                 refusal_reason(&refusal),
                 refusal.to_string(),

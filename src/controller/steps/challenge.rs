@@ -94,6 +94,31 @@ pub struct Verdicts {
     pub sign_in: Option<Box<SignIn>>,
 }
 
+impl Verdicts {
+    /// A verdict that issues nothing and records nothing beyond itself; callers add the rest.
+    pub fn new(
+        phase: ChallengePhase,
+        reason: &'static str,
+        message: String,
+        result: &'static str,
+        issue_before: Timestamp,
+    ) -> Self {
+        Self {
+            phase,
+            reason,
+            message,
+            result,
+            state: None,
+            webauthn: None,
+            security_key: None,
+            issue: false,
+            issue_before,
+            records: vec![],
+            sign_in: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
     /// Look this up, then decide again.
@@ -171,35 +196,16 @@ fn sign_in_why(e: &crate::grant::Unsatisfied) -> String {
 /// A verified sign-in: a grant recording it, spent first.
 fn verified(sign_in: &SignIn, issue_before: Timestamp) -> Step {
     Step::Verdict(Verdicts {
-        phase: ChallengePhase::Verified,
-        reason: "Verified",
-        message: String::new(),
-        result: "verified",
-        state: None,
-        webauthn: None,
-        security_key: None,
         issue: true,
-        issue_before,
-        records: vec![],
         sign_in: Some(Box::new(sign_in.clone())),
+        ..Verdicts::new(ChallengePhase::Verified, "Verified", String::new(), "verified", issue_before)
     })
 }
 
 /// The person's stored factor, or the step that fetches it or refuses for its want.
 fn stored_factor<'a>(f: &Facts<'a>, user: &str, issue_before: Timestamp) -> Result<&'a Factor, Box<Step>> {
-    let denied = |reason, message: String, result| Verdicts {
-        phase: ChallengePhase::Denied,
-        reason,
-        message,
-        result,
-        state: None,
-        webauthn: None,
-        security_key: None,
-        issue: false,
-        issue_before,
-        records: vec![],
-        sign_in: None,
-    };
+    let denied =
+        |reason, message: String, result| Verdicts::new(ChallengePhase::Denied, reason, message, result, issue_before);
     match f.factor {
         None => Err(Box::new(Step::Fetch(Need::Factor))),
         Some(FactorRead::Missing) => Err(Box::new(Step::Verdict(denied(
@@ -296,19 +302,7 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
     }
     let issue_before = deadline(c, s.timeout, now);
     let verdict = |phase, reason, message: String, result| {
-        Step::Verdict(Verdicts {
-            phase,
-            reason,
-            message,
-            result,
-            state: None,
-            webauthn: None,
-            security_key: None,
-            issue: false,
-            issue_before,
-            records: vec![],
-            sign_in: None,
-        })
+        Step::Verdict(Verdicts::new(phase, reason, message, result, issue_before))
     };
     let denied = |reason, message: String, result| verdict(ChallengePhase::Denied, reason, message, result);
     if !may_issue(issue_before, s.max_clock_skew, now) {
