@@ -183,6 +183,11 @@ fn phase_name(s: &api::StepUpEnrollmentStatus) -> String {
 /// Alice enrolled afresh with one security key (self-registered through an approval).
 async fn alice_with_a_key(w: &World) -> (SoftPasskey, String) {
     w.unenroll("alice").await;
+    register_a_key(w).await
+}
+
+/// One more security key for alice (registered through an approval).
+async fn register_a_key(w: &World) -> (SoftPasskey, String) {
     let key = EphemeralKey::generate();
     create(w, &key).await;
     wait(w, "pending approval", |e| phase(e) == Some(EnrollmentPhase::PendingApproval)).await;
@@ -287,23 +292,81 @@ async fn a_security_key_answers_a_challenge_once_and_the_refused_delete_passes()
     w.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
     prod.delete("db", &DeleteParams::default()).await.expect("deleted with the security-key grant");
 
-    // A key removed while a ceremony is open answers nothing (here her only key: she has none
-    // left), and the removal is recorded.
+    // Attack: with alice's kubeconfig alone, her key is not removed (that would leave her
+    // unable to step up): neither by the mark, nor in an admin's name.
+    let mine = enrollments(&w, "alice").await;
+    let mark = |marks: serde_json::Value| serde_json::json!({"metadata": {"annotations": marks}});
+    mine.patch(
+        &name(),
+        &PatchParams::default(),
+        &Patch::Merge(mark(serde_json::json!({api::REMOVE_KEY_ANNOTATION: id_hash}))),
+    )
+    .await
+    .expect("the mark is stored, then judged");
+    w.wait_event("SecurityKeyRemovalRefused", "needs a fresh grant").await;
+    let kept = wait(&w, "the mark consumed", |e| {
+        !e.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(api::REMOVE_KEY_ANNOTATION))
+    })
+    .await;
+    assert_eq!(kept.status.unwrap().credentials.len(), 1, "the key stays");
+    let in_admins_name =
+        mark(serde_json::json!({api::REMOVE_KEY_ANNOTATION: id_hash, api::REMOVED_BY_ANNOTATION: "admin"}));
+    let refused = refusal(mine.patch(&name(), &PatchParams::default(), &Patch::Merge(in_admins_name)).await);
+    assert!(refused.message.contains("in an admin's name"), "{}", refused.message);
+
+    // A key removed while a ceremony is open answers nothing (here her only key, lost: an
+    // admin removes it), and the removal and its remover are recorded.
     let third = key_challenge();
     let options = offered(&w, &third).await;
     let assertion = sign(&mut authenticator, &options);
-    let out = plugin(&w.env, "alice", &["remove-key", &id_hash[..10]], None).await;
+    w.admin_steps_up().await;
+    let out = plugin(&w.env, "admin", &["remove-key", &id_hash[..10], "--user", "alice"], None).await;
     assert!(out.status.success(), "{}", show(&out));
     assert!(
         show(&out).contains(&format!("Removed security key {id_hash} from alice's enrollment; 0 left.")),
         "{}",
         show(&out)
     );
-    w.wait_event("SecurityKeyRemoved", &id_hash).await;
+    w.wait_event("SecurityKeyRemoved", "by admin admin").await;
     answer_challenge(&w, "alice", &third, &assertion).await.expect("the answer is stored, then judged");
     let removed = w.verdict(&third.name_any()).await;
     assert_eq!(verdict_of(&removed).0, Some(ChallengePhase::Denied));
     assert!(verdict_of(&removed).1.contains("alice has no security key registered"), "{}", verdict_of(&removed).1);
+}
+
+#[tokio::test]
+async fn alice_removes_her_key_with_her_authenticator_app() {
+    let w = World::new().await;
+    let mut app = w.enroll("alice", "alice").await;
+    let (_, id_hash) = register_a_key(&w).await;
+    // A wrong code removes nothing.
+    let out =
+        plugin(&w.env, "alice", &["remove-key", &id_hash, "--method", "TOTP", "--code-stdin"], Some("000000\n")).await;
+    assert!(!out.status.success(), "{}", show(&out));
+    assert_eq!(
+        wait(&w, "the key", |e| e.status.as_ref().is_some_and(|s| !s.credentials.is_empty()))
+            .await
+            .status
+            .unwrap()
+            .credentials
+            .len(),
+        1
+    );
+    let code = app.code().await;
+    let out = plugin(
+        &w.env,
+        "alice",
+        &["remove-key", &id_hash, "--method", "TOTP", "--code-stdin"],
+        Some(&format!("{code}\n")),
+    )
+    .await;
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        show(&out).contains(&format!("Removed security key {id_hash} from alice's enrollment; 0 left.")),
+        "{}",
+        show(&out)
+    );
+    w.wait_event("SecurityKeyRemoved", "by alice (TOTP grant").await;
 }
 
 /// The address of the security-key page the plugin printed.
@@ -521,4 +584,25 @@ async fn a_registered_key_vouches_for_the_next_one_without_an_admin() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("Keys:        2 security key(s) registered, Active"), "{text}");
     assert!(text.contains("approved by admin") && text.contains("allowed by WebAuthn grant"), "{text}");
+
+    // The first key is lost: alice removes it herself, the backup confirming on the page (a
+    // grant asked for exactly that removal, spent after).
+    let e = wait(&w, "two keys", |e| e.status.as_ref().is_some_and(|s| s.credentials.len() == 2)).await;
+    let lost = e.status.unwrap().credentials.into_iter().find(|k| k.allowed.contains("approved by admin")).unwrap();
+    let mut removal = Running::start(&w, &alice, &["remove-key", &lost.id_hash[..12], "--no-browser"]);
+    let url = removal.until("the page where a key confirms the removal", page_address).await;
+    browser.goto(&url).await.expect("the page opens");
+    let (state, text) =
+        browser.wait_state(&["done", "failed"], Duration::from_secs(30)).await.expect("the page finishes");
+    assert_eq!(state, "done", "{text}");
+    let ended = removal.finish().await;
+    assert!(ended.success, "{}\n{}", ended.stdout, ended.stderr);
+    assert!(
+        ended.stdout.contains(&format!("Removed security key {} from alice's enrollment; 1 left.", lost.id_hash)),
+        "{}",
+        ended.stdout
+    );
+    w.wait_event("SecurityKeyRemoved", "by alice (WebAuthn grant").await;
+    let spent = w.grants_of("alice").await.into_iter().filter(|g| g.metadata.deletion_timestamp.is_none());
+    assert!(spent.into_iter().all(|g| g.spec.scope.policies != [api::REMOVE_KEY_SCOPE]), "the removal grant is spent");
 }

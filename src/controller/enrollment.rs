@@ -65,8 +65,13 @@ pub async fn reconcile(enrollment: Arc<StepUpEnrollment>, ctx: Arc<Context>) -> 
         // The user handle: opaque and stable, never the name.
         let handle = crate::api::user_label_value(user);
         let fresh = ctx.relying_party.start_registration(user, handle.as_bytes(), &existing, now)?;
-        let voucher = match e.metadata.annotations.as_ref().and_then(|a| a.get(crate::api::VOUCHING_GRANT_ANNOTATION)) {
-            Some(name) => Some(read_voucher(&ctx, name).await?),
+        let offered = |k: &str| e.metadata.annotations.as_ref().and_then(|a| a.get(k)).cloned();
+        let voucher = match offered(crate::api::VOUCHING_GRANT_ANNOTATION) {
+            Some(name) => Some(read_voucher(&ctx, &name).await?),
+            None => None,
+        };
+        let remover = match offered(crate::api::REMOVAL_GRANT_ANNOTATION) {
+            Some(name) => Some(read_voucher(&ctx, &name).await?),
             None => None,
         };
         let facts = security_keys::Facts {
@@ -76,6 +81,7 @@ pub async fn reconcile(enrollment: Arc<StepUpEnrollment>, ctx: Arc<Context>) -> 
             bootstrap: &bootstrap,
             fresh: &fresh,
             voucher: voucher.as_ref(),
+            remover: remover.as_ref(),
             now,
         };
         security_keys::next_step(&facts, &settings, &ctx.relying_party)
@@ -97,7 +103,7 @@ pub async fn reconcile(enrollment: Arc<StepUpEnrollment>, ctx: Arc<Context>) -> 
     execute(&ctx, e, secret.as_ref(), current, step).await
 }
 
-/// The grant offered to vouch for a new security key, if it is one the controller signed.
+/// A grant offered to vouch for a new security key or a removal, if it is one the controller signed.
 async fn read_voucher(ctx: &Context, name: &str) -> Result<Result<security_keys::Voucher, String>> {
     let grants: Api<crate::api::StepUpGrant> = Api::all(ctx.client.clone());
     let Some(grant) = grants.get_opt(name).await? else {

@@ -178,7 +178,7 @@ pub async fn run(session: &Session, action: Action, args: &AdminArgs) -> Result<
     match api.patch(&name, &dry, &Patch::Merge(marks(Timestamp::now().to_string()))).await {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if super::trailer::from_status(&status).is_some() => {
-            step_up(session, &me, action, user).await?;
+            step_up(session, &me, &format!("{} {user}'s enrollment", action.verb())).await?;
             api.patch(&name, &dry, &Patch::Merge(marks(Timestamp::now().to_string()))).await.map_err(refused)?;
         }
         Err(e) => return Err(refused(e)),
@@ -226,20 +226,17 @@ pub async fn run(session: &Session, action: Action, args: &AdminArgs) -> Result<
 }
 
 /// Acts on others' enrollments are step-up operations themselves: ask for the admin's code and
-/// get a grant, as `kubectl stepup request` would.
-async fn step_up(session: &Session, me: &Identity, action: Action, user: &str) -> Result<()> {
-    errln!("kube-stepup: to {} {user}'s enrollment you need a fresh second factor yourself.", action.verb());
+/// get a grant, as `kubectl stepup request` would. `act`: "unlock alice's enrollment".
+pub async fn step_up(session: &Session, me: &Identity, act: &str) -> Result<()> {
+    errln!("kube-stepup: to {act} you need a fresh second factor yourself.");
     let response_key = request::ensure_enrolled(session, me).await?;
     let code = terminal::read_code("Code from your authenticator app: ", CodeSource::Terminal).map_err(|_| {
         Error::usage(
-            format!(
-                "to {} {user}'s enrollment you need a fresh grant, and there is no terminal to ask for a code",
-                action.verb()
-            ),
+            format!("to {act} you need a fresh grant, and there is no terminal to ask for a code"),
             "Run `kubectl stepup request` first.",
         )
     })?;
-    let ask = GrantRequest { code, reason: Some(format!("{} {user}", action.verb())), ..GrantRequest::default() };
+    let ask = GrantRequest { code, reason: Some(act.to_owned()), ..GrantRequest::default() };
     request::obtain_grant(session, me, &response_key, ask, crate::api::Duration::from_secs(30)).await?;
     Ok(())
 }

@@ -231,11 +231,17 @@ Example:
 
     /// Remove one of your security keys (lost, or replaced); admins: another person's (--user).
     #[command(after_help = "\
-The key stops answering at once; its removal is recorded (Event SecurityKeyRemoved, audit
-event enrollment.key_removed). `kubectl stepup status` lists your keys by id.
+Removing your own key takes a fresh second factor: one of your registered keys (any, the one
+you remove included) or, with --method TOTP, your authenticator app. Someone holding only your
+kubeconfig removes nothing. Lost every key and have no authenticator app? An admin removes it
+(--user; their own step-up). The key stops answering at once; its removal and who removed it
+are recorded (Event SecurityKeyRemoved, audit event enrollment.key_removed).
+`kubectl stepup status` lists your keys by id.
 
-Example:
-  kubectl stepup remove-key 3aab35e8c53f55b02cf433bc125c8dca")]
+Examples:
+  kubectl stepup remove-key 3aab35e8c53f55b02cf433bc125c8dca
+  kubectl stepup remove-key 3aab35e8 --method TOTP
+  kubectl stepup remove-key 3aab35e8 --user alice@example.com     # an admin")]
     RemoveKey(RemoveKeyArgs),
 
     /// What an auditor asks for a period: prompts, step-ups, grants used, break-glass, lockouts.
@@ -450,6 +456,19 @@ pub struct RemoveKeyArgs {
     /// Admins: the person whose key it is (you cannot remove others' keys otherwise).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
+
+    /// The factor that proves it is you: a registered security key (in the browser) or your
+    /// authenticator app's code. Admins removing another's key step up as for any admin act.
+    #[arg(long, value_enum, default_value = "WebAuthn")]
+    pub method: EnrolledMethod,
+
+    /// Print the security-key page's address instead of opening a browser.
+    #[arg(long)]
+    pub no_browser: bool,
+
+    /// Read the authenticator app's code from standard input (with --method TOTP).
+    #[arg(long)]
+    pub code_stdin: bool,
 
     /// How long to wait for the controller.
     #[arg(long, value_name = "DURATION", default_value = "1m")]

@@ -1,7 +1,7 @@
 //! `kubectl stepup status` and `kubectl stepup revoke`: the user's enrollment and grants.
 
 use jiff::{Timestamp, tz::TimeZone};
-use kube::{Api, api::DeleteParams};
+use kube::{Api, ResourceExt, api::DeleteParams};
 use serde::Serialize;
 
 use super::{
@@ -9,6 +9,7 @@ use super::{
     cluster::{Identity, Session},
     error::{Error, Result},
     format::{self, GrantView},
+    terminal::CodeSource,
 };
 use crate::api::{self, EnrollmentPhase, StepUpEnrollment, StepUpGrant};
 
@@ -298,6 +299,9 @@ pub fn key_named(wanted: &str, keys: &[crate::api::EnrolledCredential]) -> Resul
     }
 }
 
+/// Removes a registered security key: the person's own with a fresh grant asked for exactly
+/// that removal (so a stolen kubeconfig removes nothing), an admin's for another person in
+/// their own name after their step-up.
 pub async fn remove_key(session: &Session, args: &super::cli::RemoveKeyArgs) -> Result<()> {
     let me = session.whoami().await?;
     let user = args.user.clone().unwrap_or_else(|| me.username.clone());
@@ -308,32 +312,98 @@ pub async fn remove_key(session: &Session, args: &super::cli::RemoveKeyArgs) -> 
     })?;
     let keys = e.status.as_ref().map(|s| s.credentials.clone()).unwrap_or_default();
     let id = key_named(&args.key, &keys)?;
-    let patch = serde_json::json!({"metadata": {"annotations": {api::REMOVE_KEY_ANNOTATION: id}}});
-    api.patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
-        .await
-        .map_err(session.kube_error(&format!("remove a key from {user}'s enrollment")))?;
-    let left = super::wait::until(
-        session,
-        &api,
-        &name,
-        args.timeout,
-        |e| {
-            let keys = e.status.as_ref().map(|s| s.credentials.clone()).unwrap_or_default();
-            let marked = e.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(api::REMOVE_KEY_ANNOTATION));
-            if marked || keys.iter().any(|k| k.id_hash == id) {
-                Ok(super::wait::Step::Wait)
-            } else {
-                Ok(super::wait::Step::Done(keys.len()))
+    let mut marks = serde_json::Map::new();
+    marks.insert(api::REMOVE_KEY_ANNOTATION.into(), id.clone().into());
+    // The grant that proves it is the person: it lets nothing else through, and is spent after.
+    let mut proof: Option<String> = None;
+    if user == me.username {
+        let grant = removal_grant(session, &me, &id, args).await?;
+        marks.insert(api::REMOVAL_GRANT_ANNOTATION.into(), grant.clone().into());
+        proof = Some(grant);
+    } else {
+        marks.insert(api::REMOVED_BY_ANNOTATION.into(), me.username.clone().into());
+    }
+    let patch = serde_json::json!({"metadata": {"annotations": marks}});
+    let action = format!("remove a key from {user}'s enrollment");
+    if proof.is_none() {
+        // An admin act: the webhook asks for the admin's fresh second factor first.
+        let dry = kube::api::PatchParams::default().dry_run();
+        match api.patch(&name, &dry, &kube::api::Patch::Merge(&patch)).await {
+            Err(kube::Error::Api(status)) if super::trailer::from_status(&status).is_some() => {
+                super::admin::step_up(session, &me, &format!("remove a key from {user}'s enrollment")).await?;
             }
-        },
-        |_| Error::ControllerTimeout { what: "remove the key".into(), after: args.timeout },
-    )
-    .await?;
+            Ok(_) | Err(_) => {}
+        }
+    }
+    let patched = api
+        .patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .map_err(session.kube_error(&action));
+    let left = match patched {
+        Ok(_) => {
+            super::wait::until(
+                session,
+                &api,
+                &name,
+                args.timeout,
+                |e| {
+                    let keys = e.status.as_ref().map(|s| s.credentials.clone()).unwrap_or_default();
+                    let marked =
+                        e.metadata.annotations.as_ref().is_some_and(|a| a.contains_key(api::REMOVE_KEY_ANNOTATION));
+                    if marked {
+                        Ok(super::wait::Step::Wait)
+                    } else if keys.iter().any(|k| k.id_hash == id) {
+                        Err(Error::other(
+                            format!("the controller kept security key {id}"),
+                            "`kubectl describe stepupenrollment` shows its Event SecurityKeyRemovalRefused with the reason.",
+                        ))
+                    } else {
+                        Ok(super::wait::Step::Done(keys.len()))
+                    }
+                },
+                |_| Error::ControllerTimeout { what: "remove the key".into(), after: args.timeout },
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(grant) = proof {
+        let grants: Api<StepUpGrant> = session.all();
+        let _ = grants.delete(&grant, &Default::default()).await;
+    }
+    let left = left?;
     outln!("Removed security key {id} from {user}'s enrollment; {left} left.");
     if left == 0 {
         outln!("Without a key, a new one needs an admin's approval: `kubectl stepup enroll --method WebAuthn`.");
     }
     Ok(())
+}
+
+/// A fresh grant of the person's, asked for removing key `id` and nothing else, from a
+/// registered key (in the browser) or the authenticator app.
+async fn removal_grant(session: &Session, me: &Identity, id: &str, args: &super::cli::RemoveKeyArgs) -> Result<String> {
+    let ask = super::request::GrantRequest {
+        code: String::new(),
+        reason: Some(api::removal_reason(id)),
+        duration: Some(crate::api::Duration::from_secs(60)),
+        scope: crate::api::GrantScope { policies: vec![api::REMOVE_KEY_SCOPE.to_owned()], namespaces: vec![] },
+        correlation: None,
+    };
+    let grant = match args.method {
+        super::cli::EnrolledMethod::WebAuthn => {
+            errln!("Confirm with one of your registered security keys (the one you remove will do).");
+            let browser = if args.no_browser { super::sign_in::Browser::Print } else { super::sign_in::Browser::Open };
+            super::request::obtain_key_grant(session, me, ask, browser, args.timeout.as_std(), args.timeout).await?
+        }
+        super::cli::EnrolledMethod::Totp => {
+            let response_key = super::request::ensure_enrolled(session, me).await?;
+            let source = if args.code_stdin { CodeSource::Stdin } else { CodeSource::Terminal };
+            let code = super::terminal::read_code("Code from your authenticator app: ", source)?;
+            let ask = super::request::GrantRequest { code, ..ask };
+            super::request::obtain_grant(session, me, &response_key, ask, crate::api::Duration::from_secs(30)).await?
+        }
+    };
+    Ok(grant.name_any())
 }
 
 /// Which grants `revoke` deletes: the named ones, all active ones, or the only active one.

@@ -42,17 +42,37 @@ pub fn vouch_reason(key_fingerprint: &str) -> String {
 }
 
 /// Annotation on a `WebAuthn` enrollment that removes one registered key: its id hash (as
-/// `status.credentials[].idHash` shows it). Set by the person or an admin (the API server's
-/// audit log says who); the controller removes the key, records it and consumes the mark.
+/// `status.credentials[].idHash` shows it). It counts only with either an admin's name in
+/// [`REMOVED_BY_ANNOTATION`] or the person's fresh grant in [`REMOVAL_GRANT_ANNOTATION`]: a
+/// stolen kubeconfig alone removes nothing. The controller removes the key, records who
+/// removed it and consumes the marks.
 pub const REMOVE_KEY_ANNOTATION: &str = "stepup.dev/remove-key";
 
+/// Annotation an admin sets, with [`REMOVE_KEY_ANNOTATION`], to remove another person's key
+/// (their own username; an admin act, so it takes the admin's step-up).
+pub const REMOVED_BY_ANNOTATION: &str = "stepup.dev/remove-key-by";
+
+/// Annotation a person sets, with [`REMOVE_KEY_ANNOTATION`], to remove one of their own keys:
+/// the name of a fresh grant of theirs requested for [`REMOVE_KEY_SCOPE`] with
+/// [`removal_reason`] of that key.
+pub const REMOVAL_GRANT_ANNOTATION: &str = "stepup.dev/removal-grant";
+
+/// The policy scope of a grant that allows removing a security key: no policy is named so.
+pub const REMOVE_KEY_SCOPE: &str = "stepup.dev.remove-security-key";
+
+/// The reason a removal grant carries: the id hash of the key it removes, and no other.
+pub fn removal_reason(id_hash: &str) -> String {
+    format!("remove security key {id_hash}")
+}
+
 /// The annotations only an admin may set on another user's enrollment.
-pub const ADMIN_ANNOTATIONS: [&str; 5] = [
+pub const ADMIN_ANNOTATIONS: [&str; 6] = [
     APPROVED_BY_ANNOTATION,
     APPROVED_KEY_ANNOTATION,
     APPROVED_AT_ANNOTATION,
     UNLOCK_BY_ANNOTATION,
     LEGACY_RESET_BY_ANNOTATION,
+    REMOVED_BY_ANNOTATION,
 ];
 
 /// Finalizer on challenges: a deleted (withdrawn) challenge stays visible until the controller

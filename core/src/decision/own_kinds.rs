@@ -360,7 +360,7 @@ fn enrollment(
             if old.spec.user == me && new.spec.user == me {
                 if marks_changed {
                     return Decision::builtin_denied(format!(
-                        "you cannot approve or unlock your own enrollment; ask {admins}"
+                        "you cannot approve, unlock or remove keys from your own enrollment in an admin's name; ask {admins}"
                     ));
                 }
                 if new.spec.bootstrap && !old.spec.bootstrap && !is_admin {
@@ -446,7 +446,7 @@ pub(super) fn is_admin_act(req: &Request<'_>, op: Operation, objects: &StepUpObj
 }
 
 /// The admin-only annotations, in the order of [`api::ADMIN_ANNOTATIONS`].
-fn admin_marks(annotations: &BTreeMap<String, String>) -> [Option<&str>; 5] {
+fn admin_marks(annotations: &BTreeMap<String, String>) -> [Option<&str>; 6] {
     api::ADMIN_ANNOTATIONS.map(|k| annotations.get(k).map(String::as_str))
 }
 
@@ -461,10 +461,20 @@ fn check_admin_marks(new: &StepUpEnrollment, old: &StepUpEnrollment, me: &str) -
             api::LEGACY_RESET_BY_ANNOTATION
         ));
     }
-    for key in [api::APPROVED_BY_ANNOTATION, api::UNLOCK_BY_ANNOTATION] {
+    for key in [api::APPROVED_BY_ANNOTATION, api::UNLOCK_BY_ANNOTATION, api::REMOVED_BY_ANNOTATION] {
         if changed(key) && get(new, key).is_some_and(|v| v != me) {
             return Decision::builtin_denied(format!("{key} must be your own username ({me:?})"));
         }
+    }
+    if changed(api::REMOVED_BY_ANNOTATION)
+        && get(new, api::REMOVED_BY_ANNOTATION).is_some()
+        && (new.spec.method != api::Method::WebAuthn || get(new, api::REMOVE_KEY_ANNOTATION).is_none())
+    {
+        return Decision::builtin_denied(format!(
+            "{} goes with {} (the key's id) on a security-key enrollment; `kubectl stepup remove-key KEY --user USER` sets both",
+            api::REMOVED_BY_ANNOTATION,
+            api::REMOVE_KEY_ANNOTATION
+        ));
     }
     let approving = [api::APPROVED_BY_ANNOTATION, api::APPROVED_KEY_ANNOTATION, api::APPROVED_AT_ANNOTATION]
         .iter()

@@ -507,6 +507,13 @@ fn unsigned_grant_objects(user: &str) -> StepUpObjects {
     StepUpObjects::Grant { object: Some(g.clone()), old: Some(g) }
 }
 
+/// `user`'s `WebAuthn` enrollment with `annotations`.
+fn key_enrollment(user: &str, annotations: &[(&str, &str)]) -> Box<StepUpEnrollment> {
+    let mut e = enrollment_for(user, Some(&api::enrollment_name_for(user, api::Method::WebAuthn)), annotations);
+    e.spec.method = api::Method::WebAuthn;
+    e
+}
+
 fn enrollment_changed(user: &str, change: impl FnOnce(&mut StepUpEnrollment)) -> Box<StepUpEnrollment> {
     let mut e = enrollment_for(user, None, &[]);
     change(&mut e);
@@ -731,6 +738,51 @@ fn builtin_rules_bind_stepup_objects_to_the_requester() {
             RequestBuilder { action: Update.into(), ..on("stepupenrollments") },
             StepUpObjects::Enrollment {
                 object: Some(enrollment_for("alice", None, &[(api::APPROVED_BY_ANNOTATION, "alice")])),
+                old: Some(enrollment_for("alice", None, &[])),
+            },
+            false,
+        ),
+        (
+            "alice's stolen kubeconfig cannot remove her key in an admin's name",
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments") },
+            StepUpObjects::Enrollment {
+                object: Some(key_enrollment(
+                    "alice",
+                    &[(api::REMOVE_KEY_ANNOTATION, "00ff"), (api::REMOVED_BY_ANNOTATION, "root")],
+                )),
+                old: Some(key_enrollment("alice", &[])),
+            },
+            false,
+        ),
+        (
+            "an admin removes alice's key in their own name",
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments").by("root", admin) },
+            StepUpObjects::Enrollment {
+                object: Some(key_enrollment(
+                    "alice",
+                    &[(api::REMOVE_KEY_ANNOTATION, "00ff"), (api::REMOVED_BY_ANNOTATION, "root")],
+                )),
+                old: Some(key_enrollment("alice", &[])),
+            },
+            true,
+        ),
+        (
+            "an admin cannot remove a key in another admin's name",
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments").by("root", admin) },
+            StepUpObjects::Enrollment {
+                object: Some(key_enrollment(
+                    "alice",
+                    &[(api::REMOVE_KEY_ANNOTATION, "00ff"), (api::REMOVED_BY_ANNOTATION, "carol")],
+                )),
+                old: Some(key_enrollment("alice", &[])),
+            },
+            false,
+        ),
+        (
+            "a removal in an admin's name names the key, on a security-key enrollment",
+            RequestBuilder { action: Update.into(), ..on("stepupenrollments").by("root", admin) },
+            StepUpObjects::Enrollment {
+                object: Some(enrollment_for("alice", None, &[(api::REMOVED_BY_ANNOTATION, "root")])),
                 old: Some(enrollment_for("alice", None, &[])),
             },
             false,

@@ -50,6 +50,8 @@ pub struct Facts<'a> {
     /// The grant named by [`api::VOUCHING_GRANT_ANNOTATION`], as read and its signature checked
     /// (`Err`: why it cannot vouch, e.g. not found or not signed by the controller).
     pub voucher: Option<&'a Result<Voucher, String>>,
+    /// The grant named by [`api::REMOVAL_GRANT_ANNOTATION`], read as `voucher` is.
+    pub remover: Option<&'a Result<Voucher, String>>,
     pub now: Timestamp,
 }
 
@@ -68,17 +70,28 @@ pub struct Voucher {
 /// How long after its issue a grant vouches for a new key.
 pub const VOUCH_MAX_AGE: SignedDuration = SignedDuration::from_mins(15);
 
-/// Whether `voucher` lets `user` register a key through enrollment key `fp`: their own grant,
-/// from a factor enrolled here, fresh, requested for exactly this, and not used before.
-fn vouch(
-    voucher: Option<&Result<Voucher, String>>,
+/// What a grant offered as proof must have been requested for.
+struct Purpose<'a> {
+    /// The grant's one scope policy (one no policy is named).
+    scope: &'a str,
+    /// The signed reason, naming the one key it is for.
+    reason: String,
+    /// For messages: "register a security key".
+    what: &'a str,
+    /// For messages: "another enrollment key, not …".
+    other: String,
+}
+
+/// Whether `offered` is a proof of `user`'s current factor asked for exactly `purpose`: their
+/// own, unrevoked, from a factor enrolled here, fresh, with the purpose's scope and reason.
+fn proven<'v>(
+    offered: Option<&'v Result<Voucher, String>>,
     user: &str,
-    fp: &str,
-    factor: &Factor,
+    purpose: &Purpose<'_>,
     now: Timestamp,
     skew: SignedDuration,
-) -> Result<Allowance, String> {
-    let v = match voucher {
+) -> Result<&'v Voucher, String> {
+    let v = match offered {
         None => return Err("it could not be read".into()),
         Some(Err(why)) => return Err(why.clone()),
         Some(Ok(v)) => v,
@@ -92,20 +105,40 @@ fn vouch(
     if !matches!(v.method, Method::Totp | Method::WebAuthn) {
         return Err(format!("a {} grant proves no factor enrolled here (TOTP or a security key)", v.method));
     }
-    if v.scope.policies != [api::VOUCH_SCOPE] || !v.scope.namespaces.is_empty() {
-        return Err("it was not requested to register a security key (a grant for other work never vouches)".into());
+    if v.scope.policies != [purpose.scope] || !v.scope.namespaces.is_empty() {
+        return Err(format!("it was not requested to {} (a grant for other work never counts)", purpose.what));
     }
-    if v.reason.as_deref() != Some(api::vouch_reason(fp).as_str()) {
-        return Err(format!("it was requested for another enrollment key, not {fp}"));
+    if v.reason.as_deref() != Some(purpose.reason.as_str()) {
+        return Err(format!("it was requested for {}", purpose.other));
     }
     let age = now.duration_since(v.issued_at);
     if age > VOUCH_MAX_AGE || -age > skew {
         return Err(format!(
-            "it was issued {} ago; a vouching grant counts for {}",
+            "it was issued {} ago; such a grant counts for {}",
             crate::grant::human(age),
             crate::grant::human(VOUCH_MAX_AGE)
         ));
     }
+    Ok(v)
+}
+
+/// Whether `voucher` lets `user` register a key through enrollment key `fp`: a proof asked for
+/// exactly this, not used before.
+fn vouch(
+    voucher: Option<&Result<Voucher, String>>,
+    user: &str,
+    fp: &str,
+    factor: &Factor,
+    now: Timestamp,
+    skew: SignedDuration,
+) -> Result<Allowance, String> {
+    let purpose = Purpose {
+        scope: api::VOUCH_SCOPE,
+        reason: api::vouch_reason(fp),
+        what: "register a security key",
+        other: format!("another enrollment key, not {fp}"),
+    };
+    let v = proven(voucher, user, &purpose, now, skew)?;
     let allowance = Allowance::Grant { name: v.name.clone(), method: v.method.to_string() };
     let used =
         factor.webauthn.keys.iter().map(|k| &k.allowed).chain(factor.webauthn.pending.iter().map(|p| &p.allowed));
@@ -113,6 +146,35 @@ fn vouch(
         return Err("it vouched for a key already: each grant vouches once".into());
     }
     Ok(allowance)
+}
+
+/// Who removes key `id` from `user`'s enrollment, from the marks beside the removal: an admin
+/// in their own name (the webhook holds them to it, and to their step-up), or the person with
+/// a proof of a current factor asked for removing exactly this key. `Err`: why nobody does.
+fn remover(
+    marks: &BTreeMap<String, String>,
+    offered: Option<&Result<Voucher, String>>,
+    user: &str,
+    id: &str,
+    now: Timestamp,
+    skew: SignedDuration,
+) -> Result<String, String> {
+    if let Some(admin) = marks.get(api::REMOVED_BY_ANNOTATION) {
+        return Ok(format!("admin {admin}"));
+    }
+    if !marks.contains_key(api::REMOVAL_GRANT_ANNOTATION) {
+        return Err(format!(
+            "removing a key needs a fresh grant of {user}'s asked for it (`kubectl stepup remove-key` obtains one with a registered key or the authenticator app) or an admin (`kubectl stepup remove-key KEY --user {user}`)"
+        ));
+    }
+    let purpose = Purpose {
+        scope: api::REMOVE_KEY_SCOPE,
+        reason: api::removal_reason(id),
+        what: "remove a security key",
+        other: format!("another key, not {id}"),
+    };
+    let v = proven(offered, user, &purpose, now, skew)?;
+    Ok(format!("{user} ({} grant {})", v.method, v.name))
 }
 
 /// The stored credentials, as the relying party reads them.
@@ -224,18 +286,37 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>, rp: &RelyingParty) -
 
     // A key removed: it answers nothing from now on (an open ceremony included: answers are
     // judged against the keys registered when they arrive).
-    if let Some(wanted) = e.metadata.annotations.as_ref().and_then(|a| a.get(api::REMOVE_KEY_ANNOTATION)) {
+    let annotations = e.metadata.annotations.as_ref().unwrap_or(&no_annotations);
+    if let Some(wanted) = annotations.get(api::REMOVE_KEY_ANNOTATION) {
         unmark.push(api::REMOVE_KEY_ANNOTATION);
+        unmark.extend(
+            [api::REMOVAL_GRANT_ANNOTATION, api::REMOVED_BY_ANNOTATION]
+                .into_iter()
+                .filter(|k| annotations.contains_key(*k)),
+        );
         let wanted = wanted.trim().to_ascii_lowercase();
-        match factor.webauthn.keys.iter().position(|k| k.id_hash == wanted) {
-            Some(i) if corrupt.is_none() => {
+        let found = factor.webauthn.keys.iter().position(|k| k.id_hash == wanted).filter(|_| corrupt.is_none());
+        match (found, remover(annotations, f.remover, user, &wanted, now, s.max_clock_skew)) {
+            (None, _) => records.push(Record::normal(
+                "SecurityKeyRemoved",
+                "enrollment.key_removed",
+                "not_found",
+                format!("no registered security key {wanted:?} to remove from {user}'s enrollment: nothing changed"),
+            )),
+            (Some(_), Err(why)) => records.push(Record::warning(
+                "SecurityKeyRemovalRefused",
+                "enrollment.key_removal_refused",
+                "refused",
+                format!("security key {wanted} stays registered to {user}: {why}"),
+            )),
+            (Some(i), Ok(by)) => {
                 let removed = factor.webauthn.keys.remove(i);
                 records.push(Record::warning(
                     "SecurityKeyRemoved",
                     "enrollment.key_removed",
                     "removed",
                     format!(
-                        "security key {} ({}, registered {}) removed from {user}'s enrollment; {} left",
+                        "security key {} ({}, registered {}) removed from {user}'s enrollment by {by}; {} left",
                         removed.id_hash,
                         removed.allowed.describe(),
                         clock(removed.registered_at),
@@ -243,12 +324,6 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>, rp: &RelyingParty) -
                     ),
                 ));
             }
-            _ => records.push(Record::normal(
-                "SecurityKeyRemoved",
-                "enrollment.key_removed",
-                "not_found",
-                format!("no registered security key {wanted:?} to remove from {user}'s enrollment: nothing changed"),
-            )),
         }
     }
 

@@ -33,6 +33,7 @@ struct Case {
     self_service: bool,
     fresh: (String, PendingRegistration),
     voucher: Option<Result<Voucher, String>>,
+    remover: Option<Result<Voucher, String>>,
     now: Timestamp,
 }
 
@@ -55,6 +56,7 @@ fn case(key: &str) -> Case {
         self_service: false,
         fresh: rp().start_registration("alice", b"alice-handle", &[], t0()).unwrap(),
         voucher: None,
+        remover: None,
         now: t0(),
     }
 }
@@ -90,6 +92,20 @@ impl Case {
         self
     }
 
+    /// Someone marks key `id` for removal, with `marks` beside it (an admin's name, a grant's).
+    fn removal(mut self, id: &str, marks: &[(&str, &str)]) -> Self {
+        let a = self.enrollment.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        a.insert(api::REMOVE_KEY_ANNOTATION.into(), id.into());
+        a.extend(marks.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self
+    }
+
+    /// The person offers grant `name` (as the shell read it) to remove a key.
+    fn removal_proven_by(mut self, id: &str, name: &str, grant: Result<Voucher, String>) -> Self {
+        self.remover = Some(grant);
+        self.removal(id, &[(api::REMOVAL_GRANT_ANNOTATION, name)])
+    }
+
     fn at(mut self, now: Timestamp) -> Self {
         self.now = now;
         self
@@ -113,6 +129,7 @@ impl Case {
                 bootstrap: &bootstrap,
                 fresh: &self.fresh,
                 voucher: self.voucher.as_ref(),
+                remover: self.remover.as_ref(),
                 now: self.now,
             },
             &settings,
@@ -395,35 +412,134 @@ fn no_other_grant_vouches() {
     }
 }
 
+/// A grant of alice's asked for removing key `id`, from her key, a minute old.
+fn removal_grant(id: &str) -> Voucher {
+    Voucher {
+        name: "alice-g2".into(),
+        reason: Some(api::removal_reason(id)),
+        scope: api::GrantScope { policies: vec![api::REMOVE_KEY_SCOPE.into()], namespaces: vec![] },
+        ..voucher_for(KEY_A)
+    }
+}
+
 #[test]
-fn a_removed_key_is_gone_and_its_removal_recorded() {
+fn a_stolen_kubeconfig_removes_no_key() {
+    // Attack: someone with alice's kubeconfig but neither her key nor her authenticator app
+    // removes her keys (her step-up then fails, or waits for an admin).
     let factor = with_one_key();
     let id = factor.webauthn.keys[0].id_hash.clone();
-    let mut c = case(KEY_A).factor(factor.clone());
-    c.enrollment
-        .metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(api::REMOVE_KEY_ANNOTATION.into(), id.to_uppercase());
-    let step = c.step();
-    assert_eq!(step.unmark, [api::REMOVE_KEY_ANNOTATION]);
+    let cases: Vec<(&str, Case, &str)> = vec![
+        ("the mark alone", case(KEY_A).factor(factor.clone()).removal(&id, &[]), "needs a fresh grant"),
+        (
+            "a grant alice got for other work",
+            case(KEY_A).factor(factor.clone()).removal_proven_by(
+                &id,
+                "g",
+                Ok(Voucher { scope: Default::default(), ..removal_grant(&id) }),
+            ),
+            "not requested to remove a security key",
+        ),
+        (
+            "her grant vouching for a new key",
+            case(KEY_A).factor(factor.clone()).removal_proven_by(&id, "g", Ok(voucher_for(KEY_A))),
+            "not requested to remove a security key",
+        ),
+        (
+            "her removal grant for another key",
+            case(KEY_A).factor(factor.clone()).removal_proven_by(&id, "g", Ok(removal_grant("00ff"))),
+            "another key",
+        ),
+        (
+            "bob's removal grant",
+            case(KEY_A).factor(factor.clone()).removal_proven_by(
+                &id,
+                "g",
+                Ok(Voucher { user: "bob".into(), ..removal_grant(&id) }),
+            ),
+            "\"bob\"'s grant",
+        ),
+        (
+            "an identity-provider sign-in",
+            case(KEY_A).factor(factor.clone()).removal_proven_by(
+                &id,
+                "g",
+                Ok(Voucher { method: Method::Oidc, ..removal_grant(&id) }),
+            ),
+            "proves no factor",
+        ),
+        (
+            "an old grant",
+            case(KEY_A).factor(factor.clone()).removal_proven_by(
+                &id,
+                "g",
+                Ok(Voucher { issued_at: t0() - minutes(16), ..removal_grant(&id) }),
+            ),
+            "counts for 15m",
+        ),
+        (
+            "a revoked grant",
+            case(KEY_A).factor(factor.clone()).removal_proven_by(
+                &id,
+                "g",
+                Ok(Voucher { revoked: true, ..removal_grant(&id) }),
+            ),
+            "revoked",
+        ),
+        (
+            "a grant the controller did not sign",
+            case(KEY_A).factor(factor.clone()).removal_proven_by(
+                &id,
+                "g",
+                Err("it is not signed by the stepup controller".into()),
+            ),
+            "not signed",
+        ),
+    ];
+    for (what, c, why) in cases {
+        let step = c.step();
+        assert!(step.factor.is_none(), "{what}: nothing is written");
+        let refused = step
+            .records
+            .iter()
+            .find(|r| r.reason == "SecurityKeyRemovalRefused")
+            .unwrap_or_else(|| panic!("{what}: {:?}", step.records));
+        assert!(refused.warning && refused.message.contains(why), "{what}: {}", refused.message);
+        assert!(step.unmark.contains(&api::REMOVE_KEY_ANNOTATION), "{what}: the mark is consumed");
+        assert_eq!(step.status.credentials.len(), 1, "{what}: the key stays");
+    }
+}
+
+#[test]
+fn a_removed_key_is_gone_and_who_removed_it_recorded() {
+    let factor = with_one_key();
+    let id = factor.webauthn.keys[0].id_hash.clone();
+    // The person, with a fresh grant asked for removing exactly this key.
+    let step = case(KEY_A)
+        .factor(factor.clone())
+        .removal_proven_by(&id.to_uppercase(), "alice-g2", Ok(removal_grant(&id)))
+        .step();
+    assert_eq!(step.unmark, [api::REMOVE_KEY_ANNOTATION, api::REMOVAL_GRANT_ANNOTATION]);
     let removal = step.records.iter().find(|r| r.reason == "SecurityKeyRemoved").expect("recorded");
     assert!(
-        removal.warning && removal.message.contains(&id) && removal.message.contains("0 security keys left"),
+        removal.warning
+            && removal.message.contains(&id)
+            && removal.message.contains("by alice (WebAuthn grant alice-g2)")
+            && removal.message.contains("0 security keys left"),
         "{}",
         removal.message
     );
     assert!(written(&step).webauthn.keys.is_empty());
     assert_eq!(step.status.phase, EnrollmentPhase::PendingApproval, "no key left: a new one needs an approval");
 
+    // An admin, in their own name (the webhook holds them to it and to their step-up).
+    let step = case(KEY_A).factor(factor.clone()).removal(&id, &[(api::REMOVED_BY_ANNOTATION, "root")]).step();
+    assert_eq!(step.unmark, [api::REMOVE_KEY_ANNOTATION, api::REMOVED_BY_ANNOTATION]);
+    let removal = step.records.iter().find(|r| r.reason == "SecurityKeyRemoved").expect("recorded");
+    assert!(removal.message.contains("by admin root"), "{}", removal.message);
+    assert!(written(&step).webauthn.keys.is_empty());
+
     // A key that is not there: nothing changes, and that is said.
-    let mut c = case(KEY_A).factor(factor);
-    c.enrollment
-        .metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(api::REMOVE_KEY_ANNOTATION.into(), "00ff".into());
-    let step = c.step();
+    let step = case(KEY_A).factor(factor).removal("00ff", &[(api::REMOVED_BY_ANNOTATION, "root")]).step();
     assert!(step.factor.is_none());
     assert_eq!(step.records[0].result, "not_found");
 }
