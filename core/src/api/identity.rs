@@ -26,9 +26,10 @@ pub const UNLOCK_BY_ANNOTATION: &str = "stepup.dev/unlock-by";
 pub const LEGACY_RESET_BY_ANNOTATION: &str = "stepup.dev/reset-by";
 
 /// Annotation a person sets on their `WebAuthn` enrollment to register one more key without an
-/// admin: the name of a fresh grant of theirs from a registered key or their authenticator app,
-/// requested for [`VOUCH_SCOPE`] with [`vouch_reason`] of the new enrollment key. The controller
-/// checks the grant (signature, owner, age, scope, reason, used once) and consumes the mark.
+/// admin: the name of a fresh grant of theirs from a registered key (never a TOTP code's: a key
+/// outlasts a phished code, and passes the policies that demand one), requested for
+/// [`VOUCH_SCOPE`] with [`vouch_reason`] of the new enrollment key. The controller checks the
+/// grant (signature, owner, age, scope, reason, used once) and consumes the mark.
 pub const VOUCHING_GRANT_ANNOTATION: &str = "stepup.dev/vouching-grant";
 
 /// The policy scope of a grant that vouches for a new security key: no policy is named so, so

@@ -80,6 +80,9 @@ struct Purpose<'a> {
     what: &'a str,
     /// For messages: "another enrollment key, not …".
     other: String,
+    /// The factors whose grants count, and why others do not.
+    methods: &'a [Method],
+    only: &'a str,
 }
 
 /// Whether `offered` is a proof of `user`'s current factor asked for exactly `purpose`: their
@@ -102,8 +105,8 @@ fn proven<'v>(
     if v.revoked {
         return Err("it was revoked".into());
     }
-    if !matches!(v.method, Method::Totp | Method::WebAuthn) {
-        return Err(format!("a {} grant proves no factor enrolled here (TOTP or a security key)", v.method));
+    if !purpose.methods.contains(&v.method) {
+        return Err(format!("a {} grant does not count: {}", v.method, purpose.only));
     }
     if v.scope.policies != [purpose.scope] || !v.scope.namespaces.is_empty() {
         return Err(format!("it was not requested to {} (a grant for other work never counts)", purpose.what));
@@ -137,6 +140,10 @@ fn vouch(
         reason: api::vouch_reason(fp),
         what: "register a security key",
         other: format!("another enrollment key, not {fp}"),
+        // A key outlasts a code: a phished TOTP code must not become a key that then passes
+        // the policies that demand one.
+        methods: &[Method::WebAuthn],
+        only: "only a registered security key vouches for another (or an admin's approval)",
     };
     let v = proven(voucher, user, &purpose, now, skew)?;
     let allowance = Allowance::Grant { name: v.name.clone(), method: v.method.to_string() };
@@ -172,6 +179,8 @@ fn remover(
         reason: api::removal_reason(id),
         what: "remove a security key",
         other: format!("another key, not {id}"),
+        methods: &[Method::Totp, Method::WebAuthn],
+        only: "it proves no factor enrolled here (TOTP or a security key)",
     };
     let v = proven(offered, user, &purpose, now, skew)?;
     Ok(format!("{user} ({} grant {})", v.method, v.name))

@@ -392,7 +392,12 @@ fn no_other_grant_vouches() {
         (
             "an identity-provider sign-in",
             Ok(Voucher { method: Method::Oidc, ..voucher_for(KEY_B) }),
-            "proves no factor",
+            "only a registered security key vouches",
+        ),
+        (
+            "a grant from a phished TOTP code (a key would outlast the code, and pass policies that demand a key)",
+            Ok(Voucher { method: Method::Totp, ..voucher_for(KEY_B) }),
+            "only a registered security key vouches",
         ),
         ("an old grant", Ok(Voucher { issued_at: t0() - minutes(16), ..voucher_for(KEY_B) }), "counts for 15m"),
         ("a revoked grant", Ok(Voucher { revoked: true, ..voucher_for(KEY_B) }), "revoked"),
