@@ -330,6 +330,15 @@ pub struct Factor {
     pub version: u64,
 }
 
+impl Factor {
+    /// Whether the person holds an authenticator of any method (a confirmed seed, a registered
+    /// key): then no "first" allowance (self-service, the bootstrap) adds another, or whoever
+    /// holds their kubeconfig could add theirs.
+    pub fn holds_an_authenticator(&self) -> bool {
+        self.seed.is_some() || !self.webauthn.keys.is_empty()
+    }
+}
+
 impl std::fmt::Debug for Factor {
     // Never print seeds, not even in debug output.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

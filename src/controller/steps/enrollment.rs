@@ -435,8 +435,8 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>) -> Step {
         }
     }
 
-    // A first enrollment that needs nobody's approval.
-    if corrupt.is_none() && factor.seed.is_none() && factor.pending.is_none() {
+    // A first authenticator that needs nobody's approval (none of any method held yet).
+    if corrupt.is_none() && !factor.holds_an_authenticator() && factor.pending.is_none() {
         if s.self_service {
             factor.pending = Some(new_pending(Allowance::SelfService));
             sealed_fresh = true;

@@ -473,8 +473,8 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>, rp: &RelyingParty) -
         }
     }
 
-    // A first key that needs nobody's approval.
-    if corrupt.is_none() && factor.webauthn.keys.is_empty() && factor.webauthn.pending.is_none() {
+    // A first authenticator that needs nobody's approval (none of any method held yet).
+    if corrupt.is_none() && !factor.holds_an_authenticator() && factor.webauthn.pending.is_none() {
         if s.self_service {
             factor.webauthn.pending = Some(new_pending(Allowance::SelfService));
             sealed_fresh = true;

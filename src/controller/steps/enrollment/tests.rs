@@ -430,6 +430,27 @@ fn self_service_seals_a_first_enrollment_without_approval() {
 }
 
 #[test]
+fn self_service_gives_no_authenticator_app_to_someone_who_holds_a_security_key() {
+    // Attack: with self-service on, someone holding only alice's kubeconfig enrolls their own
+    // authenticator app next to her security key (and then passes every policy taking TOTP).
+    let mut f = Factor::default();
+    f.webauthn.keys.push(crate::controller::factor::RegisteredKey {
+        id_hash: "00ff".into(),
+        registered_at: t0() - minutes(60),
+        allowed: Allowance::Approval { by: "root".into() },
+        key: KEY_B.into(),
+        user_verified: true,
+        credential: serde_json::Value::Null,
+    });
+    let mut c = case(KEY_A).factor(f);
+    c.self_service = true;
+    let step = c.step();
+    assert_eq!(step.factor, None, "nothing sealed: {:?}", step.records);
+    assert_eq!(step.status.phase, EnrollmentPhase::PendingApproval);
+    assert!(step.status.message.contains("kubectl stepup approve alice"), "{}", step.status.message);
+}
+
+#[test]
 fn wrong_first_codes_count_and_lock_like_any_other() {
     let mut f = pending(Factor::default(), KEY_A, Allowance::SelfService, t0());
     f.state.consecutive_failures = 4;

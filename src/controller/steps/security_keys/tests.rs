@@ -325,6 +325,19 @@ fn self_service_allows_a_first_key_only() {
 }
 
 #[test]
+fn self_service_gives_no_first_key_to_someone_who_holds_an_authenticator_app() {
+    // Attack: with self-service on, someone holding only alice's kubeconfig registers their own
+    // key next to her authenticator app (and then passes the policies that demand a key).
+    let f = Factor { seed: Some(Zeroizing::new(vec![7; 20])), seed_key: Some(KEY_B.into()), ..Factor::default() };
+    let mut c = case(KEY_A).factor(f);
+    c.self_service = true;
+    let step = c.step();
+    assert!(step.factor.is_none(), "nothing sealed: {:?}", step.records);
+    assert_eq!(step.status.phase, EnrollmentPhase::PendingApproval);
+    assert!(step.status.message.contains("kubectl stepup approve alice --method WebAuthn"), "{}", step.status.message);
+}
+
+#[test]
 fn a_lockout_of_the_person_shows_on_their_security_keys_too() {
     let (factor, options) = approved();
     let first = register(&mut SoftPasskey::new(true), &options, PAGE);
