@@ -77,6 +77,8 @@ pub struct StepRecord<'a> {
     pub message: &'a str,
     /// The refusal this step answers (`prompt:<review uid>`), or empty.
     pub correlation: &'a str,
+    /// The security key that answered, and whether it verified its person (`WebAuthn` grants).
+    pub credential: Option<(&'a str, bool)>,
 }
 
 impl StepRecord<'_> {
@@ -90,6 +92,8 @@ impl StepRecord<'_> {
             grant: self.grant.to_owned(),
             message: self.message.to_owned(),
             correlation: self.correlation.to_owned(),
+            credential: self.credential.map(|(id, _)| id.to_owned()).unwrap_or_default(),
+            user_verified: self.credential.map(|(_, uv)| uv),
             ..Record::new(self.event, time)
         }
     }

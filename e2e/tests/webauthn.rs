@@ -288,6 +288,21 @@ async fn a_security_key_answers_a_challenge_once_and_the_refused_delete_passes()
     assert_eq!(verdict_of(&replayed).0, Some(ChallengePhase::Denied));
     assert!(verdict_of(&replayed).1.contains("another challenge"), "{}", verdict_of(&replayed).1);
 
+    // The auditor's report counts it under WebAuthn and under the key that answered.
+    eventually(Duration::from_secs(30), || async {
+        let out = plugin(&w.env, "auditor", &["report", "--since", "1h", "--user", "alice", "-o", "json"], None).await;
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let key = &report["report"]["keys"][&id_hash];
+        if key["grants"].as_u64() >= Some(1) && report["report"]["methods"]["WebAuthn"]["grants"].as_u64() >= Some(1) {
+            assert_eq!(key["user"], "alice");
+            Ok(())
+        } else {
+            anyhow::bail!("not reported yet: {}", show(&out))
+        }
+    })
+    .await
+    .expect("the report names the key");
+
     // With the grant, alice deletes prod/db.
     w.webhook_holds("grants", &grant.name_any(), grant.resource_version().as_deref()).await;
     prod.delete("db", &DeleteParams::default()).await.expect("deleted with the security-key grant");

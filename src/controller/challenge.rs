@@ -545,6 +545,7 @@ fn report(c: &StepUpChallenge, v: &Verdicts, grant: Option<&StepUpGrant>) {
         grant: &grant.map(|g| g.name_any()).unwrap_or_default(),
         message: &v.message,
         correlation: correlation(c).unwrap_or_default(),
+        credential: None,
     });
 }
 
@@ -595,8 +596,13 @@ async fn issue(
         Ok(created) => {
             ctx.metrics.grants_issued.with_label_values(&[created.spec.method.as_str()]).inc();
             let reason = created.spec.reason.clone().unwrap_or_default();
+            let key = match created.spec.credential_id_hash.as_deref() {
+                Some(id) if created.spec.user_verified => format!(", security key {id}, user verified"),
+                Some(id) => format!(", security key {id}"),
+                None => String::new(),
+            };
             let note = format!(
-                "issued to {} ({}) until {}{}",
+                "issued to {} ({}{key}) until {}{}",
                 created.spec.user,
                 created.spec.method,
                 created.spec.expires_at.0,
@@ -613,6 +619,7 @@ async fn issue(
                 grant: &name,
                 message: &note,
                 correlation: correlation(challenge).unwrap_or_default(),
+                credential: created.spec.credential_id_hash.as_deref().map(|id| (id, created.spec.user_verified)),
             });
             Ok(created)
         }

@@ -150,6 +150,7 @@ fn step(grant: &StepUpGrant, event: &str, result: &str, message: &str) {
         grant: &grant.name_any(),
         message,
         correlation: crate::api::grant_correlation(grant).unwrap_or_default(),
+        credential: None,
     });
 }
 

@@ -312,6 +312,7 @@ impl Context {
             grant: "",
             message: &record.message,
             correlation: "",
+            credential: None,
         });
         self.metrics.factor_steps.with_label_values(&[record.event, record.result]).inc();
         if record.reason == "UserLocked" {

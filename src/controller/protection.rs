@@ -167,6 +167,7 @@ async fn report(ctx: &Context, change: &Change) {
         grant: "",
         message: &message,
         correlation: "",
+        credential: None,
     });
     let reference = ObjectReference {
         api_version: Some(g.api_version.to_owned()),

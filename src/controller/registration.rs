@@ -212,6 +212,7 @@ async fn tick(ctx: &Context, s: &RegistrationSettings, snapshot: &[StepUpPolicy]
         grant: "",
         message: &note,
         correlation: "",
+        credential: None,
     });
     Ok(())
 }

@@ -282,12 +282,47 @@ fn text_table(out: &mut String, first: &str, rows: &BTreeMap<String, Figures>, c
     for (name, f) in rows {
         grid.push(std::iter::once(printable(name).into_owned()).chain(cells(f).into_iter().take(columns)).collect());
     }
+    aligned(out, grid);
+}
+
+/// Writes `grid` (a header row, then rows of as many cells) in aligned columns.
+fn aligned(out: &mut String, grid: Vec<Vec<String>>) {
+    let columns = grid.first().map_or(0, Vec::len);
     let widths: Vec<usize> =
-        (0..=columns).map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+        (0..columns).map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     for row in grid {
         let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
         let _ = writeln!(out, "{}", line.join("   ").trim_end());
     }
+}
+
+/// Step-ups per verification method: a header row, then one row per method.
+fn method_rows(s: &Summary) -> Vec<Vec<String>> {
+    let mut grid = vec![["METHOD", "STEP-UPS", "FAILED", "GRANTS"].map(str::to_owned).to_vec()];
+    for (method, m) in &s.methods {
+        grid.push(vec![
+            printable(method).into_owned(),
+            m.step_ups.to_string(),
+            m.failed_step_ups.to_string(),
+            m.grants.to_string(),
+        ]);
+    }
+    grid
+}
+
+/// Grants per security key: a header row, then one row per key.
+fn key_rows(s: &Summary) -> Vec<Vec<String>> {
+    let mut grid = vec![["SECURITY KEY", "USER", "GRANTS", "USER VERIFIED", "LAST USED"].map(str::to_owned).to_vec()];
+    for (id, k) in &s.keys {
+        grid.push(vec![
+            printable(id).into_owned(),
+            printable(&k.user).into_owned(),
+            k.grants.to_string(),
+            k.user_verified_grants.to_string(),
+            k.last_used.map(|t| t.strftime("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    grid
 }
 
 fn period(s: &Summary) -> String {
@@ -303,6 +338,10 @@ fn table(s: &Summary, meta: &Meta) -> String {
         text_table(&mut out, "policy", &s.policies, 6);
         out.push('\n');
         text_table(&mut out, "user", &s.users, 9);
+        for grid in [method_rows(s), key_rows(s)].into_iter().filter(|g| g.len() > 1) {
+            out.push('\n');
+            aligned(&mut out, grid);
+        }
         let _ = writeln!(out, "\nTrail ({} entries):", s.trail.len());
         for t in &s.trail {
             let mut line = format!(
@@ -317,6 +356,7 @@ fn table(s: &Summary, meta: &Meta) -> String {
                 ("policy", &t.policies),
                 ("grant", &t.grant),
                 ("reason", &t.reason),
+                ("key", &t.key),
                 ("id", &t.correlation),
             ] {
                 if !v.is_empty() {
@@ -348,7 +388,7 @@ fn csv_field(v: &str) -> String {
 
 /// The trail, one row per entry: what spreadsheets and SIEM imports take.
 fn csv(s: &Summary) -> String {
-    let mut out = String::from("time,event,user,by,what,result,policies,grant,reason,correlation\n");
+    let mut out = String::from("time,event,user,by,what,result,policies,grant,reason,correlation,key\n");
     for t in &s.trail {
         let row = [
             t.time.to_string(),
@@ -361,6 +401,7 @@ fn csv(s: &Summary) -> String {
             t.grant.clone(),
             t.reason.clone(),
             t.correlation.clone(),
+            t.key.clone(),
         ];
         let row: Vec<String> = row.iter().map(|v| csv_field(v)).collect();
         let _ = writeln!(out, "{}", row.join(","));
@@ -392,6 +433,26 @@ fn html_table(out: &mut String, id: &str, first: &str, rows: &BTreeMap<String, F
         let _ = write!(out, "<tr><th>{}</th>", esc(name));
         for c in cells(f).iter().take(columns) {
             let _ = write!(out, "<td>{}</td>", esc(c));
+        }
+        out.push_str("</tr>");
+    }
+    out.push_str("</tbody></table>");
+}
+
+/// `grid` (a header row, then rows) as a table whose first column names each row.
+fn html_grid(out: &mut String, id: &str, grid: &[Vec<String>]) {
+    let _ = write!(out, "<table id=\"{id}\"><thead><tr>");
+    for (i, h) in grid.first().into_iter().flatten().enumerate() {
+        let h = h.to_lowercase();
+        let h = if i == 0 { h[..1].to_uppercase() + &h[1..] } else { h };
+        let _ = write!(out, "<th>{}</th>", esc(&h));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for row in grid.iter().skip(1) {
+        out.push_str("<tr>");
+        for (i, c) in row.iter().enumerate() {
+            let tag = if i == 0 { "th" } else { "td" };
+            let _ = write!(out, "<{tag}>{}</{tag}>", esc(c));
         }
         out.push_str("</tr>");
     }
@@ -510,14 +571,24 @@ th:first-child,td:first-child{text-align:left}thead th{background:#f3f3f3}tbody 
     html_table(&mut out, "policies", "Policy", &s.policies, 6);
     out.push_str("<h2>Per user</h2>");
     html_table(&mut out, "users", "User", &s.users, 9);
+    for (id, title, grid) in [("methods", "Per method", method_rows(s)), ("keys", "Per security key", key_rows(s))] {
+        if grid.len() > 1 {
+            let _ = write!(out, "<h2>{title}</h2>");
+            html_grid(&mut out, id, &grid);
+        }
+    }
     let _ = write!(out, "<h2>Trail ({} entries)</h2><table id=\"trail\"><thead><tr>", s.trail.len());
-    for h in ["Time (UTC)", "Event", "User", "By", "What", "Result", "Policies", "Grant", "Reason", "Correlation"] {
+    for h in
+        ["Time (UTC)", "Event", "User", "By", "What", "Result", "Policies", "Grant", "Reason", "Correlation", "Key"]
+    {
         let _ = write!(out, "<th>{h}</th>");
     }
     out.push_str("</tr></thead><tbody>");
     for e in &s.trail {
         let _ = write!(out, "<tr><td>{}</td>", esc(&e.time.strftime("%Y-%m-%d %H:%M:%S").to_string()));
-        for v in [&e.event, &e.user, &e.by, &e.what, &e.result, &e.policies, &e.grant, &e.reason, &e.correlation] {
+        for v in
+            [&e.event, &e.user, &e.by, &e.what, &e.result, &e.policies, &e.grant, &e.reason, &e.correlation, &e.key]
+        {
             let _ = write!(out, "<td>{}</td>", esc(v));
         }
         out.push_str("</tr>");
@@ -572,10 +643,16 @@ not json"#;
         let mut prompt = r("admission.decision", "2026-11-10T10:00:00Z", "alice");
         prompt.decision = "denied".into();
         prompt.policies = "prod-secrets".into();
+        let key = |r: Record| Record {
+            method: "WebAuthn".into(),
+            credential: "3aab35e8c53f55b0".into(),
+            user_verified: Some(true),
+            ..r
+        };
         let records = vec![
             prompt,
-            r("challenge.verified", "2026-11-10T10:00:30Z", "alice"),
-            r("grant.issued", "2026-11-10T10:00:31Z", "alice"),
+            Record { method: "WebAuthn".into(), ..r("challenge.verified", "2026-11-10T10:00:30Z", "alice") },
+            key(r("grant.issued", "2026-11-10T10:00:31Z", "alice")),
         ];
         report::summarize(
             &records,
@@ -616,6 +693,9 @@ not json"#;
             "id=\"policies\"",
             "id=\"users\"",
             "id=\"trail\"",
+            "id=\"methods\"",
+            "<tr><th>WebAuthn</th><td>1</td><td>0</td><td>1</td></tr>",
+            "<tr><th>3aab35e8c53f55b0</th><td>alice</td><td>1</td><td>1</td>",
             "class=\"bar\"",
             "prod-secrets",
             "2 records were dropped",
@@ -671,11 +751,17 @@ not json"#;
         let s = sample();
         let text = table(&s, &meta());
         assert!(text.contains("POLICY") && text.contains("prod-secrets") && text.contains("31s"), "{text}");
+        assert!(text.contains("WebAuthn   1          0        1"), "{text}");
+        assert!(text.contains("3aab35e8c53f55b0   alice   1        1               2026-11-10 10:00 UTC"), "{text}");
+        assert!(text.contains("key=3aab35e8c53f55b0"), "{text}");
         let csv = csv(&s);
         assert_eq!(csv.lines().count(), 1 + s.trail.len());
         let json: serde_json::Value = serde_json::from_str(&json(&s, &meta())).unwrap();
         assert_eq!(json["report"]["policies"]["prod-secrets"]["prompts"], 1);
         assert_eq!(json["report"]["policies"]["prod-secrets"]["medianPromptToGrantSeconds"], 31.0);
         assert_eq!(json["trail"]["dropped"], 2);
+        assert_eq!(json["report"]["methods"]["WebAuthn"]["grants"], 1);
+        assert_eq!(json["report"]["keys"]["3aab35e8c53f55b0"]["userVerifiedGrants"], 1);
+        assert!(csv.lines().any(|l| l.ends_with(",3aab35e8c53f55b0")), "{csv}");
     }
 }

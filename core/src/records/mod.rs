@@ -88,6 +88,12 @@ pub struct Record {
     pub grant: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// The security key that answered a `WebAuthn` step: its credential id hash.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential: String,
+    /// Whether that key verified its person (PIN, biometric), on a `WebAuthn` step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_verified: Option<bool>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -127,7 +133,7 @@ impl Record {
 
     /// Each free-text field with its name in the JSON and its bound in bytes (the schema's
     /// `maxLength` says the same in characters).
-    pub fn fields(&mut self) -> [(&'static str, &mut String, usize); 25] {
+    pub fn fields(&mut self) -> [(&'static str, &mut String, usize); 26] {
         [
             ("schema", &mut self.schema, 32),
             ("target", &mut self.target, 32),
@@ -154,6 +160,7 @@ impl Record {
             ("reason", &mut self.reason, 1024),
             ("grant", &mut self.grant, 253),
             ("message", &mut self.message, 2048),
+            ("credential", &mut self.credential, 128),
         ]
     }
 }
@@ -206,6 +213,8 @@ mod tests {
             reason: "r".into(),
             grant: "g".into(),
             message: "m".into(),
+            credential: "c".into(),
+            user_verified: Some(true),
             ..Record::new("admission.decision", Timestamp::UNIX_EPOCH)
         };
         let line: serde_json::Value = serde_json::from_str(&full.to_line()).unwrap();

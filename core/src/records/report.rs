@@ -50,6 +50,27 @@ impl Figures {
     }
 }
 
+/// Step-ups with one verification method.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MethodFigures {
+    pub step_ups: u64,
+    pub failed_step_ups: u64,
+    pub grants: u64,
+}
+
+/// The grants one security key earned.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyFigures {
+    /// Whose key it is.
+    pub user: String,
+    pub grants: u64,
+    /// Of those, the grants for which the key verified its person (PIN, biometric).
+    pub user_verified_grants: u64,
+    pub last_used: Option<Timestamp>,
+}
+
 /// One line of the trail.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -64,6 +85,9 @@ pub struct TrailEntry {
     pub grant: String,
     pub reason: String,
     pub correlation: String,
+    /// The security key that answered (its credential id hash), on a `WebAuthn` grant.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub key: String,
 }
 
 /// The report's figures.
@@ -75,6 +99,10 @@ pub struct Summary {
     pub totals: Figures,
     pub policies: BTreeMap<String, Figures>,
     pub users: BTreeMap<String, Figures>,
+    /// Step-ups and grants per verification method (`TOTP`, `OIDC`, `WebAuthn`).
+    pub methods: BTreeMap<String, MethodFigures>,
+    /// Grants per security key (credential id hash).
+    pub keys: BTreeMap<String, KeyFigures>,
     /// Step-ups per UTC day (`2026-12-01`) and policy (`""` for step-ups not tied to a prompt).
     pub step_ups_per_day: BTreeMap<String, BTreeMap<String, u64>>,
     pub trail: Vec<TrailEntry>,
@@ -176,6 +204,22 @@ pub fn summarize(records: &[Record], scope: &Scope) -> Summary {
             "enrollment.unlocked" => bump(&mut |f| f.unlocks += 1),
             _ => {}
         }
+        let step = matches!(r.event.as_str(), "challenge.verified" | "challenge.denied" | "challenge.expired");
+        if !r.method.is_empty() && (step || r.event == "grant.issued") {
+            let m = out.methods.entry(r.method.clone()).or_default();
+            match r.event.as_str() {
+                "challenge.verified" => m.step_ups += 1,
+                "grant.issued" => m.grants += 1,
+                _ => m.failed_step_ups += 1,
+            }
+        }
+        if r.event == "grant.issued" && !r.credential.is_empty() {
+            let key = out.keys.entry(r.credential.clone()).or_default();
+            key.user.clone_from(&r.user);
+            key.grants += 1;
+            key.user_verified_grants += u64::from(r.user_verified == Some(true));
+            key.last_used = Some(r.time);
+        }
         if notable {
             out.trail.push(TrailEntry {
                 time: r.time,
@@ -191,6 +235,7 @@ pub fn summarize(records: &[Record], scope: &Scope) -> Summary {
                 grant: r.grant.clone(),
                 reason: r.reason.clone(),
                 correlation: r.correlation.clone(),
+                key: r.credential.clone(),
             });
         }
     }
@@ -454,6 +499,37 @@ mod tests {
         assert_eq!((alice.lockouts, alice.resets), (1, 1));
         assert_eq!(s.users["carol"].break_glass, 1);
         assert_eq!(s.totals.break_glass, 1);
+    }
+
+    #[test]
+    fn step_ups_are_counted_per_method_and_grants_per_security_key() {
+        let with = |r: Record, method: &str| Record { method: method.into(), ..r };
+        let key = |r: Record, id: &str, uv: bool| Record {
+            credential: id.into(),
+            user_verified: Some(uv),
+            ..with(r, "WebAuthn")
+        };
+        let records = vec![
+            with(step("2026-11-02T08:00:00Z", "challenge.verified", "bob", ""), "TOTP"),
+            with(step("2026-11-02T08:00:01Z", "grant.issued", "bob", ""), "TOTP"),
+            with(step("2026-11-02T09:00:00Z", "challenge.denied", "alice", ""), "WebAuthn"),
+            with(step("2026-11-02T09:01:00Z", "challenge.verified", "alice", ""), "WebAuthn"),
+            key(step("2026-11-02T09:01:01Z", "grant.issued", "alice", ""), "k1", true),
+            with(step("2026-11-03T09:01:00Z", "challenge.verified", "alice", ""), "WebAuthn"),
+            key(step("2026-11-03T09:01:01Z", "grant.issued", "alice", ""), "k1", false),
+            key(step("2026-11-04T09:01:01Z", "grant.issued", "alice", ""), "k2", true),
+            // An enrollment step names its method but is no step-up.
+            with(step("2026-11-04T10:00:00Z", "enrollment.confirmed", "carol", ""), "OIDC"),
+        ];
+        let s = summarize(&records, &scope());
+        assert_eq!(s.methods["TOTP"], MethodFigures { step_ups: 1, failed_step_ups: 0, grants: 1 });
+        assert_eq!(s.methods["WebAuthn"], MethodFigures { step_ups: 2, failed_step_ups: 1, grants: 3 });
+        assert!(!s.methods.contains_key("OIDC"));
+        let k1 = &s.keys["k1"];
+        assert_eq!((k1.user.as_str(), k1.grants, k1.user_verified_grants), ("alice", 2, 1));
+        assert_eq!(k1.last_used, Some(at("2026-11-03T09:01:01Z")));
+        assert_eq!(s.keys["k2"].grants, 1);
+        assert!(s.trail.iter().any(|t| t.key == "k2"), "the trail names the key");
     }
 
     #[test]
