@@ -119,6 +119,22 @@ impl Browser {
         Ok(listed["value"].as_array().cloned().unwrap_or_default())
     }
 
+    /// Copies `credential` (as [`Browser::credentials`] lists it, private key included) into
+    /// `key` with signature counter `counter`: a clone of the key that holds it.
+    pub async fn copy_credential(&self, key: &VirtualKey, credential: &Value, counter: u64) -> Result<()> {
+        let copy = json!({
+            "credentialId": credential["credentialId"],
+            "isResidentCredential": credential["isResidentCredential"],
+            "rpId": credential["rpId"],
+            "privateKey": credential["privateKey"],
+            "userHandle": credential["userHandle"],
+            "signCount": counter,
+        });
+        self.call("POST", &self.at(&format!("/webauthn/authenticator/{}/credential", key.id)), Some(copy))
+            .await
+            .map(|_| ())
+    }
+
     pub async fn goto(&self, url: &str) -> Result<()> {
         self.call("POST", &self.at("/url"), Some(json!({"url": url}))).await.map(|_| ())
     }

@@ -450,8 +450,10 @@ async fn the_plugin_registers_a_key_in_a_real_browser_and_steps_up_with_it() {
 
     // Nobody touches the key: the plugin gives up at its timeout, stops the browser's prompt,
     // says so on the page and withdraws the challenge, so no grant can come of it.
+    // (What the key holds, for the clone below.)
+    let held = browser.credentials(&key).await.expect("credentials");
     browser.remove_key(&key).await.expect("unplugged");
-    let _idle = browser.add_key_with(true, false).await.expect("a key nobody touches");
+    let idle = browser.add_key_with(true, false).await.expect("a key nobody touches");
     let mut declined = Running::start(
         &w,
         &alice,
@@ -470,6 +472,27 @@ async fn the_plugin_registers_a_key_in_a_real_browser_and_steps_up_with_it() {
     assert!(ended.stderr.contains("no security key answered within 10s"), "{}", ended.stderr);
     let webauthn_grants = w.grants_of("alice").await.into_iter().filter(|g| g.spec.method == Method::WebAuthn).count();
     assert_eq!(webauthn_grants, 1, "no grant besides the first");
+
+    // A clone: alice's credential copied, private key and all, into another authenticator
+    // whose signature counter lags behind the real key's. Its answer is refused, and said so.
+    let counter = held[0]["signCount"].as_u64().expect("a signature counter");
+    assert!(counter >= 2, "the key counts its signatures: {counter}");
+    browser.remove_key(&idle).await.expect("unplugged");
+    let clone = browser.add_key(true).await.expect("the clone's authenticator");
+    browser.copy_credential(&clone, &held[0], 1).await.expect("the credential copied");
+    let mut cloned =
+        Running::start(&w, &alice, &["request", "--method", "WebAuthn", "--no-browser", "--reason", "INC-33"]);
+    let url = cloned.until("the security-key page", page_address).await;
+    browser.goto(&url).await.expect("the page opens");
+    let (state, text) =
+        browser.wait_state(&["done", "failed"], Duration::from_secs(30)).await.expect("the page finishes");
+    browser.screenshot(&screenshot_path("webauthn-request-cloned.png")).await.expect("screenshot");
+    assert_eq!(state, "failed", "{text}");
+    assert!(text.contains("it may be a clone of your key"), "{text}");
+    let ended = cloned.finish().await;
+    assert!(!ended.success);
+    assert!(ended.stderr.contains("it may be a clone of your key"), "{}", ended.stderr);
+    w.wait_event("ClonedAuthenticator", "it may be a clone").await;
 }
 
 /// `kubectl stepup enroll --method WebAuthn` as alice, approved by the admin, answered by the
