@@ -525,6 +525,11 @@ pub struct ControllerArgs {
     #[arg(long, hide = true, value_enum)]
     pub crash_at: Option<crate::controller::CrashPoint>,
 
+    /// Test hook: panic in the challenge reconciler at this step (a bug's panic). Ignored by
+    /// release builds.
+    #[arg(long, hide = true, value_enum)]
+    pub panic_at: Option<crate::controller::CrashPoint>,
+
     /// Test hook: wait this long after the last deadline check before issuing a grant (a slow
     /// controller, caught in the worst moment). Ignored by release builds.
     #[arg(long, hide = true)]

@@ -455,6 +455,36 @@ async fn grants_of_challenge(world: &World, c: &kube_stepup::api::StepUpChalleng
         .count()
 }
 
+/// A reconciler that panics (a bug) must not leave a leader that answers nothing while holding
+/// the lease: the controller stops, saying why, and another replica takes over and answers.
+#[tokio::test]
+async fn a_panicking_reconciler_stops_the_controller_and_another_answers() {
+    let world = World::new().await;
+    let mut auth = world.enroll("alice", "alice").await;
+    let _paused = ScriptControllerPaused::new();
+    let instance = "e2e-panic";
+    let mut panicking =
+        ControllerProcess::spawn(&world.env, instance, stepup_e2e::extra_port(0), &["--panic-at", "claimed"]);
+    eventually(Duration::from_secs(30), || async {
+        if panicking.is_leader().await { Ok(()) } else { anyhow::bail!("the panicking controller does not lead yet") }
+    })
+    .await
+    .expect("the panicking controller leads");
+    let code = auth.code().await;
+    let key = world.response_key_for("alice").await;
+    let mut challenge = stepup_e2e::sealed_challenge("alice", ALICE_UID, &code, None, None, &key);
+    challenge.metadata.finalizers = None;
+    let c = world.create_raw_challenge("alice", &challenge).await.unwrap();
+    assert_eq!(panicking.wait_exit(Duration::from_secs(30)).await, Some(1), "the controller stops");
+    let log = std::fs::read_to_string(format!("{}/stepup-controller-{instance}.log", world.env.var("STEPUP_LOGS_DIR")))
+        .unwrap();
+    assert!(log.contains("a reconciler ended while leading"), "{log}");
+    assert!(log.contains("the challenges reconciler panicked while leading"), "{log}");
+    let _fresh = ControllerProcess::spawn(&world.env, "e2e-after-panic", stepup_e2e::extra_port(1), &[]);
+    let done = world.verdict(&c.name_any()).await;
+    assert_eq!(phase(&done), ChallengePhase::Verified, "{}", message(&done));
+}
+
 #[tokio::test]
 async fn a_crash_at_any_step_of_issuing_yields_one_grant_a_spent_step_and_a_true_verdict() {
     let world = World::new().await;

@@ -69,6 +69,8 @@ pub struct Settings {
     pub max_clock_skew: SignedDuration,
     /// Test hook: exit right after this step of answering a challenge that earns a grant.
     pub crash_at: Option<CrashPoint>,
+    /// Test hook: panic (in the reconciler) at this step of answering a challenge.
+    pub panic_at: Option<CrashPoint>,
     /// Test hook: wait this long between the last deadline check and issuing the grant.
     pub pause_before_issuing: Option<std::time::Duration>,
     /// Where the API server puts a sign-in: the authorizer must refuse impersonating these.
@@ -100,6 +102,9 @@ impl Settings {
             tracing::error!(challenge, ?point, "test hook: exiting");
             std::process::exit(86);
         }
+        if cfg!(debug_assertions) && self.panic_at == Some(point) {
+            panic!("test hook: panicking at {point:?} of {challenge}");
+        }
     }
 }
 
@@ -120,6 +125,7 @@ impl Default for Settings {
             bootstrap_window: SignedDuration::from_hours(1),
             max_clock_skew: SignedDuration::from_secs(10),
             crash_at: None,
+            panic_at: None,
             pause_before_issuing: None,
             sign_in_keys: Default::default(),
         }

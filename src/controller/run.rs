@@ -58,6 +58,7 @@ pub fn settings(args: &ControllerArgs, decision: &crate::decision::DecisionSetti
         bootstrap_window: args.bootstrap_window.as_signed(),
         max_clock_skew: args.identity.max_clock_skew.as_signed(),
         crash_at: args.crash_at,
+        panic_at: args.panic_at,
         pause_before_issuing: args.pause_before_issuing.map(|d| d.as_std()),
         sign_in_keys: decision.sign_in_keys.clone(),
     }
@@ -181,6 +182,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
 
     let shutdown = process::shutdown_signal();
     tokio::pin!(shutdown);
+    let mut failed = None;
     loop {
         // Standby until we lead.
         tokio::select! {
@@ -190,23 +192,40 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
         metrics.leader.set(1);
         let work = CancellationToken::new();
         let tasks = start(ctx.clone(), registration.clone(), decision.clone(), work.clone());
-        tokio::select! {
-            _ = &mut shutdown => {
-                work.cancel();
-                let _ = futures::future::join_all(tasks).await;
+        let aborts: Vec<_> = tasks.iter().map(|(_, t)| t.abort_handle()).collect();
+        let mut running: futures::stream::FuturesUnordered<_> =
+            tasks.into_iter().map(|(name, task)| async move { (name, task.await) }).collect();
+        let stopped = tokio::select! {
+            _ = &mut shutdown => Stop::Shutdown,
+            _ = leading.wait_for(|l| !*l) => Stop::Deposed,
+            // Reconcilers run until `work` is cancelled: one that ends first panicked or
+            // stopped, and a leader without it would leave its objects unanswered.
+            Some((name, ended)) = running.next() => Stop::Failed(name, match ended {
+                Err(e) if e.is_panic() => "panicked".to_owned(),
+                Err(e) => e.to_string(),
+                Ok(()) => "stopped".to_owned(),
+            }),
+        };
+        if stopped != Stop::Shutdown {
+            // Another replica may lead soon: stop at once, as a crash would (every write
+            // sequence is safe to cut anywhere: the crash scenarios), instead of letting
+            // reconciles blocked on a stalled connection finish later.
+            metrics.leader.set(0);
+            aborts.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+        work.cancel();
+        while running.next().await.is_some() {}
+        match stopped {
+            Stop::Shutdown => break,
+            Stop::Deposed => tracing::warn!("no longer leading; stopped the reconcilers"),
+            Stop::Failed(name, why) => {
+                tracing::error!(
+                    task = name,
+                    why,
+                    "a reconciler ended while leading; the controller stops (to be restarted)"
+                );
+                failed = Some(RunError::Config(format!("the {name} reconciler {why} while leading")));
                 break;
-            }
-            _ = leading.wait_for(|l| !*l) => {
-                // Another replica may lead soon: stop at once, as a crash would (every write
-                // sequence is safe to cut anywhere: the crash scenarios), instead of letting
-                // reconciles blocked on a stalled connection finish later.
-                tracing::warn!("no longer leading; stopping reconcilers");
-                metrics.leader.set(0);
-                work.cancel();
-                for task in &tasks {
-                    task.abort();
-                }
-                let _ = futures::future::join_all(tasks).await;
             }
         }
     }
@@ -217,7 +236,15 @@ pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     let _ = admin_task.await;
     crate::records::writer::finish(&stop_records, records).await;
     tracing::info!("controller stopped");
-    Ok(())
+    failed.map_or(Ok(()), Err)
+}
+
+/// Why the leader stopped its reconcilers.
+#[derive(Debug, PartialEq, Eq)]
+enum Stop {
+    Shutdown,
+    Deposed,
+    Failed(&'static str, String),
 }
 
 fn error_policy<K, C>(controller: &'static str, metrics: Metrics) -> impl Fn(Arc<K>, &Error, Arc<C>) -> Action {
@@ -234,13 +261,16 @@ fn error_policy<K, C>(controller: &'static str, metrics: Metrics) -> impl Fn(Arc
     }
 }
 
+/// A task the leader runs, by name.
+type Task = (&'static str, tokio::task::JoinHandle<()>);
+
 /// Starts the reconcilers; they stop when `work` is cancelled.
 fn start(
     ctx: Arc<Context>,
     registration: Option<RegistrationSettings>,
     decision: crate::decision::DecisionSettings,
     work: CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Vec<Task> {
     let client = ctx.client.clone();
     let mut tasks = Vec::new();
 
@@ -258,7 +288,7 @@ fn start(
             Arc::new(ChallengeContext { ctx: ctx.clone(), store, policies: policy_store }),
         )
         .for_each(|_| async {});
-    tasks.push(tokio::spawn(challenges));
+    tasks.push(("challenges", tokio::spawn(challenges)));
 
     // Enrollments follow their factor Secrets too: a lockout or a failure recorded by a
     // challenge shows in the enrollment's phase at once.
@@ -280,54 +310,66 @@ fn start(
         .graceful_shutdown_on(work.clone().cancelled_owned())
         .run(enrollment::reconcile, error_policy("enrollment", metrics.clone()), ctx.clone())
         .for_each(|_| async {});
-    tasks.push(tokio::spawn({
-        let (ctx, work) = (ctx.clone(), work.clone());
-        async move {
-            // The bootstrap record is read (or first written) before any enrollment is decided.
-            while let Err(error) = bootstrap::load(&ctx).await {
-                ctx.metrics.reconcile_errors.with_label_values(&["bootstrap", error.metric_label()]).inc();
-                tracing::warn!(%error, "cannot read the bootstrap record; retrying");
-                tokio::select! {
-                    _ = work.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+    tasks.push((
+        "enrollments",
+        tokio::spawn({
+            let (ctx, work) = (ctx.clone(), work.clone());
+            async move {
+                // The bootstrap record is read (or first written) before any enrollment is decided.
+                while let Err(error) = bootstrap::load(&ctx).await {
+                    ctx.metrics.reconcile_errors.with_label_values(&["bootstrap", error.metric_label()]).inc();
+                    tracing::warn!(%error, "cannot read the bootstrap record; retrying");
+                    tokio::select! {
+                        _ = work.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
                 }
+                enrollments.await
             }
-            enrollments.await
-        }
-    }));
+        }),
+    ));
 
     let grants = Controller::new(Api::<StepUpGrant>::all(client.clone()), watcher::Config::default())
         .graceful_shutdown_on(work.clone().cancelled_owned());
     let store = grants.store();
-    tasks.push(tokio::spawn(
-        grants.run(grant::reconcile, error_policy("grant", metrics.clone()), ctx.clone()).for_each(|_| async {}),
+    tasks.push((
+        "grants",
+        tokio::spawn(
+            grants.run(grant::reconcile, error_policy("grant", metrics.clone()), ctx.clone()).for_each(|_| async {}),
+        ),
     ));
-    tasks.push(tokio::spawn({
-        let (metrics, work) = (ctx.metrics.clone(), work.clone());
-        async move {
-            loop {
-                let now = Timestamp::now();
-                let active = store
-                    .state()
-                    .iter()
-                    .filter(|g| g.metadata.deletion_timestamp.is_none() && now < g.spec.expires_at.0)
-                    .count();
-                metrics.grants_active.set(active as i64);
-                tokio::select! {
-                    _ = work.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+    tasks.push((
+        "active-grants gauge",
+        tokio::spawn({
+            let (metrics, work) = (ctx.metrics.clone(), work.clone());
+            async move {
+                loop {
+                    let now = Timestamp::now();
+                    let active = store
+                        .state()
+                        .iter()
+                        .filter(|g| g.metadata.deletion_timestamp.is_none() && now < g.spec.expires_at.0)
+                        .count();
+                    metrics.grants_active.set(active as i64);
+                    tokio::select! {
+                        _ = work.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+                    }
                 }
             }
-        }
-    }));
-
-    tasks.push(tokio::spawn(
-        policies.run(policy_status::reconcile, error_policy("policy", metrics), ctx.clone()).for_each(|_| async {}),
+        }),
     ));
-    tasks.push(tokio::spawn(super::records::run(ctx.clone(), work.clone())));
-    tasks.push(tokio::spawn(super::publish::run(ctx.clone(), decision, work.clone())));
+
+    tasks.push((
+        "policies",
+        tokio::spawn(
+            policies.run(policy_status::reconcile, error_policy("policy", metrics), ctx.clone()).for_each(|_| async {}),
+        ),
+    ));
+    tasks.push(("audit records", tokio::spawn(super::records::run(ctx.clone(), work.clone()))));
+    tasks.push(("discovery", tokio::spawn(super::publish::run(ctx.clone(), decision, work.clone()))));
     if let Some(settings) = registration {
-        tasks.push(tokio::spawn(registration::run(ctx, settings, work)));
+        tasks.push(("registration", tokio::spawn(registration::run(ctx, settings, work))));
     }
     tasks
 }
