@@ -7,13 +7,13 @@ use std::{hint::black_box, sync::Arc, time::Duration};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use jiff::{SignedDuration, Timestamp};
-use kube_stepup::{
+use stepup_core::testing::{RequestBuilder, fleet, read, request, t0};
+use stepup_core::{
     api::{Operation::*, Verb},
     decision::{self, DecisionConfig, Grants, Inputs, Outcome, StepUpObjects},
     grant::{GrantIndex, GrantRecord},
     policy::{Action, CompiledPolicy, PolicyIndex},
 };
-use stepup_core::testing::{RequestBuilder, fleet, read, request, t0};
 
 const POLICIES: usize = 10_000;
 const GRANTS: usize = 100_000;

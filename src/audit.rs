@@ -5,10 +5,10 @@
 
 use jiff::Timestamp;
 
-use crate::{
+use crate::records::{Record, writer};
+use stepup_core::{
     decision::Decision,
     policy::{Action, Request},
-    records::{Record, writer},
 };
 
 pub use crate::records::TARGET;

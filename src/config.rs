@@ -5,7 +5,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{api::Duration, telemetry::LogFormat};
+use crate::telemetry::LogFormat;
+use stepup_core::api::Duration;
 
 #[derive(Parser, Debug)]
 #[command(name = "stepup", version, about = "kube-stepup: step-up authentication for Kubernetes")]
@@ -120,15 +121,15 @@ pub struct IdentityArgs {
     /// The `userInfo.extra` key the API server's AuthenticationConfiguration maps the ID
     /// token's `acr` claim to (policies accepting `Session` read it). Impersonating this key,
     /// the two below and the credential id is refused to everyone.
-    #[arg(long, env = "STEPUP_SIGN_IN_ACR_EXTRA", default_value = crate::policy::ACR_EXTRA, value_parser = sign_in_key)]
+    #[arg(long, env = "STEPUP_SIGN_IN_ACR_EXTRA", default_value = stepup_core::policy::ACR_EXTRA, value_parser = sign_in_key)]
     pub sign_in_acr_extra: String,
 
     /// The extra key the `amr` claim is mapped to.
-    #[arg(long, env = "STEPUP_SIGN_IN_AMR_EXTRA", default_value = crate::policy::AMR_EXTRA, value_parser = sign_in_key)]
+    #[arg(long, env = "STEPUP_SIGN_IN_AMR_EXTRA", default_value = stepup_core::policy::AMR_EXTRA, value_parser = sign_in_key)]
     pub sign_in_amr_extra: String,
 
     /// The extra key the `auth_time` claim is mapped to (seconds since the epoch, as a string).
-    #[arg(long, env = "STEPUP_SIGN_IN_AUTH_TIME_EXTRA", default_value = crate::policy::AUTH_TIME_EXTRA, value_parser = sign_in_key)]
+    #[arg(long, env = "STEPUP_SIGN_IN_AUTH_TIME_EXTRA", default_value = stepup_core::policy::AUTH_TIME_EXTRA, value_parser = sign_in_key)]
     pub sign_in_auth_time_extra: String,
 }
 
@@ -149,8 +150,8 @@ pub struct ChallengeLimitArgs {
 }
 
 impl ChallengeLimitArgs {
-    pub fn limits(&self) -> crate::limits::ChallengeLimits {
-        crate::limits::ChallengeLimits {
+    pub fn limits(&self) -> stepup_core::limits::ChallengeLimits {
+        stepup_core::limits::ChallengeLimits {
             max_pending: self.max_pending_challenges,
             max_per_window: self.max_challenges_per_window,
             window: self.challenge_rate_window.as_signed(),
@@ -163,17 +164,21 @@ impl IdentityArgs {
         self.webhook_user.clone().unwrap_or_else(|| format!("system:serviceaccount:{}:stepup-webhook", self.namespace))
     }
 
-    pub fn masks(&self) -> crate::policy::Masks {
-        crate::policy::Masks {
+    pub fn masks(&self) -> stepup_core::policy::Masks {
+        stepup_core::policy::Masks {
             enabled: self.service_account_masks,
             trusted_namespaces: self.trusted_service_account_namespaces.clone(),
         }
     }
 
     /// Where a sign-in's claims arrive; the three flags must name three different keys.
-    pub fn sign_in_keys(&self) -> Result<crate::policy::SignInKeys, crate::error::RunError> {
-        crate::policy::SignInKeys::new(&self.sign_in_acr_extra, &self.sign_in_amr_extra, &self.sign_in_auth_time_extra)
-            .map_err(|e| crate::error::RunError::Config(format!("--sign-in-*-extra: {e}")))
+    pub fn sign_in_keys(&self) -> Result<stepup_core::policy::SignInKeys, crate::error::RunError> {
+        stepup_core::policy::SignInKeys::new(
+            &self.sign_in_acr_extra,
+            &self.sign_in_amr_extra,
+            &self.sign_in_auth_time_extra,
+        )
+        .map_err(|e| crate::error::RunError::Config(format!("--sign-in-*-extra: {e}")))
     }
 
     pub fn controller_user(&self) -> String {
@@ -210,8 +215,8 @@ pub struct DecisionArgs {
 pub fn decision_settings(
     identity: &IdentityArgs,
     decision: &DecisionArgs,
-) -> Result<crate::decision::DecisionSettings, crate::error::RunError> {
-    Ok(crate::decision::DecisionSettings {
+) -> Result<stepup_core::decision::DecisionSettings, crate::error::RunError> {
+    Ok(stepup_core::decision::DecisionSettings {
         namespace: identity.namespace.clone(),
         controller_users: vec![identity.controller_user()],
         webhook_users: vec![identity.webhook_user()],
@@ -219,7 +224,7 @@ pub fn decision_settings(
         break_glass_groups: identity.break_glass_groups.clone(),
         exempt_users: decision.exempt_users.clone(),
         exempt_groups: decision.exempt_groups.clone(),
-        exempt_namespaces: crate::decision::exempt_namespaces(&identity.namespace, &decision.exempt_namespaces),
+        exempt_namespaces: stepup_core::decision::exempt_namespaces(&identity.namespace, &decision.exempt_namespaces),
         protect_policies: (!decision.protect_policies.is_zero()).then_some(decision.protect_policies),
         service_account_masks: identity.service_account_masks,
         trusted_service_account_namespaces: identity.trusted_service_account_namespaces.clone(),
@@ -544,17 +549,17 @@ pub enum CaBundleSource {
 
 /// A `userInfo.extra` key the API server can map a sign-in's claim to.
 fn sign_in_key(s: &str) -> Result<String, String> {
-    crate::policy::check_sign_in_key(s).map_err(|e| e.to_string())?;
+    stepup_core::policy::check_sign_in_key(s).map_err(|e| e.to_string())?;
     Ok(s.to_owned())
 }
 
 /// A maximum grant age for a built-in policy: `0` (off) or within the range policies allow.
 fn builtin_max_age(s: &str) -> Result<Duration, String> {
-    let age: Duration = s.parse().map_err(|e: crate::api::ParseDurationError| e.to_string())?;
+    let age: Duration = s.parse().map_err(|e: stepup_core::api::ParseDurationError| e.to_string())?;
     if age.is_zero() {
         return Ok(age);
     }
-    crate::policy::check_max_age(age)?;
+    stepup_core::policy::check_max_age(age)?;
     Ok(age)
 }
 
@@ -616,7 +621,7 @@ mod tests {
         assert_eq!(published.protect_policies, Some(Duration::from_secs(300)));
         assert_eq!(published.controller_users, ["system:serviceaccount:stepup:stepup-controller"]);
         assert!(!published.service_account_masks);
-        assert_ne!(published, crate::decision::DecisionSettings::defaults("stepup"));
+        assert_ne!(published, stepup_core::decision::DecisionSettings::defaults("stepup"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub enum RunError {
     #[error("cannot reach the Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error(transparent)]
-    Key(#[from] crate::keys::KeyError),
+    Key(#[from] stepup_core::keys::KeyError),
     #[error("{0}")]
     Config(String),
 }

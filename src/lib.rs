@@ -3,8 +3,9 @@
 //! The decision core is its own crate, [`stepup_core`] (`core/`): API types, policies, grants,
 //! decisions, verification and the audit record, without I/O. This crate holds the shells
 //! around it: the webhook ([`admission`]), the [`controller`], the kubectl [`plugin`], and the
-//! I/O they share (evidence, metrics, records' writer, PKI, telemetry). Its modules re-export
-//! the core's under their old paths (`kube_stepup::api`, ...).
+//! I/O they share (evidence, metrics, records' writer, PKI, telemetry). Shells name the core
+//! by its crate path (`stepup_core::decision`), so where the pure code ends shows in every
+//! `use` line.
 #![forbid(unsafe_code)]
 #![deny(warnings)]
 
@@ -21,7 +22,3 @@ pub mod plugin;
 pub mod process;
 pub mod records;
 pub mod telemetry;
-
-#[cfg(test)]
-pub use stepup_core::testing;
-pub use stepup_core::{api, decision, grant, keys, limits, policy, verify};

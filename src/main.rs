@@ -1,9 +1,10 @@
 use clap::Parser;
 use kube_stepup::{
-    admission, api,
+    admission,
     config::{Cli, Command},
     telemetry,
 };
+use stepup_core::api;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -13,7 +14,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crdgen => print!("{}", api::crds_yaml()?),
         Command::AuthorizerConfig(args) => kube_stepup::controller::authorizer_config::command(&args).await?,
-        Command::Keygen => println!("{}", kube_stepup::keys::MasterKey::generate().to_base64().as_str()),
+        Command::Keygen => println!("{}", stepup_core::keys::MasterKey::generate().to_base64().as_str()),
         Command::Controller(args) => {
             telemetry::init(cli.log_format);
             kube_stepup::controller::run::run(*args).await?;

@@ -2,7 +2,7 @@
 
 #[test]
 fn committed_crds_match_the_rust_types() {
-    let generated = kube_stepup::api::crds_yaml().expect("CRDs serialize");
+    let generated = stepup_core::api::crds_yaml().expect("CRDs serialize");
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/stepup.dev.yaml");
     let committed = std::fs::read_to_string(path).expect("crds/stepup.dev.yaml exists");
     assert!(

@@ -16,11 +16,11 @@ use hyper::StatusCode;
 use jiff::{SignedDuration, Timestamp};
 use kube_stepup::{
     admission::Settings,
-    api::{Operation::*, StepUpPolicy},
     pki::{CertificateAuthority, ServingCertificate},
 };
 use rustls::pki_types::ServerName;
 use serde_json::Value;
+use stepup_core::api::{Operation::*, StepUpPolicy};
 use stepup_core::testing::{policy, request};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -196,7 +196,7 @@ async fn the_slow_post_attack_leaves_the_real_webhook_under_the_charts_memory_li
     let leaf = ca.issue(&["localhost".into()], Timestamp::now(), SignedDuration::from_hours(1)).unwrap();
     std::fs::write(dir.path().join("tls.crt"), &leaf.cert_pem).unwrap();
     std::fs::write(dir.path().join("tls.key"), &leaf.key_pem).unwrap();
-    std::fs::write(dir.path().join("master.key"), kube_stepup::keys::MasterKey::generate().to_base64().as_bytes())
+    std::fs::write(dir.path().join("master.key"), stepup_core::keys::MasterKey::generate().to_base64().as_bytes())
         .unwrap();
     // An API server that is not there: the attack needs none, and the webhook must not either.
     let mut kubeconfig = std::fs::File::create(dir.path().join("kubeconfig")).unwrap();

@@ -10,16 +10,18 @@ use std::sync::{Arc, LazyLock};
 use jiff::Timestamp;
 use kube_stepup::{
     admission::review::{self, Review},
-    api::{Method, StepUpPolicy},
-    decision::{self, DecisionConfig, Grants, Inputs, Requirement},
-    grant::GrantIndex,
     plugin::{terminal::normalize_code, trailer},
-    policy::{CompiledPolicy, Masks, NamespaceLabels, PolicyIndex},
-    verify::{Verifier, totp::TotpVerifier},
 };
 use proptest::prelude::*;
 use serde_json::Value;
 use stepup_core::testing::{grant, policy, t0};
+use stepup_core::{
+    api::{Method, StepUpPolicy},
+    decision::{self, DecisionConfig, Grants, Inputs, Requirement},
+    grant::GrantIndex,
+    policy::{CompiledPolicy, Masks, NamespaceLabels, PolicyIndex},
+    verify::{Verifier, totp::TotpVerifier},
+};
 
 static SEEDS: LazyLock<Vec<Value>> = LazyLock::new(|| {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/reviews");
@@ -35,7 +37,7 @@ static SEEDS: LazyLock<Vec<Value>> = LazyLock::new(|| {
 });
 
 static POLICIES: LazyLock<PolicyIndex> = LazyLock::new(|| {
-    use kube_stepup::api::Operation::*;
+    use stepup_core::api::Operation::*;
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/manifests/examples");
     let mut all: Vec<Arc<CompiledPolicy>> = std::fs::read_dir(examples)
         .unwrap()
@@ -154,7 +156,7 @@ proptest! {
 
     #[test]
     fn arbitrary_policies_compile_or_name_a_field(spec in json_leaf(), path in proptest::collection::vec(0usize..16, 0..6)) {
-        let mut p = serde_json::to_value(policy("p").rule(&[kube_stepup::api::Operation::Delete], "", &["secrets"]).namespaces(&["prod-*"]).build()).unwrap();
+        let mut p = serde_json::to_value(policy("p").rule(&[stepup_core::api::Operation::Delete], "", &["secrets"]).namespaces(&["prod-*"]).build()).unwrap();
         mutate(&mut p["spec"], &path, &spec);
         if let Ok(p) = serde_json::from_value::<StepUpPolicy>(p)
             && let Err(e) = CompiledPolicy::compile(&p)
@@ -178,7 +180,7 @@ proptest! {
         let requirement = Requirement {
             policies,
             methods: if session { vec![Method::Totp, Method::Session] } else { vec![Method::Totp] },
-            max_age: kube_stepup::api::Duration::from_secs(max_age),
+            max_age: stepup_core::api::Duration::from_secs(max_age),
             reason_required,
             acr_values,
             amr,
@@ -245,7 +247,7 @@ fn an_object_near_the_api_servers_size_limit_is_decided() {
 
 #[test]
 fn look_alike_and_control_character_usernames_are_other_users() {
-    use kube_stepup::api::Operation::Delete;
+    use stepup_core::api::Operation::Delete;
     use stepup_core::testing::request;
     let alice = GrantIndex::new([grant("g", "alice").record()]);
     let config = config();
@@ -260,25 +262,25 @@ fn look_alike_and_control_character_usernames_are_other_users() {
         let d = decision::decide(&req.view(), &Default::default(), &inputs);
         assert!(!d.allowed, "{impostor:?} used alice's grant");
         let names = [
-            kube_stepup::api::enrollment_name(impostor),
-            kube_stepup::api::grant_name(impostor, "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4"),
-            kube_stepup::api::factor_secret_name(impostor),
+            stepup_core::api::enrollment_name(impostor),
+            stepup_core::api::grant_name(impostor, "0c9a8d74-9cb7-44dd-b98e-09fd62def2f4"),
+            stepup_core::api::factor_secret_name(impostor),
         ];
         for name in names {
             assert!(
                 name.len() <= 63 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'),
                 "{name:?}"
             );
-            assert_ne!(name, kube_stepup::api::enrollment_name("alice"));
+            assert_ne!(name, stepup_core::api::enrollment_name("alice"));
         }
-        assert_ne!(kube_stepup::api::user_label_value(impostor), kube_stepup::api::user_label_value("alice"));
+        assert_ne!(stepup_core::api::user_label_value(impostor), stepup_core::api::user_label_value("alice"));
     }
 }
 
 #[test]
 fn grants_from_the_far_future_or_past_do_not_satisfy() {
     use jiff::SignedDuration;
-    use kube_stepup::api::Operation::Delete;
+    use stepup_core::api::Operation::Delete;
     use stepup_core::testing::request;
     let config = config();
     let prod =
@@ -298,7 +300,7 @@ fn grants_from_the_far_future_or_past_do_not_satisfy() {
 
 #[test]
 fn conflicting_modes_on_one_request_deny_until_a_grant_satisfies_the_deny_policy() {
-    use kube_stepup::api::{Enforcement, Operation::Delete};
+    use stepup_core::api::{Enforcement, Operation::Delete};
     use stepup_core::testing::request;
     let config = config();
     let same_rule = |name: &str, mode| {

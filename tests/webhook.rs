@@ -7,11 +7,13 @@ use std::{sync::Arc, time::Duration};
 use futures::future::BoxFuture;
 use hyper::StatusCode;
 use jiff::{SignedDuration, Timestamp};
-use kube_stepup::{
-    admission::{
-        Settings,
-        lookup::{GrantSource, LookupError},
-    },
+use kube_stepup::admission::{
+    Settings,
+    lookup::{GrantSource, LookupError},
+};
+use serde_json::{Value, json};
+use stepup_core::testing::{grant, policy, read, request, secret_object};
+use stepup_core::{
     api::{
         Enforcement,
         Operation::*,
@@ -20,8 +22,6 @@ use kube_stepup::{
     },
     grant::GrantRecord,
 };
-use serde_json::{Value, json};
-use stepup_core::testing::{grant, policy, read, request, secret_object};
 
 use common::{Options, TestServer, decision_config};
 

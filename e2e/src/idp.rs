@@ -12,9 +12,9 @@ use kube::{
     Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
 };
-use kube_stepup::verify::totp;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use stepup_core::verify::totp;
 
 use crate::Env;
 

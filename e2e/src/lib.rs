@@ -18,7 +18,8 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use kube_stepup::{
+use serde_json::Value;
+use stepup_core::{
     api::{
         self as stepup_api, ChallengePhase, EnrollmentPhase, GrantScope, Method, StepUpChallenge, StepUpChallengeSpec,
         StepUpEnrollment, StepUpEnrollmentSpec, StepUpGrant, StepUpPolicy,
@@ -29,7 +30,6 @@ use kube_stepup::{
         totp,
     },
 };
-use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod attack;
@@ -120,9 +120,9 @@ impl Env {
     }
 
     /// The controller's grant signing key, from the key file the e2e processes share.
-    pub fn grant_signer(&self) -> kube_stepup::keys::GrantSigner {
+    pub fn grant_signer(&self) -> stepup_core::keys::GrantSigner {
         let path = PathBuf::from(self.var("STEPUP_KEY_FILE"));
-        kube_stepup::keys::MasterKey::from_file(&path).expect("the e2e master key").grant_signer()
+        stepup_core::keys::MasterKey::from_file(&path).expect("the e2e master key").grant_signer()
     }
 
     /// The webhook's Prometheus metrics.
@@ -401,7 +401,8 @@ impl World {
     /// failed on it; if one does, the probe is a per-resource dry run of a valid object.
     pub async fn wait_routed(&self, policies: &[StepUpPolicy]) {
         use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-        use kube_stepup::{api::Enforcement, controller::webhook_config::routed_resources};
+        use kube_stepup::controller::webhook_config::routed_resources;
+        use stepup_core::api::Enforcement;
         let wanted = |deny: bool| -> Vec<String> {
             policies
                 .iter()
@@ -573,7 +574,7 @@ pub fn sealed_challenge(
 }
 
 /// An `OIDC` challenge as the plugin builds it before the sign-in (named, with a deadline,
-/// nothing sealed yet): its nonce ([`kube_stepup::verify::oidc::challenge_nonce`]) is what the
+/// nothing sealed yet): its nonce ([`stepup_core::verify::oidc::challenge_nonce`]) is what the
 /// identity provider is asked to put in the ID token.
 pub fn oidc_challenge(user: &str, uid: &str) -> StepUpChallenge {
     let mut c = sealed_challenge(user, uid, "", None, None, &Env::unused_key());
@@ -597,14 +598,14 @@ pub fn sealed_confirmation(e: &StepUpEnrollment, code: &str, purpose: Enrollment
 impl Env {
     /// A well-formed response key nobody opens with (for a challenge sealed again later).
     fn unused_key() -> String {
-        kube_stepup::keys::MasterKey::from_bytes([7; 32]).response_opener().public_base64()
+        stepup_core::keys::MasterKey::from_bytes([7; 32]).response_opener().public_base64()
     }
 
     /// The controller's response key, derived from the key file the e2e processes share (for
     /// challenges of users who have no enrollment to publish it).
     pub fn response_key(&self) -> String {
         let path = PathBuf::from(self.var("STEPUP_KEY_FILE"));
-        kube_stepup::keys::MasterKey::from_file(&path).expect("the e2e master key").response_opener().public_base64()
+        stepup_core::keys::MasterKey::from_file(&path).expect("the e2e master key").response_opener().public_base64()
     }
 }
 
@@ -735,11 +736,11 @@ impl World {
     pub async fn bootstrap_token(&self) -> String {
         let secrets: Api<Secret> = Api::namespaced(self.admin.clone(), "stepup-system");
         eventually(Duration::from_secs(30), || async {
-            let secret = secrets.get(kube_stepup::keys::BOOTSTRAP_TOKEN_SECRET).await?;
+            let secret = secrets.get(stepup_core::keys::BOOTSTRAP_TOKEN_SECRET).await?;
             let token = secret
                 .data
                 .and_then(|d| {
-                    d.get(kube_stepup::keys::BOOTSTRAP_TOKEN_KEY).map(|t| String::from_utf8_lossy(&t.0).into_owned())
+                    d.get(stepup_core::keys::BOOTSTRAP_TOKEN_KEY).map(|t| String::from_utf8_lossy(&t.0).into_owned())
                 })
                 .unwrap_or_default();
             if token.is_empty() { bail!("the bootstrap token is not published") } else { Ok(token) }
@@ -1044,7 +1045,7 @@ impl Drop for ControllerProcess {
 /// `user`'s enrollment of `key` asking for the bootstrap, with the proof made with `token`
 /// (the window's, as an installer reads it; anything else, as an attacker guesses it).
 pub fn bootstrap_enrollment(user: &str, key: &EphemeralKey, token: &str) -> StepUpEnrollment {
-    enrollment_of(user, key, Some(kube_stepup::keys::bootstrap_proof(token, user, &key.public_key_b64())))
+    enrollment_of(user, key, Some(stepup_core::keys::bootstrap_proof(token, user, &key.public_key_b64())))
 }
 
 /// `user`'s enrollment of `key`, as the plugin writes it; with `bootstrap_proof`, one asking

@@ -8,21 +8,21 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use kube_stepup::verify::response::EnrollmentPurpose;
-use kube_stepup::{
+use stepup_core::testing::policy;
+use stepup_core::verify::response::EnrollmentPurpose;
+use stepup_core::{
     api::{
         self, ChallengePhase, EnrollmentPhase, GrantPhase, Method, Operation::*, StepUpEnrollment, StepUpEnrollmentSpec,
     },
     verify::{seal::EphemeralKey, totp},
 };
-use stepup_core::testing::policy;
 use stepup_e2e::{
     ControllerProcess, ScriptControllerPaused, World, audit_lines, eventually, refusal, sealed_confirmation,
 };
 
 const ALICE_UID: &str = "uid-alice-1";
 
-fn prod_secrets() -> kube_stepup::api::StepUpPolicy {
+fn prod_secrets() -> stepup_core::api::StepUpPolicy {
     policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build()
 }
 
@@ -31,11 +31,11 @@ async fn delete_secret_as(world: &World, who: &str, name: &str) -> Result<(), ku
     api.delete(name, &DeleteParams::default()).await.map(|_| ())
 }
 
-fn phase(c: &kube_stepup::api::StepUpChallenge) -> ChallengePhase {
+fn phase(c: &stepup_core::api::StepUpChallenge) -> ChallengePhase {
     c.status.as_ref().and_then(|s| s.phase).unwrap_or_default()
 }
 
-fn message(c: &kube_stepup::api::StepUpChallenge) -> String {
+fn message(c: &stepup_core::api::StepUpChallenge) -> String {
     c.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default()
 }
 
@@ -52,7 +52,7 @@ async fn alice_enrolls_steps_up_and_the_refused_delete_passes_with_evidence() {
     assert_eq!(phase(&challenge), ChallengePhase::Verified, "{}", message(&challenge));
     // The sealed code is scrubbed by the reconcile after the verdict, so not always by the
     // time the verdict is read (CI saw it still there once): it goes within seconds.
-    let challenges: Api<kube_stepup::api::StepUpChallenge> = Api::all(world.admin.clone());
+    let challenges: Api<stepup_core::api::StepUpChallenge> = Api::all(world.admin.clone());
     eventually(Duration::from_secs(10), || async {
         let c = challenges.get(&challenge.name_any()).await?;
         if c.spec.response.is_some() { anyhow::bail!("the sealed code is still on the challenge") } else { Ok(()) }
@@ -133,7 +133,7 @@ async fn a_wrong_code_is_denied_with_a_clear_message_and_an_event() {
 
     // A five-minute-old code is refused too, and says so (a newcomer's report, issue 30).
     let old =
-        kube_stepup::verify::totp::code_at(auth.seed(), jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5));
+        stepup_core::verify::totp::code_at(auth.seed(), jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5));
     let c = world.challenge("alice", "alice", ALICE_UID, &old, None).await;
     assert_eq!(phase(&c), ChallengePhase::Denied);
     assert!(message(&c).starts_with("that code is right for another time"), "{}", message(&c));
@@ -224,7 +224,7 @@ async fn alice_revokes_her_grant_and_the_next_delete_is_refused_within_seconds()
     world.secret("prod", "db").await;
     delete_secret_as(&world, "alice", "db").await.expect("granted");
 
-    let as_alice: Api<kube_stepup::api::StepUpGrant> = Api::all(world.env.client("alice").await);
+    let as_alice: Api<stepup_core::api::StepUpGrant> = Api::all(world.env.client("alice").await);
     as_alice.delete(&grant, &DeleteParams::default()).await.expect("alice revokes her own grant");
     world.secret("prod", "db").await;
     let started = std::time::Instant::now();
@@ -274,7 +274,7 @@ async fn first_enrollment_needs_an_admin_and_nobody_approves_themselves() {
     as_bob.create(&PostParams::default(), &e).await.unwrap();
     let pending = world.wait_enrollment("bob", EnrollmentPhase::PendingApproval).await;
     assert!(pending.status.unwrap().sealed_secret.is_none(), "no seed before approval");
-    let fp = kube_stepup::verify::seal::fingerprint(&key.public_key_b64());
+    let fp = stepup_core::verify::seal::fingerprint(&key.public_key_b64());
     for who in ["bob", "alice"] {
         let api: Api<StepUpEnrollment> = Api::all(world.env.client(who).await);
         let approve = serde_json::json!({"metadata": {"annotations": {
@@ -412,7 +412,7 @@ async fn grants_expire_are_kept_as_evidence_then_collected_and_challenges_cleane
     })
     .await
     .expect("collected after retention");
-    let challenges: Api<kube_stepup::api::StepUpChallenge> = Api::all(world.admin.clone());
+    let challenges: Api<stepup_core::api::StepUpChallenge> = Api::all(world.admin.clone());
     eventually(Duration::from_secs(60), || async {
         if challenges.get_opt(&c.metadata.name.clone().unwrap()).await?.is_none() {
             Ok(())
@@ -444,7 +444,7 @@ async fn crashing_controller(world: &World, point: &str) -> ControllerProcess {
 /// The grants named after challenge `c`.
 /// Grants that stand for a challenge: one being deleted (revoked, its finalizer not yet
 /// released) is refused by the webhook already (`GrantRecord::revoked`), so it does not count.
-async fn grants_of_challenge(world: &World, c: &kube_stepup::api::StepUpChallenge) -> usize {
+async fn grants_of_challenge(world: &World, c: &stepup_core::api::StepUpChallenge) -> usize {
     let uid = c.metadata.uid.clone().unwrap();
     world
         .grants_of("alice")
@@ -490,7 +490,7 @@ async fn a_crash_at_any_step_of_issuing_yields_one_grant_a_spent_step_and_a_true
     let world = World::new().await;
     let mut auth = world.enroll("alice", "alice").await;
     let paused = ScriptControllerPaused::new();
-    let challenges: Api<kube_stepup::api::StepUpChallenge> = Api::all(world.admin.clone());
+    let challenges: Api<stepup_core::api::StepUpChallenge> = Api::all(world.admin.clone());
     for point in ["claimed", "recorded", "issued", "answered", "scrubbed"] {
         let mut crashing = crashing_controller(&world, point).await;
         let code = auth.code().await;
@@ -539,7 +539,7 @@ async fn a_crash_at_any_step_of_issuing_yields_one_grant_a_spent_step_and_a_true
             .unwrap();
     late.spec.deadline = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(deadline));
     late.spec.response = Some(
-        kube_stepup::verify::response::seal_code(&key, &code, kube_stepup::verify::response::challenge_binding(&late))
+        stepup_core::verify::response::seal_code(&key, &code, stepup_core::verify::response::challenge_binding(&late))
             .unwrap(),
     );
     let late = world.create_raw_challenge("alice", &late).await.unwrap();

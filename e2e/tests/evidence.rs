@@ -8,7 +8,7 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams},
 };
-use kube_stepup::api::Operation::Delete;
+use stepup_core::api::Operation::Delete;
 use stepup_core::testing::policy;
 use stepup_e2e::{World, eventually, refusal};
 

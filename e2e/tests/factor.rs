@@ -11,7 +11,7 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use kube_stepup::{
+use stepup_core::{
     api::{self, ChallengePhase, EnrollmentPhase, StepUpChallenge, StepUpEnrollment, StepUpPolicy},
     verify::{
         response::EnrollmentPurpose,

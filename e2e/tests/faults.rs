@@ -7,11 +7,11 @@ use std::{net::SocketAddr, process::Command, time::Duration, time::Instant};
 
 use jiff::SignedDuration;
 use kube::{Api, api::DeleteParams};
-use kube_stepup::api::{
+use serde_json::Value;
+use stepup_core::api::{
     Operation::{Create, Delete},
     StepUpGrant,
 };
-use serde_json::Value;
 use stepup_core::testing::{policy, request};
 use stepup_e2e::{
     World, eventually,

@@ -13,11 +13,11 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, PostParams},
 };
-use kube_stepup::{
+use stepup_core::testing::policy;
+use stepup_core::{
     api::{ChallengePhase, Method, Operation::Delete, StepUpChallenge, StepUpPolicy},
     verify::oidc::challenge_nonce,
 };
-use stepup_core::testing::policy;
 use stepup_e2e::{
     Ended, Running, World, eventually,
     idp::{Idp, Level, Tokens},
@@ -162,7 +162,7 @@ async fn a_weak_or_old_sign_in_is_refused_with_what_the_policy_asks() {
 
     // A policy that names the factor by amr only: a password-only sign-in lacks it.
     let mut by_amr = oidc_secrets();
-    by_amr.spec.assurance = Some(kube_stepup::api::Assurance { acr_values: vec![], amr: vec!["otp".into()] });
+    by_amr.spec.assurance = Some(stepup_core::api::Assurance { acr_values: vec![], amr: vec!["otp".into()] });
     apply_observed(&world, by_amr).await;
     let c = oidc_challenge(bob.name, &bob.uid());
     let weak = idp.sign_in_for("bob", Level::Password, &challenge_nonce(&c)).expect("signs in");
@@ -468,7 +468,7 @@ async fn a_terminal_without_a_browser_signs_in_on_another_device() {
     let world = World::new().await;
     world.secret("prod", "db").await;
     let mut by_amr = oidc_secrets();
-    by_amr.spec.assurance = Some(kube_stepup::api::Assurance { acr_values: vec![], amr: vec!["otp".into()] });
+    by_amr.spec.assurance = Some(stepup_core::api::Assurance { acr_values: vec![], amr: vec!["otp".into()] });
     apply_observed(&world, by_amr).await;
     let idp = Idp::new(&world.env);
     let alice = person(&idp, "alice");
@@ -524,7 +524,7 @@ async fn an_expired_id_token_is_refused() {
     let exp = token.claims()["exp"].as_i64().expect("exp");
     assert!(exp - token.claims()["iat"].as_i64().expect("iat") <= 1, "a 1-second token");
     // Past exp and the controller's allowed clock skew (a clock, not a system to wait for).
-    let skew = kube_stepup::grant::Clock::DEFAULT_MAX_SKEW.as_secs();
+    let skew = stepup_core::grant::Clock::DEFAULT_MAX_SKEW.as_secs();
     while jiff::Timestamp::now().as_second() <= exp + skew {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -538,18 +538,18 @@ const CONFIDENTIAL: &str = "kubectl-stepup-confidential";
 const CONFIDENTIAL_SECRET: &str = "e2e-only-confidential-client-secret-7d1f";
 
 /// The identity providers the controller publishes for the plugin (`step-up.json`).
-async fn published(world: &World) -> (String, Vec<kube_stepup::decision::PublishedIdentityProvider>) {
+async fn published(world: &World) -> (String, Vec<stepup_core::decision::PublishedIdentityProvider>) {
     use k8s_openapi::api::core::v1::ConfigMap;
     let api: Api<ConfigMap> = Api::namespaced(world.admin.clone(), "stepup-system");
     let text = api
-        .get_opt(kube_stepup::decision::PUBLISHED_CONFIGMAP)
+        .get_opt(stepup_core::decision::PUBLISHED_CONFIGMAP)
         .await
         .ok()
         .flatten()
         .and_then(|cm| cm.data)
-        .and_then(|d| d.get(kube_stepup::decision::PUBLISHED_STEP_UP_KEY).cloned())
+        .and_then(|d| d.get(stepup_core::decision::PUBLISHED_STEP_UP_KEY).cloned())
         .unwrap_or_default();
-    let read: Option<kube_stepup::decision::StepUpDiscovery> = serde_json::from_str(&text).ok();
+    let read: Option<stepup_core::decision::StepUpDiscovery> = serde_json::from_str(&text).ok();
     (text, read.map(|d| d.identity_providers).unwrap_or_default())
 }
 

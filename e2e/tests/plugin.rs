@@ -6,12 +6,12 @@
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kube_stepup::{
+use serde_json::Value;
+use stepup_core::testing::policy;
+use stepup_core::{
     api::Operation::Delete,
     verify::totp::{self, code_at},
 };
-use serde_json::Value;
-use stepup_core::testing::policy;
 use stepup_e2e::{Terminal, World, base32_decode, plugin, show, text};
 
 /// The authenticator app: one code per 30-second step, never the same step twice (the
@@ -45,7 +45,7 @@ impl Authenticator {
     }
 }
 
-fn prod_secrets() -> kube_stepup::api::StepUpPolicy {
+fn prod_secrets() -> stepup_core::api::StepUpPolicy {
     policy("prod-secrets").rule(&[Delete], "", &["secrets"]).namespaces(&["prod"]).build()
 }
 
@@ -295,7 +295,7 @@ async fn the_wrapper_asks_for_a_code_once_and_retries() {
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(kube_stepup::api::CORRELATION_ANNOTATION))
+        .and_then(|a| a.get(stepup_core::api::CORRELATION_ANNOTATION))
         .cloned()
         .expect("the grant names the refusal it answered");
     let uid = id.strip_prefix("prompt:").expect("prompt:<review uid>");

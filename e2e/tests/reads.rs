@@ -10,7 +10,7 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams, PostParams, WatchParams},
 };
-use kube_stepup::api::{StepUpGrant, StepUpPolicy, Verb::*};
+use stepup_core::api::{StepUpGrant, StepUpPolicy, Verb::*};
 use stepup_core::testing::policy;
 use stepup_e2e::{Terminal, World, audit_lines, eventually, grant_for, plugin, refusal, show, text};
 

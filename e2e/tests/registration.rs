@@ -17,10 +17,8 @@ use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use kube_stepup::{
-    api::{Enforcement, Operation::*, StepUpPolicy},
-    controller::webhook_config::routed_resources,
-};
+use kube_stepup::controller::webhook_config::routed_resources;
+use stepup_core::api::{Enforcement, Operation::*, StepUpPolicy};
 use stepup_core::testing::policy;
 use stepup_e2e::{World, eventually};
 

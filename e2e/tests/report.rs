@@ -13,11 +13,9 @@ use kube::{
     Api,
     api::{DeleteParams, ListParams, PostParams},
 };
-use kube_stepup::{
-    api::{ChallengePhase, Operation::*, StepUpLog},
-    records::{JSON_SCHEMA, Record, segment},
-};
+use kube_stepup::records::{JSON_SCHEMA, Record, segment};
 use serde_json::Value;
+use stepup_core::api::{ChallengePhase, Operation::*, StepUpLog};
 use stepup_core::testing::policy;
 use stepup_e2e::{Env, World, audit_lines, eventually, refusal};
 

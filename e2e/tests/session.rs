@@ -9,7 +9,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, api::DeleteParams};
-use kube_stepup::api::{Method, Operation::Delete, StepUpPolicy, Verb::Get};
+use stepup_core::api::{Method, Operation::Delete, StepUpPolicy, Verb::Get};
 use stepup_core::testing::policy;
 use stepup_e2e::{
     World,

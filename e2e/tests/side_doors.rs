@@ -22,7 +22,7 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, PostParams},
 };
-use kube_stepup::api::{
+use stepup_core::api::{
     self as stepup_api, Method, Operation::*, StepUpEnrollment, StepUpEnrollmentSpec, StepUpPolicy,
 };
 use stepup_core::testing::policy;

@@ -3,7 +3,7 @@
 //! alice is a developer with the built-in `edit` role in prod and dev.
 //! Run with `make e2e` (one test at a time: scenarios share the cluster's policies).
 
-use kube_stepup::api::StepUpPolicy;
+use stepup_core::api::StepUpPolicy;
 use stepup_e2e::{
     World,
     attack::{refused, text},

@@ -11,18 +11,18 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use kube_stepup::{
+use kube_stepup::controller::webauthn::RelyingParty;
+use stepup_core::{api::Operation::Delete, testing::policy};
+use stepup_core::{
     api::{
         self, ChallengePhase, EnrollmentPhase, Method, StepUpChallenge, StepUpEnrollment, StepUpEnrollmentSpec,
         StepUpPolicy,
     },
-    controller::webauthn::RelyingParty,
     verify::{
         response::{self, EnrollmentPurpose},
         seal::{EphemeralKey, fingerprint},
     },
 };
-use stepup_core::{api::Operation::Delete, testing::policy};
 use stepup_e2e::{Running, World, browser::Browser, eventually, oidc_challenge, plugin, refusal, show};
 use url::Url;
 use webauthn_authenticator_rs::{WebauthnAuthenticator, softpasskey::SoftPasskey};

@@ -9,7 +9,7 @@ use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams, PostParams},
 };
-use kube_stepup::api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy};
+use stepup_core::api::{Enforcement, Operation::*, StepUpGrant, StepUpPolicy};
 use stepup_core::testing::policy;
 use stepup_e2e::{World, eventually, grant_for, refusal};
 
@@ -50,7 +50,7 @@ async fn alice_is_refused_deleting_a_prod_secret_and_allowed_in_dev() {
     // (and names the review it refused, for the plugin to hand back)
     let (requirement, reference) = causes[0].message.split_once(" ref=").expect("the review is named");
     assert_eq!(requirement, "policies=prod-secrets methods=TOTP max-age=15m reason-required=false");
-    assert!(kube_stepup::api::is_review_ref(reference), "{reference}");
+    assert!(stepup_core::api::is_review_ref(reference), "{reference}");
 
     delete_secret_as(&world, "alice", "dev", "db").await.expect("dev is not protected");
 }

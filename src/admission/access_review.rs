@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Serialize};
 
 use super::review::Extras;
-use crate::{
+use stepup_core::{
     api::Verb,
     decision::Decision,
     policy::{Action, Masks, NamespaceLabels, Request, SignInKeys, User},
@@ -176,11 +176,11 @@ pub fn response_body(decision: Option<&Decision>) -> Vec<u8> {
     answer(decision.filter(|d| !d.allowed).map(|d| d.message.as_str()))
 }
 
-/// The answer to the controller's probe identity: Deny with [`crate::api::AUTHORIZER_PROBE_REASON`],
+/// The answer to the controller's probe identity: Deny with [`stepup_core::api::AUTHORIZER_PROBE_REASON`],
 /// which the API server passes back in the probe's SubjectAccessReview status. A Deny (not a
 /// NoOpinion) so that whoever wears the name gains nothing.
 pub fn probe_answer() -> Vec<u8> {
-    answer(Some(crate::api::AUTHORIZER_PROBE_REASON))
+    answer(Some(stepup_core::api::AUTHORIZER_PROBE_REASON))
 }
 
 /// Deny with `reason`, or NoOpinion; never an Allow.
@@ -197,12 +197,12 @@ fn answer(denied: Option<&str>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{api::Verb::*, testing::read};
+    use stepup_core::{api::Verb::*, testing::read};
 
     #[test]
     fn fresh_uids_name_a_review_and_differ() {
         let (a, b) = (fresh_uid(), fresh_uid());
-        assert!(crate::api::is_review_ref(&a) && a.len() == 36, "{a}");
+        assert!(stepup_core::api::is_review_ref(&a) && a.len() == 36, "{a}");
         assert_ne!(a, b);
     }
 
@@ -223,7 +223,7 @@ mod tests {
         let mut body = read(Get, "secrets").namespace("prod").name("db").subject_access_review();
         body["spec"]["extra"] = serde_json::json!({
             "sso.example.com/acr": ["2"], "sso.example.com/t": ["1796665229"],
-            crate::policy::ACR_EXTRA: ["3"], crate::policy::AUTH_TIME_EXTRA: ["1796665000"],
+            stepup_core::policy::ACR_EXTRA: ["3"], stepup_core::policy::AUTH_TIME_EXTRA: ["1796665000"],
         });
         let body = body.to_string();
         let acr = |keys: &SignInKeys| {

@@ -14,7 +14,7 @@ use std::{
 use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap;
 
-use crate::{
+use stepup_core::{
     api::{StepUpGrant, StepUpPolicy},
     grant::{GrantIndex, GrantRecord},
     policy::{CompiledPolicy, PolicyError, PolicyIndex},
@@ -296,7 +296,7 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use stepup_core::{
         api::Operation::Delete,
         testing::{grant, policy, request},
     };

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use kube::{Api, Client, runtime::watcher};
 use tokio_util::sync::CancellationToken;
 
-use crate::{api::StepUpChallenge, limits::ChallengeView};
+use stepup_core::{api::StepUpChallenge, limits::ChallengeView};
 
 pub fn spawn(client: Client, view: Arc<ChallengeView>, stop: CancellationToken) {
     tokio::spawn(async move {

@@ -24,11 +24,10 @@ use kube::{
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
-use crate::{
+use crate::{evidence::truncate_note, metrics::Metrics};
+use stepup_core::{
     api::API_VERSION,
     decision::{Decision, Outcome},
-    evidence::truncate_note,
-    metrics::Metrics,
 };
 
 /// At most this many Event writes in flight at once.

@@ -13,12 +13,11 @@ use futures::future::BoxFuture;
 use kube::{Api, Client, api::ListParams};
 use tokio::sync::Semaphore;
 
-use crate::{
+use crate::{evidence::RateLimiter, metrics::Metrics};
+use stepup_core::{
     api::{self, StepUpGrant},
-    evidence::RateLimiter,
     grant::GrantRecord,
     keys::GrantVerifier,
-    metrics::Metrics,
 };
 
 #[derive(Debug, thiserror::Error)]

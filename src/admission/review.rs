@@ -6,7 +6,7 @@ use std::{borrow::Cow, collections::BTreeMap};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{
+use stepup_core::{
     api::{GROUP, Operation, POD_NAME_EXTRA, POD_UID_EXTRA},
     decision::{Decision, StepUpObjects},
     policy::{CREDENTIAL_ID_EXTRA, Masks, NamespaceLabels, Request, SignIn, SignInKeys, User},
@@ -198,7 +198,7 @@ enum ExtraKey {
 
 impl ExtraKey {
     /// What an extra's (unescaped) key names. The sign-in keys cannot be one of the API
-    /// server's own ([`crate::policy::check_sign_in_key`]), so the order here hides nothing.
+    /// server's own ([`stepup_core::policy::check_sign_in_key`]), so the order here hides nothing.
     fn of(key: &str, keys: &SignInKeys) -> Self {
         match key {
             POD_NAME_EXTRA => ExtraKey::PodName,
@@ -594,7 +594,7 @@ pub fn response_body(uid: &str, decision: &Decision) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use stepup_core::{
         api::Operation::*,
         policy::{ACR_EXTRA, AMR_EXTRA, AUTH_TIME_EXTRA},
         testing::request,
@@ -606,7 +606,7 @@ mod tests {
             .namespace("prod")
             .name("db")
             .uid("uid-alice-1")
-            .review("r-1", None, Some(crate::testing::secret_object("prod", "db")))
+            .review("r-1", None, Some(stepup_core::testing::secret_object("prod", "db")))
             .to_string();
         let review = Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap();
         assert_eq!(review.uid(), "r-1");
@@ -682,7 +682,7 @@ mod tests {
 
     #[test]
     fn a_service_account_is_a_workload_only_with_both_pod_binding_extras() {
-        use crate::policy::Requester::*;
+        use stepup_core::policy::Requester::*;
         let cases = [
             ("no extra", serde_json::json!(null), Person),
             (
@@ -803,7 +803,7 @@ mod tests {
         // deletecollection: the API server reviews each object with an empty name.
         let body = request(Delete, "secrets")
             .namespace("prod")
-            .review("r-5", None, Some(crate::testing::secret_object("prod", "db")))
+            .review("r-5", None, Some(stepup_core::testing::secret_object("prod", "db")))
             .to_string();
         let review = Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap();
         assert_eq!(review.request(NamespaceLabels::Unknown, None, &Masks::default()).name, "db");
@@ -816,7 +816,7 @@ mod tests {
         let body = request(Delete, "secrets")
             .namespace("prod")
             .name("db")
-            .review("r-7", None, Some(crate::testing::secret_object("prod", "other")))
+            .review("r-7", None, Some(stepup_core::testing::secret_object("prod", "other")))
             .to_string();
         assert_eq!(Review::parse(body.as_bytes(), &SignInKeys::default()).unwrap().name(), "db");
     }

@@ -16,12 +16,14 @@ use super::{
 };
 use crate::{
     config::{self, WebhookArgs},
-    decision::DecisionSettings,
     error::RunError,
-    keys::{GrantVerifier, MasterKey},
-    limits::ChallengeView,
     metrics::Metrics,
     process,
+};
+use stepup_core::{
+    decision::DecisionSettings,
+    keys::{GrantVerifier, MasterKey},
+    limits::ChallengeView,
 };
 
 fn settings(args: &WebhookArgs, decision: &DecisionSettings, verifier: Option<GrantVerifier>) -> Settings {
@@ -82,7 +84,7 @@ pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
         lookup: Some(Arc::new(Bounded::new(
             ApiGrantSource::new(client.clone(), verifier, metrics.clone()),
             args.max_lookups_in_flight,
-            crate::grant::LOOKUP_INTERVAL,
+            stepup_core::grant::LOOKUP_INTERVAL,
         ))),
         events: Some(EventReporter::new(
             client,

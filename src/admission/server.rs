@@ -40,12 +40,11 @@ use super::{
     lookup::{GrantSource, LookupError},
     review::{self, Review, ReviewError},
 };
-use crate::{
+use crate::{audit, metrics::Metrics};
+use stepup_core::{
     api::Duration as ApiDuration,
-    audit,
     decision::{self, Decision, DecisionConfig, Grants, Inputs, Outcome, StepUpObjects},
     grant::GrantRecord,
-    metrics::Metrics,
     policy::{Action, Masks, NamespaceLabels, PolicyIndex, Request},
 };
 
@@ -179,9 +178,9 @@ pub fn router(state: AppState) -> Router {
     // Both entries of the registration, served alike: they differ only in how the API server
     // fails when no answer comes (`/validate` closed, `/advise` open).
     Router::new()
-        .route(crate::api::ENFORCING_PATH, post(validate))
-        .route(crate::api::ADVISORY_PATH, post(validate))
-        .route(crate::api::AUTHORIZE_PATH, post(authorize))
+        .route(stepup_core::api::ENFORCING_PATH, post(validate))
+        .route(stepup_core::api::ADVISORY_PATH, post(validate))
+        .route(stepup_core::api::AUTHORIZE_PATH, post(authorize))
         .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -324,7 +323,7 @@ impl BodyRefusal {
                 "slow_body",
                 format!(
                     "AdmissionReview body not received within {}",
-                    crate::grant::human(
+                    stepup_core::grant::human(
                         jiff::SignedDuration::try_from(state.settings.body_read_timeout).unwrap_or_default()
                     )
                 ),
@@ -482,7 +481,7 @@ async fn handle_access_review(state: &Webhook, body: &[u8], peer: &Peer, started
     span.record("namespace", review.namespace());
     span.record("verb", review.verb());
     span.record("user", review.username());
-    if review.username() == crate::api::AUTHORIZER_PROBE_USER {
+    if review.username() == stepup_core::api::AUTHORIZER_PROBE_USER {
         // The controller asking whether the API server sends this policy's verbs here.
         return ([(header::CONTENT_TYPE, "application/json")], access_review::probe_answer()).into_response();
     }

@@ -14,11 +14,11 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{CacheKind, Caches, PolicyChange};
-use crate::{
+use crate::metrics::Metrics;
+use stepup_core::{
     api::{StepUpGrant, StepUpPolicy},
     grant::GrantRecord,
     keys::GrantVerifier,
-    metrics::Metrics,
 };
 
 /// Starts the three watches. Grants enter the cache only when `verifier` accepts their

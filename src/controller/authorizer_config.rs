@@ -24,7 +24,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use super::webhook_config::cel_string;
-use crate::{
+use stepup_core::{
     api::{Method, POD_NAME_EXTRA, POD_UID_EXTRA, StepUpPolicy},
     policy::{Masks, SignInKeys},
 };
@@ -368,7 +368,7 @@ fn policies_in(text: &str) -> anyhow::Result<Vec<StepUpPolicy>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{api::Verb::*, testing::policy};
+    use stepup_core::{api::Verb::*, testing::policy};
 
     fn settings() -> AuthorizerSettings {
         AuthorizerSettings {
@@ -398,7 +398,7 @@ mod tests {
 
     #[test]
     fn without_a_policy_naming_a_verb_nothing_leaves_the_api_server() {
-        let writes = policy("prod-secrets").rule(&[crate::api::Operation::Delete], "", &["secrets"]).build();
+        let writes = policy("prod-secrets").rule(&[stepup_core::api::Operation::Delete], "", &["secrets"]).build();
         let config = parsed(&[writes]);
         let types: Vec<&str> =
             config["authorizers"].as_sequence().unwrap().iter().map(|a| a["type"].as_str().unwrap()).collect();
@@ -480,8 +480,10 @@ mod tests {
         let reads = policy("reads").verbs(&[Get], "", &["secrets"]).build();
         let config = parsed(std::slice::from_ref(&reads));
         assert!(!serde_yaml::to_string(&config).unwrap().contains("userextras"), "no Session policy, no clause");
-        let sso =
-            policy("sso").rule(&[crate::api::Operation::Delete], "", &["secrets"]).methods(&[Method::Session]).build();
+        let sso = policy("sso")
+            .rule(&[stepup_core::api::Operation::Delete], "", &["secrets"])
+            .methods(&[Method::Session])
+            .build();
         let config = parsed(&[reads, sso]);
         let conditions = expressions(&config);
         assert_eq!(conditions[0], "has(request.resourceAttributes)");
@@ -494,8 +496,10 @@ mod tests {
         }
         // Other keys configured: those are what nobody may impersonate.
         let keys = SignInKeys::new("sso.example.com/acr", "sso.example.com/amr", "sso.example.com/at").unwrap();
-        let sso =
-            policy("sso").rule(&[crate::api::Operation::Delete], "", &["secrets"]).methods(&[Method::Session]).build();
+        let sso = policy("sso")
+            .rule(&[stepup_core::api::Operation::Delete], "", &["secrets"])
+            .methods(&[Method::Session])
+            .build();
         let config: serde_yaml::Value =
             serde_yaml::from_str(&render(&[sso], &AuthorizerSettings { sign_in_keys: keys, ..settings() })).unwrap();
         let conditions = expressions(&config);

@@ -24,12 +24,13 @@ use super::{
         challenge::{ChallengeSettings, Facts, Need, Step, Verdicts, may_issue, next_step},
     },
 };
-use crate::{
+use crate::audit;
+use stepup_core::{
     api::{
         self, ChallengePhase, ChallengeRef, GrantRef, StepUpChallenge, StepUpChallengeStatus, StepUpGrant,
         StepUpGrantSpec, StepUpPolicy,
     },
-    audit, limits,
+    limits,
     verify::{
         oidc::{self, SignIn, TokenError},
         response::{self, Opened},
@@ -46,7 +47,7 @@ pub struct ChallengeContext {
 }
 
 /// The valid policies accepting `OIDC` that a grant for `c` would be for.
-fn oidc_policies(c: &StepUpChallenge, policies: &Store<StepUpPolicy>) -> Vec<crate::policy::CompiledPolicy> {
+fn oidc_policies(c: &StepUpChallenge, policies: &Store<StepUpPolicy>) -> Vec<stepup_core::policy::CompiledPolicy> {
     if c.spec.method != api::Method::Oidc {
         return Vec::new();
     }
@@ -54,7 +55,7 @@ fn oidc_policies(c: &StepUpChallenge, policies: &Store<StepUpPolicy>) -> Vec<cra
     policies
         .state()
         .iter()
-        .filter_map(|p| crate::policy::CompiledPolicy::compile(p).ok())
+        .filter_map(|p| stepup_core::policy::CompiledPolicy::compile(p).ok())
         .filter(|p| p.accepts_method(api::Method::Oidc) && (scope.is_empty() || scope.contains(&p.name)))
         .collect()
 }
@@ -63,7 +64,7 @@ fn oidc_policies(c: &StepUpChallenge, policies: &Store<StepUpPolicy>) -> Vec<cra
 /// its grant would be for (its scope's, or any) accepts keys only with it.
 fn verify_user(c: &StepUpChallenge, policies: &Store<StepUpPolicy>) -> bool {
     let scope = &c.spec.scope.policies;
-    policies.state().iter().filter_map(|p| crate::policy::CompiledPolicy::compile(p).ok()).any(|p| {
+    policies.state().iter().filter_map(|p| stepup_core::policy::CompiledPolicy::compile(p).ok()).any(|p| {
         p.require_user_verification
             && p.accepts_method(api::Method::WebAuthn)
             && (scope.is_empty() || scope.contains(&p.name))
@@ -644,7 +645,7 @@ pub(crate) fn ignore_not_found(e: kube::Error) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{GrantScope, Method, StepUpChallengeSpec};
+    use stepup_core::api::{GrantScope, Method, StepUpChallengeSpec};
 
     fn challenge(duration: Option<&str>) -> StepUpChallenge {
         let mut c = StepUpChallenge::new(
@@ -667,7 +668,7 @@ mod tests {
 
     #[test]
     fn the_grant_carries_the_challenge_and_a_capped_lifetime() {
-        let now = crate::testing::t0();
+        let now = stepup_core::testing::t0();
         let settings = Settings::default();
         let g = grant_for(&challenge(Some("30m")), now, &settings, None, None);
         assert_eq!(g.name_any(), "alice-0c9a8d74-9cb7-44dd-b98e-09fd62def2f4");
@@ -690,11 +691,12 @@ mod tests {
     /// the audit trail records (what a user writes there cannot reach an annotation otherwise).
     #[test]
     fn the_grant_carries_only_a_well_formed_correlation_id() {
-        let now = crate::testing::t0();
+        let now = stepup_core::testing::t0();
         let with = |id: &str| {
             let mut c = challenge(None);
             c.spec.correlation = Some(id.to_owned());
-            crate::api::grant_correlation(&grant_for(&c, now, &Settings::default(), None, None)).map(str::to_owned)
+            stepup_core::api::grant_correlation(&grant_for(&c, now, &Settings::default(), None, None))
+                .map(str::to_owned)
         };
         let id = "prompt:7c0ffee0-1234-4abc-9def-0123456789ab";
         assert_eq!(with(id).as_deref(), Some(id));
@@ -703,7 +705,7 @@ mod tests {
             assert_eq!(with(hostile), None, "{hostile:?}");
         }
         assert_eq!(
-            crate::api::grant_correlation(&grant_for(&challenge(None), now, &Settings::default(), None, None)),
+            stepup_core::api::grant_correlation(&grant_for(&challenge(None), now, &Settings::default(), None, None)),
             None
         );
     }

@@ -24,7 +24,7 @@ use super::{
         security_keys,
     },
 };
-use crate::{
+use stepup_core::{
     api::{EnrollmentPhase, Method, StepUpEnrollment},
     verify::{
         response::{self, EnrollmentPurpose},
@@ -63,14 +63,14 @@ pub async fn reconcile(enrollment: Arc<StepUpEnrollment>, ctx: Arc<Context>) -> 
             _ => Vec::new(),
         };
         // The user handle: opaque and stable, never the name.
-        let handle = crate::api::user_label_value(user);
+        let handle = stepup_core::api::user_label_value(user);
         let fresh = ctx.relying_party.start_registration(user, handle.as_bytes(), &existing, now)?;
         let offered = |k: &str| e.metadata.annotations.as_ref().and_then(|a| a.get(k)).cloned();
-        let voucher = match offered(crate::api::VOUCHING_GRANT_ANNOTATION) {
+        let voucher = match offered(stepup_core::api::VOUCHING_GRANT_ANNOTATION) {
             Some(name) => Some(read_voucher(&ctx, &name).await?),
             None => None,
         };
-        let remover = match offered(crate::api::REMOVAL_GRANT_ANNOTATION) {
+        let remover = match offered(stepup_core::api::REMOVAL_GRANT_ANNOTATION) {
             Some(name) => Some(read_voucher(&ctx, &name).await?),
             None => None,
         };
@@ -105,7 +105,7 @@ pub async fn reconcile(enrollment: Arc<StepUpEnrollment>, ctx: Arc<Context>) -> 
 
 /// A grant offered to vouch for a new security key or a removal, if it is one the controller signed.
 async fn read_voucher(ctx: &Context, name: &str) -> Result<Result<security_keys::Voucher, String>> {
-    let grants: Api<crate::api::StepUpGrant> = Api::all(ctx.client.clone());
+    let grants: Api<stepup_core::api::StepUpGrant> = Api::all(ctx.client.clone());
     let Some(grant) = grants.get_opt(name).await? else {
         return Ok(Err("there is no such grant".into()));
     };
@@ -201,7 +201,7 @@ async fn write_status(ctx: &Context, e: &StepUpEnrollment, d: &Desired, factor: 
             c.observed_generation = generation;
         }
     }
-    let wanted = crate::api::StepUpEnrollmentStatus {
+    let wanted = stepup_core::api::StepUpEnrollmentStatus {
         phase: Some(d.phase),
         sealed_secret: sealed.clone(),
         response_key: Some(d.response_key.clone()),

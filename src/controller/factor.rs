@@ -14,7 +14,7 @@ use k8s_openapi::{ByteString, api::core::v1::Secret};
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::{
+use stepup_core::{
     keys::FactorCipher,
     verify::{Rejection, Verifier},
 };
@@ -520,7 +520,7 @@ impl Factor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::verify::totp::{TotpVerifier, code_at, generate_seed};
+    use stepup_core::verify::totp::{TotpVerifier, code_at, generate_seed};
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -651,7 +651,7 @@ mod tests {
     }
 
     fn cipher(n: u8) -> FactorCipher {
-        crate::keys::MasterKey::from_bytes([n; 32]).factor_cipher()
+        stepup_core::keys::MasterKey::from_bytes([n; 32]).factor_cipher()
     }
 
     fn sample() -> Factor {

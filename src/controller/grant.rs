@@ -14,10 +14,8 @@ use kube::{
 use serde_json::json;
 
 use super::{Context, Error, Result, condition, merge_condition};
-use crate::{
-    api::{GrantPhase, StepUpGrant},
-    audit,
-};
+use crate::audit;
+use stepup_core::api::{GrantPhase, StepUpGrant};
 
 pub const FINALIZER: &str = "stepup.dev/evidence";
 
@@ -149,7 +147,7 @@ fn step(grant: &StepUpGrant, event: &str, result: &str, message: &str) {
         reason: grant.spec.reason.as_deref().unwrap_or(""),
         grant: &grant.name_any(),
         message,
-        correlation: crate::api::grant_correlation(grant).unwrap_or_default(),
+        correlation: stepup_core::api::grant_correlation(grant).unwrap_or_default(),
         credential: None,
     });
 }
@@ -159,7 +157,7 @@ mod tests {
     use jiff::SignedDuration;
 
     use super::*;
-    use crate::testing::{grant, minutes, t0};
+    use stepup_core::testing::{grant, minutes, t0};
 
     #[test]
     fn grants_expire_on_time_and_are_kept_for_the_retention() {

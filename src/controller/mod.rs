@@ -37,7 +37,8 @@ use self::{
     factor::{Factor, FactorRead, Limits},
     steps::{Record, bootstrap::BootstrapRecord},
 };
-use crate::{api, audit, evidence::Evidence, keys, limits::ChallengeLimits, metrics::Metrics, verify::Verifier};
+use crate::{audit, evidence::Evidence, metrics::Metrics};
+use stepup_core::{api, keys, limits::ChallengeLimits, verify::Verifier};
 
 /// What the controller needs to know beyond the objects it reconciles.
 #[derive(Clone, Debug)]
@@ -74,7 +75,7 @@ pub struct Settings {
     /// Test hook: wait this long between the last deadline check and issuing the grant.
     pub pause_before_issuing: Option<std::time::Duration>,
     /// Where the API server puts a sign-in: the authorizer must refuse impersonating these.
-    pub sign_in_keys: crate::policy::SignInKeys,
+    pub sign_in_keys: stepup_core::policy::SignInKeys,
 }
 
 /// The steps of answering a challenge that earns a grant, in order: where the test hook
@@ -188,7 +189,7 @@ pub enum Error {
     #[error("{0}")]
     Bootstrap(String),
     #[error("cannot seal the seed: {0}")]
-    Seal(#[from] crate::verify::seal::SealError),
+    Seal(#[from] stepup_core::verify::seal::SealError),
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
     #[error("cannot start a WebAuthn registration: {0}")]

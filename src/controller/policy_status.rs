@@ -16,7 +16,7 @@ use kube::{
 use serde_json::json;
 
 use super::{Context, Result, condition, merge_condition};
-use crate::{
+use stepup_core::{
     api::StepUpPolicy,
     policy::{CompiledPolicy, served::Served},
 };
@@ -26,9 +26,9 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
         Ok(found) => {
             // An aggregated group is not served through discovery either when its server is
             // down: say the reason that holds whether it is up or not.
-            let unadmitted = crate::policy::served::unadmitted(&policy.spec, &found.aggregated);
+            let unadmitted = stepup_core::policy::served::unadmitted(&policy.spec, &found.aggregated);
             if unadmitted.is_empty() {
-                crate::policy::served::unserved(&policy.spec, &found.served)
+                stepup_core::policy::served::unserved(&policy.spec, &found.served)
             } else {
                 unadmitted
             }
@@ -42,7 +42,7 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
     let (ok, reason, message) = match CompiledPolicy::compile(&policy) {
         Err(e) => (false, "Invalid", e.to_string()),
         Ok(_) if !unserved.is_empty() => (false, "NothingToMatch", unserved.join("; ")),
-        Ok(p) if p.accepts_method(crate::api::Method::Oidc) && ctx.identity_providers.is_none() => (
+        Ok(p) if p.accepts_method(stepup_core::api::Method::Oidc) && ctx.identity_providers.is_none() => (
             false,
             "IdentityProviderNotConfigured",
             format!(
@@ -51,7 +51,7 @@ pub async fn reconcile(policy: Arc<StepUpPolicy>, ctx: Arc<Context>) -> Result<A
                 match p
                     .methods
                     .iter()
-                    .filter(|m| **m != crate::api::Method::Oidc)
+                    .filter(|m| **m != stepup_core::api::Method::Oidc)
                     .map(|m| m.as_str())
                     .collect::<Vec<_>>()
                 {
@@ -131,16 +131,16 @@ const AUTHORIZER_RECHECK: std::time::Duration = std::time::Duration::from_secs(5
 /// first and refuses impersonating a sign-in into a request for the second.
 fn needs_authorizer(policy: &StepUpPolicy) -> bool {
     policy.spec.match_.rules.iter().any(|r| !r.verbs.is_empty())
-        || policy.spec.methods.contains(&crate::api::Method::Session)
+        || policy.spec.methods.contains(&stepup_core::api::Method::Session)
 }
 
 /// One request per rule of verbs: its first verb, group and resource, asked for the probe
 /// identity in no namespace (which every namespace condition of the rendered file admits); and
 /// for a policy accepting `Session`, impersonating each extra a sign-in's claims arrive in
 /// (`keys`: a file rendered for other keys would let the configured ones be forged).
-pub fn probes(policy: &StepUpPolicy, keys: &crate::policy::SignInKeys) -> Vec<ResourceAttributes> {
+pub fn probes(policy: &StepUpPolicy, keys: &stepup_core::policy::SignInKeys) -> Vec<ResourceAttributes> {
     let concrete = |s: &str| if s == "*" { "stepup-probe".to_owned() } else { s.to_owned() };
-    let session = policy.spec.methods.contains(&crate::api::Method::Session);
+    let session = policy.spec.methods.contains(&stepup_core::api::Method::Session);
     let sign_in =
         [&keys.acr, &keys.amr, &keys.auth_time].into_iter().filter(move |_| session).map(|key| ResourceAttributes {
             verb: Some("impersonate".to_owned()),
@@ -209,7 +209,7 @@ async fn unauthorized_probes(ctx: &Context, policy: &StepUpPolicy) -> Option<Vec
         }
         let review = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
-                user: Some(crate::api::AUTHORIZER_PROBE_USER.to_owned()),
+                user: Some(stepup_core::api::AUTHORIZER_PROBE_USER.to_owned()),
                 resource_attributes: Some(attributes),
                 ..SubjectAccessReviewSpec::default()
             },
@@ -218,7 +218,7 @@ async fn unauthorized_probes(ctx: &Context, policy: &StepUpPolicy) -> Option<Vec
         match api.create(&kube::api::PostParams::default(), &review).await {
             Ok(answer) => {
                 let reason = answer.status.and_then(|s| s.reason).unwrap_or_default();
-                let sent = reason.contains(crate::api::AUTHORIZER_PROBE_REASON);
+                let sent = reason.contains(stepup_core::api::AUTHORIZER_PROBE_REASON);
                 ctx.probed.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (std::time::Instant::now(), sent));
                 if !sent {
                     missing.push(what);
@@ -297,7 +297,7 @@ async fn aggregated(client: &kube::Client) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use stepup_core::{
         api::{Operation::Delete, Verb::*},
         testing::policy,
     };
@@ -332,8 +332,9 @@ mod tests {
     #[test]
     fn a_session_policy_probes_impersonating_each_configured_sign_in_key() {
         let keys =
-            crate::policy::SignInKeys::new("sso.example.com/acr", "sso.example.com/amr", "sso.example.com/t").unwrap();
-        let p = policy("s").rule(&[Delete], "", &["secrets"]).methods(&[crate::api::Method::Session]).build();
+            stepup_core::policy::SignInKeys::new("sso.example.com/acr", "sso.example.com/amr", "sso.example.com/t")
+                .unwrap();
+        let p = policy("s").rule(&[Delete], "", &["secrets"]).methods(&[stepup_core::api::Method::Session]).build();
         let asked: Vec<(String, String, String, Option<String>)> = probes(&p, &keys)
             .into_iter()
             .map(|a| (a.verb.unwrap(), a.group.unwrap(), a.resource.unwrap(), a.subresource))

@@ -14,7 +14,9 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use super::{Context, Result};
-use crate::decision::{DecisionSettings, PUBLISHED_CONFIGMAP, PUBLISHED_KEY, PUBLISHED_STEP_UP_KEY, StepUpDiscovery};
+use stepup_core::decision::{
+    DecisionSettings, PUBLISHED_CONFIGMAP, PUBLISHED_KEY, PUBLISHED_STEP_UP_KEY, StepUpDiscovery,
+};
 
 /// An unchanged apply is a no-op for the API server (nothing written to etcd), so this can be
 /// short: a deleted or edited publication is back within it.
@@ -92,7 +94,7 @@ mod tests {
         settings.exempt_groups = vec!["robots".into()];
         let discovery = StepUpDiscovery {
             response_key: "KEY".into(),
-            identity_providers: vec![crate::decision::PublishedIdentityProvider {
+            identity_providers: vec![stepup_core::decision::PublishedIdentityProvider {
                 issuer: "https://idp.example/realms/x".into(),
                 client_id: "kubectl-stepup".into(),
                 confidential: false,

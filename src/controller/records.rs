@@ -11,7 +11,8 @@ use kube::{
 use tokio_util::sync::CancellationToken;
 
 use super::Context;
-use crate::{api::StepUpLog, records::segment};
+use crate::records::segment;
+use stepup_core::api::StepUpLog;
 
 /// Segments whose first record's day is before `cutoff_day` (both `YYYYMMDD`) are expired.
 /// A segment covers at most an hour past its first record, so a day of slack keeps every

@@ -37,7 +37,8 @@ use super::{
     protection,
     webhook_config::{self, ConfigSettings},
 };
-use crate::{api::StepUpPolicy, audit};
+use crate::audit;
+use stepup_core::api::StepUpPolicy;
 
 #[derive(Clone, Debug)]
 pub struct RegistrationSettings {

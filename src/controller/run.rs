@@ -26,19 +26,21 @@ use super::{
     webhook_config::{ConfigSettings, Target},
 };
 use crate::{
-    api::{self, StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
     config::{CaBundleSource, ControllerArgs},
     error::RunError,
     evidence::Evidence,
-    keys::MasterKey,
     metrics::Metrics,
     process,
+};
+use stepup_core::{
+    api::{self, StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
+    keys::MasterKey,
     verify::totp::TotpVerifier,
 };
 
 /// The controller's settings from its flags; the sign-in keys are the decision's (`decision`,
 /// built from the same flags once).
-pub fn settings(args: &ControllerArgs, decision: &crate::decision::DecisionSettings) -> Settings {
+pub fn settings(args: &ControllerArgs, decision: &stepup_core::decision::DecisionSettings) -> Settings {
     Settings {
         namespace: args.identity.namespace.clone(),
         self_service_enrollment: args.self_service_enrollment,
@@ -268,7 +270,7 @@ type Task = (&'static str, tokio::task::JoinHandle<()>);
 fn start(
     ctx: Arc<Context>,
     registration: Option<RegistrationSettings>,
-    decision: crate::decision::DecisionSettings,
+    decision: stepup_core::decision::DecisionSettings,
     work: CancellationToken,
 ) -> Vec<Task> {
     let client = ctx.client.clone();

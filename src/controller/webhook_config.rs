@@ -16,7 +16,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference},
 };
 
-use crate::{
+use stepup_core::{
     api::{
         ADVISORY_PATH, ADVISORY_WEBHOOK, ENFORCING_PATH, ENFORCING_WEBHOOK, Enforcement, GROUP, Operation,
         POD_NAME_EXTRA, POD_UID_EXTRA, StepUpPolicy,
@@ -432,7 +432,7 @@ pub fn routed_resources(config: &ValidatingWebhookConfiguration) -> BTreeSet<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use stepup_core::{
         api::{Enforcement, Operation::*},
         testing::policy,
     };
@@ -477,7 +477,7 @@ mod tests {
     /// with both routes its operations only.
     #[test]
     fn rules_of_verbs_route_nothing_to_admission() {
-        use crate::api::Verb;
+        use stepup_core::api::Verb;
         let reads = [Verb::Get, Verb::List, Verb::Watch];
         let only_reads = vec![policy("r").verbs(&reads, "", &["secrets"]).build()];
         assert!(enforcing(&only_reads).is_empty(), "{:?}", enforcing(&only_reads));
@@ -623,14 +623,14 @@ mod tests {
         listed(&r.api_groups, group) && listed(&r.api_versions, version) && ops && resources && scope
     }
 
-    type Probe = (&'static str, &'static str, &'static str, &'static str, crate::api::Operation, bool);
+    type Probe = (&'static str, &'static str, &'static str, &'static str, stepup_core::api::Operation, bool);
 
     use proptest::prelude::*;
 
     const GROUPS: &[&str] = &["", "apps", "*", "stepup.dev"];
     const RESOURCES: &[&str] =
         &["secrets", "configmaps", "pods/exec", "pods/*", "pods", "*", "*/*", "*/scale", "deployments", "namespaces"];
-    const OPS: &[crate::api::Operation] = &[Create, Update, Delete, Connect, All];
+    const OPS: &[stepup_core::api::Operation] = &[Create, Update, Delete, Connect, All];
 
     fn arb_policy() -> impl Strategy<Value = StepUpPolicy> {
         (

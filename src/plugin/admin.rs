@@ -20,7 +20,7 @@ use super::{
     status::phase_name,
     terminal::{self, CodeSource},
 };
-use crate::{
+use stepup_core::{
     api::{self, EnrollmentPhase, StepUpEnrollment},
     verify::seal::{fingerprint, normalize_fingerprint},
 };
@@ -73,7 +73,7 @@ pub fn precondition(action: Action, e: &StepUpEnrollment) -> Result<Option<Strin
         Action::Approve => match phase {
             Some(EnrollmentPhase::PendingApproval) => Ok(None),
             // Each approval lets the person register one more security key.
-            Some(EnrollmentPhase::Active) if e.spec.method == crate::api::Method::WebAuthn => Ok(None),
+            Some(EnrollmentPhase::Active) if e.spec.method == stepup_core::api::Method::WebAuthn => Ok(None),
             Some(EnrollmentPhase::AwaitingConfirmation) => {
                 Ok(Some(format!("{user}'s enrollment is already approved and waits for their first code")))
             }
@@ -237,14 +237,14 @@ pub async fn step_up(session: &Session, me: &Identity, act: &str) -> Result<()> 
         )
     })?;
     let ask = GrantRequest { code, reason: Some(act.to_owned()), ..GrantRequest::default() };
-    request::obtain_grant(session, me, &response_key, ask, crate::api::Duration::from_secs(30)).await?;
+    request::obtain_grant(session, me, &response_key, ask, stepup_core::api::Duration::from_secs(30)).await?;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use stepup_core::{
         api::{Method, StepUpEnrollmentSpec, StepUpEnrollmentStatus},
         verify::seal::EphemeralKey,
     };

@@ -18,7 +18,7 @@ use super::{
     format,
     resources::{Catalog, ResourceInfo},
 };
-use crate::{
+use stepup_core::{
     api::{self, Operation, StepUpGrant, StepUpPolicy},
     decision::{self, DecisionConfig, DecisionSettings, Grants, Inputs, Outcome, StepUpObjects},
     grant::{self, GrantRecord},
@@ -367,13 +367,13 @@ impl Evaluation<'_> {
     }
 
     fn verdict(&self, p: &CompiledPolicy, req: &Request<'_>, session: Option<&GrantRecord>) -> PolicyVerdict {
-        let session = session.filter(|_| p.accepts_method(crate::api::Method::Session));
+        let session = session.filter(|_| p.accepts_method(stepup_core::api::Method::Session));
         let candidates: Vec<&GrantRecord> = self.grants.iter().chain(session).collect();
         let satisfying = grant::satisfying(candidates.iter().copied(), &[p], req, grant::Clock::at(self.now));
         let why = match satisfying {
             Some(_) => None,
             None => Some(match grant::explain(candidates.iter().copied(), &[p], req, grant::Clock::at(self.now)) {
-                Some((g, why)) if g.method == crate::api::Method::Session => {
+                Some((g, why)) if g.method == stepup_core::api::Method::Session => {
                     format!("your sign-in at the identity provider does not count: {why}")
                 }
                 Some((g, why)) => format!("your latest grant {} does not count: {why}", g.name),
@@ -565,9 +565,9 @@ async fn namespace_labels(session: &Session, targets: &[Target]) -> HashMap<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use crate::plugin::resources::tests::catalog;
+    use stepup_core::{
         api::{Enforcement, Operation::*},
-        plugin::resources::tests::catalog,
         testing::{grant, minutes, policy, t0},
     };
 
@@ -778,15 +778,15 @@ items:
         let sso = policy("prod-secrets-sso")
             .rule(&[Delete], "", &["secrets"])
             .namespaces(&["prod"])
-            .methods(&[crate::api::Method::Session])
+            .methods(&[stepup_core::api::Method::Session])
             .assurance(&["2"], &[])
             .build();
         let delete_db = target(Delete, "", "secrets", "", "prod", "db");
         let signed_in = |at: jiff::Timestamp| Identity {
             extra: [
-                (crate::policy::ACR_EXTRA, vec!["2".into()]),
-                (crate::policy::AMR_EXTRA, vec!["pwd".into(), "otp".into()]),
-                (crate::policy::AUTH_TIME_EXTRA, vec![at.as_second().to_string()]),
+                (stepup_core::policy::ACR_EXTRA, vec!["2".into()]),
+                (stepup_core::policy::AMR_EXTRA, vec!["pwd".into(), "otp".into()]),
+                (stepup_core::policy::AUTH_TIME_EXTRA, vec![at.as_second().to_string()]),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
@@ -812,16 +812,17 @@ items:
         // The webhook reads other keys: the sign-in at the defaults is no sign-in, and the one
         // at the published keys counts.
         let keys =
-            crate::policy::SignInKeys::new("sso.example.com/acr", "sso.example.com/amr", "sso.example.com/t").unwrap();
+            stepup_core::policy::SignInKeys::new("sso.example.com/acr", "sso.example.com/amr", "sso.example.com/t")
+                .unwrap();
         let elsewhere = DecisionSettings { sign_in_keys: keys, ..defaults.clone() };
         let at_defaults =
             check_with(&elsewhere, &signed_in(t0() - minutes(2)), std::slice::from_ref(&sso), &[], &delete_db);
         assert_eq!(at_defaults.decision, Outcome::Denied);
         let mut moved = signed_in(t0() - minutes(2));
         for (from, to) in [
-            (crate::policy::ACR_EXTRA, "sso.example.com/acr"),
-            (crate::policy::AMR_EXTRA, "sso.example.com/amr"),
-            (crate::policy::AUTH_TIME_EXTRA, "sso.example.com/t"),
+            (stepup_core::policy::ACR_EXTRA, "sso.example.com/acr"),
+            (stepup_core::policy::AMR_EXTRA, "sso.example.com/amr"),
+            (stepup_core::policy::AUTH_TIME_EXTRA, "sso.example.com/t"),
         ] {
             let values = moved.extra.remove(from).unwrap();
             moved.extra.insert(to.to_owned(), values);
@@ -929,7 +930,7 @@ items:
         let t = target(Delete, "stepup.dev", "stepuppolicies", "", "", "prod-secrets");
         let v = check(&[], &[], &Target { version: "v1alpha1".into(), ..t });
         assert!(!v.allowed);
-        assert_eq!(v.policies[0].name, crate::policy::builtin::POLICY_CHANGES);
+        assert_eq!(v.policies[0].name, stepup_core::policy::builtin::POLICY_CHANGES);
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::api::Duration;
+use stepup_core::api::Duration;
 
 const EXIT_CODES: &str = "\
 Exit codes (stable, for scripts):
@@ -527,10 +527,10 @@ pub enum EnrolledMethod {
 }
 
 impl EnrolledMethod {
-    pub const fn method(self) -> crate::api::Method {
+    pub const fn method(self) -> stepup_core::api::Method {
         match self {
-            EnrolledMethod::Totp => crate::api::Method::Totp,
-            EnrolledMethod::WebAuthn => crate::api::Method::WebAuthn,
+            EnrolledMethod::Totp => stepup_core::api::Method::Totp,
+            EnrolledMethod::WebAuthn => stepup_core::api::Method::WebAuthn,
         }
     }
 }

@@ -14,7 +14,7 @@ use super::{
     cli::ClusterArgs,
     error::{Error, Result},
 };
-use crate::{
+use stepup_core::{
     api,
     policy::{CREDENTIAL_ID_EXTRA, Masks, SignIn, SignInKeys, User},
 };

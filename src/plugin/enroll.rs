@@ -20,7 +20,7 @@ use super::{
     terminal::{self, CodeSource, Progress},
     wait::{self, Step},
 };
-use crate::{
+use stepup_core::{
     api::{self, EnrollmentPhase, Method, StepUpEnrollment, StepUpEnrollmentSpec, StepUpEnrollmentStatus},
     verify::{
         response::{self, EnrollmentPurpose},
@@ -90,13 +90,13 @@ async fn bootstrap_proof(session: &Session, user: &str, key: &EphemeralKey) -> R
         Error::other(
             format!(
                 "cannot use the bootstrap: {why} (Secret {} in namespace {:?}, which only whoever installed stepup can read)",
-                crate::keys::BOOTSTRAP_TOKEN_SECRET,
+                stepup_core::keys::BOOTSTRAP_TOKEN_SECRET,
                 session.stepup_namespace
             ),
             "Ask whoever installed stepup to enroll first with --bootstrap, then to approve you (`kubectl stepup enroll` without --bootstrap).",
         )
     };
-    let secret = match secrets.get_opt(crate::keys::BOOTSTRAP_TOKEN_SECRET).await {
+    let secret = match secrets.get_opt(stepup_core::keys::BOOTSTRAP_TOKEN_SECRET).await {
         Ok(Some(secret)) => secret,
         Ok(None) => return Err(unreadable("the bootstrap is not open".into())),
         Err(kube::Error::Api(status)) if status.code == 403 => {
@@ -107,11 +107,11 @@ async fn bootstrap_proof(session: &Session, user: &str, key: &EphemeralKey) -> R
     let token = secret
         .data
         .as_ref()
-        .and_then(|d| d.get(crate::keys::BOOTSTRAP_TOKEN_KEY))
+        .and_then(|d| d.get(stepup_core::keys::BOOTSTRAP_TOKEN_KEY))
         .and_then(|t| String::from_utf8(t.0.clone()).ok())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| unreadable("the bootstrap is closed".into()))?;
-    Ok(crate::keys::bootstrap_proof(&token, user, &key.public_key_b64()))
+    Ok(stepup_core::keys::bootstrap_proof(&token, user, &key.public_key_b64()))
 }
 
 pub async fn run(session: &Session, args: &EnrollArgs) -> Result<()> {
@@ -266,8 +266,11 @@ async fn security_key(session: &Session, args: &EnrollArgs) -> Result<()> {
                 let ask = super::request::GrantRequest {
                     code: String::new(),
                     reason: Some(api::vouch_reason(&fp)),
-                    duration: Some(crate::api::Duration::from_secs(60)),
-                    scope: crate::api::GrantScope { policies: vec![api::VOUCH_SCOPE.to_owned()], namespaces: vec![] },
+                    duration: Some(stepup_core::api::Duration::from_secs(60)),
+                    scope: stepup_core::api::GrantScope {
+                        policies: vec![api::VOUCH_SCOPE.to_owned()],
+                        namespaces: vec![],
+                    },
                     correlation: None,
                 };
                 let browser =
@@ -375,7 +378,7 @@ async fn security_key(session: &Session, args: &EnrollArgs) -> Result<()> {
     page.finish(outcome).await;
     if let Some(grant) = voucher {
         // It lets nothing else through, and has done its one job: gone from `status`.
-        let grants: Api<crate::api::StepUpGrant> = session.all();
+        let grants: Api<stepup_core::api::StepUpGrant> = session.all();
         let _ = grants.delete(&grant, &Default::default()).await;
     }
     match verdict? {

@@ -49,12 +49,12 @@ pub enum Error {
     #[error("an admission webhook call failed, so the API server refused to {action}")]
     WebhookDown { action: String, detail: String },
     #[error("the stepup controller did not {what} within {after}")]
-    ControllerTimeout { what: String, after: crate::api::Duration },
+    ControllerTimeout { what: String, after: stepup_core::api::Duration },
     #[error(
         "the stepup controller did not {what} within {after}; the challenge was withdrawn, so no grant will be issued for it{}",
         if *.revoked { " (a grant issued at the last moment was revoked)" } else { "" }
     )]
-    Withdrawn { what: String, after: crate::api::Duration, revoked: bool },
+    Withdrawn { what: String, after: stepup_core::api::Duration, revoked: bool },
     #[error("interrupted; the challenge was withdrawn, so no grant will be issued for it")]
     Interrupted,
     #[error("your enrollment's key was changed by someone else while you enrolled (it now carries key {now})")]
@@ -302,13 +302,13 @@ mod tests {
             (Error::PendingApproval { user: "alice".into(), message: None }, Exit::NotEnrolled),
             (Error::Locked { user: "alice".into(), message: None }, Exit::Locked),
             (
-                Error::Withdrawn { what: "x".into(), after: crate::api::Duration::from_secs(30), revoked: false },
+                Error::Withdrawn { what: "x".into(), after: stepup_core::api::Duration::from_secs(30), revoked: false },
                 Exit::Unavailable,
             ),
             (Error::Unreachable { server: "https://x".into(), detail: String::new() }, Exit::Unreachable),
             (Error::WebhookDown { action: "x".into(), detail: String::new() }, Exit::Unavailable),
             (
-                Error::ControllerTimeout { what: "x".into(), after: crate::api::Duration::from_secs(30) },
+                Error::ControllerTimeout { what: "x".into(), after: stepup_core::api::Duration::from_secs(30) },
                 Exit::Unavailable,
             ),
             (Error::NotInstalled, Exit::Error),

@@ -3,7 +3,7 @@
 use jiff::{SignedDuration, Timestamp, tz::TimeZone};
 use serde::Serialize;
 
-use crate::api::{GrantPhase, GrantScope, StepUpGrant};
+use stepup_core::api::{GrantPhase, GrantScope, StepUpGrant};
 
 /// Time left, for people: `1h 5m`, `29m 58s`, `45s`; `expired` at or below zero.
 pub fn remaining(left: SignedDuration) -> String {
@@ -168,7 +168,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::testing::{grant, minutes, t0};
+    use stepup_core::testing::{grant, minutes, t0};
 
     #[test]
     fn remaining_time_reads_like_a_person_would_say_it() {

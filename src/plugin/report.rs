@@ -13,14 +13,12 @@ use super::{
     error::{Error, Result},
     format::printable,
 };
-use crate::{
-    api::StepUpLog,
-    records::{
-        Record,
-        report::{self, Figures, Scope, Summary},
-        segment,
-    },
+use crate::records::{
+    Record,
+    report::{self, Figures, Scope, Summary},
+    segment,
 };
+use stepup_core::api::StepUpLog;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -69,7 +67,7 @@ pub fn parse_time(text: &str, now: Timestamp) -> std::result::Result<Timestamp, 
         }
         return Ok(now - SignedDuration::from_hours(24 * days));
     }
-    if let Ok(d) = text.parse::<crate::api::Duration>() {
+    if let Ok(d) = text.parse::<stepup_core::api::Duration>() {
         return Ok(now - d.as_signed());
     }
     if let Ok(t) = text.parse::<Timestamp>() {
@@ -199,7 +197,7 @@ pub fn from_audit_log(text: &str) -> Vec<Record> {
         }
         let annotations = &event["annotations"];
         // Exactly one entry reviews a request (their rules never overlap).
-        let Some((entry, decision)) = [crate::api::ENFORCING_WEBHOOK, crate::api::ADVISORY_WEBHOOK]
+        let Some((entry, decision)) = [stepup_core::api::ENFORCING_WEBHOOK, stepup_core::api::ADVISORY_WEBHOOK]
             .into_iter()
             .find_map(|entry| annotations[format!("{entry}/decision")].as_str().map(|d| (entry, d)))
         else {
@@ -244,7 +242,7 @@ pub fn from_audit_log(text: &str) -> Vec<Record> {
 fn seconds(v: Option<f64>) -> String {
     match v {
         None => "-".into(),
-        Some(s) => crate::grant::human(SignedDuration::from_secs_f64(s.max(0.0))),
+        Some(s) => stepup_core::grant::human(SignedDuration::from_secs_f64(s.max(0.0))),
     }
 }
 

@@ -19,7 +19,7 @@ use super::{
     terminal::{self, CodeSource, Progress},
     wait::{self, Step},
 };
-use crate::{
+use stepup_core::{
     api::{
         self, ChallengePhase, Duration, Enforcement, EnrollmentPhase, GrantScope, Method, StepUpChallenge,
         StepUpChallengeSpec, StepUpEnrollment, StepUpGrant, StepUpPolicy,
@@ -344,21 +344,21 @@ pub async fn obtain_grant(
 }
 
 /// What `kubectl stepup` seals to and signs in at, as the controller publishes it.
-pub async fn step_up_discovery(session: &Session) -> Result<crate::decision::StepUpDiscovery> {
+pub async fn step_up_discovery(session: &Session) -> Result<stepup_core::decision::StepUpDiscovery> {
     use k8s_openapi::api::core::v1::ConfigMap;
     let api: Api<ConfigMap> = Api::namespaced(session.client.clone(), &session.stepup_namespace);
-    let where_ = format!("configmap {}/{}", session.stepup_namespace, crate::decision::PUBLISHED_CONFIGMAP);
+    let where_ = format!("configmap {}/{}", session.stepup_namespace, stepup_core::decision::PUBLISHED_CONFIGMAP);
     let cm = api
-        .get_opt(crate::decision::PUBLISHED_CONFIGMAP)
+        .get_opt(stepup_core::decision::PUBLISHED_CONFIGMAP)
         .await
         .map_err(session.kube_error(&format!("read {where_}")))?;
-    cm.and_then(|cm| cm.data?.remove(crate::decision::PUBLISHED_STEP_UP_KEY))
+    cm.and_then(|cm| cm.data?.remove(stepup_core::decision::PUBLISHED_STEP_UP_KEY))
         .and_then(|json| serde_json::from_str(&json).ok())
         .ok_or_else(|| {
             Error::other(
                 format!(
                     "the cluster publishes no step-up settings ({where_} has no {})",
-                    crate::decision::PUBLISHED_STEP_UP_KEY
+                    stepup_core::decision::PUBLISHED_STEP_UP_KEY
                 ),
                 "Is the stepup controller running and up to date? Ask your platform team.",
             )
@@ -409,7 +409,7 @@ pub async fn obtain_oidc_grant(
     let wait = SignedDuration::try_from(sign_in_wait).unwrap_or(SignedDuration::from_mins(5));
     let deadline = Timestamp::now() + wait + timeout.as_signed();
     let mut wanted = unsealed_challenge(me, request, Method::Oidc, &challenge_name(&me.username), deadline);
-    let nonce = crate::verify::oidc::challenge_nonce(&wanted);
+    let nonce = stepup_core::verify::oidc::challenge_nonce(&wanted);
     let signed = super::sign_in::sign_in(idp, &nonce, assurance, browser, sign_in_wait).await?;
     seal_into(&mut wanted, &signed.sealed_text(), &discovery.response_key)?;
     submit(session, me, wanted, deadline, timeout).await
@@ -610,10 +610,8 @@ async fn await_grant(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        plugin::{Exit, Report},
-        testing::{grant, policy},
-    };
+    use crate::plugin::{Exit, Report};
+    use stepup_core::testing::{grant, policy};
 
     #[test]
     fn challenges_are_for_the_authenticated_user_only() {
@@ -625,8 +623,8 @@ mod tests {
             scope: GrantScope { policies: vec![], namespaces: vec!["prod".into()] },
             correlation: None,
         };
-        let opener = crate::keys::MasterKey::from_bytes([9; 32]).response_opener();
-        let deadline = crate::testing::t0();
+        let opener = stepup_core::keys::MasterKey::from_bytes([9; 32]).response_opener();
+        let deadline = stepup_core::testing::t0();
         let c = challenge_for(&me, request, "oidc-alice-example-com-abc", deadline, &opener.public_base64()).unwrap();
         assert_eq!(c.metadata.name.as_deref(), Some("oidc-alice-example-com-abc"));
         assert_eq!(c.labels()[api::USER_LABEL], api::user_label_value("oidc:Alice@example.com"));
@@ -668,10 +666,10 @@ mod tests {
     #[test]
     fn only_enforcing_policies_in_scope_ask_for_a_reason() {
         let policies = [
-            policy("a").rule(&[crate::api::Operation::Delete], "", &["secrets"]).require_reason().build(),
-            policy("b").rule(&[crate::api::Operation::Delete], "", &["secrets"]).build(),
+            policy("a").rule(&[stepup_core::api::Operation::Delete], "", &["secrets"]).require_reason().build(),
+            policy("b").rule(&[stepup_core::api::Operation::Delete], "", &["secrets"]).build(),
             policy("c")
-                .rule(&[crate::api::Operation::Delete], "", &["secrets"])
+                .rule(&[stepup_core::api::Operation::Delete], "", &["secrets"])
                 .require_reason()
                 .enforcement(Enforcement::Warn)
                 .build(),
@@ -682,7 +680,7 @@ mod tests {
 
     #[test]
     fn a_grant_shorter_than_requested_is_said_in_one_line() {
-        let now = crate::testing::t0();
+        let now = stepup_core::testing::t0();
         let issued_for =
             |lifetime: SignedDuration| grant("alice-1", "alice").issued(now).expires(now + lifetime).build();
         let hours = SignedDuration::from_hours;
@@ -690,7 +688,7 @@ mod tests {
             (Some("1000h"), hours(8), Some("the controller capped the grant at 8h (its maximum); you asked for 1000h")),
             (
                 Some("30m"),
-                crate::testing::minutes(20),
+                stepup_core::testing::minutes(20),
                 Some("the controller capped the grant at 20m (its maximum); you asked for 30m"),
             ),
             (Some("2h"), hours(2), None),

@@ -18,11 +18,8 @@ use tokio::{
 };
 
 use super::error::{Error, Result};
-use crate::{
-    decision::PublishedIdentityProvider,
-    http::{self, Https, encode, query_value},
-    verify::oidc::CodeRedemption,
-};
+use crate::http::{self, Https, encode, query_value};
+use stepup_core::{decision::PublishedIdentityProvider, verify::oidc::CodeRedemption};
 
 /// What the policy asks of the sign-in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

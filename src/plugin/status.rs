@@ -11,7 +11,7 @@ use super::{
     format::{self, GrantView},
     terminal::CodeSource,
 };
-use crate::api::{self, EnrollmentPhase, StepUpEnrollment, StepUpGrant};
+use stepup_core::api::{self, EnrollmentPhase, StepUpEnrollment, StepUpGrant};
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -53,7 +53,7 @@ impl EnrollmentView {
 pub struct SecurityKeysView {
     #[serde(flatten)]
     pub enrollment: EnrollmentView,
-    pub keys: Vec<crate::api::EnrolledCredential>,
+    pub keys: Vec<stepup_core::api::EnrolledCredential>,
 }
 
 impl SecurityKeysView {
@@ -123,7 +123,7 @@ pub struct PolicyAcceptance {
 
 /// For the newest active grant: until when each policy it may satisfy accepts it (the earlier
 /// of issue + the policy's maxAge and the grant's expiry), soonest first.
-pub fn acceptance(grant: Option<&GrantView>, policies: &[crate::api::StepUpPolicy]) -> Vec<PolicyAcceptance> {
+pub fn acceptance(grant: Option<&GrantView>, policies: &[stepup_core::api::StepUpPolicy]) -> Vec<PolicyAcceptance> {
     let Some(g) = grant.filter(|g| g.is_active()) else { return Vec::new() };
     let mut out: Vec<PolicyAcceptance> = policies
         .iter()
@@ -264,12 +264,12 @@ pub async fn status(session: &Session, args: &StatusArgs) -> Result<()> {
     let now = Timestamp::now();
     let mut view = StatusView::new(&me, enrollment.as_ref(), &grants, args.all, now);
     let keys = enrollments
-        .get_opt(&api::enrollment_name_for(&me.username, crate::api::Method::WebAuthn))
+        .get_opt(&api::enrollment_name_for(&me.username, stepup_core::api::Method::WebAuthn))
         .await
         .map_err(session.kube_error("read your security keys"))?;
     view.security_keys = keys.as_ref().map(SecurityKeysView::new);
     // Who may not list policies still sees their grants.
-    let policies: Api<crate::api::StepUpPolicy> = session.all();
+    let policies: Api<stepup_core::api::StepUpPolicy> = session.all();
     if let Ok(list) = policies.list(&Default::default()).await {
         let newest = view.grants.iter().find(|g| g.is_active());
         view.accepted_until = acceptance(newest, &list.items);
@@ -282,7 +282,7 @@ pub async fn status(session: &Session, args: &StatusArgs) -> Result<()> {
 }
 
 /// The registered key `wanted` names: its full id, or a unique beginning of 8 or more characters.
-pub fn key_named(wanted: &str, keys: &[crate::api::EnrolledCredential]) -> Result<String> {
+pub fn key_named(wanted: &str, keys: &[stepup_core::api::EnrolledCredential]) -> Result<String> {
     let wanted = wanted.trim().to_ascii_lowercase();
     let matching: Vec<&str> = keys
         .iter()
@@ -306,7 +306,7 @@ pub async fn remove_key(session: &Session, args: &super::cli::RemoveKeyArgs) -> 
     let me = session.whoami().await?;
     let user = args.user.clone().unwrap_or_else(|| me.username.clone());
     let api: Api<StepUpEnrollment> = session.all();
-    let name = api::enrollment_name_for(&user, crate::api::Method::WebAuthn);
+    let name = api::enrollment_name_for(&user, stepup_core::api::Method::WebAuthn);
     let e = api.get_opt(&name).await.map_err(session.kube_error("read the security keys"))?.ok_or_else(|| {
         Error::usage(format!("{user:?} has no security keys"), "`kubectl stepup status` shows what is enrolled.")
     })?;
@@ -385,8 +385,8 @@ async fn removal_grant(session: &Session, me: &Identity, id: &str, args: &super:
     let ask = super::request::GrantRequest {
         code: String::new(),
         reason: Some(api::removal_reason(id)),
-        duration: Some(crate::api::Duration::from_secs(60)),
-        scope: crate::api::GrantScope { policies: vec![api::REMOVE_KEY_SCOPE.to_owned()], namespaces: vec![] },
+        duration: Some(stepup_core::api::Duration::from_secs(60)),
+        scope: stepup_core::api::GrantScope { policies: vec![api::REMOVE_KEY_SCOPE.to_owned()], namespaces: vec![] },
         correlation: None,
     };
     let grant = match args.method {
@@ -400,7 +400,8 @@ async fn removal_grant(session: &Session, me: &Identity, id: &str, args: &super:
             let source = if args.code_stdin { CodeSource::Stdin } else { CodeSource::Terminal };
             let code = super::terminal::read_code("Code from your authenticator app: ", source)?;
             let ask = super::request::GrantRequest { code, ..ask };
-            super::request::obtain_grant(session, me, &response_key, ask, crate::api::Duration::from_secs(30)).await?
+            super::request::obtain_grant(session, me, &response_key, ask, stepup_core::api::Duration::from_secs(30))
+                .await?
         }
     };
     Ok(grant.name_any())
@@ -457,7 +458,7 @@ pub fn phase_name(phase: EnrollmentPhase) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
+    use stepup_core::{
         api::{StepUpEnrollmentSpec, StepUpEnrollmentStatus},
         testing::{grant, minutes, policy, t0},
     };
@@ -466,7 +467,7 @@ mod tests {
     /// prod-secrets accepts for 15 minutes only. It now says until when each policy counts it.
     #[test]
     fn status_says_until_when_each_policy_accepts_the_grant() {
-        use crate::api::Operation::Delete;
+        use stepup_core::api::Operation::Delete;
         let now = t0() + minutes(2);
         let g = grant("g-1", "alice").issued(t0()).expires(t0() + minutes(60)).build();
         let policies = [
@@ -503,10 +504,10 @@ mod tests {
 
     #[test]
     fn security_keys_are_listed_with_what_registered_them() {
-        let now = crate::testing::t0();
+        let now = stepup_core::testing::t0();
         let mut keys = enrollment(EnrollmentPhase::Active, 0);
-        keys.spec.method = crate::api::Method::WebAuthn;
-        keys.status.as_mut().unwrap().credentials = vec![crate::api::EnrolledCredential {
+        keys.spec.method = stepup_core::api::Method::WebAuthn;
+        keys.status.as_mut().unwrap().credentials = vec![stepup_core::api::EnrolledCredential {
             id_hash: "3aab35e8c53f55b02cf433bc125c8dca".into(),
             aaguid: None,
             registered_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now),
@@ -536,7 +537,7 @@ mod tests {
             &api::enrollment_name("alice"),
             StepUpEnrollmentSpec {
                 user: "alice".into(),
-                method: crate::api::Method::Totp,
+                method: stepup_core::api::Method::Totp,
                 public_key: String::new(),
                 confirmation: None,
                 bootstrap: false,

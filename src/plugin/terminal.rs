@@ -190,7 +190,7 @@ mod tests {
 
     #[test]
     fn the_qr_code_is_text_with_a_quiet_zone() {
-        let uri = crate::verify::totp::otpauth_uri(b"12345678901234567890", "kube-stepup", "alice");
+        let uri = stepup_core::verify::totp::otpauth_uri(b"12345678901234567890", "kube-stepup", "alice");
         let qr = qr_code(&uri, QrStyle::Plain).unwrap();
         let lines: Vec<&str> = qr.lines().collect();
         assert!(lines.len() > 15, "{qr}");
@@ -259,7 +259,7 @@ mod tests {
 
     #[test]
     fn the_qr_code_scans_on_light_and_dark_terminals() {
-        let uri = crate::verify::totp::otpauth_uri(b"12345678901234567890", "kube-stepup (prod-eu)", "alice");
+        let uri = stepup_core::verify::totp::otpauth_uri(b"12345678901234567890", "kube-stepup (prod-eu)", "alice");
         let coloured = qr_code(&uri, QrStyle::Coloured).unwrap();
         for theme in [LIGHT, DARK] {
             assert_eq!(scanned(&coloured, theme).as_deref(), Some(uri.as_str()), "{theme:?}");

@@ -4,7 +4,7 @@
 
 use kube::core::Status;
 
-use crate::decision::Requirement;
+use stepup_core::decision::Requirement;
 
 const OPEN: &str = "[stepup-required: ";
 
@@ -44,7 +44,7 @@ pub fn api_refusal_in(stderr: &str) -> Option<Requirement> {
         return None;
     }
     // `Error from server (Forbidden): [error when deleting "f.yaml": ]admission webhook ...`
-    let denial = format!("admission webhook \"{}\" denied the request: ", crate::api::ENFORCING_WEBHOOK);
+    let denial = format!("admission webhook \"{}\" denied the request: ", stepup_core::api::ENFORCING_WEBHOOK);
     merge(
         stderr
             .lines()
@@ -98,7 +98,7 @@ mod tests {
     use kube::core::response::StatusDetails;
 
     use super::*;
-    use crate::api::{Duration, Method};
+    use stepup_core::api::{Duration, Method};
 
     /// Attack (third round): a wrapped command printed a trailer itself and exited 0, and the
     /// wrapper minted an unscoped grant and ran it twice. Only kubectl's line for the enforcing

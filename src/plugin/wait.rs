@@ -26,7 +26,7 @@ pub async fn until<K, T>(
     session: &Session,
     api: &Api<K>,
     name: &str,
-    timeout: crate::api::Duration,
+    timeout: stepup_core::api::Duration,
     mut check: impl FnMut(&K) -> Result<Step<T>>,
     on_timeout: impl FnOnce(Option<&K>) -> Error,
 ) -> Result<T>

@@ -22,7 +22,7 @@ use super::{
     terminal::{self, CodeSource},
     trailer,
 };
-use crate::api::{GrantScope, Method};
+use stepup_core::api::{GrantScope, Method};
 
 /// The program to run and its arguments. A leading `kubectl` means `$KUBECTL` (if set) or the
 /// kubectl on PATH; anything else runs as given.
@@ -258,7 +258,7 @@ pub async fn run(plugin: &ClusterArgs, args: &WrapArgs) -> Result<u8> {
     // would decide the retry from its watch-fed cache alone, which may not hold the new grant
     // yet. After it, the retry's lookup finds the grant (a consistent read), however slow the
     // watch. A person typing a code takes longer than this anyway.
-    tokio::time::sleep_until(refused_at + crate::grant::LOOKUP_INTERVAL).await;
+    tokio::time::sleep_until(refused_at + stepup_core::grant::LOOKUP_INTERVAL).await;
     let second = tokio::task::spawn_blocking(move || run_once(&program, &kubectl_args, stdin.as_deref()))
         .await
         .map_err(|e| Error::other(format!("the command could not run: {e}"), ""))??;

@@ -34,7 +34,8 @@ use tokio_util::sync::CancellationToken;
 use super::{Record, segment};
 use prometheus::IntCounter;
 
-use crate::{api::StepUpLog, metrics::Metrics};
+use crate::metrics::Metrics;
+use stepup_core::api::StepUpLog;
 
 /// Records queued for the writer thread before [`emit`] starts dropping them.
 const QUEUE: usize = 16 * 1024;

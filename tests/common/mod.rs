@@ -12,8 +12,6 @@ use hyper_util::rt::TokioIo;
 use jiff::{SignedDuration, Timestamp};
 use kube_stepup::{
     admission::{self, Caches, Readiness, Settings, Webhook, lookup::GrantSource, tls::ReloadingCertificate},
-    api::{StepUpGrant, StepUpPolicy},
-    decision::DecisionConfig,
     metrics::Metrics,
     pki::{CertificateAuthority, ServingCertificate},
 };
@@ -22,6 +20,10 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, pem::PemObject},
 };
 use serde_json::Value;
+use stepup_core::{
+    api::{StepUpGrant, StepUpPolicy},
+    decision::DecisionConfig,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;

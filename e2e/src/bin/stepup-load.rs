@@ -39,11 +39,11 @@ use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},
 };
-use kube_stepup::api::{Operation, StepUpGrant, StepUpPolicy};
 use rustls::{
     ClientConfig, RootCertStore, pki_types::CertificateDer, pki_types::ServerName, pki_types::pem::PemObject,
 };
 use serde_json::{Value, json};
+use stepup_core::api::{Operation, StepUpGrant, StepUpPolicy};
 use stepup_core::testing::{fleet, grant, policy};
 use stepup_e2e::{Env, eventually, rss_mib};
 use tokio::net::TcpStream;
@@ -250,7 +250,7 @@ mod humantime_lite {
     impl FromStr for Dur {
         type Err = String;
         fn from_str(s: &str) -> Result<Self, String> {
-            let d: kube_stepup::api::Duration = s.parse().map_err(|e| format!("{e}"))?;
+            let d: stepup_core::api::Duration = s.parse().map_err(|e| format!("{e}"))?;
             Ok(Dur(d.as_std()))
         }
     }

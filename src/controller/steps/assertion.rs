@@ -18,13 +18,11 @@ use super::{
     challenge::{Facts, Need, Step, Verdicts},
     clock,
 };
-use crate::{
-    api::{ChallengePhase, StepUpChallenge},
-    controller::{
-        factor::{Ceremony, Factor, KeyUse},
-        webauthn::{CEREMONY_TTL, PendingAuthentication, Refusal, RelyingParty},
-    },
+use crate::controller::{
+    factor::{Ceremony, Factor, KeyUse},
+    webauthn::{CEREMONY_TTL, PendingAuthentication, Refusal, RelyingParty},
 };
+use stepup_core::api::{ChallengePhase, StepUpChallenge};
 
 /// What a challenge's uid is within the factor: the key of its ceremony.
 fn attempt(c: &StepUpChallenge) -> String {

@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::{Record, clock};
-use crate::keys::{BOOTSTRAP_TOKEN_SECRET, BootstrapKey, FactorCipher, verify_bootstrap_proof};
+use stepup_core::keys::{BOOTSTRAP_TOKEN_SECRET, BootstrapKey, FactorCipher, verify_bootstrap_proof};
 
 /// The Secret (in the controller's namespace) that holds the record.
 pub const SECRET_NAME: &str = "stepup-bootstrap";
@@ -178,10 +178,10 @@ impl BootstrapRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{minutes, t0};
+    use stepup_core::testing::{minutes, t0};
 
     fn key() -> BootstrapKey {
-        crate::keys::MasterKey::from_bytes([5; 32]).bootstrap_key()
+        stepup_core::keys::MasterKey::from_bytes([5; 32]).bootstrap_key()
     }
 
     #[test]
@@ -220,25 +220,25 @@ mod tests {
         let (open, _) = BootstrapRecord::first(t0(), minutes(60), 0);
         let view = open.view(&key());
         let Bootstrap::Open { token, .. } = &view else { panic!("open") };
-        let proof = crate::keys::bootstrap_proof(token, "root", "KEY-A");
+        let proof = stepup_core::keys::bootstrap_proof(token, "root", "KEY-A");
         assert!(view.proven("root", "KEY-A", Some(&proof)));
         assert!(!view.proven("root", "KEY-A", None), "no proof");
         assert!(!view.proven("alice", "KEY-A", Some(&proof)), "another user");
         assert!(!view.proven("root", "KEY-B", Some(&proof)), "another key");
         assert!(!view.proven("root", "KEY-A", Some("bm90IGEgcHJvb2Y")), "made up");
-        let guessed = crate::keys::bootstrap_proof("", "root", "KEY-A");
+        let guessed = stepup_core::keys::bootstrap_proof("", "root", "KEY-A");
         assert!(!view.proven("root", "KEY-A", Some(&guessed)), "an empty token");
         // Another window (a reinstall) has another token.
         let (later, _) = BootstrapRecord::first(t0() + minutes(1), minutes(60), 0);
         assert!(!later.view(&key()).proven("root", "KEY-A", Some(&proof)));
-        let other_key = crate::keys::MasterKey::from_bytes([6; 32]).bootstrap_key();
+        let other_key = stepup_core::keys::MasterKey::from_bytes([6; 32]).bootstrap_key();
         assert!(!open.view(&other_key).proven("root", "KEY-A", Some(&proof)), "another installation's key");
         assert!(!Bootstrap::Closed { why: "x".into() }.proven("root", "KEY-A", Some(&proof)));
     }
 
     #[test]
     fn the_record_cannot_be_edited_to_reopen_the_window() {
-        let cipher = crate::keys::MasterKey::from_bytes([5; 32]).factor_cipher();
+        let cipher = stepup_core::keys::MasterKey::from_bytes([5; 32]).factor_cipher();
         let (open, _) = BootstrapRecord::first(t0(), minutes(60), 0);
         let done = open.completed("root", t0());
         let blob = done.seal(&cipher);

@@ -14,13 +14,13 @@
 use jiff::{SignedDuration, Timestamp};
 
 use super::{Record, clock};
-use crate::{
+use crate::controller::{
+    factor::{Factor, FactorRead, FactorState, KeyUse, Limits, Verdict, WebAuthnFactor},
+    oidc::Refusal,
+    webauthn::{PendingAuthentication, RelyingParty},
+};
+use stepup_core::{
     api::{self, ChallengePhase, Method, StepUpChallenge},
-    controller::{
-        factor::{Factor, FactorRead, FactorState, KeyUse, Limits, Verdict, WebAuthnFactor},
-        oidc::Refusal,
-        webauthn::{PendingAuthentication, RelyingParty},
-    },
     grant::{Clock, sign_in_satisfies},
     limits::{ChallengeLimits, Load},
     policy::CompiledPolicy,
@@ -183,8 +183,8 @@ fn rejection_message(why: Rejection) -> &'static str {
 }
 
 /// Why a sign-in does not satisfy a policy, in a sign-in's words.
-fn sign_in_why(e: &crate::grant::Unsatisfied) -> String {
-    use crate::grant::{Unsatisfied, human};
+fn sign_in_why(e: &stepup_core::grant::Unsatisfied) -> String {
+    use stepup_core::grant::{Unsatisfied, human};
     match e {
         Unsatisfied::TooOld { age, max_age } => {
             format!("you signed in {} ago and the policy accepts at most {}", human(*age), human(*max_age))
@@ -255,7 +255,7 @@ fn held_back(
     state.rate_limited_until(now, limits).map(|until| {
         (
             "RateLimited",
-            format!("too many failed attempts; try again in {}", crate::grant::human(until.duration_since(now))),
+            format!("too many failed attempts; try again in {}", stepup_core::grant::human(until.duration_since(now))),
             "rate_limited",
         )
     })
@@ -377,7 +377,7 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
             Some(Err(refusal)) => denied(refusal.reason(), refusal.to_string(), refusal.label()),
             Some(Ok(sign_in)) if !f.oidc_policies.is_empty() => {
                 let clock = Clock { now, max_skew: s.max_clock_skew };
-                let judged: Vec<(&str, Result<(), crate::grant::Unsatisfied>)> = f
+                let judged: Vec<(&str, Result<(), stepup_core::grant::Unsatisfied>)> = f
                     .oidc_policies
                     .iter()
                     .map(|p| {
@@ -472,7 +472,7 @@ pub fn next_step(f: &Facts<'_>, s: &ChallengeSettings<'_>) -> Step {
         }
         Verdict::RateLimited { retry_after } => {
             out.reason = "RateLimited";
-            out.message = format!("too many failed attempts; try again in {}", crate::grant::human(retry_after));
+            out.message = format!("too many failed attempts; try again in {}", stepup_core::grant::human(retry_after));
         }
         Verdict::Locked => {
             out.reason = "Locked";

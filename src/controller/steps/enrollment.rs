@@ -16,9 +16,9 @@ use jiff::{SignedDuration, Timestamp};
 use zeroize::Zeroizing;
 
 use super::{Record, bootstrap::Bootstrap, clock};
-use crate::{
+use crate::controller::factor::{Allowance, Factor, FactorRead, Limits, Pending, Verdict};
+use stepup_core::{
     api::{self, EnrollmentPhase, StepUpEnrollment},
-    controller::factor::{Allowance, Factor, FactorRead, Limits, Pending, Verdict},
     verify::{Verifier, response::EnrollmentPurpose, response::Opened, seal::fingerprint},
 };
 
@@ -194,7 +194,7 @@ pub(super) fn valid_approval(
                 .into(),
         );
     };
-    let Some(key) = crate::verify::seal::normalize_fingerprint(key) else {
+    let Some(key) = stepup_core::verify::seal::normalize_fingerprint(key) else {
         return Err(format!("the approved key {key:?} is not a fingerprint"));
     };
     if key != fp {
@@ -213,7 +213,7 @@ pub(super) fn valid_approval(
             "{by}'s approval of {} expired at {} (approvals last {})",
             clock(at),
             clock(at + s.approval_window),
-            crate::grant::human(s.approval_window)
+            stepup_core::grant::human(s.approval_window)
         ));
     }
     Ok(by.to_owned())
@@ -223,7 +223,7 @@ fn refusal_words(verdict: &Verdict) -> (&'static str, String) {
     match verdict {
         Verdict::Rejected { why, .. } => (why.reason(), why.to_string()),
         Verdict::RateLimited { retry_after } => {
-            ("RateLimited", format!("too many failed codes; try again in {}", crate::grant::human(*retry_after)))
+            ("RateLimited", format!("too many failed codes; try again in {}", stepup_core::grant::human(*retry_after)))
         }
         Verdict::Locked => ("Locked", "locked after too many failed codes; an admin must unlock it".into()),
         Verdict::Accepted { .. } | Verdict::AlreadyAccepted => ("Accepted", "accepted".into()),
@@ -284,7 +284,7 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>) -> Step {
             format!(
                 "the seed sealed to key {fp} at {} was not confirmed within {}: it is void; run `kubectl stepup enroll` again",
                 clock(p.since),
-                crate::grant::human(window)
+                stepup_core::grant::human(window)
             ),
         ));
         factor.pending = None;
@@ -626,7 +626,7 @@ fn desired(
         // An absolute time only: the status is rewritten whenever its words change.
         d.message = format!(
             "too many failed codes within {}: no code is checked until {}, then it unlocks by itself",
-            crate::grant::human(s.limits.window),
+            stepup_core::grant::human(s.limits.window),
             clock(until)
         );
         return (d, Some(until));

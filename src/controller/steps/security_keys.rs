@@ -28,12 +28,12 @@ use super::{
         reason_label, unlock, valid_approval,
     },
 };
-use crate::{
+use crate::controller::{
+    factor::{Allowance, Factor, FactorRead, PendingKey, RegisteredKey},
+    webauthn::{PendingRegistration, RelyingParty, StoredCredential},
+};
+use stepup_core::{
     api::{self, EnrollmentPhase, Method, StepUpEnrollment},
-    controller::{
-        factor::{Allowance, Factor, FactorRead, PendingKey, RegisteredKey},
-        webauthn::{PendingRegistration, RelyingParty, StoredCredential},
-    },
     verify::{response::EnrollmentPurpose, response::Opened, seal::fingerprint},
 };
 
@@ -118,8 +118,8 @@ fn proven<'v>(
     if age > VOUCH_MAX_AGE || -age > skew {
         return Err(format!(
             "it was issued {} ago; such a grant counts for {}",
-            crate::grant::human(age),
-            crate::grant::human(VOUCH_MAX_AGE)
+            stepup_core::grant::human(age),
+            stepup_core::grant::human(VOUCH_MAX_AGE)
         ));
     }
     Ok(v)
@@ -246,7 +246,7 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>, rp: &RelyingParty) -
             format!(
                 "the security-key registration allowed for key {fp} at {} was not completed within {}: it is void; run `kubectl stepup enroll --method WebAuthn` again",
                 clock(p.since),
-                crate::grant::human(window)
+                stepup_core::grant::human(window)
             ),
         ));
         factor.webauthn.pending = None;
@@ -625,7 +625,7 @@ fn desired(
         d.locked_until = Some(until);
         d.message = format!(
             "too many failed attempts within {}: nothing is verified until {}, then it unlocks by itself",
-            crate::grant::human(s.limits.window),
+            stepup_core::grant::human(s.limits.window),
             clock(until)
         );
         return (d, Some(until));

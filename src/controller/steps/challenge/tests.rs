@@ -5,9 +5,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use zeroize::Zeroizing;
 
 use super::*;
-use crate::{
+use crate::controller::factor::Factor;
+use stepup_core::{
     api::{GrantScope, StepUpChallengeSpec, StepUpChallengeStatus},
-    controller::factor::Factor,
     testing::{minutes, t0},
     verify::totp::{TotpVerifier, code_at},
 };
@@ -221,7 +221,7 @@ fn only_a_code_sealed_for_this_very_challenge_counts() {
     for (opened, reason) in [
         (Opened::Plain, "PlainCode"),
         (Opened::Mismatch, "BindingMismatch"),
-        (Opened::Unreadable(crate::keys::KeyError::CannotOpen), "Unsealed"),
+        (Opened::Unreadable(stepup_core::keys::KeyError::CannotOpen), "Unsealed"),
         (Opened::Missing, "NoCode"),
     ] {
         let c = Case { response: opened, ..case() }.with_factor(enrolled());
@@ -281,7 +281,7 @@ fn a_verified_id_token_earns_a_grant_recording_the_sign_in() {
 
 #[test]
 fn a_refused_id_token_is_said_as_the_verifier_says_it_and_issues_nothing() {
-    use crate::verify::oidc::TokenError;
+    use stepup_core::verify::oidc::TokenError;
     for refusal in [
         Refusal::Token(TokenError::Nonce),
         Refusal::Token(TokenError::OtherUser { got: "bob".into(), want: "alice".into() }),
@@ -316,7 +316,7 @@ fn an_id_token_after_the_deadline_or_over_the_limits_is_never_verified() {
 /// instead of becoming a grant that lets nothing through; one policy accepting it is enough.
 #[test]
 fn a_sign_in_no_policy_accepts_is_refused_with_what_the_policy_asks() {
-    use crate::testing::policy;
+    use stepup_core::testing::policy;
     let otp = || {
         policy("prod-secrets-oidc")
             .rule(&[api::Operation::Delete], "", &["secrets"])

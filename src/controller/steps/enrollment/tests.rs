@@ -6,9 +6,9 @@ use jiff::{SignedDuration, Timestamp};
 use zeroize::Zeroizing;
 
 use super::*;
-use crate::{
+use crate::controller::factor::FactorState;
+use stepup_core::{
     api::{Method, StepUpEnrollmentSpec},
-    controller::factor::FactorState,
     testing::{minutes, t0},
     verify::totp::{TotpVerifier, code_at},
 };
@@ -105,7 +105,7 @@ impl Case {
         if let Bootstrap::Open { token, .. } = &b {
             let spec = &self.enrollment.spec;
             self.enrollment.spec.bootstrap_proof =
-                asked.then(|| crate::keys::bootstrap_proof(token, &spec.user, &spec.public_key));
+                asked.then(|| stepup_core::keys::bootstrap_proof(token, &spec.user, &spec.public_key));
         }
         self.bootstrap = b;
         self
@@ -407,7 +407,7 @@ fn the_bootstrap_lets_the_first_admin_enroll_once_without_a_second_admin() {
             "asked with a proof made without the token",
             case(KEY_A)
                 .bootstrap(true, open.clone())
-                .proof(Some(&crate::keys::bootstrap_proof("guess", "root", KEY_A))),
+                .proof(Some(&stepup_core::keys::bootstrap_proof("guess", "root", KEY_A))),
         ),
         ("closed", case(KEY_A).bootstrap(true, Bootstrap::Closed { why: "used".into() })),
     ];

@@ -10,9 +10,9 @@ use webauthn_rs_core::proto::CreationChallengeResponse;
 use zeroize::Zeroizing;
 
 use super::*;
-use crate::{
+use crate::controller::factor::Limits;
+use stepup_core::{
     api::StepUpEnrollmentSpec,
-    controller::factor::Limits,
     testing::{minutes, t0},
     verify::totp::TotpVerifier,
 };
