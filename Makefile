@@ -2,7 +2,7 @@
 
 CARGO ?= cargo
 
-.PHONY: test lint unit core-deps e2e e2e-up e2e-one e2e-restart e2e-down crds demo demo-down controlplane bench dist help
+.PHONY: test lint unit core-deps layers e2e e2e-up e2e-one e2e-restart e2e-down crds demo demo-down controlplane bench dist help
 
 help:
 	@echo "make demo       start the local demo (control plane + stepup + example policies)"
@@ -21,7 +21,7 @@ help:
 
 test: lint unit e2e
 
-lint: chart-lint rules-lint core-deps
+lint: chart-lint rules-lint core-deps layers
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) run --quiet --bin stepup -- crdgen | diff -u crds/stepup.dev.yaml - \
@@ -38,6 +38,14 @@ core-deps:
 	bad=$$(for c in $(CORE_FORBIDDEN); do echo "$$tree" | grep -qx "$$c" && echo "$$c"; done; true); \
 	if [ -n "$$bad" ]; then echo "stepup-core depends on $$bad: the core must do no I/O (see core/Cargo.toml)" >&2; exit 1; fi; \
 	echo "stepup-core: $$(echo "$$tree" | wc -l) crates, none of: $(CORE_FORBIDDEN)"
+
+# What the shells share (startup errors, config, metrics, evidence, records, PKI, ...) imports
+# no shell: the webhook, the controller and the plugin depend on it, never the reverse.
+SHARED := src/audit.rs src/config.rs src/error.rs src/evidence.rs src/http.rs src/metrics.rs \
+	src/pki.rs src/process.rs src/telemetry.rs src/records
+layers:
+	@if grep -rnE 'crate::(admission|controller|plugin)\b' $(SHARED); then \
+		echo "a shared module imports a shell (above): move what both need into the shared module" >&2; exit 1; fi
 
 e2e:
 	e2e/scripts/run-e2e.sh

@@ -528,12 +528,12 @@ pub struct ControllerArgs {
     /// Test hook: exit (status 86) right after this step of answering a challenge that earns
     /// a grant. Ignored by release builds.
     #[arg(long, hide = true, value_enum)]
-    pub crash_at: Option<crate::controller::CrashPoint>,
+    pub crash_at: Option<CrashPoint>,
 
     /// Test hook: panic in the challenge reconciler at this step (a bug's panic). Ignored by
     /// release builds.
     #[arg(long, hide = true, value_enum)]
-    pub panic_at: Option<crate::controller::CrashPoint>,
+    pub panic_at: Option<CrashPoint>,
 
     /// Test hook: wait this long after the last deadline check before issuing a grant (a slow
     /// controller, caught in the worst moment). Ignored by release builds.
@@ -637,4 +637,21 @@ mod tests {
         let err = decision_settings(&args.identity, &args.decision).unwrap_err().to_string();
         assert!(err.contains("--sign-in-*-extra") && err.contains("three different keys"), "{err}");
     }
+}
+
+/// The steps of answering a challenge that earns a grant, in order: where the test hook
+/// `--crash-at` stops the controller, to show that a crash at any of them yields exactly one
+/// grant, a spent time step, and a verdict that tells the truth.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CrashPoint {
+    /// The withdrawal finalizer is on the challenge; nothing verified yet.
+    Claimed,
+    /// The code's time step is recorded as spent; no grant yet.
+    Recorded,
+    /// The grant exists; the challenge does not say so yet.
+    Issued,
+    /// The verdict is written; the sealed code is still on the challenge.
+    Answered,
+    /// The sealed code is scrubbed; the Events and records are not written yet.
+    Scrubbed,
 }

@@ -7,8 +7,6 @@ use prometheus::{
     TextEncoder, core::Collector,
 };
 
-use crate::admission::CacheKind;
-
 /// The process whose `/metrics` a registry serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Process {
@@ -559,6 +557,26 @@ mod tests {
             assert!(!targets.is_empty(), "{title} queries nothing");
             assert!(targets.iter().all(|t| uses_variable(&t["datasource"])), "{title}: target datasource");
             assert!(panel["description"].as_str().is_some_and(|d| !d.is_empty()), "{title} says what it shows");
+        }
+    }
+}
+
+/// The three caches, for health tracking and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheKind {
+    Policies,
+    Grants,
+    Namespaces,
+}
+
+impl CacheKind {
+    pub const ALL: [CacheKind; 3] = [CacheKind::Policies, CacheKind::Grants, CacheKind::Namespaces];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CacheKind::Policies => "policies",
+            CacheKind::Grants => "grants",
+            CacheKind::Namespaces => "namespaces",
         }
     }
 }

@@ -32,28 +32,11 @@ pub enum PolicyChange<'a> {
     Delete(&'a str),
 }
 
-/// The three caches, for health tracking and metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CacheKind {
-    Policies,
-    Grants,
-    Namespaces,
-}
+pub use crate::metrics::CacheKind;
 
-impl CacheKind {
-    pub const ALL: [CacheKind; 3] = [CacheKind::Policies, CacheKind::Grants, CacheKind::Namespaces];
-
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            CacheKind::Policies => "policies",
-            CacheKind::Grants => "grants",
-            CacheKind::Namespaces => "namespaces",
-        }
-    }
-
-    const fn slot(self) -> usize {
-        self as usize
-    }
+/// A cache's slot in the per-cache tables.
+const fn slot(kind: CacheKind) -> usize {
+    kind as usize
 }
 
 /// Whether a watch has delivered a full list, and since when it has been out of touch.
@@ -237,7 +220,7 @@ impl Caches {
     // --- health
 
     pub fn mark_synced(&self, kind: CacheKind) {
-        let h = &self.health[kind.slot()];
+        let h = &self.health[slot(kind)];
         h.synced.store(true, Ordering::Release);
         *lock(&h.broken_since) = None;
     }
@@ -249,19 +232,19 @@ impl Caches {
 
     /// Records that a watch has been out of touch since `since` (its last sign of life).
     pub fn mark_broken_at(&self, kind: CacheKind, since: Instant) {
-        let h = &self.health[kind.slot()];
+        let h = &self.health[slot(kind)];
         let mut broken = lock(&h.broken_since);
         *broken = Some(broken.map_or(since, |b| b.min(since)));
     }
 
     pub fn is_synced(&self, kind: CacheKind) -> bool {
-        self.health[kind.slot()].synced.load(Ordering::Acquire)
+        self.health[slot(kind)].synced.load(Ordering::Acquire)
     }
 
     /// How long the grant cache has been out of touch, if it has been for longer than
     /// `bound` (or has never synced): then grant decisions must fail closed.
     pub fn grants_stale_beyond(&self, bound: Duration) -> Option<Duration> {
-        let h = &self.health[CacheKind::Grants.slot()];
+        let h = &self.health[slot(CacheKind::Grants)];
         if !h.synced.load(Ordering::Acquire) {
             return Some(self.started.elapsed());
         }

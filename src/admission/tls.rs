@@ -20,26 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} holds no PEM certificate")]
-    NoCertificate { path: PathBuf },
-    #[error("cannot parse PEM in {path}: {message}")]
-    Pem { path: PathBuf, message: String },
-    #[error("the key in {key} does not fit the certificate in {cert}: {source}")]
-    Mismatch {
-        cert: PathBuf,
-        key: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
-}
+pub use crate::error::TlsError;
 
 /// A certificate resolver that always hands out the latest good certificate.
 #[derive(Debug)]

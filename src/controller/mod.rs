@@ -78,22 +78,7 @@ pub struct Settings {
     pub sign_in_keys: stepup_core::policy::SignInKeys,
 }
 
-/// The steps of answering a challenge that earns a grant, in order: where the test hook
-/// `--crash-at` stops the controller, to show that a crash at any of them yields exactly one
-/// grant, a spent time step, and a verdict that tells the truth.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum CrashPoint {
-    /// The withdrawal finalizer is on the challenge; nothing verified yet.
-    Claimed,
-    /// The code's time step is recorded as spent; no grant yet.
-    Recorded,
-    /// The grant exists; the challenge does not say so yet.
-    Issued,
-    /// The verdict is written; the sealed code is still on the challenge.
-    Answered,
-    /// The sealed code is scrubbed; the Events and records are not written yet.
-    Scrubbed,
-}
+pub use crate::config::CrashPoint;
 
 impl Settings {
     /// The test hook: exits if the controller was told to stop at `point`. Compiled out of
