@@ -41,7 +41,7 @@ core-deps:
 
 # What the shells share (startup errors, config, metrics, evidence, records, PKI, ...) imports
 # no shell: the webhook, the controller and the plugin depend on it, never the reverse.
-SHARED := src/audit.rs src/config.rs src/error.rs src/evidence.rs src/http.rs src/metrics.rs \
+SHARED := src/audit.rs src/config.rs src/error.rs src/evidence.rs src/metrics.rs \
 	src/pki.rs src/process.rs src/telemetry.rs src/records
 layers:
 	@if grep -rnE 'crate::(admission|controller|plugin)\b' $(SHARED); then \

@@ -21,21 +21,7 @@ pub enum RunError {
     Config(String),
 }
 
-/// An error with its causes, as one line (`a: b: c`); a cause whose text the line already holds
-/// is not repeated.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let text = e.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = e.source();
-    }
-    out
-}
+pub use stepup_core::error_chain as chain;
 
 /// Why the serving certificate cannot be loaded.
 #[derive(Debug, thiserror::Error)]

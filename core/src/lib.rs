@@ -30,3 +30,19 @@ pub mod records;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod verify;
+
+/// An error with its causes, as one line (`a: b: c`); a cause whose text the line already holds
+/// is not repeated.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}

@@ -550,7 +550,7 @@ pub fn sealed_challenge(
     response_key: &str,
 ) -> StepUpChallenge {
     let mut c = StepUpChallenge::new(
-        &kube_stepup::plugin::request::challenge_name(user),
+        &kubectl_stepup::request::challenge_name(user),
         StepUpChallengeSpec {
             user: user.into(),
             uid: (!uid.is_empty()).then(|| uid.to_owned()),

@@ -293,7 +293,7 @@ async fn first_enrollment_needs_an_admin_and_nobody_approves_themselves() {
 
 /// The `LastCode` condition's message, once it reports on `generation` or later.
 fn last_code(e: &StepUpEnrollment, generation: i64) -> Option<(bool, String)> {
-    kube_stepup::plugin::enroll::last_code(e, generation)
+    kubectl_stepup::enroll::last_code(e, generation)
 }
 
 #[tokio::test]

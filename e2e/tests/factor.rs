@@ -139,7 +139,7 @@ async fn an_unlock_clears_the_lockout_and_opens_no_door_for_a_new_key() {
     // ... and with a guessed code of the old device: refused, nothing sealed.
     let generation = swap_key(&world, &attacker, Some(("123456", EnrollmentPurpose::Reenrollment))).await;
     let checked = eventually(Duration::from_secs(15), || async {
-        kube_stepup::plugin::enroll::last_code(&enrollment(&world, "alice").await, generation)
+        kubectl_stepup::enroll::last_code(&enrollment(&world, "alice").await, generation)
             .ok_or_else(|| anyhow::anyhow!("not checked yet"))
     })
     .await

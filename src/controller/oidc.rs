@@ -68,11 +68,11 @@ impl Refusal {
 
 struct Provider {
     trusted: TrustedIssuer,
-    http: crate::http::Https,
+    http: stepup_http::Https,
     keys: tokio::sync::Mutex<Cache>,
     /// The last discovery document's endpoints (each key fetch discovers afresh), reused for
     /// [`KEYS_TTL`] by code redemptions.
-    discovered: std::sync::Mutex<Option<(Instant, crate::http::Endpoints)>>,
+    discovered: std::sync::Mutex<Option<(Instant, stepup_http::Endpoints)>>,
 }
 
 #[derive(Default)]
@@ -121,7 +121,7 @@ impl IdentityProviders {
         let providers = issuers
             .into_iter()
             .map(|trusted| {
-                let http = crate::http::Https::new(trusted.certificate_authority.as_deref())
+                let http = stepup_http::Https::new(trusted.certificate_authority.as_deref())
                     .map_err(|e| anyhow::anyhow!("issuer {}: {e}", trusted.issuer.url))?;
                 Ok(Provider { trusted, http, keys: Default::default(), discovered: Default::default() })
             })
@@ -271,7 +271,7 @@ impl Provider {
     }
 
     /// The issuer's endpoints: discovered within [`KEYS_TTL`], or now.
-    async fn endpoints(&self) -> Result<crate::http::Endpoints, String> {
+    async fn endpoints(&self) -> Result<stepup_http::Endpoints, String> {
         let cached = self.discovered.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match cached {
             Some((at, endpoints)) if at.elapsed() < KEYS_TTL => Ok(endpoints),
@@ -279,9 +279,9 @@ impl Provider {
         }
     }
 
-    async fn discover(&self) -> Result<crate::http::Endpoints, String> {
+    async fn discover(&self) -> Result<stepup_http::Endpoints, String> {
         let endpoints =
-            crate::http::discover(&self.http, &self.trusted.issuer.url, self.trusted.discovery_url.as_deref()).await?;
+            stepup_http::discover(&self.http, &self.trusted.issuer.url, self.trusted.discovery_url.as_deref()).await?;
         *self.discovered.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), endpoints.clone()));
         Ok(endpoints)
     }

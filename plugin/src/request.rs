@@ -610,7 +610,7 @@ async fn await_grant(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::{Exit, Report};
+    use crate::{Exit, Report};
     use stepup_core::testing::{grant, policy};
 
     #[test]

@@ -565,7 +565,7 @@ async fn namespace_labels(session: &Session, targets: &[Target]) -> HashMap<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::resources::tests::catalog;
+    use crate::resources::tests::catalog;
     use stepup_core::{
         api::{Enforcement, Operation::*},
         testing::{grant, minutes, policy, t0},

@@ -18,8 +18,8 @@ use tokio::{
 };
 
 use super::error::{Error, Result};
-use crate::http::{self, Https, encode, query_value};
 use stepup_core::{decision::PublishedIdentityProvider, verify::oidc::CodeRedemption};
+use stepup_http::{self as http, Https, encode, query_value};
 
 /// What the policy asks of the sign-in.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -4,6 +4,9 @@
 //!
 //! Every failure ends as one sentence, a hint and a stable exit code ([`Exit`]).
 
+#![forbid(unsafe_code)]
+#![deny(warnings)]
+
 // Output that never panics: a closed pipe (`kubectl stepup status | head -1`) ends the
 // output, not the process with a panic.
 macro_rules! out {

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kube_stepup::plugin::{self, Cli};
+use kubectl_stepup::{self as plugin, Cli};
 
 fn main() -> ExitCode {
     // kube and rustls both use ring; install it as the process default once.

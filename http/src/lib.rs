@@ -98,7 +98,7 @@ impl Https {
             .map_err(|e| format!("{uri}: {e}"))?;
         let fetch = async {
             let response =
-                self.client.request(request).await.map_err(|e| format!("{uri}: {}", crate::error::chain(&e)))?;
+                self.client.request(request).await.map_err(|e| format!("{uri}: {}", stepup_core::error_chain(&e)))?;
             let status = response.status();
             let body = Limited::new(response.into_body(), limit)
                 .collect()

@@ -201,18 +201,18 @@ impl Error {
         match err {
             kube::Error::Api(status) => Self::from_status(&status, action),
             kube::Error::HyperError(e) => {
-                Error::Unreachable { server: server.to_owned(), detail: crate::error::chain(&e) }
+                Error::Unreachable { server: server.to_owned(), detail: stepup_core::error_chain(&e) }
             }
             kube::Error::Service(e) => {
-                Error::Unreachable { server: server.to_owned(), detail: crate::error::chain(e.as_ref()) }
+                Error::Unreachable { server: server.to_owned(), detail: stepup_core::error_chain(e.as_ref()) }
             }
             kube::Error::RustlsTls(e) => {
-                Error::Unreachable { server: server.to_owned(), detail: crate::error::chain(&e) }
+                Error::Unreachable { server: server.to_owned(), detail: stepup_core::error_chain(&e) }
             }
-            kube::Error::Auth(e) => Error::Unauthorized { detail: crate::error::chain(&e) },
-            kube::Error::InferConfig(e) => Error::Kubeconfig { detail: crate::error::chain(&e) },
-            kube::Error::InferKubeconfig(e) => Error::Kubeconfig { detail: crate::error::chain(&e) },
-            other => Error::Api { action: action.to_owned(), message: crate::error::chain(&other) },
+            kube::Error::Auth(e) => Error::Unauthorized { detail: stepup_core::error_chain(&e) },
+            kube::Error::InferConfig(e) => Error::Kubeconfig { detail: stepup_core::error_chain(&e) },
+            kube::Error::InferKubeconfig(e) => Error::Kubeconfig { detail: stepup_core::error_chain(&e) },
+            other => Error::Api { action: action.to_owned(), message: stepup_core::error_chain(&other) },
         }
     }
 

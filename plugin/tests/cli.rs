@@ -26,7 +26,8 @@ fn kubectl_plugin_completion_answers_in_cobras_protocol() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.lines().any(|l| l.starts_with("request\t")), "{text}");
     assert!(text.ends_with(":4\n"), "{text}");
-    let script = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/krew/kubectl_complete-stepup")).unwrap();
+    let script =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../krew/kubectl_complete-stepup")).unwrap();
     assert!(script.contains("kubectl-stepup __complete \"$@\""));
 }
 
@@ -60,7 +61,7 @@ fn the_demos_totp_script_shows_the_codes_the_controller_accepts() {
     let seed = b"a seed the controller keeps";
     let secret = stepup_core::verify::totp::base32_encode(seed);
     for at in [59_i64, 1_111_111_109, 1_700_000_000, 2_000_000_000] {
-        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/totp"))
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/totp"))
             .args(["--at", &at.to_string(), &secret])
             .output()
             .expect("python3 runs hack/totp");
@@ -68,7 +69,7 @@ fn the_demos_totp_script_shows_the_codes_the_controller_accepts() {
         let expected = stepup_core::verify::totp::code_at(seed, jiff::Timestamp::from_second(at).unwrap());
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected, "at {at}");
     }
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/hack/totp")).arg("not base32!").output().unwrap();
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../hack/totp")).arg("not base32!").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not a base32 secret"));
 }

@@ -253,7 +253,7 @@ Examples:
   kubectl stepup report --since 90d --audit-log /var/log/kubernetes/audit.log -o html > report.html
 
 Needs read access to stepup's audit trail (the <release>-auditor ClusterRole).")]
-    Report(super::report::ReportArgs),
+    Report(ReportArgs),
 
     /// Print a shell completion script for `kubectl-stepup` called by that name.
     #[command(after_help = "\
@@ -555,10 +555,48 @@ pub enum Output {
     Json,
 }
 
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    #[default]
+    Table,
+    Csv,
+    Json,
+    Html,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct ReportArgs {
+    /// Start of the period: a duration back from now (`30d`, `12h`), a date (`2026-11-01`) or
+    /// an RFC 3339 time.
+    #[arg(long, default_value = "30d")]
+    pub since: String,
+    /// End of the period (same forms); default now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Only this user.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Only records that involve this policy.
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// table, csv, json, or html (one self-contained file: `-o html > report.html`).
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// A kube-apiserver audit log (JSON lines) to take every reviewed request from, by its
+    /// `validate.stepup.dev/*` and `advise.stepup.dev/*` annotations, instead of the webhook's
+    /// own records.
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<std::path::PathBuf>,
+    /// Exit 1 when the trail is incomplete (records dropped by their writers, or unreadable):
+    /// for a scheduled evidence job that must not pass on a partial trail.
+    #[arg(long)]
+    pub strict: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugin::Exit;
+    use crate::Exit;
     use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {

@@ -1,6 +1,6 @@
 //! `kubectl stepup report`: what an auditor asks for the audit period, from stepup's durable
 //! audit trail (StepUpLog segments) and optionally the API server's audit log. Reads only;
-//! the figures come from the pure [`crate::records::report`].
+//! the figures come from the pure [`stepup_core::records::report`].
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
@@ -13,50 +13,14 @@ use super::{
     error::{Error, Result},
     format::printable,
 };
-use crate::records::{
+use stepup_core::api::StepUpLog;
+use stepup_core::records::{
     Record,
     report::{self, Figures, Scope, Summary},
     segment,
 };
-use stepup_core::api::StepUpLog;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    #[default]
-    Table,
-    Csv,
-    Json,
-    Html,
-}
-
-#[derive(clap::Args, Debug, Clone)]
-pub struct ReportArgs {
-    /// Start of the period: a duration back from now (`30d`, `12h`), a date (`2026-11-01`) or
-    /// an RFC 3339 time.
-    #[arg(long, default_value = "30d")]
-    pub since: String,
-    /// End of the period (same forms); default now.
-    #[arg(long)]
-    pub until: Option<String>,
-    /// Only this user.
-    #[arg(long)]
-    pub user: Option<String>,
-    /// Only records that involve this policy.
-    #[arg(long)]
-    pub policy: Option<String>,
-    /// table, csv, json, or html (one self-contained file: `-o html > report.html`).
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table)]
-    pub format: Format,
-    /// A kube-apiserver audit log (JSON lines) to take every reviewed request from, by its
-    /// `validate.stepup.dev/*` and `advise.stepup.dev/*` annotations, instead of the webhook's
-    /// own records.
-    #[arg(long, value_name = "FILE")]
-    pub audit_log: Option<std::path::PathBuf>,
-    /// Exit 1 when the trail is incomplete (records dropped by their writers, or unreadable):
-    /// for a scheduled evidence job that must not pass on a partial trail.
-    #[arg(long)]
-    pub strict: bool,
-}
+pub use super::cli::{Format, ReportArgs};
 
 /// `30d`, `12h`, `2026-11-01`, `2026-11-01T10:00:00Z` → a time, relative to `now`.
 pub fn parse_time(text: &str, now: Timestamp) -> std::result::Result<Timestamp, String> {
