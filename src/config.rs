@@ -6,7 +6,10 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand};
 
 use crate::telemetry::LogFormat;
-use stepup_core::api::Duration;
+use stepup_core::{
+    api::Duration,
+    keys::{KeyError, MasterKey},
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "stepup", version, about = "kube-stepup: step-up authentication for Kubernetes")]
@@ -654,4 +657,29 @@ pub enum CrashPoint {
     Answered,
     /// The sealed code is scrubbed; the Events and records are not written yet.
     Scrubbed,
+}
+
+/// Reads the master key file (`--key-file`); the core parses what it holds.
+pub fn read_master_key(path: &std::path::Path) -> Result<MasterKey, KeyError> {
+    let shown = path.display().to_string();
+    let raw = zeroize::Zeroizing::new(
+        std::fs::read(path).map_err(|e| KeyError::Read { path: shown.clone(), message: e.to_string() })?,
+    );
+    MasterKey::from_file_contents(&raw, &shown)
+}
+
+#[cfg(test)]
+mod key_file_tests {
+    use super::*;
+
+    #[test]
+    fn a_key_file_is_read_and_a_missing_one_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw = dir.path().join("raw");
+        std::fs::write(&raw, [7u8; 32]).unwrap();
+        assert!(read_master_key(&raw).is_ok());
+        let missing = dir.path().join("missing");
+        let err = read_master_key(&missing).err().expect("no file");
+        assert!(matches!(err, KeyError::Read { .. }) && err.to_string().contains("missing"), "{err}");
+    }
 }

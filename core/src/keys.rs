@@ -12,8 +12,6 @@
 //!   only encrypted and authenticated, bound to their user, so reading or editing the Secret
 //!   yields nothing usable.
 
-use std::path::Path;
-
 use base64::{
     Engine,
     engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD},
@@ -70,13 +68,10 @@ impl MasterKey {
         Self(Zeroizing::new(bytes))
     }
 
-    /// Reads a key file: 32 raw bytes, or their base64 (surrounding whitespace ignored).
-    pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let shown = path.display().to_string();
-        let raw = Zeroizing::new(
-            std::fs::read(path).map_err(|e| KeyError::Read { path: shown.clone(), message: e.to_string() })?,
-        );
-        Self::parse(&raw).ok_or(KeyError::Format { path: shown })
+    /// A key file's contents: 32 raw bytes, or their base64 (surrounding whitespace ignored);
+    /// `path` names the file in the error. Reading it is the shell's (`config::read_master_key`).
+    pub fn from_file_contents(raw: &[u8], path: &str) -> Result<Self, KeyError> {
+        Self::parse(raw).ok_or_else(|| KeyError::Format { path: path.to_owned() })
     }
 
     fn parse(raw: &[u8]) -> Option<Self> {
@@ -377,17 +372,10 @@ mod tests {
 
     #[test]
     fn key_files_hold_raw_or_base64_bytes_and_nothing_else() {
-        let dir = tempfile::tempdir().unwrap();
-        let raw = dir.path().join("raw");
-        std::fs::write(&raw, [7u8; 32]).unwrap();
-        let b64 = dir.path().join("b64");
-        std::fs::write(&b64, format!("  {}\n", STANDARD.encode([7u8; 32]))).unwrap();
-        let (a, b) = (MasterKey::from_file(&raw).unwrap(), MasterKey::from_file(&b64).unwrap());
+        let a = MasterKey::from_file_contents(&[7u8; 32], "raw").unwrap();
+        let b = MasterKey::from_file_contents(format!("  {}\n", STANDARD.encode([7u8; 32])).as_bytes(), "b64").unwrap();
         assert_eq!(a.grant_verifier(), b.grant_verifier());
-        let short = dir.path().join("short");
-        std::fs::write(&short, "c2hvcnQ=").unwrap();
-        assert!(matches!(MasterKey::from_file(&short), Err(KeyError::Format { .. })));
-        assert!(matches!(MasterKey::from_file(&dir.path().join("missing")), Err(KeyError::Read { .. })));
+        assert!(matches!(MasterKey::from_file_contents(b"c2hvcnQ=", "short"), Err(KeyError::Format { .. })));
         assert!(!format!("{a:?}").contains('7'), "debug output never shows the key");
     }
 

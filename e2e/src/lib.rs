@@ -122,7 +122,7 @@ impl Env {
     /// The controller's grant signing key, from the key file the e2e processes share.
     pub fn grant_signer(&self) -> stepup_core::keys::GrantSigner {
         let path = PathBuf::from(self.var("STEPUP_KEY_FILE"));
-        stepup_core::keys::MasterKey::from_file(&path).expect("the e2e master key").grant_signer()
+        kube_stepup::config::read_master_key(&path).expect("the e2e master key").grant_signer()
     }
 
     /// The webhook's Prometheus metrics.
@@ -605,7 +605,7 @@ impl Env {
     /// challenges of users who have no enrollment to publish it).
     pub fn response_key(&self) -> String {
         let path = PathBuf::from(self.var("STEPUP_KEY_FILE"));
-        stepup_core::keys::MasterKey::from_file(&path).expect("the e2e master key").response_opener().public_base64()
+        kube_stepup::config::read_master_key(&path).expect("the e2e master key").response_opener().public_base64()
     }
 }
 

@@ -507,6 +507,10 @@ pub async fn obtain_key_grant(
         Ok(grant) => super::ceremony::Outcome::Done {
             message: format!("Verified: grant {} is yours. You can close this page.", grant.name_any()),
         },
+        // The cluster's own sentence, without the terminal's preamble.
+        Err(Error::KeyRefused { message }) => {
+            super::ceremony::Outcome::Failed { message: format!("Refused: {message}.") }
+        }
         Err(error) => super::ceremony::Outcome::Failed { message: format!("Refused: {error}") },
     };
     page.finish(outcome).await;

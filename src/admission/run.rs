@@ -20,11 +20,7 @@ use crate::{
     metrics::Metrics,
     process,
 };
-use stepup_core::{
-    decision::DecisionSettings,
-    keys::{GrantVerifier, MasterKey},
-    limits::ChallengeView,
-};
+use stepup_core::{decision::DecisionSettings, keys::GrantVerifier, limits::ChallengeView};
 
 fn settings(args: &WebhookArgs, decision: &DecisionSettings, verifier: Option<GrantVerifier>) -> Settings {
     Settings {
@@ -42,7 +38,7 @@ fn settings(args: &WebhookArgs, decision: &DecisionSettings, verifier: Option<Gr
 pub async fn run(args: WebhookArgs) -> Result<(), RunError> {
     let metrics = Metrics::webhook();
     // Only the public half is kept: the webhook verifies grants, it never signs them.
-    let verifier = MasterKey::from_file(&args.identity.key_file)?.grant_verifier();
+    let verifier = crate::config::read_master_key(&args.identity.key_file)?.grant_verifier();
     let certificate = ReloadingCertificate::load(&args.tls_cert_file, &args.tls_key_file)?;
     let client = Client::try_default().await?;
     let decision = config::decision_settings(&args.identity, &args.decision)?;

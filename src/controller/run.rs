@@ -34,7 +34,6 @@ use crate::{
 };
 use stepup_core::{
     api::{self, StepUpChallenge, StepUpEnrollment, StepUpGrant, StepUpPolicy},
-    keys::MasterKey,
     verify::totp::TotpVerifier,
 };
 
@@ -107,7 +106,7 @@ pub fn registration_settings(args: &ControllerArgs) -> Option<RegistrationSettin
 
 pub async fn run(args: ControllerArgs) -> Result<(), RunError> {
     let metrics = Metrics::controller();
-    let master = MasterKey::from_file(&args.identity.key_file)?;
+    let master = crate::config::read_master_key(&args.identity.key_file)?;
     let client = Client::try_default().await?;
     let identity = process::instance(args.instance.as_deref());
     let stop_records = CancellationToken::new();
