@@ -5,7 +5,8 @@
 #   kubectl-stepup_v<v>_linux_amd64.tar.gz kubectl-stepup, kubectl_complete-stepup, LICENSE
 #   stepup-<chart version>.tgz             the Helm chart, packaged
 #   stepup.yaml                            the krew manifest, filled in with the archives' sha256
-#   kube-stepup_<v>.cdx.json               CycloneDX SBOM of the Rust dependency graph (cargo-cyclonedx)
+#   kube-stepup_<v>.cdx.json               CycloneDX SBOM of the servers' Rust dependency graph (cargo-cyclonedx)
+#   kubectl-stepup_<v>.cdx.json            the same of the plugin's
 #   RELEASE_NOTES.md                       the CHANGELOG section of this version (or Unreleased)
 #   SHA256SUMS                             sha256 of every file above
 #
@@ -92,8 +93,10 @@ fi
 	--target x86_64-unknown-linux-gnu --override-filename "kube-stepup.cdx" >/dev/null 2>&1) ||
 	{ log "cargo cyclonedx failed"; exit 1; }
 mv "$REPO/kube-stepup.cdx.json" "$OUT/kube-stepup_${VERSION}.cdx.json"
-# cargo cyclonedx writes one file per workspace member; only the root's is the release's.
-rm -f "$REPO"/e2e/*.cdx.json "$REPO"/core/*.cdx.json
+mv "$REPO/plugin/kube-stepup.cdx.json" "$OUT/kubectl-stepup_${VERSION}.cdx.json"
+# cargo cyclonedx writes one file per workspace member; the servers' and the plugin's are the
+# release's (the core and the HTTPS client are in both), the rest is removed.
+rm -f "$REPO"/e2e/*.cdx.json "$REPO"/core/*.cdx.json "$REPO"/http/*.cdx.json
 
 # ---------------------------------------------------------------- notes and sums
 awk -v v="$VERSION" '

@@ -38,7 +38,15 @@ fn the_release_verifies_and_the_plugin_installs_from_its_archive_through_krew() 
 
     // Every artifact is in SHA256SUMS and verifies.
     let sums = run(Command::new("sha256sum").arg("-c").arg("SHA256SUMS").current_dir(&dir));
-    for artifact in ["stepup.yaml", "RELEASE_NOTES.md", ".cdx.json", "_linux_amd64.tar.gz", ".tgz"] {
+    for artifact in [
+        "stepup.yaml",
+        "RELEASE_NOTES.md",
+        "kube-stepup_",
+        "kubectl-stepup_",
+        ".cdx.json",
+        "_linux_amd64.tar.gz",
+        ".tgz",
+    ] {
         assert!(sums.lines().any(|l| l.contains(artifact) && l.ends_with(": OK")), "{artifact}: {sums}");
     }
 
@@ -50,6 +58,14 @@ fn the_release_verifies_and_the_plugin_installs_from_its_archive_through_krew() 
     for required in ["kube", "k8s-openapi", "axum", "rustls", "tokio", "totp-rs", "prometheus"] {
         assert!(names.contains(&required), "{required} missing from the SBOM");
     }
+    // The plugin is its own crate, with its own SBOM.
+    let plugin: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(only(&dir, "kubectl-stepup_", ".cdx.json")).unwrap()).unwrap();
+    let names: Vec<&str> = plugin["components"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    for required in ["kube", "stepup-core", "qrcode", "rustls"] {
+        assert!(names.contains(&required), "{required} missing from the plugin's SBOM");
+    }
+    assert!(!names.contains(&"prometheus"), "the plugin carries no server dependency");
 
     // Building the release leaves the checkout as it was: no SBOM of a workspace member behind.
     let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");

@@ -320,7 +320,10 @@ pub fn next_step(f: &Facts<'_>, s: &EnrollmentSettings<'_>, rp: &RelyingParty) -
             )),
             (Some(i), Ok(by)) => {
                 let removed = factor.webauthn.keys.remove(i);
-                records.push(Record::warning(
+                // Normal, not a warning: only the person's fresh factor or an admin removes a
+                // key, so removals cannot flood, and each Event is published (warnings are
+                // rate-limited per person).
+                records.push(Record::normal(
                     "SecurityKeyRemoved",
                     "enrollment.key_removed",
                     "removed",

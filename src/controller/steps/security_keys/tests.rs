@@ -539,7 +539,7 @@ fn a_removed_key_is_gone_and_who_removed_it_recorded() {
     assert_eq!(step.unmark, [api::REMOVE_KEY_ANNOTATION, api::REMOVAL_GRANT_ANNOTATION]);
     let removal = step.records.iter().find(|r| r.reason == "SecurityKeyRemoved").expect("recorded");
     assert!(
-        removal.warning
+        !removal.warning
             && removal.message.contains(&id)
             && removal.message.contains("by alice (WebAuthn grant alice-g2)")
             && removal.message.contains("0 security keys left"),
