@@ -679,7 +679,7 @@ mod key_file_tests {
         std::fs::write(&raw, [7u8; 32]).unwrap();
         assert!(read_master_key(&raw).is_ok());
         let missing = dir.path().join("missing");
-        let err = read_master_key(&missing).err().expect("no file");
+        let err = read_master_key(&missing).expect_err("no file");
         assert!(matches!(err, KeyError::Read { .. }) && err.to_string().contains("missing"), "{err}");
     }
 }
