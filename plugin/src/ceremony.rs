@@ -138,6 +138,23 @@ impl Page {
     /// Tells the page how the cluster judged the answer (or that the command gave up, which
     /// also stops the browser's prompt), and serves it until the page has read that (at most a
     /// few seconds: a closed page does not hold the command up).
+    /// The browser's answer within `wait` (Ctrl-C stops waiting). Without one, the page says
+    /// why and is finished, and the error is returned.
+    pub async fn answered(mut self, wait: Duration) -> Result<(Page, String)> {
+        let answer = tokio::select! {
+            answer = self.answer(wait) => answer,
+            _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
+        };
+        match answer {
+            Ok(answer) => Ok((self, answer)),
+            Err(error) => {
+                self.finish(Outcome::Failed { message: format!("kubectl stepup: {error}. Run the command again.") })
+                    .await;
+                Err(error)
+            }
+        }
+    }
+
     pub async fn finish(mut self, outcome: Outcome) {
         let _ = self.outcome.send(outcome);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.seen_final.wait_for(|seen| *seen)).await;

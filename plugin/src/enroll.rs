@@ -325,27 +325,14 @@ async fn security_key(session: &Session, args: &EnrollArgs) -> Result<()> {
         "{user} registers a security key or passkey for step-up on {}. Fingerprint of this request: {fp}.",
         if session.cluster.is_empty() { "this cluster" } else { session.cluster.as_str() }
     );
-    let mut page =
+    let page =
         super::ceremony::Page::serve(super::ceremony::Kind::Register, options, "Register your security key", &detail)
             .await?;
     errln!("Register your security key or passkey on this page:\n  {}", page.url());
     if !args.no_browser {
         super::sign_in::open_browser(page.url());
     }
-    let answer = tokio::select! {
-        answer = page.answer(args.timeout.as_std()) => answer,
-        _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
-    };
-    let answer = match answer {
-        Ok(answer) => answer,
-        Err(error) => {
-            page.finish(super::ceremony::Outcome::Failed {
-                message: format!("kubectl stepup: {error}. Run the command again."),
-            })
-            .await;
-            return Err(error);
-        }
-    };
+    let (page, answer) = page.answered(args.timeout.as_std()).await?;
     let current = api.get(&name).await.map_err(session.kube_error("read your enrollment"))?;
     ensure_key(&current, &key)?;
     let sealed = seal_for(&current, &answer, EnrollmentPurpose::KeyRegistration)?;

@@ -469,7 +469,7 @@ pub async fn obtain_key_grant(
         if session.cluster.is_empty() { "this cluster" } else { session.cluster.as_str() },
         created.spec.reason.as_deref().map(|r| format!(" (reason: {r})")).unwrap_or_default()
     );
-    let mut page = super::ceremony::Page::serve(
+    let page = super::ceremony::Page::serve(
         super::ceremony::Kind::Authenticate,
         options,
         "Step up with your security key",
@@ -480,17 +480,9 @@ pub async fn obtain_key_grant(
     if browser == super::sign_in::Browser::Open {
         super::sign_in::open_browser(page.url());
     }
-    let answer = tokio::select! {
-        answer = page.answer(ceremony_wait) => answer,
-        _ = tokio::signal::ctrl_c() => Err(Error::Interrupted),
-    };
-    let answer = match answer {
-        Ok(answer) => answer,
+    let (page, answer) = match page.answered(ceremony_wait).await {
+        Ok(answered) => answered,
         Err(error) => {
-            page.finish(super::ceremony::Outcome::Failed {
-                message: format!("kubectl stepup: {error}. Run the command again."),
-            })
-            .await;
             withdraw(session, &challenges, &created).await?;
             return Err(error);
         }
